@@ -1,0 +1,35 @@
+"""videodiff: turn a Stable Diffusion 1.5-family image model into a text-to-video model.
+
+Heavy modules (torch, diffusers) load on first use, so ``import videodiff`` and the
+CLI's ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["UserError", "VideoPipeline", "VideoResult", "__version__", "load_pipeline", "render", "save_video"]
+
+_LAZY = {
+    "load_pipeline": "videodiff.pipelines",
+    "VideoPipeline": "videodiff.pipelines",
+    "VideoResult": "videodiff.pipelines",
+    "render": "videodiff.pipelines",
+    "save_video": "videodiff.io.video",
+    "UserError": "videodiff.errors",
+}
+
+if TYPE_CHECKING:
+    from videodiff.errors import UserError
+    from videodiff.io.video import save_video
+    from videodiff.pipelines import VideoPipeline, VideoResult, load_pipeline, render
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'videodiff' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from videodiff.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""File formats: video/image writing and reading, atomic file operations, sidecars, checkpoints."""

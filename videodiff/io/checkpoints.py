@@ -1,0 +1,75 @@
+"""Reading weights safely and loading them strictly.
+
+Safetensors files are read directly; pickle-based files only through
+``torch.load(weights_only=True)``, which refuses anything but tensors and plain
+containers, so no code inside a checkpoint ever runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from videodiff.errors import UserError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file, or a pickle checkpoint restricted to tensors, to a CPU state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+    if suffix in PICKLE_SUFFIXES:
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure here is a bad file, reported in one line
+            text = _first_line(exc)
+            if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+                raise UserError(
+                    f"{path}: refused, it needs arbitrary code to load "
+                    "(convert it to .safetensors with a tool you trust)"
+                ) from None
+            raise UserError(f"{path}: not a readable checkpoint ({text})") from None
+        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+            raise UserError(f"{path}: does not hold a state dict of tensors")
+        return data
+    raise UserError(f"{path}: unsupported weights file type {suffix or '(none)'}; use .safetensors")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load every tensor into ``module`` or fail with one line naming ``source`` and what did not match."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise UserError(f"{source}: keys do not match the model: {'; '.join(parts)}")
+    for key, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise UserError(
+                f"{source}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}"
+            )
+    module.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,208 @@
+"""Write generated clips to disk: H.264 ``.mp4``, VP9 ``.webm``, ``.gif``, or a PNG folder.
+
+The format follows the path's suffix; a path without a suffix becomes a folder of
+``0000.png, 0001.png, ...``. Every output is written to a temporary sibling first
+and moved into place only when complete (see :mod:`videodiff.io.atomic`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from videodiff.errors import UserError
+from videodiff.io.atomic import atomic_dir, atomic_file, prepare_output
+from videodiff.log import notice
+
+__all__ = ["VIDEO_SUFFIXES", "save_video", "sidecar_path"]
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
+
+# (codec, container format, largest crf the codec accepts)
+_AV_CODECS = {".mp4": ("libx264", "mp4", 51), ".webm": ("libvpx-vp9", "webm", 63)}
+
+# Pixels sampled (over all frames together) to build the one GIF palette; enough
+# for a faithful colour distribution while keeping palette building well under 1 s.
+_GIF_PALETTE_SAMPLES = 65536
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON metadata file that accompanies an output.
+
+    ``out.mp4`` -> ``out.mp4.json``; a PNG folder ``frames`` -> ``frames.json``
+    beside the folder.
+    """
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def save_video(
+    frames: Any,
+    path: str | os.PathLike[str],
+    fps: float = 8,
+    *,
+    crf: int = 18,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``frames`` (uint8 ``[F, H, W, 3]``) to ``path``; return the final path.
+
+    ``frames`` may be a numpy array, a torch tensor or a list of ``H x W x 3``
+    arrays. The format is chosen by the suffix: ``.mp4`` (H.264), ``.webm`` (VP9),
+    ``.gif``, or no suffix for a folder of PNG frames. ``crf`` sets the quality of
+    ``.mp4``/``.webm`` (lower is better). Raises :class:`UserError` for an
+    unsupported suffix, a bad ``fps``/``crf`` or an output that may not be written.
+    """
+    arr = _as_frames(frames)
+    if not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
+        raise UserError(f"fps must be a positive number, got {fps!r}")
+    suffix = Path(path).suffix.lower()
+    if suffix and suffix not in VIDEO_SUFFIXES:
+        raise UserError(
+            f"unsupported output type {suffix!r}: use {' '.join(VIDEO_SUFFIXES)}, "
+            "or no extension for a folder of PNG frames"
+        )
+    if suffix in _AV_CODECS:
+        max_crf = _AV_CODECS[suffix][2]
+        if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not 0 <= crf <= max_crf:
+            raise UserError(f"crf must be an integer from 0 to {max_crf} for {suffix}, got {crf!r}")
+
+    out = prepare_output(path, overwrite=overwrite)
+    if suffix and out.is_dir():
+        raise UserError(f"{path} is a folder; choose a file name or remove the folder")
+    if not suffix:
+        with atomic_dir(out) as tmp_dir:
+            _write_png_dir(arr, tmp_dir)
+    else:
+        with atomic_file(out) as tmp:
+            if suffix == ".gif":
+                _write_gif(arr, tmp, fps)
+            else:
+                _write_av(_pad_even(arr), tmp, suffix, fps, crf)
+    return out
+
+
+def _as_frames(frames: Any) -> np.ndarray:
+    """Return ``frames`` as a uint8 numpy array ``[F, H, W, 3]``; ValueError otherwise."""
+    if hasattr(frames, "detach") and hasattr(frames, "cpu"):  # torch tensor, no torch import
+        frames = frames.detach().cpu().numpy()
+    elif isinstance(frames, (list, tuple)):
+        if not frames:
+            raise ValueError("frames is empty; need at least one frame")
+        frames = np.stack([np.asarray(f) for f in frames])
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"frames must have shape [F, H, W, 3], got {list(arr.shape)}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {arr.dtype}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[2] < 1:
+        raise ValueError(f"frames must hold at least one non-empty frame, got {list(arr.shape)}")
+    return np.ascontiguousarray(arr)
+
+
+def _iter_frames(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """Yield the frames one by one (a seam the tests use to fail an encode midway)."""
+    yield from arr
+
+
+def _pad_even(arr: np.ndarray) -> np.ndarray:
+    """Pad odd widths/heights by one replicated pixel: 4:2:0 chroma needs even sizes."""
+    _, h, w, _ = arr.shape
+    ph, pw = h % 2, w % 2
+    if not (ph or pw):
+        return arr
+    notice(f"frame size padded from {w}x{h} to {w + pw}x{h + ph} (4:2:0 video needs even sizes)")
+    return np.pad(arr, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+def _fps_fraction(fps: float) -> Fraction:
+    # Exact for rates like 7.5 or 12; limit_denominator keeps 29.97 as 2997/100 instead
+    # of a huge binary fraction that containers cannot store as a time base.
+    exact = fps if isinstance(fps, Fraction) else Fraction(float(fps))  # float() for numpy scalars
+    return exact.limit_denominator(1001)
+
+
+def _write_av(arr: np.ndarray, tmp: Path, suffix: str, fps: float, crf: int) -> None:
+    """Encode with PyAV: libx264 or libvpx-vp9, yuv420p, constant quality ``crf``."""
+    import av  # imported lazily: PyAV is only needed for video files
+    from av.video.reformatter import ColorRange, Colorspace
+
+    codec, fmt, _ = _AV_CODECS[suffix]
+    rate = _fps_fraction(fps)
+    # faststart moves the index to the front so browsers can play before the download ends
+    container_opts = {"movflags": "+faststart"} if fmt == "mp4" else {}
+    with av.open(str(tmp), mode="w", format=fmt, options=container_opts) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = arr.shape[2], arr.shape[1]
+        stream.pix_fmt = "yuv420p"
+        # libvpx only gives pure constant quality when the bit rate is 0 (otherwise crf
+        # is a cap under a target rate); libx264 ignores "b" when crf is set.
+        stream.options = {"crf": str(crf)} if codec == "libx264" else {"crf": str(crf), "b": "0"}
+        # Convert with BT.709 and say so in the stream: untagged video is read as
+        # BT.601 by some players and BT.709 by others, shifting colours.
+        cc = stream.codec_context
+        cc.colorspace = cc.color_primaries = cc.color_trc = 1  # AVCOL_*_BT709
+        cc.color_range = 1  # MPEG (limited) range, what players expect from yuv420p
+        for i, frame in enumerate(_iter_frames(arr)):
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
+            )
+            vf.pts = i
+            vf.time_base = 1 / rate
+            container.mux(stream.encode(vf))
+        container.mux(stream.encode())  # flush delayed frames
+
+
+def _gif_palette(arr: np.ndarray) -> Image.Image:
+    """One adaptive 256-colour palette for the whole clip (per-frame palettes flicker)."""
+    f, h, w, _ = arr.shape
+    picks = arr[np.unique(np.linspace(0, f - 1, min(f, 16)).round().astype(int))]
+    # Subsample pixels on a regular grid so the palette cost does not grow with the size.
+    step = max(1, math.ceil(math.sqrt(picks.shape[0] * h * w / _GIF_PALETTE_SAMPLES)))
+    sample = np.ascontiguousarray(picks[:, ::step, ::step])
+    mosaic = Image.fromarray(sample.reshape(-1, sample.shape[2], 3))
+    # Median cut refined by a few k-means rounds: measurably closer colours than
+    # median cut alone at a fraction of a second on the subsample.
+    return mosaic.quantize(colors=256, method=Image.Quantize.MEDIANCUT, kmeans=3)
+
+
+def _write_gif(arr: np.ndarray, tmp: Path, fps: float) -> None:
+    """Write a looping GIF with one global palette and full (non-delta) frames."""
+    palette = _gif_palette(arr)
+    # GIF delays are whole centiseconds; browsers treat delays below 2 cs as 10 cs,
+    # so 2 cs (50 fps) is the fastest rate that plays as written.
+    # The field is 16 bits, hence the upper clamp for absurdly slow rates.
+    delay_cs = min(max(2, round(100 / fps)), 65535)
+    # No dithering: a pixel that does not change maps to the same palette entry in
+    # every frame, so static areas do not shimmer (error diffusion makes them crawl).
+    indexed = (
+        Image.fromarray(frame).quantize(palette=palette, dither=Image.Dither.NONE) for frame in _iter_frames(arr)
+    )
+    first = next(indexed)
+    first.save(
+        tmp,
+        format="GIF",
+        save_all=True,
+        append_images=indexed,
+        duration=delay_cs * 10,  # Pillow takes milliseconds
+        loop=0,  # forever
+        # disposal 2 without transparency makes Pillow store every frame whole
+        # instead of a cropped difference, so each frame decodes to the full image.
+        disposal=2,
+        optimize=False,
+        palette=palette.getpalette(),  # the global colour table; no local tables
+    )
+
+
+def _write_png_dir(arr: np.ndarray, folder: Path) -> None:
+    """Write ``0000.png, 0001.png, ...`` (more digits when there are over 10000 frames)."""
+    digits = max(4, len(str(arr.shape[0] - 1)))
+    for i, frame in enumerate(_iter_frames(arr)):
+        Image.fromarray(frame).save(folder / f"{i:0{digits}d}.png", format="PNG")

@@ -1,0 +1,304 @@
+"""Text-to-video: glue in numbered stages (encode prompt, noise, sample, decode, export); no maths here."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from videodiff import noise as noise_priors
+from videodiff import sampling, text, vae
+from videodiff.config import INFO_KEY, RenderConfig, load_config_file, merge, to_dict
+from videodiff.errors import UserError
+from videodiff.io.atomic import prepare_output, write_text_atomic
+from videodiff.io.models import ModelParts, hub_versions, load_model_parts, read_model_defaults
+from videodiff.io.video import save_video, sidecar_path
+from videodiff.log import notice
+from videodiff.schedulers import make_scheduler
+from videodiff.unet import VideoUNet
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple's MPS, then the CPU; an unavailable device is a user error."""
+    name = str(device or "auto")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was asked for but MPS is not available")
+    return torch.device(name)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto``: fp16 on accelerators, fp32 on the CPU (half precision is slow and lossy there)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; choose one of: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def pick_attention(requested: str, device: torch.device) -> str:
+    """xformers only where CUDA is present and its kernels load; otherwise a notice and SDPA."""
+    if requested != "xformers":
+        return requested
+    if device.type != "cuda":
+        notice("xformers needs a CUDA device; using PyTorch SDPA attention")
+        return "sdpa"
+    try:
+        import xformers.ops  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken xformers install must not stop a render
+        notice("xformers is not installed or its kernels do not load (pip install videodiff[xformers]); using SDPA")
+        return "sdpa"
+    return "xformers"
+
+
+@dataclass
+class VideoResult:
+    frames: np.ndarray | None  # uint8 [F, H, W, 3]; None for output_type="latent"
+    latents: torch.Tensor  # final latents [1, C, F, h, w]
+    seed: int | None
+    settings: dict[str, Any] = field(default_factory=dict)  # what reproduces it (RenderConfig field names)
+
+
+class VideoPipeline:
+    """An SD1.5-family model inflated with motion modules; call it with a prompt to get frames."""
+
+    def __init__(self, parts: ModelParts, device: torch.device, dtype: torch.dtype, attention: str = "sdpa") -> None:
+        self.parts = parts
+        self.device, self.dtype = device, dtype
+        self.tokenizer = parts.tokenizer
+        self.text_encoder = parts.text_encoder.to(device, dtype)
+        self.vae = parts.vae.to(device, dtype)
+        self.unet = VideoUNet(parts.unet, parts.motion).to(device, dtype).eval()
+        self.attention = pick_attention(attention, device)
+        self.unet.set_attention_backend(self.attention)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self._context_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def max_frames(self) -> int:
+        return self.unet.max_frames
+
+    def default_size(self) -> tuple[int, int]:
+        d = self.parts.defaults
+        size = self.parts.unet.config.sample_size * self.vae_scale
+        return int(d.get("height", size)), int(d.get("width", size))
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        """``[1 n d]`` text context, cached per prompt (the empty prompt is reused every call)."""
+        if prompt not in self._context_cache:
+            self._context_cache[prompt] = text.encode_prompts(self.tokenizer, self.text_encoder, [prompt], self.device)
+        return self._context_cache[prompt]
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        return (1, self.unet.in_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        num_frames: int = 16,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int | None = None,
+        latents: torch.Tensor | None = None,
+        noise: str = "independent",
+        noise_alpha: float = 1.0,
+        scheduler: str = "ddim",
+        decode_chunk: int = 16,
+        output_type: str = "np",
+        progress: bool = False,
+    ) -> VideoResult:
+        """Render ``prompt`` to ``num_frames`` frames; returns a :class:`VideoResult` (``.frames`` uint8 ``[F H W 3]``).
+
+        ``latents`` (``[1, C, F, h, w]``) replaces the seeded initial noise, as in diffusers;
+        it is taken as unit-variance noise and scaled by the scheduler's ``init_noise_sigma``.
+        """
+        default_h, default_w = self.default_size()
+        height, width = height or default_h, width or default_w
+        if seed is None and latents is None:
+            seed = secrets.randbelow(2**32)
+        settings = RenderConfig(
+            prompt=prompt,
+            negative=negative_prompt,
+            frames=num_frames,
+            steps=num_inference_steps,
+            guidance=float(guidance_scale),
+            seed=seed,
+            height=height,
+            width=width,
+            scheduler=scheduler,
+            noise=noise,
+            noise_alpha=float(noise_alpha),
+            decode_chunk=decode_chunk,
+        ).validate()
+        if num_frames > self.max_frames:
+            raise UserError(
+                f"{num_frames} frames exceed the motion modules' positional encoding of "
+                f"{self.max_frames} frames; render at most {self.max_frames}"
+            )
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        guide = sampling.uses_guidance(guidance_scale)
+        if negative_prompt and not guide:
+            notice(f"the negative prompt has no effect at guidance {guidance_scale:g} (it needs guidance above 1)")
+
+        # 1. encode the prompt (and the negative one for guidance)
+        context = self.encode(prompt)
+        uncond = self.encode(negative_prompt or "") if guide else None
+        # 2. scheduler
+        sched = make_scheduler(scheduler, self.parts.scheduler_config)
+        # 3. initial noise, drawn on the CPU so a seed means the same video on any device
+        generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
+        shape = self.latent_shape(num_frames, height, width)
+        if latents is None:
+            latents = noise_priors.sample_noise(shape, kind=noise, alpha=noise_alpha, generator=generator)
+        elif tuple(latents.shape) != shape:
+            raise UserError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        latents = latents.to(self.device, self.dtype) * sched.init_noise_sigma
+        # 4. denoise
+        latents = sampling.sample(
+            self.unet,
+            latents,
+            sched,
+            steps=num_inference_steps,
+            context=context,
+            uncond_context=uncond,
+            guidance=guidance_scale,
+            generator=generator,
+            progress=progress,
+        )
+        # 5. decode
+        frames = None
+        if output_type == "np":
+            frames = vae.to_uint8(vae.decode(self.vae, latents, decode_chunk))[0]
+        return VideoResult(frames, latents, seed, to_dict(settings))
+
+
+def load_pipeline(
+    model: str | None = None,
+    motion_module: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    attention: str = "sdpa",
+) -> VideoPipeline:
+    """Load an SD1.5-family model (diffusers folder or hub id) inflated with motion modules.
+
+    With ``motion_module=None`` the model's own motion modules are used, if it ships them.
+    """
+    if not model:
+        raise UserError(
+            "no model given: pass --model (a diffusers SD1.5 folder or hub id, e.g. "
+            "stable-diffusion-v1-5/stable-diffusion-v1-5) and --motion-module"
+        )
+    dev = resolve_device(device)
+    return VideoPipeline(load_model_parts(model, motion_module), dev, resolve_dtype(dtype, dev), attention)
+
+
+def slug(prompt: str, limit: int = 40) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return words[:limit].rstrip("-") or "video"
+
+
+def default_output(prompt: str, seed: int, folder: str | Path = "outputs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(folder) / f"{stamp}-{slug(prompt)}-{seed}.mp4"
+
+
+def resolve_render_config(
+    command_line: dict[str, Any], config_file: str | None = None, environment: dict[str, Any] | None = None
+) -> RenderConfig:
+    """Precedence: command line, then ``--config``, then environment variables (``VIDEODIFF_MODEL``...),
+    then the model's recorded defaults, then built-ins."""
+    from_file = load_config_file(config_file) if config_file else {}
+    environment = environment or {}
+    model = command_line.get("model") or from_file.get("model") or environment.get("model")
+    return merge(read_model_defaults(model), environment, from_file, command_line).validate()
+
+
+@dataclass
+class RenderOutcome:
+    output: Path
+    sidecar: Path
+    seed: int
+    result: VideoResult
+
+
+def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOutcome:
+    """Render ``config`` to its output file with a sidecar beside it; nothing is left half-written."""
+    config.validate()
+    if not config.prompt:
+        raise UserError("no prompt given: pass PROMPT or set 'prompt' in the --config file")
+    seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
+    if config.seed is None:
+        notice(f"seed {seed} (pass --seed {seed} to render this video again)")
+    output = Path(config.output) if config.output else default_output(config.prompt, seed)
+    prepare_output(output, overwrite=config.overwrite)  # fail before minutes of work, not after
+    side = sidecar_path(output)
+    if side.exists() and not config.overwrite:
+        raise UserError(f"{side} already exists; pass --overwrite to replace it")
+    if pipe is None:
+        pipe = load_pipeline(
+            config.model, config.motion_module, device=config.device, dtype=config.dtype, attention=config.attention
+        )
+    result = pipe(
+        config.prompt,
+        negative_prompt=config.negative,
+        num_frames=config.frames,
+        height=config.height,
+        width=config.width,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        seed=seed,
+        noise=config.noise,
+        noise_alpha=config.noise_alpha,
+        scheduler=config.scheduler,
+        decode_chunk=config.decode_chunk,
+        progress=not config.quiet,
+    )
+    written = save_video(result.frames, output, fps=config.fps, crf=config.crf, overwrite=config.overwrite)
+    record = sidecar_record(config, result, pipe, written)
+    write_text_atomic(side, json.dumps(record, indent=2) + "\n")
+    return RenderOutcome(written, side, seed, result)
+
+
+def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipeline, output: Path) -> dict[str, Any]:
+    """What reproduces a video: the resolved settings, plus an informational part that ``--config`` ignores."""
+    settings = to_dict(config)
+    settings.update({k: result.settings[k] for k in ("seed", "height", "width")})
+    for transient in ("output", "overwrite", "quiet"):
+        settings.pop(transient)
+    settings[INFO_KEY] = {
+        "output": str(output),
+        "frames_written": int(result.frames.shape[0]),
+        "size_written": [int(result.frames.shape[2]), int(result.frames.shape[1])],
+        "sources": pipe.parts.sources,
+        "device": str(pipe.device),
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "attention": pipe.attention,
+        "versions": hub_versions(),
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }
+    return settings

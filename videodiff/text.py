@@ -1,0 +1,35 @@
+"""Prompts to text context ``[b n d]`` through a CLIP tokenizer and text encoder (transformers)."""
+
+from __future__ import annotations
+
+import torch
+
+from videodiff.log import notice
+
+
+@torch.no_grad()
+def encode_prompts(
+    tokenizer, text_encoder, prompts: list[str], device: torch.device | str, clip_skip: int | None = None
+) -> torch.Tensor:
+    """Encode ``prompts`` to ``[b n d]`` (n = the tokenizer's max length, 77 for CLIP).
+
+    Text past the encoder's limit is cut, with a notice that quotes what was cut.
+    ``clip_skip`` uses an earlier hidden layer (1 = the penultimate), through the final
+    layer norm, as diffusers does.
+    """
+    max_length = tokenizer.model_max_length
+    batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    for prompt in prompts:
+        full = tokenizer(prompt, truncation=False).input_ids
+        if len(full) > max_length:
+            cut = tokenizer.decode(full[max_length - 1 : -1])
+            notice(f"prompt is longer than the text encoder's {max_length} tokens; this part was cut: {cut!r}")
+    ids = batch.input_ids.to(device)
+    mask = batch.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    if clip_skip:
+        out = text_encoder(ids, attention_mask=mask, output_hidden_states=True)
+        hidden = out.hidden_states[-(clip_skip + 1)]
+        hidden = text_encoder.text_model.final_layer_norm(hidden)
+    else:
+        hidden = text_encoder(ids, attention_mask=mask)[0]
+    return hidden.to(dtype=text_encoder.dtype)

@@ -1,0 +1,185 @@
+"""Tiny, randomly initialised models built offline: for tests, benchmarks and examples.
+
+Every component is the standard class a Stable Diffusion 1.5 model uses (a CLIP
+tokenizer and text model, ``AutoencoderKL``, ``UNet2DConditionModel``, a
+``MotionAdapter``), only small, so the real loading code runs on them unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+# The CLIP byte-to-unicode table (the BPE alphabet); printable bytes map to themselves.
+def _bytes_to_unicode() -> dict[int, str]:
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, n = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def write_clip_tokenizer(folder: str | Path, words: tuple[str, ...] = ()) -> Path:
+    """Write a CLIP BPE tokenizer (``vocab.json``, ``merges.txt``) over single bytes plus ``words``.
+
+    Every text still tokenizes (unknown words fall back to characters); each word in
+    ``words`` becomes one token through a chain of merges.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = list(_bytes_to_unicode().values())
+    vocab: list[str] = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[str] = []
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            pair = f"{pieces[0]} {pieces[1]}"
+            if pair not in merges:
+                merges.append(pair)
+                vocab.append(merged)
+            pieces = [merged] + pieces[2:]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = list(dict.fromkeys(vocab))
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + ("\n" if merges else ""))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "model_max_length": 77,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "do_lower_case": True,
+                "tokenizer_class": "CLIPTokenizer",
+            }
+        )
+    )
+    return folder
+
+
+def build_tiny_model(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    cross_attention_dim: int = 32,
+    vae_channels: tuple[int, ...] = (32, 64),
+    with_motion_adapter: bool = False,
+    motion_max_seq_length: int = 32,
+) -> Path:
+    """Save a random SD1.5-layout model folder (``tokenizer/ text_encoder/ vae/ unet/ scheduler/``).
+
+    The VAE downsamples by ``2 ** (len(vae_channels) - 1)``. With ``with_motion_adapter``
+    a ``motion_adapter/`` folder is added, as a model that ships its own motion modules.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tok_dir = write_clip_tokenizer(folder / "tokenizer", ("a", "red", "circle", "moving", "right", "cat"))
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cross_attention_dim,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).save_pretrained(folder / "text_encoder")
+    levels = len(vae_channels)
+    AutoencoderKL(
+        block_out_channels=vae_channels,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        norm_num_groups=min(32, vae_channels[0]),
+        sample_size=64,
+    ).save_pretrained(folder / "vae")
+    n = len(block_out_channels)
+    UNet2DConditionModel(
+        block_out_channels=block_out_channels,
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).save_pretrained(folder / "unet")
+    DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    ).save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "_diffusers_version": "0.42.1",
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+            },
+            indent=2,
+        )
+    )
+    if with_motion_adapter:
+        build_tiny_motion_adapter(
+            folder / "motion_adapter",
+            seed=seed + 1,
+            block_out_channels=block_out_channels,
+            motion_max_seq_length=motion_max_seq_length,
+        )
+    return folder
+
+
+def build_tiny_motion_adapter(
+    folder: str | Path,
+    *,
+    seed: int = 1,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    motion_max_seq_length: int = 32,
+    use_motion_mid_block: bool = True,
+    scale: float = 0.1,
+) -> Path:
+    """Save a diffusers ``MotionAdapter`` folder with random, non-zero weights (so motion matters)."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(
+        block_out_channels=block_out_channels,
+        motion_layers_per_block=2,
+        motion_num_attention_heads=4,
+        motion_norm_num_groups=32,
+        motion_max_seq_length=motion_max_seq_length,
+        use_motion_mid_block=use_motion_mid_block,
+    )
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if name.endswith("proj_out.weight") or name.endswith("proj_out.bias"):
+                p.normal_(0.0, scale)
+    adapter.save_pretrained(folder)
+    return Path(folder)
