@@ -74,6 +74,9 @@ def build_tiny_model(
     vae_channels: tuple[int, ...] = (32, 64),
     with_motion_adapter: bool = False,
     motion_max_seq_length: int = 32,
+    attention_head_dim: int = 8,
+    text_layers: int = 2,
+    motion_heads: int = 4,
 ) -> Path:
     """Save a random SD1.5-layout model folder (``tokenizer/ text_encoder/ vae/ unet/ scheduler/``).
 
@@ -121,7 +124,7 @@ def build_tiny_model(
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
+        attention_head_dim=attention_head_dim,
         norm_num_groups=32,
     ).save_pretrained(folder / "unet")
     DDIMScheduler(
@@ -152,6 +155,7 @@ def build_tiny_model(
             seed=seed + 1,
             block_out_channels=block_out_channels,
             motion_max_seq_length=motion_max_seq_length,
+            motion_heads=motion_heads,
         )
     return folder
 
@@ -164,6 +168,7 @@ def build_tiny_motion_adapter(
     motion_max_seq_length: int = 32,
     use_motion_mid_block: bool = True,
     scale: float = 0.1,
+    motion_heads: int = 4,
 ) -> Path:
     """Save a diffusers ``MotionAdapter`` folder with random, non-zero weights (so motion matters)."""
     from diffusers import MotionAdapter
@@ -172,7 +177,7 @@ def build_tiny_motion_adapter(
     adapter = MotionAdapter(
         block_out_channels=block_out_channels,
         motion_layers_per_block=2,
-        motion_num_attention_heads=4,
+        motion_num_attention_heads=motion_heads,
         motion_norm_num_groups=32,
         motion_max_seq_length=motion_max_seq_length,
         use_motion_mid_block=use_motion_mid_block,

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny models built offline once per test session (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VIDEODIFF_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random SD1.5-layout diffusers folder (VAE downsampling 2, U-Net channels (32, 64))."""
+    from videodiff.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_motion(tmp_path_factory) -> Path:
+    """A MotionAdapter folder with non-zero temporal weights matching ``tiny_model``."""
+    from videodiff.tiny import build_tiny_motion_adapter
+
+    return build_tiny_motion_adapter(tmp_path_factory.mktemp("models") / "tiny-motion")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model, tiny_motion):
+    from videodiff import load_pipeline
+
+    return load_pipeline(str(tiny_model), str(tiny_motion), device="cpu")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real media in ../shared/data; tests using it skip where it is absent (a user's clone)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
