@@ -1,0 +1,141 @@
+"""Reading clips from video files with PyAV: count frames, seek to a keyframe, decode forward.
+
+A plain seek is not trusted: containers land on the keyframe at or before the target
+(or, in broken files, after it), so frames are identified by their timestamps while
+decoding forward, and a seek that overshoots falls back to decoding from the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+
+
+class UnreadableVideo(Exception):
+    """The file cannot be decoded (corrupt, not a video, no video stream)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    pts: tuple[int, ...] | None  # presentation timestamps in frame order; None when the file has none
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # noqa: BLE001 - every decoder failure means the same: unreadable
+        raise UnreadableVideo(f"{path}: {type(exc).__name__}: {exc}") from None
+    if not container.streams.video:
+        container.close()
+        raise UnreadableVideo(f"{path}: no video stream")
+    return container
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Frame count and timestamps by demuxing packets (no decoding), frame rate and size."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stamps: list[int | None] = [p.pts for p in container.demux(stream) if p.size]
+        ctx = stream.codec_context
+        if not stamps or not ctx.width:
+            raise UnreadableVideo(f"{path}: no frames")
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate or 25
+        # packets come in decode order; sorting gives presentation order (B-frames)
+        pts = tuple(sorted(stamps)) if None not in stamps and len(set(stamps)) == len(stamps) else None
+        return VideoInfo(len(stamps), float(rate), ctx.width, ctx.height, pts)
+    except UnreadableVideo:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise UnreadableVideo(f"{path}: {type(exc).__name__}: {exc}") from None
+    finally:
+        container.close()
+
+
+def read_frames(path: str | Path, indices: list[int], info: VideoInfo | None = None) -> np.ndarray:
+    """Decode the frames at ``indices`` (0-based, in presentation order) to uint8 ``[n H W 3]`` RGB.
+
+    With timestamps, seeks to the keyframe before the first wanted frame and decodes
+    forward, naming frames by timestamp; otherwise decodes from the start, counting.
+    """
+    path = Path(path)
+    if not indices:
+        raise ValueError("no frame indices")
+    info = info or probe(path)
+    if max(indices) >= info.num_frames or min(indices) < 0:
+        raise ValueError(f"frame indices {min(indices)}..{max(indices)} outside 0..{info.num_frames - 1}")
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        got = None
+        if info.pts is not None:
+            by_pts = {info.pts[i]: i for i in set(indices)}
+            if min(indices) > 0:
+                container.seek(info.pts[min(indices)], stream=stream, backward=True, any_frame=False)
+                got = _collect(container.decode(stream), by_pts, lambda frame, n: frame.pts, after_seek=True)
+            if got is None:  # no seek needed, or the seek landed late or on an undecodable keyframe
+                container.seek(info.pts[0], stream=stream, backward=True, any_frame=False)
+                got = _collect(container.decode(stream), by_pts, lambda frame, n: frame.pts)
+        else:
+            got = _collect(container.decode(stream), {i: i for i in set(indices)}, lambda frame, n: n)
+    except UnreadableVideo:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise UnreadableVideo(f"{path}: {type(exc).__name__}: {exc}") from None
+    finally:
+        container.close()
+    missing = [i for i in indices if got is None or i not in got]
+    if missing:
+        raise UnreadableVideo(f"{path}: could not decode frame(s) {missing[:5]}")
+    return np.stack([got[i] for i in indices])
+
+
+def _collect(frames, keys: dict, key_of, after_seek: bool = False) -> dict[int, np.ndarray] | None:
+    """Decode forward, keeping frames whose key (pts or decode count) is wanted.
+
+    After a seek, returns None when decoding started past the first wanted frame or
+    produced a corrupt frame: some "keyframes" (recovery points, e.g. in the 4:4:4
+    H.264 sample) cannot start decoding, which only decoding from the start fixes.
+    """
+    got: dict[int, np.ndarray] = {}
+    first_wanted, last_wanted = min(keys), max(keys)
+    for n, frame in enumerate(frames):
+        if getattr(frame, "is_corrupt", False):
+            if after_seek:
+                return None
+            raise UnreadableVideo("corrupt frame while decoding from the start")
+        key = key_of(frame, n)
+        if n == 0 and key is not None and key > first_wanted:
+            return None
+        if key in keys:
+            got[keys[key]] = frame.to_ndarray(format="rgb24")
+            if len(got) == len(keys):
+                break
+        elif key is not None and key > last_wanted:
+            break
+    return got
+
+
+def clip_indices(num_frames: int, frames: int, stride: int, start: int) -> list[int]:
+    return [start + i * stride for i in range(frames)]
+
+
+def fit_stride(available: int, frames: int, stride: int) -> int | None:
+    """The largest stride <= ``stride`` that fits ``frames`` frames in ``available``; None when even 1 does not."""
+    if available < frames:
+        return None
+    if frames == 1:
+        return stride
+    return max(1, min(stride, (available - 1) // (frames - 1)))
