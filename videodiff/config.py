@@ -68,6 +68,7 @@ class RenderConfig:
 
     def validate(self) -> RenderConfig:
         """Raise :class:`UserError` (one line) for any setting that cannot work; return self."""
+        check_types(self)
         for name in ("frames", "steps", "decode_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -110,6 +111,31 @@ class RenderConfig:
 FIELD_NAMES = tuple(f.name for f in fields(RenderConfig))
 
 
+def check_types(config: Any) -> None:
+    """Each field holds its declared kind (a config file can say ``seed: true`` or ``prompt: 123``)."""
+    for f in fields(config):
+        value, kind = getattr(config, f.name), str(f.type)
+        if value is None:
+            if "None" in kind:
+                continue
+            raise UserError(f"--{_flag(f.name)} needs a value")
+        if kind.startswith("bool"):
+            ok = isinstance(value, bool)
+        elif kind.startswith("str"):
+            ok = isinstance(value, str)
+        elif kind.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = True
+        if not ok:
+            expected = (
+                kind.split(" ")[0].replace("str", "text").replace("float", "number").replace("int", "whole number")
+            )
+            raise UserError(f"--{_flag(f.name)} must be {expected}, got {value!r}")
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -122,7 +148,7 @@ def check_keys(values: dict[str, Any], source: str, allowed: tuple[str, ...] = F
     return values
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
+def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
     """Read a YAML (or JSON: YAML is a superset) settings file; keys are the flag names with underscores.
 
     A sidecar written beside an output is such a file: its ``info`` part is ignored.
@@ -144,21 +170,140 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of settings, not a {type(data).__name__}")
     data = {str(k): v for k, v in data.items() if k != INFO_KEY}
-    return check_keys(data, str(path))
+    return check_keys(data, str(path), allowed)
 
 
-def merge(*layers: dict[str, Any]) -> RenderConfig:
-    """Build a config from layers, lowest precedence first; ``None`` values in a layer do not override."""
+def merge(*layers: dict[str, Any], cls: type = RenderConfig) -> Any:
+    """Build a ``cls`` config from layers, lowest precedence first; ``None`` values in a layer do not override."""
     values: dict[str, Any] = {}
     for layer in layers:
         values.update({k: v for k, v in layer.items() if v is not None})
-    check_keys(values, "settings")
+    check_keys(values, "settings", tuple(f.name for f in fields(cls)))
     # YAML may give 8 for fps or 7 for guidance: accept ints where floats are expected.
-    for name in ("guidance", "fps", "noise_alpha"):
-        if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
-            values[name] = float(values[name])
-    return RenderConfig(**values)
+    for f in fields(cls):
+        value = values.get(f.name)
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and "float" in str(f.type)
+            and "int" not in str(f.type)
+        ):
+            values[f.name] = float(value)
+    return cls(**values)
 
 
 def to_dict(config: RenderConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+TRAINABLE = ("motion", "motion+attn", "lora", "all")
+LR_SCHEDULES = ("constant", "cosine")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str | None = None  # the image model the motion modules learn on
+    motion_module: str | None = None  # start from these; None: the model's own, else a fresh zero-initialised stack
+    data: str | None = None  # folder of videos + same-stem .txt captions, or a CSV/JSONL manifest
+    data_root: str | None = None  # WebVid-style CSV (videoid,name,page_dir): the folder holding page_dir/
+    output: str | None = None  # run folder: checkpoints/, motion_module/, metrics.jsonl, validation/
+    frames: int = 16  # frames per training clip; AnimateDiff trains on 16
+    stride: int = 4  # take every 4th frame (AnimateDiff's sample_stride); lowered for short videos
+    resolution: int = 256  # square side after resize and centre crop (AnimateDiff's sample_size)
+    height: int | None = None  # overrides resolution for non-square training
+    width: int | None = None
+    flip: bool = False  # random horizontal flips (off: direction words in captions would lie)
+    batch_size: int = 1  # clips per process per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    steps: int = 1000  # optimizer steps
+    lr: float = 1e-4  # AnimateDiff's learning rate
+    lr_schedule: str = "constant"  # constant | cosine
+    warmup: int = 0  # linear warm-up steps
+    trainable: str = "motion"  # motion | motion+attn (Tune-A-Video's query projections too) | lora | all
+    lora_rank: int = 16  # MotionLoRA rank
+    mixed_precision: str = "no"  # no | fp16 | bf16 (through accelerate)
+    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
+    noise: str = "independent"  # the same priors sampling uses
+    noise_alpha: float = 1.0
+    caption_dropout: float = 0.1  # trains the unconditional branch for guidance (AnimateDiff: 0.1)
+    cache_latents: bool = False  # encode each clip once (a fixed clip per video), so CPU runs skip the VAE
+    seed: int = 0  # everything random derives from (seed, step, process): resume is exact
+    save_every: int = 500  # checkpoint every N steps (and at the end)
+    keep: int = 3  # checkpoints kept (oldest removed)
+    validate_every: int = 0  # render a validation GIF every N steps (0: never)
+    validation_prompt: str | None = None
+    validation_steps: int = 25  # denoising steps of the validation render
+    resume: str | None = None  # latest | a checkpoint folder
+    num_workers: int = 2  # data-loading worker processes
+    max_grad_norm: float = 1.0  # gradient clipping (AnimateDiff: 1.0)
+    weight_decay: float = 1e-2  # AdamW (AnimateDiff: 1e-2)
+    ema_decay: float = 0.0  # exponential moving average of the trained weights (0: off)
+    max_nan_steps: int = 5  # consecutive non-finite losses before the run stops
+    quiet: bool = False
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`UserError` (one line) for any setting that cannot work; return self."""
+        check_types(self)
+        for name in (
+            "frames",
+            "stride",
+            "resolution",
+            "batch_size",
+            "grad_accum",
+            "steps",
+            "save_every",
+            "keep",
+            "lora_rank",
+            "validation_steps",
+            "max_nan_steps",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"--{_flag(name)} must be a positive whole number, got {value!r}")
+        for name in ("warmup", "validate_every", "num_workers", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UserError(f"--{_flag(name)} must be a whole number >= 0, got {value!r}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0 or value % 8):
+                raise UserError(f"--{name} must be a positive multiple of 8, got {value!r}")
+        if self.resolution % 8:
+            raise UserError(f"--resolution must be a multiple of 8, got {self.resolution}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.caption_dropout <= 1:
+            raise UserError(f"--caption-dropout must be between 0 and 1, got {self.caption_dropout!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+        if not (math.isfinite(self.noise_alpha) and self.noise_alpha >= 0):
+            raise UserError(f"--noise-alpha must be a finite number >= 0, got {self.noise_alpha!r}")
+        for name, allowed in (
+            ("trainable", TRAINABLE),
+            ("lr_schedule", LR_SCHEDULES),
+            ("mixed_precision", MIXED_PRECISION),
+            ("noise", NOISE_KINDS),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise UserError(f"unknown --{_flag(name)} {value!r}; choose one of: {', '.join(allowed)}")
+        if not self.model:
+            raise UserError("no model given: pass --model (a diffusers SD1.5 folder or hub id)")
+        if not self.data:
+            raise UserError("no training data given: pass --data (a folder of videos or a CSV/JSONL manifest)")
+        if not self.output:
+            raise UserError("no run folder given: pass --output DIR")
+        if self.validate_every and not self.validation_prompt:
+            raise UserError("--validate-every needs --validation-prompt")
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.height or self.resolution, self.width or self.resolution)
+
+
+TRAIN_FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))

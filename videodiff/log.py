@@ -17,12 +17,24 @@ def notice(message: str) -> None:
     logger.warning(message)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (test runners swap it), not the one at set-up."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_cli_logging(quiet: bool = False) -> None:
     """Print notices as ``videodiff: message`` lines on stderr (used by the CLI only)."""
     for handler in list(logger.handlers):
         if getattr(handler, "_videodiff_cli", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("videodiff: %(message)s"))
     handler._videodiff_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

@@ -17,9 +17,9 @@ from videodiff import noise as noise_priors
 from videodiff import sampling, text, vae
 from videodiff.config import INFO_KEY, RenderConfig, load_config_file, merge, to_dict
 from videodiff.errors import UserError
-from videodiff.io.atomic import prepare_output, write_text_atomic
+from videodiff.io.atomic import write_text_atomic
 from videodiff.io.models import ModelParts, hub_versions, load_model_parts, read_model_defaults
-from videodiff.io.video import save_video, sidecar_path
+from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
@@ -96,6 +96,13 @@ class VideoPipeline:
     def max_frames(self) -> int:
         return self.unet.max_frames
 
+    def check_frames(self, num_frames: int) -> None:
+        if num_frames > self.max_frames:
+            raise UserError(
+                f"{num_frames} frames exceed the motion modules' positional encoding of "
+                f"{self.max_frames} frames; render at most {self.max_frames}"
+            )
+
     def default_size(self) -> tuple[int, int]:
         d = self.parts.defaults
         size = self.parts.unet.config.sample_size * self.vae_scale
@@ -153,11 +160,7 @@ class VideoPipeline:
             noise_alpha=float(noise_alpha),
             decode_chunk=decode_chunk,
         ).validate()
-        if num_frames > self.max_frames:
-            raise UserError(
-                f"{num_frames} frames exceed the motion modules' positional encoding of "
-                f"{self.max_frames} frames; render at most {self.max_frames}"
-            )
+        self.check_frames(num_frames)
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
         guide = sampling.uses_guidance(guidance_scale)
@@ -252,10 +255,8 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
     if not config.prompt:
         raise UserError("no prompt given: pass PROMPT or set 'prompt' in the --config file")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
-    if config.seed is None:
-        notice(f"seed {seed} (pass --seed {seed} to render this video again)")
     output = Path(config.output) if config.output else default_output(config.prompt, seed)
-    prepare_output(output, overwrite=config.overwrite)  # fail before minutes of work, not after
+    check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite)  # fail before the work
     side = sidecar_path(output)
     if side.exists() and not config.overwrite:
         raise UserError(f"{side} already exists; pass --overwrite to replace it")
@@ -263,6 +264,9 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
         pipe = load_pipeline(
             config.model, config.motion_module, device=config.device, dtype=config.dtype, attention=config.attention
         )
+    pipe.check_frames(config.frames)
+    if config.seed is None:
+        notice(f"seed {seed} (pass --seed {seed} to render this video again)")
     result = pipe(
         config.prompt,
         negative_prompt=config.negative,

@@ -44,6 +44,29 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def check_output(path: str | os.PathLike[str], *, fps: float = 8, crf: int = 18, overwrite: bool = False) -> Path:
+    """Everything :func:`save_video` would refuse, checked before any work: format, fps, crf, an existing file.
+
+    Returns the output path, with its parent folder created.
+    """
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
+        raise UserError(f"fps must be a positive number, got {fps!r}")
+    suffix = Path(path).suffix.lower()
+    if suffix and suffix not in VIDEO_SUFFIXES:
+        raise UserError(
+            f"unsupported output type {suffix!r}: use {' '.join(VIDEO_SUFFIXES)}, "
+            "or no extension for a folder of PNG frames"
+        )
+    if suffix in _AV_CODECS:
+        max_crf = _AV_CODECS[suffix][2]
+        if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not 0 <= crf <= max_crf:
+            raise UserError(f"crf must be an integer from 0 to {max_crf} for {suffix}, got {crf!r}")
+    out = prepare_output(path, overwrite=overwrite)
+    if suffix and out.is_dir():
+        raise UserError(f"{path} is a folder; choose a file name or remove the folder")
+    return out
+
+
 def save_video(
     frames: Any,
     path: str | os.PathLike[str],
@@ -61,22 +84,8 @@ def save_video(
     unsupported suffix, a bad ``fps``/``crf`` or an output that may not be written.
     """
     arr = _as_frames(frames)
-    if not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
-        raise UserError(f"fps must be a positive number, got {fps!r}")
-    suffix = Path(path).suffix.lower()
-    if suffix and suffix not in VIDEO_SUFFIXES:
-        raise UserError(
-            f"unsupported output type {suffix!r}: use {' '.join(VIDEO_SUFFIXES)}, "
-            "or no extension for a folder of PNG frames"
-        )
-    if suffix in _AV_CODECS:
-        max_crf = _AV_CODECS[suffix][2]
-        if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not 0 <= crf <= max_crf:
-            raise UserError(f"crf must be an integer from 0 to {max_crf} for {suffix}, got {crf!r}")
-
-    out = prepare_output(path, overwrite=overwrite)
-    if suffix and out.is_dir():
-        raise UserError(f"{path} is a folder; choose a file name or remove the folder")
+    out = check_output(path, fps=fps, crf=crf, overwrite=overwrite)
+    suffix = out.suffix.lower()
     if not suffix:
         with atomic_dir(out) as tmp_dir:
             _write_png_dir(arr, tmp_dir)
