@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from videodiff import __version__
-from videodiff.config import ATTENTION, DEVICES, DTYPES, NOISE_KINDS, SCHEDULERS
+from videodiff.config import ATTENTION, DEVICES, DTYPES, NOISE_KINDS, SCHEDULERS, TrainConfig
 from videodiff.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -119,6 +119,99 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     setup_cli_logging(config.quiet)
     outcome = run_render(config)
     click.echo(str(outcome.output))
+
+
+TRAIN_HELP = {
+    "model": "Image model: diffusers folder or hub id [env VIDEODIFF_MODEL].",
+    "motion_module": "Start from these motion modules (default: the model's own, else new zero-initialised ones).",
+    "data": "Folder of videos with same-stem .txt captions, or a CSV/JSONL manifest (path,caption).",
+    "data_root": "For a WebVid-style CSV (videoid,name,page_dir): the folder holding the page_dir folders.",
+    "output": "Run folder: checkpoints/, motion_module/, metrics.jsonl, validation/.",
+    "frames": "Frames per training clip.",
+    "stride": "Take every N-th frame (lowered for short videos).",
+    "resolution": "Square training size after resize and centre crop.",
+    "height": "Training height (overrides --resolution).",
+    "width": "Training width (overrides --resolution).",
+    "flip": "Random horizontal flips.",
+    "batch_size": "Clips per process per micro-step.",
+    "grad_accum": "Micro-steps per optimizer step.",
+    "steps": "Optimizer steps.",
+    "lr": "Learning rate.",
+    "lr_schedule": "constant|cosine",
+    "warmup": "Linear warm-up steps.",
+    "trainable": "motion|motion+attn|lora|all",
+    "lora_rank": "MotionLoRA rank (--trainable lora).",
+    "mixed_precision": "no|fp16|bf16",
+    "gradient_checkpointing": "Recompute activations to save memory.",
+    "noise": "independent|mixed|progressive (the priors sampling uses).",
+    "noise_alpha": "Frame correlation strength for mixed/progressive noise.",
+    "caption_dropout": "Fraction of empty captions (trains the unconditional branch for guidance).",
+    "cache_latents": "Encode every clip once (a fixed clip per video), so CPU training skips the VAE.",
+    "seed": "Seed of every random choice (resume is exact).",
+    "save_every": "Checkpoint every N steps (and at the end).",
+    "keep": "Checkpoints kept.",
+    "validate_every": "Render a validation GIF every N steps (0: never).",
+    "validation_prompt": "Prompt of the validation GIFs.",
+    "validation_steps": "Denoising steps of the validation GIFs.",
+    "resume": "latest, or a checkpoint folder (DIR/checkpoints/step-N).",
+    "num_workers": "Data-loading worker processes.",
+    "max_grad_norm": "Gradient clipping norm.",
+    "weight_decay": "AdamW weight decay.",
+    "ema_decay": "EMA of the trained weights (0: off), e.g. 0.999.",
+    "max_nan_steps": "Consecutive NaN/inf losses before the run stops.",
+    "quiet": "No progress bar or notices.",
+}
+
+
+def options_from(cls: type, helps: dict[str, str], envvars: dict[str, str] | None = None):
+    """Click options for every field of a config dataclass (flag = field name with dashes)."""
+    import dataclasses
+
+    def decorate(func):
+        for f in reversed(dataclasses.fields(cls)):
+            flag = "--" + f.name.replace("_", "-")
+            kind = str(f.type)
+            extra: dict[str, Any] = {"help": helps.get(f.name, ""), "envvar": (envvars or {}).get(f.name)}
+            if kind.startswith("bool"):
+                func = click.option(flag, is_flag=True, default=f.default, **extra)(func)
+                continue
+            typ = int if kind.startswith("int") else float if kind.startswith("float") else str
+            show = f.default is not None
+            func = click.option(flag, type=typ, default=f.default, show_default=show, **extra)(func)
+        return func
+
+    return decorate
+
+
+@cli.command()
+@options_from(TrainConfig, TRAIN_HELP, {"model": "VIDEODIFF_MODEL"})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML with any of these settings (see configs/train/); the command line wins.",
+)
+@click.pass_context
+def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
+    """Fine-tune the temporal layers (or more) on your own clips.
+
+    \b
+    Example:
+      videodiff train --model ./sd15 --motion-module ./motion-v2 --data clips/ --output runs/waves \\
+          --frames 16 --stride 4 --resolution 256 --steps 2000 --trainable motion
+    Several GPUs: accelerate launch -m videodiff train ...
+    """
+    from videodiff.config import TRAIN_FIELD_NAMES, load_config_file, merge
+    from videodiff.log import setup_cli_logging
+    from videodiff.training.loop import train as run_train
+
+    from_file = load_config_file(config_file, TRAIN_FIELD_NAMES) if config_file else {}
+    config = merge(
+        given(ctx, ParameterSource.ENVIRONMENT), from_file, given(ctx, ParameterSource.COMMANDLINE), cls=TrainConfig
+    ).validate()
+    setup_cli_logging(config.quiet)
+    run = run_train(config)
+    click.echo(str(run))
 
 
 def main() -> None:

@@ -17,6 +17,11 @@ def encode_prompts(
     ``clip_skip`` uses an earlier hidden layer (1 = the penultimate), through the final
     layer norm, as diffusers does.
     """
+    multi = getattr(tokenizer, "videodiff_multi_tokens", None)
+    if multi:  # multi-vector textual-inversion tokens expand to all their vectors
+        from videodiff.io.embeddings import expand_prompt
+
+        prompts = [expand_prompt(p, multi) for p in prompts]
     max_length = tokenizer.model_max_length
     batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     for prompt in prompts:
@@ -29,7 +34,8 @@ def encode_prompts(
     if clip_skip:
         out = text_encoder(ids, attention_mask=mask, output_hidden_states=True)
         hidden = out.hidden_states[-(clip_skip + 1)]
-        hidden = text_encoder.text_model.final_layer_norm(hidden)
+        # transformers 4 nests the modules in .text_model; 5 does not
+        hidden = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
     else:
         hidden = text_encoder(ids, attention_mask=mask)[0]
     return hidden.to(dtype=text_encoder.dtype)

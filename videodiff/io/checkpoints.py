@@ -35,8 +35,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure here is a bad file, reported in one line
-            text = _first_line(exc)
-            if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            text, full = _first_line(exc), str(exc)
+            if any(m in full for m in ("weights_only", "Weights only", "Unsupported global", "GLOBAL")):
                 raise UserError(
                     f"{path}: refused, it needs arbitrary code to load "
                     "(convert it to .safetensors with a tool you trust)"

@@ -15,6 +15,7 @@ import torch
 from videodiff.config import MODEL_DEFAULT_KEYS, check_keys
 from videodiff.errors import UserError
 from videodiff.io.checkpoints import load_strict, read_state_dict
+from videodiff.log import notice
 from videodiff.unet.temporal import MotionStack
 
 # Files a diffusers hub repository may hold that videodiff never reads (often several GB).
@@ -31,6 +32,7 @@ HUB_SKIP = [
     "safety_checker/*",
     "feature_extractor/*",
 ]
+SPATIAL_FILE = "spatial.safetensors"  # image-U-Net tensors trained together with the motion modules
 DEFAULTS_FILE = "videodiff.json"  # a model's recorded preferences: {"defaults": {"height": 512, ...}}
 OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
 WEIGHT_NAMES = (
@@ -120,6 +122,42 @@ def load_motion_module(source: str) -> MotionStack:
     return load_motion_folder(folder)
 
 
+def new_motion_stack(unet) -> MotionStack:
+    """A zero-initialised motion stack shaped for ``unet`` (AnimateDiff v2's layout: mid block, 32 frames)."""
+    channels = list(unet.config.block_out_channels)
+    heads = 8 if all(c % 8 == 0 for c in channels) else 1
+    groups = 32 if all(c % 32 == 0 for c in channels) else 1
+    notice("starting from new, zero-initialised motion modules")
+    return MotionStack(
+        block_out_channels=channels,
+        motion_layers_per_block=unet.config.layers_per_block,
+        motion_num_attention_heads=heads,
+        motion_norm_num_groups=groups,
+        motion_max_seq_length=32,
+        use_motion_mid_block=unet.mid_block is not None,
+    )
+
+
+def apply_spatial_weights(unet, path: Path) -> None:
+    """Load fine-tuned image-U-Net tensors shipped beside motion modules (e.g. after ``--trainable motion+attn``).
+
+    Every tensor must name an existing U-Net parameter of the same shape: checked here,
+    so the partial load below is never a silent ``strict=False``.
+    """
+    tensors = read_state_dict(path)
+    expected = unet.state_dict()
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise UserError(f"{path}: {len(unknown)} tensors are not in the image U-Net (e.g. {unknown[0]})")
+    for key, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise UserError(
+                f"{path}: {key} has shape {tuple(tensor.shape)}, the U-Net expects {tuple(expected[key].shape)}"
+            )
+    unet.load_state_dict(tensors, strict=False)
+    notice(f"loaded {len(tensors)} fine-tuned image-U-Net tensors from {path.name}")
+
+
 def fingerprint(path: str | Path) -> str:
     """SHA-256 over a file, or over a folder's weight and config files (names and contents), cached by mtime."""
     path = Path(path).resolve()
@@ -170,8 +208,12 @@ class ModelParts:
     sources: dict[str, dict[str, str]] = field(default_factory=dict)  # {"model": {"id", "sha256"}, ...}
 
 
-def load_model_parts(model: str, motion_module: str | None = None) -> ModelParts:
-    """Load an SD1.5-family diffusers model (folder or hub id) and its motion modules."""
+def load_model_parts(model: str, motion_module: str | None = None, *, new_motion: bool = False) -> ModelParts:
+    """Load an SD1.5-family diffusers model (folder or hub id) and its motion modules.
+
+    Motion modules come from ``motion_module``, else the model's own ``motion_adapter/``,
+    else (only with ``new_motion``, for training) a fresh zero-initialised stack.
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -191,15 +233,22 @@ def load_model_parts(model: str, motion_module: str | None = None) -> ModelParts
     except (OSError, ValueError) as exc:
         raise UserError(f"{root}: could not load the model ({str(exc).splitlines()[0]})") from None
     sources = {"model": {"id": model, "sha256": fingerprint(root)}}
-    if motion_module is None:
-        own = root / OWN_MOTION_FOLDER
-        if not own.is_dir():
+    if motion_module is None and (root / OWN_MOTION_FOLDER).is_dir():
+        motion_folder: Path | None = root / OWN_MOTION_FOLDER
+        motion = load_motion_folder(motion_folder)
+        sources["motion_module"] = {"id": f"{model}/{OWN_MOTION_FOLDER}", "sha256": fingerprint(motion_folder)}
+    elif motion_module is None:
+        if not new_motion:
             raise UserError(f"{model} has no motion modules of its own; pass --motion-module (a MotionAdapter folder)")
-        motion = load_motion_folder(own)
-        sources["motion_module"] = {"id": f"{model}/{OWN_MOTION_FOLDER}", "sha256": fingerprint(own)}
+        motion_folder = None
+        motion = new_motion_stack(unet)
+        sources["motion_module"] = {"id": "new (zero-initialised)", "sha256": ""}
     else:
+        motion_folder = locate(motion_module, "motion module")
         motion = load_motion_module(motion_module)
-        sources["motion_module"] = {"id": motion_module, "sha256": fingerprint(locate(motion_module, "motion module"))}
+        sources["motion_module"] = {"id": motion_module, "sha256": fingerprint(motion_folder)}
+    if motion_folder is not None and motion_folder.is_dir() and (motion_folder / SPATIAL_FILE).is_file():
+        apply_spatial_weights(unet, motion_folder / SPATIAL_FILE)
     for module in (text_encoder, vae, unet, motion):
         module.requires_grad_(False).eval()
     return ModelParts(
