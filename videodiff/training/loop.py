@@ -1,0 +1,428 @@
+"""The training loop on Hugging Face Accelerate: one process or many, CPU or GPU, with no code change.
+
+    accelerate launch -m videodiff train --model M --data clips/ --output run/
+
+Each optimizer step: for each of ``grad_accum`` micro-batches, encode the clips
+(or take cached latents), draw the noise prior and timesteps, noise the latents
+(q(x_t|x_0)), predict with the video U-Net and take the MSE to the target (epsilon,
+or velocity for v-prediction schedulers); then clip gradients and step. All
+randomness derives from (seed, micro-step, process), so a resumed run is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from videodiff import noise as noise_priors
+from videodiff import text, vae
+from videodiff.config import TrainConfig
+from videodiff.errors import UserError
+from videodiff.io.models import SPATIAL_FILE, ModelParts, load_model_parts
+from videodiff.log import notice
+from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
+from videodiff.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
+from videodiff.training.data import ClipDataset, ResumableBatches, collate, find_clips
+from videodiff.training.trainable import SPATIAL_PREFIX, select_trainable
+from videodiff.unet import VideoUNet
+from videodiff.unet.lora import lora_state_dict
+
+
+def check_launch(num_processes: int) -> None:
+    """Refuse a multi-process launch in which every process believes it is alone (each would train separately)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and num_processes == 1:
+        raise UserError(
+            f"the launcher started {world} processes but each one sees itself alone; on CPUs set "
+            "ACCELERATE_USE_CPU=1 (or pass --cpu to accelerate launch)"
+        )
+
+
+def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """A CPU generator for one micro-step of one process: no RNG state to save, resume is exact."""
+    digest = hashlib.sha256(f"{seed}/{micro_step}/{rank}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def training_scheduler(model_config: dict[str, Any]):
+    """DDPM forward process with AnimateDiff's training schedule (linear betas 0.00085-0.012)."""
+    from diffusers import DDPMScheduler
+
+    config = {k: v for k, v in model_config.items() if not k.startswith("_")}
+    config.update(ANIMATEDIFF_SCHEDULE)
+    return DDPMScheduler.from_config(config, clip_sample=False)
+
+
+def target_for(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    if kind == "sample":
+        return latents
+    raise UserError(f"unsupported prediction type {kind!r} in the model's scheduler config")
+
+
+class EMA:
+    """Exponential moving average of the trained parameters (Polyak averaging)."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: p.detach().clone().float() for k, p in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict[str, torch.nn.Parameter]) -> None:
+        for k, p in params.items():
+            self.shadow[k].lerp_(p.detach().float(), 1 - self.decay)
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """Latents encoded once per video (the clip of epoch 0), for runs where the VAE would dominate."""
+
+    def __init__(self, latents: list[torch.Tensor], captions: list[str]) -> None:
+        self.latents, self.captions = latents, captions
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, key) -> dict:
+        index = key[0] if isinstance(key, tuple) else key
+        return {"latents": self.latents[index], "caption": self.captions[index], "index": index}
+
+
+def collate_any(items: list[dict]) -> dict:
+    if items and "latents" in items[0]:
+        return {
+            "latents": torch.stack([i["latents"] for i in items]),
+            "captions": [i["caption"] for i in items],
+            "skipped": [],
+        }
+    return collate(items)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        from accelerate import Accelerator
+
+        self.config = config.validate()
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        check_launch(self.accelerator.num_processes)
+        self.run = Path(config.output)
+        self.device = self.accelerator.device
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        self.skipped: dict[str, str] = {}
+        self.nan_total = 0
+
+    # 1. models
+    def build_models(self) -> None:
+        c = self.config
+        self.parts: ModelParts = load_model_parts(c.model, c.motion_module, new_motion=True)
+        self.video_unet = VideoUNet(self.parts.unet, self.parts.motion)
+        self.trained_names = select_trainable(self.video_unet, c.trainable, c.lora_rank)
+        self.video_unet.gradient_checkpointing = c.gradient_checkpointing
+        self.video_unet.train()
+        self.parts.vae.to(self.device)
+        self.parts.text_encoder.to(self.device)
+        self.scheduler = training_scheduler(self.parts.scheduler_config)
+        self.context_cache: dict[str, torch.Tensor] = {}
+
+    def trained_params(self, module: torch.nn.Module | None = None) -> dict[str, torch.nn.Parameter]:
+        module = module or self.accelerator.unwrap_model(self.model)
+        params = dict(module.named_parameters())
+        return {n: params[n] for n in self.trained_names}
+
+    # 2. data
+    def build_data(self, position: int) -> None:
+        c = self.config
+        height, width = c.size
+        sources = find_clips(c.data, c.data_root)
+        self.dataset: torch.utils.data.Dataset = ClipDataset(
+            sources, frames=c.frames, stride=c.stride, height=height, width=width, flip=c.flip, seed=c.seed
+        )
+        workers = c.num_workers
+        if c.cache_latents:
+            self.dataset, workers = self.cache_latents(self.dataset), 0
+        self.sampler = ResumableBatches(
+            len(self.dataset), c.batch_size, seed=c.seed, rank=self.rank, world=self.world, position=position
+        )
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate_any,
+            persistent_workers=workers > 0,
+        )
+        self.batches = iter(loader)
+        self.position = position
+
+    @torch.no_grad()
+    def cache_latents(self, dataset: ClipDataset) -> CachedLatents:
+        latents, captions = [], []
+        for index in tqdm(range(len(dataset)), desc="caching latents", disable=not self.is_main or self.config.quiet):
+            item = dataset[(index, 0)]
+            if "skipped" in item:
+                self.skipped[item["skipped"]] = item["reason"]
+                continue
+            pixels = item["pixels"][None].to(self.device, self.parts.vae.dtype)
+            gen = step_generator(self.config.seed, -1 - index, 0)
+            latents.append(vae.encode(self.parts.vae, pixels, sample=True, generator=gen)[0].cpu())
+            captions.append(item["caption"])
+        if not latents:
+            raise UserError(f"no readable clips in {self.config.data} ({len(self.skipped)} unreadable or too short)")
+        return CachedLatents(latents, captions)
+
+    def next_batch(self) -> dict:
+        """The next batch with at least one readable clip; a dataset with none is an error."""
+        for _ in range(max(1, self.sampler.per_epoch) + 1):
+            batch = next(self.batches)
+            self.position += 1
+            for path, reason in batch["skipped"]:
+                self.skipped[path] = reason
+            if "latents" in batch or "pixels" in batch:
+                return batch
+        raise UserError(
+            f"no readable clips in {self.config.data}: a whole epoch was unreadable or too short "
+            f"(e.g. {next(iter(self.skipped.items()), ('?', '?'))})"
+        )
+
+    # 3. one micro-step
+    def encode_captions(self, captions: list[str], gen_seed: str) -> torch.Tensor:
+        rng = random.Random(gen_seed)
+        rows = []
+        for caption in captions:
+            if rng.random() < self.config.caption_dropout:
+                caption = ""  # trains the unconditional branch that guidance needs
+            if caption not in self.context_cache:
+                self.context_cache[caption] = text.encode_prompts(
+                    self.parts.tokenizer, self.parts.text_encoder, [caption], self.device
+                )[0]
+            rows.append(self.context_cache[caption])
+        return torch.stack(rows)
+
+    def loss(self, batch: dict, micro_step: int) -> torch.Tensor:
+        gen = step_generator(self.config.seed, micro_step, self.rank)
+        with torch.no_grad():
+            if "latents" in batch:
+                latents = batch["latents"].to(self.device)
+            else:
+                pixels = batch["pixels"].to(self.device, self.parts.vae.dtype)
+                latents = vae.encode(self.parts.vae, pixels, sample=True, generator=gen)
+            latents = latents.float()
+            eps = noise_priors.sample_noise(
+                tuple(latents.shape), kind=self.config.noise, alpha=self.config.noise_alpha, generator=gen
+            ).to(self.device)
+            t = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+            t = t.to(self.device)
+            noisy = self.scheduler.add_noise(latents, eps, t)
+            context = self.encode_captions(batch["captions"], f"{self.config.seed}/{micro_step}/{self.rank}/captions")
+            target = target_for(self.scheduler, latents, eps, t)
+        with self.accelerator.autocast():
+            pred = self.model(noisy, t, context)
+        return F.mse_loss(pred.float(), target.float())
+
+    # 4. the loop
+    def train(self) -> Path:
+        c, acc = self.config, self.accelerator
+        self.build_models()
+        resume = resolve_resume(self.run, c.resume) if c.resume else None
+        state = load_checkpoint(resume) if resume else None
+        if state:  # weights before the optimizer is built, so it holds the resumed tensors
+            self.load_trained(state["tensors"])
+        params = [p for p in self.video_unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        from diffusers.optimization import get_scheduler
+
+        lr_schedule = get_scheduler(c.lr_schedule, optimizer, num_warmup_steps=c.warmup, num_training_steps=c.steps)
+        self.model, self.optimizer = acc.prepare(self.video_unet, optimizer)
+        self.ema = EMA(self.trained_params(), c.ema_decay) if c.ema_decay else None
+        start, position = 0, 0
+        if state:
+            self.optimizer.optimizer.load_state_dict(state["optimizer"])
+            lr_schedule.load_state_dict(state["lr_scheduler"])
+            if state["scaler"] is not None and acc.scaler is not None:
+                acc.scaler.load_state_dict(state["scaler"])
+            s = state["state"]
+            start, position, self.nan_total = s["step"], s["positions"][self.rank], s["nan_total"]
+            if self.ema is not None:
+                self.ema.shadow = {
+                    k[len("ema.") :]: v.float() for k, v in state["tensors"].items() if k.startswith("ema.")
+                }
+            if self.is_main:
+                notice(f"resuming from {resume} at step {start}")
+        self.build_data(position)
+        if self.is_main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            (self.run / "train_config.json").write_text(json.dumps(asdict(c), indent=2))
+        bar = tqdm(total=c.steps, initial=start, disable=not self.is_main or c.quiet, desc="training")
+        nan_in_a_row, last = 0, time.perf_counter()
+        for step in range(start, c.steps):
+            losses, clips = [], 0
+            finite = True
+            for micro in range(c.grad_accum):
+                batch = self.next_batch()
+                loss = self.loss(batch, step * c.grad_accum + micro)
+                ok = acc.gather(torch.isfinite(loss).float().reshape(1).to(self.device)).min().item() > 0
+                if not ok:  # every process skips together, or the gradient all-reduce would hang
+                    finite = False
+                    break
+                acc.backward(loss / c.grad_accum)
+                losses.append(loss.detach())
+                clips += len(batch["captions"])
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.nan_total += 1
+                nan_in_a_row += 1
+                if nan_in_a_row >= c.max_nan_steps:
+                    raise UserError(
+                        f"the loss was NaN or infinite in {nan_in_a_row} steps in a row (step {step + 1}); "
+                        "lower --lr or use --mixed-precision bf16/no"
+                    )
+                continue
+            nan_in_a_row = 0
+            acc.clip_grad_norm_(params, c.max_grad_norm)
+            self.optimizer.step()
+            lr_schedule.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.trained_params())
+            done = step + 1
+            mean_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            now = time.perf_counter()
+            record = {
+                "step": done,
+                "loss": mean_loss,
+                "lr": lr_schedule.get_last_lr()[0],
+                "clips_per_s": clips * self.world / max(now - last, 1e-9),
+                "nan_skipped": self.nan_total,
+            }
+            last = now
+            if self.is_main:
+                self.log(record)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", clips_s=f"{record['clips_per_s']:.2f}"
+                )
+            if done % c.save_every == 0 or done == c.steps:
+                self.save(done, lr_schedule)
+            if c.validate_every and done % c.validate_every == 0 and self.is_main:
+                self.validate(done)
+        bar.close()
+        self.finish()
+        return self.run
+
+    # 5. saving
+    def log(self, record: dict) -> None:
+        with (self.run / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if not hasattr(self, "_tb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run / "tensorboard"))
+            except Exception:  # noqa: BLE001 - TensorBoard is optional
+                self._tb = None
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self._tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def load_trained(self, tensors: dict[str, torch.Tensor]) -> None:
+        trained = self.trained_params(self.video_unet)
+        weights = {k: v for k, v in tensors.items() if not k.startswith("ema.")}
+        if set(weights) != set(trained):
+            raise UserError("the checkpoint's trained tensors do not match this run's --trainable set")
+        with torch.no_grad():
+            for k, p in trained.items():
+                p.copy_(weights[k])
+
+    def save(self, step: int, lr_schedule) -> None:
+        acc = self.accelerator
+        positions = acc.gather(torch.tensor([self.position], device=self.device)).tolist()
+        if self.is_main:
+            tensors = {k: p.detach() for k, p in self.trained_params().items()}
+            if self.ema is not None:
+                tensors.update({f"ema.{k}": v for k, v in self.ema.shadow.items()})
+            state = {
+                "step": step,
+                "positions": positions,
+                "nan_total": self.nan_total,
+                "world": self.world,
+                "trainable": self.config.trainable,
+            }
+            save_checkpoint(
+                self.run,
+                step,
+                tensors=tensors,
+                optimizer=self.optimizer.optimizer.state_dict(),
+                lr_scheduler=lr_schedule.state_dict(),
+                state=state,
+                keep=self.config.keep,
+                scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
+            )
+        acc.wait_for_everyone()
+
+    def validate(self, step: int) -> None:
+        from videodiff.io.video import save_video
+        from videodiff.pipelines import VideoPipeline
+
+        c = self.config
+        unet = self.accelerator.unwrap_model(self.model)
+        pipe = VideoPipeline(self.parts, self.device, torch.float32)
+        height, width = c.size
+        result = pipe(
+            c.validation_prompt,
+            num_frames=min(c.frames, unet.max_frames),
+            height=height,
+            width=width,
+            num_inference_steps=c.validation_steps,
+            seed=c.seed,
+        )
+        save_video(result.frames, self.run / "validation" / f"step-{step}.gif", fps=8, overwrite=True)
+        unet.train()
+
+    def finish(self) -> None:
+        from safetensors.torch import save_file
+
+        from videodiff.io.atomic import atomic_file
+        from videodiff.io.motion_formats import save_motion_folder
+
+        self.accelerator.wait_for_everyone()
+        if self.skipped and self.is_main:
+            example = next(iter(self.skipped.items()))
+            notice(f"skipped {len(self.skipped)} unreadable or too-short videos (e.g. {example[0]}: {example[1]})")
+        if not self.is_main:
+            return
+        unet = self.accelerator.unwrap_model(self.model)
+        if self.ema is not None:  # the averaged weights are the result
+            with torch.no_grad():
+                for k, p in self.trained_params(unet).items():
+                    p.copy_(self.ema.shadow[k].to(p.dtype))
+        if self.config.trainable == "lora":
+            with atomic_file(self.run / "motion_lora.safetensors") as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in lora_state_dict(unet.motion).items()}, str(tmp))
+            return
+        folder = save_motion_folder(unet.motion, self.run / "motion_module", overwrite=True)
+        spatial = {
+            k[len(SPATIAL_PREFIX) :]: p.detach().cpu().contiguous()
+            for k, p in self.trained_params(unet).items()
+            if k.startswith(SPATIAL_PREFIX)
+        }
+        if spatial:
+            save_file(spatial, str(folder / SPATIAL_FILE))
+
+
+def train(config: TrainConfig) -> Path:
+    """Train as ``config`` says; returns the run folder. Launch with ``accelerate launch`` for several processes."""
+    return Trainer(config).train()
