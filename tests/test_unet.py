@@ -7,7 +7,7 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from videodiff.errors import UserError
-from videodiff.io.models import load_motion_folder
+from videodiff.io.motion_formats import load_motion_folder
 from videodiff.unet import MotionStack, VideoUNet
 
 

@@ -99,6 +99,19 @@ def _choice_help(names: tuple[str, ...]) -> str:
     help="YAML (or a sidecar .json) with any of these settings; the command line wins.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
+@click.option("--vae", help="Swap the VAE: a VAE file (LDM or diffusers layout) or folder.")
+@click.option("--clip-skip", type=int, help="Use an earlier text-encoder layer (1 = penultimate).")
+@click.option("--lora", multiple=True, help="Image-model LoRA PATH[:SCALE] (kohya or diffusers/PEFT); repeatable.")
+@click.option("--embedding", multiple=True, help="Textual-inversion embedding file; repeatable.")
+@click.option("--motion-lora", multiple=True, help="MotionLoRA PATH[:SCALE]; repeatable, scales add up.")
+@click.option("--motion-config", help="Override motion-module detection: v1, v2, v3 or a MotionAdapter config.json.")
+@click.option(
+    "--spatial-norm",
+    default="auto",
+    show_default=True,
+    help="GroupNorm of the image ResNets: joint over all frames (original v1), per-frame (diffusers), "
+    "or auto (joint for original-format v1 files).",
+)
 @click.pass_context
 def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     """Render a video from a text prompt.
@@ -212,6 +225,55 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     setup_cli_logging(config.quiet)
     run = run_train(config)
     click.echo(str(run))
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@click.argument("output_path", metavar="OUTPUT")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["diffusers", "original"]),
+    required=True,
+    help="diffusers: a MotionAdapter folder; original: an AnimateDiff-layout .safetensors.",
+)
+@click.option("--motion-config", help="Override version detection: v1, v2, v3 or a MotionAdapter config.json.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+def convert(input_path: str, output_path: str, to: str, motion_config: str | None, overwrite: bool) -> None:
+    """Convert a motion module between the diffusers and the original AnimateDiff layouts.
+
+    \b
+    Example:
+      videodiff convert mm_sd_v15_v2.ckpt motion-v2/ --to diffusers
+      videodiff convert motion-v2/ mm_v2.safetensors --to original
+    """
+    from videodiff.io.motion_formats import convert_motion_module
+    from videodiff.log import setup_cli_logging
+
+    setup_cli_logging()
+    click.echo(str(convert_motion_module(input_path, output_path, to, motion_config, overwrite=overwrite)))
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(path: str, as_json: bool) -> None:
+    """Say what a checkpoint file or folder is, without building a model.
+
+    \b
+    Example:
+      videodiff inspect mm_sd_v15_v2.ckpt
+    """
+    import json
+
+    from videodiff.io.inspect import describe
+
+    info = describe(path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        click.echo(f"{key:>18}: {value}")
 
 
 def main() -> None:

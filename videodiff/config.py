@@ -20,6 +20,7 @@ NOISE_KINDS = ("independent", "mixed", "progressive")  # priors of videodiff.noi
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 ATTENTION = ("sdpa", "xformers", "math")
+SPATIAL_NORMS = ("auto", "joint", "per-frame")
 
 # Keys a model may recommend in its ``videodiff.json`` (``{"defaults": {...}}``).
 MODEL_DEFAULT_KEYS = (
@@ -62,6 +63,13 @@ class RenderConfig:
     crf: int = 18  # H.264/VP9 constant quality (lower is better; 18 is visually lossless for most content)
     attention: str = "sdpa"  # sdpa | xformers (optional extra, CUDA only) | math
     quiet: bool = False  # no progress bar or notices
+    vae: str | None = None  # swap the model's VAE: a VAE file (LDM or diffusers layout) or folder
+    clip_skip: int | None = None  # use an earlier text-encoder layer (1 = penultimate), as many SD1.5 finetunes expect
+    lora: tuple[str, ...] = ()  # image-model LoRAs, PATH[:SCALE] each (kohya or diffusers/PEFT), merged in
+    embedding: tuple[str, ...] = ()  # textual-inversion embeddings; the token is taken from the file or its name
+    motion_lora: tuple[str, ...] = ()  # MotionLoRAs, PATH[:SCALE] each; scales add up
+    motion_config: str | None = None  # v1 | v2 | v3 | a MotionAdapter config.json: overrides version detection
+    spatial_norm: str = "auto"  # auto | joint (original v1: GroupNorm over all frames) | per-frame (diffusers)
 
     def replace(self, **changes: Any) -> RenderConfig:
         return dataclasses.replace(self, **changes)
@@ -95,16 +103,19 @@ class RenderConfig:
             raise UserError(f"--crf must be a whole number from 0 to 63, got {self.crf!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**64):
             raise UserError(f"--seed must be a whole number from 0 to 2^64-1, got {self.seed!r}")
+        if self.clip_skip is not None and self.clip_skip < 0:
+            raise UserError(f"--clip-skip must be a whole number >= 0, got {self.clip_skip!r}")
         for name, allowed in (
             ("scheduler", SCHEDULERS),
             ("noise", NOISE_KINDS),
             ("device", DEVICES),
             ("dtype", DTYPES),
             ("attention", ATTENTION),
+            ("spatial_norm", SPATIAL_NORMS),
         ):
             value = getattr(self, name)
             if value not in allowed:
-                raise UserError(f"unknown --{name} {value!r}; choose one of: {', '.join(allowed)}")
+                raise UserError(f"unknown --{_flag(name)} {value!r}; choose one of: {', '.join(allowed)}")
         return self
 
 
@@ -119,7 +130,9 @@ def check_types(config: Any) -> None:
             if "None" in kind:
                 continue
             raise UserError(f"--{_flag(f.name)} needs a value")
-        if kind.startswith("bool"):
+        if kind.startswith("tuple"):
+            ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+        elif kind.startswith("bool"):
             ok = isinstance(value, bool)
         elif kind.startswith("str"):
             ok = isinstance(value, str)
@@ -130,9 +143,14 @@ def check_types(config: Any) -> None:
         else:
             ok = True
         if not ok:
-            expected = (
-                kind.split(" ")[0].replace("str", "text").replace("float", "number").replace("int", "whole number")
-            )
+            names = {
+                "tuple": "a list of text",
+                "bool": "true or false",
+                "str": "text",
+                "int": "a whole number",
+                "float": "a number",
+            }
+            expected = next(v for k, v in names.items() if kind.startswith(k))
             raise UserError(f"--{_flag(f.name)} must be {expected}, got {value!r}")
 
 
@@ -179,9 +197,12 @@ def merge(*layers: dict[str, Any], cls: type = RenderConfig) -> Any:
     for layer in layers:
         values.update({k: v for k, v in layer.items() if v is not None})
     check_keys(values, "settings", tuple(f.name for f in fields(cls)))
-    # YAML may give 8 for fps or 7 for guidance: accept ints where floats are expected.
+    # YAML may give 8 for fps or 7 for guidance: accept ints where floats are expected; lists for repeatable flags.
     for f in fields(cls):
         value = values.get(f.name)
+        if str(f.type).startswith("tuple") and isinstance(value, (list, str)):
+            values[f.name] = tuple(value) if isinstance(value, list) else (value,)
+            continue
         if (
             isinstance(value, int)
             and not isinstance(value, bool)

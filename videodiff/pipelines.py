@@ -15,7 +15,7 @@ import torch
 
 from videodiff import noise as noise_priors
 from videodiff import sampling, text, vae
-from videodiff.config import INFO_KEY, RenderConfig, load_config_file, merge, to_dict
+from videodiff.config import INFO_KEY, SPATIAL_NORMS, RenderConfig, load_config_file, merge, to_dict
 from videodiff.errors import UserError
 from videodiff.io.atomic import write_text_atomic
 from videodiff.io.models import ModelParts, hub_versions, load_model_parts, read_model_defaults
@@ -80,7 +80,14 @@ class VideoResult:
 class VideoPipeline:
     """An SD1.5-family model inflated with motion modules; call it with a prompt to get frames."""
 
-    def __init__(self, parts: ModelParts, device: torch.device, dtype: torch.dtype, attention: str = "sdpa") -> None:
+    def __init__(
+        self,
+        parts: ModelParts,
+        device: torch.device,
+        dtype: torch.dtype,
+        attention: str = "sdpa",
+        clip_skip: int | None = None,
+    ) -> None:
         self.parts = parts
         self.device, self.dtype = device, dtype
         self.tokenizer = parts.tokenizer
@@ -90,6 +97,7 @@ class VideoPipeline:
         self.attention = pick_attention(attention, device)
         self.unet.set_attention_backend(self.attention)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.clip_skip = clip_skip
         self._context_cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -111,7 +119,9 @@ class VideoPipeline:
     def encode(self, prompt: str) -> torch.Tensor:
         """``[1 n d]`` text context, cached per prompt (the empty prompt is reused every call)."""
         if prompt not in self._context_cache:
-            self._context_cache[prompt] = text.encode_prompts(self.tokenizer, self.text_encoder, [prompt], self.device)
+            self._context_cache[prompt] = text.encode_prompts(
+                self.tokenizer, self.text_encoder, [prompt], self.device, clip_skip=self.clip_skip
+            )
         return self._context_cache[prompt]
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
@@ -206,18 +216,42 @@ def load_pipeline(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     attention: str = "sdpa",
+    vae: str | None = None,
+    lora: tuple[str, ...] | list[str] = (),
+    embedding: tuple[str, ...] | list[str] = (),
+    motion_lora: tuple[str, ...] | list[str] = (),
+    motion_config: str | None = None,
+    clip_skip: int | None = None,
+    spatial_norm: str = "auto",
 ) -> VideoPipeline:
-    """Load an SD1.5-family model (diffusers folder or hub id) inflated with motion modules.
+    """Load an SD1.5-family model (diffusers folder, hub id or single file) inflated with motion modules.
 
-    With ``motion_module=None`` the model's own motion modules are used, if it ships them.
+    With ``motion_module=None`` the model's own motion modules are used, if it ships
+    them. ``lora``/``motion_lora`` take ``PATH[:SCALE]`` strings; ``embedding`` takes
+    textual-inversion files; ``spatial_norm`` is ``auto``, ``joint`` (original v1) or
+    ``per-frame`` (diffusers).
     """
     if not model:
         raise UserError(
-            "no model given: pass --model (a diffusers SD1.5 folder or hub id, e.g. "
+            "no model given: pass --model (a diffusers SD1.5 folder, hub id or .safetensors file, e.g. "
             "stable-diffusion-v1-5/stable-diffusion-v1-5) and --motion-module"
         )
+    if spatial_norm not in SPATIAL_NORMS:
+        raise UserError(f"unknown --spatial-norm {spatial_norm!r}; choose one of: {', '.join(SPATIAL_NORMS)}")
     dev = resolve_device(device)
-    return VideoPipeline(load_model_parts(model, motion_module), dev, resolve_dtype(dtype, dev), attention)
+    parts = load_model_parts(
+        model,
+        motion_module,
+        motion_config=motion_config,
+        vae=vae,
+        loras=tuple(lora),
+        embeddings=tuple(embedding),
+        motion_loras=tuple(motion_lora),
+    )
+    pipe = VideoPipeline(parts, dev, resolve_dtype(dtype, dev), attention, clip_skip=clip_skip)
+    joint = parts.norm_over_frames if spatial_norm == "auto" else spatial_norm == "joint"
+    pipe.unet.set_norm_over_frames(joint)
+    return pipe
 
 
 def slug(prompt: str, limit: int = 40) -> str:
@@ -262,7 +296,18 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
         raise UserError(f"{side} already exists; pass --overwrite to replace it")
     if pipe is None:
         pipe = load_pipeline(
-            config.model, config.motion_module, device=config.device, dtype=config.dtype, attention=config.attention
+            config.model,
+            config.motion_module,
+            device=config.device,
+            dtype=config.dtype,
+            attention=config.attention,
+            vae=config.vae,
+            lora=config.lora,
+            embedding=config.embedding,
+            motion_lora=config.motion_lora,
+            motion_config=config.motion_config,
+            clip_skip=config.clip_skip,
+            spatial_norm=config.spatial_norm,
         )
     pipe.check_frames(config.frames)
     if config.seed is None:

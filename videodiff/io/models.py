@@ -14,7 +14,7 @@ import torch
 
 from videodiff.config import MODEL_DEFAULT_KEYS, check_keys
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import load_strict, read_state_dict
+from videodiff.io.checkpoints import read_state_dict
 from videodiff.log import notice
 from videodiff.unet.temporal import MotionStack
 
@@ -32,15 +32,15 @@ HUB_SKIP = [
     "safety_checker/*",
     "feature_extractor/*",
 ]
-SPATIAL_FILE = "spatial.safetensors"  # image-U-Net tensors trained together with the motion modules
-DEFAULTS_FILE = "videodiff.json"  # a model's recorded preferences: {"defaults": {"height": 512, ...}}
-OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
     "model.safetensors",
     "diffusion_pytorch_model.bin",
     "pytorch_model.bin",
 )
+SPATIAL_FILE = "spatial.safetensors"  # image-U-Net tensors trained together with the motion modules
+DEFAULTS_FILE = "videodiff.json"  # a model's recorded preferences: {"defaults": {"height": 512, ...}}
+OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
 
 
 def offline() -> bool:
@@ -84,42 +84,6 @@ def read_model_defaults(model: str | None) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     defaults = data.get("defaults", {}) if isinstance(data, dict) else {}
     return check_keys(dict(defaults), str(path), MODEL_DEFAULT_KEYS)
-
-
-def _weights_file(folder: Path) -> Path:
-    for name in WEIGHT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    raise UserError(f"{folder}: no weights file found (expected one of {', '.join(WEIGHT_NAMES)})")
-
-
-def load_motion_folder(folder: Path) -> MotionStack:
-    """Build a :class:`MotionStack` from a diffusers ``MotionAdapter`` folder (``config.json`` + weights)."""
-    config_path = folder / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{folder}: not a motion-module folder (no config.json)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{config_path}: not valid JSON ({exc})") from None
-    if config.get("_class_name", "MotionAdapter") != "MotionAdapter":
-        raise UserError(f"{folder}: holds a {config.get('_class_name')}, not a MotionAdapter")
-    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
-    try:
-        stack = MotionStack(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{config_path}: unsupported motion-module config ({exc})") from None
-    weights = _weights_file(folder)
-    load_strict(stack, read_state_dict(weights), str(weights))
-    return stack
-
-
-def load_motion_module(source: str) -> MotionStack:
-    """A motion module from a ``MotionAdapter`` folder or hub id."""
-    folder = locate(source, "motion module")
-    if folder.is_file():
-        raise UserError(f"{source}: single-file motion modules are not supported yet; pass a MotionAdapter folder")
-    return load_motion_folder(folder)
 
 
 def new_motion_stack(unet) -> MotionStack:
@@ -205,54 +169,112 @@ class ModelParts:
     motion: MotionStack
     scheduler_config: dict[str, Any]
     defaults: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, dict[str, str]] = field(default_factory=dict)  # {"model": {"id", "sha256"}, ...}
+    sources: dict[str, Any] = field(default_factory=dict)  # {"model": {"id", "sha256"}, "lora": [...], ...}
+    norm_over_frames: bool = False  # original AnimateDiff v1 ran spatial GroupNorms over all frames
 
 
-def load_model_parts(model: str, motion_module: str | None = None, *, new_motion: bool = False) -> ModelParts:
-    """Load an SD1.5-family diffusers model (folder or hub id) and its motion modules.
-
-    Motion modules come from ``motion_module``, else the model's own ``motion_adapter/``,
-    else (only with ``new_motion``, for training) a fresh zero-initialised stack.
-    """
+def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
+    """A diffusers folder or hub id, or a single-file SD1.5 checkpoint, as components."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    quiet_hub_logging()
     root = locate(model, "model")
     if root.is_file():
-        raise UserError(f"{model}: single-file checkpoints are not supported yet; pass a diffusers model folder")
+        from videodiff.io.single_file import load_single_file
+
+        return root, load_single_file(root)
     for sub in ("tokenizer", "text_encoder", "vae", "unet", "scheduler"):
         if not (root / sub).is_dir():
             raise UserError(f"{root}: not a diffusers SD1.5 model folder (no {sub}/ inside)")
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder")
-        vae = AutoencoderKL.from_pretrained(root / "vae")
-        unet = UNet2DConditionModel.from_pretrained(root / "unet")
-        scheduler_config = dict(DDIMScheduler.load_config(root / "scheduler"))
+        return root, {
+            "tokenizer": CLIPTokenizer.from_pretrained(root / "tokenizer"),
+            "text_encoder": CLIPTextModel.from_pretrained(root / "text_encoder"),
+            "vae": AutoencoderKL.from_pretrained(root / "vae"),
+            "unet": UNet2DConditionModel.from_pretrained(root / "unet"),
+            "scheduler_config": dict(DDIMScheduler.load_config(root / "scheduler")),
+        }
     except (OSError, ValueError) as exc:
         raise UserError(f"{root}: could not load the model ({str(exc).splitlines()[0]})") from None
-    sources = {"model": {"id": model, "sha256": fingerprint(root)}}
-    if motion_module is None and (root / OWN_MOTION_FOLDER).is_dir():
-        motion_folder: Path | None = root / OWN_MOTION_FOLDER
-        motion = load_motion_folder(motion_folder)
-        sources["motion_module"] = {"id": f"{model}/{OWN_MOTION_FOLDER}", "sha256": fingerprint(motion_folder)}
-    elif motion_module is None:
+
+
+def load_model_parts(
+    model: str,
+    motion_module: str | None = None,
+    *,
+    new_motion: bool = False,
+    motion_config: str | None = None,
+    vae: str | None = None,
+    loras: tuple[str, ...] = (),
+    embeddings: tuple[str, ...] = (),
+    motion_loras: tuple[str, ...] = (),
+) -> ModelParts:
+    """Load an SD1.5-family model (diffusers folder, hub id or single file), its add-ons and motion modules.
+
+    Motion modules come from ``motion_module`` (a MotionAdapter folder or hub id, or an
+    original AnimateDiff file), else the model's own ``motion_adapter/``, else (only with
+    ``new_motion``, for training) a fresh zero-initialised stack. ``loras`` and
+    ``motion_loras`` are ``PATH[:SCALE]`` strings, merged into the weights.
+    """
+    from videodiff.io.embeddings import load_embedding
+    from videodiff.io.lora import apply_lora, parse_scaled_path
+    from videodiff.io.motion_formats import apply_motion_lora, load_any_motion_module
+
+    quiet_hub_logging()
+    root, c = _load_image_model(model)
+    sources: dict[str, Any] = {"model": {"id": model, "sha256": fingerprint(root)}}
+    if vae:
+        from videodiff.io.single_file import load_vae_file
+
+        c["vae"] = load_vae_file(vae)
+        sources["vae"] = {"id": vae, "sha256": fingerprint(vae)}
+    own = root / OWN_MOTION_FOLDER if root.is_dir() else None
+    norm_over_frames = False
+    if motion_module is None and own is not None and own.is_dir():
+        motion_module = str(own)
+    if motion_module is None:
         if not new_motion:
-            raise UserError(f"{model} has no motion modules of its own; pass --motion-module (a MotionAdapter folder)")
-        motion_folder = None
-        motion = new_motion_stack(unet)
+            raise UserError(
+                f"{model} has no motion modules of its own; pass --motion-module (a MotionAdapter "
+                "folder or an AnimateDiff .safetensors/.ckpt file)"
+            )
+        motion = new_motion_stack(c["unet"])
         sources["motion_module"] = {"id": "new (zero-initialised)", "sha256": ""}
     else:
-        motion_folder = locate(motion_module, "motion module")
-        motion = load_motion_module(motion_module)
-        sources["motion_module"] = {"id": motion_module, "sha256": fingerprint(motion_folder)}
-    if motion_folder is not None and motion_folder.is_dir() and (motion_folder / SPATIAL_FILE).is_file():
-        apply_spatial_weights(unet, motion_folder / SPATIAL_FILE)
-    for module in (text_encoder, vae, unet, motion):
+        motion, info = load_any_motion_module(motion_module, motion_config)
+        norm_over_frames = info.norm_over_frames
+        location = locate(motion_module, "motion module")
+        sources["motion_module"] = {
+            "id": motion_module,
+            "sha256": fingerprint(location),
+            "version": info.version,
+            "format": info.format,
+        }
+        if location.is_dir() and (location / SPATIAL_FILE).is_file():
+            apply_spatial_weights(c["unet"], location / SPATIAL_FILE)
+    for spec in loras:
+        path, scale = parse_scaled_path(spec)
+        apply_lora(c["unet"], c["text_encoder"], path, scale)
+        sources.setdefault("lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(path)})
+    for path in embeddings:
+        tokens = load_embedding(c["tokenizer"], c["text_encoder"], path)
+        sources.setdefault("embedding", []).append({"id": path, "tokens": tokens, "sha256": fingerprint(path)})
+    for spec in motion_loras:
+        path, scale = parse_scaled_path(spec)
+        apply_motion_lora(motion, path, scale)
+        sources.setdefault("motion_lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(path)})
+    for module in (c["text_encoder"], c["vae"], c["unet"], motion):
         module.requires_grad_(False).eval()
     return ModelParts(
-        tokenizer, text_encoder, vae, unet, motion, scheduler_config, read_model_defaults(str(root)), sources
+        c["tokenizer"],
+        c["text_encoder"],
+        c["vae"],
+        c["unet"],
+        motion,
+        c["scheduler_config"],
+        read_model_defaults(str(root)) if root.is_dir() else {},
+        sources,
+        norm_over_frames,
     )
 
 

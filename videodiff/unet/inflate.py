@@ -8,7 +8,10 @@ motion modules. The image U-Net's weights are never copied or modified.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from einops import rearrange, repeat
 from torch import nn
@@ -44,6 +47,47 @@ def check_compatible(unet: UNet2DConditionModel, motion: MotionStack) -> None:
             raise UserError("mid-block layer counts of the image U-Net and the motion modules differ")
 
 
+# Frames per video while a ResNet (or the output norm) runs with norms over frames; None: per frame.
+_NORM_FRAMES: ContextVar[int | None] = ContextVar("videodiff_norm_frames", default=None)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """A ``GroupNorm`` whose statistics span every frame of a video, as original AnimateDiff v1 ran it.
+
+    v1 applied ``nn.GroupNorm`` to ``[b c f h w]`` tensors, so mean and variance were taken
+    over ``c/g, f, h, w`` of each video; v2/v3 (and diffusers) normalise each frame alone.
+    Folding frames into the height, ``(b f) c h w -> b c (f h) w``, lets ``F.group_norm``
+    compute exactly those statistics with the same per-channel affine.
+
+    :meth:`VideoUNet.set_norm_over_frames` swaps a ResNet norm's ``__class__`` to this
+    subclass: parameters, state-dict keys and weights stay as they are. The frame count is
+    not stored on the module: VideoUNet sets ``_NORM_FRAMES`` inside the very function it
+    runs (also when gradient checkpointing re-runs it in backward); outside such a call,
+    the norm is an ordinary per-frame ``GroupNorm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = _NORM_FRAMES.get()
+        if frames is None or x.ndim != 4:
+            return super().forward(x)
+        video = rearrange(x, "(b f) c h w -> b c (f h) w", f=frames)
+        out = F.group_norm(video, self.num_groups, self.weight, self.bias, self.eps)
+        return rearrange(out, "b c (f h) w -> (b f) c h w", f=frames)
+
+
+def _over_frames(module: nn.Module, num_frames: int):
+    """``module`` as a function that runs with its frame-spanning norms told the frame count."""
+
+    def call(*args):
+        token = _NORM_FRAMES.set(num_frames)
+        try:
+            return module(*args)
+        finally:
+            _NORM_FRAMES.reset(token)
+
+    return call
+
+
 class VideoUNet(nn.Module):
     """``(x [b c f h w], t, context [b n d] or [b f n d]) -> eps [b c f h w]``."""
 
@@ -53,6 +97,7 @@ class VideoUNet(nn.Module):
         self.unet = unet
         self.motion = motion
         self.gradient_checkpointing = False
+        self.norm_over_frames = False
 
     @property
     def max_frames(self) -> int:
@@ -74,6 +119,27 @@ class VideoUNet(nn.Module):
         self.unet.set_attn_processor(processor())
         self.motion.set_attention_backend(backend)
 
+    def _spatial_norms(self) -> list[nn.GroupNorm]:
+        """The norms original AnimateDiff v1 ran over all frames: every ResNet's norm1/norm2, conv_norm_out."""
+        unet = self.unet
+        blocks = [*unet.down_blocks, *unet.up_blocks] + ([unet.mid_block] if unet.mid_block is not None else [])
+        norms = [getattr(r, name) for b in blocks for r in b.resnets for name in ("norm1", "norm2")]
+        if unet.conv_norm_out is not None:
+            norms.append(unet.conv_norm_out)
+        return [n for n in norms if isinstance(n, nn.GroupNorm)]
+
+    def set_norm_over_frames(self, enabled: bool) -> None:
+        """Run the spatial ResNet GroupNorms over all frames of each video (original AnimateDiff v1) or per frame.
+
+        Only the norms' classes change (see :class:`FrameGroupNorm`); weights and keys do not.
+        """
+        for norm in self._spatial_norms():
+            norm.__class__ = FrameGroupNorm if enabled else nn.GroupNorm
+        self.norm_over_frames = bool(enabled)
+
+    def _resnet(self, resnet: nn.Module, x: torch.Tensor, emb: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return self._run(_over_frames(resnet, num_frames) if self.norm_over_frames else resnet, x, emb)
+
     def _run(self, module: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
@@ -87,7 +153,7 @@ class VideoUNet(nn.Module):
 
     def _layer(self, resnet, attn, temporal, x, emb, context, num_frames):
         """One U-Net layer: ResNet, cross-attention (if any), temporal transformer."""
-        x = self._run(resnet, x, emb)
+        x = self._resnet(resnet, x, emb, num_frames)
         if attn is not None:
             x = self._spatial_attn(attn, x, context)
         return self._run(temporal, x, num_frames)
@@ -134,13 +200,13 @@ class VideoUNet(nn.Module):
         # 3. middle: resnet, then (attention, motion, resnet) pairs
         mid = unet.mid_block
         if mid is not None:
-            x = self._run(mid.resnets[0], x, emb)
+            x = self._resnet(mid.resnets[0], x, emb, num_frames)
             temporals = self.motion.mid_block.motion_modules if self.motion.mid_block is not None else None
             for i, (attn, resnet) in enumerate(zip(mid.attentions, mid.resnets[1:])):
                 x = self._spatial_attn(attn, x, context)
                 if temporals is not None:
                     x = self._run(temporals[i], x, num_frames)
-                x = self._run(resnet, x, emb)
+                x = self._resnet(resnet, x, emb, num_frames)
 
         # 4. up: consume skips in reverse; force the upsampled size when h, w are not multiples of 2^levels
         odd_size = any(s % (2**unet.num_upsamplers) for s in (h, w))
@@ -155,6 +221,7 @@ class VideoUNet(nn.Module):
 
         # 5. out
         if unet.conv_norm_out is not None:
-            x = unet.conv_act(unet.conv_norm_out(x))
+            norm_out = _over_frames(unet.conv_norm_out, num_frames) if self.norm_over_frames else unet.conv_norm_out
+            x = unet.conv_act(norm_out(x))
         x = unet.conv_out(x)
         return rearrange(x, "(b f) c h w -> b c f h w", f=num_frames)
