@@ -178,3 +178,31 @@ def test_model_shipping_its_own_motion_modules(tmp_path):
     pipe = load_pipeline(str(model), device="cpu")
     assert pipe.max_frames == 8
     assert pipe(PROMPT, num_frames=8, height=16, width=16, num_inference_steps=1, seed=0).frames.shape == (8, 16, 16, 3)
+
+
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_cpu_offload_hooks_keep_the_output(tiny_model, tiny_motion, offload):
+    """Offloading only moves weights; with the CPU as execution device the frames are the same."""
+    from videodiff.io.models import load_model_parts
+    from videodiff.pipelines import VideoPipeline
+
+    kwargs = dict(num_frames=3, height=16, width=16, num_inference_steps=2, seed=9)
+    plain = VideoPipeline(load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32)
+    hooked = VideoPipeline(load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32,
+                           offload=offload)
+    assert hasattr(hooked.unet, "_hf_hook") or any(hasattr(m, "_hf_hook") for m in hooked.unet.modules())
+    assert np.array_equal(plain(PROMPT, **kwargs).frames, hooked(PROMPT, **kwargs).frames)
+
+
+def test_attention_slicing_and_vae_tiling_stay_close(tiny_model, tiny_motion):
+    from videodiff.io.models import load_model_parts
+    from videodiff.pipelines import VideoPipeline
+
+    kwargs = dict(num_frames=3, height=32, width=32, num_inference_steps=2, seed=9)
+    plain = VideoPipeline(load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32)
+    saver = VideoPipeline(load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32)
+    saver.enable_memory_savers(attention_slicing=True, vae_tiling=True)
+    saver.unet.motion.set_attention_chunk(7)  # force several chunks at this tiny size
+    assert all(m.chunk == 7 for m in saver.unet.motion.modules() if hasattr(m, "chunk"))
+    a, b = plain(PROMPT, **kwargs).frames, saver(PROMPT, **kwargs).frames
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2

@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 ATTENTION = ("sdpa", "xformers", "math")
 SPATIAL_NORMS = ("auto", "joint", "per-frame")
+OFFLOAD = ("model", "sequential")
 
 # Keys a model may recommend in its ``videodiff.json`` (``{"defaults": {...}}``).
 MODEL_DEFAULT_KEYS = (
@@ -70,6 +71,9 @@ class RenderConfig:
     motion_lora: tuple[str, ...] = ()  # MotionLoRAs, PATH[:SCALE] each; scales add up
     motion_config: str | None = None  # v1 | v2 | v3 | a MotionAdapter config.json: overrides version detection
     spatial_norm: str = "auto"  # auto | joint (original v1: GroupNorm over all frames) | per-frame (diffusers)
+    offload: str | None = None  # model | sequential: CPU offload for small GPUs (slower, far less GPU memory)
+    vae_tiling: bool = False  # decode large frames tile by tile
+    attention_slicing: bool = False  # attention in slices: less peak memory, a little slower
 
     def replace(self, **changes: Any) -> RenderConfig:
         return dataclasses.replace(self, **changes)
@@ -105,6 +109,8 @@ class RenderConfig:
             raise UserError(f"--seed must be a whole number from 0 to 2^64-1, got {self.seed!r}")
         if self.clip_skip is not None and self.clip_skip < 0:
             raise UserError(f"--clip-skip must be a whole number >= 0, got {self.clip_skip!r}")
+        if self.offload not in (None, *OFFLOAD):
+            raise UserError(f"unknown --offload {self.offload!r}; choose one of: {', '.join(OFFLOAD)}")
         for name, allowed in (
             ("scheduler", SCHEDULERS),
             ("noise", NOISE_KINDS),

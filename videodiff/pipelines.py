@@ -87,13 +87,19 @@ class VideoPipeline:
         dtype: torch.dtype,
         attention: str = "sdpa",
         clip_skip: int | None = None,
+        offload: str | None = None,
     ) -> None:
         self.parts = parts
         self.device, self.dtype = device, dtype
         self.tokenizer = parts.tokenizer
-        self.text_encoder = parts.text_encoder.to(device, dtype)
-        self.vae = parts.vae.to(device, dtype)
-        self.unet = VideoUNet(parts.unet, parts.motion).to(device, dtype).eval()
+        self.offload = offload
+        # with offloading the weights stay on the CPU and accelerate's hooks move them in when used
+        home = torch.device("cpu") if offload else device
+        self.text_encoder = parts.text_encoder.to(home, dtype)
+        self.vae = parts.vae.to(home, dtype)
+        self.unet = VideoUNet(parts.unet, parts.motion).to(home, dtype).eval()
+        if offload:
+            self._install_offload(offload)
         self.attention = pick_attention(attention, device)
         self.unet.set_attention_backend(self.attention)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -103,6 +109,30 @@ class VideoPipeline:
     @property
     def max_frames(self) -> int:
         return self.unet.max_frames
+
+    def _install_offload(self, mode: str) -> None:
+        """``model``: each model moves to the device while it runs (text encoder, U-Net, VAE in turn);
+        ``sequential``: each layer does (smallest memory, slowest). Both from accelerate."""
+        from accelerate import cpu_offload, cpu_offload_with_hook
+
+        if mode == "sequential":
+            for module in (self.text_encoder, self.unet, self.vae):
+                cpu_offload(module, execution_device=self.device)
+            return
+        if mode != "model":
+            raise UserError(f"unknown --offload {mode!r}; choose one of: model, sequential")
+        hook = None
+        for module in (self.text_encoder, self.unet, self.vae):
+            _, hook = cpu_offload_with_hook(module, execution_device=self.device, prev_module_hook=hook)
+
+    def enable_memory_savers(self, *, vae_tiling: bool = False, attention_slicing: bool = False) -> None:
+        """VAE tiling for large frames; attention computed in slices (spatial: diffusers' sliced processor;
+        temporal: chunks of positions). Outputs stay within float rounding of the plain path."""
+        if vae_tiling:
+            self.vae.enable_tiling()
+        if attention_slicing:
+            self.unet.unet.set_attention_slice("auto")
+            self.unet.motion.set_attention_chunk(4096)
 
     def check_frames(self, num_frames: int) -> None:
         if num_frames > self.max_frames:
@@ -223,13 +253,17 @@ def load_pipeline(
     motion_config: str | None = None,
     clip_skip: int | None = None,
     spatial_norm: str = "auto",
+    offload: str | None = None,
+    vae_tiling: bool = False,
+    attention_slicing: bool = False,
 ) -> VideoPipeline:
     """Load an SD1.5-family model (diffusers folder, hub id or single file) inflated with motion modules.
 
     With ``motion_module=None`` the model's own motion modules are used, if it ships
     them. ``lora``/``motion_lora`` take ``PATH[:SCALE]`` strings; ``embedding`` takes
     textual-inversion files; ``spatial_norm`` is ``auto``, ``joint`` (original v1) or
-    ``per-frame`` (diffusers).
+    ``per-frame`` (diffusers). For small GPUs: ``offload`` (``model`` or ``sequential`` CPU
+    offload), ``vae_tiling`` and ``attention_slicing``.
     """
     if not model:
         raise UserError(
@@ -248,7 +282,11 @@ def load_pipeline(
         embeddings=tuple(embedding),
         motion_loras=tuple(motion_lora),
     )
-    pipe = VideoPipeline(parts, dev, resolve_dtype(dtype, dev), attention, clip_skip=clip_skip)
+    if offload and dev.type == "cpu":
+        notice("--offload has no effect on the CPU (the weights are there already)")
+        offload = None
+    pipe = VideoPipeline(parts, dev, resolve_dtype(dtype, dev), attention, clip_skip=clip_skip, offload=offload)
+    pipe.enable_memory_savers(vae_tiling=vae_tiling, attention_slicing=attention_slicing)
     joint = parts.norm_over_frames if spatial_norm == "auto" else spatial_norm == "joint"
     pipe.unet.set_norm_over_frames(joint)
     return pipe
@@ -308,6 +346,9 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
             motion_config=config.motion_config,
             clip_skip=config.clip_skip,
             spatial_norm=config.spatial_norm,
+            offload=config.offload,
+            vae_tiling=config.vae_tiling,
+            attention_slicing=config.attention_slicing,
         )
     pipe.check_frames(config.frames)
     if config.seed is None:

@@ -25,7 +25,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-def write_clip_tokenizer(folder: str | Path, words: tuple[str, ...] = ()) -> Path:
+def write_clip_tokenizer(folder: str | Path, words: tuple[str, ...] = (), max_length: int = 77) -> Path:
     """Write a CLIP BPE tokenizer (``vocab.json``, ``merges.txt``) over single bytes plus ``words``.
 
     Every text still tokenizes (unknown words fall back to characters); each word in
@@ -52,7 +52,7 @@ def write_clip_tokenizer(folder: str | Path, words: tuple[str, ...] = ()) -> Pat
     (folder / "tokenizer_config.json").write_text(
         json.dumps(
             {
-                "model_max_length": 77,
+                "model_max_length": max_length,
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",

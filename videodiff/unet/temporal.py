@@ -74,9 +74,15 @@ class TemporalAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
         self.backend: AttentionBackend = "sdpa"
+        self.chunk: int | None = None  # positions per attention call (attention slicing), None: all at once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[n f d]`` (n = every spatial position of every video) -> ``[n f d]``."""
+        if self.chunk and x.shape[0] > self.chunk:
+            return torch.cat([self.forward_all(part) for part in x.split(self.chunk)])
+        return self.forward_all(x)
+
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (
             rearrange(proj(x), "n f (h d) -> n h f d", h=self.heads) for proj in (self.to_q, self.to_k, self.to_v)
         )
@@ -239,3 +245,9 @@ class MotionStack(nn.Module):
         for module in self.modules():
             if isinstance(module, TemporalAttention):
                 module.backend = backend
+
+    def set_attention_chunk(self, chunk: int | None) -> None:
+        """Run temporal attention over at most ``chunk`` positions at a time (less peak memory)."""
+        for module in self.modules():
+            if isinstance(module, TemporalAttention):
+                module.chunk = chunk
