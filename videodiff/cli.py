@@ -112,24 +112,61 @@ def _choice_help(names: tuple[str, ...]) -> str:
     help="GroupNorm of the image ResNets: joint over all frames (original v1), per-frame (diffusers), "
     "or auto (joint for original-format v1 files).",
 )
+@click.option("--offload", help="For small GPUs: model (whole models) or sequential (layer by layer) CPU offload.")
+@click.option("--vae-tiling", is_flag=True, help="Decode large frames tile by tile.")
+@click.option("--attention-slicing", is_flag=True, help="Compute attention in slices: less memory, a bit slower.")
+@click.option(
+    "--prompt-file",
+    type=click.Path(dir_okay=False),
+    help="Render every prompt of a file: text (one per line, # comments) or YAML (a list of prompts "
+    "or of mappings with per-item settings).",
+)
+@click.option("--seeds", help="Render every prompt once per seed: a comma list, e.g. 1,2,3.")
+@click.option("--num-videos", type=int, help="Render every prompt with N distinct drawn seeds.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mp4", "gif", "webm", "png"]),
+    help="Format of the names videodiff makes (default mp4; png: a folder of frames).",
+)
+@click.option("--skip-existing", is_flag=True, help="Skip items whose output and sidecar exist (resume a batch).")
 @click.pass_context
 def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
-    """Render a video from a text prompt.
+    """Render a video from a text prompt, or a batch from a prompt file and seeds.
 
     \b
     Example:
       videodiff render "a red circle moving right" --frames 16 --seed 1 -o circle.gif \\
           --model ./sd15 --motion-module ./motion-v2
+    \b
+    A batch (one model load; DIR/<item>-<prompt>-<seed>.mp4, default outputs/batch-<file stem>/):
+      videodiff render --prompt-file prompts.txt --seeds 1,2 --output clips/ --skip-existing ...
+    Several GPUs: accelerate launch -m videodiff render --prompt-file prompts.txt ...
     """
+    from videodiff import batch
     from videodiff.log import setup_cli_logging
     from videodiff.pipelines import render as run_render
     from videodiff.pipelines import resolve_render_config
 
     command_line = given(ctx, ParameterSource.COMMANDLINE)
     command_line.pop("config_file", None)
+    options = {k: command_line.pop(k, None) for k in ("prompt_file", "seeds", "num_videos", "fmt", "skip_existing")}
     environment = given(ctx, ParameterSource.ENVIRONMENT)
     config = resolve_render_config(command_line, config_file, environment)
     setup_cli_logging(config.quiet)
+    if any(v is not None for v in options.values()) or batch.launched():
+        batch.render_batch(
+            config,
+            prompt_file=options["prompt_file"],
+            seeds=options["seeds"],
+            num_videos=options["num_videos"],
+            fmt=options["fmt"],
+            skip_existing=bool(options["skip_existing"]),
+            seed_given="seed" in command_line,
+            prompt_given="prompt" in command_line,
+            echo=click.echo,
+        )
+        return
     outcome = run_render(config)
     click.echo(str(outcome.output))
 
@@ -274,6 +311,123 @@ def inspect(path: str, as_json: bool) -> None:
         return
     for key, value in info.items():
         click.echo(f"{key:>18}: {value}")
+
+
+@cli.group()
+def data() -> None:
+    """Make training data."""
+
+
+@data.command("shapes")
+@click.option("--out", required=True, help="Folder for the clips, their .txt captions and manifest.jsonl.")
+@click.option("--count", type=int, default=1000, show_default=True, help="Number of clips.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "heldout", "all"]),
+    default="train",
+    show_default=True,
+    help="Combinations drawn: the training ones, the 10 held-out ones, or all 96.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["gif", "mp4", "png"]),
+    default="gif",
+    show_default=True,
+    help="gif (keeps the colours), mp4 (H.264 crf 10: smaller, blurs colour edges), or PNG folders "
+    "(lossless; listed in the manifest only, videodiff train reads video files).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the clips of an earlier dataset in --out.")
+def data_shapes(out: str, count: int, seed: int, split: str, fmt: str, overwrite: bool) -> None:
+    """Clips of the shapes world: "a {color} {shape} moving {direction}", 16 frames of 64x64.
+
+    \b
+    Example:
+      videodiff data shapes --out data/shapes --count 2000 --seed 0
+      videodiff train --data data/shapes --resolution 64 --frames 16 ...
+    """
+    from videodiff.shapes import write_dataset
+
+    paths = write_dataset(out, count, seed=seed, split=split, format=fmt, overwrite=overwrite)
+    click.echo(f"{out}: {len(paths)} clips ({split} combinations), captions and manifest.jsonl")
+
+
+@cli.group("eval")
+def eval_group() -> None:
+    """Score videos with detectors that know nothing of the model."""
+
+
+@eval_group.command("shapes")
+@click.option("--model", envvar="VIDEODIFF_MODEL", help="Model to score [env VIDEODIFF_MODEL].")
+@click.option(
+    "--motion-module", envvar="VIDEODIFF_MOTION_MODULE", help="Its motion modules [env VIDEODIFF_MOTION_MODULE]."
+)
+@click.option("--seeds", type=int, default=2, show_default=True, help="Videos per combination (seeds 0..N-1).")
+@click.option("--out", help="Write the reports as JSON here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option(
+    "--combos", type=click.Choice(["all", "heldout", "train"]), default="all", show_default=True, help="Prompts scored."
+)
+@click.option("--ground-truth-only", is_flag=True, help="Only score generated clips (the detector's own error).")
+@click.option(
+    "--roundtrip",
+    type=click.Choice(["gif", "mp4", "none"]),
+    default="gif",
+    show_default=True,
+    help="Also score generated clips after writing and reading this format (the dataset's).",
+)
+@click.option("--steps", type=int, help="Denoising steps (default: the model's, else 25).")
+@click.option("--guidance", type=float, help="Guidance scale (default: the model's, else 7.5).")
+@click.option("--device", default="auto", show_default=True, help=_choice_help(DEVICES))
+@click.option("--dtype", default="auto", show_default=True, help=_choice_help(DTYPES))
+@click.option("-q", "--quiet", is_flag=True, help="No progress notices.")
+def eval_shapes(
+    model: str | None,
+    motion_module: str | None,
+    seeds: int,
+    out: str | None,
+    overwrite: bool,
+    combos: str,
+    ground_truth_only: bool,
+    roundtrip: str,
+    steps: int | None,
+    guidance: float | None,
+    device: str,
+    dtype: str,
+    quiet: bool,
+) -> None:
+    """Colour, shape, direction and presence accuracy on the shapes world, trained vs held-out combinations.
+
+    \b
+    Example:
+      videodiff eval shapes --ground-truth-only --seeds 2
+      videodiff eval shapes --model runs/shapes/model --seeds 2 --out report.json
+    """
+    import json
+
+    from videodiff.evaluate import run_shapes_eval
+    from videodiff.io.atomic import prepare_output, write_text_atomic
+    from videodiff.log import setup_cli_logging
+
+    setup_cli_logging(quiet)
+    target = prepare_output(out, overwrite=overwrite) if out else None
+    results = run_shapes_eval(
+        model=model,
+        motion_module=motion_module,
+        seeds=seeds,
+        combos=combos,
+        ground_truth_only=ground_truth_only,
+        roundtrip_suffix=None if roundtrip == "none" else f".{roundtrip}",
+        device=device,
+        dtype=dtype,
+        steps=steps,
+        guidance=guidance,
+        echo=click.echo,
+    )
+    if target is not None:
+        write_text_atomic(target, json.dumps(results, indent=2) + "\n")
+        click.echo(str(target))
 
 
 def main() -> None:

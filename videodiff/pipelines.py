@@ -54,6 +54,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def too_many_frames(frames: int, limit: int) -> UserError:
+    return UserError(
+        f"{frames} frames exceed the motion modules' positional encoding of {limit} frames; render at most {limit}"
+    )
+
+
 def pick_attention(requested: str, device: torch.device) -> str:
     """xformers only where CUDA is present and its kernels load; otherwise a notice and SDPA."""
     if requested != "xformers":
@@ -136,10 +142,7 @@ class VideoPipeline:
 
     def check_frames(self, num_frames: int) -> None:
         if num_frames > self.max_frames:
-            raise UserError(
-                f"{num_frames} frames exceed the motion modules' positional encoding of "
-                f"{self.max_frames} frames; render at most {self.max_frames}"
-            )
+            raise too_many_frames(num_frames, self.max_frames)
 
     def default_size(self) -> tuple[int, int]:
         d = self.parts.defaults
@@ -321,6 +324,45 @@ class RenderOutcome:
     result: VideoResult
 
 
+def pipeline_for(config: RenderConfig, device: str | torch.device | None = None) -> VideoPipeline:
+    """The pipeline a render config asks for (model, add-ons, device, memory savers)."""
+    return load_pipeline(
+        config.model,
+        config.motion_module,
+        device=device or config.device,
+        dtype=config.dtype,
+        attention=config.attention,
+        vae=config.vae,
+        lora=config.lora,
+        embedding=config.embedding,
+        motion_lora=config.motion_lora,
+        motion_config=config.motion_config,
+        clip_skip=config.clip_skip,
+        spatial_norm=config.spatial_norm,
+        offload=config.offload,
+        vae_tiling=config.vae_tiling,
+        attention_slicing=config.attention_slicing,
+    )
+
+
+def check_frame_limit(config: RenderConfig) -> None:
+    """Refuse too many frames from the motion module's header, before minutes of loading weights."""
+    from videodiff.io.models import OWN_MOTION_FOLDER
+    from videodiff.io.motion_formats import frame_limit
+
+    source = config.motion_module
+    if source is None and config.model and (Path(config.model) / OWN_MOTION_FOLDER).is_dir():
+        source = str(Path(config.model) / OWN_MOTION_FOLDER)
+    if source is None:
+        return
+    try:
+        limit = frame_limit(source, config.motion_config)
+    except UserError:
+        return  # loading reports what is wrong with the file, with its full context
+    if config.frames > limit:
+        raise too_many_frames(config.frames, limit)
+
+
 def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOutcome:
     """Render ``config`` to its output file with a sidecar beside it; nothing is left half-written."""
     config.validate()
@@ -333,23 +375,8 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
     if side.exists() and not config.overwrite:
         raise UserError(f"{side} already exists; pass --overwrite to replace it")
     if pipe is None:
-        pipe = load_pipeline(
-            config.model,
-            config.motion_module,
-            device=config.device,
-            dtype=config.dtype,
-            attention=config.attention,
-            vae=config.vae,
-            lora=config.lora,
-            embedding=config.embedding,
-            motion_lora=config.motion_lora,
-            motion_config=config.motion_config,
-            clip_skip=config.clip_skip,
-            spatial_norm=config.spatial_norm,
-            offload=config.offload,
-            vae_tiling=config.vae_tiling,
-            attention_slicing=config.attention_slicing,
-        )
+        check_frame_limit(config)
+        pipe = pipeline_for(config)
     pipe.check_frames(config.frames)
     if config.seed is None:
         notice(f"seed {seed} (pass --seed {seed} to render this video again)")

@@ -492,8 +492,8 @@ def _header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     return {k: tuple(v.shape) for k, v in state_dict.items()}, [_dtype_name(v.dtype) for v in state_dict.values()]
 
 
-def describe_motion_module(path: str | Path) -> dict[str, Any]:
-    """What ``videodiff inspect`` shows about a motion module, read from the state dict only (no model built)."""
+def _header_info(path: str | Path, motion_config: str | None = None) -> tuple[MotionInfo, _Detected]:
+    """Detect a motion module from its keys and shapes alone (safetensors headers: no tensor is read)."""
     location = locate(str(path), "motion module")
     base = None
     if location.is_dir():
@@ -508,8 +508,18 @@ def describe_motion_module(path: str | Path) -> dict[str, Any]:
         weights = location
     shapes, dtypes = _header_shapes(weights)
     fmt, ours = _to_ours(shapes, str(weights))
-    det = _detect("diffusers" if base is not None else fmt, ours, str(weights), None, base)
-    info = _info(det, ours, dtypes, str(path))
+    det = _detect("diffusers" if base is not None else fmt, ours, str(weights), motion_config, base)
+    return _info(det, ours, dtypes, str(path)), det
+
+
+def frame_limit(path: str | Path, motion_config: str | None = None) -> int:
+    """The most frames a motion module's positional encoding holds, without loading it."""
+    return _header_info(path, motion_config)[0].max_frames
+
+
+def describe_motion_module(path: str | Path) -> dict[str, Any]:
+    """What ``videodiff inspect`` shows about a motion module, read from the state dict only (no model built)."""
+    info, det = _header_info(path)
     result = {
         "kind": "motion_module",
         "path": str(path),
