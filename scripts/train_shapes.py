@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+"""Train the built-in "shapes" text-to-video model from scratch, in three stages.
+
+    python scripts/train_shapes.py base   --out build/shapes        # 1. VAE, then text encoder + image U-Net on frames
+    python scripts/train_shapes.py data   --out build/shapes        # 2a. training clips (held-out combinations excluded)
+    python scripts/train_shapes.py motion --out build/shapes        # 2b. inflation + temporal training: `videodiff train`
+    python scripts/train_shapes.py package --out build/shapes       # 3. fp16 copy into videodiff/models/shapes/
+    python scripts/train_shapes.py all --out build/shapes           # everything, in order
+
+Stage 1 is this script (it reuses the package's noise prior, training schedule and the
+shapes generator); stage 2 is the package's own `videodiff train` (see `motion_command`);
+settings live in configs/train/shapes-*.yaml. Every stage resumes: a finished stage is
+skipped, and `videodiff train --resume latest` continues an interrupted motion stage.
+Runs on a CPU (2 cores: about an hour in all) or a GPU (`--device cuda`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from videodiff import noise as noise_priors
+from videodiff import shapes
+from videodiff.tiny import write_clip_tokenizer
+from videodiff.training.loop import training_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_MODEL = ROOT / "videodiff" / "models" / "shapes"
+WORDS = ("a", "an", "moving", *shapes.COLORS, *shapes.SHAPES, *shapes.DIRECTIONS)
+TOKENS = 12  # "a {color} {shape} moving {direction}" is 7 tokens with start and end
+# Linear betas 0.00085-0.012 over 1000 steps: the schedule `videodiff train` and the ddim sampler use.
+SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "linspace",
+}
+DEFAULTS = {"frames": 16, "height": 64, "width": 64, "steps": 20, "guidance": 4.0, "scheduler": "dpm++", "fps": 8}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def frames_batch(rng: np.random.Generator, n: int, split: str = "train") -> tuple[torch.Tensor, list[str]]:
+    """``n`` single frames (random clip, random frame) in [-1, 1] ``[n 3 64 64]`` with their prompts."""
+    combos = shapes.combos_of(split)
+    pixels, prompts = [], []
+    for _ in range(n):
+        color, shape, direction = combos[rng.integers(len(combos))]
+        clip = shapes.render_clip(color, shape, direction, rng=rng)
+        pixels.append(clip[rng.integers(len(clip))])
+        prompts.append(shapes.prompt_of(color, shape, direction))
+    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, prompts
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    # three levels: 4x downsampling, 64x64 frames -> 16x16x4 latents
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+
+
+def build_text(folder: Path):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer", WORDS, max_length=TOKENS))
+    encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=TOKENS,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    return tokenizer, encoder
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    # cross-attention only at 8x8 and 4x4: colour and shape need no 16x16 attention, and it is the costly one
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(64, 128, 128),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    )
+
+
+def train_vae(out: Path, steps: int, batch: int, device: str, seed: int) -> None:
+    folder = out / "base" / "vae"
+    if (folder / "config.json").is_file():
+        log("VAE: done already")
+        return
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    vae = build_vae().to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    for step in range(steps):
+        x, _ = frames_batch(rng, batch)
+        x = x.to(device)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        # L1 keeps colours exact; a tiny KL keeps the latent space smooth enough to diffuse in
+        loss = F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"VAE step {step}/{steps} loss {loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():  # unit-variance latents, as SD's scaling factor makes them
+        x, _ = frames_batch(rng, 256)
+        z = torch.cat([vae.encode(c.to(device)).latent_dist.mean for c in x.split(64)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    vae.save_pretrained(folder)
+    log(f"VAE saved, scaling factor {vae.config.scaling_factor:.4f}")
+
+
+def train_image_model(out: Path, steps: int, batch: int, device: str, seed: int) -> None:
+    from diffusers import AutoencoderKL
+
+    base = out / "base"
+    if (base / "unet" / "config.json").is_file():
+        log("image model: done already")
+        return
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 1)
+    vae = AutoencoderKL.from_pretrained(base / "vae").to(device).eval().requires_grad_(False)
+    tokenizer, text_encoder = build_text(base)
+    unet = build_unet()
+    text_encoder.to(device).train()
+    unet.to(device).train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-4, total_steps=steps, pct_start=0.05)
+    noise_sched = training_scheduler(SCHEDULER)
+    for step in range(steps):
+        x, prompts = frames_batch(rng, batch)
+        prompts = [p if rng.random() > 0.1 else "" for p in prompts]  # the unconditional branch for guidance
+        with torch.no_grad():
+            z = vae.encode(x.to(device)).latent_dist.sample() * vae.config.scaling_factor
+        ids = tokenizer(prompts, padding="max_length", max_length=TOKENS, truncation=True, return_tensors="pt")
+        context = text_encoder(ids.input_ids.to(device))[0]
+        # single frames are 1-frame videos: the package's noise prior gives the noise
+        eps = noise_priors.sample_noise((z.shape[0], z.shape[1], 1, *z.shape[2:]))[:, :, 0].to(device)
+        t = torch.randint(0, 1000, (z.shape[0],), device=device)
+        pred = unet(noise_sched.add_noise(z, eps, t), t, encoder_hidden_states=context).sample
+        loss = F.mse_loss(pred, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"image model step {step}/{steps} loss {loss.item():.4f}")
+    text_encoder.save_pretrained(base / "text_encoder")
+    (base / "scheduler").mkdir(exist_ok=True)
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
+    (base / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+            },
+            indent=2,
+        )
+    )
+    (base / "videodiff.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2))
+    unet.save_pretrained(base / "unet")  # last: its presence marks the stage as done
+    log("image model saved")
+
+
+def write_data(out: Path, count: int, seed: int) -> None:
+    data = out / "data"
+    if (data / "manifest.jsonl").is_file():
+        log("data: done already")
+        return
+    shapes.write_dataset(data, count, seed=seed, split="train")
+    log(f"{count} training clips written")
+
+
+def motion_command(out: Path, config: str, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "videodiff",
+        "train",
+        "--config",
+        config,
+        "--model",
+        str(out / "base"),
+        "--data",
+        str(out / "data"),
+        "--output",
+        str(out / "motion"),
+        "--resume",
+        "latest",
+        *extra,
+    ]
+
+
+def train_motion(out: Path, config: str, extra: list[str]) -> None:
+    if (out / "motion" / "motion_module" / "config.json").is_file():
+        log("motion: done already")
+        return
+    cmd = motion_command(out, config, extra)
+    log("running " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def package(out: Path, target: Path) -> None:
+    """fp16 safetensors of the base model plus the motion modules, into ``target`` (the package's model folder)."""
+    from safetensors.torch import load_file, save_file
+
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(out / "base", staging, ignore=shutil.ignore_patterns("*.bin"))
+    shutil.copytree(out / "motion" / "motion_module", staging / "motion_adapter")
+    for weights in staging.rglob("*.safetensors"):
+        tensors = load_file(str(weights))
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(weights))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    log(f"packaged into {target} ({size / 1e6:.1f} MB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["base", "data", "motion", "package", "all"])
+    parser.add_argument("--out", type=Path, default=Path("build/shapes"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--image-steps", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--clips", type=int, default=2000, help="training clips for the motion stage")
+    parser.add_argument("--motion-config", default=str(ROOT / "configs" / "train" / "shapes-motion.yaml"))
+    parser.add_argument("--target", type=Path, default=PACKAGE_MODEL)
+    args, extra = parser.parse_known_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.stage in ("base", "all"):
+        train_vae(args.out, args.vae_steps, args.batch, args.device, args.seed)
+        train_image_model(args.out, args.image_steps, args.batch, args.device, args.seed)
+    if args.stage in ("data", "all"):
+        write_data(args.out, args.clips, args.seed)
+    if args.stage in ("motion", "all"):
+        train_motion(args.out, args.motion_config, extra)
+    if args.stage in ("package", "all"):
+        package(args.out, args.target)
+
+
+if __name__ == "__main__":
+    main()
