@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Train the built-in "shapes" text-to-video model from scratch, in three stages.
 
-    python scripts/train_shapes.py base   --out build/shapes        # 1. VAE, then text encoder + image U-Net on frames
-    python scripts/train_shapes.py data   --out build/shapes        # 2a. training clips (held-out combinations excluded)
-    python scripts/train_shapes.py motion --out build/shapes        # 2b. inflation + temporal training: `videodiff train`
-    python scripts/train_shapes.py package --out build/shapes       # 3. fp16 copy into videodiff/models/shapes/
-    python scripts/train_shapes.py all --out build/shapes           # everything, in order
+    python scripts/train_shapes.py base --out build/shapes     # 1. VAE, then text encoder + image U-Net on frames
+    python scripts/train_shapes.py data --out build/shapes     # 2a. training clips (held-out combinations excluded)
+    python scripts/train_shapes.py motion --out build/shapes   # 2b. inflation + temporal training: `videodiff train`
+    python scripts/train_shapes.py package --out build/shapes  # 3. fp16 copy into videodiff/models/shapes/
+    python scripts/train_shapes.py all --out build/shapes      # everything, in order
 
 Stage 1 is this script (it reuses the package's noise prior, training schedule and the
 shapes generator); stage 2 is the package's own `videodiff train` (see `motion_command`);
@@ -221,7 +221,7 @@ def write_data(out: Path, count: int, seed: int) -> None:
     if (data / "manifest.jsonl").is_file():
         log("data: done already")
         return
-    shapes.write_dataset(data, count, seed=seed, split="train")
+    shapes.write_dataset(data, count, seed=seed, split="train")  # GIF: 4:2:0 video would smear the colours
     log(f"{count} training clips written")
 
 
