@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -13,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from cli_helpers import assert_user_error, invoke, ok, read_json
 
 from videodiff import batch
 from videodiff.batch import check_launch, parse_seeds, plan_batch, read_prompt_file
@@ -23,38 +22,6 @@ from videodiff.errors import UserError
 SMALL = ("--height", "16", "--width", "16", "--frames", "2", "--steps", "1", "-q")
 PROMPTS = ["a red circle", "a blue square", "the sea at night"]
 RENDERED = re.compile(r"rendered (.+) \(process (\d+)\)")
-
-
-def invoke(*args: object, env: dict[str, str | None] | None = None) -> Result:
-    """Run the CLI in-process, model env vars cleared, the CLI's logging set-up undone (as tests/test_cli.py)."""
-    from videodiff.cli import cli
-
-    logger = logging.getLogger("videodiff")
-    saved = list(logger.handlers), logger.level, logger.propagate
-    environment = {"VIDEODIFF_MODEL": None, "VIDEODIFF_MOTION_MODULE": None, "WORLD_SIZE": None, **(env or {})}
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args], env=environment)
-    finally:
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstderr: {result.stderr}\n{result.exception!r}"
-    return result
-
-
-def one_line_error(result: Result) -> str:
-    assert result.exit_code == 2, f"exit {result.exit_code}\nstderr: {result.stderr}\n{result.exception!r}"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("videodiff: error: "), lines
-    assert result.stdout == ""
-    return lines[0]
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -233,7 +200,7 @@ def test_plain_run_does_not_touch_accelerate(monkeypatch):
 def test_world_size_without_a_shared_state_exits_2_in_one_line(tmp_path, models, monkeypatch):
     alone = batch.SingleProcess()  # what PartialState reports when the launch is not seen (no ACCELERATE_USE_CPU)
     monkeypatch.setattr(batch, "_partial_state", lambda: alone)
-    line = one_line_error(invoke("render", "a cat", *models, *SMALL, "--seed", 1, env={"WORLD_SIZE": "2"}))
+    line = assert_user_error(invoke("render", "a cat", *models, *SMALL, "--seed", 1, env={"WORLD_SIZE": "2"}))
     assert "ACCELERATE_USE_CPU=1" in line
     assert not list(tmp_path.iterdir())
 
@@ -307,7 +274,7 @@ def test_existing_outputs_fail_the_batch_before_anything_is_rendered(rendered, t
         if not path.name.startswith("0003-the-sea-at-night-2"):
             path.unlink()
     before = snapshot(clips)
-    line = one_line_error(
+    line = assert_user_error(
         invoke("render", "--prompt-file", "prompts.txt", "--seeds", "1,2", *models, *SMALL, "-o", "clips")
     )
     assert "0003-the-sea-at-night-2.mp4" in line and "--skip-existing" in line and "--overwrite" in line
@@ -341,7 +308,7 @@ def test_single_prompt_with_format_prints_only_its_path(tmp_path, models):
 
 def test_prompt_and_prompt_file_together_is_an_error(tmp_path, models):
     (tmp_path / "p.txt").write_text("a dog\n")
-    assert "--prompt-file" in one_line_error(invoke("render", "a cat", "--prompt-file", "p.txt", *models, *SMALL))
+    assert "--prompt-file" in assert_user_error(invoke("render", "a cat", "--prompt-file", "p.txt", *models, *SMALL))
 
 
 # ---------------------------------------------------------------- two processes

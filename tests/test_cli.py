@@ -7,7 +7,6 @@ test only needs to look at one: ``drawn`` below is used by four tests.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import subprocess
@@ -21,48 +20,17 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from cli_helpers import assert_user_error, invoke, ok, read_json
+from click.testing import Result
 from PIL import Image
-
-from videodiff.cli import cli
 
 PROMPT = "a red circle moving right"
 SMALL = ("--height", "32", "--width", "32", "--frames", "4", "--steps", "2")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def invoke(*args: object, env: dict[str, str | None] | None = None) -> Result:
-    """Run the CLI in-process; model env vars are cleared unless given, and the CLI's logging setup is undone."""
-    logger = logging.getLogger("videodiff")
-    saved = list(logger.handlers), logger.level, logger.propagate
-    environment = {"VIDEODIFF_MODEL": None, "VIDEODIFF_MOTION_MODULE": None, **(env or {})}
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args], env=environment)
-    finally:
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstderr: {result.stderr}\n{result.exception!r}"
-    assert "Traceback" not in result.output
-    return result
-
-
 def notices(result: Result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("videodiff:")]
-
-
-def assert_user_error(result: Result) -> str:
-    """Exit status 2 and exactly one stderr line ``videodiff: error: ...``; returns the message."""
-    assert result.exit_code == 2, f"exit {result.exit_code}\nstderr: {result.stderr}\n{result.exception!r}"
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {lines!r}"
-    assert lines[0].startswith("videodiff: error: ")
-    assert result.stdout == ""
-    return lines[0].removeprefix("videodiff: error: ")
 
 
 def all_paths(root: Path) -> set[Path]:
@@ -82,10 +50,6 @@ def decode(path: Path) -> tuple[Fraction, np.ndarray]:
         rate = stream.average_rate or stream.guessed_rate
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
     return Fraction(rate), frames
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(autouse=True)

@@ -7,17 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import invoke as run
 from PIL import Image
 from safetensors.torch import save_file
 
-from videodiff.cli import cli
-
 SMALL = ["--frames", "3", "--steps", "2", "--height", "16", "--width", "16", "--seed", "4", "-q"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def frames(folder):

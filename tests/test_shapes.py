@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from cli_helpers import invoke, ok
 
 from videodiff import shapes
-from videodiff.cli import cli
 from videodiff.errors import UserError
 from videodiff.evaluate import (
     Report,
@@ -36,24 +34,6 @@ from videodiff.shapes import (
     render_clip,
     write_dataset,
 )
-
-
-def invoke(*args: object) -> Result:
-    logger = logging.getLogger("videodiff")
-    saved = list(logger.handlers), logger.level, logger.propagate
-    try:
-        env = {"VIDEODIFF_MODEL": None, "VIDEODIFF_MOTION_MODULE": None}
-        return CliRunner().invoke(cli, [str(a) for a in args], env=env)
-    finally:
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstderr: {result.stderr}\n{result.exception!r}"
-    return result
-
 
 # ----------------------------------------------------------------------------- grammar and split
 
