@@ -32,25 +32,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+from videodiff.tiny import bytes_to_unicode
+
 EXPECTED_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 OUT = Path(__file__).resolve().parents[1] / "videodiff" / "assets" / "sd15" / "tokenizer"
 N_MERGES = 49152 - 256 - 2  # CLIP keeps lines[1 : 49152 - 256 - 2 + 1]
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 CHECK = ("a photo of a cat", [49406, 320, 1125, 539, 320, 2368, 49407])
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2's reversible byte -> printable unicode table (the BPE alphabet), in CLIP's order."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def read_gz(source: Path) -> bytes:

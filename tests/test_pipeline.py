@@ -188,8 +188,9 @@ def test_cpu_offload_hooks_keep_the_output(tiny_model, tiny_motion, offload):
 
     kwargs = dict(num_frames=3, height=16, width=16, num_inference_steps=2, seed=9)
     plain = VideoPipeline(load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32)
-    hooked = VideoPipeline(load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32,
-                           offload=offload)
+    hooked = VideoPipeline(
+        load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32, offload=offload
+    )
     assert hasattr(hooked.unet, "_hf_hook") or any(hasattr(m, "_hf_hook") for m in hooked.unet.modules())
     assert np.array_equal(plain(PROMPT, **kwargs).frames, hooked(PROMPT, **kwargs).frames)
 

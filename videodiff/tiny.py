@@ -14,7 +14,7 @@ import torch
 
 
 # The CLIP byte-to-unicode table (the BPE alphabet); printable bytes map to themselves.
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, n = printable[:], 0
     for b in range(256):
@@ -33,7 +33,7 @@ def write_clip_tokenizer(folder: str | Path, words: tuple[str, ...] = (), max_le
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     vocab: list[str] = alphabet + [c + "</w>" for c in alphabet]
     merges: list[str] = []
     for word in words:

@@ -439,6 +439,18 @@ def _describe_detected(info: MotionInfo, assumed: bool) -> None:
         )
 
 
+def _weights_and_config(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The weights file of a motion-module file or folder, and the folder's config (None for a file)."""
+    if not path.is_dir():
+        return path, None
+    if (path / "config.json").is_file():
+        return _folder_weights(path), _read_folder_config(path)
+    single = _single_weights(path)
+    if single is None:
+        raise UserError(f"{path}: not a motion-module folder (no config.json and not exactly one weights file)")
+    return single, None
+
+
 def load_any_motion_module(source: str, motion_config: str | None = None) -> tuple[MotionStack, MotionInfo]:
     """A motion module from a diffusers ``MotionAdapter`` folder, an original AnimateDiff file or a hub id.
 
@@ -446,18 +458,7 @@ def load_any_motion_module(source: str, motion_config: str | None = None) -> tup
     MotionAdapter ``config.json`` (e.g. for a head count other than 8).
     """
     path = locate(source, "motion module")
-    base = None
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            base = _read_folder_config(path)
-            weights = _folder_weights(path)
-        else:
-            single = _single_weights(path)
-            if single is None:
-                raise UserError(f"{path}: not a motion-module folder (no config.json and not exactly one weights file)")
-            weights = single
-    else:
-        weights = path
+    weights, base = _weights_and_config(path)
     state_dict = read_state_dict(weights)
     name = str(weights)
     fmt, ours = _to_ours(state_dict, name)
@@ -494,18 +495,7 @@ def _header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], list[str]]:
 
 def _header_info(path: str | Path, motion_config: str | None = None) -> tuple[MotionInfo, _Detected]:
     """Detect a motion module from its keys and shapes alone (safetensors headers: no tensor is read)."""
-    location = locate(str(path), "motion module")
-    base = None
-    if location.is_dir():
-        if (location / "config.json").is_file():
-            base = _read_folder_config(location)
-            weights = _folder_weights(location)
-        else:
-            weights = _single_weights(location)
-            if weights is None:
-                raise UserError(f"{location}: not a motion-module folder (no config.json and not one weights file)")
-    else:
-        weights = location
+    weights, base = _weights_and_config(locate(str(path), "motion module"))
     shapes, dtypes = _header_shapes(weights)
     fmt, ours = _to_ours(shapes, str(weights))
     det = _detect("diffusers" if base is not None else fmt, ours, str(weights), motion_config, base)
