@@ -256,9 +256,9 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     from videodiff.training.loop import train as run_train
 
     from_file = load_config_file(config_file, TRAIN_FIELD_NAMES) if config_file else {}
-    config = merge(
-        given(ctx, ParameterSource.ENVIRONMENT), from_file, given(ctx, ParameterSource.COMMANDLINE), cls=TrainConfig
-    ).validate()
+    command_line = given(ctx, ParameterSource.COMMANDLINE)
+    command_line.pop("config_file", None)
+    config = merge(given(ctx, ParameterSource.ENVIRONMENT), from_file, command_line, cls=TrainConfig).validate()
     setup_cli_logging(config.quiet)
     run = run_train(config)
     click.echo(str(run))

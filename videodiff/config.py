@@ -209,13 +209,14 @@ def merge(*layers: dict[str, Any], cls: type = RenderConfig) -> Any:
         if str(f.type).startswith("tuple") and isinstance(value, (list, str)):
             values[f.name] = tuple(value) if isinstance(value, list) else (value,)
             continue
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and "float" in str(f.type)
-            and "int" not in str(f.type)
-        ):
+        is_float = "float" in str(f.type) and "int" not in str(f.type)
+        if is_float and isinstance(value, int) and not isinstance(value, bool):
             values[f.name] = float(value)
+        elif is_float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            try:
+                values[f.name] = float(value)
+            except ValueError:
+                pass  # check_types reports it
     return cls(**values)
 
 

@@ -40,7 +40,7 @@ def _read_manifest_rows(path: Path) -> list[dict[str, str]]:
                     row = json.loads(line)
                     if not isinstance(row, dict):
                         raise UserError(f"{path}:{n}: each line must be a JSON object")
-                    rows.append({str(k): str(v) for k, v in row.items()})
+                    rows.append({str(k): "" if v is None else str(v) for k, v in row.items()})
             return rows
         with path.open(newline="", encoding="utf-8") as fh:
             return [dict(row) for row in csv.DictReader(fh)]
@@ -71,11 +71,21 @@ def find_clips(data: str | Path, data_root: str | Path | None = None) -> list[Cl
     if not rows:
         raise UserError(f"{data}: the manifest is empty")
     columns = set(rows[0])
+
+    def field(row: dict, n: int, key: str) -> str:
+        value = row.get(key)
+        if value is None or (key != "caption" and key != "name" and not str(value).strip()):
+            raise UserError(f"{data}: row {n} has no {key!r}")
+        return str(value).strip()
+
     if {"videoid", "name", "page_dir"} <= columns:
         root = Path(data_root) if data_root else data.parent
-        return [ClipSource(root / r["page_dir"] / f"{r['videoid']}.mp4", r["name"].strip()) for r in rows]
+        return [
+            ClipSource(root / field(r, n, "page_dir") / f"{field(r, n, 'videoid')}.mp4", field(r, n, "name"))
+            for n, r in enumerate(rows, 1)
+        ]
     if {"path", "caption"} <= columns:
-        return [ClipSource(data.parent / r["path"], (r["caption"] or "").strip()) for r in rows]
+        return [ClipSource(data.parent / field(r, n, "path"), field(r, n, "caption")) for n, r in enumerate(rows, 1)]
     raise UserError(f"{data}: expected columns path,caption (or WebVid's videoid,name,page_dir), got {sorted(columns)}")
 
 

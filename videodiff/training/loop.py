@@ -128,6 +128,7 @@ class Trainer:
     # 1. models
     def build_models(self) -> None:
         c = self.config
+        torch.manual_seed(c.seed)  # new motion modules and LoRA layers draw their initial weights here
         self.parts: ModelParts = load_model_parts(c.model, c.motion_module, new_motion=True)
         self.video_unet = VideoUNet(self.parts.unet, self.parts.motion)
         self.trained_names = select_trainable(self.video_unet, c.trainable, c.lora_rank)
@@ -185,7 +186,8 @@ class Trainer:
 
     def next_batch(self) -> dict:
         """The next batch with at least one readable clip; a dataset with none is an error."""
-        for _ in range(max(1, self.sampler.per_epoch) + 1):
+        # a run of unreadable batches can span the end of one epoch and the start of the next: allow two epochs
+        for _ in range(2 * max(1, self.sampler.per_epoch) + 1):
             batch = next(self.batches)
             self.position += 1
             for path, reason in batch["skipped"]:
@@ -235,6 +237,11 @@ class Trainer:
     # 4. the loop
     def train(self) -> Path:
         c, acc = self.config, self.accelerator
+        find_clips(c.data, c.data_root)  # a missing or empty dataset fails before minutes of model loading
+        if not c.resume and ((self.run / "metrics.jsonl").exists() or (self.run / "checkpoints").exists()):
+            raise UserError(
+                f"{self.run} already holds a training run; pass --resume latest to continue it, or another --output"
+            )
         self.build_models()
         resume = resolve_resume(self.run, c.resume) if c.resume else None
         state = load_checkpoint(resume) if resume else None
@@ -244,7 +251,9 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         from diffusers.optimization import get_scheduler
 
-        lr_schedule = get_scheduler(c.lr_schedule, optimizer, num_warmup_steps=c.warmup, num_training_steps=c.steps)
+        # diffusers' "constant" ignores warm-up; "constant_with_warmup" is the same schedule with it
+        name = "constant_with_warmup" if c.lr_schedule == "constant" and c.warmup else c.lr_schedule
+        lr_schedule = get_scheduler(name, optimizer, num_warmup_steps=c.warmup, num_training_steps=c.steps)
         self.model, self.optimizer = acc.prepare(self.video_unet, optimizer)
         self.ema = EMA(self.trained_params(), c.ema_decay) if c.ema_decay else None
         start, position = 0, 0
@@ -254,6 +263,11 @@ class Trainer:
             if state["scaler"] is not None and acc.scaler is not None:
                 acc.scaler.load_state_dict(state["scaler"])
             s = state["state"]
+            if s.get("world", 1) != self.world:
+                raise UserError(
+                    f"{resume} was written by {s.get('world', 1)} processes; resume it with the same number "
+                    f"(this run has {self.world}), or the data order cannot continue exactly"
+                )
             start, position, self.nan_total = s["step"], s["positions"][self.rank], s["nan_total"]
             if self.ema is not None:
                 self.ema.shadow = {
@@ -292,6 +306,7 @@ class Trainer:
                 continue
             nan_in_a_row = 0
             acc.clip_grad_norm_(params, c.max_grad_norm)
+            used_lr = lr_schedule.get_last_lr()[0]
             self.optimizer.step()
             lr_schedule.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -303,7 +318,7 @@ class Trainer:
             record = {
                 "step": done,
                 "loss": mean_loss,
-                "lr": lr_schedule.get_last_lr()[0],
+                "lr": used_lr,
                 "clips_per_s": clips * self.world / max(now - last, 1e-9),
                 "nan_skipped": self.nan_total,
             }
