@@ -88,6 +88,47 @@ def _over_frames(module: nn.Module, num_frames: int):
     return call
 
 
+class SharedContextAttention:
+    """Cross-attention processor for text context shared by all frames of a video.
+
+    diffusers repeats the context once per frame, so every frame projects the same 77
+    tokens to keys and values again; here ``encoder_hidden_states`` arrives once per
+    video (``[b n d]`` against ``[(b f) t c]`` queries) and its keys and values are
+    projected once, then broadcast to the frames. The result is the same attention.
+    Anything unusual (masks, norms on the context, a per-frame context) takes
+    diffusers' own processor.
+    """
+
+    def __init__(self) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.fallback = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        plain = (
+            encoder_hidden_states is None
+            or encoder_hidden_states.shape[0] == hidden_states.shape[0]
+            or attention_mask is not None
+            or hidden_states.ndim != 3
+            or attn.spatial_norm is not None
+            or attn.group_norm is not None
+            or attn.norm_cross
+            or attn.residual_connection
+            or attn.rescale_output_factor != 1.0
+        )
+        if plain:
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        frames = hidden_states.shape[0] // encoder_hidden_states.shape[0]
+        q = rearrange(attn.to_q(hidden_states), "n t (h d) -> n h t d", h=attn.heads)
+        k, v = (
+            repeat(proj(encoder_hidden_states), "b m (h d) -> (b f) h m d", h=attn.heads, f=frames)
+            for proj in (attn.to_k, attn.to_v)
+        )
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        out = attn.to_out[0](rearrange(out, "n h t d -> n t (h d)").to(q.dtype))
+        return attn.to_out[1](out)
+
+
 class VideoUNet(nn.Module):
     """``(x [b c f h w], t, context [b n d] or [b f n d]) -> eps [b c f h w]``."""
 
@@ -116,8 +157,22 @@ class VideoUNet(nn.Module):
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor
 
         processor = {"sdpa": AttnProcessor2_0, "math": AttnProcessor, "xformers": XFormersAttnProcessor}[backend]
-        self.unet.set_attn_processor(processor())
+        if backend == "sdpa":  # cross-attention projects the shared text context once per video
+            shared = SharedContextAttention()
+            self.unet.set_attn_processor(
+                {
+                    name: shared if name.endswith("attn2.processor") else processor()
+                    for name in self.unet.attn_processors
+                }
+            )
+        else:
+            self.unet.set_attn_processor(processor())
         self.motion.set_attention_backend(backend)
+
+    def _context_once_per_video(self) -> bool:
+        """Whether every cross-attention takes the context per video (else it is repeated per frame)."""
+        cross = [p for name, p in self.unet.attn_processors.items() if name.endswith("attn2.processor")]
+        return bool(cross) and all(isinstance(p, SharedContextAttention) for p in cross)
 
     def _spatial_norms(self) -> list[nn.GroupNorm]:
         """The norms original AnimateDiff v1 ran over all frames: every ResNet's norm1/norm2, conv_norm_out."""
@@ -179,7 +234,8 @@ class VideoUNet(nn.Module):
         emb = unet.time_embedding(unet.time_proj(t).to(dtype=self.dtype), None)
         emb = repeat(emb, "b d -> (b f) d", f=num_frames)
         if context.ndim == 3:
-            context = repeat(context, "b n d -> (b f) n d", f=num_frames)
+            if not self._context_once_per_video():
+                context = repeat(context, "b n d -> (b f) n d", f=num_frames)
         elif context.ndim == 4:
             context = rearrange(context, "b f n d -> (b f) n d")
         else:
