@@ -207,3 +207,14 @@ def test_attention_slicing_and_vae_tiling_stay_close(tiny_model, tiny_motion):
     assert all(m.chunk == 7 for m in saver.unet.motion.modules() if hasattr(m, "chunk"))
     a, b = plain(PROMPT, **kwargs).frames, saver(PROMPT, **kwargs).frames
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_offline_hub_id_not_in_cache_is_one_clear_error(tmp_path, monkeypatch):
+    from videodiff import load_pipeline
+
+    monkeypatch.setenv("VIDEODIFF_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache" / "hub"))
+    with pytest.raises(UserError, match="offline") as info:
+        load_pipeline("someone/not-cached-model", device="cpu")
+    assert "\n" not in str(info.value)
