@@ -55,18 +55,9 @@ def build(preset: str, folder: Path) -> tuple[Path, Path]:
 
 
 def run_diffusers(model: Path, motion: Path, scheduler, render: dict, seed: int, guidance: float):
-    from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from videodiff.tiny import diffusers_reference
 
-    pipe = AnimateDiffPipeline(
-        vae=AutoencoderKL.from_pretrained(model / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(model / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(model / "tokenizer"),
-        unet=UNet2DConditionModel.from_pretrained(model / "unet"),
-        motion_adapter=MotionAdapter.from_pretrained(motion),
-        scheduler=scheduler,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_reference(model, motion, scheduler)
     marks = []
     start = time.perf_counter()
 

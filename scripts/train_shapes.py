@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from videodiff import noise as noise_priors
 from videodiff import shapes
-from videodiff.tiny import write_clip_tokenizer
+from videodiff.tiny import write_clip_tokenizer, write_model_index
 from videodiff.training.loop import training_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,19 +198,7 @@ def train_image_model(out: Path, steps: int, batch: int, device: str, seed: int)
     text_encoder.save_pretrained(base / "text_encoder")
     (base / "scheduler").mkdir(exist_ok=True)
     (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
-    (base / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "StableDiffusionPipeline",
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "scheduler": ["diffusers", "DDIMScheduler"],
-            },
-            indent=2,
-        )
-    )
+    write_model_index(base)
     (base / "videodiff.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2))
     unet.save_pretrained(base / "unet")  # last: its presence marks the stage as done
     log("image model saved")

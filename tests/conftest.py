@@ -36,6 +36,12 @@ def tiny_pipe(tiny_model, tiny_motion):
     return load_pipeline(str(tiny_model), str(tiny_motion), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def models(tiny_model, tiny_motion) -> tuple[str, ...]:
+    """The command-line flags that select the tiny model and motion module."""
+    return ("--model", str(tiny_model), "--motion-module", str(tiny_motion))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real media in ../shared/data; tests using it skip where it is absent (a user's clone)."""

@@ -57,11 +57,6 @@ def _in_tmp_path(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model, tiny_motion) -> tuple[str, ...]:
-    return ("--model", str(tiny_model), "--motion-module", str(tiny_motion))
-
-
 @dataclass
 class Drawn:
     result: Result

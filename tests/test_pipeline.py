@@ -5,28 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from videodiff import sampling, vae
 from videodiff.errors import UserError
 from videodiff.noise import sample_noise
 from videodiff.schedulers import make_scheduler
+from videodiff.tiny import diffusers_reference
 
 PROMPT = "a red circle moving right"
-
-
-def _reference(model, motion, scheduler):
-    pipe = AnimateDiffPipeline(
-        vae=AutoencoderKL.from_pretrained(model / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(model / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(model / "tokenizer"),
-        unet=UNet2DConditionModel.from_pretrained(model / "unet"),
-        motion_adapter=MotionAdapter.from_pretrained(motion),
-        scheduler=scheduler,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++"])
@@ -34,7 +20,9 @@ def test_same_frames_as_diffusers_animatediff(tiny_pipe, tiny_model, tiny_motion
     """Same weights, seed and scheduler: every pixel within 2/255 of diffusers' AnimateDiffPipeline (fp32, CPU)."""
     kwargs = dict(negative_prompt="cat", num_frames=8, height=32, width=40, num_inference_steps=4)
     ours = tiny_pipe(PROMPT, seed=3, scheduler=scheduler, **kwargs).frames
-    reference = _reference(tiny_model, tiny_motion, make_scheduler(scheduler, tiny_pipe.parts.scheduler_config))
+    reference = diffusers_reference(
+        tiny_model, tiny_motion, make_scheduler(scheduler, tiny_pipe.parts.scheduler_config)
+    )
     out = reference(
         PROMPT, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(3), output_type="np", **kwargs
     ).frames[0]

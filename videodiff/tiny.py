@@ -65,6 +65,37 @@ def write_clip_tokenizer(folder: str | Path, words: tuple[str, ...] = (), max_le
     return folder
 
 
+def write_model_index(folder: str | Path) -> None:
+    """``model_index.json`` of an SD1.5-layout diffusers folder (what ``DiffusionPipeline`` expects)."""
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def diffusers_reference(model: str | Path, motion: str | Path, scheduler):
+    """diffusers' ``AnimateDiffPipeline`` on the same folders: the reference in parity tests and benchmarks."""
+    from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model = Path(model)
+    pipe = AnimateDiffPipeline(
+        vae=AutoencoderKL.from_pretrained(model / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(model / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(model / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(model / "unet"),
+        motion_adapter=MotionAdapter.from_pretrained(motion),
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_tiny_model(
     folder: str | Path,
     *,
@@ -135,20 +166,7 @@ def build_tiny_model(
         set_alpha_to_one=False,
         steps_offset=1,
     ).save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "StableDiffusionPipeline",
-                "_diffusers_version": "0.42.1",
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "scheduler": ["diffusers", "DDIMScheduler"],
-            },
-            indent=2,
-        )
-    )
+    write_model_index(folder)
     if with_motion_adapter:
         build_tiny_motion_adapter(
             folder / "motion_adapter",
