@@ -25,6 +25,8 @@ def test_matches_diffusers_unet_motion_model(unet2d, tiny_motion, frames, h, w):
     adapter = MotionAdapter.from_pretrained(tiny_motion)
     reference = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
     ours = VideoUNet(unet2d, load_motion_folder(tiny_motion)).eval()
+    ours.set_attention_backend("sdpa")  # cross-attention then takes the text context once per video
+    assert ours._context_once_per_video()
     torch.manual_seed(0)
     x = torch.randn(2, 4, frames, h, w)
     context = torch.randn(2, 77, 32)
