@@ -55,10 +55,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load every tensor into ``module`` or fail with one line naming ``source`` and what did not match."""
+def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str, *, subset: bool = False) -> None:
+    """Load every tensor into ``module`` or fail with one line naming ``source`` and what did not match.
+
+    ``subset``: the file may cover only part of the module (fine-tuned tensors shipped on
+    their own); every tensor it has must still name a tensor of the module, with its shape.
+    """
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
+    missing = [] if subset else sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
         parts = []
@@ -72,4 +76,4 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             raise UserError(
                 f"{source}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}"
             )
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=not subset)  # subset: every key was checked above

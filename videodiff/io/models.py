@@ -14,7 +14,7 @@ import torch
 
 from videodiff.config import MODEL_DEFAULT_KEYS, check_keys
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import read_state_dict
+from videodiff.io.checkpoints import load_strict, read_state_dict
 from videodiff.log import notice
 from videodiff.unet.temporal import MotionStack
 
@@ -105,20 +105,11 @@ def new_motion_stack(unet) -> MotionStack:
 def apply_spatial_weights(unet, path: Path) -> None:
     """Load fine-tuned image-U-Net tensors shipped beside motion modules (e.g. after ``--trainable motion+attn``).
 
-    Every tensor must name an existing U-Net parameter of the same shape: checked here,
-    so the partial load below is never a silent ``strict=False``.
+    Every tensor must name an existing U-Net parameter of the same shape (``load_strict``
+    with ``subset``), so the partial load is never a silent ``strict=False``.
     """
     tensors = read_state_dict(path)
-    expected = unet.state_dict()
-    unknown = sorted(set(tensors) - set(expected))
-    if unknown:
-        raise UserError(f"{path}: {len(unknown)} tensors are not in the image U-Net (e.g. {unknown[0]})")
-    for key, tensor in tensors.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise UserError(
-                f"{path}: {key} has shape {tuple(tensor.shape)}, the U-Net expects {tuple(expected[key].shape)}"
-            )
-    unet.load_state_dict(tensors, strict=False)
+    load_strict(unet, tensors, str(path), subset=True)
     notice(f"loaded {len(tensors)} fine-tuned image-U-Net tensors from {path.name}")
 
 
