@@ -7,6 +7,8 @@ decoding forward, and a seek that overshoots falls back to decoding from the sta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +43,24 @@ def _open(path: Path):
     return container
 
 
+@contextmanager
+def _decoding(path: Path) -> Iterator:
+    """An open container; any decoder failure inside becomes :class:`UnreadableVideo`."""
+    container = _open(path)
+    try:
+        yield container
+    except UnreadableVideo:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every decoder failure means the same: unreadable
+        raise UnreadableVideo(f"{path}: {type(exc).__name__}: {exc}") from None
+    finally:
+        container.close()
+
+
 def probe(path: str | Path) -> VideoInfo:
     """Frame count and timestamps by demuxing packets (no decoding), frame rate and size."""
     path = Path(path)
-    container = _open(path)
-    try:
+    with _decoding(path) as container:
         stream = container.streams.video[0]
         stamps: list[int | None] = [p.pts for p in container.demux(stream) if p.size]
         ctx = stream.codec_context
@@ -55,12 +70,6 @@ def probe(path: str | Path) -> VideoInfo:
         # packets come in decode order; sorting gives presentation order (B-frames)
         pts = tuple(sorted(stamps)) if None not in stamps and len(set(stamps)) == len(stamps) else None
         return VideoInfo(len(stamps), float(rate), ctx.width, ctx.height, pts)
-    except UnreadableVideo:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise UnreadableVideo(f"{path}: {type(exc).__name__}: {exc}") from None
-    finally:
-        container.close()
 
 
 def read_frames(path: str | Path, indices: list[int], info: VideoInfo | None = None) -> np.ndarray:
@@ -75,8 +84,7 @@ def read_frames(path: str | Path, indices: list[int], info: VideoInfo | None = N
     info = info or probe(path)
     if max(indices) >= info.num_frames or min(indices) < 0:
         raise ValueError(f"frame indices {min(indices)}..{max(indices)} outside 0..{info.num_frames - 1}")
-    container = _open(path)
-    try:
+    with _decoding(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         got = None
@@ -90,12 +98,6 @@ def read_frames(path: str | Path, indices: list[int], info: VideoInfo | None = N
                 got = _collect(container.decode(stream), by_pts, lambda frame, n: frame.pts)
         else:
             got = _collect(container.decode(stream), {i: i for i in set(indices)}, lambda frame, n: n)
-    except UnreadableVideo:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise UnreadableVideo(f"{path}: {type(exc).__name__}: {exc}") from None
-    finally:
-        container.close()
     missing = [i for i in indices if got is None or i not in got]
     if missing:
         raise UnreadableVideo(f"{path}: could not decode frame(s) {missing[:5]}")
