@@ -6,7 +6,17 @@ Same random weights, initial noise and scheduler for both; the outputs are compa
 is included in the timing: no warm-up is hidden.
 
     python scripts/bench.py --preset tiny
-    python scripts/bench.py --preset cpu-small          # SD1.5 layout at widths (64,128,256,256), 256x256
+    python scripts/bench.py --preset cpu-small --repeat 2   # SD1.5 layout at widths (64,128,256,256), 256x256
+    python scripts/bench.py --preset gpu-sd15               # full SD1.5 + v2 motion modules, 512x512, fp16, CUDA
+
+Each side runs in a fresh process. Peak memory: ``max_memory_allocated`` on GPU; on CPU
+a sampling thread's highest RSS above the process's RSS before the render. On GPU the
+U-Net and VAE FLOPs (counted once with torch's FlopCounterMode) give the fraction of the
+device's peak reached (``--peak-tflops``, default 989 for H100/H200 dense fp16/bf16).
+
+Half-precision tolerance: fp16/bf16 outputs of two implementations that order their sums
+differently drift apart over 25 steps; ``--tolerance`` (default 2/255 in fp32, 8/255 in
+half precision) bounds the largest pixel difference, and the mean difference is reported.
 """
 
 from __future__ import annotations
@@ -38,6 +48,19 @@ PRESETS = {
         ),
         render=dict(num_frames=16, height=256, width=256, num_inference_steps=10),
     ),
+    "gpu-sd15": dict(
+        model=dict(
+            block_out_channels=(320, 640, 1280, 1280),
+            vae_channels=(128, 256, 512, 512),
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            motion_heads=8,
+            text_layers=12,
+        ),
+        render=dict(num_frames=16, height=512, width=512, num_inference_steps=25),
+        device="cuda",
+        dtype="fp16",
+    ),
 }
 
 
@@ -54,14 +77,27 @@ def build(preset: str, folder: Path) -> tuple[Path, Path]:
     return model, motion
 
 
-def run_diffusers(model: Path, motion: Path, scheduler, render: dict, seed: int, guidance: float):
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def run_diffusers(
+    model: Path,
+    motion: Path,
+    scheduler,
+    render: dict,
+    seed: int,
+    guidance: float,
+    device: str = "cpu",
+    dtype: str = "fp32",
+):
     from videodiff.tiny import diffusers_reference
 
-    pipe = diffusers_reference(model, motion, scheduler)
+    pipe = diffusers_reference(model, motion, scheduler).to(device, DTYPES[dtype])
     marks = []
     start = time.perf_counter()
 
     def on_step(p, i, t, kwargs):
+        sync(device)
         marks.append(time.perf_counter())
         return {}
 
@@ -77,14 +113,26 @@ def run_diffusers(model: Path, motion: Path, scheduler, render: dict, seed: int,
     return (out * 255).round().astype(np.uint8), total, marks, start
 
 
-def run_videodiff(model: Path, motion: Path, render: dict, seed: int, guidance: float):
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} threads {torch.get_num_threads()}"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_videodiff(
+    model: Path, motion: Path, render: dict, seed: int, guidance: float, device: str = "cpu", dtype: str = "fp32"
+):
     from videodiff import load_pipeline, sampling
 
-    pipe = load_pipeline(str(model), str(motion), device="cpu")
+    pipe = load_pipeline(str(model), str(motion), device=device, dtype=dtype)
     marks = []
     real = sampling.guided
 
     def timed(*args):  # called once per step, after the U-Net
+        sync(device)
         marks.append(time.perf_counter())
         return real(*args)
 
@@ -102,18 +150,77 @@ def per_step(marks: list[float], start: float) -> float:
     return (marks[-1] - start) / len(marks) if marks else float("nan")
 
 
+class PeakMemory:
+    """Peak memory of the code inside: ``max_memory_allocated`` on GPU, else the highest RSS a sampling
+    thread sees above the RSS before (a process's own peak RSS cannot be reset)."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.peak = device, 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        import threading
+
+        import psutil
+
+        proc = psutil.Process()
+        self.base, self._stop = proc.memory_info().rss, threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.01):
+                self.peak = max(self.peak, proc.memory_info().rss - self.base)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def count_flops(model: Path, motion: Path, render: dict, device: str, dtype: str) -> dict:
+    """FLOPs of one guided U-Net call and of the VAE decode of all frames (torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from videodiff import load_pipeline
+
+    pipe = load_pipeline(str(model), str(motion), device=device, dtype=dtype)
+    f, h, w = render["num_frames"], render["height"], render["width"]
+    latents = torch.randn(pipe.latent_shape(f, h, w), device=device, dtype=pipe.dtype)
+    context = pipe.encode("a red circle moving right")
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as unet_count:
+            pipe.unet(torch.cat([latents] * 2), torch.tensor(500, device=device), torch.cat([context] * 2))
+        with FlopCounterMode(display=False) as vae_count:
+            from videodiff import vae
+
+            vae.decode(pipe.vae, latents, chunk=f)
+    return {"unet_tflop_per_step": unet_count.get_total_flops() / 1e12, "vae_tflop": vae_count.get_total_flops() / 1e12}
+
+
 def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
-    """One pipeline's frames and timings, in this process."""
+    """One pipeline's frames, timings and peak memory, in this process."""
     from diffusers import DDIMScheduler
 
     from videodiff.schedulers import make_scheduler
 
-    if side == "diffusers":
-        scheduler = make_scheduler("ddim", dict(DDIMScheduler.load_config(model / "scheduler")))
-        frames, total, marks, start = run_diffusers(model, motion, scheduler, render, args.seed, args.guidance)
-    else:
-        frames, total, marks, start = run_videodiff(model, motion, render, args.seed, args.guidance)
-    return {"frames": frames, "s_per_step": per_step(marks, start), "total_s": total}
+    with PeakMemory(args.device) as memory:
+        if side == "diffusers":
+            scheduler = make_scheduler("ddim", dict(DDIMScheduler.load_config(model / "scheduler")))
+            frames, total, marks, start = run_diffusers(
+                model, motion, scheduler, render, args.seed, args.guidance, args.device, args.dtype
+            )
+        else:
+            frames, total, marks, start = run_videodiff(
+                model, motion, render, args.seed, args.guidance, args.device, args.dtype
+            )
+    return {"frames": frames, "s_per_step": per_step(marks, start), "total_s": total, "peak_bytes": memory.peak}
 
 
 def in_subprocess(side: str, args) -> dict:
@@ -134,6 +241,10 @@ def in_subprocess(side: str, args) -> dict:
             str(args.guidance),
             "--cache",
             str(args.cache),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
             "--only",
             side,
             "--side-out",
@@ -145,7 +256,7 @@ def in_subprocess(side: str, args) -> dict:
             cmd += ["--frames", str(args.frames)]
         subprocess.run(cmd, check=True)
         data = np.load(out)
-        return {"frames": data["frames"], "s_per_step": float(data["s_per_step"]), "total_s": float(data["total_s"])}
+        return {k: data[k] if k == "frames" else float(data[k]) for k in data.files}
 
 
 def main() -> None:
@@ -158,6 +269,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="alternate the two sides this many times each")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "videodiff-bench")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--device", help="cpu or cuda (default: the preset's)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: the preset's (fp32 on CPU)")
+    parser.add_argument("--tolerance", type=int, help="largest allowed pixel difference (default 2, 8 in fp16/bf16)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense fp16/bf16 peak")
     parser.add_argument("--only", choices=["diffusers", "videodiff"], help=argparse.SUPPRESS)
     parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,6 +286,9 @@ def main() -> None:
         render["num_inference_steps"] = args.steps
     if args.frames:
         render["num_frames"] = args.frames
+    args.device = args.device or PRESETS[args.preset].get("device", "cpu")
+    args.dtype = args.dtype or PRESETS[args.preset].get("dtype", "fp32")
+    tolerance = args.tolerance if args.tolerance is not None else (2 if args.dtype == "fp32" else 8)
     model, motion = build(args.preset, args.cache / args.preset)
     if args.only:  # a child process: measure one side and hand the result back
         result = measure(args.only, args, model, motion, render)
@@ -181,28 +299,38 @@ def main() -> None:
     for i in range(args.repeat):  # alternate which side starts, so drift on the machine hits both
         for side in ("diffusers", "videodiff") if i % 2 == 0 else ("videodiff", "diffusers"):
             runs[side].append(in_subprocess(side, args))
-    diff = int(np.abs(runs["videodiff"][0]["frames"].astype(int) - runs["diffusers"][0]["frames"].astype(int)).max())
+    delta = np.abs(runs["videodiff"][0]["frames"].astype(int) - runs["diffusers"][0]["frames"].astype(int))
+    diff = int(delta.max())
     best = {side: min(r["s_per_step"] for r in rs) for side, rs in runs.items()}
     results = {
         "preset": args.preset,
         "render": render,
         "guidance": args.guidance,
         "repeat": args.repeat,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} threads "
-        f"{torch.get_num_threads()}",
+        "device": args.device,
+        "dtype": args.dtype,
+        "machine": torch.cuda.get_device_name() if args.device.startswith("cuda") else machine(),
         "each side in a fresh process, first call included": True,
-        "diffusers_s_per_step": [round(r["s_per_step"], 3) for r in runs["diffusers"]],
-        "videodiff_s_per_step": [round(r["s_per_step"], 3) for r in runs["videodiff"]],
-        "diffusers_total_s": [round(r["total_s"], 2) for r in runs["diffusers"]],
-        "videodiff_total_s": [round(r["total_s"], 2) for r in runs["videodiff"]],
-        "speedup_per_step_best_of_runs": round(best["diffusers"] / best["videodiff"], 3),
-        "max_pixel_diff": diff,
     }
+    for side in ("diffusers", "videodiff"):
+        results[f"{side}_s_per_step"] = [round(r["s_per_step"], 3) for r in runs[side]]
+        results[f"{side}_total_s"] = [round(r["total_s"], 2) for r in runs[side]]
+        results[f"{side}_peak_mib"] = [round(r["peak_bytes"] / 2**20) for r in runs[side]]
+    results["speedup_per_step_best_of_runs"] = round(best["diffusers"] / best["videodiff"], 3)
+    results["max_pixel_diff"], results["mean_pixel_diff"] = diff, round(float(delta.mean()), 4)
+    if args.device.startswith("cuda"):
+        flops = count_flops(model, motion, render, args.device, args.dtype)
+        steps = render["num_inference_steps"]
+        for side in ("diffusers", "videodiff"):
+            seconds = min(r["total_s"] for r in runs[side])
+            work = flops["unet_tflop_per_step"] * steps + flops["vae_tflop"]
+            results[f"{side}_fraction_of_peak"] = round(work / seconds / args.peak_tflops, 3)
+        results.update({k: round(v, 2) for k, v in flops.items()})
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    if diff > 2:
-        raise SystemExit(f"outputs differ by {diff}/255 (tolerance 2/255)")
+    if diff > tolerance:
+        raise SystemExit(f"outputs differ by {diff}/255 (tolerance {tolerance}/255)")
 
 
 if __name__ == "__main__":
