@@ -337,3 +337,10 @@ def test_render_help_has_an_example():
     assert re.search(r"^\s*videodiff render \S", result.stdout, re.MULTILINE), result.stdout
     for flag in ("--frames", "--seed", "--config", "--overwrite", "--noise"):
         assert flag in result.stdout
+
+
+def test_failed_render_leaves_no_new_folders(tmp_path):
+    before = all_paths(tmp_path)
+    assert_user_error(invoke("render", PROMPT, "--model", "/does/not/exist", "--seed", 1, "-o", "sub/dir/x.mp4"))
+    assert_user_error(invoke("render", PROMPT, "--model", "/does/not/exist", "--seed", 1))  # default outputs/
+    assert all_paths(tmp_path) == before

@@ -425,7 +425,7 @@ def run_batch(
     main = state.is_main_process
     todo, skipped = _sort_existing(configs, skip_existing, overwrite, announce=main)
     for config in todo:
-        check_output(config.output, fps=config.fps, crf=config.crf, overwrite=True)  # type, crf, folder
+        check_output(config.output, fps=config.fps, crf=config.crf, overwrite=True, create=False)  # type, crf, folder
     written: list[Path] = []
     pipe, recorded = None, None
     with state.split_between_processes(todo) as mine:

@@ -370,7 +370,8 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
         raise UserError("no prompt given: pass PROMPT or set 'prompt' in the --config file")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     output = Path(config.output) if config.output else default_output(config.prompt, seed)
-    check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite)  # fail before the work
+    # fail before the work, and create no folder until there is something to write
+    check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
     side = sidecar_path(output)
     if side.exists() and not config.overwrite:
         raise UserError(f"{side} already exists; pass --overwrite to replace it")

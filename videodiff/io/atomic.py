@@ -19,16 +19,25 @@ from videodiff.errors import UserError
 __all__ = ["prepare_output", "atomic_file", "atomic_dir", "write_text_atomic"]
 
 
-def prepare_output(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+def prepare_output(path: str | os.PathLike[str], *, overwrite: bool, create: bool = True) -> Path:
     """Check that ``path`` may be written and create its parent folders.
 
     Raises :class:`UserError` if the path exists and ``overwrite`` is false, or if
-    its folder cannot be created or written to. Returns the resolved path.
+    its folder cannot be created or written to. Returns the resolved path. With
+    ``create=False`` (a check before long work) nothing is created: the nearest
+    existing folder above must be writable instead, so a failed run leaves no folders.
     """
     out = Path(path).expanduser().resolve()
     if out.exists() and not overwrite:
         raise UserError(f"{path} already exists; pass --overwrite to replace it")
     parent = out.parent
+    if not create:
+        existing = next(p for p in (parent, *parent.parents) if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"cannot create output folder {parent}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"output folder {existing} is not writable")
+        return out
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -44,10 +44,12 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def check_output(path: str | os.PathLike[str], *, fps: float = 8, crf: int = 18, overwrite: bool = False) -> Path:
+def check_output(
+    path: str | os.PathLike[str], *, fps: float = 8, crf: int = 18, overwrite: bool = False, create: bool = True
+) -> Path:
     """Everything :func:`save_video` would refuse, checked before any work: format, fps, crf, an existing file.
 
-    Returns the output path, with its parent folder created.
+    Returns the output path, with its parent folder created (unless ``create=False``).
     """
     if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
         raise UserError(f"fps must be a positive number, got {fps!r}")
@@ -61,7 +63,7 @@ def check_output(path: str | os.PathLike[str], *, fps: float = 8, crf: int = 18,
         max_crf = _AV_CODECS[suffix][2]
         if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not 0 <= crf <= max_crf:
             raise UserError(f"crf must be an integer from 0 to {max_crf} for {suffix}, got {crf!r}")
-    out = prepare_output(path, overwrite=overwrite)
+    out = prepare_output(path, overwrite=overwrite, create=create)
     if suffix and out.is_dir():
         raise UserError(f"{path} is a folder; choose a file name or remove the folder")
     return out
