@@ -208,7 +208,12 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
     """One pipeline's frames, timings and peak memory, in this process."""
     from diffusers import DDIMScheduler
 
+    # import both libraries' code first: module imports are not the pipelines' working memory
+    import videodiff.io.models  # noqa: F401
+    import videodiff.io.motion_formats  # noqa: F401
+    import videodiff.pipelines  # noqa: F401
     from videodiff.schedulers import make_scheduler
+    from videodiff.tiny import diffusers_reference  # noqa: F401
 
     with PeakMemory(args.device) as memory:
         if side == "diffusers":
