@@ -18,7 +18,7 @@ from videodiff import sampling, text, vae
 from videodiff.config import INFO_KEY, SPATIAL_NORMS, RenderConfig, load_config_file, merge, to_dict
 from videodiff.errors import UserError
 from videodiff.io.atomic import write_text_atomic
-from videodiff.io.models import ModelParts, hub_versions, load_model_parts, read_model_defaults
+from videodiff.io.models import ModelParts, load_model_parts, package_versions, read_model_defaults
 from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
 from videodiff.schedulers import make_scheduler
@@ -416,7 +416,7 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "attention": pipe.attention,
-        "versions": hub_versions(),
+        "versions": package_versions(),
         "created": datetime.now().isoformat(timespec="seconds"),
     }
     return settings

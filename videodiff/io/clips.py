@@ -130,10 +130,6 @@ def _collect(frames, keys: dict, key_of, after_seek: bool = False) -> dict[int, 
     return got
 
 
-def clip_indices(num_frames: int, frames: int, stride: int, start: int) -> list[int]:
-    return [start + i * stride for i in range(frames)]
-
-
 def fit_stride(available: int, frames: int, stride: int) -> int | None:
     """The largest stride <= ``stride`` that fits ``frames`` frames in ``available``; None when even 1 does not."""
     if available < frames:

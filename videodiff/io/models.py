@@ -279,7 +279,7 @@ def quiet_hub_logging() -> None:
         lib.utils.logging.disable_progress_bar()
 
 
-def hub_versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     """Versions of the packages that decide the output, for sidecars."""
     import platform
 
