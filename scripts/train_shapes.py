@@ -57,17 +57,29 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def frames_batch(rng: np.random.Generator, n: int, split: str = "train") -> tuple[torch.Tensor, list[str]]:
-    """``n`` single frames (random clip, random frame) in [-1, 1] ``[n 3 64 64]`` with their prompts."""
-    combos = shapes.combos_of(split)
-    pixels, prompts = [], []
-    for _ in range(n):
-        color, shape, direction = combos[rng.integers(len(combos))]
-        clip = shapes.render_clip(color, shape, direction, rng=rng)
-        pixels.append(clip[rng.integers(len(clip))])
-        prompts.append(shapes.prompt_of(color, shape, direction))
-    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return x, prompts
+class FrameBank:
+    """Every frame of ``clips`` generated training clips (uint8, held-out combinations excluded), with prompts.
+
+    Drawing whole clips once and sampling frames from them keeps the generator out of the
+    training step (rendering a clip to use one frame costs as much as a U-Net step on a CPU).
+    """
+
+    def __init__(self, clips: int, seed: int, split: str = "train") -> None:
+        rng = np.random.default_rng(seed)
+        combos = shapes.combos_of(split)
+        pixels, self.prompts = [], []
+        for _ in range(clips):
+            color, shape, direction = combos[rng.integers(len(combos))]
+            pixels.append(shapes.render_clip(color, shape, direction, rng=rng))
+            self.prompts.append(shapes.prompt_of(color, shape, direction))
+        self.pixels = np.stack(pixels)  # [clips frames H W 3]
+
+    def batch(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
+        """``n`` random frames in [-1, 1] ``[n 3 64 64]`` and their clips' prompts."""
+        clip = rng.integers(len(self.pixels), size=n)
+        frame = rng.integers(self.pixels.shape[1], size=n)
+        x = torch.from_numpy(self.pixels[clip, frame]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return x, [self.prompts[i] for i in clip]
 
 
 def build_vae():
@@ -78,12 +90,14 @@ def build_vae():
         in_channels=3,
         out_channels=3,
         latent_channels=4,
-        block_out_channels=(32, 64, 64),
+        # flat colours need little width at full resolution, where a VAE spends its FLOPs
+        block_out_channels=(16, 32, 64),
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
         layers_per_block=1,
-        norm_num_groups=32,
+        norm_num_groups=8,
         sample_size=64,
+        mid_block_add_attention=False,  # all convolution: cheaper, and nothing global to model
     )
 
 
@@ -125,7 +139,7 @@ def build_unet():
     )
 
 
-def train_vae(out: Path, steps: int, batch: int, device: str, seed: int) -> None:
+def train_vae(out: Path, bank: FrameBank, steps: int, batch: int, device: str, seed: int) -> None:
     folder = out / "base" / "vae"
     if (folder / "config.json").is_file():
         log("VAE: done already")
@@ -136,7 +150,7 @@ def train_vae(out: Path, steps: int, batch: int, device: str, seed: int) -> None
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
     for step in range(steps):
-        x, _ = frames_batch(rng, batch)
+        x, _ = bank.batch(rng, batch)
         x = x.to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -151,14 +165,14 @@ def train_vae(out: Path, steps: int, batch: int, device: str, seed: int) -> None
             log(f"VAE step {step}/{steps} loss {loss.item():.4f}")
     vae.eval()
     with torch.no_grad():  # unit-variance latents, as SD's scaling factor makes them
-        x, _ = frames_batch(rng, 256)
+        x, _ = bank.batch(rng, 256)
         z = torch.cat([vae.encode(c.to(device)).latent_dist.mean for c in x.split(64)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     vae.save_pretrained(folder)
     log(f"VAE saved, scaling factor {vae.config.scaling_factor:.4f}")
 
 
-def train_image_model(out: Path, steps: int, batch: int, device: str, seed: int) -> None:
+def train_image_model(out: Path, bank: FrameBank, steps: int, batch: int, device: str, seed: int) -> None:
     from diffusers import AutoencoderKL
 
     base = out / "base"
@@ -177,7 +191,7 @@ def train_image_model(out: Path, steps: int, batch: int, device: str, seed: int)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-4, total_steps=steps, pct_start=0.05)
     noise_sched = training_scheduler(SCHEDULER)
     for step in range(steps):
-        x, prompts = frames_batch(rng, batch)
+        x, prompts = bank.batch(rng, batch)
         prompts = [p if rng.random() > 0.1 else "" for p in prompts]  # the unconditional branch for guidance
         with torch.no_grad():
             z = vae.encode(x.to(device)).latent_dist.sample() * vae.config.scaling_factor
@@ -265,17 +279,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("build/shapes"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--image-steps", type=int, default=4000)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--image-steps", type=int, default=2500)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--bank-clips", type=int, default=1500, help="clips whose frames stage 1 trains on")
     parser.add_argument("--clips", type=int, default=2000, help="training clips for the motion stage")
     parser.add_argument("--motion-config", default=str(ROOT / "configs" / "train" / "shapes-motion.yaml"))
     parser.add_argument("--target", type=Path, default=PACKAGE_MODEL)
     args, extra = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("base", "all"):
-        train_vae(args.out, args.vae_steps, args.batch, args.device, args.seed)
-        train_image_model(args.out, args.image_steps, args.batch, args.device, args.seed)
+        bank = FrameBank(args.bank_clips, args.seed)
+        log(f"frame bank: {bank.pixels.shape[0] * bank.pixels.shape[1]} frames of {bank.pixels.shape[0]} clips")
+        train_vae(args.out, bank, args.vae_steps, args.batch, args.device, args.seed)
+        train_image_model(args.out, bank, args.image_steps, args.batch, args.device, args.seed)
     if args.stage in ("data", "all"):
         write_data(args.out, args.clips, args.seed)
     if args.stage in ("motion", "all"):

@@ -43,7 +43,8 @@ def cli() -> None:
 
     \b
     Example:
-      videodiff render "a red circle moving right" --model ./sd15 --motion-module ./motion-v2 -o circle.mp4
+      videodiff render "a red circle moving right" -o circle.gif      # the built-in shapes model
+      videodiff render "a cat surfing" --model ./sd15 --motion-module ./motion-v2 -o cat.mp4
     """
 
 
@@ -59,24 +60,27 @@ def _choice_help(names: tuple[str, ...]) -> str:
 @cli.command()
 @click.argument("prompt", required=False)
 @click.option("--negative", help="Negative prompt (used only with guidance above 1).")
-@click.option("--frames", type=int, default=16, show_default=True, help="Number of frames.")
-@click.option("--steps", type=int, default=25, show_default=True, help="Denoising steps.")
-@click.option("--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--frames", type=int, default=16, help="Number of frames [default: the model's, else 16].")
+@click.option("--steps", type=int, default=25, help="Denoising steps [default: the model's, else 25].")
+@click.option(
+    "--guidance", type=float, default=7.5, help="Classifier-free guidance scale [default: the model's, else 7.5]."
+)
 @click.option("--seed", type=int, help="Random seed (drawn, printed and recorded when omitted).")
 @click.option("--height", type=int, help="Frame height, a multiple of 8 (default: the model's).")
 @click.option("--width", type=int, help="Frame width, a multiple of 8 (default: the model's).")
-@click.option("--fps", type=float, default=8.0, show_default=True, help="Frames per second of the output.")
+@click.option("--fps", type=float, default=8.0, help="Frames per second of the output [default: the model's, else 8].")
 @click.option(
     "--model",
     envvar="VIDEODIFF_MODEL",
-    help="Image model: diffusers folder or hub id [env VIDEODIFF_MODEL].",
+    help="Image model: diffusers folder, hub id or .safetensors file (default: the built-in shapes model) "
+    "[env VIDEODIFF_MODEL].",
 )
 @click.option(
     "--motion-module",
     envvar="VIDEODIFF_MOTION_MODULE",
     help="MotionAdapter folder or hub id (default: the model's own) [env VIDEODIFF_MOTION_MODULE].",
 )
-@click.option("--scheduler", default="ddim", show_default=True, help=_choice_help(SCHEDULERS))
+@click.option("--scheduler", default="ddim", help=f"{_choice_help(SCHEDULERS)} [default: the model's, else ddim].")
 @click.option("--noise", default="independent", show_default=True, help=f"Initial noise: {_choice_help(NOISE_KINDS)}.")
 @click.option(
     "--noise-alpha",
@@ -136,7 +140,8 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
 
     \b
     Example:
-      videodiff render "a red circle moving right" --frames 16 --seed 1 -o circle.gif \\
+      videodiff render "a red circle moving right" --seed 1 -o circle.gif    # the built-in shapes model
+      videodiff render "a cat surfing" --frames 16 --seed 1 -o cat.mp4 \\
           --model ./sd15 --motion-module ./motion-v2
     \b
     A batch (one model load; DIR/<item>-<prompt>-<seed>.mp4, default outputs/batch-<file stem>/):
@@ -359,7 +364,11 @@ def eval_group() -> None:
 
 
 @eval_group.command("shapes")
-@click.option("--model", envvar="VIDEODIFF_MODEL", help="Model to score [env VIDEODIFF_MODEL].")
+@click.option(
+    "--model",
+    envvar="VIDEODIFF_MODEL",
+    help="Model to score (default: the built-in shapes model) [env VIDEODIFF_MODEL].",
+)
 @click.option(
     "--motion-module", envvar="VIDEODIFF_MOTION_MODULE", help="Its motion modules [env VIDEODIFF_MOTION_MODULE]."
 )
@@ -399,10 +408,14 @@ def eval_shapes(
 ) -> None:
     """Colour, shape, direction and presence accuracy on the shapes world, trained vs held-out combinations.
 
+    Scores generated ground-truth clips (raw, after a file round trip and after the
+    model's VAE: the detector's and the latent space's own error), then the model's videos.
+
     \b
     Example:
+      videodiff eval shapes --seeds 2 --out report.json        # the built-in model
       videodiff eval shapes --ground-truth-only --seeds 2
-      videodiff eval shapes --model runs/shapes/model --seeds 2 --out report.json
+      videodiff eval shapes --model runs/shapes/model --seeds 2
     """
     import json
 

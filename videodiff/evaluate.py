@@ -51,7 +51,10 @@ __all__ = [
     "evaluate_ground_truth",
     "evaluate_model",
     "ground_truth_render_fn",
+    "model_render_fn",
     "roundtrip",
+    "run_shapes_eval",
+    "vae_roundtrip",
     "with_roundtrip",
 ]
 
@@ -524,30 +527,31 @@ def evaluate_ground_truth(
 
 
 def model_render_fn(
-    model: str,
-    motion_module: str | None = None,
-    *,
-    device: str | None = "auto",
-    dtype: str | None = "auto",
-    steps: int | None = None,
-    guidance: float | None = None,
-    frames: int = 16,
+    pipe: Any, *, steps: int | None = None, guidance: float | None = None, frames: int = 16
 ) -> tuple[RenderFn, dict[str, Any]]:
-    """``render_fn`` of a model (its default size; steps and guidance from its ``videodiff.json`` or 25 and 7.5)."""
-    from videodiff.io.models import read_model_defaults
-    from videodiff.pipelines import load_pipeline
-
-    defaults = read_model_defaults(model)
-    steps = int(steps or defaults.get("steps", 25))
-    guidance = float(guidance if guidance is not None else defaults.get("guidance", 7.5))
-    pipe = load_pipeline(model, motion_module, device=device, dtype=dtype)
+    """``render_fn`` of a loaded pipeline; settings left ``None`` are the model's recorded defaults."""
+    d = pipe.parts.defaults
+    steps = int(steps or d.get("steps", 25))
+    guidance = float(guidance if guidance is not None else d.get("guidance", 7.5))
+    scheduler = d.get("scheduler", "ddim")
     height, width = pipe.default_size()
 
     def render(prompt: str, seed: int) -> np.ndarray:
         return pipe(prompt, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, seed=seed).frames
 
-    settings = {"model": model, "motion_module": motion_module, "frames": frames, "steps": steps}
-    return render, {**settings, "guidance": guidance, "height": height, "width": width}
+    settings = {"frames": frames, "steps": steps, "guidance": guidance, "scheduler": scheduler}
+    return render, {**settings, "height": height, "width": width}
+
+
+def vae_roundtrip(pipe: Any, frames: Any) -> np.ndarray:
+    """``frames`` (uint8 ``[F H W 3]``) encoded by ``pipe``'s VAE (posterior mean) and decoded again."""
+    import torch
+
+    from videodiff import vae
+
+    pixels = torch.from_numpy(_as_frames(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1 3 F H W]
+    latents = vae.encode(pipe.vae, pixels.to(pipe.device))
+    return vae.to_uint8(vae.decode(pipe.vae, latents))[0]
 
 
 def run_shapes_eval(
@@ -564,9 +568,12 @@ def run_shapes_eval(
     guidance: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """What ``videodiff eval shapes`` does: ground truth (raw and after a file round trip), then the model.
+    """What ``videodiff eval shapes`` does, each report printed through ``echo``; returns JSON-ready results.
 
-    Prints each report's table through ``echo``; returns the JSON-ready results.
+    1. The detector on generated ground-truth clips, raw and after a file round trip
+       (``roundtrip_suffix``): its own error. 2. The same clips after the model's VAE
+       (encode, decode): what the latent space can express at all. 3. The model's videos,
+       from fixed seeds. ``model=None`` scores the built-in shapes model.
     """
     from videodiff.errors import UserError
     from videodiff.log import notice
@@ -575,33 +582,43 @@ def run_shapes_eval(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a positive integer, got {seeds!r}")
     chosen = combos_of(combos)
-    if not ground_truth_only and not model:
-        raise UserError(
-            "the model part of 'eval shapes' needs --model (a shapes-trained model folder; there is no built-in one "
-            "yet); pass --ground-truth-only to score the detector on generated clips alone"
-        )
     held = [prompt_of(*c) for c in chosen if split_of(c) == "heldout"]
     results: dict[str, Any] = {"settings": {"seeds": list(range(seeds)), "combos": combos, "heldout": held}}
     reports = [("ground_truth", evaluate_ground_truth(seeds, 0, chosen))]
     if roundtrip_suffix:
         trip = evaluate_ground_truth(seeds, 0, chosen, roundtrip_suffix=roundtrip_suffix)
         reports.append(("ground_truth_roundtrip", trip))
+    pipe = None
+    if not ground_truth_only:
+        from videodiff.pipelines import load_pipeline
+
+        pipe = load_pipeline(model, motion_module, device=device, dtype=dtype)
+        truth = ground_truth_render_fn(0)
+        reports.append(
+            (
+                "ground_truth_vae",
+                evaluate_model(
+                    lambda prompt, seed: vae_roundtrip(pipe, truth(prompt, seed)),
+                    range(seeds),
+                    chosen,
+                    label="ground truth after the model's VAE",
+                ),
+            )
+        )
     for key, report in reports:
         results[key] = report.to_dict()
         echo(report.table() + "\n")
-    if ground_truth_only:
+    if pipe is None:
         return results
-    assert model is not None
-    render_fn, settings = model_render_fn(
-        model, motion_module, device=device, dtype=dtype, steps=steps, guidance=guidance
-    )
-    results["settings"]["model"] = settings
+    render_fn, settings = model_render_fn(pipe, steps=steps, guidance=guidance)
+    name = model or "built-in shapes"
+    results["settings"]["model"] = {"model": name, "motion_module": motion_module, **settings}
 
     def progress(done: int, total: int) -> None:
         if done % 10 == 0 or done == total:
             notice(f"rendered {done}/{total} videos")
 
-    report = evaluate_model(render_fn, range(seeds), chosen, label=f"model {model}", progress=progress)
+    report = evaluate_model(render_fn, range(seeds), chosen, label=f"model {name}", progress=progress)
     results["model"] = report.to_dict()
     echo(report.table())
     return results

@@ -18,7 +18,7 @@ from videodiff import sampling, text, vae
 from videodiff.config import INFO_KEY, SPATIAL_NORMS, RenderConfig, load_config_file, merge, to_dict
 from videodiff.errors import UserError
 from videodiff.io.atomic import write_text_atomic
-from videodiff.io.models import ModelParts, load_model_parts, package_versions, read_model_defaults
+from videodiff.io.models import ModelParts, builtin_model, load_model_parts, package_versions, read_model_defaults
 from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
 from videodiff.schedulers import make_scheduler
@@ -166,16 +166,16 @@ class VideoPipeline:
         prompt: str,
         *,
         negative_prompt: str | None = None,
-        num_frames: int = 16,
+        num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         seed: int | None = None,
         latents: torch.Tensor | None = None,
-        noise: str = "independent",
-        noise_alpha: float = 1.0,
-        scheduler: str = "ddim",
+        noise: str | None = None,
+        noise_alpha: float | None = None,
+        scheduler: str | None = None,
         decode_chunk: int = 16,
         output_type: str = "np",
         progress: bool = False,
@@ -184,9 +184,19 @@ class VideoPipeline:
 
         ``latents`` (``[1, C, F, h, w]``) replaces the seeded initial noise, as in diffusers;
         it is taken as unit-variance noise and scaled by the scheduler's ``init_noise_sigma``.
+        Settings left as ``None`` take the model's recorded defaults (``videodiff.json``), else
+        16 frames, 25 steps, guidance 7.5, ddim and independent noise.
         """
+        d = self.parts.defaults
         default_h, default_w = self.default_size()
         height, width = height or default_h, width or default_w
+        num_frames = int(num_frames if num_frames is not None else d.get("frames", 16))
+        num_inference_steps = int(num_inference_steps if num_inference_steps is not None else d.get("steps", 25))
+        guidance_scale = float(guidance_scale if guidance_scale is not None else d.get("guidance", 7.5))
+        scheduler = scheduler or d.get("scheduler", "ddim")
+        noise = noise or d.get("noise", "independent")
+        noise_alpha = float(noise_alpha if noise_alpha is not None else d.get("noise_alpha", 1.0))
+        negative_prompt = negative_prompt if negative_prompt is not None else d.get("negative")
         if seed is None and latents is None:
             seed = secrets.randbelow(2**32)
         settings = RenderConfig(
@@ -262,6 +272,7 @@ def load_pipeline(
 ) -> VideoPipeline:
     """Load an SD1.5-family model (diffusers folder, hub id or single file) inflated with motion modules.
 
+    With no ``model``, the built-in shapes model (``a {color} {shape} moving {direction}``).
     With ``motion_module=None`` the model's own motion modules are used, if it ships
     them. ``lora``/``motion_lora`` take ``PATH[:SCALE]`` strings; ``embedding`` takes
     textual-inversion files; ``spatial_norm`` is ``auto``, ``joint`` (original v1) or
@@ -269,10 +280,7 @@ def load_pipeline(
     offload), ``vae_tiling`` and ``attention_slicing``.
     """
     if not model:
-        raise UserError(
-            "no model given: pass --model (a diffusers SD1.5 folder, hub id or .safetensors file, e.g. "
-            "stable-diffusion-v1-5/stable-diffusion-v1-5) and --motion-module"
-        )
+        model = builtin_model()
     if spatial_norm not in SPATIAL_NORMS:
         raise UserError(f"unknown --spatial-norm {spatial_norm!r}; choose one of: {', '.join(SPATIAL_NORMS)}")
     dev = resolve_device(device)
@@ -347,12 +355,13 @@ def pipeline_for(config: RenderConfig, device: str | torch.device | None = None)
 
 def check_frame_limit(config: RenderConfig) -> None:
     """Refuse too many frames from the motion module's header, before minutes of loading weights."""
-    from videodiff.io.models import OWN_MOTION_FOLDER
+    from videodiff.io.models import BUILTIN_MODEL, OWN_MOTION_FOLDER
     from videodiff.io.motion_formats import frame_limit
 
     source = config.motion_module
-    if source is None and config.model and (Path(config.model) / OWN_MOTION_FOLDER).is_dir():
-        source = str(Path(config.model) / OWN_MOTION_FOLDER)
+    model = Path(config.model) if config.model else BUILTIN_MODEL
+    if source is None and (model / OWN_MOTION_FOLDER).is_dir():
+        source = str(model / OWN_MOTION_FOLDER)
     if source is None:
         return
     try:

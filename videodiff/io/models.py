@@ -41,6 +41,18 @@ WEIGHT_NAMES = (
 SPATIAL_FILE = "spatial.safetensors"  # image-U-Net tensors trained together with the motion modules
 DEFAULTS_FILE = "videodiff.json"  # a model's recorded preferences: {"defaults": {"height": 512, ...}}
 OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
+# The built-in "shapes" model, trained by scripts/train_shapes.py: what renders when no model is given.
+BUILTIN_MODEL = Path(__file__).resolve().parents[1] / "models" / "shapes"
+
+
+def builtin_model() -> str:
+    """The folder of the built-in shapes model (``a {color} {shape} moving {direction}``, 64x64, 16 frames)."""
+    if not (BUILTIN_MODEL / "model_index.json").is_file():
+        raise UserError(
+            f"the built-in shapes model is missing from {BUILTIN_MODEL} (a broken install?); "
+            "pass --model, or rebuild it with scripts/train_shapes.py"
+        )
+    return str(BUILTIN_MODEL)
 
 
 def offline() -> bool:
@@ -72,9 +84,14 @@ def locate(source: str, what: str) -> Path:
 
 
 def read_model_defaults(model: str | None) -> dict[str, Any]:
-    """The settings a model folder recommends (``videodiff.json``), or ``{}``; cheap, loads no weights."""
+    """The settings a model folder recommends (``videodiff.json``), or ``{}``; cheap, loads no weights.
+
+    ``None`` reads the built-in model's.
+    """
     if not model:
-        return {}
+        if not (BUILTIN_MODEL / DEFAULTS_FILE).is_file():
+            return {}
+        model = str(BUILTIN_MODEL)
     path = Path(model).expanduser() / DEFAULTS_FILE
     if not path.is_file():
         return {}
