@@ -2,16 +2,19 @@
 """Train the built-in "shapes" text-to-video model from scratch, in three stages.
 
     python scripts/train_shapes.py base --out build/shapes     # 1. VAE, then text encoder + image U-Net on frames
-    python scripts/train_shapes.py data --out build/shapes     # 2a. training clips (held-out combinations excluded)
-    python scripts/train_shapes.py motion --out build/shapes   # 2b. inflation + temporal training: `videodiff train`
+    python scripts/train_shapes.py data --out build/shapes     # 2. training clips (held-out combinations excluded)
+    python scripts/train_shapes.py motion --out build/shapes   # 2a, 2b. inflation + temporal: `videodiff train`
     python scripts/train_shapes.py package --out build/shapes  # 3. fp16 copy into videodiff/models/shapes/
     python scripts/train_shapes.py all --out build/shapes      # everything, in order
 
 Stage 1 is this script (it reuses the package's noise prior, training schedule and the
-shapes generator); stage 2 is the package's own `videodiff train` (see `motion_command`);
-settings live in configs/train/shapes-*.yaml. Every stage resumes: a finished stage is
-skipped, and `videodiff train --resume latest` continues an interrupted motion stage.
-Runs on a CPU (2 cores: about an hour in all) or a GPU (`--device cuda`).
+shapes generator); stage 2 is the package's own `videodiff train`, twice (see
+`train_motion`): 2a trains new motion modules and the attention queries
+(configs/train/shapes-motion.yaml), 2b continues with the whole video U-Net and extra
+samples at the noisiest timesteps (configs/train/shapes-direction.yaml). Every stage
+resumes: a finished stage is skipped, stage 1 checkpoints every `--save-every` steps, and
+`videodiff train --resume latest` continues an interrupted motion run.
+Runs on a CPU (2 cores: about 80 minutes in all, measured) or a GPU (`--device cuda`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ SCHEDULER = {
     "prediction_type": "epsilon",
     "timestep_spacing": "linspace",
 }
+MOTION_RUNS = ("motion", "direction")  # stage 2a and 2b: run folders and configs/train/shapes-<run>.yaml
 DEFAULTS = {"frames": 16, "height": 64, "width": 64, "steps": 20, "guidance": 4.0, "scheduler": "dpm++", "fps": 8}
 
 
@@ -327,7 +331,9 @@ def write_data(out: Path, count: int, seed: int) -> None:
     log(f"{count} training clips written")
 
 
-def motion_command(out: Path, config: str, extra: list[str]) -> list[str]:
+def motion_command(out: Path, run: str, config: str, extra: list[str], motion_module: Path | None = None) -> list[str]:
+    """The ``videodiff train`` command of one motion run (resumable: ``--resume latest``)."""
+    start = ["--motion-module", str(motion_module)] if motion_module else []
     return [
         sys.executable,
         "-m",
@@ -337,33 +343,56 @@ def motion_command(out: Path, config: str, extra: list[str]) -> list[str]:
         config,
         "--model",
         str(out / "base"),
+        *start,
         "--data",
         str(out / "data"),
         "--output",
-        str(out / "motion"),
+        str(out / run),
         "--resume",
         "latest",
         *extra,
     ]
 
 
-def train_motion(out: Path, config: str, extra: list[str]) -> None:
-    if (out / "motion" / "motion_module" / "config.json").is_file():
-        log("motion: done already")
-        return
-    cmd = motion_command(out, config, extra)
-    log("running " + " ".join(cmd))
-    subprocess.run(cmd, check=True)
+def train_motion(out: Path, configs: list[str], extra: list[str]) -> None:
+    """2a: new motion modules + attention queries (motion); 2b: the whole video U-Net, from 2a (direction)."""
+    previous = None
+    for run, config in zip(MOTION_RUNS, configs):
+        if (out / run / "motion_module" / "config.json").is_file():
+            log(f"{run}: done already")
+        else:
+            cmd = motion_command(out, run, config, extra, previous)
+            log("running " + " ".join(cmd))
+            subprocess.run(cmd, check=True)
+        previous = out / run / "motion_module"
 
 
 def package(out: Path, target: Path) -> None:
-    """fp16 safetensors of the base model plus the motion modules, into ``target`` (the package's model folder)."""
+    """fp16 safetensors of the base model plus the motion modules, into ``target`` (the package's model folder).
+
+    The image-U-Net tensors trained with the motion modules (``spatial.safetensors``) are
+    folded into ``unet/``, so the package holds one copy of every tensor.
+    """
     from safetensors.torch import load_file, save_file
+
+    from videodiff.io.models import SPATIAL_FILE
 
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(out / "base", staging, ignore=shutil.ignore_patterns("*.bin"))
-    shutil.copytree(out / "motion" / "motion_module", staging / "motion_adapter")
+    shutil.copytree(out / "base", staging, ignore=shutil.ignore_patterns("*.bin", "*-state.pt"))
+    shutil.copytree(out / MOTION_RUNS[-1] / "motion_module", staging / "motion_adapter")
+    spatial = staging / "motion_adapter" / SPATIAL_FILE
+    if spatial.is_file():
+        unet_file = staging / "unet" / "diffusion_pytorch_model.safetensors"
+        unet = load_file(str(unet_file))
+        trained = load_file(str(spatial))
+        if not set(trained) <= set(unet):
+            raise SystemExit(
+                f"{spatial}: tensors the image U-Net does not have: {sorted(set(trained) - set(unet))[:3]}"
+            )
+        save_file({**unet, **trained}, str(unet_file))
+        spatial.unlink()
+        log(f"folded {len(trained)} trained image-U-Net tensors into unet/")
     for weights in staging.rglob("*.safetensors"):
         tensors = load_file(str(weights))
         save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(weights))
@@ -385,7 +414,12 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=250, help="stage-1 checkpoint interval (resume)")
     parser.add_argument("--bank-clips", type=int, default=1500, help="clips whose frames stage 1 trains on")
     parser.add_argument("--clips", type=int, default=2000, help="training clips for the motion stage")
-    parser.add_argument("--motion-config", default=str(ROOT / "configs" / "train" / "shapes-motion.yaml"))
+    parser.add_argument(
+        "--motion-config",
+        nargs=2,
+        default=[str(ROOT / "configs" / "train" / f"shapes-{run}.yaml") for run in MOTION_RUNS],
+        help="the two motion runs' configs",
+    )
     parser.add_argument("--target", type=Path, default=PACKAGE_MODEL)
     args, extra = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -807,3 +807,17 @@ def test_real_footage_smoke(tiny_model, tmp_path):
     records = metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in records)
     assert (out / "motion_module" / "config.json").is_file()
+
+
+def test_late_timesteps_draw_from_the_noisiest_quarter():
+    from videodiff.training.loop import sample_timesteps
+
+    uniform = sample_timesteps(4000, 1000, 0.0, torch.Generator().manual_seed(0))
+    biased = sample_timesteps(4000, 1000, 0.5, torch.Generator().manual_seed(0))
+    late = sample_timesteps(4000, 1000, 1.0, torch.Generator().manual_seed(0))
+    assert uniform.min() >= 0 and uniform.max() < 1000
+    assert 0.2 < (uniform >= 750).float().mean() < 0.3
+    assert 0.57 < (biased >= 750).float().mean() < 0.68  # half from the top quarter, half uniform
+    assert late.min() >= 750 and late.max() < 1000
+    with pytest.raises(UserError, match="--late-timesteps"):
+        TrainConfig(model="m", data="d", output="o", late_timesteps=1.5).validate()

@@ -201,6 +201,8 @@ TRAIN_HELP = {
     "noise": "independent|mixed|progressive (the priors sampling uses).",
     "noise_alpha": "Frame correlation strength for mixed/progressive noise.",
     "caption_dropout": "Fraction of empty captions (trains the unconditional branch for guidance).",
+    "late_timesteps": "Fraction of samples noised in the noisiest quarter of timesteps, where the layout and "
+    "motion of a video are decided (more prompt-following motion).",
     "cache_latents": "Encode every clip once (a fixed clip per video), so CPU training skips the VAE.",
     "seed": "Seed of every random choice (resume is exact).",
     "save_every": "Checkpoint every N steps (and at the end).",

@@ -255,6 +255,7 @@ class TrainConfig:
     noise: str = "independent"  # the same priors sampling uses
     noise_alpha: float = 1.0
     caption_dropout: float = 0.1  # trains the unconditional branch for guidance (AnimateDiff: 0.1)
+    late_timesteps: float = 0.0  # fraction of samples whose timestep is drawn from the noisiest quarter
     cache_latents: bool = False  # encode each clip once (a fixed clip per video), so CPU runs skip the VAE
     seed: int = 0  # everything random derives from (seed, step, process): resume is exact
     save_every: int = 500  # checkpoint every N steps (and at the end)
@@ -304,8 +305,9 @@ class TrainConfig:
             raise UserError(f"--resolution must be a multiple of 8, got {self.resolution}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive number, got {self.lr!r}")
-        if not 0 <= self.caption_dropout <= 1:
-            raise UserError(f"--caption-dropout must be between 0 and 1, got {self.caption_dropout!r}")
+        for name in ("caption_dropout", "late_timesteps"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
         if not (math.isfinite(self.noise_alpha) and self.noise_alpha >= 0):
