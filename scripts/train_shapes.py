@@ -3,15 +3,13 @@
 
     python scripts/train_shapes.py base --out build/shapes     # 1. VAE, then text encoder + image U-Net on frames
     python scripts/train_shapes.py data --out build/shapes     # 2. training clips (held-out combinations excluded)
-    python scripts/train_shapes.py motion --out build/shapes   # 2a, 2b. inflation + temporal: `videodiff train`
+    python scripts/train_shapes.py motion --out build/shapes   # 2. inflation + temporal: `videodiff train`
     python scripts/train_shapes.py package --out build/shapes  # 3. fp16 copy into videodiff/models/shapes/
     python scripts/train_shapes.py all --out build/shapes      # everything, in order
 
 Stage 1 is this script (it reuses the package's noise prior, training schedule and the
-shapes generator); stage 2 is the package's own `videodiff train`, twice (see
-`train_motion`): 2a trains new motion modules and the attention queries
-(configs/train/shapes-motion.yaml), 2b continues with the whole video U-Net and extra
-samples at the noisiest timesteps (configs/train/shapes-direction.yaml). Every stage
+shapes generator); stage 2 is the package's own `videodiff train` (see `train_motion`):
+new motion modules and the attention queries (configs/train/shapes-motion.yaml). Every stage
 resumes: a finished stage is skipped, stage 1 checkpoints every `--save-every` steps, and
 `videodiff train --resume latest` continues an interrupted motion run.
 Runs on a CPU (2 cores: about 80 minutes in all, measured) or a GPU (`--device cuda`).
@@ -53,8 +51,8 @@ SCHEDULER = {
     "prediction_type": "epsilon",
     "timestep_spacing": "linspace",
 }
-MOTION_RUNS = ("motion", "direction")  # stage 2a and 2b: run folders and configs/train/shapes-<run>.yaml
-DEFAULTS = {"frames": 16, "height": 64, "width": 64, "steps": 20, "guidance": 4.0, "scheduler": "dpm++", "fps": 8}
+MOTION_RUNS = ("motion",)  # the motion runs, in order: run folders and configs/train/shapes-<run>.yaml
+DEFAULTS = {"frames": 16, "height": 64, "width": 64, "steps": 12, "guidance": 4.0, "scheduler": "dpm++", "fps": 8}
 
 
 def log(msg: str) -> None:
@@ -355,7 +353,7 @@ def motion_command(out: Path, run: str, config: str, extra: list[str], motion_mo
 
 
 def train_motion(out: Path, configs: list[str], extra: list[str]) -> None:
-    """2a: new motion modules + attention queries (motion); 2b: the whole video U-Net, from 2a (direction)."""
+    """Each run of MOTION_RUNS in turn, each starting from the previous one's motion modules."""
     previous = None
     for run, config in zip(MOTION_RUNS, configs):
         if (out / run / "motion_module" / "config.json").is_file():
@@ -416,9 +414,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=2000, help="training clips for the motion stage")
     parser.add_argument(
         "--motion-config",
-        nargs=2,
+        nargs=len(MOTION_RUNS),
         default=[str(ROOT / "configs" / "train" / f"shapes-{run}.yaml") for run in MOTION_RUNS],
-        help="the two motion runs' configs",
+        help="the motion runs' configs",
     )
     parser.add_argument("--target", type=Path, default=PACKAGE_MODEL)
     args, extra = parser.parse_known_args()
