@@ -216,7 +216,6 @@ BAD_INPUTS = {
     "scheduler-bogus": (["--scheduler", "bogus"], ["bogus", "ddim"]),
     "noise-bogus": (["--noise", "bogus"], ["bogus", "independent"]),
     "model-missing": (["--model", "/does/not/exist"], ["/does/not/exist"]),
-    "no-model": (None, ["--model"]),
     "unwritable-output": (_unwritable, ["a-file"]),
     "frames-over-motion-limit": (["--frames", "33"], ["32"]),
     "crf-99": (["--crf", "99"], ["--crf"]),
@@ -230,10 +229,7 @@ BAD_INPUTS = {
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, models):
     options, words = BAD_INPUTS[case]
     base = ["render", PROMPT, *SMALL, "--seed", "1", "-o", "clip.mp4"]
-    if options is None:  # no --model at all
-        args = base
-    else:
-        args = [*base, *models, *(options(tmp_path) if callable(options) else options)]
+    args = [*base, *models, *(options(tmp_path) if callable(options) else options)]
     before = all_paths(tmp_path)
     message = assert_user_error(invoke(*args))
     for word in words:
@@ -246,9 +242,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, models)
     assert all_paths(tmp_path) == before
 
 
-@pytest.mark.parametrize(
-    "case", ["existing-output", "no-model", "model-missing", "unwritable-output", "frames-over-motion-limit"]
-)
+@pytest.mark.parametrize("case", ["existing-output", "model-missing", "unwritable-output", "frames-over-motion-limit"])
 def test_user_error_without_seed_is_still_one_line(case, tmp_path, models):
     args = ["render", PROMPT, *SMALL, "-o", "clip.mp4"]
     if case == "existing-output":
