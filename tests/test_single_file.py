@@ -375,4 +375,4 @@ def test_assets_are_shipped_as_package_data():
         assert (sf.ASSETS / name).is_file(), name
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     if pyproject.is_file():
-        assert 'videodiff = ["assets/**/*"]' in pyproject.read_text(encoding="utf-8")
+        assert 'videodiff = ["assets/**/*", "models/**/*"]' in pyproject.read_text(encoding="utf-8")
