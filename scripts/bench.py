@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# SD1.5's attention layout: CLIP ViT-L context, 8 heads in spatial and temporal attention
+SD15_ATTENTION = dict(cross_attention_dim=768, attention_head_dim=8, motion_heads=8)
+
 PRESETS = {
     # name: model layout, render settings
     "tiny": dict(
@@ -39,23 +42,15 @@ PRESETS = {
         render=dict(num_frames=16, height=64, width=64, num_inference_steps=10),
     ),
     "cpu-small": dict(
-        model=dict(
-            block_out_channels=(64, 128, 256, 256),
-            vae_channels=(64, 128, 256, 256),
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            motion_heads=8,
-        ),
+        model=dict(block_out_channels=(64, 128, 256, 256), vae_channels=(64, 128, 256, 256), **SD15_ATTENTION),
         render=dict(num_frames=16, height=256, width=256, num_inference_steps=10),
     ),
     "gpu-sd15": dict(
         model=dict(
             block_out_channels=(320, 640, 1280, 1280),
             vae_channels=(128, 256, 512, 512),
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            motion_heads=8,
             text_layers=12,
+            **SD15_ATTENTION,
         ),
         render=dict(num_frames=16, height=512, width=512, num_inference_steps=25),
         device="cuda",
