@@ -821,3 +821,41 @@ def test_late_timesteps_draw_from_the_noisiest_quarter():
     assert late.min() >= 750 and late.max() < 1000
     with pytest.raises(UserError, match="--late-timesteps"):
         TrainConfig(model="m", data="d", output="o", late_timesteps=1.5).validate()
+
+
+def test_latent_cache_is_saved_and_reused(tiny_model, with_bad_files, tmp_path, notices):
+    cache = tmp_path / "latents.safetensors"
+    first = run(tiny_model, with_bad_files, tmp_path / "a", steps=3, latent_cache=cache)
+    assert cache.is_file() and not any("reusing" in m for m in notices)
+    notices.clear()
+    second = run(tiny_model, with_bad_files, tmp_path / "b", steps=3, latent_cache=cache)
+    assert any(m == f"reusing the latents cached in {cache}" for m in notices), notices
+    # the same latents, captions and skipped files: the same training
+    assert [m["loss"] for m in metrics(tmp_path / "a")] == [m["loss"] for m in metrics(tmp_path / "b")]
+    assert second.skipped == first.skipped and len(second.skipped) == 3
+    assert all(torch.equal(a, b) for a, b in zip(trained_weights(first).values(), trained_weights(second).values()))
+
+
+def test_latent_cache_of_other_settings_is_not_used(tiny_model, three_clips, tmp_path, notices):
+    cache = tmp_path / "latents.safetensors"
+    run(tiny_model, three_clips, tmp_path / "a", steps=1, latent_cache=cache)
+    notices.clear()
+    run(tiny_model, three_clips, tmp_path / "b", steps=1, latent_cache=cache, stride=1)
+    assert any("holds latents of other clips, settings or VAE" in m for m in notices), notices
+    cache.write_bytes(b"not a safetensors file")
+    notices.clear()
+    run(tiny_model, three_clips, tmp_path / "c", steps=1, latent_cache=cache)
+    assert any("is not a readable latent cache" in m for m in notices), notices
+    assert "reusing" not in " ".join(notices)
+    notices.clear()
+    run(tiny_model, three_clips, tmp_path / "d", steps=1, latent_cache=cache)  # the run before rewrote it
+    assert any(m.startswith("reusing the latents cached in") for m in notices), notices
+
+
+def test_resume_reads_the_run_folders_latent_cache(tiny_model, three_clips, tmp_path, notices):
+    out = tmp_path / "run"
+    run(tiny_model, three_clips, out, steps=2, save_every=1)
+    assert (out / "latents.safetensors").is_file()
+    notices.clear()
+    run(tiny_model, three_clips, out, steps=3, resume="latest")
+    assert any(m.startswith("reusing the latents cached in") for m in notices), notices

@@ -204,6 +204,8 @@ TRAIN_HELP = {
     "late_timesteps": "Fraction of samples noised in the noisiest quarter of timesteps, where the layout and "
     "motion of a video are decided (more prompt-following motion).",
     "cache_latents": "Encode every clip once (a fixed clip per video), so CPU training skips the VAE.",
+    "latent_cache": "File the cached latents are kept in (default: OUTPUT/latents.safetensors); a later run "
+    "or --resume with the same VAE, clips and clip settings reads them instead of encoding again.",
     "seed": "Seed of every random choice (resume is exact).",
     "save_every": "Checkpoint every N steps (and at the end).",
     "keep": "Checkpoints kept.",

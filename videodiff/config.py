@@ -257,6 +257,7 @@ class TrainConfig:
     caption_dropout: float = 0.1  # trains the unconditional branch for guidance (AnimateDiff: 0.1)
     late_timesteps: float = 0.0  # fraction of samples whose timestep is drawn from the noisiest quarter
     cache_latents: bool = False  # encode each clip once (a fixed clip per video), so CPU runs skip the VAE
+    latent_cache: str | None = None  # cached latents' file (default <output>/latents.safetensors), reused if it matches
     seed: int = 0  # everything random derives from (seed, step, process): resume is exact
     save_every: int = 500  # checkpoint every N steps (and at the end)
     keep: int = 3  # checkpoints kept (oldest removed)

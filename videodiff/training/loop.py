@@ -181,8 +181,66 @@ class Trainer:
         self.batches = iter(loader)
         self.position = position
 
+    def latent_cache_key(self, dataset: ClipDataset) -> str:
+        """What the cached latents depend on: the VAE's weights, every clip file and the clip settings."""
+        c = self.config
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.parts.vae.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+        clips = []
+        for source in dataset.sources:
+            stat = source.path.stat()
+            clips.append([str(source.path.resolve()), stat.st_size, stat.st_mtime_ns, source.caption])
+        settings = {"frames": c.frames, "stride": c.stride, "size": list(c.size), "flip": c.flip, "seed": c.seed}
+        digest.update(json.dumps({"clips": clips, "settings": settings}).encode())
+        return digest.hexdigest()
+
+    def read_latent_cache(self, path: Path, key: str) -> CachedLatents | None:
+        from safetensors import SafetensorError, safe_open
+
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("key") != key:
+                    notice(f"{path} holds latents of other clips, settings or VAE: encoding the clips again")
+                    return None
+                latents = fh.get_tensor("latents")
+                captions, skipped = json.loads(meta["captions"]), json.loads(meta["skipped"])
+        except (OSError, SafetensorError, KeyError, ValueError) as exc:
+            notice(f"{path} is not a readable latent cache ({exc}): encoding the clips again")
+            return None
+        self.skipped.update(skipped)
+        if self.is_main:
+            notice(f"reusing the latents cached in {path}")
+        return CachedLatents(list(latents.unbind()), captions)
+
+    def write_latent_cache(self, path: Path, key: str, cached: CachedLatents) -> None:
+        from safetensors.torch import save_file
+
+        from videodiff.io.atomic import atomic_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"key": key, "captions": json.dumps(cached.captions), "skipped": json.dumps(self.skipped)}
+        with atomic_file(path) as tmp:
+            save_file({"latents": torch.stack(cached.latents).contiguous()}, str(tmp), metadata=meta)
+
     @torch.no_grad()
     def cache_latents(self, dataset: ClipDataset) -> CachedLatents:
+        """Latents of one clip per video, read from the latent cache file when it matches, else encoded (and saved)."""
+        path = Path(self.config.latent_cache) if self.config.latent_cache else self.run / "latents.safetensors"
+        key = self.latent_cache_key(dataset)
+        cached = self.read_latent_cache(path, key)
+        if cached is None:
+            cached = self.encode_latents(dataset)
+            if self.is_main:
+                self.write_latent_cache(path, key, cached)
+        return cached
+
+    @torch.no_grad()
+    def encode_latents(self, dataset: ClipDataset) -> CachedLatents:
         latents, captions = [], []
         for index in tqdm(range(len(dataset)), desc="caching latents", disable=not self.is_main or self.config.quiet):
             item = dataset[(index, 0)]
