@@ -254,7 +254,10 @@ def in_subprocess(side: str, args) -> dict:
             cmd += ["--steps", str(args.steps)]
         if args.frames:
             cmd += ["--frames", str(args.frames)]
-        subprocess.run(cmd, check=True)
+        env = dict(os.environ)
+        if args.live_memory:  # glibc returns every freed block of 128 KiB or more at once: RSS follows live tensors
+            env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        subprocess.run(cmd, check=True, env=env)
         data = np.load(out)
         return {k: data[k] if k == "frames" else float(data[k]) for k in data.files}
 
@@ -273,6 +276,12 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: the preset's (fp32 on CPU)")
     parser.add_argument("--tolerance", type=int, help="largest allowed pixel difference (default 2, 8 in fp16/bf16)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense fp16/bf16 peak")
+    parser.add_argument(
+        "--live-memory",
+        action="store_true",
+        help="CPU: fix glibc's mmap threshold at 128 KiB in both sides, so the RSS peak is the live tensors' peak "
+        "rather than what the allocator kept from freed blocks",
+    )
     parser.add_argument("--only", choices=["diffusers", "videodiff"], help=argparse.SUPPRESS)
     parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
