@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from videodiff.errors import UserError
 from videodiff.io import single_file as sf
+from videodiff.io.checkpoints import read_state_dict
 from videodiff.io.single_file import (
     convert_ldm_checkpoint,
     describe_checkpoint,
@@ -317,6 +318,22 @@ def test_code_in_a_pickle_never_runs(tmp_path):
         with pytest.raises(UserError, match="safetensors") as info:
             load(path)
         assert "\n" not in str(info.value)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_mapped_pickle_reads_the_same_tensors_and_still_refuses_code(tmp_path, zipped):
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    path = tmp_path / "plain.ckpt"
+    torch.save(tensors, str(path), _use_new_zipfile_serialization=zipped)
+    for mmap in (True, False):
+        read = read_state_dict(path, mmap=mmap)
+        assert read.keys() == tensors.keys() and all(torch.equal(read[k], tensors[k]) for k in tensors)
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"x": torch.zeros(1), "payload": _Touch(target)}, str(evil), _use_new_zipfile_serialization=zipped)
+    with pytest.raises(UserError, match="arbitrary code"):
+        read_state_dict(evil, mmap=True)
     assert not target.exists()
 
 

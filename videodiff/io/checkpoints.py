@@ -8,6 +8,7 @@ containers, so no code inside a checkpoint ever runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,8 +18,21 @@ from videodiff.errors import UserError
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` file, or a pickle checkpoint restricted to tensors, to a CPU state dict."""
+def _load_pickle(path: Path, mmap: bool) -> Any:
+    if mmap:  # zip-format files map their tensors: shapes come without reading the data
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+    return torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
+
+
+def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file, or a pickle checkpoint restricted to tensors, to a CPU state dict.
+
+    ``mmap``: map a pickle checkpoint's tensors instead of reading them (for shapes and
+    dtypes only: pages are read when a tensor is used)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
@@ -33,7 +47,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise UserError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
     if suffix in PICKLE_SUFFIXES:
         try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
+            data = _load_pickle(path, mmap)
         except Exception as exc:  # noqa: BLE001 - any failure here is a bad file, reported in one line
             text, full = _first_line(exc), str(exc)
             if any(m in full for m in ("weights_only", "Weights only", "Unsupported global", "GLOBAL")):

@@ -489,7 +489,7 @@ def _header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], list[str]]:
             raise UserError(
                 f"{path}: not a readable safetensors file ({str(exc).strip() or type(exc).__name__})"
             ) from None
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, mmap=True)
     return {k: tuple(v.shape) for k, v in state_dict.items()}, [_dtype_name(v.dtype) for v in state_dict.values()]
 
 
