@@ -852,6 +852,14 @@ def test_latent_cache_of_other_settings_is_not_used(tiny_model, three_clips, tmp
     assert any(m.startswith("reusing the latents cached in") for m in notices), notices
 
 
+def test_latent_cache_without_cached_latents_is_refused(tiny_model, three_clips, tmp_path):
+    flags = [f for f in SMALL_FLAGS if f != "--cache-latents"]
+    out = tmp_path / "o"
+    result = train_cli("--model", tiny_model, "--data", three_clips, "--output", out, *flags, "--latent-cache", "x")
+    assert "--latent-cache needs --cache-latents" in one_line_error(result)
+    assert not out.exists()
+
+
 def test_resume_reads_the_run_folders_latent_cache(tiny_model, three_clips, tmp_path, notices):
     out = tmp_path / "run"
     run(tiny_model, three_clips, out, steps=2, save_every=1)

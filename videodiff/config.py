@@ -330,6 +330,8 @@ class TrainConfig:
             raise UserError("no run folder given: pass --output DIR")
         if self.validate_every and not self.validation_prompt:
             raise UserError("--validate-every needs --validation-prompt")
+        if self.latent_cache and not self.cache_latents:
+            raise UserError("--latent-cache needs --cache-latents (without it, clips are encoded at every step)")
         return self
 
     @property
