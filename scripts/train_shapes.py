@@ -380,19 +380,18 @@ def package(out: Path, target: Path) -> None:
     shutil.copytree(out / "base", staging, ignore=shutil.ignore_patterns("*.bin", "*-state.pt"))
     shutil.copytree(out / MOTION_RUNS[-1] / "motion_module", staging / "motion_adapter")
     spatial = staging / "motion_adapter" / SPATIAL_FILE
-    if spatial.is_file():
-        unet_file = staging / "unet" / "diffusion_pytorch_model.safetensors"
-        unet = load_file(str(unet_file))
-        trained = load_file(str(spatial))
-        if not set(trained) <= set(unet):
-            raise SystemExit(
-                f"{spatial}: tensors the image U-Net does not have: {sorted(set(trained) - set(unet))[:3]}"
-            )
-        save_file({**unet, **trained}, str(unet_file))
-        spatial.unlink()
-        log(f"folded {len(trained)} trained image-U-Net tensors into unet/")
-    for weights in staging.rglob("*.safetensors"):
+    unet_file = staging / "unet" / "diffusion_pytorch_model.safetensors"
+    trained = load_file(str(spatial)) if spatial.is_file() else {}
+    spatial.unlink(missing_ok=True)
+    for weights in staging.rglob("*.safetensors"):  # one pass: fold, then write fp16
         tensors = load_file(str(weights))
+        if weights == unet_file and trained:
+            if not set(trained) <= set(tensors):
+                raise SystemExit(
+                    f"{spatial}: tensors the image U-Net does not have: {sorted(set(trained) - set(tensors))[:3]}"
+                )
+            tensors.update(trained)
+            log(f"folded {len(trained)} trained image-U-Net tensors into unet/")
         save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(weights))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

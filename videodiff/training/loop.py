@@ -205,12 +205,14 @@ class Trainer:
             with safe_open(str(path), "pt") as fh:
                 meta = fh.metadata() or {}
                 if meta.get("key") != key:
-                    notice(f"{path} holds latents of other clips, settings or VAE: encoding the clips again")
+                    if self.is_main:
+                        notice(f"{path} holds latents of other clips, settings or VAE: encoding the clips again")
                     return None
                 latents = fh.get_tensor("latents")
                 captions, skipped = json.loads(meta["captions"]), json.loads(meta["skipped"])
         except (OSError, SafetensorError, KeyError, ValueError) as exc:
-            notice(f"{path} is not a readable latent cache ({exc}): encoding the clips again")
+            if self.is_main:
+                notice(f"{path} is not a readable latent cache ({exc}): encoding the clips again")
             return None
         self.skipped.update(skipped)
         if self.is_main:
