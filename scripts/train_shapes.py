@@ -51,20 +51,8 @@ SCHEDULER = {
     "prediction_type": "epsilon",
     "timestep_spacing": "linspace",
 }
-MOTION_RUNS = ("motion", "drift")  # the motion runs, in order: run folders and configs/train/shapes-<run>.yaml
-# The packaged model's defaults; drift noise with the motion prior's drift is what moves objects as the prompt says.
-DEFAULTS = {
-    "frames": 16,
-    "height": 64,
-    "width": 64,
-    "steps": 12,
-    "guidance": 4.0,
-    "scheduler": "dpm++",
-    "fps": 8,
-    "noise": "drift",
-    "noise_alpha": 2.0,
-}
-BASE_DEFAULTS = {k: v for k, v in DEFAULTS.items() if not k.startswith("noise")}  # the image model has no prior
+MOTION_RUNS = ("motion",)  # the motion runs, in order: run folders and configs/train/shapes-<run>.yaml
+DEFAULTS = {"frames": 16, "height": 64, "width": 64, "steps": 12, "guidance": 4.0, "scheduler": "dpm++", "fps": 8}
 
 
 def log(msg: str) -> None:
@@ -326,7 +314,7 @@ def train_image_model(
     (base / "scheduler").mkdir(exist_ok=True)
     (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
     write_model_index(base)
-    (base / "videodiff.json").write_text(json.dumps({"defaults": BASE_DEFAULTS}, indent=2))
+    (base / "videodiff.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2))
     unet.save_pretrained(base / "unet")  # last: its presence marks the stage as done
     log("image model saved")
     checkpoint.finish()
@@ -386,7 +374,6 @@ def package(out: Path, target: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     from videodiff.io.models import SPATIAL_FILE
-    from videodiff.motion_prior import PRIOR_FILE
 
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -396,10 +383,7 @@ def package(out: Path, target: Path) -> None:
     unet_file = staging / "unet" / "diffusion_pytorch_model.safetensors"
     trained = load_file(str(spatial)) if spatial.is_file() else {}
     spatial.unlink(missing_ok=True)
-    (staging / "videodiff.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2))
     for weights in staging.rglob("*.safetensors"):  # one pass: fold, then write fp16
-        if weights.name == PRIOR_FILE:
-            continue  # 64x2 numbers fitted with a faint ridge: kept in float32
         tensors = load_file(str(weights))
         if weights == unet_file and trained:
             if not set(trained) <= set(tensors):

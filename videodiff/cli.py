@@ -53,15 +53,6 @@ def given(ctx: click.Context, source: ParameterSource) -> dict[str, Any]:
     return {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k) == source}
 
 
-def parse_motion(text: str) -> tuple[float, float]:
-    """``--motion DX,DY``: two numbers, pixels per frame."""
-    try:
-        dx, dy = (float(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"--motion must be DX,DY in pixels per frame, e.g. 2,0; got {text!r}") from None
-    return dx, dy
-
-
 def _choice_help(names: tuple[str, ...]) -> str:
     return "|".join(names)
 
@@ -90,21 +81,13 @@ def _choice_help(names: tuple[str, ...]) -> str:
     help="MotionAdapter folder or hub id (default: the model's own) [env VIDEODIFF_MOTION_MODULE].",
 )
 @click.option("--scheduler", default="ddim", help=f"{_choice_help(SCHEDULERS)} [default: the model's, else ddim].")
-@click.option(
-    "--noise",
-    default="independent",
-    help=f"Initial noise: {_choice_help(NOISE_KINDS)} [default: the model's, else independent].",
-)
+@click.option("--noise", default="independent", show_default=True, help=f"Initial noise: {_choice_help(NOISE_KINDS)}.")
 @click.option(
     "--noise-alpha",
     type=float,
     default=1.0,
-    help="Frame correlation strength for mixed/progressive/drift noise (PYoCo's alpha) [default: the model's, else 1].",
-)
-@click.option(
-    "--motion",
-    help="Drift noise: global motion DX,DY in pixels per frame (x right, y down) "
-    "[default: predicted from the prompt by the motion modules' motion prior].",
+    show_default=True,
+    help="Frame correlation strength for mixed/progressive noise (PYoCo's alpha).",
 )
 @click.option("-o", "--output", help="Output .mp4/.gif/.webm, or a path without extension for PNG frames.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
@@ -173,8 +156,6 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     command_line = given(ctx, ParameterSource.COMMANDLINE)
     command_line.pop("config_file", None)
     options = {k: command_line.pop(k, None) for k in ("prompt_file", "seeds", "num_videos", "fmt", "skip_existing")}
-    if "motion" in command_line:
-        command_line["motion"] = parse_motion(command_line["motion"])
     environment = given(ctx, ParameterSource.ENVIRONMENT)
     config = resolve_render_config(command_line, config_file, environment)
     setup_cli_logging(config.quiet)
@@ -217,9 +198,8 @@ TRAIN_HELP = {
     "lora_rank": "MotionLoRA rank (--trainable lora).",
     "mixed_precision": "no|fp16|bf16",
     "gradient_checkpointing": "Recompute activations to save memory.",
-    "noise": "independent|mixed|progressive|drift (the priors sampling uses); drift noises every clip along "
-    "its own measured motion and fits a motion prior (prompt to motion) at the end.",
-    "noise_alpha": "Frame correlation strength for mixed/progressive/drift noise.",
+    "noise": "independent|mixed|progressive (the priors sampling uses).",
+    "noise_alpha": "Frame correlation strength for mixed/progressive noise.",
     "caption_dropout": "Fraction of empty captions (trains the unconditional branch for guidance).",
     "late_timesteps": "Fraction of samples noised in the noisiest quarter of timesteps, where the layout and "
     "motion of a video are decided (more prompt-following motion).",

@@ -16,7 +16,7 @@ from typing import Any
 from videodiff.errors import UserError
 
 SCHEDULERS = ("ddim", "euler", "euler-a", "dpm++", "model")
-NOISE_KINDS = ("independent", "mixed", "progressive", "drift")  # priors of videodiff.noise
+NOISE_KINDS = ("independent", "mixed", "progressive")  # priors of videodiff.noise
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 ATTENTION = ("sdpa", "xformers", "math")
@@ -54,9 +54,8 @@ class RenderConfig:
     model: str | None = None  # diffusers folder or hub id of the SD1.5-family image model
     motion_module: str | None = None  # MotionAdapter folder or hub id; None: the model's own
     scheduler: str = "ddim"  # ddim with AnimateDiff's linear betas is what the motion modules saw
-    noise: str = "independent"  # initial noise prior: independent | mixed | progressive (PYoCo) | drift
+    noise: str = "independent"  # initial noise prior: independent | mixed | progressive (PYoCo)
     noise_alpha: float = 1.0  # PYoCo's alpha: frame correlation a^2/(1+a^2) (mixed), a/sqrt(1+a^2) (progressive)
-    motion: tuple[float, float] | None = None  # drift noise: pixels per frame (dx, dy); None: the model's motion prior
     output: str | None = None  # .mp4/.gif/.webm, or no extension for a folder of PNGs; None: outputs/<...>.mp4
     overwrite: bool = False  # never replace an existing output unless asked
     device: str = "auto"  # auto: cuda, then mps, then cpu
@@ -104,10 +103,6 @@ class RenderConfig:
         alpha = self.noise_alpha
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise UserError(f"--noise-alpha must be a finite number >= 0, got {self.noise_alpha!r}")
-        numbers = [v for v in self.motion or () if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        bad_numbers = len(numbers) != 2 or not all(map(math.isfinite, numbers))
-        if self.motion is not None and (len(self.motion) != 2 or bad_numbers):
-            raise UserError(f"--motion must be two finite numbers DX,DY (pixels per frame), got {self.motion!r}")
         if not isinstance(self.crf, int) or not 0 <= self.crf <= 63:
             raise UserError(f"--crf must be a whole number from 0 to 63, got {self.crf!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**64):
@@ -141,9 +136,7 @@ def check_types(config: Any) -> None:
             if "None" in kind:
                 continue
             raise UserError(f"--{_flag(f.name)} needs a value")
-        if kind.startswith("tuple[float"):
-            ok = isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value)
-        elif kind.startswith("tuple"):
+        if kind.startswith("tuple"):
             ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
         elif kind.startswith("bool"):
             ok = isinstance(value, bool)
@@ -157,7 +150,6 @@ def check_types(config: Any) -> None:
             ok = True
         if not ok:
             names = {
-                "tuple[float": "two numbers",
                 "tuple": "a list of text",
                 "bool": "true or false",
                 "str": "text",

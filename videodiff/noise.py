@@ -19,13 +19,8 @@ Kinds
 ``progressive``
     PYoCo progressive noise model (same paper, eq. 6): each frame's noise is an
     AR(1) step from the previous frame's.
-``drift``
-    ``mixed`` noise whose shared component translates by ``motion`` (latent cells per
-    frame) from frame to frame: one global warp of the noise along a motion, as in
-    Go-with-the-Flow (Burgert et al. 2025). A model trained on clips noised along their
-    own motion (``videodiff train --noise drift``) moves its content with the noise.
 
-The PYoCo kinds and ``drift`` keep every element's marginal at N(0, 1), which is what the
+Both PYoCo kinds keep every element's marginal at N(0, 1), which is what the
 diffusion schedule assumes; only the correlation *between frames* changes.
 
 Reproducibility: randomness is always drawn on the CPU in float32 and only then
@@ -78,7 +73,6 @@ def sample_noise(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-    motion: torch.Tensor | Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Draw initial noise of shape ``[b c f h w]``.
 
@@ -88,16 +82,10 @@ def sample_noise(
         alpha: PYoCo's correlation strength ``a >= 0`` (ignored by
             ``independent``). ``mixed``: inter-frame correlation
             ``a^2 / (1 + a^2)``; ``progressive``: ``(a / sqrt(1 + a^2))^|i-j|``.
-            ``alpha = 0`` makes both independent in distribution. ``drift``: as
-            ``mixed``, between frames that the motion has carried onto each other.
+            ``alpha = 0`` makes both independent in distribution.
         generator: a CPU ``torch.Generator`` (or ``None`` for the global RNG).
         device, dtype: where and as what the result is returned; the draw
             itself always happens on the CPU in float32.
-        motion: ``drift`` only: ``(dy, dx)`` latent cells per frame, or ``[b 2]``
-            for one motion per video; ``None`` is no motion (``mixed`` in distribution).
-            Frame ``i``'s shared noise is the shared field moved by
-            ``round(motion * (i - (f - 1) / 2))`` cells: a window on a field drawn
-            large enough for every frame.
 
     Returns:
         ``[b c f h w]`` tensor with every element ~ N(0, 1).
@@ -129,7 +117,7 @@ def sample_noise(
         w_ind = math.sqrt(1.0 / (1.0 + a * a))
         # `shared` broadcasts over the frame axis: one draw per video.
         noise = w_shared * shared + w_ind * base
-    elif kind == "progressive":
+    else:  # progressive
         # PYoCo eq. 6: eps_0 = xi_0; eps_f = r * eps_{f-1} + s * xi_f with
         # r = a/sqrt(1+a^2), s = 1/sqrt(1+a^2); r^2 + s^2 = 1 keeps unit variance.
         r = a / math.sqrt(1.0 + a * a)
@@ -138,31 +126,8 @@ def sample_noise(
         for f in range(1, dims[2]):
             frames.append(r * frames[-1] + s * base[:, :, f])
         noise = torch.stack(frames, dim=2)
-    else:  # drift
-        shared = torch.stack([_drifting_field(dims, m, generator) for m in _motions(motion, dims[0])])
-        noise = math.sqrt(a * a / (1.0 + a * a)) * shared + math.sqrt(1.0 / (1.0 + a * a)) * base
 
     return noise.to(device=device, dtype=dtype)
-
-
-def _motions(motion: torch.Tensor | Sequence[float] | None, b: int) -> list[tuple[float, float]]:
-    m = torch.as_tensor((0.0, 0.0) if motion is None else motion, dtype=torch.float64).reshape(-1, 2)
-    if m.shape[0] == 1:
-        m = m.expand(b, 2)
-    if m.shape[0] != b or not torch.isfinite(m).all():
-        raise UserError(f"drift noise needs one finite (dy, dx) motion per video, got {tuple(m.shape)} for {b}")
-    return [(float(dy), float(dx)) for dy, dx in m]
-
-
-def _drifting_field(dims: tuple[int, int, int, int, int], motion: tuple[float, float], generator) -> torch.Tensor:
-    """``[c f h w]``: one field of N(0, 1) noise seen through a window that moves against ``motion``."""
-    _, c, f, h, w = dims
-    moves = [[math.floor(v * (i - (f - 1) / 2) + 0.5) for i in range(f)] for v in motion]
-    pad_y, pad_x = (max(abs(s) for s in m) for m in moves)
-    field = torch.randn((c, h + 2 * pad_y, w + 2 * pad_x), generator=generator, dtype=torch.float32)
-    # content moved by +s sits in a window that starts s cells earlier
-    frames = [field[:, pad_y - sy : pad_y - sy + h, pad_x - sx : pad_x - sx + w] for sy, sx in zip(*moves)]
-    return torch.stack(frames, dim=1)
 
 
 def frame_correlation(noise: torch.Tensor) -> torch.Tensor:
@@ -190,8 +155,6 @@ def expected_correlation(kind: str, alpha: float, num_frames: int) -> torch.Tens
     - ``independent``: identity.
     - ``mixed`` (PYoCo eq. 5): 1 on the diagonal, ``a^2 / (1 + a^2)`` elsewhere.
     - ``progressive`` (PYoCo eq. 6): ``(a / sqrt(1 + a^2)) ** |i - j|``.
-    - ``drift``: as ``mixed`` at zero motion; with motion, that correlation holds between
-      the cells the motion carries onto each other, not between frames as a whole.
 
     Returns a float64 ``[num_frames, num_frames]`` tensor.
     """
@@ -202,7 +165,7 @@ def expected_correlation(kind: str, alpha: float, num_frames: int) -> torch.Tens
     eye = torch.eye(n, dtype=torch.float64)
     if kind == "independent":
         return eye
-    if kind in ("mixed", "drift"):
+    if kind == "mixed":
         rho = a * a / (1.0 + a * a)
         return eye + rho * (1.0 - eye)
     idx = torch.arange(n, dtype=torch.float64)

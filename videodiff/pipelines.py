@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import secrets
@@ -22,7 +21,6 @@ from videodiff.io.atomic import write_text_atomic
 from videodiff.io.models import ModelParts, builtin_model, load_model_parts, package_versions, read_model_defaults
 from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
-from videodiff.motion_prior import prompt_features
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
 
@@ -159,19 +157,6 @@ class VideoPipeline:
             )
         return self._context_cache[prompt]
 
-    def drift_motion(self, context: torch.Tensor, motion: tuple[float, float] | None) -> tuple[float, float]:
-        """The drift of ``drift`` noise, pixels per frame ``(dx, dy)``: ``motion``, else the motion prior's guess."""
-        if motion is not None:
-            return (float(motion[0]), float(motion[1]))
-        prior = self.parts.motion_prior
-        if prior is None:
-            raise UserError(
-                "drift noise needs --motion DX,DY (pixels per frame), or motion modules with a motion prior "
-                "(trained with `videodiff train --noise drift`)"
-            )
-        dx, dy = prior.predict(prompt_features(context))[0].tolist()
-        return (round(dx, 4), round(dy, 4))
-
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         return (1, self.unet.in_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
 
@@ -190,7 +175,6 @@ class VideoPipeline:
         latents: torch.Tensor | None = None,
         noise: str | None = None,
         noise_alpha: float | None = None,
-        motion: tuple[float, float] | None = None,
         scheduler: str | None = None,
         decode_chunk: int = 16,
         output_type: str = "np",
@@ -200,8 +184,6 @@ class VideoPipeline:
 
         ``latents`` (``[1, C, F, h, w]``) replaces the seeded initial noise, as in diffusers;
         it is taken as unit-variance noise and scaled by the scheduler's ``init_noise_sigma``.
-        ``noise="drift"`` drifts the noise by ``motion`` (pixels per frame, ``(dx, dy)``), or by
-        what the model's motion prior predicts from the prompt when ``motion`` is ``None``.
         Settings left as ``None`` take the model's recorded defaults (``videodiff.json``), else
         16 frames, 25 steps, guidance 7.5, ddim and independent noise.
         """
@@ -229,7 +211,6 @@ class VideoPipeline:
             scheduler=scheduler,
             noise=noise,
             noise_alpha=float(noise_alpha),
-            motion=tuple(motion) if motion is not None else None,
             decode_chunk=decode_chunk,
         ).validate()
         self.check_frames(num_frames)
@@ -242,20 +223,13 @@ class VideoPipeline:
         # 1. encode the prompt (and the negative one for guidance)
         context = self.encode(prompt)
         uncond = self.encode(negative_prompt or "") if guide else None
-        if motion is not None and noise != "drift":
-            notice(f"--motion has no effect on {noise} noise (it drifts drift noise)")
-        if noise == "drift" and latents is None:
-            motion = self.drift_motion(context, motion)
-            settings = dataclasses.replace(settings, motion=motion)
         # 2. scheduler
         sched = make_scheduler(scheduler, self.parts.scheduler_config)
         # 3. initial noise, drawn on the CPU so a seed means the same video on any device
         generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
         shape = self.latent_shape(num_frames, height, width)
         if latents is None:
-            drift = settings.motion
-            cells = None if drift is None else (drift[1] / self.vae_scale, drift[0] / self.vae_scale)
-            latents = noise_priors.sample_noise(shape, kind=noise, alpha=noise_alpha, generator=generator, motion=cells)
+            latents = noise_priors.sample_noise(shape, kind=noise, alpha=noise_alpha, generator=generator)
         elif tuple(latents.shape) != shape:
             raise UserError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         latents = latents.to(self.device, self.dtype) * sched.init_noise_sigma
@@ -427,7 +401,6 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
         seed=seed,
         noise=config.noise,
         noise_alpha=config.noise_alpha,
-        motion=config.motion,
         scheduler=config.scheduler,
         decode_chunk=config.decode_chunk,
         progress=not config.quiet,
@@ -441,7 +414,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
 def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipeline, output: Path) -> dict[str, Any]:
     """What reproduces a video: the resolved settings, plus an informational part that ``--config`` ignores."""
     settings = to_dict(config)
-    settings.update({k: result.settings[k] for k in ("seed", "height", "width", "motion")})
+    settings.update({k: result.settings[k] for k in ("seed", "height", "width")})
     for transient in ("output", "overwrite", "quiet"):
         settings.pop(transient)
     settings[INFO_KEY] = {

@@ -16,7 +16,6 @@ from videodiff.config import MODEL_DEFAULT_KEYS, check_keys
 from videodiff.errors import UserError
 from videodiff.io.checkpoints import load_strict, read_state_dict
 from videodiff.log import notice
-from videodiff.motion_prior import PRIOR_FILE, MotionPrior
 from videodiff.unet.temporal import MotionStack
 
 # Files a diffusers hub repository may hold that videodiff never reads (often several GB).
@@ -180,7 +179,6 @@ class ModelParts:
     defaults: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)  # {"model": {"id", "sha256"}, "lora": [...], ...}
     norm_over_frames: bool = False  # original AnimateDiff v1 ran spatial GroupNorms over all frames
-    motion_prior: Any = None  # a MotionPrior saved beside the motion modules (drift noise from the prompt)
 
 
 def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
@@ -239,7 +237,7 @@ def load_model_parts(
         c["vae"] = load_vae_file(vae)
         sources["vae"] = {"id": vae, "sha256": fingerprint(vae)}
     own = root / OWN_MOTION_FOLDER if root.is_dir() else None
-    norm_over_frames, motion_prior = False, None
+    norm_over_frames = False
     if motion_module is None and own is not None and own.is_dir():
         motion_module = str(own)
     if motion_module is None:
@@ -262,13 +260,6 @@ def load_model_parts(
         }
         if location.is_dir() and (location / SPATIAL_FILE).is_file():
             apply_spatial_weights(c["unet"], location / SPATIAL_FILE)
-        if location.is_dir() and (location / PRIOR_FILE).is_file():
-            motion_prior = MotionPrior.load(location / PRIOR_FILE)
-            if motion_prior.dim != c["text_encoder"].config.hidden_size:
-                raise UserError(
-                    f"{location / PRIOR_FILE} reads {motion_prior.dim}-wide text embeddings; "
-                    f"this text encoder's are {c['text_encoder'].config.hidden_size} wide"
-                )
     for spec in loras:
         path, scale = parse_scaled_path(spec)
         apply_lora(c["unet"], c["text_encoder"], path, scale)
@@ -292,7 +283,6 @@ def load_model_parts(
         read_model_defaults(str(root)) if root.is_dir() else {},
         sources,
         norm_over_frames,
-        motion_prior,
     )
 
 

@@ -30,7 +30,6 @@ from videodiff.config import TrainConfig
 from videodiff.errors import UserError
 from videodiff.io.models import SPATIAL_FILE, ModelParts, load_model_parts
 from videodiff.log import notice
-from videodiff.motion_prior import PRIOR_FILE, MotionPrior, estimate_motion, prompt_features
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
 from videodiff.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from videodiff.training.data import ClipDataset, ResumableBatches, collate, find_clips
@@ -297,10 +296,8 @@ class Trainer:
                 pixels = batch["pixels"].to(self.device, self.parts.vae.dtype)
                 latents = vae.encode(self.parts.vae, pixels, sample=True, generator=gen)
             latents = latents.float()
-            # drift noise moves along each clip's own motion (Go-with-the-Flow), measured on its latents
-            motion = estimate_motion(latents) if c.noise == "drift" else None
             eps = noise_priors.sample_noise(
-                tuple(latents.shape), kind=c.noise, alpha=c.noise_alpha, generator=gen, motion=motion
+                tuple(latents.shape), kind=self.config.noise, alpha=self.config.noise_alpha, generator=gen
             ).to(self.device)
             t = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, c.late_timesteps, gen)
             t = t.to(self.device)
@@ -513,32 +510,6 @@ class Trainer:
         }
         if spatial:
             save_file(spatial, str(folder / SPATIAL_FILE))
-        if self.config.noise == "drift":
-            self.fit_motion_prior(folder / PRIOR_FILE)
-
-    @torch.no_grad()
-    def fit_motion_prior(self, path: Path) -> None:
-        """Ridge regression from each caption's text embedding to its clip's measured motion (pixels per frame)."""
-        clips = self.dataset if isinstance(self.dataset, CachedLatents) else self.encode_latents(self.dataset)
-        scale = 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
-        features, motions = [], []
-        for latents, caption in zip(clips.latents, clips.captions):
-            if not caption:
-                continue
-            dy, dx = (estimate_motion(latents[None].float())[0] * scale).tolist()
-            if caption not in self.context_cache:
-                self.context_cache[caption] = text.encode_prompts(
-                    self.parts.tokenizer, self.parts.text_encoder, [caption], self.device
-                )[0]
-            features.append(prompt_features(self.context_cache[caption][None])[0])
-            motions.append(torch.tensor([dx, dy]))
-        if not features:
-            raise UserError("drift noise fits a motion prior to the clips' captions, and no clip has one")
-        prior = MotionPrior.fit(torch.stack(features), torch.stack(motions).double())
-        fitted = prior.predict(torch.stack(features)) - torch.stack(motions).double()
-        rms = float(fitted.pow(2).sum(1).mean().sqrt())
-        prior.save(path, {"clips": len(features), "rms_error_px_per_frame": round(rms, 4)})
-        notice(f"motion prior fitted to {len(features)} captioned clips (rms error {rms:.3f} px/frame): {path}")
 
 
 def train(config: TrainConfig) -> Path:
