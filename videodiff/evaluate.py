@@ -526,21 +526,24 @@ def evaluate_ground_truth(
     return evaluate_model(fn, range(n_per_combo), combos, label=label)
 
 
+# What a model report records of the resolved render settings (the drift, which follows the prompt, is left out).
+RENDER_SETTINGS = ("frames", "steps", "guidance", "scheduler", "noise", "noise_alpha", "height", "width")
+
+
 def model_render_fn(
     pipe: Any, *, steps: int | None = None, guidance: float | None = None, frames: int = 16
 ) -> tuple[RenderFn, dict[str, Any]]:
-    """``render_fn`` of a loaded pipeline; settings left ``None`` are the model's recorded defaults."""
-    d = pipe.parts.defaults
-    steps = int(steps or d.get("steps", 25))
-    guidance = float(guidance if guidance is not None else d.get("guidance", 7.5))
-    scheduler = d.get("scheduler", "ddim")
-    height, width = pipe.default_size()
+    """``render_fn`` of a loaded pipeline, and the settings it renders with, filled in by its first render
+    (settings left ``None`` are resolved by the pipeline: the model's recorded defaults)."""
+    settings: dict[str, Any] = {}
 
     def render(prompt: str, seed: int) -> np.ndarray:
-        return pipe(prompt, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, seed=seed).frames
+        result = pipe(prompt, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
+        if not settings:
+            settings.update({k: result.settings[k] for k in RENDER_SETTINGS})
+        return result.frames
 
-    settings = {"frames": frames, "steps": steps, "guidance": guidance, "scheduler": scheduler}
-    return render, {**settings, "height": height, "width": width}
+    return render, settings
 
 
 def vae_roundtrip(pipe: Any, frames: Any) -> np.ndarray:
@@ -612,13 +615,13 @@ def run_shapes_eval(
         return results
     render_fn, settings = model_render_fn(pipe, steps=steps, guidance=guidance)
     name = model or "built-in shapes"
-    results["settings"]["model"] = {"model": name, "motion_module": motion_module, **settings}
 
     def progress(done: int, total: int) -> None:
         if done % 10 == 0 or done == total:
             notice(f"rendered {done}/{total} videos")
 
     report = evaluate_model(render_fn, range(seeds), chosen, label=f"model {name}", progress=progress)
+    results["settings"]["model"] = {"model": name, "motion_module": motion_module, **settings}
     results["model"] = report.to_dict()
     echo(report.table())
     return results
