@@ -108,6 +108,11 @@ def _choice_help(names: tuple[str, ...]) -> str:
 @click.option("--lora", multiple=True, help="Image-model LoRA PATH[:SCALE] (kohya or diffusers/PEFT); repeatable.")
 @click.option("--embedding", multiple=True, help="Textual-inversion embedding file; repeatable.")
 @click.option("--motion-lora", multiple=True, help="MotionLoRA PATH[:SCALE]; repeatable, scales add up.")
+@click.option(
+    "--motion-lora-trigger",
+    multiple=True,
+    help="WORD=PATH[:SCALE]: merge that MotionLoRA only for prompts containing WORD; repeatable.",
+)
 @click.option("--motion-config", help="Override motion-module detection: v1, v2, v3 or a MotionAdapter config.json.")
 @click.option(
     "--spatial-norm",

@@ -69,6 +69,7 @@ class RenderConfig:
     lora: tuple[str, ...] = ()  # image-model LoRAs, PATH[:SCALE] each (kohya or diffusers/PEFT), merged in
     embedding: tuple[str, ...] = ()  # textual-inversion embeddings; the token is taken from the file or its name
     motion_lora: tuple[str, ...] = ()  # MotionLoRAs, PATH[:SCALE] each; scales add up
+    motion_lora_trigger: tuple[str, ...] = ()  # WORD=PATH[:SCALE]: that MotionLoRA only for prompts with WORD
     motion_config: str | None = None  # v1 | v2 | v3 | a MotionAdapter config.json: overrides version detection
     spatial_norm: str = "auto"  # auto | joint (original v1: GroupNorm over all frames) | per-frame (diffusers)
     offload: str | None = None  # model | sequential: CPU offload for small GPUs (slower, far less GPU memory)
@@ -103,6 +104,11 @@ class RenderConfig:
         alpha = self.noise_alpha
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise UserError(f"--noise-alpha must be a finite number >= 0, got {self.noise_alpha!r}")
+        if self.motion_lora_trigger:
+            from videodiff.io.triggers import parse_trigger
+
+            for spec in self.motion_lora_trigger:
+                parse_trigger(spec)  # the syntax, before any model is loaded
         if not isinstance(self.crf, int) or not 0 <= self.crf <= 63:
             raise UserError(f"--crf must be a whole number from 0 to 63, got {self.crf!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**64):

@@ -19,6 +19,7 @@ from videodiff.config import INFO_KEY, SPATIAL_NORMS, RenderConfig, load_config_
 from videodiff.errors import UserError
 from videodiff.io.atomic import write_text_atomic
 from videodiff.io.models import ModelParts, builtin_model, load_model_parts, package_versions, read_model_defaults
+from videodiff.io.triggers import TriggeredLoRAs
 from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
 from videodiff.schedulers import make_scheduler
@@ -81,6 +82,7 @@ class VideoResult:
     latents: torch.Tensor  # final latents [1, C, F, h, w]
     seed: int | None
     settings: dict[str, Any] = field(default_factory=dict)  # what reproduces it (RenderConfig field names)
+    triggered: tuple[str, ...] = ()  # trigger words of the MotionLoRAs merged for this prompt
 
 
 class VideoPipeline:
@@ -104,6 +106,8 @@ class VideoPipeline:
         self.text_encoder = parts.text_encoder.to(home, dtype)
         self.vae = parts.vae.to(home, dtype)
         self.unet = VideoUNet(parts.unet, parts.motion).to(home, dtype).eval()
+        # after the move: the trigger LoRAs keep a copy of the weights they touch as they are now
+        self.triggers = TriggeredLoRAs(parts.motion, parts.triggers) if parts.triggers else None
         if offload:
             self._install_offload(offload)
         self.attention = pick_attention(attention, device)
@@ -220,6 +224,8 @@ class VideoPipeline:
         if negative_prompt and not guide:
             notice(f"the negative prompt has no effect at guidance {guidance_scale:g} (it needs guidance above 1)")
 
+        # 0. the MotionLoRAs this prompt's words trigger
+        triggered = tuple(t.word for t in self.triggers.select(prompt)) if self.triggers else ()
         # 1. encode the prompt (and the negative one for guidance)
         context = self.encode(prompt)
         uncond = self.encode(negative_prompt or "") if guide else None
@@ -249,7 +255,7 @@ class VideoPipeline:
         frames = None
         if output_type == "np":
             frames = vae.to_uint8(vae.decode(self.vae, latents, decode_chunk))[0]
-        return VideoResult(frames, latents, seed, to_dict(settings))
+        return VideoResult(frames, latents, seed, to_dict(settings), triggered)
 
 
 def load_pipeline(
@@ -263,6 +269,7 @@ def load_pipeline(
     lora: tuple[str, ...] | list[str] = (),
     embedding: tuple[str, ...] | list[str] = (),
     motion_lora: tuple[str, ...] | list[str] = (),
+    motion_lora_trigger: tuple[str, ...] | list[str] = (),
     motion_config: str | None = None,
     clip_skip: int | None = None,
     spatial_norm: str = "auto",
@@ -274,7 +281,8 @@ def load_pipeline(
 
     With no ``model``, the built-in shapes model (``a {color} {shape} moving {direction}``).
     With ``motion_module=None`` the model's own motion modules are used, if it ships
-    them. ``lora``/``motion_lora`` take ``PATH[:SCALE]`` strings; ``embedding`` takes
+    them. ``lora``/``motion_lora`` take ``PATH[:SCALE]`` strings, ``motion_lora_trigger``
+    ``WORD=PATH[:SCALE]`` (that MotionLoRA only for prompts with the word); ``embedding`` takes
     textual-inversion files; ``spatial_norm`` is ``auto``, ``joint`` (original v1) or
     ``per-frame`` (diffusers). For small GPUs: ``offload`` (``model`` or ``sequential`` CPU
     offload), ``vae_tiling`` and ``attention_slicing``.
@@ -292,6 +300,7 @@ def load_pipeline(
         loras=tuple(lora),
         embeddings=tuple(embedding),
         motion_loras=tuple(motion_lora),
+        motion_lora_triggers=tuple(motion_lora_trigger),
     )
     if offload and dev.type == "cpu":
         notice("--offload has no effect on the CPU (the weights are there already)")
@@ -344,6 +353,7 @@ def pipeline_for(config: RenderConfig, device: str | torch.device | None = None)
         lora=config.lora,
         embedding=config.embedding,
         motion_lora=config.motion_lora,
+        motion_lora_trigger=config.motion_lora_trigger,
         motion_config=config.motion_config,
         clip_skip=config.clip_skip,
         spatial_norm=config.spatial_norm,
@@ -422,6 +432,7 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
         "frames_written": int(result.frames.shape[0]),
         "size_written": [int(result.frames.shape[2]), int(result.frames.shape[1])],
         "sources": pipe.parts.sources,
+        "motion_lora_triggered": list(result.triggered),
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "attention": pipe.attention,

@@ -179,6 +179,7 @@ class ModelParts:
     defaults: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)  # {"model": {"id", "sha256"}, "lora": [...], ...}
     norm_over_frames: bool = False  # original AnimateDiff v1 ran spatial GroupNorms over all frames
+    triggers: tuple = ()  # Trigger: MotionLoRAs merged only for prompts with their word (videodiff.io.triggers)
 
 
 def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
@@ -216,6 +217,7 @@ def load_model_parts(
     loras: tuple[str, ...] = (),
     embeddings: tuple[str, ...] = (),
     motion_loras: tuple[str, ...] = (),
+    motion_lora_triggers: tuple[str, ...] = (),
 ) -> ModelParts:
     """Load an SD1.5-family model (diffusers folder, hub id or single file), its add-ons and motion modules.
 
@@ -223,6 +225,8 @@ def load_model_parts(
     original AnimateDiff file), else the model's own ``motion_adapter/``, else (only with
     ``new_motion``, for training) a fresh zero-initialised stack. ``loras`` and
     ``motion_loras`` are ``PATH[:SCALE]`` strings, merged into the weights.
+    ``motion_lora_triggers`` (``WORD=PATH[:SCALE]``) and the model folder's own triggers are
+    checked against the motion modules here and merged per prompt by the pipeline.
     """
     from videodiff.io.embeddings import load_embedding
     from videodiff.io.lora import apply_lora, parse_scaled_path
@@ -271,6 +275,7 @@ def load_model_parts(
         path, scale = parse_scaled_path(spec)
         apply_motion_lora(motion, path, scale)
         sources.setdefault("motion_lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(path)})
+    triggers = load_triggers(root, motion, motion_lora_triggers, sources)
     for module in (c["text_encoder"], c["vae"], c["unet"], motion):
         module.requires_grad_(False).eval()
     return ModelParts(
@@ -283,7 +288,48 @@ def load_model_parts(
         read_model_defaults(str(root)) if root.is_dir() else {},
         sources,
         norm_over_frames,
+        triggers,
     )
+
+
+def load_triggers(root: Path, motion: MotionStack, specs: tuple[str, ...], sources: dict[str, Any]) -> tuple:
+    """The model folder's triggers (its ``videodiff.json``), then ``specs``; a later one for a word replaces it."""
+    from videodiff.io.lora import parse_scaled_path
+    from videodiff.io.motion_formats import motion_lora_deltas
+    from videodiff.io.triggers import WORD, Trigger, parse_trigger
+
+    chosen: dict[str, tuple[str, float]] = {}
+    own = model_triggers(root) if root.is_dir() else {}
+    for word, spec in own.items():
+        path, scale = parse_scaled_path(spec)
+        chosen[word] = (str(root / path), scale)
+    for spec in specs:
+        word, path, scale = parse_trigger(spec)
+        chosen[word] = (path, scale)
+    triggers = []
+    for word, (path, scale) in chosen.items():
+        if not WORD.fullmatch(word):
+            raise UserError(f"motion LoRA trigger {word!r} is not one word")
+        triggers.append(Trigger(word, path, scale, motion_lora_deltas(motion, path, scale)))
+        entry = {"word": word, "id": path, "scale": scale, "sha256": fingerprint(path)}
+        sources.setdefault("motion_lora_trigger", []).append(entry)
+    return tuple(triggers)
+
+
+def model_triggers(root: Path) -> dict[str, str]:
+    """``{"motion_lora_triggers": {word: "PATH[:SCALE]"}}`` of a model folder's ``videodiff.json``, or ``{}``."""
+    path = root / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    triggers = data.get("motion_lora_triggers", {}) if isinstance(data, dict) else {}
+    pairs = triggers.items() if isinstance(triggers, dict) else [(None, None)]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+        raise UserError(f"{path}: motion_lora_triggers must map words to PATH[:SCALE] strings")
+    return {k.lower(): v for k, v in triggers.items()}
 
 
 def quiet_hub_logging() -> None:

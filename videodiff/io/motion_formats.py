@@ -641,6 +641,17 @@ def _peft_alpha(path: Path) -> float | None:
 def apply_motion_lora(stack: MotionStack, path: str | Path, scale: float = 1.0) -> None:
     """Merge a MotionLoRA into ``stack``'s weights: ``W += scale * (alpha / rank) * up @ down``.
 
+    See :func:`motion_lora_deltas` for the layouts read.
+    """
+    params = dict(stack.named_parameters())
+    with torch.no_grad():
+        for name, delta in motion_lora_deltas(stack, path, scale).items():
+            params[name].add_(delta.to(params[name].device, params[name].dtype))
+
+
+def motion_lora_deltas(stack: MotionStack, path: str | Path, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """A MotionLoRA's update of each ``stack`` weight it touches (float32, CPU): ``scale * (alpha / rank) * up @ down``.
+
     Reads the original AnimateDiff layout (``...attention_blocks.0.processor.to_q_lora.down.weight``),
     diffusers' attention-processor layout (``...attn1.processor.to_q_lora.down.weight``) and
     PEFT (``...attn1.to_q.lora_A.weight``, optionally prefixed ``unet.``/``base_model.model.``).
@@ -678,7 +689,7 @@ def apply_motion_lora(stack: MotionStack, path: str | Path, scale: float = 1.0) 
             "not a MotionLoRA for these motion modules"
         )
     peft_factor = _peft_alpha(file)
-    merges = []
+    merges = []  # (weight name, down, up, factor)
     for target, pair in pairs.items():
         if set(pair) != {"down", "up"}:
             have = next(iter(pair.values()))[0]
@@ -699,13 +710,12 @@ def apply_motion_lora(stack: MotionStack, path: str | Path, scale: float = 1.0) 
             factor = float(alphas[target]) / down.shape[0]
         elif peft_factor is not None:
             factor = peft_factor
-        merges.append((weight, down, up, factor))
+        merges.append((f"{target}.weight", down, up, factor))
     if scale == 0:
-        return
-    with torch.no_grad():
-        for weight, down, up, factor in merges:
-            delta = (up.double() @ down.double()) * (float(scale) * factor)
-            weight.add_(delta.to(weight.device, weight.dtype))
+        return {}
+    return {
+        name: ((up.double() @ down.double()) * (float(scale) * factor)).float() for name, down, up, factor in merges
+    }
 
 
 def load_motion_folder(folder: str | Path) -> MotionStack:
