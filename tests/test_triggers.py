@@ -98,6 +98,9 @@ def test_a_model_folder_names_its_own_triggers(tiny_model, tiny_motion, loras, t
     other = load_pipeline(str(folder), motion_lora_trigger=[f"left={left}:0"])
     plain = load_pipeline(str(tiny_model), str(tiny_motion))
     assert torch.equal(other("moving left", seed=0, **RENDER).latents, plain("moving left", seed=0, **RENDER).latents)
+    (folder / "videodiff.json").write_text(json.dumps({"motion_lora_triggers": {"left": str(left)}}))
+    with pytest.raises(UserError, match="outside the model folder"):
+        load_pipeline(str(folder))
     (folder / "videodiff.json").write_text(json.dumps({"motion_lora_triggers": ["left"]}))
     with pytest.raises(UserError, match="must map words"):
         load_pipeline(str(folder))

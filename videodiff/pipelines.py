@@ -106,6 +106,8 @@ class VideoPipeline:
         self.text_encoder = parts.text_encoder.to(home, dtype)
         self.vae = parts.vae.to(home, dtype)
         self.unet = VideoUNet(parts.unet, parts.motion).to(home, dtype).eval()
+        if offload == "sequential" and parts.triggers:
+            raise UserError("motion LoRA triggers cannot switch weights with --offload sequential; use model")
         # after the move: the trigger LoRAs keep a copy of the weights they touch as they are now
         self.triggers = TriggeredLoRAs(parts.motion, parts.triggers) if parts.triggers else None
         if offload:

@@ -302,7 +302,10 @@ def load_triggers(root: Path, motion: MotionStack, specs: tuple[str, ...], sourc
     own = model_triggers(root) if root.is_dir() else {}
     for word, spec in own.items():
         path, scale = parse_scaled_path(spec)
-        chosen[word] = (str(root / path), scale)
+        inside = (root / path).resolve()
+        if not inside.is_relative_to(root.resolve()):  # a downloaded model folder reads only its own files
+            raise UserError(f"{root / DEFAULTS_FILE}: motion LoRA trigger {word!r} points outside the model folder")
+        chosen[word] = (str(inside), scale)
     for spec in specs:
         word, path, scale = parse_trigger(spec)
         chosen[word] = (path, scale)
