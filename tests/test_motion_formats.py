@@ -512,10 +512,15 @@ def test_norm_over_frames_on_a_video(unet2d, video_unet):
     assert isinstance(video_unet.unet.down_blocks[0].resnets[0].norm1, FrameGroupNorm)
     assert isinstance(video_unet.unet.mid_block.resnets[1].norm2, FrameGroupNorm)
     assert isinstance(video_unet.unet.conv_norm_out, FrameGroupNorm)
-    video_unet.set_norm_over_frames(False)
-    assert type(video_unet.unet.down_blocks[0].resnets[0].norm1) is nn.GroupNorm
+    # another VideoUNet on the same image U-Net keeps its own setting, either way round
+    other = VideoUNet(video_unet.unet, video_unet.motion).eval()
     with torch.no_grad():
+        assert torch.equal(other(moving, 400, context), off)
+        assert torch.equal(video_unet(moving, 400, context), on)
+        other.set_norm_over_frames(True)
+        video_unet.set_norm_over_frames(False)
         assert torch.equal(video_unet(moving, 400, context), off)
+        assert torch.equal(other(moving, 400, context), on)
 
 
 def test_norm_over_frames_with_gradient_checkpointing(video_unet):

@@ -186,10 +186,14 @@ class VideoUNet(nn.Module):
     def set_norm_over_frames(self, enabled: bool) -> None:
         """Run the spatial ResNet GroupNorms over all frames of each video (original AnimateDiff v1) or per frame.
 
-        Only the norms' classes change (see :class:`FrameGroupNorm`); weights and keys do not.
+        Enabling makes the norms :class:`FrameGroupNorm` (weights and keys do not change), and
+        they stay that: such a norm is an ordinary ``GroupNorm`` unless a VideoUNet whose flag is
+        on tells it the frame count while it runs, so VideoUNets that share one image U-Net
+        (a pipeline and a training run, two pipelines) each keep their own setting.
         """
-        for norm in self._spatial_norms():
-            norm.__class__ = FrameGroupNorm if enabled else nn.GroupNorm
+        if enabled:
+            for norm in self._spatial_norms():
+                norm.__class__ = FrameGroupNorm
         self.norm_over_frames = bool(enabled)
 
     def _resnet(self, resnet: nn.Module, x: torch.Tensor, emb: torch.Tensor, num_frames: int) -> torch.Tensor:
