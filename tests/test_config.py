@@ -252,3 +252,16 @@ def test_shipped_config_files_load(path):
     values = load_config_file(path)
     assert set(values) <= set(FIELD_NAMES)
     merge(values).validate()
+
+
+def test_render_default_yaml_lists_every_setting_at_its_default():
+    """configs/render-default.yaml is documentation (the README points at it): it must not drift from RenderConfig."""
+    import dataclasses
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "render-default.yaml"
+    values = load_config_file(str(path))
+    assert set(values) == set(FIELD_NAMES)
+    config = merge(values).validate()
+    for f in dataclasses.fields(RenderConfig):
+        if f.name != "prompt":  # the file carries an example prompt
+            assert getattr(config, f.name) == f.default, f.name
