@@ -93,14 +93,19 @@ def read_model_defaults(model: str | None) -> dict[str, Any]:
             return {}
         model = str(BUILTIN_MODEL)
     path = Path(model).expanduser() / DEFAULTS_FILE
+    defaults = _model_json(path).get("defaults", {})
+    return check_keys(dict(defaults), str(path), MODEL_DEFAULT_KEYS)
+
+
+def _model_json(path: Path) -> dict[str, Any]:
+    """A model folder's ``videodiff.json`` as a dict; ``{}`` when it has none."""
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
-    defaults = data.get("defaults", {}) if isinstance(data, dict) else {}
-    return check_keys(dict(defaults), str(path), MODEL_DEFAULT_KEYS)
+    return data if isinstance(data, dict) else {}
 
 
 def new_motion_stack(unet) -> MotionStack:
@@ -296,7 +301,7 @@ def load_triggers(root: Path, motion: MotionStack, specs: tuple[str, ...], sourc
     """The model folder's triggers (its ``videodiff.json``), then ``specs``; a later one for a word replaces it."""
     from videodiff.io.lora import parse_scaled_path
     from videodiff.io.motion_formats import motion_lora_deltas
-    from videodiff.io.triggers import WORD, Trigger, parse_trigger
+    from videodiff.io.triggers import Trigger, parse_trigger
 
     chosen: dict[str, tuple[str, float]] = {}
     own = model_triggers(root) if root.is_dir() else {}
@@ -311,9 +316,7 @@ def load_triggers(root: Path, motion: MotionStack, specs: tuple[str, ...], sourc
         chosen[word] = (path, scale)
     triggers = []
     for word, (path, scale) in chosen.items():
-        if not WORD.fullmatch(word):
-            raise UserError(f"motion LoRA trigger {word!r} is not one word")
-        triggers.append(Trigger(word, path, scale, motion_lora_deltas(motion, path, scale)))
+        triggers.append(Trigger(word, motion_lora_deltas(motion, path, scale)))
         entry = {"word": word, "id": path, "scale": scale, "sha256": fingerprint(path)}
         sources.setdefault("motion_lora_trigger", []).append(entry)
     return tuple(triggers)
@@ -321,17 +324,13 @@ def load_triggers(root: Path, motion: MotionStack, specs: tuple[str, ...], sourc
 
 def model_triggers(root: Path) -> dict[str, str]:
     """``{"motion_lora_triggers": {word: "PATH[:SCALE]"}}`` of a model folder's ``videodiff.json``, or ``{}``."""
+    from videodiff.io.triggers import WORD
+
     path = root / DEFAULTS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    triggers = data.get("motion_lora_triggers", {}) if isinstance(data, dict) else {}
+    triggers = _model_json(path).get("motion_lora_triggers", {})
     pairs = triggers.items() if isinstance(triggers, dict) else [(None, None)]
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
-        raise UserError(f"{path}: motion_lora_triggers must map words to PATH[:SCALE] strings")
+    if not all(isinstance(k, str) and WORD.fullmatch(k) and isinstance(v, str) for k, v in pairs):
+        raise UserError(f"{path}: motion_lora_triggers must map words (one each) to PATH[:SCALE] strings")
     return {k.lower(): v for k, v in triggers.items()}
 
 

@@ -22,9 +22,7 @@ WORD = re.compile(r"[\w']+")
 
 @dataclass(frozen=True, eq=False)  # compared by identity: the deltas are tensors
 class Trigger:
-    word: str  # lower case, one word
-    path: str
-    scale: float
+    word: str  # lower case, one word (path and scale are in the pipeline's sources)
     deltas: dict[str, torch.Tensor]  # motion-stack weight name -> float32 update (CPU)
 
 
