@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from videodiff import noise as noise_priors
 from videodiff import shapes
+from videodiff.motion_prior import PRIOR_FILE
 from videodiff.tiny import write_clip_tokenizer, write_model_index
 from videodiff.training.loop import training_scheduler
 
@@ -52,7 +53,16 @@ SCHEDULER = {
     "timestep_spacing": "linspace",
 }
 MOTION_RUNS = ("motion",)  # the motion runs, in order: run folders and configs/train/shapes-<run>.yaml
-DEFAULTS = {"frames": 16, "height": 64, "width": 64, "steps": 12, "guidance": 4.0, "scheduler": "dpm++", "fps": 8}
+DEFAULTS = {
+    "frames": 16,
+    "height": 64,
+    "width": 64,
+    "steps": 12,
+    "guidance": 4.0,
+    "scheduler": "dpm++",
+    "fps": 8,
+    "motion_prior": 0.33,  # skip 4 of the 12 steps: start from the motion prior's guess (videodiff.motion_prior)
+}
 
 
 def log(msg: str) -> None:
@@ -356,7 +366,7 @@ def train_motion(out: Path, configs: list[str], extra: list[str]) -> None:
     """Each run of MOTION_RUNS in turn, each starting from the previous one's motion modules."""
     previous = None
     for run, config in zip(MOTION_RUNS, configs):
-        if (out / run / "motion_module" / "config.json").is_file():
+        if (out / run / "motion_module" / PRIOR_FILE).is_file():  # written last, by the end of the run
             log(f"{run}: done already")
         else:
             cmd = motion_command(out, run, config, extra, previous)
@@ -383,7 +393,10 @@ def package(out: Path, target: Path) -> None:
     unet_file = staging / "unet" / "diffusion_pytorch_model.safetensors"
     trained = load_file(str(spatial)) if spatial.is_file() else {}
     spatial.unlink(missing_ok=True)
+    (staging / "videodiff.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2) + "\n")
     for weights in staging.rglob("*.safetensors"):  # one pass: fold, then write fp16
+        if weights.name == PRIOR_FILE:
+            continue  # 14 kB, kept in fp32 with its metadata
         tensors = load_file(str(weights))
         if weights == unet_file and trained:
             if not set(trained) <= set(tensors):

@@ -259,10 +259,11 @@ def test_cli_eval_shapes(tmp_path):
 
 def test_cli_eval_shapes_scores_a_model_and_its_vae(tmp_path, models):
     out = tmp_path / "report.json"
-    args = ("--seeds", 1, "--combos", "heldout", "--roundtrip", "none", "--steps", 2, "--out", out)
+    args = ("--seeds", 1, "--combos", "heldout", "--roundtrip", "none", "--steps", 2, "--motion-prior", 0, "--out", out)
     ok(invoke("eval", "shapes", *models, *args, "-q"))
     data = json.loads(out.read_text())
     assert set(data) == {"settings", "ground_truth", "ground_truth_vae", "model"}
     assert data["settings"]["model"]["steps"] == 2 and data["model"]["all"]["n"] == 10
+    assert data["settings"]["model"]["motion_prior"] == 0
     # the tiny random model's VAE destroys the clips: the VAE round trip is scored, not assumed
     assert data["ground_truth"]["all"]["color"] == 1 and data["ground_truth_vae"]["all"]["color"] < 1

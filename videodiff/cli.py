@@ -53,6 +53,15 @@ def given(ctx: click.Context, source: ParameterSource) -> dict[str, Any]:
     return {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k) == source}
 
 
+def parse_motion(text: str) -> tuple[float, float]:
+    """``--motion DX,DY``: two numbers, pixels per frame."""
+    try:
+        dx, dy = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--motion must be DX,DY in pixels per frame, e.g. 2,0; got {text!r}") from None
+    return dx, dy
+
+
 def _choice_help(names: tuple[str, ...]) -> str:
     return "|".join(names)
 
@@ -88,6 +97,17 @@ def _choice_help(names: tuple[str, ...]) -> str:
     default=1.0,
     show_default=True,
     help="Frame correlation strength for mixed/progressive noise (PYoCo's alpha).",
+)
+@click.option(
+    "--motion-prior",
+    type=float,
+    default=0.0,
+    help="Start this fraction into the schedule from the model's motion prior (a guess of the moving object's "
+    "track from the prompt); 0 starts from pure noise [default: the model's, else 0].",
+)
+@click.option(
+    "--motion",
+    help="The motion prior's velocity DX,DY in pixels per frame, x right, y down [default: predicted from the prompt].",
 )
 @click.option("-o", "--output", help="Output .mp4/.gif/.webm, or a path without extension for PNG frames.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
@@ -161,6 +181,8 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     command_line = given(ctx, ParameterSource.COMMANDLINE)
     command_line.pop("config_file", None)
     options = {k: command_line.pop(k, None) for k in ("prompt_file", "seeds", "num_videos", "fmt", "skip_existing")}
+    if "motion" in command_line:
+        command_line["motion"] = parse_motion(command_line["motion"])
     environment = given(ctx, ParameterSource.ENVIRONMENT)
     config = resolve_render_config(command_line, config_file, environment)
     setup_cli_logging(config.quiet)
@@ -222,6 +244,8 @@ TRAIN_HELP = {
     "max_grad_norm": "Gradient clipping norm.",
     "weight_decay": "AdamW weight decay.",
     "ema_decay": "EMA of the trained weights (0: off), e.g. 0.999.",
+    "motion_prior": "At the end, fit a motion prior beside the motion modules (the prompt's guess of the moving "
+    "object's track, which `render --motion-prior` starts from); for clips of one moving object.",
     "max_nan_steps": "Consecutive NaN/inf losses before the run stops.",
     "quiet": "No progress bar or notices.",
 }
@@ -397,6 +421,11 @@ def eval_group() -> None:
 )
 @click.option("--steps", type=int, help="Denoising steps (default: the model's, else 25).")
 @click.option("--guidance", type=float, help="Guidance scale (default: the model's, else 7.5).")
+@click.option(
+    "--motion-prior",
+    type=float,
+    help="Start from the motion prior this far into the schedule (0: off; default: the model's).",
+)
 @click.option("--device", default="auto", show_default=True, help=_choice_help(DEVICES))
 @click.option("--dtype", default="auto", show_default=True, help=_choice_help(DTYPES))
 @click.option("-q", "--quiet", is_flag=True, help="No progress notices.")
@@ -411,6 +440,7 @@ def eval_shapes(
     roundtrip: str,
     steps: int | None,
     guidance: float | None,
+    motion_prior: float | None,
     device: str,
     dtype: str,
     quiet: bool,
@@ -425,6 +455,7 @@ def eval_shapes(
       videodiff eval shapes --seeds 2 --out report.json        # the built-in model
       videodiff eval shapes --ground-truth-only --seeds 2
       videodiff eval shapes --model runs/shapes/model --seeds 2
+      videodiff eval shapes --motion-prior 0 --seeds 2           # sampling from pure noise
     """
     import json
 
@@ -445,6 +476,7 @@ def eval_shapes(
         dtype=dtype,
         steps=steps,
         guidance=guidance,
+        motion_prior=motion_prior,
         echo=click.echo,
     )
     if target is not None:

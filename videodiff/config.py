@@ -35,6 +35,7 @@ MODEL_DEFAULT_KEYS = (
     "negative",
     "noise",
     "noise_alpha",
+    "motion_prior",
 )
 # The informational part of a sidecar; a sidecar given to --config ignores it.
 INFO_KEY = "info"
@@ -56,6 +57,8 @@ class RenderConfig:
     scheduler: str = "ddim"  # ddim with AnimateDiff's linear betas is what the motion modules saw
     noise: str = "independent"  # initial noise prior: independent | mixed | progressive (PYoCo)
     noise_alpha: float = 1.0  # PYoCo's alpha: frame correlation a^2/(1+a^2) (mixed), a/sqrt(1+a^2) (progressive)
+    motion_prior: float = 0.0  # start this fraction into the schedule from the motion prior's guess (0: pure noise)
+    motion: tuple[float, float] | None = None  # the prior's velocity, pixels per frame (dx, dy); None: the prompt's
     output: str | None = None  # .mp4/.gif/.webm, or no extension for a folder of PNGs; None: outputs/<...>.mp4
     overwrite: bool = False  # never replace an existing output unless asked
     device: str = "auto"  # auto: cuda, then mps, then cpu
@@ -104,6 +107,12 @@ class RenderConfig:
         alpha = self.noise_alpha
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise UserError(f"--noise-alpha must be a finite number >= 0, got {self.noise_alpha!r}")
+        start = self.motion_prior
+        if not isinstance(start, (int, float)) or not 0 <= start < 1:
+            raise UserError(f"--motion-prior must be a number from 0 up to (not including) 1, got {start!r}")
+        numbers = [v for v in self.motion or () if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if self.motion is not None and (len(numbers) != 2 or not all(map(math.isfinite, numbers))):
+            raise UserError(f"--motion must be two finite numbers DX,DY (pixels per frame), got {self.motion!r}")
         if self.motion_lora_trigger:
             from videodiff.io.triggers import parse_trigger
 
@@ -142,7 +151,9 @@ def check_types(config: Any) -> None:
             if "None" in kind:
                 continue
             raise UserError(f"--{_flag(f.name)} needs a value")
-        if kind.startswith("tuple"):
+        if kind.startswith("tuple[float"):
+            ok = isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value)
+        elif kind.startswith("tuple"):
             ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
         elif kind.startswith("bool"):
             ok = isinstance(value, bool)
@@ -156,6 +167,7 @@ def check_types(config: Any) -> None:
             ok = True
         if not ok:
             names = {
+                "tuple[float": "two numbers",
                 "tuple": "a list of text",
                 "bool": "true or false",
                 "str": "text",
@@ -275,6 +287,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping (AnimateDiff: 1.0)
     weight_decay: float = 1e-2  # AdamW (AnimateDiff: 1e-2)
     ema_decay: float = 0.0  # exponential moving average of the trained weights (0: off)
+    motion_prior: bool = False  # at the end, fit a motion prior (prompt -> moving object's track) beside the modules
     max_nan_steps: int = 5  # consecutive non-finite losses before the run stops
     quiet: bool = False
 

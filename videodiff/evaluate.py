@@ -526,19 +526,41 @@ def evaluate_ground_truth(
     return evaluate_model(fn, range(n_per_combo), combos, label=label)
 
 
-# What a model report records of the resolved render settings (the drift, which follows the prompt, is left out).
-RENDER_SETTINGS = ("frames", "steps", "guidance", "scheduler", "noise", "noise_alpha", "height", "width")
+# What a model report records of the resolved render settings (not the prior's velocity: it follows the prompt).
+RENDER_SETTINGS = (
+    "frames",
+    "steps",
+    "guidance",
+    "scheduler",
+    "noise",
+    "noise_alpha",
+    "motion_prior",
+    "height",
+    "width",
+)
 
 
 def model_render_fn(
-    pipe: Any, *, steps: int | None = None, guidance: float | None = None, frames: int = 16
+    pipe: Any,
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    motion_prior: float | None = None,
+    frames: int = 16,
 ) -> tuple[RenderFn, dict[str, Any]]:
     """``render_fn`` of a loaded pipeline, and the settings it renders with, filled in by its first render
     (settings left ``None`` are resolved by the pipeline: the model's recorded defaults)."""
     settings: dict[str, Any] = {}
 
     def render(prompt: str, seed: int) -> np.ndarray:
-        result = pipe(prompt, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
+        result = pipe(
+            prompt,
+            num_frames=frames,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            motion_prior=motion_prior,
+            seed=seed,
+        )
         if not settings:
             settings.update({k: result.settings[k] for k in RENDER_SETTINGS})
         return result.frames
@@ -569,6 +591,7 @@ def run_shapes_eval(
     dtype: str | None = "auto",
     steps: int | None = None,
     guidance: float | None = None,
+    motion_prior: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """What ``videodiff eval shapes`` does, each report printed through ``echo``; returns JSON-ready results.
@@ -613,7 +636,7 @@ def run_shapes_eval(
         echo(report.table() + "\n")
     if pipe is None:
         return results
-    render_fn, settings = model_render_fn(pipe, steps=steps, guidance=guidance)
+    render_fn, settings = model_render_fn(pipe, steps=steps, guidance=guidance, motion_prior=motion_prior)
     name = model or "built-in shapes"
 
     def progress(done: int, total: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -22,6 +23,7 @@ from videodiff.io.models import ModelParts, builtin_model, load_model_parts, pac
 from videodiff.io.triggers import TriggeredLoRAs
 from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
+from videodiff.motion_prior import prompt_features, start_step
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
 
@@ -163,6 +165,25 @@ class VideoPipeline:
             )
         return self._context_cache[prompt]
 
+    def prior_guess(
+        self,
+        context: torch.Tensor,
+        shape: tuple[int, int, int, int, int],
+        generator: torch.Generator | None,
+        motion: tuple[float, float] | None = None,
+    ) -> tuple[torch.Tensor, tuple[float, float]]:
+        """The motion prior's clean latent video for a prompt's ``context``, and its velocity in pixels per frame."""
+        prior = self.parts.motion_prior
+        if prior is None:
+            raise UserError(
+                "--motion-prior needs motion modules with a motion prior (fitted by `videodiff train --motion-prior`)"
+            )
+        guess = prior.predict(prompt_features(context))
+        cells = None if motion is None else (motion[1] / self.vae_scale, motion[0] / self.vae_scale)
+        clean = prior.video(guess, shape, generator, cells)
+        vy, vx = cells if cells is not None else guess.velocity
+        return clean.to(self.device), (round(vx * self.vae_scale, 4), round(vy * self.vae_scale, 4))
+
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         return (1, self.unet.in_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
 
@@ -181,6 +202,8 @@ class VideoPipeline:
         latents: torch.Tensor | None = None,
         noise: str | None = None,
         noise_alpha: float | None = None,
+        motion_prior: float | None = None,
+        motion: tuple[float, float] | None = None,
         scheduler: str | None = None,
         decode_chunk: int = 16,
         output_type: str = "np",
@@ -190,6 +213,10 @@ class VideoPipeline:
 
         ``latents`` (``[1, C, F, h, w]``) replaces the seeded initial noise, as in diffusers;
         it is taken as unit-variance noise and scaled by the scheduler's ``init_noise_sigma``.
+        ``motion_prior`` (from 0 up to 1) starts that fraction into the schedule from the model's
+        motion prior (:mod:`videodiff.motion_prior`): its guess of the prompt's moving object,
+        moving at ``motion`` (pixels per frame, ``(dx, dy)``) or at the velocity it predicts,
+        noised with the initial noise; the first ``round(steps * motion_prior)`` steps are skipped.
         Settings left as ``None`` take the model's recorded defaults (``videodiff.json``), else
         16 frames, 25 steps, guidance 7.5, ddim and independent noise.
         """
@@ -202,6 +229,7 @@ class VideoPipeline:
         scheduler = scheduler or d.get("scheduler", "ddim")
         noise = noise or d.get("noise", "independent")
         noise_alpha = float(noise_alpha if noise_alpha is not None else d.get("noise_alpha", 1.0))
+        motion_prior = float(motion_prior if motion_prior is not None else d.get("motion_prior", 0.0))
         negative_prompt = negative_prompt if negative_prompt is not None else d.get("negative")
         if seed is None and latents is None:
             seed = secrets.randbelow(2**32)
@@ -217,6 +245,8 @@ class VideoPipeline:
             scheduler=scheduler,
             noise=noise,
             noise_alpha=float(noise_alpha),
+            motion_prior=motion_prior,
+            motion=tuple(motion) if motion is not None else None,
             decode_chunk=decode_chunk,
         ).validate()
         self.check_frames(num_frames)
@@ -240,7 +270,17 @@ class VideoPipeline:
             latents = noise_priors.sample_noise(shape, kind=noise, alpha=noise_alpha, generator=generator)
         elif tuple(latents.shape) != shape:
             raise UserError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-        latents = latents.to(self.device, self.dtype) * sched.init_noise_sigma
+        start = 0
+        if motion_prior > 0:  # start part-way from the motion prior's guess, noised with that noise
+            start = start_step(num_inference_steps, motion_prior)
+            clean, velocity = self.prior_guess(context, shape, generator, motion)
+            settings = dataclasses.replace(settings, motion=velocity)
+            latents = sampling.noised_start(sched, num_inference_steps, start, clean, latents.float().to(self.device))
+            latents = latents.to(self.device, self.dtype)
+        else:
+            if motion is not None:
+                notice("--motion has no effect without --motion-prior")
+            latents = latents.to(self.device, self.dtype) * sched.init_noise_sigma
         # 4. denoise
         latents = sampling.sample(
             self.unet,
@@ -252,6 +292,7 @@ class VideoPipeline:
             guidance=guidance_scale,
             generator=generator,
             progress=progress,
+            start=start,
         )
         # 5. decode
         frames = None
@@ -413,6 +454,8 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOut
         seed=seed,
         noise=config.noise,
         noise_alpha=config.noise_alpha,
+        motion_prior=config.motion_prior,
+        motion=config.motion,
         scheduler=config.scheduler,
         decode_chunk=config.decode_chunk,
         progress=not config.quiet,
@@ -435,6 +478,7 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
         "size_written": [int(result.frames.shape[2]), int(result.frames.shape[1])],
         "sources": pipe.parts.sources,
         "motion_lora_triggered": list(result.triggered),
+        "motion_prior_velocity": result.settings["motion"] if result.settings["motion_prior"] > 0 else None,
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "attention": pipe.attention,

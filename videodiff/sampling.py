@@ -35,8 +35,12 @@ def sample(
     guidance: float,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    start: int = 0,
 ) -> torch.Tensor:
     """Denoise ``latents`` (``[b c f h w]``, already scaled by ``init_noise_sigma``) in ``steps`` steps.
+
+    ``start > 0`` skips the first ``start`` steps: ``latents`` are then a clean guess noised to
+    the timestep where sampling starts (:func:`noised_start`), as img2img does.
 
     ``context``/``uncond_context`` are ``[b n d]`` (or ``[b f n d]``); the unconditional one
     is used only when ``uses_guidance(guidance)``. ``generator`` feeds stochastic
@@ -45,13 +49,13 @@ def sample(
     if latents.ndim != 5:
         raise ValueError(f"latents must be [b c f h w], got shape {tuple(latents.shape)}")
     # 1. timesteps
-    scheduler.set_timesteps(steps, device=latents.device)
+    set_start(scheduler, steps, start, latents.device)
     # 2. guidance batches the two branches: [uncond, cond]
     cfg = uses_guidance(guidance) and uncond_context is not None
     model_context = torch.cat([uncond_context, context]) if cfg else context
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     # 3. the loop
-    for t in tqdm(scheduler.timesteps, disable=not progress, desc="denoising", leave=False):
+    for t in tqdm(scheduler.timesteps[start:], disable=not progress, desc="denoising", leave=False):
         x = torch.cat([latents] * 2) if cfg else latents
         x = scheduler.scale_model_input(x, t)
         eps = denoiser(x, t, model_context)
@@ -60,3 +64,19 @@ def sample(
             eps = guided(eps_uncond, eps_cond, guidance)
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
     return latents
+
+
+def set_start(scheduler, steps: int, start: int, device: torch.device | str | None = None) -> None:
+    """Set ``steps`` timesteps on ``scheduler`` and tell it that sampling begins at step ``start``."""
+    if not 0 <= start < steps:
+        raise ValueError(f"start must be from 0 to {steps - 1}, got {start}")
+    scheduler.set_timesteps(steps, device=device)
+    if start and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+
+
+def noised_start(scheduler, steps: int, start: int, clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``clean`` noised by ``noise`` to the timestep of step ``start`` of ``steps``, in the scheduler's own scaling."""
+    set_start(scheduler, steps, start, clean.device)
+    t = scheduler.timesteps[start : start + 1]
+    return scheduler.add_noise(clean, noise, t)

@@ -16,6 +16,7 @@ from videodiff.config import MODEL_DEFAULT_KEYS, check_keys
 from videodiff.errors import UserError
 from videodiff.io.checkpoints import load_strict, read_state_dict
 from videodiff.log import notice
+from videodiff.motion_prior import PRIOR_FILE, MotionPrior
 from videodiff.unet.temporal import MotionStack
 
 # Files a diffusers hub repository may hold that videodiff never reads (often several GB).
@@ -185,6 +186,7 @@ class ModelParts:
     sources: dict[str, Any] = field(default_factory=dict)  # {"model": {"id", "sha256"}, "lora": [...], ...}
     norm_over_frames: bool = False  # original AnimateDiff v1 ran spatial GroupNorms over all frames
     triggers: tuple = ()  # Trigger: MotionLoRAs merged only for prompts with their word (videodiff.io.triggers)
+    motion_prior: Any = None  # a MotionPrior saved beside the motion modules (videodiff.motion_prior)
 
 
 def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
@@ -246,7 +248,7 @@ def load_model_parts(
         c["vae"] = load_vae_file(vae)
         sources["vae"] = {"id": vae, "sha256": fingerprint(vae)}
     own = root / OWN_MOTION_FOLDER if root.is_dir() else None
-    norm_over_frames = False
+    norm_over_frames, motion_prior = False, None
     if motion_module is None and own is not None and own.is_dir():
         motion_module = str(own)
     if motion_module is None:
@@ -269,6 +271,8 @@ def load_model_parts(
         }
         if location.is_dir() and (location / SPATIAL_FILE).is_file():
             apply_spatial_weights(c["unet"], location / SPATIAL_FILE)
+        if location.is_dir() and (location / PRIOR_FILE).is_file():
+            motion_prior = load_motion_prior(location / PRIOR_FILE, c)
     for spec in loras:
         path, scale = parse_scaled_path(spec)
         apply_lora(c["unet"], c["text_encoder"], path, scale)
@@ -294,7 +298,21 @@ def load_model_parts(
         sources,
         norm_over_frames,
         triggers,
+        motion_prior,
     )
+
+
+def load_motion_prior(path: Path, components: dict[str, Any]) -> MotionPrior:
+    """The motion prior beside motion modules, checked against the text encoder and U-Net it will read and feed."""
+    prior = MotionPrior.load(path)
+    width = components["text_encoder"].config.hidden_size
+    channels = components["unet"].config.in_channels
+    if prior.dim != width or prior.channels != channels:
+        raise UserError(
+            f"{path} is for {prior.dim}-wide text embeddings and {prior.channels}-channel latents; "
+            f"this model has {width} and {channels}"
+        )
+    return prior
 
 
 def load_triggers(root: Path, motion: MotionStack, specs: tuple[str, ...], sources: dict[str, Any]) -> tuple:

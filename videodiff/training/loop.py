@@ -30,6 +30,7 @@ from videodiff.config import TrainConfig
 from videodiff.errors import UserError
 from videodiff.io.models import SPATIAL_FILE, ModelParts, load_model_parts
 from videodiff.log import notice
+from videodiff.motion_prior import PRIOR_FILE, MotionPrior, prompt_features
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
 from videodiff.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from videodiff.training.data import ClipDataset, ResumableBatches, collate, find_clips
@@ -510,6 +511,32 @@ class Trainer:
         }
         if spatial:
             save_file(spatial, str(folder / SPATIAL_FILE))
+        if self.config.motion_prior:
+            self.fit_motion_prior(folder / PRIOR_FILE)
+
+    @torch.no_grad()
+    def fit_motion_prior(self, path: Path) -> None:
+        """Fit a motion prior (:mod:`videodiff.motion_prior`) to the captioned clips and save it at ``path``."""
+        clips = self.dataset if isinstance(self.dataset, CachedLatents) else self.encode_latents(self.dataset)
+        features, latents = [], []
+        for clip, caption in zip(clips.latents, clips.captions):
+            if not caption:
+                continue
+            if caption not in self.context_cache:
+                self.context_cache[caption] = text.encode_prompts(
+                    self.parts.tokenizer, self.parts.text_encoder, [caption], self.device
+                )[0]
+            features.append(prompt_features(self.context_cache[caption][None])[0])
+            latents.append(clip.float().cpu())
+        if len(features) < 2:
+            raise UserError("--motion-prior fits the clips' captions, and fewer than two clips have one")
+        prior, fit = MotionPrior.fit(torch.stack(features), torch.stack(latents))
+        prior.save(path, fit)
+        notice(
+            f"motion prior fitted to {fit['clips']} captioned clips (velocity rms error "
+            f"{fit['velocity_rms_cells_per_frame']:.3f} cells/frame, direction agrees on "
+            f"{100 * fit['direction_agreement']:.0f}%): {path}"
+        )
 
 
 def train(config: TrainConfig) -> Path:

@@ -1,0 +1,213 @@
+"""The motion prior: tracks measured in latents, the prompt-to-track fit, its guess, files, sampling from it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import assert_user_error, invoke, ok, read_json
+from safetensors.torch import save_file
+
+from videodiff import load_pipeline, sampling
+from videodiff.errors import UserError
+from videodiff.motion_prior import PRIOR_FILE, MotionPrior, object_patches, object_tracks, prompt_features, start_step
+from videodiff.schedulers import make_scheduler
+
+RENDER = dict(num_frames=4, height=16, width=16, num_inference_steps=4, output_type="latent")
+
+
+def blob_clip(velocity, *, start, channel=0, sign=1.0, c=4, f=8, h=16, w=16, background=0.3) -> torch.Tensor:
+    """``[c f h w]``: a constant background, a Gaussian blob (one channel) moving ``velocity`` cells/frame (dy, dx)."""
+    ys, xs = torch.arange(h, dtype=torch.float32)[:, None], torch.arange(w, dtype=torch.float32)[None, :]
+    clip = torch.full((c, f, h, w), background)
+    for k in range(f):
+        cy, cx = start[0] + velocity[0] * k, start[1] + velocity[1] * k
+        clip[channel, k] += sign * 2.0 * torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / 2.0)
+    return clip
+
+
+def test_tracks_and_patches_read_a_moving_blob():
+    clips = torch.stack([blob_clip((0.5, -0.75), start=(3.0, 12.0)), blob_clip((0.0, 1.0), start=(8.0, 2.0))])
+    background, track, velocity = object_tracks(clips)
+    assert torch.allclose(background, torch.full((2, 4), 0.3))
+    assert torch.allclose(velocity, torch.tensor([[0.5, -0.75], [0.0, 1.0]]), atol=0.1)
+    assert torch.allclose(track[1, 0], torch.tensor([8.0, 2.0]), atol=0.3)
+    patches = object_patches(clips, background, track, 5)
+    assert patches.shape == (2, 4, 5, 5)
+    centre = patches[:, 0].flatten(1).argmax(1)
+    assert centre.tolist() == [12, 12]  # the middle cell of 5x5: the blob sits on its track
+    assert patches[:, 1:].abs().max() < 1e-6  # the other channels hold only background
+
+
+def synthetic_set(n_per: int = 6):
+    """Clips whose direction (features 0, 1) and colour channel (2, 3) are separate words; one pairing held out."""
+    feats, clips, held = [], [], None
+    g = torch.Generator().manual_seed(0)
+    for right in (0, 1):
+        for channel in (0, 1):
+            v = (0.0, 0.8 if right else -0.8)
+            words = torch.tensor([1.0 - right, right, 1.0 - channel, channel])
+            if (right, channel) == (1, 1):
+                held = words  # never in training: "right" with channel 1
+                continue
+            for i in range(n_per):
+                x0 = 2.0 + 0.5 * i if right else 13.0 - 0.5 * i
+                clips.append(blob_clip(v, start=(4.0 + i, x0), channel=channel))
+                feats.append(torch.cat([words, 0.01 * torch.randn(4, generator=g)]))
+    return torch.stack(feats), torch.stack(clips), torch.cat([held, torch.zeros(4)])
+
+
+def test_fit_predicts_direction_and_appearance_even_for_a_held_out_pairing():
+    feats, clips, held = synthetic_set()
+    prior, fit = MotionPrior.fit(feats, clips, patch=5)
+    assert fit["clips"] == len(clips) and fit["direction_agreement"] == 1.0
+    assert fit["velocity_rms_cells_per_frame"] < 0.1
+    left_0 = prior.predict(feats[0])
+    assert left_0.velocity[1] < -0.6 and abs(left_0.velocity[0]) < 0.1
+    assert left_0.patch[0, 2, 2] > 1.0 and left_0.patch[1, 2, 2] < 0.3
+    right_1 = prior.predict(held)  # the words' effects add up
+    assert right_1.velocity[1] > 0.6
+    assert right_1.patch[1, 2, 2] > 1.0 and right_1.patch[0, 2, 2] < 0.3
+    assert torch.allclose(right_1.background, torch.full((4,), 0.3), atol=0.05)
+
+
+def test_the_guess_moves_at_its_velocity_in_view_from_a_seeded_start():
+    feats, clips, _ = synthetic_set()
+    prior, _ = MotionPrior.fit(feats, clips, patch=5)
+    guess = prior.predict(feats[0])
+    shape = (1, 4, 16, 16, 16)
+    videos = [prior.video(guess, shape, torch.Generator().manual_seed(s), velocity=(0.3, 0.6)) for s in (1, 1, 2)]
+    assert videos[0].shape == shape
+    assert torch.equal(videos[0], videos[1]) and not torch.equal(videos[0], videos[2])
+    for video in videos:
+        _, track, velocity = object_tracks(video)
+        assert torch.allclose(velocity[0], torch.tensor([0.3, 0.6]), atol=0.1)
+        assert track.min() >= 1.5 and track.max() <= 13.5  # the whole 5-cell patch in the 16-cell frame
+    _, _, own = object_tracks(prior.video(guess, shape, torch.Generator().manual_seed(0)))
+    assert own[0, 1] < -0.5  # without an override, the prompt's predicted velocity
+
+
+def test_save_load_round_trip_and_bad_files(tmp_path):
+    feats, clips, _ = synthetic_set(2)
+    prior, fit = MotionPrior.fit(feats, clips, patch=3)
+    path = prior.save(tmp_path / PRIOR_FILE, fit)
+    back = MotionPrior.load(path)
+    a, b = prior.predict(feats[1]), back.predict(feats[1])
+    assert a.velocity == pytest.approx(b.velocity, abs=1e-5) and torch.allclose(a.patch, b.patch, atol=1e-5)
+    save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"))
+    (tmp_path / "text.safetensors").write_text("not a safetensors file")
+    for bad in (tmp_path / "other.safetensors", tmp_path / "text.safetensors", tmp_path / "missing.safetensors"):
+        with pytest.raises(UserError) as info:
+            MotionPrior.load(bad)
+        assert "\n" not in str(info.value) and str(bad) in str(info.value)
+    with pytest.raises(UserError, match="two captioned clips"):
+        MotionPrior.fit(feats[:1], clips[:1])
+
+
+def test_start_step_leaves_at_least_one_step():
+    assert [start_step(12, f) for f in (0.0, 0.33, 0.5, 0.99)] == [0, 4, 6, 11]
+
+
+def test_sampling_from_a_start_step_is_the_tail_of_the_schedule(tiny_pipe):
+    """start=k runs exactly the last steps: the same as the full loop's tail from the same noised latents."""
+    sched = make_scheduler("ddim", tiny_pipe.parts.scheduler_config)
+    g = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(1, 4, 4, 8, 8, generator=g), torch.randn(1, 4, 4, 8, 8, generator=g)
+    x = sampling.noised_start(sched, 6, 2, clean, noise)
+    t = sched.timesteps[2]
+    ab = sched.alphas_cumprod[t]
+    assert torch.allclose(x, ab.sqrt() * clean + (1 - ab).sqrt() * noise, atol=1e-6)
+    context = tiny_pipe.encode("a square")
+    calls = []
+
+    def denoiser(x, t, c):
+        calls.append(int(t))
+        return tiny_pipe.unet(x, t, c)
+
+    sampling.sample(
+        denoiser, x, sched, steps=6, context=context, uncond_context=None, guidance=1.0, progress=False, start=2
+    )
+    assert calls == [int(v) for v in sched.timesteps[2:]]
+
+
+@pytest.fixture(scope="module")
+def prior_motion(tiny_motion, tiny_pipe, tmp_path_factory) -> Path:
+    """The tiny motion modules with a motion prior fitted to blob clips captioned left/right."""
+    folder = tmp_path_factory.mktemp("prior") / "motion"
+    shutil.copytree(tiny_motion, folder)
+    feats, clips = [], []
+    for i in range(6):
+        for word, v in (("left", -0.8), ("right", 0.8)):
+            feats.append(prompt_features(tiny_pipe.encode(f"a square moving {word}"))[0])
+            clips.append(blob_clip((0.0, v), start=(4.0, 1.5 + 0.3 * i if v > 0 else 6.0 - 0.3 * i), f=4, h=8, w=8))
+    prior, fit = MotionPrior.fit(torch.stack(feats), torch.stack(clips), patch=3)
+    prior.save(folder / PRIOR_FILE, fit)
+    return folder
+
+
+def test_pipeline_starts_from_the_prior_only_when_asked(tiny_model, tiny_motion, prior_motion):
+    plain = load_pipeline(str(tiny_model), str(tiny_motion))
+    pipe = load_pipeline(str(tiny_model), str(prior_motion))
+    assert pipe.parts.motion_prior is not None and plain.parts.motion_prior is None
+    off = pipe("a square moving left", seed=1, **RENDER)
+    assert torch.equal(off.latents, plain("a square moving left", seed=1, **RENDER).latents)
+    on = pipe("a square moving left", seed=1, motion_prior=0.5, **RENDER)
+    assert not torch.equal(on.latents, off.latents)
+    dx, dy = on.settings["motion"]
+    assert dx < -1.0 and abs(dy) < 0.5  # the prompt's velocity, in pixels per frame (x2 for this VAE)
+    right = pipe("a square moving right", seed=1, motion_prior=0.5, **RENDER)
+    assert right.settings["motion"][0] > 1.0
+    forced = pipe("a square moving left", seed=1, motion_prior=0.5, motion=(2.0, 0.0), **RENDER)
+    assert forced.settings["motion"] == (2.0, 0.0)
+    # the start is the prior's guess noised with the seed's noise: the same seed gives the same video
+    again = pipe("a square moving left", seed=1, motion_prior=0.5, **RENDER)
+    assert torch.equal(again.latents, on.latents)
+    with pytest.raises(UserError, match="motion prior"):
+        plain("a square", seed=1, motion_prior=0.5, **RENDER)
+
+
+def test_a_prior_for_another_model_is_refused_at_load(tiny_model, tiny_motion, tmp_path):
+    folder = tmp_path / "motion"
+    shutil.copytree(tiny_motion, folder)
+    feats, clips, _ = synthetic_set(2)  # 8-wide features: the tiny text encoder's are wider
+    MotionPrior.fit(feats, clips, patch=3)[0].save(folder / PRIOR_FILE)
+    with pytest.raises(UserError, match="text embeddings"):
+        load_pipeline(str(tiny_model), str(folder))
+
+
+def test_cli_motion_prior_and_motion(tiny_model, tiny_motion, prior_motion, tmp_path):
+    models = ("--model", str(tiny_model), "--motion-module", str(prior_motion))
+    small = ("--frames", 4, "--height", 16, "--width", 16, "--steps", 2, "--seed", 1, "-q")
+    out = tmp_path / "a.gif"
+    ok(invoke("render", "a square moving right", *models, *small, "--motion-prior", 0.5, "--motion", "2,-1", "-o", out))
+    side = read_json(out.with_name(out.name + ".json"))
+    assert side["motion_prior"] == 0.5 and side["motion"] == [2.0, -1.0]
+    assert side["info"]["motion_prior_velocity"] == [2.0, -1.0]
+    for bad in (("--motion", "2"), ("--motion", "a,b"), ("--motion-prior", 1), ("--motion-prior", -0.1)):
+        assert_user_error(invoke("render", "a square", *models, *small, *bad, "-o", tmp_path / "b.gif"))
+    plain = ("--model", str(tiny_model), "--motion-module", str(tiny_motion))
+    assert_user_error(invoke("render", "a square", *plain, *small, "--motion-prior", 0.5, "-o", tmp_path / "c.gif"))
+    assert not (tmp_path / "b.gif").exists() and not (tmp_path / "c.gif").exists()
+
+
+def test_training_fits_a_prior_that_render_loads(tiny_model, tmp_path):
+    from clips import write_dataset
+
+    from videodiff.config import TrainConfig
+    from videodiff.training.loop import train
+
+    data = write_dataset(tmp_path / "clips", count=3)  # red squares moving right, 2 px per frame
+    config = TrainConfig(
+        model=str(tiny_model), data=str(data), output=str(tmp_path / "run"), frames=4, stride=2, resolution=16,
+        steps=1, cache_latents=True, num_workers=0, quiet=True, motion_prior=True,
+    )  # fmt: skip
+    run = train(config)
+    assert (run / "motion_module" / PRIOR_FILE).is_file()
+    pipe = load_pipeline(str(tiny_model), str(run / "motion_module"))
+    result = pipe("a red square moving right", seed=0, motion_prior=0.5, **RENDER)
+    dx, dy = result.settings["motion"]
+    assert dx > 1.0 and abs(dy) < 0.5  # about 2 px per frame at 16 px (4 px per kept frame at 32 px, halved)
+    untrained = train(config.replace(output=str(tmp_path / "plain"), motion_prior=False))
+    assert not (untrained / "motion_module" / PRIOR_FILE).exists()
