@@ -9,7 +9,8 @@
 
 Stage 1 is this script (it reuses the package's noise prior, training schedule and the
 shapes generator); stage 2 is the package's own `videodiff train` (see `train_motion`):
-new motion modules and the attention queries (configs/train/shapes-motion.yaml). Every stage
+new motion modules and the attention queries (configs/train/shapes-motion.yaml), and at its
+end the motion prior that sampling starts from (`motion_prior: true`). Every stage
 resumes: a finished stage is skipped, stage 1 checkpoints every `--save-every` steps, and
 `videodiff train --resume latest` continues an interrupted motion run.
 Runs on a CPU (2 cores: about 80 minutes in all, measured) or a GPU (`--device cuda`).

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from videodiff import load_pipeline, sampling
 from videodiff.errors import UserError
-from videodiff.motion_prior import PRIOR_FILE, MotionPrior, object_patches, object_tracks, prompt_features, start_step
+from videodiff.motion_prior import PRIOR_FILE, MotionPrior, object_tracks, object_windows, prompt_features, start_step
 from videodiff.schedulers import make_scheduler
 
 RENDER = dict(num_frames=4, height=16, width=16, num_inference_steps=4, output_type="latent")
@@ -34,8 +34,9 @@ def test_tracks_and_patches_read_a_moving_blob():
     assert torch.allclose(background, torch.full((2, 4), 0.3))
     assert torch.allclose(velocity, torch.tensor([[0.5, -0.75], [0.0, 1.0]]), atol=0.1)
     assert torch.allclose(track[1, 0], torch.tensor([8.0, 2.0]), atol=0.3)
-    patches = object_patches(clips, background, track, 5)
-    assert patches.shape == (2, 4, 5, 5)
+    windows = object_windows(clips, background, track, 5)
+    assert windows.shape == (2, 8, 4, 5, 5)
+    patches = windows.mean(1)
     centre = patches[:, 0].flatten(1).argmax(1)
     assert centre.tolist() == [12, 12]  # the middle cell of 5x5: the blob sits on its track
     assert patches[:, 1:].abs().max() < 1e-6  # the other channels hold only background
@@ -64,6 +65,7 @@ def test_fit_predicts_direction_and_appearance_even_for_a_held_out_pairing():
     prior, fit = MotionPrior.fit(feats, clips, patch=5)
     assert fit["clips"] == len(clips) and fit["direction_agreement"] == 1.0
     assert fit["velocity_rms_cells_per_frame"] < 0.1
+    assert prior.contrast == fit["contrast"] and 1.0 <= prior.contrast < 1.5  # one blob size: little to restore
     left_0 = prior.predict(feats[0])
     assert left_0.velocity[1] < -0.6 and abs(left_0.velocity[0]) < 0.1
     assert left_0.patch[0, 2, 2] > 1.0 and left_0.patch[1, 2, 2] < 0.3
@@ -96,6 +98,7 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     back = MotionPrior.load(path)
     a, b = prior.predict(feats[1]), back.predict(feats[1])
     assert a.velocity == pytest.approx(b.velocity, abs=1e-5) and torch.allclose(a.patch, b.patch, atol=1e-5)
+    assert back.contrast == prior.contrast
     save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"))
     (tmp_path / "text.safetensors").write_text("not a safetensors file")
     for bad in (tmp_path / "other.safetensors", tmp_path / "text.safetensors", tmp_path / "missing.safetensors"):
@@ -211,3 +214,11 @@ def test_training_fits_a_prior_that_render_loads(tiny_model, tmp_path):
     assert dx > 1.0 and abs(dy) < 0.5  # about 2 px per frame at 16 px (4 px per kept frame at 32 px, halved)
     untrained = train(config.replace(output=str(tmp_path / "plain"), motion_prior=False))
     assert not (untrained / "motion_module" / PRIOR_FILE).exists()
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++"])
+def test_every_scheduler_starts_part_way(tiny_model, prior_motion, scheduler):
+    pipe = load_pipeline(str(tiny_model), str(prior_motion))
+    result = pipe("a square moving right", seed=2, scheduler=scheduler, motion_prior=0.5, **RENDER)
+    assert torch.isfinite(result.latents).all()
+    assert result.latents.abs().max() < 50  # in the clean latents' range, not left at Euler's noise scale

@@ -68,8 +68,8 @@ def object_tracks(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return background, track, velocity
 
 
-def object_patches(latents: torch.Tensor, background: torch.Tensor, track: torch.Tensor, patch: int) -> torch.Tensor:
-    """``[b c patch patch]``: each clip's deviation from its background around its track, averaged over frames."""
+def object_windows(latents: torch.Tensor, background: torch.Tensor, track: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[b f c patch patch]``: each frame's deviation from its clip's background, around the clip's track."""
     x = latents.detach().float().cpu()
     b, c, f, h, w = x.shape
     offsets = torch.arange(patch, dtype=torch.float32) - (patch - 1) / 2
@@ -79,7 +79,7 @@ def object_patches(latents: torch.Tensor, background: torch.Tensor, track: torch
     grid = torch.stack([xs / max(w - 1, 1) * 2 - 1, ys / max(h - 1, 1) * 2 - 1], -1).reshape(b * f, patch, patch, 2)
     deviation = (x - background[:, :, None, None, None]).transpose(1, 2).reshape(b * f, c, h, w)
     sampled = F.grid_sample(deviation, grid, align_corners=True, padding_mode="zeros")
-    return sampled.view(b, f, c, patch, patch).mean(1)
+    return sampled.view(b, f, c, patch, patch)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,12 @@ class Guess:
 
 
 class MotionPrior:
-    """``targets = standardise(features) @ weight + bias``; targets are velocity, patch and background."""
+    """``targets = standardise(features) @ weight + bias``; targets are velocity, patch and background.
+
+    The predicted patch is multiplied by ``contrast``: fitted to a mean over object sizes and
+    sub-cell positions, it is fainter than any one frame's object, and ``contrast`` (set by
+    :meth:`fit`) restores the mean norm of one frame's window (on whole cells, at the track).
+    """
 
     def __init__(
         self,
@@ -102,9 +107,10 @@ class MotionPrior:
         bias: torch.Tensor,
         channels: int,
         patch: int,
+        contrast: float = 1.0,
     ) -> None:
         self.mean, self.scale, self.weight, self.bias = (t.double() for t in (mean, scale, weight, bias))
-        self.channels, self.patch = int(channels), int(patch)
+        self.channels, self.patch, self.contrast = int(channels), int(patch), float(contrast)
         self.check()
 
     def check(self) -> None:
@@ -115,6 +121,7 @@ class MotionPrior:
             or self.weight.shape != (d, m)
             or self.bias.shape != (m,)
             or not all(torch.isfinite(t).all() for t in (self.mean, self.scale, self.weight, self.bias))
+            or not 0 < self.contrast < 100
         ):
             raise UserError("motion prior tensors have the wrong shapes or are not finite")
 
@@ -128,8 +135,9 @@ class MotionPrior:
     ) -> tuple[MotionPrior, dict[str, float]]:
         """Fit to ``features`` (``[n d]``: :func:`prompt_features` of the captions) and ``latents`` (``[n c f h w]``).
 
-        Returns the prior and how well it fits: the rms error of the velocity (cells per frame)
-        and the fraction of clips whose larger velocity component it predicts with the right axis and sign.
+        Returns the prior and how well it fits: the rms error of the velocity (cells per frame),
+        the fraction of clips whose larger velocity component it predicts with the right axis
+        and sign, and the contrast it restores.
         """
         x = features.double()
         n = x.shape[0]
@@ -140,15 +148,20 @@ class MotionPrior:
         if patch < 1 or patch % 2 == 0:
             raise ValueError(f"patch must be an odd number of cells, got {patch}")
         background, track, velocity = object_tracks(latents)
-        patches = object_patches(latents, background, track, patch)
+        windows = object_windows(latents, background, track, patch)
+        patches = windows.mean(1)
         targets = torch.cat([velocity, patches.flatten(1), background], 1).double()
         mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
         z = (x - mean) / scale
         bias = targets.mean(0)
         gram = z.T @ z + ridge * n * torch.eye(z.shape[1], dtype=z.dtype)
         weight = torch.linalg.solve(gram, z.T @ (targets - bias))
-        prior = cls(mean, scale, weight, bias, latents.shape[1], patch)
-        predicted = (z @ weight + bias)[:, :2]
+        fitted = z @ weight + bias
+        fitted_norm = fitted[:, 2 : 2 + patches[0].numel()].norm(dim=1).mean().clamp_min(1e-8)
+        frames = object_windows(latents, background, track.round(), patch)  # whole cells: no resampling blur
+        contrast = float(frames.flatten(2).norm(dim=2).mean() / fitted_norm)
+        prior = cls(mean, scale, weight, bias, latents.shape[1], patch, contrast)
+        predicted = fitted[:, :2]
         rms = float((predicted - velocity.double()).pow(2).sum(1).mean().sqrt())
         axis = velocity.abs().argmax(1)
         rows = torch.arange(n)
@@ -159,6 +172,7 @@ class MotionPrior:
             "clips": n,
             "velocity_rms_cells_per_frame": rms,
             "direction_agreement": float(same.double().mean()),
+            "contrast": contrast,
         }
 
     def predict(self, features: torch.Tensor) -> Guess:
@@ -168,7 +182,8 @@ class MotionPrior:
             raise UserError(f"the motion prior reads {self.dim}-wide text embeddings, got {f.shape[0]}")
         y = ((f - self.mean) / self.scale) @ self.weight + self.bias
         k, c = self.patch, self.channels
-        return Guess((float(y[0]), float(y[1])), y[2 : 2 + c * k * k].float().view(c, k, k), y[2 + c * k * k :].float())
+        patch = y[2 : 2 + c * k * k].float().view(c, k, k) * self.contrast
+        return Guess((float(y[0]), float(y[1])), patch, y[2 + c * k * k :].float())
 
     def video(
         self,
@@ -213,6 +228,7 @@ class MotionPrior:
             "format": FORMAT,
             "channels": str(self.channels),
             "patch": str(self.patch),
+            "contrast": repr(self.contrast),
             "info": json.dumps(info or {}),
         }
         with atomic_file(Path(path)) as tmp:
@@ -230,11 +246,11 @@ class MotionPrior:
                 if meta.get("format") != FORMAT:
                     raise UserError(f"{path}: not a videodiff motion prior")
                 t = {k: fh.get_tensor(k) for k in ("mean", "scale", "weight", "bias")}
-                channels, patch = int(meta["channels"]), int(meta["patch"])
+                channels, patch, contrast = int(meta["channels"]), int(meta["patch"]), float(meta["contrast"])
         except (OSError, SafetensorError, KeyError, ValueError) as exc:
             raise UserError(f"{path}: not a readable motion prior ({exc})") from None
         try:
-            return cls(t["mean"], t["scale"], t["weight"], t["bias"], channels, patch)
+            return cls(t["mean"], t["scale"], t["weight"], t["bias"], channels, patch, contrast)
         except UserError as exc:
             raise UserError(f"{path}: {exc}") from None
 
