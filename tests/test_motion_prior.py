@@ -222,3 +222,19 @@ def test_every_scheduler_starts_part_way(tiny_model, prior_motion, scheduler):
     result = pipe("a square moving right", seed=2, scheduler=scheduler, motion_prior=0.5, **RENDER)
     assert torch.isfinite(result.latents).all()
     assert result.latents.abs().max() < 50  # in the clean latents' range, not left at Euler's noise scale
+
+
+def test_a_models_default_start_needs_motion_modules_with_a_prior(tiny_model, tiny_motion, prior_motion, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "videodiff.json").write_text('{"defaults": {"motion_prior": 0.5}}')
+    with_prior = load_pipeline(str(model), str(prior_motion))("a square moving left", seed=1, **RENDER)
+    assert with_prior.settings["motion_prior"] == 0.5 and with_prior.settings["motion"] is not None
+    # other motion modules: the model's recommendation cannot apply, and the render goes on from noise
+    other = load_pipeline(str(model), str(tiny_motion))
+    result = other("a square moving left", seed=1, **RENDER)
+    assert result.settings["motion_prior"] == 0.0
+    reference = load_pipeline(str(tiny_model), str(tiny_motion))("a square moving left", seed=1, **RENDER)
+    assert torch.equal(result.latents, reference.latents)
+    with pytest.raises(UserError, match="motion prior"):  # asked for another start explicitly: an error
+        other("a square moving left", seed=1, motion_prior=0.25, **RENDER)

@@ -230,6 +230,12 @@ class VideoPipeline:
         noise = noise or d.get("noise", "independent")
         noise_alpha = float(noise_alpha if noise_alpha is not None else d.get("noise_alpha", 1.0))
         motion_prior = float(motion_prior if motion_prior is not None else d.get("motion_prior", 0.0))
+        if motion_prior > 0 and self.parts.motion_prior is None and motion_prior == d.get("motion_prior"):
+            # the model recommends a start for its own motion modules; these have no prior to start from
+            notice(
+                f"the model's motion_prior {motion_prior:g} does not apply: these motion modules have no motion prior"
+            )
+            motion_prior = 0.0
         negative_prompt = negative_prompt if negative_prompt is not None else d.get("negative")
         if seed is None and latents is None:
             seed = secrets.randbelow(2**32)
