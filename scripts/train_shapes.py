@@ -397,7 +397,7 @@ def package(out: Path, target: Path) -> None:
     (staging / "videodiff.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2) + "\n")
     for weights in staging.rglob("*.safetensors"):  # one pass: fold, then write fp16
         if weights.name == PRIOR_FILE:
-            continue  # 14 kB, kept in fp32 with its metadata
+            continue  # 29 kB, kept in fp32 with its metadata
         tensors = load_file(str(weights))
         if weights == unet_file and trained:
             if not set(trained) <= set(tensors):
