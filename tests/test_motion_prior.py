@@ -238,3 +238,29 @@ def test_a_models_default_start_needs_motion_modules_with_a_prior(tiny_model, ti
     assert torch.equal(result.latents, reference.latents)
     with pytest.raises(UserError, match="motion prior"):  # asked for another start explicitly: an error
         other("a square moving left", seed=1, motion_prior=0.25, **RENDER)
+
+
+def test_training_without_cached_latents_fits_the_prior_clip_by_clip(tiny_model, tmp_path):
+    from clips import write_dataset
+
+    from videodiff.config import TrainConfig
+    from videodiff.training.loop import train
+
+    data = write_dataset(tmp_path / "clips", count=2)
+    config = TrainConfig(
+        model=str(tiny_model), data=str(data), output=str(tmp_path / "run"), frames=4, stride=2, resolution=16,
+        steps=1, num_workers=0, quiet=True, motion_prior=True,
+    )  # fmt: skip
+    prior = MotionPrior.load(train(config) / "motion_module" / PRIOR_FILE)
+    assert prior.channels == 4 and prior.patch == 5
+
+
+def test_fitting_clip_by_clip_equals_fitting_all_at_once():
+    from videodiff.motion_prior import ClipTargets, clip_targets
+
+    feats, clips, _ = synthetic_set(3)
+    whole, fit = MotionPrior.fit(feats, clips, patch=5)
+    parts = ClipTargets.cat([clip_targets(clip[None], 5) for clip in clips])
+    streamed, fit2 = MotionPrior.fit_targets(feats, parts)
+    assert fit2 == pytest.approx(fit)
+    assert torch.allclose(whole.weight, streamed.weight) and whole.contrast == pytest.approx(streamed.contrast)

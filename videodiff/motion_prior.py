@@ -83,6 +83,39 @@ def object_windows(latents: torch.Tensor, background: torch.Tensor, track: torch
 
 
 @dataclass(frozen=True)
+class ClipTargets:
+    """What a fit needs of a batch of clips (small: the latents themselves can go)."""
+
+    targets: torch.Tensor  # [b m]: velocity (2, cells per frame), patch (c * patch * patch), background (c)
+    frame_norms: torch.Tensor  # [b]: mean norm of one frame's object window, on whole cells
+    channels: int
+    patch: int
+
+    @staticmethod
+    def cat(parts: list[ClipTargets]) -> ClipTargets:
+        if not parts or any((p.channels, p.patch) != (parts[0].channels, parts[0].patch) for p in parts):
+            raise ValueError("clip targets to join must exist and share channels and patch size")
+        return ClipTargets(
+            torch.cat([p.targets for p in parts]),
+            torch.cat([p.frame_norms for p in parts]),
+            parts[0].channels,
+            parts[0].patch,
+        )
+
+
+def clip_targets(latents: torch.Tensor, patch: int = PATCH) -> ClipTargets:
+    """The regression targets of each clip of ``latents`` (``[b c f h w]``): its object's velocity,
+    mean patch along its track and background, and one frame's object contrast."""
+    if patch < 1 or patch % 2 == 0:
+        raise ValueError(f"patch must be an odd number of cells, got {patch}")
+    background, track, velocity = object_tracks(latents)
+    patches = object_windows(latents, background, track, patch).mean(1)
+    frames = object_windows(latents, background, track.round(), patch)  # whole cells: no resampling blur
+    targets = torch.cat([velocity, patches.flatten(1), background], 1).double()
+    return ClipTargets(targets, frames.flatten(2).norm(dim=2).mean(1).double(), latents.shape[1], patch)
+
+
+@dataclass(frozen=True)
 class Guess:
     """A prompt's guess: velocity (cells per frame, ``(dy, dx)``), appearance patch ``[c k k]``, background ``[c]``."""
 
@@ -135,38 +168,45 @@ class MotionPrior:
     ) -> tuple[MotionPrior, dict[str, float]]:
         """Fit to ``features`` (``[n d]``: :func:`prompt_features` of the captions) and ``latents`` (``[n c f h w]``).
 
+        See :meth:`fit_targets`; a large dataset can call :func:`clip_targets` clip by clip instead.
+        """
+        if latents.shape[0] != features.shape[0]:
+            raise UserError(
+                f"a motion prior needs a caption per clip: {features.shape[0]} for {latents.shape[0]} clips"
+            )
+        return cls.fit_targets(features, clip_targets(latents, patch), ridge=ridge)
+
+    @classmethod
+    def fit_targets(
+        cls, features: torch.Tensor, clips: ClipTargets, *, ridge: float = RIDGE
+    ) -> tuple[MotionPrior, dict[str, float]]:
+        """Ridge regression of the clips' targets on ``features`` (``[n d]``), in closed form.
+
         Returns the prior and how well it fits: the rms error of the velocity (cells per frame),
         the fraction of clips whose larger velocity component it predicts with the right axis
         and sign, and the contrast it restores.
         """
-        x = features.double()
+        x, targets = features.double(), clips.targets
         n = x.shape[0]
-        if n < 2 or latents.shape[0] != n:
+        if n < 2 or targets.shape[0] != n:
             raise UserError(
-                f"a motion prior needs at least two captioned clips, got {n} features and {latents.shape[0]} clips"
+                f"a motion prior needs at least two captioned clips, got {n} captions and {targets.shape[0]} clips"
             )
-        if patch < 1 or patch % 2 == 0:
-            raise ValueError(f"patch must be an odd number of cells, got {patch}")
-        background, track, velocity = object_tracks(latents)
-        windows = object_windows(latents, background, track, patch)
-        patches = windows.mean(1)
-        targets = torch.cat([velocity, patches.flatten(1), background], 1).double()
         mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
         z = (x - mean) / scale
         bias = targets.mean(0)
         gram = z.T @ z + ridge * n * torch.eye(z.shape[1], dtype=z.dtype)
         weight = torch.linalg.solve(gram, z.T @ (targets - bias))
         fitted = z @ weight + bias
-        fitted_norm = fitted[:, 2 : 2 + patches[0].numel()].norm(dim=1).mean().clamp_min(1e-8)
-        frames = object_windows(latents, background, track.round(), patch)  # whole cells: no resampling blur
-        contrast = float(frames.flatten(2).norm(dim=2).mean() / fitted_norm)
-        prior = cls(mean, scale, weight, bias, latents.shape[1], patch, contrast)
-        predicted = fitted[:, :2]
-        rms = float((predicted - velocity.double()).pow(2).sum(1).mean().sqrt())
+        fitted_norm = fitted[:, 2 : 2 + clips.channels * clips.patch**2].norm(dim=1).mean().clamp_min(1e-8)
+        contrast = float(clips.frame_norms.mean() / fitted_norm)
+        prior = cls(mean, scale, weight, bias, clips.channels, clips.patch, contrast)
+        predicted, velocity = fitted[:, :2], targets[:, :2]
+        rms = float((predicted - velocity).pow(2).sum(1).mean().sqrt())
         axis = velocity.abs().argmax(1)
         rows = torch.arange(n)
         same = (predicted.abs().argmax(1) == axis) & (
-            torch.sign(predicted[rows, axis]) == torch.sign(velocity[rows, axis].double())
+            torch.sign(predicted[rows, axis]) == torch.sign(velocity[rows, axis])
         )
         return prior, {
             "clips": n,

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from videodiff.config import TrainConfig
 from videodiff.errors import UserError
 from videodiff.io.models import SPATIAL_FILE, ModelParts, load_model_parts
 from videodiff.log import notice
-from videodiff.motion_prior import PRIOR_FILE, MotionPrior, prompt_features
+from videodiff.motion_prior import PRIOR_FILE, ClipTargets, MotionPrior, clip_targets, prompt_features
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
 from videodiff.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from videodiff.training.data import ClipDataset, ResumableBatches, collate, find_clips
@@ -243,17 +244,22 @@ class Trainer:
         return cached
 
     @torch.no_grad()
-    def encode_latents(self, dataset: ClipDataset) -> CachedLatents:
-        latents, captions = [], []
-        for index in tqdm(range(len(dataset)), desc="caching latents", disable=not self.is_main or self.config.quiet):
+    def encoded_clips(self, dataset: ClipDataset, desc: str) -> Iterator[tuple[torch.Tensor, str]]:
+        """``(latents [c f h w], caption)`` of one clip per video, one at a time; unreadable ones are counted."""
+        for index in tqdm(range(len(dataset)), desc=desc, disable=not self.is_main or self.config.quiet):
             item = dataset[(index, 0)]
             if "skipped" in item:
                 self.skipped[item["skipped"]] = item["reason"]
                 continue
             pixels = item["pixels"][None].to(self.device, self.parts.vae.dtype)
             gen = step_generator(self.config.seed, -1 - index, 0)
-            latents.append(vae.encode(self.parts.vae, pixels, sample=True, generator=gen)[0].cpu())
-            captions.append(item["caption"])
+            yield vae.encode(self.parts.vae, pixels, sample=True, generator=gen)[0].cpu(), item["caption"]
+
+    def encode_latents(self, dataset: ClipDataset) -> CachedLatents:
+        latents, captions = [], []
+        for clip, caption in self.encoded_clips(dataset, "caching latents"):
+            latents.append(clip)
+            captions.append(caption)
         if not latents:
             raise UserError(f"no readable clips in {self.config.data} ({len(self.skipped)} unreadable or too short)")
         return CachedLatents(latents, captions)
@@ -516,10 +522,15 @@ class Trainer:
 
     @torch.no_grad()
     def fit_motion_prior(self, path: Path) -> None:
-        """Fit a motion prior (:mod:`videodiff.motion_prior`) to the captioned clips and save it at ``path``."""
-        clips = self.dataset if isinstance(self.dataset, CachedLatents) else self.encode_latents(self.dataset)
-        features, latents = [], []
-        for clip, caption in zip(clips.latents, clips.captions):
+        """Fit a motion prior (:mod:`videodiff.motion_prior`) to the captioned clips and save it at ``path``.
+
+        Clip by clip: what is kept of each is its caption's features and ~100 numbers, not its latents."""
+        if isinstance(self.dataset, CachedLatents):
+            clips: Iterable[tuple[torch.Tensor, str]] = zip(self.dataset.latents, self.dataset.captions)
+        else:
+            clips = self.encoded_clips(self.dataset, "fitting the motion prior")
+        features, targets = [], []
+        for clip, caption in clips:
             if not caption:
                 continue
             if caption not in self.context_cache:
@@ -527,10 +538,10 @@ class Trainer:
                     self.parts.tokenizer, self.parts.text_encoder, [caption], self.device
                 )[0]
             features.append(prompt_features(self.context_cache[caption][None])[0])
-            latents.append(clip.float().cpu())
+            targets.append(clip_targets(clip[None].float().cpu()))
         if len(features) < 2:
             raise UserError("--motion-prior fits the clips' captions, and fewer than two clips have one")
-        prior, fit = MotionPrior.fit(torch.stack(features), torch.stack(latents))
+        prior, fit = MotionPrior.fit_targets(torch.stack(features), ClipTargets.cat(targets))
         prior.save(path, fit)
         notice(
             f"motion prior fitted to {fit['clips']} captioned clips (velocity rms error "
