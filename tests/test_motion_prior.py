@@ -264,3 +264,20 @@ def test_fitting_clip_by_clip_equals_fitting_all_at_once():
     streamed, fit2 = MotionPrior.fit_targets(feats, parts)
     assert fit2 == pytest.approx(fit)
     assert torch.allclose(whole.weight, streamed.weight) and whole.contrast == pytest.approx(streamed.contrast)
+
+
+def test_training_with_a_prior_needs_captions_and_says_so_before_training(tiny_model, tmp_path):
+    from clips import moving_square, write_clip
+
+    from videodiff.config import TrainConfig
+    from videodiff.training.loop import train
+
+    write_clip(tmp_path / "clips" / "c0.mp4", moving_square(12, 32), "a red square moving right")
+    write_clip(tmp_path / "clips" / "c1.mp4", moving_square(12, 32, phase=3))  # no caption
+    config = TrainConfig(
+        model=str(tiny_model), data=str(tmp_path / "clips"), output=str(tmp_path / "run"), frames=4, stride=2,
+        resolution=16, steps=1, num_workers=0, quiet=True, motion_prior=True,
+    )  # fmt: skip
+    with pytest.raises(UserError, match="fewer than two clips"):
+        train(config)
+    assert not (tmp_path / "run" / "motion_module").exists()

@@ -318,7 +318,9 @@ class Trainer:
     # 4. the loop
     def train(self) -> Path:
         c, acc = self.config, self.accelerator
-        find_clips(c.data, c.data_root)  # a missing or empty dataset fails before minutes of model loading
+        sources = find_clips(c.data, c.data_root)  # a missing or empty dataset fails before minutes of model loading
+        if c.motion_prior and sum(bool(source.caption) for source in sources) < 2:
+            raise UserError("--motion-prior fits the clips' captions, and fewer than two clips have one")
         if not c.resume and ((self.run / "metrics.jsonl").exists() or (self.run / "checkpoints").exists()):
             raise UserError(
                 f"{self.run} already holds a training run; pass --resume latest to continue it, or another --output"
