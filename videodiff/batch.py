@@ -288,6 +288,9 @@ class SingleProcess:
     def wait_for_everyone(self) -> None:
         pass
 
+    def destroy_process_group(self) -> None:
+        pass
+
 
 def world_size(environ: Mapping[str, str] | None = None) -> int:
     value = (os.environ if environ is None else environ).get("WORLD_SIZE", "") or "1"
@@ -449,6 +452,9 @@ def run_batch(
         processes = f" on {state.num_processes} processes" if state.num_processes > 1 else ""
         echo(f"rendered {len(everyone)}, skipped {len(skipped)}{processes}")
     state.wait_for_everyone()
+    # torch's gloo threads can abort the interpreter's exit (SIGABRT, "terminate called without an active
+    # exception") when the process group is left to the finaliser: close it while Python is still alive
+    state.destroy_process_group()
     return written
 
 

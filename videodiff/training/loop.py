@@ -418,6 +418,7 @@ class Trainer:
                 self.validate(done)
         bar.close()
         self.finish()
+        self.accelerator.end_training()  # closes the process group before exit (gloo can abort it otherwise)
         return self.run
 
     # 5. saving
