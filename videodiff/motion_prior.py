@@ -170,10 +170,6 @@ class MotionPrior:
 
         See :meth:`fit_targets`; a large dataset can call :func:`clip_targets` clip by clip instead.
         """
-        if latents.shape[0] != features.shape[0]:
-            raise UserError(
-                f"a motion prior needs a caption per clip: {features.shape[0]} for {latents.shape[0]} clips"
-            )
         return cls.fit_targets(features, clip_targets(latents, patch), ridge=ridge)
 
     @classmethod
