@@ -17,7 +17,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from videodiff.errors import UserError
-from videodiff.unet.temporal import AttentionBackend, MotionStack
+from videodiff.unet.temporal import AttentionBackend, MotionStack, sdpa
 
 
 def check_compatible(unet: UNet2DConditionModel, motion: MotionStack) -> None:
@@ -88,15 +88,16 @@ def _over_frames(module: nn.Module, num_frames: int):
     return call
 
 
-class SharedContextAttention:
-    """Cross-attention processor for text context shared by all frames of a video.
+class FrameAttention:
+    """Spatial attention processor for the frames of videos: self-attention and text cross-attention.
 
-    diffusers repeats the context once per frame, so every frame projects the same 77
-    tokens to keys and values again; here ``encoder_hidden_states`` arrives once per
-    video (``[b n d]`` against ``[(b f) t c]`` queries) and its keys and values are
-    projected once, then broadcast to the frames. The result is the same attention.
-    Anything unusual (masks, norms on the context, a per-frame context) takes
-    diffusers' own processor.
+    Self-attention is diffusers' ``AttnProcessor2_0`` through :func:`sdpa` (narrow heads
+    padded on the CPU). For cross-attention diffusers repeats the context once per frame,
+    so every frame projects the same 77 tokens to keys and values again; here
+    ``encoder_hidden_states`` may arrive once per video (``[b n d]`` against ``[(b f) t c]``
+    queries) and its keys and values are projected once, then broadcast to the frames.
+    The result is the same attention. Anything unusual (masks, norms on the context or on
+    q/k, a residual or rescaled output) takes diffusers' own processor.
     """
 
     def __init__(self) -> None:
@@ -105,26 +106,33 @@ class SharedContextAttention:
         self.fallback = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        plain = (
-            encoder_hidden_states is None
-            or encoder_hidden_states.shape[0] == hidden_states.shape[0]
-            or attention_mask is not None
+        context = encoder_hidden_states
+        unusual = (
+            attention_mask is not None
             or hidden_states.ndim != 3
+            or (context is not None and (context.ndim != 3 or hidden_states.shape[0] % context.shape[0]))
             or attn.spatial_norm is not None
             or attn.group_norm is not None
             or attn.norm_cross
+            or getattr(attn, "norm_q", None) is not None
+            or getattr(attn, "norm_k", None) is not None
             or attn.residual_connection
             or attn.rescale_output_factor != 1.0
         )
-        if plain:
+        if unusual:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        frames = hidden_states.shape[0] // encoder_hidden_states.shape[0]
         q = rearrange(attn.to_q(hidden_states), "n t (h d) -> n h t d", h=attn.heads)
-        k, v = (
-            repeat(proj(encoder_hidden_states), "b m (h d) -> (b f) h m d", h=attn.heads, f=frames)
-            for proj in (attn.to_k, attn.to_v)
-        )
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        if context is None:
+            k, v = (
+                rearrange(proj(hidden_states), "n t (h d) -> n h t d", h=attn.heads) for proj in (attn.to_k, attn.to_v)
+            )
+        else:
+            frames = hidden_states.shape[0] // context.shape[0]
+            k, v = (
+                repeat(proj(context), "b m (h d) -> (b f) h m d", h=attn.heads, f=frames)
+                for proj in (attn.to_k, attn.to_v)
+            )
+        out = sdpa(q, k, v, scale=attn.scale)
         out = attn.to_out[0](rearrange(out, "n h t d -> n t (h d)").to(q.dtype))
         return attn.to_out[1](out)
 
@@ -158,13 +166,7 @@ class VideoUNet(nn.Module):
 
         processor = {"sdpa": AttnProcessor2_0, "math": AttnProcessor, "xformers": XFormersAttnProcessor}[backend]
         if backend == "sdpa":  # cross-attention projects the shared text context once per video
-            shared = SharedContextAttention()
-            self.unet.set_attn_processor(
-                {
-                    name: shared if name.endswith("attn2.processor") else processor()
-                    for name in self.unet.attn_processors
-                }
-            )
+            self.unet.set_attn_processor(FrameAttention())
         else:
             self.unet.set_attn_processor(processor())
         self.motion.set_attention_backend(backend)
@@ -172,7 +174,7 @@ class VideoUNet(nn.Module):
     def _context_once_per_video(self) -> bool:
         """Whether every cross-attention takes the context per video (else it is repeated per frame)."""
         cross = [p for name, p in self.unet.attn_processors.items() if name.endswith("attn2.processor")]
-        return bool(cross) and all(isinstance(p, SharedContextAttention) for p in cross)
+        return bool(cross) and all(isinstance(p, FrameAttention) for p in cross)
 
     def _spatial_norms(self) -> list[nn.GroupNorm]:
         """The norms original AnimateDiff v1 ran over all frames: every ResNet's norm1/norm2, conv_norm_out."""

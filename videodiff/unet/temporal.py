@@ -42,6 +42,24 @@ class SinusoidalPosition(nn.Module):
         return x + self.pe[:, : x.shape[1]].to(x.dtype)
 
 
+# CPU: PyTorch's flash-attention kernel is slow for heads narrower than 16 (one AVX-512 register of
+# float32); zero columns added to q, k and v change no dot product, and the output's extra columns
+# are dropped. Measured on 2 cores (torch 2.13): [32, 8, 1024, 8] self-attention 0.239 -> 0.164 s,
+# [32, 8, 1024, 8] against 77 keys 0.030 -> 0.027 s, but [2048, 8, 16, 8] over 16 frames 0.010 ->
+# 0.018 s: only worth it for longer key sequences. Wider heads (16, 32, 40) were never faster padded.
+PAD_HEAD_DIM = 16
+PAD_MIN_KEYS = 64
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` on ``[n heads len d]``, narrow CPU heads padded (see ``PAD_HEAD_DIM``)."""
+    d = q.shape[-1]
+    if q.device.type == "cpu" and d < PAD_HEAD_DIM and k.shape[-2] >= PAD_MIN_KEYS:
+        q, k, v = (F.pad(t, (0, PAD_HEAD_DIM - d)) for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, scale=d**-0.5 if scale is None else scale)[..., :d]
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
     """Scaled dot-product attention on ``[n heads len d]`` tensors."""
     if backend == "math":
@@ -60,7 +78,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Attent
             ]
         )
         return rearrange(out, "n l h d -> n h l d")
-    return F.scaled_dot_product_attention(q, k, v)
+    return sdpa(q, k, v)
 
 
 class TemporalAttention(nn.Module):
