@@ -114,7 +114,7 @@ def _choice_help(names: tuple[str, ...]) -> str:
 @click.option("--device", default="auto", show_default=True, help=_choice_help(DEVICES))
 @click.option("--dtype", default="auto", show_default=True, help=_choice_help(DTYPES))
 @click.option("--attention", default="sdpa", show_default=True, help=_choice_help(ATTENTION))
-@click.option("--decode-chunk", type=int, default=16, show_default=True, help="Frames per VAE decode call.")
+@click.option("--decode-chunk", type=int, help="Frames per VAE decode call [default: 2 on the CPU, 16 on a GPU].")
 @click.option("--crf", type=int, default=18, show_default=True, help="MP4/WebM quality (lower is better).")
 @click.option(
     "--config",

@@ -63,7 +63,7 @@ class RenderConfig:
     overwrite: bool = False  # never replace an existing output unless asked
     device: str = "auto"  # auto: cuda, then mps, then cpu
     dtype: str = "auto"  # auto: fp16 on cuda/mps, fp32 on cpu
-    decode_chunk: int = 16  # frames per VAE decode call; lower it to save memory
+    decode_chunk: int | None = None  # frames per VAE decode call; None: 2 on the CPU, 16 elsewhere
     crf: int = 18  # H.264/VP9 constant quality (lower is better; 18 is visually lossless for most content)
     attention: str = "sdpa"  # sdpa | xformers (optional extra, CUDA only) | math
     quiet: bool = False  # no progress bar or notices
@@ -87,6 +87,8 @@ class RenderConfig:
         check_types(self)
         for name in ("frames", "steps", "decode_chunk"):
             value = getattr(self, name)
+            if value is None and name == "decode_chunk":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserError(f"--{_flag(name)} must be a positive whole number, got {value!r}")
         for name in ("height", "width"):

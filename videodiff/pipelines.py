@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from videodiff import heap, sampling, text, vae
 from videodiff import noise as noise_priors
-from videodiff import sampling, text, vae
 from videodiff.config import INFO_KEY, SPATIAL_NORMS, RenderConfig, load_config_file, merge, to_dict
 from videodiff.errors import UserError
 from videodiff.io.atomic import write_text_atomic
@@ -205,7 +205,7 @@ class VideoPipeline:
         motion_prior: float | None = None,
         motion: tuple[float, float] | None = None,
         scheduler: str | None = None,
-        decode_chunk: int = 16,
+        decode_chunk: int | None = None,
         output_type: str = "np",
         progress: bool = False,
     ) -> VideoResult:
@@ -287,23 +287,25 @@ class VideoPipeline:
             if motion is not None:
                 notice("--motion has no effect without --motion-prior")
             latents = latents.to(self.device, self.dtype) * sched.init_noise_sigma
-        # 4. denoise
-        latents = sampling.sample(
-            self.unet,
-            latents,
-            sched,
-            steps=num_inference_steps,
-            context=context,
-            uncond_context=uncond,
-            guidance=guidance_scale,
-            generator=generator,
-            progress=progress,
-            start=start,
-        )
-        # 5. decode
-        frames = None
-        if output_type == "np":
-            frames = vae.to_uint8(vae.decode(self.vae, latents, decode_chunk))[0]
+        with heap.render_heap(self.device):  # the CPU heap keeps each step's freed activations for the next
+            # 4. denoise
+            latents = sampling.sample(
+                self.unet,
+                latents,
+                sched,
+                steps=num_inference_steps,
+                context=context,
+                uncond_context=uncond,
+                guidance=guidance_scale,
+                generator=generator,
+                progress=progress,
+                start=start,
+            )
+            # 5. decode
+            frames = None
+            if output_type == "np":
+                chunk = decode_chunk or vae.default_chunk(self.device)
+                frames = vae.to_uint8(vae.decode(self.vae, latents, chunk))[0]
         return VideoResult(frames, latents, seed, to_dict(settings), triggered)
 
 
