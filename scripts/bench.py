@@ -307,6 +307,12 @@ def main() -> None:
         help="CPU: give diffusers videodiff's heap policy (videodiff.heap) and VAE chunk too, "
         "so the comparison shows what the rest of videodiff gains",
     )
+    parser.add_argument(
+        "--lossy-dtype",
+        choices=sorted(DTYPES),
+        help="also run videodiff once in this dtype (e.g. bf16 on a CPU with AVX512-BF16): its time and how far "
+        "its frames move from diffusers' (reported, not checked against the tolerance)",
+    )
     parser.add_argument("--only", choices=["diffusers", "videodiff"], help=argparse.SUPPRESS)
     parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -355,6 +361,20 @@ def main() -> None:
     fastest = {side: min(r["total_s"] for r in rs) for side, rs in runs.items()}
     results["speedup_end_to_end_best_of_runs"] = round(fastest["diffusers"] / fastest["videodiff"], 3)
     results["max_pixel_diff"], results["mean_pixel_diff"] = diff, round(float(delta.mean()), 4)
+    if args.lossy_dtype:  # an opt-in lower precision: how much faster, and how far its frames move
+        lossy = in_subprocess("videodiff", argparse.Namespace(**{**vars(args), "dtype": args.lossy_dtype}))
+        moved = np.abs(lossy["frames"].astype(int) - runs["diffusers"][0]["frames"].astype(int))
+        results[f"videodiff_{args.lossy_dtype}"] = {
+            "s_per_step": round(lossy["s_per_step"], 3),
+            "total_s": round(lossy["total_s"], 2),
+            "peak_mib": round(lossy["peak_bytes"] / 2**20),
+            "speedup_end_to_end_over_diffusers": round(fastest["diffusers"] / lossy["total_s"], 3),
+            "pixel_diff_from_diffusers": {
+                "max": int(moved.max()),
+                "mean": round(float(moved.mean()), 3),
+                "p99": float(np.percentile(moved, 99)),
+            },
+        }
     if args.device.startswith("cuda"):
         flops = count_flops(model, motion, render, args.device, args.dtype)
         steps = render["num_inference_steps"]

@@ -154,3 +154,14 @@ def test_a_render_uses_the_heap_policy_and_decodes_two_frames_at_a_time_on_cpu(t
     assert auto.settings["decode_chunk"] is None
     assert (auto.frames.astype(int) - one.frames.astype(int)).__abs__().max() <= 1
     assert vae.default_chunk("cuda") == 16
+
+
+def test_bf16_on_cpu_is_an_opt_in_that_stays_close_to_fp32(tiny_model, tiny_motion, tiny_pipe):
+    from videodiff import load_pipeline
+
+    half = load_pipeline(str(tiny_model), str(tiny_motion), device="cpu", dtype="bf16")
+    assert half.dtype == torch.bfloat16 and tiny_pipe.dtype == torch.float32
+    settings = dict(num_frames=4, num_inference_steps=4, seed=5)
+    a, b = half("a cat", **settings).frames.astype(int), tiny_pipe("a cat", **settings).frames.astype(int)
+    delta = abs(a - b)
+    assert 0 < delta.mean() < 4, delta.mean()  # it is a different computation, but the same video
