@@ -24,6 +24,7 @@ def _spy_sdpa(monkeypatch) -> list[tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("d,keys,padded", [(8, 256, True), (4, 77, True), (8, 16, False), (16, 256, False)])
+@torch.no_grad()
 def test_narrow_heads_are_padded_for_long_keys_only_and_give_the_same_attention(monkeypatch, d, keys, padded):
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, 40, d), torch.randn(3, 2, keys, d), torch.randn(3, 2, keys, d)
@@ -39,10 +40,13 @@ def test_narrow_heads_are_padded_for_long_keys_only_and_give_the_same_attention(
     )
 
 
-def test_padded_attention_passes_gradients_like_the_plain_one():
+def test_attention_under_autograd_is_not_padded_and_passes_plain_gradients(monkeypatch):
+    """Training keeps the unpadded kernel: its runs must stay bitwise reproducible (see PAD_HEAD_DIM)."""
     torch.manual_seed(1)
     leaves = [torch.randn(2, 2, 70, 8, requires_grad=True) for _ in range(3)]
+    shapes = _spy_sdpa(monkeypatch)
     temporal.sdpa(*leaves).square().sum().backward()
+    assert shapes == [(2, 2, 70, 8)]
     padded = [t.grad.clone() for t in leaves]
     for t in leaves:
         t.grad = None

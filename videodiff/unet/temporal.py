@@ -47,14 +47,18 @@ class SinusoidalPosition(nn.Module):
 # are dropped. Measured on 2 cores (torch 2.13): [32, 8, 1024, 8] self-attention 0.239 -> 0.164 s,
 # [32, 8, 1024, 8] against 77 keys 0.030 -> 0.027 s, but [2048, 8, 16, 8] over 16 frames 0.010 ->
 # 0.018 s: only worth it for longer key sequences. Wider heads (16, 32, 40) were never faster padded.
+# Inference only: under autograd the padded kernel broke the bitwise equality of training with and
+# without gradient checkpointing (tests/test_training.py), which training's reproducibility relies on.
 PAD_HEAD_DIM = 16
 PAD_MIN_KEYS = 64
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` on ``[n heads len d]``, narrow CPU heads padded (see ``PAD_HEAD_DIM``)."""
+    """``F.scaled_dot_product_attention`` on ``[n heads len d]``; narrow heads padded on the CPU without autograd
+    (see ``PAD_HEAD_DIM``)."""
     d = q.shape[-1]
-    if q.device.type == "cpu" and d < PAD_HEAD_DIM and k.shape[-2] >= PAD_MIN_KEYS:
+    padded = d < PAD_HEAD_DIM and k.shape[-2] >= PAD_MIN_KEYS
+    if padded and q.device.type == "cpu" and not torch.is_grad_enabled():
         q, k, v = (F.pad(t, (0, PAD_HEAD_DIM - d)) for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v, scale=d**-0.5 if scale is None else scale)[..., :d]
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
