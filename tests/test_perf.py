@@ -169,3 +169,9 @@ def test_bf16_on_cpu_is_an_opt_in_that_stays_close_to_fp32(tiny_model, tiny_moti
     a, b = half("a cat", **settings).frames.astype(int), tiny_pipe("a cat", **settings).frames.astype(int)
     delta = abs(a - b)
     assert 0 < delta.mean() < 4, delta.mean()  # it is a different computation, but the same video
+
+
+def test_vae_decode_builds_no_autograd_graph(tiny_pipe):
+    latents = torch.randn(1, 4, 2, 8, 8)
+    assert any(p.requires_grad for p in tiny_pipe.vae.parameters())
+    assert not vae.decode(tiny_pipe.vae, latents, chunk=1).requires_grad

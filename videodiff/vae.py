@@ -13,13 +13,13 @@ def _decode_chunk(vae, z: torch.Tensor) -> torch.Tensor:
     return vae.decode(z.to(vae.dtype)).sample
 
 
-@torch.no_grad()
 def default_chunk(device: torch.device | str) -> int:
     """Frames per VAE decode call: 2 on the CPU, where a frame's activations then stay in the cache and the heap
     (16 frames of ``cpu-small``'s 256x256 VAE took 12.8 s, 2 frames at a time 10.9 s), 16 on a GPU."""
     return 2 if torch.device(device).type == "cpu" else 16
 
 
+@torch.no_grad()
 def decode(vae, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """Decode ``[b c f h w]`` latents to pixels ``[b 3 f H W]`` in ``[-1, 1]`` (float32), ``chunk`` frames at a time.
 
