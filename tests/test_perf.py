@@ -172,6 +172,5 @@ def test_bf16_on_cpu_is_an_opt_in_that_stays_close_to_fp32(tiny_model, tiny_moti
 
 
 def test_vae_decode_builds_no_autograd_graph(tiny_pipe):
-    latents = torch.randn(1, 4, 2, 8, 8)
-    assert any(p.requires_grad for p in tiny_pipe.vae.parameters())
+    latents = torch.randn(1, 4, 2, 8, 8, requires_grad=True)  # with autograd on, the output would need grad
     assert not vae.decode(tiny_pipe.vae, latents, chunk=1).requires_grad
