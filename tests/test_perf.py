@@ -156,7 +156,7 @@ def test_a_render_uses_the_heap_policy_and_decodes_two_frames_at_a_time_on_cpu(t
     one = tiny_pipe("a cat", num_frames=3, num_inference_steps=2, seed=3, decode_chunk=1)
     assert entered == ["cpu", "cpu"] and chunks == [2, 1]
     assert auto.settings["decode_chunk"] is None
-    assert (auto.frames.astype(int) - one.frames.astype(int)).__abs__().max() <= 1
+    assert abs(auto.frames.astype(int) - one.frames.astype(int)).max() <= 1
     assert vae.default_chunk("cuda") == 16
 
 

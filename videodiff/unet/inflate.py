@@ -162,13 +162,11 @@ class VideoUNet(nn.Module):
 
     def set_attention_backend(self, backend: AttentionBackend) -> None:
         """Choose the attention kernel for spatial (diffusers processors) and temporal layers."""
-        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor
+        from diffusers.models.attention_processor import AttnProcessor, XFormersAttnProcessor
 
-        processor = {"sdpa": AttnProcessor2_0, "math": AttnProcessor, "xformers": XFormersAttnProcessor}[backend]
-        if backend == "sdpa":  # cross-attention projects the shared text context once per video
-            self.unet.set_attn_processor(FrameAttention())
-        else:
-            self.unet.set_attn_processor(processor())
+        # sdpa: FrameAttention (cross-attention projects the shared text context once per video)
+        processor = {"sdpa": FrameAttention, "math": AttnProcessor, "xformers": XFormersAttnProcessor}[backend]
+        self.unet.set_attn_processor(processor())
         self.motion.set_attention_backend(backend)
 
     def _context_once_per_video(self) -> bool:
