@@ -265,7 +265,7 @@ def train_vae(out: Path, bank: FrameBank, steps: int, batch: int, device: str, s
 def vae_check(vae, device: str, seed: int) -> float:
     """Fraction of generated clips whose VAE round trip the shapes detector reads entirely right."""
     from videodiff import vae as vae_ops
-    from videodiff.evaluate import detect
+    from videodiff.shapes.evaluate import detect
 
     rng = np.random.default_rng(seed + 7)
     combos = shapes.ALL_COMBOS[:: len(shapes.ALL_COMBOS) // 48]

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from videodiff import load_pipeline, sampling
 from videodiff.errors import UserError
-from videodiff.motion_prior import PRIOR_FILE, MotionPrior, object_tracks, object_windows, prompt_features, start_step
+from videodiff.motion_prior import PRIOR_FILE, MotionPrior, object_tracks, object_windows, prompt_features
+from videodiff.starts import start_step
 from videodiff.schedulers import make_scheduler
 
 RENDER = dict(num_frames=4, height=16, width=16, num_inference_steps=4, output_type="latent")

@@ -11,7 +11,7 @@ from cli_helpers import invoke, ok
 
 from videodiff import shapes
 from videodiff.errors import UserError
-from videodiff.evaluate import (
+from videodiff.shapes.evaluate import (
     Report,
     detect,
     evaluate,

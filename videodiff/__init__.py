@@ -10,21 +10,39 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["UserError", "VideoPipeline", "VideoResult", "__version__", "load_pipeline", "render", "save_video"]
+__all__ = [
+    "LoadSettings",
+    "RenderConfig",
+    "SampleSettings",
+    "UserError",
+    "VideoPipeline",
+    "VideoResult",
+    "WriteSettings",
+    "__version__",
+    "load_pipeline",
+    "render",
+    "save_video",
+]
 
 _LAZY = {
     "load_pipeline": "videodiff.pipelines",
     "VideoPipeline": "videodiff.pipelines",
     "VideoResult": "videodiff.pipelines",
-    "render": "videodiff.pipelines",
+    "render": "videodiff.render",
+    "RenderConfig": "videodiff.config",
+    "SampleSettings": "videodiff.config",
+    "LoadSettings": "videodiff.config",
+    "WriteSettings": "videodiff.config",
     "save_video": "videodiff.io.video",
     "UserError": "videodiff.errors",
 }
 
 if TYPE_CHECKING:
+    from videodiff.config import LoadSettings, RenderConfig, SampleSettings, WriteSettings
     from videodiff.errors import UserError
     from videodiff.io.video import save_video
-    from videodiff.pipelines import VideoPipeline, VideoResult, load_pipeline, render
+    from videodiff.pipelines import VideoPipeline, VideoResult, load_pipeline
+    from videodiff.render import render
 
 
 def __getattr__(name: str) -> Any:

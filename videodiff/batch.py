@@ -15,11 +15,12 @@ import os
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from videodiff.config import FIELD_NAMES, RenderConfig, merge, to_dict
+from videodiff.config import FIELD_NAMES, RenderConfig, SampleSettings, WriteSettings, merge, to_dict
 from videodiff.errors import UserError
 from videodiff.log import notice
 
@@ -36,24 +37,11 @@ __all__ = [
     "run_batch",
 ]
 
-# Settings one item of a prompt file may set for itself. The model-level ones (model, LoRAs,
-# device...) are shared: the model is loaded once per process.
+# Settings one item of a prompt file may set for itself: what to sample and how to write it. What to
+# load (model, LoRAs, device...) is shared: the model is loaded once per process.
 ITEM_KEYS = (
-    "prompt",
-    "negative",
-    "frames",
-    "steps",
-    "guidance",
-    "seed",
-    "height",
-    "width",
-    "fps",
-    "scheduler",
-    "noise",
-    "noise_alpha",
-    "decode_chunk",
-    "crf",
-    "output",
+    *(f.name for f in fields(SampleSettings)),
+    *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")),
 )
 FORMATS = {"mp4": ".mp4", "gif": ".gif", "webm": ".webm", "png": ""}  # png: a folder of frames
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -187,7 +175,7 @@ def plan_batch(
     else ``outputs/<date-time>-<slug>-<seed><.fmt>``. Names never depend on the process.
     """
     from videodiff.io.video import VIDEO_SUFFIXES
-    from videodiff.pipelines import slug
+    from videodiff.render import slug
 
     if not items:
         raise UserError("nothing to render: no prompts given")
@@ -396,9 +384,9 @@ def _device_for(config: RenderConfig, state) -> tuple[str, str]:
 
 
 def _load(config: RenderConfig, device: str):
-    from videodiff.pipelines import pipeline_for
+    from videodiff.pipelines import VideoPipeline
 
-    return pipeline_for(config, device)
+    return VideoPipeline.load(config.load, device)
 
 
 def run_batch(
@@ -420,7 +408,7 @@ def run_batch(
     plain render does; a skipped one too). Returns the outputs this process wrote.
     """
     from videodiff.io.video import check_output
-    from videodiff.pipelines import render
+    from videodiff.render import render
 
     echo = echo or (lambda line: print(line, flush=True))
     state = state if state is not None else launch_state()

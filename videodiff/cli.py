@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from videodiff import __version__
-from videodiff.config import ATTENTION, DEVICES, DTYPES, NOISE_KINDS, SCHEDULERS, TrainConfig
+from videodiff.config import DEVICES, DTYPES, RenderConfig, TrainConfig
 from videodiff.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -66,84 +66,61 @@ def _choice_help(names: tuple[str, ...]) -> str:
     return "|".join(names)
 
 
+def options_from(
+    cls: type, helps: dict[str, str] | None = None, envvars: dict[str, str] | None = None, skip: tuple[str, ...] = ()
+):
+    """Click options for every field of a settings dataclass (flag = field name with dashes).
+
+    Help, a short flag and an environment variable come from the field's metadata
+    (:func:`videodiff.config.setting`), else from ``helps``/``envvars``. No option has a default
+    of its own: commands read only what was given (:func:`given`), so a config file and the
+    model's recorded defaults are never overridden; the help names the default instead.
+    """
+    import dataclasses
+
+    from videodiff.config import MODEL_DEFAULT_KEYS
+
+    def decorate(func):
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in skip:
+                continue
+            names = [*([f.metadata["short"]] if "short" in f.metadata else []), "--" + f.name.replace("_", "-")]
+            kind = str(f.type)
+            help_text = f.metadata.get("help") or (helps or {}).get(f.name, "")
+            envvar = f.metadata.get("env") or (envvars or {}).get(f.name)
+            recorded = f.name in MODEL_DEFAULT_KEYS and cls is not TrainConfig  # a model may record its own
+            if recorded and f.default is not None:
+                shown = f.default if isinstance(f.default, str) else f"{f.default:g}"
+                help_text += f" [default: the model's, else {shown}]"
+            extra: dict[str, Any] = {"help": help_text, "envvar": envvar}
+            if kind.startswith("bool"):
+                func = click.option(*names, is_flag=True, default=f.default, **extra)(func)
+            elif kind.startswith("tuple[str"):
+                func = click.option(*names, multiple=True, **extra)(func)
+            elif kind.startswith("tuple[float"):  # DX,DY
+                func = click.option(*names, callback=_numbers_pair, **extra)(func)
+            else:
+                typ = int if kind.startswith("int") else float if kind.startswith("float") else str
+                show = f.default is not None and not recorded
+                func = click.option(*names, type=typ, default=f.default, show_default=show, **extra)(func)
+        return func
+
+    return decorate
+
+
+def _numbers_pair(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    return None if value is None else parse_motion(value)
+
+
 @cli.command()
 @click.argument("prompt", required=False)
-@click.option("--negative", help="Negative prompt (used only with guidance above 1).")
-@click.option("--frames", type=int, default=16, help="Number of frames [default: the model's, else 16].")
-@click.option("--steps", type=int, default=25, help="Denoising steps [default: the model's, else 25].")
-@click.option(
-    "--guidance", type=float, default=7.5, help="Classifier-free guidance scale [default: the model's, else 7.5]."
-)
-@click.option("--seed", type=int, help="Random seed (drawn, printed and recorded when omitted).")
-@click.option("--height", type=int, help="Frame height, a multiple of 8 (default: the model's).")
-@click.option("--width", type=int, help="Frame width, a multiple of 8 (default: the model's).")
-@click.option("--fps", type=float, default=8.0, help="Frames per second of the output [default: the model's, else 8].")
-@click.option(
-    "--model",
-    envvar="VIDEODIFF_MODEL",
-    help="Image model: diffusers folder, hub id or .safetensors file (default: the built-in shapes model) "
-    "[env VIDEODIFF_MODEL].",
-)
-@click.option(
-    "--motion-module",
-    envvar="VIDEODIFF_MOTION_MODULE",
-    help="MotionAdapter folder or hub id (default: the model's own) [env VIDEODIFF_MOTION_MODULE].",
-)
-@click.option("--scheduler", default="ddim", help=f"{_choice_help(SCHEDULERS)} [default: the model's, else ddim].")
-@click.option("--noise", default="independent", show_default=True, help=f"Initial noise: {_choice_help(NOISE_KINDS)}.")
-@click.option(
-    "--noise-alpha",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Frame correlation strength for mixed/progressive noise (PYoCo's alpha).",
-)
-@click.option(
-    "--motion-prior",
-    type=float,
-    default=0.0,
-    help="Start this fraction into the schedule from the model's motion prior (a guess of the moving object's "
-    "track from the prompt); 0 starts from pure noise [default: the model's, else 0].",
-)
-@click.option(
-    "--motion",
-    help="The motion prior's velocity DX,DY in pixels per frame, x right, y down [default: predicted from the prompt].",
-)
-@click.option("-o", "--output", help="Output .mp4/.gif/.webm, or a path without extension for PNG frames.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--device", default="auto", show_default=True, help=_choice_help(DEVICES))
-@click.option("--dtype", default="auto", show_default=True, help=_choice_help(DTYPES))
-@click.option("--attention", default="sdpa", show_default=True, help=_choice_help(ATTENTION))
-@click.option("--decode-chunk", type=int, help="Frames per VAE decode call [default: 2 on the CPU, 16 on a GPU].")
-@click.option("--crf", type=int, default=18, show_default=True, help="MP4/WebM quality (lower is better).")
+@options_from(RenderConfig, skip=("prompt",))
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
     help="YAML (or a sidecar .json) with any of these settings; the command line wins.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
-@click.option("--vae", help="Swap the VAE: a VAE file (LDM or diffusers layout) or folder.")
-@click.option("--clip-skip", type=int, help="Use an earlier text-encoder layer (1 = penultimate).")
-@click.option("--lora", multiple=True, help="Image-model LoRA PATH[:SCALE] (kohya or diffusers/PEFT); repeatable.")
-@click.option("--embedding", multiple=True, help="Textual-inversion embedding file; repeatable.")
-@click.option("--motion-lora", multiple=True, help="MotionLoRA PATH[:SCALE]; repeatable, scales add up.")
-@click.option(
-    "--motion-lora-trigger",
-    multiple=True,
-    help="WORD=PATH[:SCALE]: merge that MotionLoRA only for prompts containing WORD; repeatable.",
-)
-@click.option("--motion-config", help="Override motion-module detection: v1, v2, v3 or a MotionAdapter config.json.")
-@click.option(
-    "--spatial-norm",
-    default="auto",
-    show_default=True,
-    help="GroupNorm of the image ResNets: joint over all frames (original v1), per-frame (diffusers), "
-    "or auto (joint for original-format v1 files).",
-)
-@click.option("--offload", help="For small GPUs: model (whole models) or sequential (layer by layer) CPU offload.")
-@click.option("--vae-tiling", is_flag=True, help="Decode large frames tile by tile.")
-@click.option("--attention-slicing", is_flag=True, help="Compute attention in slices: less memory, a bit slower.")
 @click.option(
     "--prompt-file",
     type=click.Path(dir_okay=False),
@@ -175,14 +152,12 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     """
     from videodiff import batch
     from videodiff.log import setup_cli_logging
-    from videodiff.pipelines import render as run_render
-    from videodiff.pipelines import resolve_render_config
+    from videodiff.render import render as run_render
+    from videodiff.render import resolve_render_config
 
     command_line = given(ctx, ParameterSource.COMMANDLINE)
     command_line.pop("config_file", None)
     options = {k: command_line.pop(k, None) for k in ("prompt_file", "seeds", "num_videos", "fmt", "skip_existing")}
-    if "motion" in command_line:
-        command_line["motion"] = parse_motion(command_line["motion"])
     environment = given(ctx, ParameterSource.ENVIRONMENT)
     config = resolve_render_config(command_line, config_file, environment)
     setup_cli_logging(config.quiet)
@@ -249,26 +224,6 @@ TRAIN_HELP = {
     "max_nan_steps": "Consecutive NaN/inf losses before the run stops.",
     "quiet": "No progress bar or notices.",
 }
-
-
-def options_from(cls: type, helps: dict[str, str], envvars: dict[str, str] | None = None):
-    """Click options for every field of a config dataclass (flag = field name with dashes)."""
-    import dataclasses
-
-    def decorate(func):
-        for f in reversed(dataclasses.fields(cls)):
-            flag = "--" + f.name.replace("_", "-")
-            kind = str(f.type)
-            extra: dict[str, Any] = {"help": helps.get(f.name, ""), "envvar": (envvars or {}).get(f.name)}
-            if kind.startswith("bool"):
-                func = click.option(flag, is_flag=True, default=f.default, **extra)(func)
-                continue
-            typ = int if kind.startswith("int") else float if kind.startswith("float") else str
-            show = f.default is not None
-            func = click.option(flag, type=typ, default=f.default, show_default=show, **extra)(func)
-        return func
-
-    return decorate
 
 
 @cli.command()
@@ -459,7 +414,7 @@ def eval_shapes(
     """
     import json
 
-    from videodiff.evaluate import run_shapes_eval
+    from videodiff.shapes.evaluate import run_shapes_eval
     from videodiff.io.atomic import prepare_output, write_text_atomic
     from videodiff.log import setup_cli_logging
 

@@ -1,7 +1,13 @@
-"""Render settings: one typed dataclass, YAML/JSON files that map 1:1 onto it, and precedence.
+"""Settings: one typed dataclass per render stage, YAML/JSON files that map 1:1 onto them, and precedence.
 
-Precedence, highest first: the command line, then ``--config FILE``, then the model's
-own recorded defaults (``videodiff.json`` in a model folder), then the defaults here.
+A render's settings are :class:`SampleSettings` (what to sample), :class:`LoadSettings` (what
+to load) and :class:`WriteSettings` (what to write); :class:`RenderConfig` holds all three
+flat, as settings files, sidecars and the ``render`` command's options do. Each field's
+default and help text are written once, here.
+
+Precedence, highest first: the command line, then ``--config FILE``, then environment
+variables, then the model's own recorded defaults (``videodiff.json`` in a model folder),
+then the defaults here; :func:`resolve` is the one place that layers them.
 No torch import: this module must stay cheap for the CLI's ``--help``.
 """
 
@@ -41,50 +47,47 @@ MODEL_DEFAULT_KEYS = (
 INFO_KEY = "info"
 
 
-@dataclass(frozen=True)
-class RenderConfig:
-    prompt: str | None = None  # the text to render; may come from the config file
-    negative: str | None = None  # negative prompt: what guidance steers away from (only with guidance > 1)
-    frames: int = 16  # AnimateDiff's motion modules were trained on 16-frame clips
-    steps: int = 25  # denoising steps; 25 DDIM steps is AnimateDiff's published setting
-    guidance: float = 7.5  # classifier-free guidance scale, SD1.5's usual value; <= 1 disables guidance
-    seed: int | None = None  # None draws one, which is printed and recorded in the sidecar
-    height: int | None = None  # None: the model's preferred size, else its U-Net sample size
-    width: int | None = None
-    fps: float = 8.0  # AnimateDiff clips play at 8 frames per second
-    model: str | None = None  # diffusers folder or hub id of the SD1.5-family image model
-    motion_module: str | None = None  # MotionAdapter folder or hub id; None: the model's own
-    scheduler: str = "ddim"  # ddim with AnimateDiff's linear betas is what the motion modules saw
-    noise: str = "independent"  # initial noise prior: independent | mixed | progressive (PYoCo)
-    noise_alpha: float = 1.0  # PYoCo's alpha: frame correlation a^2/(1+a^2) (mixed), a/sqrt(1+a^2) (progressive)
-    motion_prior: float = 0.0  # start this fraction into the schedule from the motion prior's guess (0: pure noise)
-    motion: tuple[float, float] | None = None  # the prior's velocity, pixels per frame (dx, dy); None: the prompt's
-    output: str | None = None  # .mp4/.gif/.webm, or no extension for a folder of PNGs; None: outputs/<...>.mp4
-    overwrite: bool = False  # never replace an existing output unless asked
-    device: str = "auto"  # auto: cuda, then mps, then cpu
-    dtype: str = "auto"  # auto: fp16 on cuda/mps, fp32 on cpu
-    decode_chunk: int | None = None  # frames per VAE decode call; None: 2 on the CPU, 16 elsewhere
-    crf: int = 18  # H.264/VP9 constant quality (lower is better; 18 is visually lossless for most content)
-    attention: str = "sdpa"  # sdpa | xformers (optional extra, CUDA only) | math
-    quiet: bool = False  # no progress bar or notices
-    vae: str | None = None  # swap the model's VAE: a VAE file (LDM or diffusers layout) or folder
-    clip_skip: int | None = None  # use an earlier text-encoder layer (1 = penultimate), as many SD1.5 finetunes expect
-    lora: tuple[str, ...] = ()  # image-model LoRAs, PATH[:SCALE] each (kohya or diffusers/PEFT), merged in
-    embedding: tuple[str, ...] = ()  # textual-inversion embeddings; the token is taken from the file or its name
-    motion_lora: tuple[str, ...] = ()  # MotionLoRAs, PATH[:SCALE] each; scales add up
-    motion_lora_trigger: tuple[str, ...] = ()  # WORD=PATH[:SCALE]: that MotionLoRA only for prompts with WORD
-    motion_config: str | None = None  # v1 | v2 | v3 | a MotionAdapter config.json: overrides version detection
-    spatial_norm: str = "auto"  # auto | joint (original v1: GroupNorm over all frames) | per-frame (diffusers)
-    offload: str | None = None  # model | sequential: CPU offload for small GPUs (slower, far less GPU memory)
-    vae_tiling: bool = False  # decode large frames tile by tile
-    attention_slicing: bool = False  # attention in slices: less peak memory, a little slower
+def setting(default: Any, help: str, **cli: Any) -> Any:
+    """A settings field: its default (the one place it is written) and its command-line help.
 
-    def replace(self, **changes: Any) -> RenderConfig:
-        return dataclasses.replace(self, **changes)
+    ``cli`` may name ``short`` (``"-o"``) and ``env`` (an environment variable) for the flag;
+    the command line's options are made from these fields (:func:`videodiff.cli.options_from`).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
 
-    def validate(self) -> RenderConfig:
-        """Raise :class:`UserError` (one line) for any setting that cannot work; return self."""
-        check_types(self)
+
+@dataclass(frozen=True, kw_only=True)
+class SampleSettings:
+    """What to sample: prompt, frames, size, steps, guidance, scheduler, noise, seed, where sampling starts."""
+
+    prompt: str | None = setting(None, "The text to render.")  # may come from the config file
+    negative: str | None = setting(None, "Negative prompt (used only with guidance above 1).")
+    frames: int = setting(16, "Number of frames.")  # AnimateDiff's motion modules were trained on 16-frame clips
+    steps: int = setting(25, "Denoising steps.")  # 25 DDIM steps is AnimateDiff's published setting
+    guidance: float = setting(7.5, "Classifier-free guidance scale.")  # SD1.5's usual value; <= 1 disables it
+    seed: int | None = setting(None, "Random seed (drawn, printed and recorded when omitted).")
+    height: int | None = setting(None, "Frame height, a multiple of 8 (default: the model's).")  # None: the model's
+    width: int | None = setting(None, "Frame width, a multiple of 8 (default: the model's).")  # preferred size
+    scheduler: str = setting("ddim", "|".join(SCHEDULERS) + ".")  # ddim with AnimateDiff's betas is what they saw
+    noise: str = setting("independent", "Initial noise: " + "|".join(NOISE_KINDS) + ".")
+    # PYoCo's alpha: frame correlation a^2/(1+a^2) (mixed), a/sqrt(1+a^2) (progressive)
+    noise_alpha: float = setting(1.0, "Frame correlation strength for mixed/progressive noise (PYoCo's alpha).")
+    motion_prior: float = setting(  # 0: pure noise
+        0.0,
+        "Start this fraction into the schedule from the model's motion prior (a guess of the moving object's "
+        "track from the prompt); 0 starts from pure noise.",
+    )
+    motion: tuple[float, float] | None = setting(  # None: the prompt's
+        None,
+        "The motion prior's velocity DX,DY in pixels per frame, x right, y down [default: predicted from the prompt].",
+    )
+    decode_chunk: int | None = setting(  # None: 2 on the CPU (heap reuse), 16 elsewhere
+        None, "Frames per VAE decode call [default: 2 on the CPU, 16 on a GPU]."
+    )
+
+    def validate(self) -> SampleSettings:
+        """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
+        check_types(self, SampleSettings)
         for name in ("frames", "steps", "decode_chunk"):
             value = getattr(self, name)
             if value is None and name == "decode_chunk":
@@ -104,8 +107,6 @@ class RenderConfig:
             raise UserError(f"--guidance must be a number >= 0, got {self.guidance!r}")
         if math.isinf(self.guidance):
             raise UserError("--guidance must be finite")
-        if not isinstance(self.fps, (int, float)) or not math.isfinite(self.fps) or self.fps <= 0:
-            raise UserError(f"--fps must be a positive number, got {self.fps!r}")
         alpha = self.noise_alpha
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise UserError(f"--noise-alpha must be a finite number >= 0, got {self.noise_alpha!r}")
@@ -115,39 +116,145 @@ class RenderConfig:
         numbers = [v for v in self.motion or () if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if self.motion is not None and (len(numbers) != 2 or not all(map(math.isfinite, numbers))):
             raise UserError(f"--motion must be two finite numbers DX,DY (pixels per frame), got {self.motion!r}")
-        if self.motion_lora_trigger:
-            from videodiff.io.triggers import parse_trigger
-
-            for spec in self.motion_lora_trigger:
-                parse_trigger(spec)  # the syntax, before any model is loaded
-        if not isinstance(self.crf, int) or not 0 <= self.crf <= 63:
-            raise UserError(f"--crf must be a whole number from 0 to 63, got {self.crf!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**64):
             raise UserError(f"--seed must be a whole number from 0 to 2^64-1, got {self.seed!r}")
+        check_choices(self, (("scheduler", SCHEDULERS), ("noise", NOISE_KINDS)))
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSettings:
+    """What to load: the model, its motion modules and add-ons, where and how it runs, memory savers."""
+
+    model: str | None = setting(  # None: the built-in shapes model
+        None,
+        "Image model: diffusers folder, hub id or .safetensors file (default: the built-in shapes model) "
+        "[env VIDEODIFF_MODEL].",
+        env="VIDEODIFF_MODEL",
+    )
+    motion_module: str | None = setting(  # None: the model's own
+        None,
+        "MotionAdapter folder or hub id (default: the model's own) [env VIDEODIFF_MOTION_MODULE].",
+        env="VIDEODIFF_MOTION_MODULE",
+    )
+    device: str = setting("auto", "|".join(DEVICES))  # auto: cuda, then mps, then cpu
+    dtype: str = setting("auto", "|".join(DTYPES))  # auto: fp16 on cuda/mps, fp32 on cpu
+    attention: str = setting("sdpa", "|".join(ATTENTION))  # xformers: optional extra, CUDA only
+    vae: str | None = setting(None, "Swap the VAE: a VAE file (LDM or diffusers layout) or folder.")
+    # use an earlier text-encoder layer, as many SD1.5 finetunes expect
+    clip_skip: int | None = setting(None, "Use an earlier text-encoder layer (1 = penultimate).")
+    lora: tuple[str, ...] = setting((), "Image-model LoRA PATH[:SCALE] (kohya or diffusers/PEFT); repeatable.")
+    embedding: tuple[str, ...] = setting((), "Textual-inversion embedding file; repeatable.")  # token from file/name
+    motion_lora: tuple[str, ...] = setting((), "MotionLoRA PATH[:SCALE]; repeatable, scales add up.")
+    motion_lora_trigger: tuple[str, ...] = setting(
+        (), "WORD=PATH[:SCALE]: merge that MotionLoRA only for prompts containing WORD; repeatable."
+    )
+    motion_config: str | None = setting(  # overrides version detection
+        None, "Override motion-module detection: v1, v2, v3 or a MotionAdapter config.json."
+    )
+    spatial_norm: str = setting(  # joint: original v1's GroupNorm over all frames; per-frame: diffusers'
+        "auto",
+        "GroupNorm of the image ResNets: joint over all frames (original v1), per-frame (diffusers), "
+        "or auto (joint for original-format v1 files).",
+    )
+    offload: str | None = setting(  # slower, far less GPU memory
+        None, "For small GPUs: model (whole models) or sequential (layer by layer) CPU offload."
+    )
+    vae_tiling: bool = setting(False, "Decode large frames tile by tile.")
+    attention_slicing: bool = setting(False, "Compute attention in slices: less memory, a bit slower.")
+
+    def validate(self) -> LoadSettings:
+        """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
+        check_types(self, LoadSettings)
+        if self.motion_lora_trigger:
+            from videodiff.io.triggers import parse_trigger  # TODO(merge): config-level syntax parser
+
+        for spec in self.motion_lora_trigger:
+            parse_trigger(spec)  # the syntax, before any model is loaded
         if self.clip_skip is not None and self.clip_skip < 0:
             raise UserError(f"--clip-skip must be a whole number >= 0, got {self.clip_skip!r}")
         if self.offload not in (None, *OFFLOAD):
             raise UserError(f"unknown --offload {self.offload!r}; choose one of: {', '.join(OFFLOAD)}")
-        for name, allowed in (
-            ("scheduler", SCHEDULERS),
-            ("noise", NOISE_KINDS),
-            ("device", DEVICES),
-            ("dtype", DTYPES),
-            ("attention", ATTENTION),
-            ("spatial_norm", SPATIAL_NORMS),
-        ):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise UserError(f"unknown --{_flag(name)} {value!r}; choose one of: {', '.join(allowed)}")
+        check_choices(
+            self,
+            (("device", DEVICES), ("dtype", DTYPES), ("attention", ATTENTION), ("spatial_norm", SPATIAL_NORMS)),
+        )
         return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteSettings:
+    """What to write: the output file, its format's settings, and what the terminal shows."""
+
+    # .mp4/.gif/.webm, or no extension for a folder of PNGs; None: outputs/<date-time>-<prompt>-<seed>.mp4
+    output: str | None = setting(
+        None, "Output .mp4/.gif/.webm, or a path without extension for PNG frames.", short="-o"
+    )
+    overwrite: bool = setting(False, "Replace an existing output.")  # never replace one unless asked
+    fps: float = setting(8.0, "Frames per second of the output.")  # AnimateDiff clips play at 8 fps
+    # H.264/VP9 constant quality (lower is better; 18 is visually lossless for most content)
+    crf: int = setting(18, "MP4/WebM quality (lower is better).")
+    quiet: bool = setting(False, "No progress bar or notices.", short="-q")
+
+    def validate(self) -> WriteSettings:
+        """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
+        check_types(self, WriteSettings)
+        if not isinstance(self.fps, (int, float)) or not math.isfinite(self.fps) or self.fps <= 0:
+            raise UserError(f"--fps must be a positive number, got {self.fps!r}")
+        if not isinstance(self.crf, int) or not 0 <= self.crf <= 63:
+            raise UserError(f"--crf must be a whole number from 0 to 63, got {self.crf!r}")
+        return self
+
+
+STAGES = (SampleSettings, LoadSettings, WriteSettings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderConfig(WriteSettings, LoadSettings, SampleSettings):
+    """Every render setting, flat: the three stages' fields, as YAML files, sidecars and the command line hold
+    them. ``.sample``, ``.load`` and ``.write`` give each stage its own typed settings."""
+
+    def replace(self, **changes: Any) -> RenderConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def sample(self) -> SampleSettings:
+        return stage_of(self, SampleSettings)
+
+    @property
+    def load(self) -> LoadSettings:
+        return stage_of(self, LoadSettings)
+
+    @property
+    def write(self) -> WriteSettings:
+        return stage_of(self, WriteSettings)
+
+    def validate(self) -> RenderConfig:
+        """Raise :class:`UserError` (one line) for any setting that cannot work; return self."""
+        check_types(self)  # first, so that the first wrong field is reported in the file's order
+        for stage in STAGES:
+            stage.validate(self)
+        return self
+
+
+def stage_of(config: Any, cls: type) -> Any:
+    """The ``cls`` part of a settings object that has all of its fields."""
+    return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+def check_choices(config: Any, choices: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
+    for name, allowed in choices:
+        value = getattr(config, name)
+        if value not in allowed:
+            raise UserError(f"unknown --{_flag(name)} {value!r}; choose one of: {', '.join(allowed)}")
 
 
 FIELD_NAMES = tuple(f.name for f in fields(RenderConfig))
 
 
-def check_types(config: Any) -> None:
-    """Each field holds its declared kind (a config file can say ``seed: true`` or ``prompt: 123``)."""
-    for f in fields(config):
+def check_types(config: Any, cls: type | None = None) -> None:
+    """Each field (of ``cls``, else all) holds its declared kind (a config file can say ``seed: true``)."""
+    for f in fields(cls or config):
         value, kind = getattr(config, f.name), str(f.type)
         if value is None:
             if "None" in kind:
@@ -240,7 +347,15 @@ def merge(*layers: dict[str, Any], cls: type = RenderConfig) -> Any:
     return cls(**values)
 
 
-def to_dict(config: RenderConfig) -> dict[str, Any]:
+def resolve(model_defaults: dict[str, Any], *layers: dict[str, Any], cls: type = RenderConfig) -> Any:
+    """The validated ``cls`` settings: the model's recorded defaults (those ``cls`` has), then ``layers``
+    (lowest precedence first) over the built-in defaults. The one place settings meet a model's defaults."""
+    names = {f.name for f in fields(cls)}
+    recorded = {k: v for k, v in model_defaults.items() if k in names}
+    return merge(recorded, *layers, cls=cls).validate()
+
+
+def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 

@@ -221,6 +221,23 @@ class MotionPrior:
         patch = y[2 : 2 + c * k * k].float().view(c, k, k) * self.contrast
         return Guess((float(y[0]), float(y[1])), patch, y[2 + c * k * k :].float())
 
+    def start_video(
+        self,
+        context: torch.Tensor,
+        shape: tuple[int, int, int, int, int],
+        generator: torch.Generator | None,
+        scale: int,
+        motion: tuple[float, float] | None = None,
+    ) -> tuple[torch.Tensor, tuple[float, float]]:
+        """The clean latent video ``shape`` a prompt's ``context`` (``[1 n d]``) starts from, and its velocity in
+        pixels per frame ``(dx, dy)``: ``motion`` (pixels per frame; the VAE downsamples by ``scale``) or the
+        prompt's predicted one."""
+        guess = self.predict(prompt_features(context))
+        cells = None if motion is None else (motion[1] / scale, motion[0] / scale)
+        clean = self.video(guess, shape, generator, cells)
+        vy, vx = cells if cells is not None else guess.velocity
+        return clean, (round(vx * scale, 4), round(vy * scale, 4))
+
     def video(
         self,
         guess: Guess,
@@ -289,8 +306,3 @@ class MotionPrior:
             return cls(t["mean"], t["scale"], t["weight"], t["bias"], channels, patch, contrast)
         except UserError as exc:
             raise UserError(f"{path}: {exc}") from None
-
-
-def start_step(steps: int, fraction: float) -> int:
-    """How many of ``steps`` the prior replaces at ``--motion-prior fraction`` (at least one step is left to run)."""
-    return min(int(math.floor(steps * fraction + 0.5)), steps - 1)

@@ -1,29 +1,29 @@
-"""Text-to-video: glue in numbered stages (encode prompt, noise, sample, decode, export); no maths here."""
+"""The video pipeline: a model inflated with motion modules, and the stages every kind of render shares.
+
+Stages (methods of :class:`VideoPipeline`), each with typed inputs: encode the prompts
+(:meth:`~VideoPipeline.conditioning`), draw the initial noise (:meth:`~VideoPipeline.initial_noise`),
+choose where sampling starts (:meth:`~VideoPipeline.start`), denoise (:meth:`~VideoPipeline.denoise`),
+decode (:meth:`~VideoPipeline.decode`). Text-to-video (:meth:`~VideoPipeline.generate`) chains
+them; img2vid and vid2vid reuse them with other starts and step hooks. Tensors and arrays only:
+files are written by :mod:`videodiff.render`. No maths here.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from videodiff import heap, sampling, text, vae
+from videodiff import heap, sampling, starts, text, vae
 from videodiff import noise as noise_priors
-from videodiff.config import INFO_KEY, SPATIAL_NORMS, RenderConfig, load_config_file, merge, to_dict
+from videodiff.config import LoadSettings, SampleSettings, merge, resolve, to_dict
 from videodiff.errors import UserError
-from videodiff.io.atomic import write_text_atomic
-from videodiff.io.models import ModelParts, builtin_model, load_model_parts, package_versions, read_model_defaults
+from videodiff.io.models import ModelParts, builtin_model, load_model_parts
 from videodiff.io.triggers import TriggeredLoRAs
-from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
-from videodiff.motion_prior import prompt_features, start_step
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
 
@@ -78,13 +78,36 @@ def pick_attention(requested: str, device: torch.device) -> str:
     return "xformers"
 
 
+
+
 @dataclass
 class VideoResult:
     frames: np.ndarray | None  # uint8 [F, H, W, 3]; None for output_type="latent"
     latents: torch.Tensor  # final latents [1, C, F, h, w]
     seed: int | None
-    settings: dict[str, Any] = field(default_factory=dict)  # what reproduces it (RenderConfig field names)
+    settings: dict[str, Any] = field(default_factory=dict)  # what reproduces it (SampleSettings field names)
     triggered: tuple[str, ...] = ()  # trigger words of the MotionLoRAs merged for this prompt
+
+
+@dataclass
+class Conditioning:
+    """What the prompts give the sampler: text context ``[1 n d]`` and the negative one for guidance (or None)."""
+
+    context: torch.Tensor
+    uncond: torch.Tensor | None
+    triggered: tuple[str, ...] = ()  # trigger words of the MotionLoRAs merged for this prompt
+
+    def guide(self, scale: float) -> sampling.Guide:
+        return sampling.guide_for(scale, self.context, self.uncond)
+
+
+# The Python API's names (diffusers' where it has one) for SampleSettings fields.
+CALL_NAMES = {
+    "negative_prompt": "negative",
+    "num_frames": "frames",
+    "num_inference_steps": "steps",
+    "guidance_scale": "guidance",
+}
 
 
 class VideoPipeline:
@@ -119,6 +142,33 @@ class VideoPipeline:
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.clip_skip = clip_skip
         self._context_cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, settings: LoadSettings, device: str | torch.device | None = None) -> VideoPipeline:
+        """The pipeline ``settings`` ask for (model, add-ons, device, memory savers); ``device`` overrides
+        ``settings.device`` (e.g. ``cuda:1`` for one process of a launched batch)."""
+        settings.validate()
+        dev = resolve_device(device or settings.device)
+        parts = load_model_parts(
+            settings.model or builtin_model(),
+            settings.motion_module,
+            motion_config=settings.motion_config,
+            vae=settings.vae,
+            loras=settings.lora,
+            embeddings=settings.embedding,
+            motion_loras=settings.motion_lora,
+            motion_lora_triggers=settings.motion_lora_trigger,
+        )
+        offload = settings.offload
+        if offload and dev.type == "cpu":
+            notice("--offload has no effect on the CPU (the weights are there already)")
+            offload = None
+        dtype = resolve_dtype(settings.dtype, dev)
+        pipe = cls(parts, dev, dtype, settings.attention, clip_skip=settings.clip_skip, offload=offload)
+        pipe.enable_memory_savers(vae_tiling=settings.vae_tiling, attention_slicing=settings.attention_slicing)
+        norm = settings.spatial_norm
+        pipe.unet.set_norm_over_frames(parts.norm_over_frames if norm == "auto" else norm == "joint")
+        return pipe
 
     @property
     def max_frames(self) -> int:
@@ -157,6 +207,19 @@ class VideoPipeline:
         size = self.parts.unet.config.sample_size * self.vae_scale
         return int(d.get("height", size)), int(d.get("width", size))
 
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        return (1, self.unet.in_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
+
+    def settings(self, prompt: str | None = None, **given: Any) -> SampleSettings:
+        """:class:`SampleSettings` from the Python API's keywords, resolved once against the model's recorded
+        defaults (a keyword left out or ``None`` takes the model's default, else the built-in one)."""
+        given = {CALL_NAMES.get(k, k): v for k, v in given.items()}
+        if given.get("motion") is not None:
+            given["motion"] = tuple(given["motion"])
+        return resolve(self.parts.defaults, {"prompt": prompt, **given}, cls=SampleSettings)
+
+    # ------------------------------------------------------------ stages
+
     def encode(self, prompt: str) -> torch.Tensor:
         """``[1 n d]`` text context, cached per prompt (the empty prompt is reused every call)."""
         if prompt not in self._context_cache:
@@ -165,332 +228,171 @@ class VideoPipeline:
             )
         return self._context_cache[prompt]
 
-    def prior_guess(
-        self,
-        context: torch.Tensor,
-        shape: tuple[int, int, int, int, int],
-        generator: torch.Generator | None,
-        motion: tuple[float, float] | None = None,
-    ) -> tuple[torch.Tensor, tuple[float, float]]:
-        """The motion prior's clean latent video for a prompt's ``context``, and its velocity in pixels per frame."""
-        prior = self.parts.motion_prior
-        if prior is None:
-            raise UserError(
-                "--motion-prior needs motion modules with a motion prior (fitted by `videodiff train --motion-prior`)"
-            )
-        guess = prior.predict(prompt_features(context))
-        cells = None if motion is None else (motion[1] / self.vae_scale, motion[0] / self.vae_scale)
-        clean = prior.video(guess, shape, generator, cells)
-        vy, vx = cells if cells is not None else guess.velocity
-        return clean.to(self.device), (round(vx * self.vae_scale, 4), round(vy * self.vae_scale, 4))
+    def conditioning(self, settings: SampleSettings) -> Conditioning:
+        """Stage 1: switch to the MotionLoRAs the prompt's words trigger; encode the prompt, and the negative
+        one when guidance runs."""
+        triggered = tuple(t.word for t in self.triggers.select(settings.prompt)) if self.triggers else ()
+        guided = sampling.uses_guidance(settings.guidance)
+        if settings.negative and not guided:
+            notice(f"the negative prompt has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
+        context = self.encode(settings.prompt)
+        uncond = self.encode(settings.negative or "") if guided else None
+        return Conditioning(context, uncond, triggered)
 
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
-        return (1, self.unet.in_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
+    def initial_noise(self, settings: SampleSettings, generator: torch.Generator | None) -> torch.Tensor:
+        """Stage 2: unit-variance noise ``[1 c f h w]`` of the chosen prior for ``settings`` (whose size is
+        resolved), drawn on the CPU so that a seed means the same video on any device."""
+        shape = self.latent_shape(settings.frames, settings.height, settings.width)
+        return noise_priors.sample_noise(shape, kind=settings.noise, alpha=settings.noise_alpha, generator=generator)
+
+    def start(
+        self,
+        settings: SampleSettings,
+        cond: Conditioning,
+        noise: torch.Tensor,
+        scheduler,
+        generator: torch.Generator | None,
+    ) -> starts.Start:
+        """Stage 3: where sampling starts: ``noise``, or with ``settings.motion_prior`` the motion prior's guess
+        of the prompt's moving object noised part-way into the schedule (:mod:`videodiff.starts`)."""
+        fraction, prior = settings.motion_prior, self.parts.motion_prior
+        if fraction > 0 and prior is None:
+            if fraction != self.parts.defaults.get("motion_prior"):
+                raise UserError(
+                    "--motion-prior needs motion modules with a motion prior "
+                    "(fitted by `videodiff train --motion-prior`)"
+                )
+            # the model recommends a start for its own motion modules; these have no prior to start from
+            notice(f"the model's motion_prior {fraction:g} does not apply: these motion modules have no motion prior")
+            fraction = 0.0
+        if fraction == 0:
+            if settings.motion is not None:
+                notice("--motion has no effect without --motion-prior")
+            begin = starts.from_noise(noise.to(self.device, self.dtype), scheduler)
+            begin.record["motion_prior"] = 0.0
+            return begin
+        shape, scale = tuple(noise.shape), self.vae_scale
+        clean, velocity = prior.start_video(cond.context, shape, generator, scale, settings.motion)
+        noise = noise.float().to(self.device)
+        begin = starts.from_clean(clean.to(self.device), noise, scheduler, settings.steps, fraction)
+        begin.latents = begin.latents.to(self.device, self.dtype)
+        begin.record["motion"] = velocity
+        return begin
+
+    def denoise(
+        self,
+        begin: starts.Start,
+        scheduler,
+        steps: int,
+        guide: sampling.Guide,
+        generator: torch.Generator | None,
+        *,
+        progress: bool = False,
+        on_step: sampling.OnStep | None = None,
+    ) -> torch.Tensor:
+        """Stage 4: the sampling loop from ``begin`` over a schedule of ``steps``; ``on_step`` after each step."""
+        return sampling.sample(
+            self.unet,
+            begin.latents,
+            scheduler,
+            steps=steps,
+            guide=guide,
+            generator=generator,
+            progress=progress,
+            start=begin.step,
+            on_step=on_step,
+        )
+
+    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> np.ndarray:
+        """Stage 5: latents ``[1 c f h w]`` to uint8 frames ``[f h w 3]``, ``chunk`` frames per VAE call."""
+        return vae.to_uint8(vae.decode(self.vae, latents, chunk or vae.default_chunk(self.device)))[0]
+
+    # ------------------------------------------------------------ text-to-video
 
     @torch.no_grad()
+    def generate(
+        self,
+        settings: SampleSettings,
+        *,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        progress: bool = False,
+        on_step: sampling.OnStep | None = None,
+    ) -> VideoResult:
+        """Render resolved ``settings`` (:meth:`settings`) through the stages. ``latents`` (``[1 C F h w]``,
+        unit variance) replace the seeded initial noise. :class:`videodiff.sampling.Cancelled` raised by
+        ``on_step`` stops the render and propagates (nothing is decoded)."""
+        settings.validate()
+        if not settings.prompt:
+            raise UserError("no prompt given")
+        self.check_frames(settings.frames)
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        height, width = self.default_size()
+        seed = settings.seed if settings.seed is not None or latents is not None else secrets.randbelow(2**32)
+        settings = settings.__class__(
+            **{**to_dict(settings), "seed": seed, "height": settings.height or height, "width": settings.width or width}
+        )
+        # 1. the prompts (and the MotionLoRAs their words trigger)
+        cond = self.conditioning(settings)
+        # 2. scheduler and initial noise
+        scheduler = make_scheduler(settings.scheduler, self.parts.scheduler_config)
+        generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
+        shape = self.latent_shape(settings.frames, settings.height, settings.width)
+        if latents is None:
+            latents = self.initial_noise(settings, generator)
+        elif tuple(latents.shape) != shape:
+            raise UserError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        # 3. where sampling starts
+        begin = self.start(settings, cond, latents, scheduler, generator)
+        with heap.render_heap(self.device):  # the CPU heap keeps each step's freed activations for the next
+            # 4. denoise
+            guide = cond.guide(settings.guidance)
+            out = self.denoise(begin, scheduler, settings.steps, guide, generator, progress=progress, on_step=on_step)
+            # 5. decode
+            frames = self.decode(out, settings.decode_chunk) if output_type == "np" else None
+        return VideoResult(frames, out, seed, {**to_dict(settings), **begin.record}, cond.triggered)
+
     def __call__(
         self,
         prompt: str,
         *,
-        negative_prompt: str | None = None,
-        num_frames: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int | None = None,
         latents: torch.Tensor | None = None,
-        noise: str | None = None,
-        noise_alpha: float | None = None,
-        motion_prior: float | None = None,
-        motion: tuple[float, float] | None = None,
-        scheduler: str | None = None,
-        decode_chunk: int | None = None,
         output_type: str = "np",
         progress: bool = False,
+        on_step: sampling.OnStep | None = None,
+        **settings: Any,
     ) -> VideoResult:
-        """Render ``prompt`` to ``num_frames`` frames; returns a :class:`VideoResult` (``.frames`` uint8 ``[F H W 3]``).
+        """Render ``prompt`` to frames; returns a :class:`VideoResult` (``.frames`` uint8 ``[F H W 3]``).
 
-        ``latents`` (``[1, C, F, h, w]``) replaces the seeded initial noise, as in diffusers;
-        it is taken as unit-variance noise and scaled by the scheduler's ``init_noise_sigma``.
-        ``motion_prior`` (from 0 up to 1) starts that fraction into the schedule from the model's
-        motion prior (:mod:`videodiff.motion_prior`): its guess of the prompt's moving object,
-        moving at ``motion`` (pixels per frame, ``(dx, dy)``) or at the velocity it predicts,
-        noised with the initial noise; the first ``round(steps * motion_prior)`` steps are skipped.
-        Settings left as ``None`` take the model's recorded defaults (``videodiff.json``), else
-        16 frames, 25 steps, guidance 7.5, ddim and independent noise.
+        ``settings`` are :class:`~videodiff.config.SampleSettings` fields or diffusers' names for them
+        (``negative_prompt``, ``num_frames``, ``num_inference_steps``, ``guidance_scale``); left out or
+        ``None`` they take the model's recorded defaults (``videodiff.json``), else the built-in ones
+        (16 frames, 25 steps, guidance 7.5, ddim, independent noise). ``latents`` (``[1, C, F, h, w]``)
+        replace the seeded initial noise, as in diffusers: unit-variance noise, scaled by the scheduler's
+        ``init_noise_sigma``. ``motion_prior`` (from 0 up to 1) starts that fraction into the schedule
+        from the model's motion prior (:mod:`videodiff.motion_prior`), moving at ``motion`` (pixels per
+        frame, ``(dx, dy)``) or at the velocity it predicts. ``on_step(i, total, t, t_next, latents,
+        pass_index)`` is called after every scheduler step (:func:`videodiff.sampling.sample`).
         """
-        d = self.parts.defaults
-        default_h, default_w = self.default_size()
-        height, width = height or default_h, width or default_w
-        num_frames = int(num_frames if num_frames is not None else d.get("frames", 16))
-        num_inference_steps = int(num_inference_steps if num_inference_steps is not None else d.get("steps", 25))
-        guidance_scale = float(guidance_scale if guidance_scale is not None else d.get("guidance", 7.5))
-        scheduler = scheduler or d.get("scheduler", "ddim")
-        noise = noise or d.get("noise", "independent")
-        noise_alpha = float(noise_alpha if noise_alpha is not None else d.get("noise_alpha", 1.0))
-        motion_prior = float(motion_prior if motion_prior is not None else d.get("motion_prior", 0.0))
-        if motion_prior > 0 and self.parts.motion_prior is None and motion_prior == d.get("motion_prior"):
-            # the model recommends a start for its own motion modules; these have no prior to start from
-            notice(
-                f"the model's motion_prior {motion_prior:g} does not apply: these motion modules have no motion prior"
-            )
-            motion_prior = 0.0
-        negative_prompt = negative_prompt if negative_prompt is not None else d.get("negative")
-        if seed is None and latents is None:
-            seed = secrets.randbelow(2**32)
-        settings = RenderConfig(
-            prompt=prompt,
-            negative=negative_prompt,
-            frames=num_frames,
-            steps=num_inference_steps,
-            guidance=float(guidance_scale),
-            seed=seed,
-            height=height,
-            width=width,
-            scheduler=scheduler,
-            noise=noise,
-            noise_alpha=float(noise_alpha),
-            motion_prior=motion_prior,
-            motion=tuple(motion) if motion is not None else None,
-            decode_chunk=decode_chunk,
-        ).validate()
-        self.check_frames(num_frames)
-        if output_type not in ("np", "latent"):
-            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
-        guide = sampling.uses_guidance(guidance_scale)
-        if negative_prompt and not guide:
-            notice(f"the negative prompt has no effect at guidance {guidance_scale:g} (it needs guidance above 1)")
-
-        # 0. the MotionLoRAs this prompt's words trigger
-        triggered = tuple(t.word for t in self.triggers.select(prompt)) if self.triggers else ()
-        # 1. encode the prompt (and the negative one for guidance)
-        context = self.encode(prompt)
-        uncond = self.encode(negative_prompt or "") if guide else None
-        # 2. scheduler
-        sched = make_scheduler(scheduler, self.parts.scheduler_config)
-        # 3. initial noise, drawn on the CPU so a seed means the same video on any device
-        generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
-        shape = self.latent_shape(num_frames, height, width)
-        if latents is None:
-            latents = noise_priors.sample_noise(shape, kind=noise, alpha=noise_alpha, generator=generator)
-        elif tuple(latents.shape) != shape:
-            raise UserError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-        start = 0
-        if motion_prior > 0:  # start part-way from the motion prior's guess, noised with that noise
-            start = start_step(num_inference_steps, motion_prior)
-            clean, velocity = self.prior_guess(context, shape, generator, motion)
-            settings = dataclasses.replace(settings, motion=velocity)
-            latents = sampling.noised_start(sched, num_inference_steps, start, clean, latents.float().to(self.device))
-            latents = latents.to(self.device, self.dtype)
-        else:
-            if motion is not None:
-                notice("--motion has no effect without --motion-prior")
-            latents = latents.to(self.device, self.dtype) * sched.init_noise_sigma
-        with heap.render_heap(self.device):  # the CPU heap keeps each step's freed activations for the next
-            # 4. denoise
-            latents = sampling.sample(
-                self.unet,
-                latents,
-                sched,
-                steps=num_inference_steps,
-                context=context,
-                uncond_context=uncond,
-                guidance=guidance_scale,
-                generator=generator,
-                progress=progress,
-                start=start,
-            )
-            # 5. decode
-            frames = None
-            if output_type == "np":
-                chunk = decode_chunk or vae.default_chunk(self.device)
-                frames = vae.to_uint8(vae.decode(self.vae, latents, chunk))[0]
-        return VideoResult(frames, latents, seed, to_dict(settings), triggered)
+        resolved = self.settings(prompt, **settings)
+        return self.generate(resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step)
 
 
-def load_pipeline(
-    model: str | None = None,
-    motion_module: str | None = None,
-    *,
-    device: str | None = None,
-    dtype: str | torch.dtype | None = None,
-    attention: str = "sdpa",
-    vae: str | None = None,
-    lora: tuple[str, ...] | list[str] = (),
-    embedding: tuple[str, ...] | list[str] = (),
-    motion_lora: tuple[str, ...] | list[str] = (),
-    motion_lora_trigger: tuple[str, ...] | list[str] = (),
-    motion_config: str | None = None,
-    clip_skip: int | None = None,
-    spatial_norm: str = "auto",
-    offload: str | None = None,
-    vae_tiling: bool = False,
-    attention_slicing: bool = False,
-) -> VideoPipeline:
+def load_pipeline(model: str | None = None, motion_module: str | None = None, **options: Any) -> VideoPipeline:
     """Load an SD1.5-family model (diffusers folder, hub id or single file) inflated with motion modules.
 
     With no ``model``, the built-in shapes model (``a {color} {shape} moving {direction}``).
-    With ``motion_module=None`` the model's own motion modules are used, if it ships
-    them. ``lora``/``motion_lora`` take ``PATH[:SCALE]`` strings, ``motion_lora_trigger``
-    ``WORD=PATH[:SCALE]`` (that MotionLoRA only for prompts with the word); ``embedding`` takes
-    textual-inversion files; ``spatial_norm`` is ``auto``, ``joint`` (original v1) or
-    ``per-frame`` (diffusers). For small GPUs: ``offload`` (``model`` or ``sequential`` CPU
-    offload), ``vae_tiling`` and ``attention_slicing``.
+    With ``motion_module=None`` the model's own motion modules are used, if it ships them.
+    ``options`` are :class:`~videodiff.config.LoadSettings` fields: ``lora``/``motion_lora`` take
+    ``PATH[:SCALE]`` strings, ``motion_lora_trigger`` ``WORD=PATH[:SCALE]`` (that MotionLoRA only for
+    prompts with the word); ``embedding`` takes textual-inversion files; ``spatial_norm`` is ``auto``,
+    ``joint`` (original v1) or ``per-frame`` (diffusers). For small GPUs: ``offload`` (``model`` or
+    ``sequential`` CPU offload), ``vae_tiling`` and ``attention_slicing``. ``device`` may also name one
+    device (``cuda:1``) and ``dtype`` may be a ``torch.dtype``.
     """
-    if not model:
-        model = builtin_model()
-    if spatial_norm not in SPATIAL_NORMS:
-        raise UserError(f"unknown --spatial-norm {spatial_norm!r}; choose one of: {', '.join(SPATIAL_NORMS)}")
-    dev = resolve_device(device)
-    parts = load_model_parts(
-        model,
-        motion_module,
-        motion_config=motion_config,
-        vae=vae,
-        loras=tuple(lora),
-        embeddings=tuple(embedding),
-        motion_loras=tuple(motion_lora),
-        motion_lora_triggers=tuple(motion_lora_trigger),
-    )
-    if offload and dev.type == "cpu":
-        notice("--offload has no effect on the CPU (the weights are there already)")
-        offload = None
-    pipe = VideoPipeline(parts, dev, resolve_dtype(dtype, dev), attention, clip_skip=clip_skip, offload=offload)
-    pipe.enable_memory_savers(vae_tiling=vae_tiling, attention_slicing=attention_slicing)
-    joint = parts.norm_over_frames if spatial_norm == "auto" else spatial_norm == "joint"
-    pipe.unet.set_norm_over_frames(joint)
-    return pipe
-
-
-def slug(prompt: str, limit: int = 40) -> str:
-    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
-    return words[:limit].rstrip("-") or "video"
-
-
-def default_output(prompt: str, seed: int, folder: str | Path = "outputs") -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(folder) / f"{stamp}-{slug(prompt)}-{seed}.mp4"
-
-
-def resolve_render_config(
-    command_line: dict[str, Any], config_file: str | None = None, environment: dict[str, Any] | None = None
-) -> RenderConfig:
-    """Precedence: command line, then ``--config``, then environment variables (``VIDEODIFF_MODEL``...),
-    then the model's recorded defaults, then built-ins."""
-    from_file = load_config_file(config_file) if config_file else {}
-    environment = environment or {}
-    model = command_line.get("model") or from_file.get("model") or environment.get("model")
-    return merge(read_model_defaults(model), environment, from_file, command_line).validate()
-
-
-@dataclass
-class RenderOutcome:
-    output: Path
-    sidecar: Path
-    seed: int
-    result: VideoResult
-
-
-def pipeline_for(config: RenderConfig, device: str | torch.device | None = None) -> VideoPipeline:
-    """The pipeline a render config asks for (model, add-ons, device, memory savers)."""
-    return load_pipeline(
-        config.model,
-        config.motion_module,
-        device=device or config.device,
-        dtype=config.dtype,
-        attention=config.attention,
-        vae=config.vae,
-        lora=config.lora,
-        embedding=config.embedding,
-        motion_lora=config.motion_lora,
-        motion_lora_trigger=config.motion_lora_trigger,
-        motion_config=config.motion_config,
-        clip_skip=config.clip_skip,
-        spatial_norm=config.spatial_norm,
-        offload=config.offload,
-        vae_tiling=config.vae_tiling,
-        attention_slicing=config.attention_slicing,
-    )
-
-
-def check_frame_limit(config: RenderConfig) -> None:
-    """Refuse too many frames from the motion module's header, before minutes of loading weights."""
-    from videodiff.io.models import BUILTIN_MODEL, OWN_MOTION_FOLDER
-    from videodiff.io.motion_formats import frame_limit
-
-    source = config.motion_module
-    model = Path(config.model) if config.model else BUILTIN_MODEL
-    if source is None and (model / OWN_MOTION_FOLDER).is_dir():
-        source = str(model / OWN_MOTION_FOLDER)
-    if source is None:
-        return
-    try:
-        limit = frame_limit(source, config.motion_config)
-    except UserError:
-        return  # loading reports what is wrong with the file, with its full context
-    if config.frames > limit:
-        raise too_many_frames(config.frames, limit)
-
-
-def render(config: RenderConfig, pipe: VideoPipeline | None = None) -> RenderOutcome:
-    """Render ``config`` to its output file with a sidecar beside it; nothing is left half-written."""
-    config.validate()
-    if not config.prompt:
-        raise UserError("no prompt given: pass PROMPT or set 'prompt' in the --config file")
-    seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
-    output = Path(config.output) if config.output else default_output(config.prompt, seed)
-    # fail before the work, and create no folder until there is something to write
-    check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
-    side = sidecar_path(output)
-    if side.exists() and not config.overwrite:
-        raise UserError(f"{side} already exists; pass --overwrite to replace it")
-    if pipe is None:
-        check_frame_limit(config)
-        pipe = pipeline_for(config)
-    pipe.check_frames(config.frames)
-    if config.seed is None:
-        notice(f"seed {seed} (pass --seed {seed} to render this video again)")
-    result = pipe(
-        config.prompt,
-        negative_prompt=config.negative,
-        num_frames=config.frames,
-        height=config.height,
-        width=config.width,
-        num_inference_steps=config.steps,
-        guidance_scale=config.guidance,
-        seed=seed,
-        noise=config.noise,
-        noise_alpha=config.noise_alpha,
-        motion_prior=config.motion_prior,
-        motion=config.motion,
-        scheduler=config.scheduler,
-        decode_chunk=config.decode_chunk,
-        progress=not config.quiet,
-    )
-    written = save_video(result.frames, output, fps=config.fps, crf=config.crf, overwrite=config.overwrite)
-    record = sidecar_record(config, result, pipe, written)
-    write_text_atomic(side, json.dumps(record, indent=2) + "\n")
-    return RenderOutcome(written, side, seed, result)
-
-
-def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipeline, output: Path) -> dict[str, Any]:
-    """What reproduces a video: the resolved settings, plus an informational part that ``--config`` ignores."""
-    settings = to_dict(config)
-    settings.update({k: result.settings[k] for k in ("seed", "height", "width")})
-    for transient in ("output", "overwrite", "quiet"):
-        settings.pop(transient)
-    settings[INFO_KEY] = {
-        "output": str(output),
-        "frames_written": int(result.frames.shape[0]),
-        "size_written": [int(result.frames.shape[2]), int(result.frames.shape[1])],
-        "sources": pipe.parts.sources,
-        "motion_lora_triggered": list(result.triggered),
-        "motion_prior_velocity": result.settings["motion"] if result.settings["motion_prior"] > 0 else None,
-        "device": str(pipe.device),
-        "dtype": str(pipe.dtype).removeprefix("torch."),
-        "attention": pipe.attention,
-        "versions": package_versions(),
-        "created": datetime.now().isoformat(timespec="seconds"),
-    }
-    return settings
+    device = options.pop("device", None)
+    if isinstance(options.get("dtype"), torch.dtype):
+        options["dtype"] = next(name for name, d in DTYPES.items() if d == options["dtype"])
+    settings = merge({"model": model, "motion_module": motion_module}, options, cls=LoadSettings)
+    return VideoPipeline.load(settings, device)

@@ -3,7 +3,7 @@
 Prompts follow one grammar, ``a {color} {shape} moving {direction}``, over 8 colours,
 3 shapes and 4 directions: 96 combinations. Ten of them (:data:`HELDOUT`) never appear
 in training data, so a model's compositional generalisation can be scored on them
-separately (see :mod:`videodiff.evaluate`)::
+separately (see :mod:`videodiff.shapes.evaluate`)::
 
     red circle left        green square right     blue triangle up
     yellow circle down     purple square left     orange triangle right

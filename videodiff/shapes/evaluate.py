@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from videodiff.shapes import (
+from videodiff.shapes.world import (
     ALL_COMBOS,
     COLORS,
     DIRECTIONS,
@@ -603,7 +603,7 @@ def run_shapes_eval(
     """
     from videodiff.errors import UserError
     from videodiff.log import notice
-    from videodiff.shapes import combos_of
+    from videodiff.shapes.world import combos_of
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a positive integer, got {seeds!r}")
