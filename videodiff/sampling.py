@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``denoiser(x [b c f h w], t, context) -> model output [b c f h w]``."""
 
-OnStep = Callable[[int, int, torch.Tensor, "torch.Tensor | None", torch.Tensor, int], "torch.Tensor | None"]
+OnStep = Callable[[int, int, torch.Tensor, torch.Tensor | None, torch.Tensor, int], torch.Tensor | None]
 """``on_step(i, total, t, t_next, latents, pass_index) -> latents | None``, after every scheduler step.
 
 ``i`` is the index of the step just taken among the ``total`` steps this run takes (0-based,
@@ -110,14 +110,16 @@ class Schedule:
 
     - DDIM, DDPM, Euler, Euler-a, LCM, TCD: no history (each step reads only its own
       timestep's sigma/alpha through ``step_index``): nothing to do.
-    - multistep solvers, DPM-Solver(++) (``dpm++``), DEIS, UniPC, SA-Solver, EDM/cosine DPM:
+    - multistep solvers, DPM-Solver(++) (``dpm++``), DEIS, UniPC, SA-Solver, EDM/cosine DPM
+      (the first four checked against a fresh scheduler in tests/test_sampling.py):
       ``model_outputs`` and ``lower_order_nums`` (the previous outputs and the warm-up
       count) are reset as ``set_timesteps`` resets them; UniPC and SA-Solver also keep
       ``last_sample`` (their corrector reads it; ``None`` turns the corrector off for the
       next step, as in a fresh scheduler) and ``timestep_list`` (back to ``[None] * n`` as
       built in ``__init__``). The step counter ``_step_index`` is kept: a fresh scheduler
       begun at the next step has the same one.
-    - LMS: ``derivatives`` emptied (as ``set_timesteps`` does).
+    - LMS: ``derivatives`` emptied (as ``set_timesteps`` does; read from the source, untested
+      here: LMS needs scipy).
     - PNDM (the SD1.5 folder's own scheduler) and DPM-Solver singlestep pair their
       steps through counters and a stored sample (``ets``/``counter``/``cur_sample``;
       ``model_outputs``/``sample``): clearing them mid-run would skip a noise level, so
@@ -130,7 +132,7 @@ class Schedule:
         self.scheduler = scheduler
         self.steps = steps
         self.start = start
-        self._step_kwargs = {"generator"} & set(inspect.signature(scheduler.step).parameters)
+        self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
 
     @property
     def timesteps(self) -> torch.Tensor:
@@ -154,7 +156,7 @@ class Schedule:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """One scheduler step from ``x`` at ``t``: the previous (less noisy) sample."""
-        kwargs = {"generator": generator} if self._step_kwargs else {}
+        kwargs = {"generator": generator} if self._takes_generator else {}
         return self.scheduler.step(model_output, t, x, **kwargs).prev_sample
 
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
