@@ -33,7 +33,7 @@ OnStep = Callable[[int, int, torch.Tensor, torch.Tensor | None, torch.Tensor, in
 ``i`` is the index of the step just taken among the ``total`` steps this run takes (0-based,
 counted from ``start``), ``t`` its timestep, ``t_next`` the timestep the latents are now at
 (``None`` after the last step), ``latents`` ``[b c f h w]``, ``pass_index`` as given to
-:func:`sample`. Returning a tensor replaces the latents and restarts the solver's history
+:func:`sample`. Returning a tensor (even the same one) replaces the latents and restarts the solver's history
 (:meth:`Schedule.restart`); return ``None`` to leave them as they are. Raise
 :class:`Cancelled` to stop.
 """
