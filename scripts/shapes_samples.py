@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from videodiff import load_pipeline, save_video
-from videodiff.shapes.evaluate import detect
 from videodiff.shapes import HELDOUT, parse_prompt, prompt_of
+from videodiff.shapes.evaluate import detect
 
 # one tile per colour, every shape and direction at least twice, three held-out combinations
 PROMPTS = [

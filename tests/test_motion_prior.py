@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from videodiff import load_pipeline, sampling
 from videodiff.errors import UserError
 from videodiff.motion_prior import PRIOR_FILE, MotionPrior, object_tracks, object_windows, prompt_features
-from videodiff.starts import start_step
 from videodiff.schedulers import make_scheduler
+from videodiff.starts import start_step
 
 RENDER = dict(num_frames=4, height=16, width=16, num_inference_steps=4, output_type="latent")
 
@@ -131,7 +131,7 @@ def test_sampling_from_a_start_step_is_the_tail_of_the_schedule(tiny_pipe):
         return tiny_pipe.unet(x, t, c)
 
     sampling.sample(
-        denoiser, x, sched, steps=6, context=context, uncond_context=None, guidance=1.0, progress=False, start=2
+        denoiser, x, sched, steps=6, guide=sampling.guide_for(1.0, context, None), progress=False, start=2
     )
     assert calls == [int(v) for v in sched.timesteps[2:]]
 

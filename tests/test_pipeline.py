@@ -61,11 +61,9 @@ def test_guidance_at_one_is_the_conditional_branch(tiny_pipe):
     latents = sample_noise(tiny_pipe.latent_shape(3, 16, 16), generator=torch.Generator().manual_seed(0))
     sched = make_scheduler("ddim", tiny_pipe.parts.scheduler_config)
     context, uncond = tiny_pipe.encode(PROMPT), tiny_pipe.encode("cat")
-    a = sampling.sample(spy, latents.clone(), sched, steps=2, context=context, uncond_context=uncond, guidance=1.0)
+    a = sampling.sample(spy, latents.clone(), sched, steps=2, guide=sampling.guide_for(1.0, context, uncond))
     assert calls == [1, 1]
-    b = sampling.sample(
-        tiny_pipe.unet, latents.clone(), sched, steps=2, context=context, uncond_context=None, guidance=1.0
-    )
+    b = sampling.sample(tiny_pipe.unet, latents.clone(), sched, steps=2, guide=sampling.guide_for(1.0, context, None))
     torch.testing.assert_close(a, b)
 
 

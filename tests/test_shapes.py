@@ -11,15 +11,6 @@ from cli_helpers import invoke, ok
 
 from videodiff import shapes
 from videodiff.errors import UserError
-from videodiff.shapes.evaluate import (
-    Report,
-    detect,
-    evaluate,
-    evaluate_ground_truth,
-    evaluate_model,
-    ground_truth_render_fn,
-    roundtrip,
-)
 from videodiff.shapes import (
     ALL_COMBOS,
     COLORS,
@@ -33,6 +24,15 @@ from videodiff.shapes import (
     prompt_of,
     render_clip,
     write_dataset,
+)
+from videodiff.shapes.evaluate import (
+    Report,
+    detect,
+    evaluate,
+    evaluate_ground_truth,
+    evaluate_model,
+    ground_truth_render_fn,
+    roundtrip,
 )
 
 # ----------------------------------------------------------------------------- grammar and split

@@ -414,9 +414,9 @@ def eval_shapes(
     """
     import json
 
-    from videodiff.shapes.evaluate import run_shapes_eval
     from videodiff.io.atomic import prepare_output, write_text_atomic
     from videodiff.log import setup_cli_logging
+    from videodiff.shapes.evaluate import run_shapes_eval
 
     setup_cli_logging(quiet)
     target = prepare_output(out, overwrite=overwrite) if out else None

@@ -26,7 +26,6 @@ latent cells per frame ``(dy, dx)`` (pixels / the VAE's scale factor).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

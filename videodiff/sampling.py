@@ -1,17 +1,46 @@
-"""The sampling loop: scheduler steps with classifier-free guidance over a denoiser callable.
+"""The sampling loop: scheduler steps over a denoiser callable, with a guide and a per-step hook.
 
-Knows nothing of files or of the U-Net: ``denoiser(x [b c f h w], t, context) -> eps``.
+Knows nothing of files or of the U-Net, and imports nothing from videodiff:
+``denoiser(x [b c f h w], t, context) -> model output`` (eps, v, ... as the scheduler's
+prediction type says). The shape is k-diffusion's (a loop over a denoiser callable) with
+sgm's guider: a :class:`Guide` turns the denoiser into one guided model output per step,
+and an :data:`OnStep` hook sees (and may replace) the latents after every scheduler step.
+Diffusers' schedulers sit behind one small adapter, :class:`Schedule`.
+
+Sliding windows over frames (next feature, not implemented here) belong in a *denoiser
+wrapper*: for one timestep it calls the wrapped denoiser on each window of frames, fuses
+all windows' model outputs into one ``[b c f h w]`` output (weighted where windows overlap)
+and returns it, so the loop still takes exactly one scheduler step per timestep on the whole
+video. Per-window scheduler steps are wrong: dpm++ would push each window's output into one
+shared multistep history, and euler-a would draw fresh ancestral noise once per window.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``denoiser(x [b c f h w], t, context) -> model output [b c f h w]``."""
+
+OnStep = Callable[[int, int, torch.Tensor, torch.Tensor | None, torch.Tensor, int], torch.Tensor | None]
+"""``on_step(i, total, t, t_next, latents, pass_index) -> latents | None``, after every scheduler step.
+
+``i`` is the index of the step just taken among the ``total`` steps this run takes (0-based,
+counted from ``start``), ``t`` its timestep, ``t_next`` the timestep the latents are now at
+(``None`` after the last step), ``latents`` ``[b c f h w]``, ``pass_index`` as given to
+:func:`sample`. Returning a tensor (even the same one) replaces the latents and restarts the solver's history
+(:meth:`Schedule.restart`); return ``None`` to leave them as they are. Raise
+:class:`Cancelled` to stop.
+"""
+
+
+class Cancelled(Exception):
+    """Raised from an on_step hook to stop sampling cleanly (the web app's stop button)."""
 
 
 def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -24,45 +53,194 @@ def uses_guidance(scale: float) -> bool:
     return scale > 1.0
 
 
+class Guide(Protocol):
+    """An sgm-style guider: where per-frame guidance or other guiders plug in."""
+
+    def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The guided model output for latents ``x`` ``[b c f h w]`` (already ``scale_model_input``'ed)."""
+        ...
+
+
+class NoGuidance:
+    """One denoiser call with the conditional ``context`` (``[b n d]`` or ``[b f n d]``)."""
+
+    def __init__(self, context: torch.Tensor):
+        self.context = context
+
+    def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return denoiser(x, t, self.context)
+
+
+class ClassifierFreeGuidance:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) with both branches in one denoiser batch.
+
+    The batch is ``[uncond, cond]`` (latents and contexts concatenated on ``b``), as diffusers'
+    pipelines order it, and the output is ``eps_u + scale (eps_c - eps_u)``.
+    """
+
+    def __init__(self, scale: float, context: torch.Tensor, uncond_context: torch.Tensor):
+        self.scale = scale
+        self.context = context
+        self.uncond_context = uncond_context
+        self.batch_context = torch.cat([uncond_context, context])
+
+    def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = denoiser(torch.cat([x] * 2), t, self.batch_context)
+        eps_uncond, eps_cond = eps.chunk(2)
+        return guided(eps_uncond, eps_cond, self.scale)
+
+
+def guide_for(scale: float, context: torch.Tensor, uncond_context: torch.Tensor | None) -> Guide:
+    """CFG when :func:`uses_guidance` (``scale > 1``) and an unconditional context is given, else NoGuidance."""
+    if uses_guidance(scale) and uncond_context is not None:
+        return ClassifierFreeGuidance(scale, context, uncond_context)
+    return NoGuidance(context)
+
+
+class Schedule:
+    """The one adapter over a diffusers scheduler (duck-typed: no diffusers import here).
+
+    Sets ``steps`` timesteps and tells the scheduler sampling begins at step ``start``
+    (:func:`set_start`); :attr:`timesteps` are the ones still to run from there.
+
+    :meth:`restart` forgets the solver's history, so that after a hook has replaced the
+    latents the remaining steps are exactly those of a fresh scheduler begun
+    (``set_begin_index``) at the next step from the replaced latents. Per family, in
+    diffusers 0.42:
+
+    - DDIM, DDPM, Euler, Euler-a, LCM, TCD: no history (each step reads only its own
+      timestep's sigma/alpha through ``step_index``): nothing to do.
+    - multistep solvers, DPM-Solver(++) (``dpm++``), DEIS, UniPC, SA-Solver, EDM/cosine DPM
+      (the first four checked against a fresh scheduler in tests/test_sampling.py):
+      ``model_outputs`` and ``lower_order_nums`` (the previous outputs and the warm-up
+      count) are reset as ``set_timesteps`` resets them; UniPC and SA-Solver also keep
+      ``last_sample`` (their corrector reads it; ``None`` turns the corrector off for the
+      next step, as in a fresh scheduler) and ``timestep_list`` (back to ``[None] * n`` as
+      built in ``__init__``). The step counter ``_step_index`` is kept: a fresh scheduler
+      begun at the next step has the same one.
+    - LMS: ``derivatives`` emptied (as ``set_timesteps`` does; read from the source, untested
+      here: LMS needs scipy).
+    - PNDM (the SD1.5 folder's own scheduler) and DPM-Solver singlestep pair their
+      steps through counters and a stored sample (``ets``/``counter``/``cur_sample``;
+      ``model_outputs``/``sample``): clearing them mid-run would skip a noise level, so
+      restart raises ``NotImplementedError`` rather than sample a wrong schedule. So do
+      Heun and KDPM2 when a hook replaces latents half-way through their two-stage step.
+    """
+
+    def __init__(self, scheduler, steps: int, start: int = 0, device: torch.device | str | None = None):
+        set_start(scheduler, steps, start, device)
+        self.scheduler = scheduler
+        self.steps = steps
+        self.start = start
+        self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """The timesteps still to run: the scheduler's from ``start`` on."""
+        return self.scheduler.timesteps[self.start :]
+
+    @property
+    def init_noise_sigma(self) -> float | torch.Tensor:
+        """The scale of unit noise at the first timestep (1 for DDIM/DPM-Solver, sigma_max-ish for Euler)."""
+        return self.scheduler.init_noise_sigma
+
+    def scale_model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Latents as the denoiser expects them at ``t`` (Euler divides by ``sqrt(sigma^2 + 1)``)."""
+        return self.scheduler.scale_model_input(x, t)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: torch.Tensor,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One scheduler step from ``x`` at ``t``: the previous (less noisy) sample."""
+        kwargs = {"generator": generator} if self._takes_generator else {}
+        return self.scheduler.step(model_output, t, x, **kwargs).prev_sample
+
+    def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """``clean`` noised by ``noise`` to ``t`` (default: the first timestep still to run), q(x_t | x_0)."""
+        if t is None:
+            t = self.timesteps[:1]
+        return self.scheduler.add_noise(clean, noise, t)
+
+    def restart(self) -> None:
+        """Forget the multistep history so the next step starts the solver afresh from the current latents."""
+        s = self.scheduler
+        name = type(s).__name__
+        if not getattr(s, "state_in_first_order", True):
+            raise NotImplementedError(f"{name} cannot restart half-way through its two-stage step")
+        if hasattr(s, "lower_order_nums"):
+            s.model_outputs = [None] * len(s.model_outputs)
+            s.lower_order_nums = 0
+            if hasattr(s, "timestep_list"):
+                s.timestep_list = [None] * len(s.timestep_list)
+            if hasattr(s, "last_sample"):
+                s.last_sample = None
+        elif hasattr(s, "derivatives"):
+            s.derivatives = []
+        elif hasattr(s, "ets") or hasattr(s, "model_outputs"):
+            raise NotImplementedError(f"{name} pairs its steps; it cannot restart from replaced latents mid-run")
+
+
 def sample(
     denoiser: Denoiser,
     latents: torch.Tensor,
     scheduler,
     *,
     steps: int,
-    context: torch.Tensor,
-    uncond_context: torch.Tensor | None,
-    guidance: float,
+    guide: Guide,
+    on_step: OnStep | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
     start: int = 0,
+    pass_index: int = 0,
+    desc: str = "denoising",
 ) -> torch.Tensor:
     """Denoise ``latents`` (``[b c f h w]``, already scaled by ``init_noise_sigma``) in ``steps`` steps.
 
-    ``start > 0`` skips the first ``start`` steps: ``latents`` are then a clean guess noised to
-    the timestep where sampling starts (:func:`noised_start`), as img2img does.
+    ``scheduler`` is a diffusers scheduler (wrapped here in a :class:`Schedule`) or a
+    :class:`Schedule` built with the same ``steps`` and ``start``. ``start > 0`` skips the
+    first ``start`` steps: ``latents`` are then a clean guess noised to the timestep where
+    sampling starts (:func:`noised_start`), as img2img does.
 
-    ``context``/``uncond_context`` are ``[b n d]`` (or ``[b f n d]``); the unconditional one
-    is used only when ``uses_guidance(guidance)``. ``generator`` feeds stochastic
-    schedulers (euler-a), as diffusers passes it.
+    ``guide`` turns the denoiser into one model output per step (:func:`guide_for`).
+    ``on_step`` (:data:`OnStep`) runs after every scheduler step; a tensor it returns
+    replaces the latents and restarts the solver (:meth:`Schedule.restart`); a
+    :class:`Cancelled` it raises propagates to the caller, no further step taken.
+    ``pass_index`` is handed to ``on_step`` (FreeInit's passes), ``desc`` to the progress bar.
+    ``generator`` feeds stochastic schedulers (euler-a), as diffusers passes it.
     """
     if latents.ndim != 5:
         raise ValueError(f"latents must be [b c f h w], got shape {tuple(latents.shape)}")
     # 1. timesteps
-    set_start(scheduler, steps, start, latents.device)
-    # 2. guidance batches the two branches: [uncond, cond]
-    cfg = uses_guidance(guidance) and uncond_context is not None
-    model_context = torch.cat([uncond_context, context]) if cfg else context
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    # 3. the loop
-    for t in tqdm(scheduler.timesteps[start:], disable=not progress, desc="denoising", leave=False):
-        x = torch.cat([latents] * 2) if cfg else latents
-        x = scheduler.scale_model_input(x, t)
-        eps = denoiser(x, t, model_context)
-        if cfg:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = guided(eps_uncond, eps_cond, guidance)
-        latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+    if isinstance(scheduler, Schedule):
+        if (scheduler.steps, scheduler.start) != (steps, start):
+            raise ValueError(
+                f"the Schedule has steps={scheduler.steps}, start={scheduler.start}; sample got {steps}, {start}"
+            )
+        schedule = scheduler
+    else:
+        schedule = Schedule(scheduler, steps, start, latents.device)
+    timesteps = schedule.timesteps
+    total = len(timesteps)
+    # 2. the loop: guided model output, one scheduler step, the hook
+    with tqdm(total=total, disable=not progress, desc=desc, leave=False) as bar:
+        for i, t in enumerate(timesteps):
+            model_output = guide(denoiser, schedule.scale_model_input(latents, t), t)
+            latents = schedule.step(model_output, t, latents, generator)
+            bar.update()
+            if on_step is None:
+                continue
+            t_next = timesteps[i + 1] if i + 1 < total else None
+            replaced = on_step(i, total, t, t_next, latents, pass_index)
+            if replaced is not None:
+                if replaced.shape != latents.shape:
+                    shapes = f"{tuple(replaced.shape)}, latents are {tuple(latents.shape)}"
+                    raise ValueError(f"on_step returned shape {shapes}")
+                latents = replaced
+                schedule.restart()
     return latents
 
 
@@ -77,6 +255,4 @@ def set_start(scheduler, steps: int, start: int, device: torch.device | str | No
 
 def noised_start(scheduler, steps: int, start: int, clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """``clean`` noised by ``noise`` to the timestep of step ``start`` of ``steps``, in the scheduler's own scaling."""
-    set_start(scheduler, steps, start, clean.device)
-    t = scheduler.timesteps[start : start + 1]
-    return scheduler.add_noise(clean, noise, t)
+    return Schedule(scheduler, steps, start, clean.device).add_noise(clean, noise)
