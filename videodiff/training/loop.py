@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import time
 from collections.abc import Iterable, Iterator
@@ -30,6 +29,7 @@ from videodiff import text, vae
 from videodiff.config import TrainConfig
 from videodiff.errors import UserError
 from videodiff.io.models import SPATIAL_FILE, ModelParts, load_model_parts
+from videodiff.launch import CPU_FLAG_ADVICE, check_launch, close
 from videodiff.log import notice
 from videodiff.motion_prior import PRIOR_FILE, ClipTargets, MotionPrior, clip_targets, prompt_features
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
@@ -38,16 +38,6 @@ from videodiff.training.data import ClipDataset, ResumableBatches, collate, find
 from videodiff.training.trainable import SPATIAL_PREFIX, select_trainable
 from videodiff.unet import VideoUNet
 from videodiff.unet.lora import lora_state_dict
-
-
-def check_launch(num_processes: int) -> None:
-    """Refuse a multi-process launch in which every process believes it is alone (each would train separately)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1 and num_processes == 1:
-        raise UserError(
-            f"the launcher started {world} processes but each one sees itself alone; on CPUs set "
-            "ACCELERATE_USE_CPU=1 (or pass --cpu to accelerate launch)"
-        )
 
 
 def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
@@ -132,7 +122,7 @@ class Trainer:
 
         self.config = config.validate()
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
-        check_launch(self.accelerator.num_processes)
+        check_launch(self.accelerator.num_processes, advice=CPU_FLAG_ADVICE)
         self.run = Path(config.output)
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -418,7 +408,7 @@ class Trainer:
                 self.validate(done)
         bar.close()
         self.finish()
-        self.accelerator.end_training()  # closes the process group before exit (gloo can abort it otherwise)
+        close(self.accelerator.state)
         return self.run
 
     # 5. saving
