@@ -11,11 +11,9 @@ randomness derives from (seed, micro-step, process), so a resumed run is exact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,16 +32,11 @@ from videodiff.log import notice
 from videodiff.motion_prior import PRIOR_FILE, ClipTargets, MotionPrior, clip_targets, prompt_features
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
 from videodiff.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
-from videodiff.training.data import ClipDataset, ResumableBatches, collate, find_clips
+from videodiff.training.data import ClipDataset, ResumableBatches, find_clips, step_generator
+from videodiff.training.latents import ClipEncoder, LatentCache, clip_latents, collate_any
 from videodiff.training.trainable import SPATIAL_PREFIX, select_trainable
 from videodiff.unet import VideoUNet
 from videodiff.unet.lora import lora_state_dict
-
-
-def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    """A CPU generator for one micro-step of one process: no RNG state to save, resume is exact."""
-    digest = hashlib.sha256(f"{seed}/{micro_step}/{rank}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def training_scheduler(model_config: dict[str, Any]):
@@ -77,30 +70,6 @@ class EMA:
     def update(self, params: dict[str, torch.nn.Parameter]) -> None:
         for k, p in params.items():
             self.shadow[k].lerp_(p.detach().float(), 1 - self.decay)
-
-
-class CachedLatents(torch.utils.data.Dataset):
-    """Latents encoded once per video (the clip of epoch 0), for runs where the VAE would dominate."""
-
-    def __init__(self, latents: list[torch.Tensor], captions: list[str]) -> None:
-        self.latents, self.captions = latents, captions
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def __getitem__(self, key) -> dict:
-        index = key[0] if isinstance(key, tuple) else key
-        return {"latents": self.latents[index], "caption": self.captions[index], "index": index}
-
-
-def collate_any(items: list[dict]) -> dict:
-    if items and "latents" in items[0]:
-        return {
-            "latents": torch.stack([i["latents"] for i in items]),
-            "captions": [i["caption"] for i in items],
-            "skipped": [],
-        }
-    return collate(items)
 
 
 def sample_timesteps(n: int, total: int, late: float, generator: torch.Generator) -> torch.Tensor:
@@ -158,8 +127,12 @@ class Trainer:
             sources, frames=c.frames, stride=c.stride, height=height, width=width, flip=c.flip, seed=c.seed
         )
         workers = c.num_workers
+        self.encoder = ClipEncoder(self.parts.vae, self.device, c.seed, progress=self.is_main and not c.quiet)
         if c.cache_latents:
-            self.dataset, workers = self.cache_latents(self.dataset), 0
+            path = Path(c.latent_cache) if c.latent_cache else self.run / "latents.safetensors"
+            cache = LatentCache.open(path, self.parts.vae, self.dataset, main=self.is_main)
+            self.dataset = cache.encode_or_load(self.dataset, self.encoder, self.skipped, c.data)
+            workers = 0
         self.sampler = ResumableBatches(
             len(self.dataset), c.batch_size, seed=c.seed, rank=self.rank, world=self.world, position=position
         )
@@ -172,87 +145,6 @@ class Trainer:
         )
         self.batches = iter(loader)
         self.position = position
-
-    def latent_cache_key(self, dataset: ClipDataset) -> str:
-        """What the cached latents depend on: the VAE's weights, every clip file and the clip settings."""
-        c = self.config
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.parts.vae.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-        clips = []
-        for source in dataset.sources:
-            stat = source.path.stat()
-            clips.append([str(source.path.resolve()), stat.st_size, stat.st_mtime_ns, source.caption])
-        settings = {"frames": c.frames, "stride": c.stride, "size": list(c.size), "flip": c.flip, "seed": c.seed}
-        digest.update(json.dumps({"clips": clips, "settings": settings}).encode())
-        return digest.hexdigest()
-
-    def read_latent_cache(self, path: Path, key: str) -> CachedLatents | None:
-        from safetensors import SafetensorError, safe_open
-
-        if not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), "pt") as fh:
-                meta = fh.metadata() or {}
-                if meta.get("key") != key:
-                    if self.is_main:
-                        notice(f"{path} holds latents of other clips, settings or VAE: encoding the clips again")
-                    return None
-                latents = fh.get_tensor("latents")
-                captions, skipped = json.loads(meta["captions"]), json.loads(meta["skipped"])
-        except (OSError, SafetensorError, KeyError, ValueError) as exc:
-            if self.is_main:
-                notice(f"{path} is not a readable latent cache ({exc}): encoding the clips again")
-            return None
-        self.skipped.update(skipped)
-        if self.is_main:
-            notice(f"reusing the latents cached in {path}")
-        return CachedLatents(list(latents.unbind()), captions)
-
-    def write_latent_cache(self, path: Path, key: str, cached: CachedLatents) -> None:
-        from safetensors.torch import save_file
-
-        from videodiff.io.atomic import atomic_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"key": key, "captions": json.dumps(cached.captions), "skipped": json.dumps(self.skipped)}
-        with atomic_file(path) as tmp:
-            save_file({"latents": torch.stack(cached.latents).contiguous()}, str(tmp), metadata=meta)
-
-    @torch.no_grad()
-    def cache_latents(self, dataset: ClipDataset) -> CachedLatents:
-        """Latents of one clip per video, read from the latent cache file when it matches, else encoded (and saved)."""
-        path = Path(self.config.latent_cache) if self.config.latent_cache else self.run / "latents.safetensors"
-        key = self.latent_cache_key(dataset)
-        cached = self.read_latent_cache(path, key)
-        if cached is None:
-            cached = self.encode_latents(dataset)
-            if self.is_main:
-                self.write_latent_cache(path, key, cached)
-        return cached
-
-    @torch.no_grad()
-    def encoded_clips(self, dataset: ClipDataset, desc: str) -> Iterator[tuple[torch.Tensor, str]]:
-        """``(latents [c f h w], caption)`` of one clip per video, one at a time; unreadable ones are counted."""
-        for index in tqdm(range(len(dataset)), desc=desc, disable=not self.is_main or self.config.quiet):
-            item = dataset[(index, 0)]
-            if "skipped" in item:
-                self.skipped[item["skipped"]] = item["reason"]
-                continue
-            pixels = item["pixels"][None].to(self.device, self.parts.vae.dtype)
-            gen = step_generator(self.config.seed, -1 - index, 0)
-            yield vae.encode(self.parts.vae, pixels, sample=True, generator=gen)[0].cpu(), item["caption"]
-
-    def encode_latents(self, dataset: ClipDataset) -> CachedLatents:
-        latents, captions = [], []
-        for clip, caption in self.encoded_clips(dataset, "caching latents"):
-            latents.append(clip)
-            captions.append(caption)
-        if not latents:
-            raise UserError(f"no readable clips in {self.config.data} ({len(self.skipped)} unreadable or too short)")
-        return CachedLatents(latents, captions)
 
     def next_batch(self) -> dict:
         """The next batch with at least one readable clip; a dataset with none is an error."""
@@ -518,12 +410,8 @@ class Trainer:
         """Fit a motion prior (:mod:`videodiff.motion_prior`) to the captioned clips and save it at ``path``.
 
         Clip by clip: what is kept of each is its caption's features and ~100 numbers, not its latents."""
-        if isinstance(self.dataset, CachedLatents):
-            clips: Iterable[tuple[torch.Tensor, str]] = zip(self.dataset.latents, self.dataset.captions)
-        else:
-            clips = self.encoded_clips(self.dataset, "fitting the motion prior")
         features, targets = [], []
-        for clip, caption in clips:
+        for clip, caption in clip_latents(self.dataset, self.encoder, "fitting the motion prior", self.skipped):
             if not caption:
                 continue
             if caption not in self.context_cache:
