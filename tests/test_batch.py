@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_user_error, invoke, ok, read_json
 
-from videodiff import batch
-from videodiff.batch import check_launch, parse_seeds, plan_batch, read_prompt_file
+from videodiff import launch
+from videodiff.batch import parse_seeds, plan_batch, read_prompt_file
 from videodiff.config import RenderConfig
 from videodiff.errors import UserError
 
@@ -178,23 +178,9 @@ def test_parse_seeds():
 # ---------------------------------------------------------------- launching
 
 
-def test_check_launch_refuses_processes_that_each_think_they_are_alone():
-    with pytest.raises(UserError, match="ACCELERATE_USE_CPU=1"):
-        check_launch(1, {"WORLD_SIZE": "2"})
-    check_launch(2, {"WORLD_SIZE": "2"})
-    check_launch(1, {})
-    assert batch.launched({"WORLD_SIZE": "2"}) and not batch.launched({})
-
-
-def test_plain_run_does_not_touch_accelerate(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(batch, "_partial_state", lambda: pytest.fail("accelerate initialised"))
-    assert isinstance(batch.launch_state(), batch.SingleProcess)
-
-
 def test_world_size_without_a_shared_state_exits_2_in_one_line(tmp_path, models, monkeypatch):
-    alone = batch.SingleProcess()  # what PartialState reports when the launch is not seen (no ACCELERATE_USE_CPU)
-    monkeypatch.setattr(batch, "_partial_state", lambda: alone)
+    alone = launch.SingleProcess()  # what PartialState reports when the launch is not seen (no ACCELERATE_USE_CPU)
+    monkeypatch.setattr(launch, "_partial_state", lambda: alone)
     line = assert_user_error(invoke("render", "a cat", *models, *SMALL, "--seed", 1, env={"WORLD_SIZE": "2"}))
     assert "ACCELERATE_USE_CPU=1" in line
     assert not list(tmp_path.iterdir())

@@ -28,7 +28,7 @@ from videodiff.config import TrainConfig
 from videodiff.errors import UserError
 from videodiff.io.models import SPATIAL_FILE, load_model_parts
 from videodiff.training.data import ResumableBatches
-from videodiff.training.loop import Trainer, check_launch
+from videodiff.training.loop import Trainer
 from videodiff.unet import VideoUNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -651,19 +651,6 @@ def test_world_size_without_a_process_group_is_refused(tiny_model, three_clips, 
     assert len(lines) == 1 and lines[0].startswith("videodiff: error: the launcher started 2 processes"), lines
     assert "ACCELERATE_USE_CPU=1" in lines[0]
     assert not out.exists()
-
-
-def test_check_launch(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    check_launch(1)
-    monkeypatch.setenv("WORLD_SIZE", "")
-    check_launch(1)
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    check_launch(1)
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    check_launch(4)
-    with pytest.raises(UserError, match="4 processes"):
-        check_launch(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

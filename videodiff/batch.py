@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
@@ -22,12 +21,12 @@ from typing import Any
 
 from videodiff.config import FIELD_NAMES, RenderConfig, SampleSettings, WriteSettings, merge, to_dict
 from videodiff.errors import UserError
+from videodiff.launch import close, launch_state, launched
 from videodiff.log import notice
 
 __all__ = [
     "FORMATS",
     "ITEM_KEYS",
-    "check_launch",
     "launch_state",
     "launched",
     "parse_seeds",
@@ -261,64 +260,6 @@ def plan_batch(
 # ---------------------------------------------------------------- 3. processes
 
 
-class SingleProcess:
-    """What :func:`run_batch` needs of accelerate's ``PartialState``, for a plain unlaunched run."""
-
-    num_processes = 1
-    process_index = 0
-    is_main_process = True
-    device = None  # the config's --device decides
-
-    @contextmanager
-    def split_between_processes(self, items: list) -> Iterator[list]:
-        yield items
-
-    def wait_for_everyone(self) -> None:
-        pass
-
-    def destroy_process_group(self) -> None:
-        pass
-
-
-def world_size(environ: Mapping[str, str] | None = None) -> int:
-    value = (os.environ if environ is None else environ).get("WORLD_SIZE", "") or "1"
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"WORLD_SIZE must be a whole number, got {value!r}") from None
-
-
-def launched(environ: Mapping[str, str] | None = None) -> bool:
-    """Started by a launcher (accelerate launch, torchrun) with several processes."""
-    return world_size(environ) > 1
-
-
-def check_launch(num_processes: int, environ: Mapping[str, str] | None = None) -> None:
-    """Refuse a multi-process launch in which every process believes it is alone (each would render everything)."""
-    world = world_size(environ)
-    if world > 1 and num_processes == 1:
-        raise UserError(
-            f"the launcher started {world} processes but each one sees itself alone; on CPUs set "
-            "ACCELERATE_USE_CPU=1 (and launch with accelerate launch --multi_gpu --num_processes N)"
-        )
-
-
-def _partial_state():
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def launch_state():
-    """accelerate's ``PartialState`` under a multi-process launcher, else a :class:`SingleProcess` (no accelerate)."""
-    if not launched():
-        return SingleProcess()
-    state = _partial_state()
-    check_launch(state.num_processes)
-    return state
-
-
 def _broadcast(value: Any, state) -> Any:
     """The main process's ``value`` on every process (plans hold drawn seeds and a time stamp)."""
     if state.num_processes == 1:
@@ -440,9 +381,7 @@ def run_batch(
         processes = f" on {state.num_processes} processes" if state.num_processes > 1 else ""
         echo(f"rendered {len(everyone)}, skipped {len(skipped)}{processes}")
     state.wait_for_everyone()
-    # torch's gloo threads can abort the interpreter's exit (SIGABRT, "terminate called without an active
-    # exception") when the process group is left to the finaliser: close it while Python is still alive
-    state.destroy_process_group()
+    close(state)
     return written
 
 

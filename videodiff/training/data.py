@@ -4,12 +4,14 @@ Layouts: a folder of videos with same-stem ``.txt`` captions; a CSV or JSONL man
 with ``path,caption`` (paths relative to the manifest); a WebVid-style CSV
 (``videoid,name,page_dir``: caption from ``name``, file ``<page_dir>/<videoid>.mp4``
 under ``--data-root``). Every random choice of an item is seeded by (seed, epoch,
-index), so data order and clips are the same after a resume, in any worker.
+index), so data order and clips are the same after a resume, in any worker; a training
+step's noise by (seed, micro-step, process) (:func:`step_generator`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 from collections.abc import Iterator
@@ -152,6 +154,12 @@ def collate(items: list[dict]) -> dict:
         batch["captions"] = [i["caption"] for i in good]
         batch["indices"] = [i["index"] for i in good]
     return batch
+
+
+def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """A CPU generator for one micro-step of one process: no RNG state to save, resume is exact."""
+    digest = hashlib.sha256(f"{seed}/{micro_step}/{rank}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 class ResumableBatches(torch.utils.data.Sampler):

@@ -11,13 +11,8 @@ randomness derives from (seed, micro-step, process), so a resumed run is exact.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +24,23 @@ from videodiff import noise as noise_priors
 from videodiff import text, vae
 from videodiff.config import TrainConfig
 from videodiff.errors import UserError
-from videodiff.io.models import SPATIAL_FILE, ModelParts, load_model_parts
+from videodiff.io.models import ModelParts, load_model_parts
+from videodiff.launch import CPU_FLAG_ADVICE, check_launch, close
 from videodiff.log import notice
-from videodiff.motion_prior import PRIOR_FILE, ClipTargets, MotionPrior, clip_targets, prompt_features
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
 from videodiff.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
-from videodiff.training.data import ClipDataset, ResumableBatches, collate, find_clips
-from videodiff.training.trainable import SPATIAL_PREFIX, select_trainable
+from videodiff.training.data import ClipDataset, ResumableBatches, find_clips, step_generator
+from videodiff.training.export import (
+    MetricsLog,
+    check_motion_prior_data,
+    fit_motion_prior,
+    render_validation,
+    save_run_config,
+    save_trained,
+)
+from videodiff.training.latents import ClipEncoder, LatentCache, clip_latents, collate_any
+from videodiff.training.trainable import select_trainable
 from videodiff.unet import VideoUNet
-from videodiff.unet.lora import lora_state_dict
-
-
-def check_launch(num_processes: int) -> None:
-    """Refuse a multi-process launch in which every process believes it is alone (each would train separately)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1 and num_processes == 1:
-        raise UserError(
-            f"the launcher started {world} processes but each one sees itself alone; on CPUs set "
-            "ACCELERATE_USE_CPU=1 (or pass --cpu to accelerate launch)"
-        )
-
-
-def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    """A CPU generator for one micro-step of one process: no RNG state to save, resume is exact."""
-    digest = hashlib.sha256(f"{seed}/{micro_step}/{rank}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def training_scheduler(model_config: dict[str, Any]):
@@ -89,30 +76,6 @@ class EMA:
             self.shadow[k].lerp_(p.detach().float(), 1 - self.decay)
 
 
-class CachedLatents(torch.utils.data.Dataset):
-    """Latents encoded once per video (the clip of epoch 0), for runs where the VAE would dominate."""
-
-    def __init__(self, latents: list[torch.Tensor], captions: list[str]) -> None:
-        self.latents, self.captions = latents, captions
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def __getitem__(self, key) -> dict:
-        index = key[0] if isinstance(key, tuple) else key
-        return {"latents": self.latents[index], "caption": self.captions[index], "index": index}
-
-
-def collate_any(items: list[dict]) -> dict:
-    if items and "latents" in items[0]:
-        return {
-            "latents": torch.stack([i["latents"] for i in items]),
-            "captions": [i["caption"] for i in items],
-            "skipped": [],
-        }
-    return collate(items)
-
-
 def sample_timesteps(n: int, total: int, late: float, generator: torch.Generator) -> torch.Tensor:
     """``n`` training timesteps, uniform over ``[0, total)``; a ``late`` fraction of them (on average)
     from the noisiest quarter instead. There the noisy input barely shows the clip, so what the
@@ -132,13 +95,14 @@ class Trainer:
 
         self.config = config.validate()
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
-        check_launch(self.accelerator.num_processes)
+        check_launch(self.accelerator.num_processes, advice=CPU_FLAG_ADVICE)
         self.run = Path(config.output)
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         self.skipped: dict[str, str] = {}
         self.nan_total = 0
+        self.metrics = MetricsLog(self.run)
 
     # 1. models
     def build_models(self) -> None:
@@ -168,8 +132,12 @@ class Trainer:
             sources, frames=c.frames, stride=c.stride, height=height, width=width, flip=c.flip, seed=c.seed
         )
         workers = c.num_workers
+        self.encoder = ClipEncoder(self.parts.vae, self.device, c.seed, progress=self.is_main and not c.quiet)
         if c.cache_latents:
-            self.dataset, workers = self.cache_latents(self.dataset), 0
+            path = Path(c.latent_cache) if c.latent_cache else self.run / "latents.safetensors"
+            cache = LatentCache.open(path, self.parts.vae, self.dataset, main=self.is_main)
+            self.dataset = cache.encode_or_load(self.dataset, self.encoder, self.skipped, c.data)
+            workers = 0
         self.sampler = ResumableBatches(
             len(self.dataset), c.batch_size, seed=c.seed, rank=self.rank, world=self.world, position=position
         )
@@ -182,87 +150,6 @@ class Trainer:
         )
         self.batches = iter(loader)
         self.position = position
-
-    def latent_cache_key(self, dataset: ClipDataset) -> str:
-        """What the cached latents depend on: the VAE's weights, every clip file and the clip settings."""
-        c = self.config
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.parts.vae.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-        clips = []
-        for source in dataset.sources:
-            stat = source.path.stat()
-            clips.append([str(source.path.resolve()), stat.st_size, stat.st_mtime_ns, source.caption])
-        settings = {"frames": c.frames, "stride": c.stride, "size": list(c.size), "flip": c.flip, "seed": c.seed}
-        digest.update(json.dumps({"clips": clips, "settings": settings}).encode())
-        return digest.hexdigest()
-
-    def read_latent_cache(self, path: Path, key: str) -> CachedLatents | None:
-        from safetensors import SafetensorError, safe_open
-
-        if not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), "pt") as fh:
-                meta = fh.metadata() or {}
-                if meta.get("key") != key:
-                    if self.is_main:
-                        notice(f"{path} holds latents of other clips, settings or VAE: encoding the clips again")
-                    return None
-                latents = fh.get_tensor("latents")
-                captions, skipped = json.loads(meta["captions"]), json.loads(meta["skipped"])
-        except (OSError, SafetensorError, KeyError, ValueError) as exc:
-            if self.is_main:
-                notice(f"{path} is not a readable latent cache ({exc}): encoding the clips again")
-            return None
-        self.skipped.update(skipped)
-        if self.is_main:
-            notice(f"reusing the latents cached in {path}")
-        return CachedLatents(list(latents.unbind()), captions)
-
-    def write_latent_cache(self, path: Path, key: str, cached: CachedLatents) -> None:
-        from safetensors.torch import save_file
-
-        from videodiff.io.atomic import atomic_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"key": key, "captions": json.dumps(cached.captions), "skipped": json.dumps(self.skipped)}
-        with atomic_file(path) as tmp:
-            save_file({"latents": torch.stack(cached.latents).contiguous()}, str(tmp), metadata=meta)
-
-    @torch.no_grad()
-    def cache_latents(self, dataset: ClipDataset) -> CachedLatents:
-        """Latents of one clip per video, read from the latent cache file when it matches, else encoded (and saved)."""
-        path = Path(self.config.latent_cache) if self.config.latent_cache else self.run / "latents.safetensors"
-        key = self.latent_cache_key(dataset)
-        cached = self.read_latent_cache(path, key)
-        if cached is None:
-            cached = self.encode_latents(dataset)
-            if self.is_main:
-                self.write_latent_cache(path, key, cached)
-        return cached
-
-    @torch.no_grad()
-    def encoded_clips(self, dataset: ClipDataset, desc: str) -> Iterator[tuple[torch.Tensor, str]]:
-        """``(latents [c f h w], caption)`` of one clip per video, one at a time; unreadable ones are counted."""
-        for index in tqdm(range(len(dataset)), desc=desc, disable=not self.is_main or self.config.quiet):
-            item = dataset[(index, 0)]
-            if "skipped" in item:
-                self.skipped[item["skipped"]] = item["reason"]
-                continue
-            pixels = item["pixels"][None].to(self.device, self.parts.vae.dtype)
-            gen = step_generator(self.config.seed, -1 - index, 0)
-            yield vae.encode(self.parts.vae, pixels, sample=True, generator=gen)[0].cpu(), item["caption"]
-
-    def encode_latents(self, dataset: ClipDataset) -> CachedLatents:
-        latents, captions = [], []
-        for clip, caption in self.encoded_clips(dataset, "caching latents"):
-            latents.append(clip)
-            captions.append(caption)
-        if not latents:
-            raise UserError(f"no readable clips in {self.config.data} ({len(self.skipped)} unreadable or too short)")
-        return CachedLatents(latents, captions)
 
     def next_batch(self) -> dict:
         """The next batch with at least one readable clip; a dataset with none is an error."""
@@ -280,17 +167,21 @@ class Trainer:
         )
 
     # 3. one micro-step
+    def caption_context(self, caption: str) -> torch.Tensor:
+        """The text context ``[n d]`` of ``caption``, encoded once per run."""
+        if caption not in self.context_cache:
+            self.context_cache[caption] = text.encode_prompts(
+                self.parts.tokenizer, self.parts.text_encoder, [caption], self.device
+            )[0]
+        return self.context_cache[caption]
+
     def encode_captions(self, captions: list[str], gen_seed: str) -> torch.Tensor:
         rng = random.Random(gen_seed)
         rows = []
         for caption in captions:
             if rng.random() < self.config.caption_dropout:
                 caption = ""  # trains the unconditional branch that guidance needs
-            if caption not in self.context_cache:
-                self.context_cache[caption] = text.encode_prompts(
-                    self.parts.tokenizer, self.parts.text_encoder, [caption], self.device
-                )[0]
-            rows.append(self.context_cache[caption])
+            rows.append(self.caption_context(caption))
         return torch.stack(rows)
 
     def loss(self, batch: dict, micro_step: int) -> torch.Tensor:
@@ -319,8 +210,8 @@ class Trainer:
     def train(self) -> Path:
         c, acc = self.config, self.accelerator
         sources = find_clips(c.data, c.data_root)  # a missing or empty dataset fails before minutes of model loading
-        if c.motion_prior and sum(bool(source.caption) for source in sources) < 2:
-            raise UserError("--motion-prior fits the clips' captions, and fewer than two clips have one")
+        if c.motion_prior:  # so does a motion prior without captions to fit
+            check_motion_prior_data(sources)
         if not c.resume and ((self.run / "metrics.jsonl").exists() or (self.run / "checkpoints").exists()):
             raise UserError(
                 f"{self.run} already holds a training run; pass --resume latest to continue it, or another --output"
@@ -360,8 +251,7 @@ class Trainer:
                 notice(f"resuming from {resume} at step {start}")
         self.build_data(position)
         if self.is_main:
-            self.run.mkdir(parents=True, exist_ok=True)
-            (self.run / "train_config.json").write_text(json.dumps(asdict(c), indent=2))
+            save_run_config(self.run, c)
         bar = tqdm(total=c.steps, initial=start, disable=not self.is_main or c.quiet, desc="training")
         nan_in_a_row, last = 0, time.perf_counter()
         for step in range(start, c.steps):
@@ -407,7 +297,7 @@ class Trainer:
             }
             last = now
             if self.is_main:
-                self.log(record)
+                self.metrics.write(record)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", clips_s=f"{record['clips_per_s']:.2f}"
@@ -415,28 +305,13 @@ class Trainer:
             if done % c.save_every == 0 or done == c.steps:
                 self.save(done, lr_schedule)
             if c.validate_every and done % c.validate_every == 0 and self.is_main:
-                self.validate(done)
+                render_validation(self.run, done, self.parts, acc.unwrap_model(self.model), self.device, c)
         bar.close()
         self.finish()
-        self.accelerator.end_training()  # closes the process group before exit (gloo can abort it otherwise)
+        close(self.accelerator.state)
         return self.run
 
     # 5. saving
-    def log(self, record: dict) -> None:
-        with (self.run / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if not hasattr(self, "_tb"):
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run / "tensorboard"))
-            except Exception:  # noqa: BLE001 - TensorBoard is optional
-                self._tb = None
-        if self._tb is not None:
-            for k, v in record.items():
-                if k != "step":
-                    self._tb.add_scalar(f"train/{k}", v, record["step"])
-
     def load_trained(self, tensors: dict[str, torch.Tensor]) -> None:
         trained = self.trained_params(self.video_unet)
         weights = {k: v for k, v in tensors.items() if not k.startswith("ema.")}
@@ -472,31 +347,8 @@ class Trainer:
             )
         acc.wait_for_everyone()
 
-    def validate(self, step: int) -> None:
-        from videodiff.io.video import save_video
-        from videodiff.pipelines import VideoPipeline
-
-        c = self.config
-        unet = self.accelerator.unwrap_model(self.model)
-        pipe = VideoPipeline(self.parts, self.device, torch.float32)
-        height, width = c.size
-        result = pipe(
-            c.validation_prompt,
-            num_frames=min(c.frames, unet.max_frames),
-            height=height,
-            width=width,
-            num_inference_steps=c.validation_steps,
-            seed=c.seed,
-        )
-        save_video(result.frames, self.run / "validation" / f"step-{step}.gif", fps=8, overwrite=True)
-        unet.train()
-
     def finish(self) -> None:
-        from safetensors.torch import save_file
-
-        from videodiff.io.atomic import atomic_file
-        from videodiff.io.motion_formats import save_motion_folder
-
+        """Report skipped videos; on the main process, save the result (the EMA weights when averaged)."""
         self.accelerator.wait_for_everyone()
         if self.skipped and self.is_main:
             example = next(iter(self.skipped.items()))
@@ -508,49 +360,10 @@ class Trainer:
             with torch.no_grad():
                 for k, p in self.trained_params(unet).items():
                     p.copy_(self.ema.shadow[k].to(p.dtype))
-        if self.config.trainable == "lora":
-            with atomic_file(self.run / "motion_lora.safetensors") as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in lora_state_dict(unet.motion).items()}, str(tmp))
-            return
-        folder = save_motion_folder(unet.motion, self.run / "motion_module", overwrite=True)
-        spatial = {
-            k[len(SPATIAL_PREFIX) :]: p.detach().cpu().contiguous()
-            for k, p in self.trained_params(unet).items()
-            if k.startswith(SPATIAL_PREFIX)
-        }
-        if spatial:
-            save_file(spatial, str(folder / SPATIAL_FILE))
-        if self.config.motion_prior:
-            self.fit_motion_prior(folder / PRIOR_FILE)
-
-    @torch.no_grad()
-    def fit_motion_prior(self, path: Path) -> None:
-        """Fit a motion prior (:mod:`videodiff.motion_prior`) to the captioned clips and save it at ``path``.
-
-        Clip by clip: what is kept of each is its caption's features and ~100 numbers, not its latents."""
-        if isinstance(self.dataset, CachedLatents):
-            clips: Iterable[tuple[torch.Tensor, str]] = zip(self.dataset.latents, self.dataset.captions)
-        else:
-            clips = self.encoded_clips(self.dataset, "fitting the motion prior")
-        features, targets = [], []
-        for clip, caption in clips:
-            if not caption:
-                continue
-            if caption not in self.context_cache:
-                self.context_cache[caption] = text.encode_prompts(
-                    self.parts.tokenizer, self.parts.text_encoder, [caption], self.device
-                )[0]
-            features.append(prompt_features(self.context_cache[caption][None])[0])
-            targets.append(clip_targets(clip[None].float().cpu()))
-        if len(features) < 2:
-            raise UserError("--motion-prior fits the clips' captions, and fewer than two clips have one")
-        prior, fit = MotionPrior.fit_targets(torch.stack(features), ClipTargets.cat(targets))
-        prior.save(path, fit)
-        notice(
-            f"motion prior fitted to {fit['clips']} captioned clips (velocity rms error "
-            f"{fit['velocity_rms_cells_per_frame']:.3f} cells/frame, direction agrees on "
-            f"{100 * fit['direction_agreement']:.0f}%): {path}"
-        )
+        folder = save_trained(unet, self.run, self.config.trainable, self.trained_params(unet))
+        if folder is not None and self.config.motion_prior:
+            clips = clip_latents(self.dataset, self.encoder, "fitting the motion prior", self.skipped)
+            fit_motion_prior(clips, self.caption_context, folder)
 
 
 def train(config: TrainConfig) -> Path:

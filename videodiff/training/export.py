@@ -1,0 +1,150 @@
+"""What a training run writes besides its checkpoints: the results, where ``videodiff render`` loads them.
+
+In the run folder:
+
+- ``train_config.json``: the resolved settings (:func:`save_run_config`);
+- ``metrics.jsonl``: one line a step, and TensorBoard scalars under ``tensorboard/`` (:class:`MetricsLog`);
+- ``validation/step-N.gif``: validation renders (:func:`render_validation`);
+- ``motion_module/`` (a diffusers ``MotionAdapter`` folder, with ``spatial.safetensors`` when image
+  U-Net weights were trained too) or ``motion_lora.safetensors`` (:func:`save_trained`);
+- ``motion_module/motion_prior.safetensors`` with ``--motion-prior`` (:func:`fit_motion_prior`).
+
+Each function takes what it needs explicitly and knows nothing of the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from videodiff.config import TrainConfig
+from videodiff.errors import UserError
+from videodiff.io.models import SPATIAL_FILE, ModelParts
+from videodiff.log import notice
+from videodiff.motion_prior import PRIOR_FILE, ClipTargets, MotionPrior, clip_targets, prompt_features
+from videodiff.training.data import ClipSource
+from videodiff.training.trainable import SPATIAL_PREFIX
+from videodiff.unet import VideoUNet
+from videodiff.unet.lora import lora_state_dict
+
+PRIOR_CAPTIONS = "--motion-prior fits the clips' captions, and fewer than two clips have one"
+
+
+def save_run_config(run: Path, config: TrainConfig) -> None:
+    """``train_config.json``: the run's resolved settings, beside its outputs."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object a step), and the same numbers in TensorBoard when it is installed."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self._tb = None
+        self._tb_tried = False  # the writer is made at the first record: a run that logs nothing leaves no folder
+
+    def write(self, record: dict) -> None:
+        with (self.run / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if not self._tb_tried:
+            self._tb_tried = True
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run / "tensorboard"))
+            except Exception:  # noqa: BLE001 - TensorBoard is optional
+                self._tb = None
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self._tb.add_scalar(f"train/{k}", v, record["step"])
+
+
+def render_validation(
+    run: Path, step: int, parts: ModelParts, unet: VideoUNet, device: torch.device, config: TrainConfig
+) -> Path:
+    """Render ``config.validation_prompt`` with the modules being trained (``parts``, wrapped by ``unet``) into
+    ``validation/step-N.gif``; ``unet`` is back in training mode afterwards."""
+    from videodiff.io.video import save_video
+    from videodiff.pipelines import VideoPipeline
+
+    pipe = VideoPipeline(parts, device, torch.float32)
+    height, width = config.size
+    result = pipe(
+        config.validation_prompt,
+        num_frames=min(config.frames, unet.max_frames),
+        height=height,
+        width=width,
+        num_inference_steps=config.validation_steps,
+        seed=config.seed,
+    )
+    path = run / "validation" / f"step-{step}.gif"
+    save_video(result.frames, path, fps=8, overwrite=True)
+    unet.train()
+    return path
+
+
+def save_trained(unet: VideoUNet, run: Path, trainable: str, trained: dict[str, torch.nn.Parameter]) -> Path | None:
+    """Write the trained weights (``trained``, named as in ``unet``) where render loads them.
+
+    ``trainable="lora"``: ``motion_lora.safetensors`` (returns None). Otherwise the ``motion_module``
+    folder, with the trained image U-Net tensors in ``spatial.safetensors`` (returns the folder).
+    """
+    from safetensors.torch import save_file
+
+    from videodiff.io.atomic import atomic_file
+    from videodiff.io.motion_formats import save_motion_folder
+
+    if trainable == "lora":
+        with atomic_file(run / "motion_lora.safetensors") as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in lora_state_dict(unet.motion).items()}, str(tmp))
+        return None
+    folder = save_motion_folder(unet.motion, run / "motion_module", overwrite=True)
+    spatial = {
+        k[len(SPATIAL_PREFIX) :]: p.detach().cpu().contiguous()
+        for k, p in trained.items()
+        if k.startswith(SPATIAL_PREFIX)
+    }
+    if spatial:
+        save_file(spatial, str(folder / SPATIAL_FILE))
+    return folder
+
+
+def check_motion_prior_data(sources: list[ClipSource]) -> None:
+    """Fail before training when :func:`fit_motion_prior` would fail after it: fewer than two captioned clips."""
+    if sum(bool(source.caption) for source in sources) < 2:
+        raise UserError(PRIOR_CAPTIONS)
+
+
+@torch.no_grad()
+def fit_motion_prior(
+    clips: Iterable[tuple[torch.Tensor, str]], context_for: Callable[[str], torch.Tensor], folder: Path
+) -> Path:
+    """Fit a motion prior (:mod:`videodiff.motion_prior`) to the captioned ``clips``; save it in ``folder``.
+
+    ``clips``: ``(latents [c f h w], caption)`` of one clip per video; ``context_for``: a caption's text
+    context ``[n d]``. Clip by clip: what is kept of each is its caption's features and ~100 numbers,
+    not its latents.
+    """
+    features, targets = [], []
+    for clip, caption in clips:
+        if not caption:
+            continue
+        features.append(prompt_features(context_for(caption)[None])[0])
+        targets.append(clip_targets(clip[None].float().cpu()))
+    if len(features) < 2:
+        raise UserError(PRIOR_CAPTIONS)
+    prior, fit = MotionPrior.fit_targets(torch.stack(features), ClipTargets.cat(targets))
+    path = folder / PRIOR_FILE
+    prior.save(path, fit)
+    notice(
+        f"motion prior fitted to {fit['clips']} captioned clips (velocity rms error "
+        f"{fit['velocity_rms_cells_per_frame']:.3f} cells/frame, direction agrees on "
+        f"{100 * fit['direction_agreement']:.0f}%): {path}"
+    )
+    return path
