@@ -11,9 +11,9 @@ from safetensors import safe_open
 
 from videodiff import load_pipeline
 from videodiff.evaluate import detect, vae_roundtrip
-from videodiff.io import models
 from videodiff.motion_prior import PRIOR_FILE
 from videodiff.shapes import parse_prompt, render_clip
+from videodiff.weights import hub as models
 
 pytestmark = pytest.mark.skipif(
     not (models.BUILTIN_MODEL / "model_index.json").is_file(), reason="the built-in model is not packaged"

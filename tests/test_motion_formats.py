@@ -12,21 +12,21 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from videodiff.config import parse_scaled_path
 from videodiff.errors import UserError
-from videodiff.io import motion_formats as mf
-from videodiff.io.motion_formats import (
+from videodiff.tiny import build_tiny_motion_adapter
+from videodiff.unet import MotionStack, VideoUNet
+from videodiff.unet.inflate import FrameGroupNorm, _over_frames
+from videodiff.weights import motion_formats as mf
+from videodiff.weights.motion_formats import (
     apply_motion_lora,
     convert_motion_module,
     describe_motion_module,
     detect_motion_state_dict,
     load_any_motion_module,
     load_motion_folder,
-    parse_scaled_path,
     save_motion_folder,
 )
-from videodiff.tiny import build_tiny_motion_adapter
-from videodiff.unet import MotionStack, VideoUNet
-from videodiff.unet.inflate import FrameGroupNorm, _over_frames
 
 VERSIONS = {"v1": (24, False), "v2": (32, True), "v3": (32, False)}
 SD15 = dict(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2, motion_num_attention_heads=8)
@@ -99,8 +99,8 @@ def _equal_state(a: nn.Module | dict, b: nn.Module | dict) -> bool:
 def test_original_v2_renders_like_diffusers_folder_and_from_single_file(tiny_model, files):
     from diffusers import MotionAdapter
 
-    from videodiff.io.models import load_model_parts
     from videodiff.pipelines import VideoPipeline
+    from videodiff.weights.models import load_model_parts
 
     folder, original = files["v2-diffusers"], files["v2-original"]
     parts = load_model_parts(str(tiny_model), str(folder))

@@ -17,13 +17,13 @@ _LAZY = {
     "VideoPipeline": "videodiff.pipelines",
     "VideoResult": "videodiff.pipelines",
     "render": "videodiff.pipelines",
-    "save_video": "videodiff.io.video",
+    "save_video": "videodiff.media.video",
     "UserError": "videodiff.errors",
 }
 
 if TYPE_CHECKING:
     from videodiff.errors import UserError
-    from videodiff.io.video import save_video
+    from videodiff.media.video import save_video
     from videodiff.pipelines import VideoPipeline, VideoResult, load_pipeline, render
 
 

@@ -322,8 +322,8 @@ def convert(input_path: str, output_path: str, to: str, motion_config: str | Non
       videodiff convert mm_sd_v15_v2.ckpt motion-v2/ --to diffusers
       videodiff convert motion-v2/ mm_v2.safetensors --to original
     """
-    from videodiff.io.motion_formats import convert_motion_module
     from videodiff.log import setup_cli_logging
+    from videodiff.weights.motion_formats import convert_motion_module
 
     setup_cli_logging()
     click.echo(str(convert_motion_module(input_path, output_path, to, motion_config, overwrite=overwrite)))
@@ -341,7 +341,7 @@ def inspect(path: str, as_json: bool) -> None:
     """
     import json
 
-    from videodiff.io.inspect import describe
+    from videodiff.weights.inspect import describe
 
     info = describe(path)
     if as_json:
@@ -460,8 +460,8 @@ def eval_shapes(
     import json
 
     from videodiff.evaluate import run_shapes_eval
-    from videodiff.io.atomic import prepare_output, write_text_atomic
     from videodiff.log import setup_cli_logging
+    from videodiff.media.atomic import prepare_output, write_text_atomic
 
     setup_cli_logging(quiet)
     target = prepare_output(out, overwrite=overwrite) if out else None

@@ -18,14 +18,15 @@ from videodiff import heap, sampling, text, vae
 from videodiff import noise as noise_priors
 from videodiff.config import INFO_KEY, SPATIAL_NORMS, RenderConfig, load_config_file, merge, to_dict
 from videodiff.errors import UserError
-from videodiff.io.atomic import write_text_atomic
-from videodiff.io.models import ModelParts, builtin_model, load_model_parts, package_versions, read_model_defaults
-from videodiff.io.triggers import TriggeredLoRAs
-from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
+from videodiff.media.atomic import write_text_atomic
+from videodiff.media.video import check_output, save_video, sidecar_path
 from videodiff.motion_prior import prompt_features, start_step
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
+from videodiff.unet.triggers import TriggeredLoRAs
+from videodiff.weights.hub import builtin_model, package_versions, read_model_defaults
+from videodiff.weights.models import ModelParts, load_model_parts
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -416,8 +417,9 @@ def pipeline_for(config: RenderConfig, device: str | torch.device | None = None)
 
 def check_frame_limit(config: RenderConfig) -> None:
     """Refuse too many frames from the motion module's header, before minutes of loading weights."""
-    from videodiff.io.models import BUILTIN_MODEL, OWN_MOTION_FOLDER
-    from videodiff.io.motion_formats import frame_limit
+    from videodiff.weights.hub import BUILTIN_MODEL
+    from videodiff.weights.models import OWN_MOTION_FOLDER
+    from videodiff.weights.motion_formats import frame_limit
 
     source = config.motion_module
     model = Path(config.model) if config.model else BUILTIN_MODEL

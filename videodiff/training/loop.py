@@ -29,7 +29,6 @@ from videodiff import noise as noise_priors
 from videodiff import text, vae
 from videodiff.config import TrainConfig
 from videodiff.errors import UserError
-from videodiff.io.models import SPATIAL_FILE, ModelParts, load_model_parts
 from videodiff.log import notice
 from videodiff.motion_prior import PRIOR_FILE, ClipTargets, MotionPrior, clip_targets, prompt_features
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
@@ -38,6 +37,7 @@ from videodiff.training.data import ClipDataset, ResumableBatches, collate, find
 from videodiff.training.trainable import SPATIAL_PREFIX, select_trainable
 from videodiff.unet import VideoUNet
 from videodiff.unet.lora import lora_state_dict
+from videodiff.weights.models import SPATIAL_FILE, ModelParts, load_model_parts
 
 
 def check_launch(num_processes: int) -> None:
@@ -224,7 +224,7 @@ class Trainer:
     def write_latent_cache(self, path: Path, key: str, cached: CachedLatents) -> None:
         from safetensors.torch import save_file
 
-        from videodiff.io.atomic import atomic_file
+        from videodiff.media.atomic import atomic_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"key": key, "captions": json.dumps(cached.captions), "skipped": json.dumps(self.skipped)}
@@ -473,7 +473,7 @@ class Trainer:
         acc.wait_for_everyone()
 
     def validate(self, step: int) -> None:
-        from videodiff.io.video import save_video
+        from videodiff.media.video import save_video
         from videodiff.pipelines import VideoPipeline
 
         c = self.config
@@ -494,8 +494,8 @@ class Trainer:
     def finish(self) -> None:
         from safetensors.torch import save_file
 
-        from videodiff.io.atomic import atomic_file
-        from videodiff.io.motion_formats import save_motion_folder
+        from videodiff.media.atomic import atomic_file
+        from videodiff.weights.motion_formats import save_motion_folder
 
         self.accelerator.wait_for_everyone()
         if self.skipped and self.is_main:

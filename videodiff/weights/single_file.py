@@ -7,7 +7,7 @@ keys are renamed to the diffusers/transformers layout with diffusers' own conver
 ``videodiff/assets/sd15`` (changed only where the tensor shapes say otherwise, so small test
 models load too) and loaded strictly. The CLIP tokenizer ships with the package as well.
 
-Weights are read only through :func:`videodiff.io.checkpoints.read_state_dict` (safetensors,
+Weights are read only through :func:`videodiff.weights.checkpoints.read_state_dict` (safetensors,
 or pickle restricted to tensors). Models are built on the ``meta`` device and the file's
 tensors are assigned into them, converted one at a time, so a float16 file never costs a
 random float32 initialisation plus a second float32 copy.
@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
 from videodiff.log import notice
+from videodiff.weights.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
+from videodiff.weights.hub import WEIGHT_NAMES, quiet_hub_logging
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "sd15"
 
@@ -391,13 +392,11 @@ def load_single_file(path: str | Path, *, dtype: torch.dtype = torch.float32) ->
     """Load an SD1.5-family single-file checkpoint with no network access.
 
     Returns ``{"tokenizer", "text_encoder", "vae", "unet", "scheduler_config"}``, the objects
-    :class:`videodiff.io.models.ModelParts` holds, on the CPU in ``dtype`` (float32 by default;
+    :class:`videodiff.weights.models.ModelParts` holds, on the CPU in ``dtype`` (float32 by default;
     ``torch.float16`` keeps a float16 file's tensors without any copy). Raises :class:`UserError`
     (one line) for SD2.x/SDXL files, inpainting U-Nets, unreadable files or keys that do not match.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from videodiff.io.models import quiet_hub_logging
 
     quiet_hub_logging()
     path = Path(path).expanduser()
@@ -470,8 +469,6 @@ def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
     or a diffusers VAE folder (or a model folder with ``vae/`` inside).
     """
     from diffusers import AutoencoderKL
-
-    from videodiff.io.models import WEIGHT_NAMES, quiet_hub_logging
 
     quiet_hub_logging()
     path = Path(path).expanduser()

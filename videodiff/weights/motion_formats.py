@@ -11,7 +11,7 @@ Two layouts of the same weights exist:
   the two attention blocks (the same table twice).
 
 Everything is decided from the weights (key names and shapes), never from file names.
-All reads go through :func:`videodiff.io.checkpoints.read_state_dict` (or, for a
+All reads go through :func:`videodiff.weights.checkpoints.read_state_dict` (or, for a
 description, a safetensors header), so no checkpoint ever runs code.
 """
 
@@ -29,12 +29,11 @@ from typing import Any, Literal
 import torch
 
 from videodiff.errors import UserError
-from videodiff.io.atomic import atomic_dir, atomic_file, prepare_output
-from videodiff.io.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
-from videodiff.io.lora import parse_scaled_path  # noqa: F401 - re-exported
-from videodiff.io.models import WEIGHT_NAMES, locate
 from videodiff.log import notice
+from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output
 from videodiff.unet.temporal import MotionStack
+from videodiff.weights.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
+from videodiff.weights.hub import WEIGHT_NAMES, locate
 
 __all__ = [
     "MotionInfo",
@@ -42,7 +41,6 @@ __all__ = [
     "convert_motion_module",
     "describe_motion_module",
     "load_any_motion_module",
-    "parse_scaled_path",
     "save_motion_folder",
 ]
 

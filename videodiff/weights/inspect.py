@@ -18,7 +18,7 @@ def _keys(path: Path) -> list[str]:
                 return list(f.keys())
         except Exception as exc:  # noqa: BLE001 - any failure means the file is not readable safetensors
             raise UserError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    from videodiff.io.checkpoints import read_state_dict
+    from videodiff.weights.checkpoints import read_state_dict
 
     try:
         return list(read_state_dict(path))
@@ -28,10 +28,10 @@ def _keys(path: Path) -> list[str]:
 
 def describe(path: str) -> dict[str, Any]:
     """Kind-specific description of a model folder, motion module, SD checkpoint, LoRA or embedding."""
-    from videodiff.io.embeddings import describe_embedding
-    from videodiff.io.lora import describe_lora
-    from videodiff.io.motion_formats import describe_motion_module
-    from videodiff.io.single_file import describe_checkpoint
+    from videodiff.weights.embeddings import describe_embedding
+    from videodiff.weights.lora import describe_lora
+    from videodiff.weights.motion_formats import describe_motion_module
+    from videodiff.weights.single_file import describe_checkpoint
 
     p = Path(path).expanduser()
     if not p.exists():

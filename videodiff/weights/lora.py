@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import read_state_dict
 from videodiff.log import notice
+from videodiff.weights.checkpoints import read_state_dict
 
 # Files looked for when a LoRA is given as a folder.
 LORA_FILE_NAMES = (
@@ -111,23 +111,6 @@ class _Entry:
     style: str  # "kohya" or "dotted"
     fmt: str
     keys: dict[str, str] = field(default_factory=dict)  # "down" / "up" / "alpha" -> key
-
-
-def parse_scaled_path(arg: str) -> tuple[str, float]:
-    """``path[:SCALE]`` -> ``(path, scale)``; the part after the last colon is a scale only if it is a number.
-
-    So ``C:\\loras\\x.safetensors`` stays a path, and ``C:\\loras\\x.safetensors:0.7`` has scale 0.7.
-    """
-    head, sep, tail = str(arg).rpartition(":")
-    if sep and head and tail.strip():
-        try:
-            scale = float(tail)
-        except ValueError:
-            return str(arg), 1.0
-        if not math.isfinite(scale):
-            raise UserError(f"{arg}: the scale after the last ':' must be a finite number")
-        return head, scale
-    return str(arg), 1.0
 
 
 def _unsupported_kind(key: str) -> str | None:

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import PICKLE_SUFFIXES, read_state_dict
 from videodiff.log import notice
+from videodiff.weights.checkpoints import PICKLE_SUFFIXES, read_state_dict
 
 MULTI_TOKENS_ATTR = "videodiff_multi_tokens"
 _SDXL_KEYS = ("clip_l", "clip_g")
