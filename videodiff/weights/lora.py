@@ -39,6 +39,7 @@ from torch import nn
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.weights.checkpoints import read_state_dict
+from videodiff.weights.safetensors_header import read_header
 
 # Files looked for when a LoRA is given as a folder.
 LORA_FILE_NAMES = (
@@ -290,12 +291,9 @@ def _lora_file(path: Path) -> Path:
 def _safetensors_metadata(path: Path) -> dict[str, str]:
     if path.suffix.lower() != ".safetensors":
         return {}
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - a bad header is reported by read_state_dict
+        return read_header(path).metadata
+    except UserError:  # a bad header is reported by read_state_dict
         return {}
 
 
@@ -471,15 +469,7 @@ def apply_lora(unet, text_encoder, path: str | Path, scale: float = 1.0) -> Lora
 
 def _key_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+        return read_header(path).shapes
     return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
 
 

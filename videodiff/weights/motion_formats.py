@@ -34,6 +34,7 @@ from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output
 from videodiff.unet.temporal import MotionStack
 from videodiff.weights.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
 from videodiff.weights.hub import WEIGHT_NAMES, locate
+from videodiff.weights.safetensors_header import read_header
 
 __all__ = [
     "MotionInfo",
@@ -474,19 +475,8 @@ def load_any_motion_module(source: str, motion_config: str | None = None) -> tup
 def _header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """Key shapes and dtypes of a weights file; safetensors from the header alone."""
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                slices = {k: f.get_slice(k) for k in f.keys()}
-                return (
-                    {k: tuple(s.get_shape()) for k, s in slices.items()},
-                    [_dtype_name(s.get_dtype()) for s in slices.values()],
-                )
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(
-                f"{path}: not a readable safetensors file ({str(exc).strip() or type(exc).__name__})"
-            ) from None
+        header = read_header(path)
+        return header.shapes, list(header.dtypes.values())
     state_dict = read_state_dict(path, mmap=True)
     return {k: tuple(v.shape) for k, v in state_dict.items()}, [_dtype_name(v.dtype) for v in state_dict.values()]
 

@@ -28,6 +28,7 @@ from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.weights.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
 from videodiff.weights.hub import WEIGHT_NAMES, quiet_hub_logging
+from videodiff.weights.safetensors_header import read_header
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "sd15"
 
@@ -497,35 +498,6 @@ def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
 # ---------------------------------------------------------------------------------------------
 # Describing a file without loading it
 
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-    "BOOL": "bool",
-}  # fmt: skip
-_MAX_HEADER = 100 << 20
-
-
-def _safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], dict[str, str]]:
-    """``(shapes, dtypes, metadata)`` from a safetensors file's JSON header; no tensor is read."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(8)
-            n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
-            if not 0 < n <= min(size - 8, _MAX_HEADER):
-                raise ValueError("bad header size")
-            header = json.loads(fh.read(n))
-        metadata = header.pop("__metadata__", None) or {}
-        shapes = {k: tuple(int(x) for x in v["shape"]) for k, v in header.items()}
-        dtypes = {k: _SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"].lower()) for k, v in header.items()}
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    if 8 + n + end > size:
-        raise UserError(f"{path}: not a readable safetensors file (truncated: {size} of {8 + n + end} bytes)")
-    return shapes, dtypes, metadata
-
-
 def _numel(shape: Sequence[int]) -> int:
     total = 1
     for d in shape:
@@ -545,7 +517,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: no such file")
     metadata: dict[str, str] = {}
     if path.suffix.lower() == ".safetensors":
-        shapes, dtypes, metadata = _safetensors_header(path)
+        header = read_header(path)
+        shapes, dtypes, metadata = header.shapes, header.dtypes, header.metadata
         fmt = "safetensors"
     else:
         state = _read(path)
