@@ -498,6 +498,7 @@ def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
 # ---------------------------------------------------------------------------------------------
 # Describing a file without loading it
 
+
 def _numel(shape: Sequence[int]) -> int:
     total = 1
     for d in shape:
