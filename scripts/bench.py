@@ -212,9 +212,9 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
     from diffusers import DDIMScheduler
 
     # import both libraries' code first: module imports are not the pipelines' working memory
-    import videodiff.io.models  # noqa: F401
-    import videodiff.io.motion_formats  # noqa: F401
     import videodiff.pipelines  # noqa: F401
+    import videodiff.weights.models  # noqa: F401
+    import videodiff.weights.motion_formats  # noqa: F401
     from videodiff.schedulers import make_scheduler
     from videodiff.tiny import diffusers_reference  # noqa: F401
 

@@ -384,7 +384,7 @@ def package(out: Path, target: Path) -> None:
     """
     from safetensors.torch import load_file, save_file
 
-    from videodiff.io.models import SPATIAL_FILE
+    from videodiff.weights.models import SPATIAL_FILE
 
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)

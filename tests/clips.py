@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from videodiff.io.video import save_video
+from videodiff.media.video import save_video
 
 
 def moving_square(frames: int = 12, size: int = 32, square: int = 8, step: int = 2, phase: int = 0) -> np.ndarray:

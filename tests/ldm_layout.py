@@ -1,6 +1,6 @@
 """Test helper: diffusers/transformers state dicts -> the original (LDM) single-file key layout.
 
-Written from the two layouts' module structure (the reverse of what ``videodiff.io.single_file``
+Written from the two layouts' module structure (the reverse of what ``videodiff.weights.single_file``
 does with diffusers' converters), so tests can make community-style single files from tiny
 random models, and full-size key/shape sets on the ``meta`` device. Tests only.
 """

@@ -10,10 +10,10 @@ from cli_helpers import assert_user_error, invoke, ok, read_json
 from safetensors import safe_open
 
 from videodiff import load_pipeline
-from videodiff.io import models
 from videodiff.motion_prior import PRIOR_FILE
 from videodiff.shapes import parse_prompt, render_clip
 from videodiff.shapes.evaluate import detect, vae_roundtrip
+from videodiff.weights import hub as models
 
 pytestmark = pytest.mark.skipif(
     not (models.BUILTIN_MODEL / "model_index.json").is_file(), reason="the built-in model is not packaged"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import load_strict
+from videodiff.weights.checkpoints import load_strict
 
 
 def model() -> nn.Module:

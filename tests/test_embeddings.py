@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from videodiff.errors import UserError
-from videodiff.io.embeddings import MULTI_TOKENS_ATTR, describe_embedding, expand_prompt, load_embedding
+from videodiff.weights.embeddings import MULTI_TOKENS_ATTR, describe_embedding, expand_prompt, load_embedding
 
 DIM = 32  # the tiny text encoder's width
 

@@ -1,4 +1,4 @@
-"""Behaviour of videodiff.io.video / videodiff.io.atomic: decode what was written and compare."""
+"""Behaviour of videodiff.media.video / videodiff.media.atomic: decode what was written and compare."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from videodiff.errors import UserError
-from videodiff.io import video
-from videodiff.io.atomic import atomic_dir, atomic_file, prepare_output, write_text_atomic
-from videodiff.io.video import VIDEO_SUFFIXES, save_video, sidecar_path
+from videodiff.media import video
+from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output, write_text_atomic
+from videodiff.media.video import VIDEO_SUFFIXES, save_video, sidecar_path
 
 
 def make_clip(frames: int = 10, height: int = 48, width: int = 64) -> np.ndarray:

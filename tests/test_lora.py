@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from videodiff.config import parse_scaled_path
 from videodiff.errors import UserError
-from videodiff.io.lora import apply_lora, describe_lora, parse_scaled_path
+from videodiff.weights.lora import apply_lora, describe_lora
 
 RANK = 4
 ALPHA = 2.0

@@ -12,21 +12,21 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from videodiff.config import parse_scaled_path
 from videodiff.errors import UserError
-from videodiff.io import motion_formats as mf
-from videodiff.io.motion_formats import (
+from videodiff.tiny import build_tiny_motion_adapter
+from videodiff.unet import MotionStack, VideoUNet
+from videodiff.unet.inflate import FrameGroupNorm, _over_frames
+from videodiff.weights import motion_formats as mf
+from videodiff.weights.motion_formats import (
     apply_motion_lora,
     convert_motion_module,
     describe_motion_module,
     detect_motion_state_dict,
     load_any_motion_module,
     load_motion_folder,
-    parse_scaled_path,
     save_motion_folder,
 )
-from videodiff.tiny import build_tiny_motion_adapter
-from videodiff.unet import MotionStack, VideoUNet
-from videodiff.unet.inflate import FrameGroupNorm, _over_frames
 
 VERSIONS = {"v1": (24, False), "v2": (32, True), "v3": (32, False)}
 SD15 = dict(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2, motion_num_attention_heads=8)
@@ -99,8 +99,8 @@ def _equal_state(a: nn.Module | dict, b: nn.Module | dict) -> bool:
 def test_original_v2_renders_like_diffusers_folder_and_from_single_file(tiny_model, files):
     from diffusers import MotionAdapter
 
-    from videodiff.io.models import load_model_parts
     from videodiff.pipelines import VideoPipeline
+    from videodiff.weights.models import load_model_parts
 
     folder, original = files["v2-diffusers"], files["v2-original"]
     parts = load_model_parts(str(tiny_model), str(folder))
@@ -560,3 +560,57 @@ def test_frame_group_norm_matches_manual_statistics():
     torch.testing.assert_close(got, expected.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), rtol=1e-5, atol=1e-5)
     # outside a video call it is an ordinary per-frame GroupNorm
     torch.testing.assert_close(norm(x), F.group_norm(x, groups, norm.weight, norm.bias, 1e-6))
+
+
+# PEFT MotionLoRAs are scaled as PEFT scales them, the same as image LoRAs (one parser for both).
+
+
+def _peft_motion_lora(base: MotionStack, folder: Path, seed: int, config: dict | None, metadata: dict | None) -> Path:
+    """PEFT keys (no alpha tensors); the scaling in ``adapter_config.json`` beside the file, or in its header."""
+    folder.mkdir()
+    path = folder / "adapter_model.safetensors"
+    header = {"lora_adapter_metadata": json.dumps(metadata)} if metadata is not None else None
+    save_file(_lora_peft(base, seed), path, metadata=header)
+    if config is not None:
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+def _expected(base: MotionStack, seed: int, scale: float, factors: dict[str, float]) -> dict[str, torch.Tensor]:
+    """The base weights plus ``scale * factor * up @ down`` for each target (factor by target name)."""
+    expected = {k: v.clone() for k, v in base.state_dict().items()}
+    for target, (down, up) in _lora_pairs(base, seed).items():
+        expected[f"{target}.weight"] += (up.double() @ down.double() * (scale * factors[target])).float()
+    return expected
+
+
+def test_peft_motion_lora_with_rslora_scales_by_alpha_over_sqrt_rank(files, tmp_path):
+    base = load_motion_folder(files["v2-diffusers"])
+    path = _peft_motion_lora(base, tmp_path / "rs", 5, {"lora_alpha": 4, "r": 2, "use_rslora": True}, None)
+    stack = load_motion_folder(files["v2-diffusers"])
+    apply_motion_lora(stack, path, 0.5)
+    factor = 4 / 2**0.5  # rsLoRA: alpha / sqrt(r), not alpha / r
+    torch.testing.assert_close(
+        stack.state_dict(), _expected(base, 5, 0.5, dict.fromkeys(TARGETS, factor)), atol=1e-6, rtol=0
+    )
+
+
+def test_peft_motion_lora_alpha_pattern_gives_one_module_its_own_alpha(files, tmp_path):
+    base = load_motion_folder(files["v2-diffusers"])
+    special = TARGETS[1]
+    config = {"lora_alpha": 4, "r": 2, "alpha_pattern": {special: 1}}
+    path = _peft_motion_lora(base, tmp_path / "pattern", 6, config, None)
+    stack = load_motion_folder(files["v2-diffusers"])
+    apply_motion_lora(stack, path, 1.0)
+    factors = {t: (1 / 2 if t == special else 4 / 2) for t in TARGETS}
+    torch.testing.assert_close(stack.state_dict(), _expected(base, 6, 1.0, factors), atol=1e-6, rtol=0)
+
+
+def test_peft_motion_lora_config_in_the_safetensors_metadata(files, tmp_path):
+    base = load_motion_folder(files["v2-diffusers"])
+    path = _peft_motion_lora(base, tmp_path / "meta", 7, None, {"unet.lora_alpha": 8, "unet.r": 2})
+    stack = load_motion_folder(files["v2-diffusers"])
+    apply_motion_lora(stack, path, 1.0)
+    torch.testing.assert_close(
+        stack.state_dict(), _expected(base, 7, 1.0, dict.fromkeys(TARGETS, 8 / 2)), atol=1e-6, rtol=0
+    )

@@ -169,8 +169,8 @@ def test_model_shipping_its_own_motion_modules(tmp_path):
 @pytest.mark.parametrize("offload", ["model", "sequential"])
 def test_cpu_offload_hooks_keep_the_output(tiny_model, tiny_motion, offload):
     """Offloading only moves weights; with the CPU as execution device the frames are the same."""
-    from videodiff.io.models import load_model_parts
     from videodiff.pipelines import VideoPipeline
+    from videodiff.weights.models import load_model_parts
 
     kwargs = dict(num_frames=3, height=16, width=16, num_inference_steps=2, seed=9)
     plain = VideoPipeline(load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32)
@@ -182,8 +182,8 @@ def test_cpu_offload_hooks_keep_the_output(tiny_model, tiny_motion, offload):
 
 
 def test_attention_slicing_and_vae_tiling_stay_close(tiny_model, tiny_motion):
-    from videodiff.io.models import load_model_parts
     from videodiff.pipelines import VideoPipeline
+    from videodiff.weights.models import load_model_parts
 
     kwargs = dict(num_frames=3, height=32, width=32, num_inference_steps=2, seed=9)
     plain = VideoPipeline(load_model_parts(str(tiny_model), str(tiny_motion)), torch.device("cpu"), torch.float32)

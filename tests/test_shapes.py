@@ -124,7 +124,7 @@ def test_dataset_combos_cycle_through_the_split():
 
 
 def test_cli_data_shapes_writes_what_training_reads(tmp_path):
-    from videodiff.io.clips import probe, read_frames
+    from videodiff.media.clips import probe, read_frames
     from videodiff.training.data import find_clips
 
     out = tmp_path / "shapes"
@@ -192,8 +192,8 @@ def test_detector_after_file_round_trip(suffix, part):
 
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
 def test_roundtrip_reads_what_the_training_reader_reads(tmp_path, suffix):
-    from videodiff.io.clips import probe, read_frames
-    from videodiff.io.video import save_video
+    from videodiff.media.clips import probe, read_frames
+    from videodiff.media.video import save_video
 
     frames = render_clip("blue", "triangle", "up", rng=np.random.default_rng(0))
     path = save_video(frames, tmp_path / f"c{suffix}", 8, crf=10)

@@ -10,9 +10,9 @@ from ldm_layout import CLIP, UNET, VAE, to_ldm, vae_to_ldm
 from safetensors.torch import save_file
 
 from videodiff.errors import UserError
-from videodiff.io import single_file as sf
-from videodiff.io.checkpoints import read_state_dict
-from videodiff.io.single_file import (
+from videodiff.weights import single_file as sf
+from videodiff.weights.checkpoints import read_state_dict
+from videodiff.weights.single_file import (
     convert_ldm_checkpoint,
     describe_checkpoint,
     is_ldm_checkpoint,

@@ -26,10 +26,10 @@ from safetensors.torch import load_file
 
 from videodiff.config import TrainConfig
 from videodiff.errors import UserError
-from videodiff.io.models import SPATIAL_FILE, load_model_parts
 from videodiff.training.data import ResumableBatches
 from videodiff.training.loop import Trainer
 from videodiff.unet import VideoUNet
+from videodiff.weights.models import SPATIAL_FILE, load_model_parts
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # as in conftest.py
@@ -258,7 +258,7 @@ def test_motion_attn_folder_carries_the_spatial_weights(trained, reference, tiny
 
 
 def test_motion_lora_file_reproduces_the_trained_model(trained, reference, tiny_model, tiny_motion):
-    from videodiff.io.motion_formats import apply_motion_lora
+    from videodiff.weights.motion_formats import apply_motion_lora
 
     trainer = trained("lora")
     path = trainer.run / "motion_lora.safetensors"

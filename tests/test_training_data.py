@@ -16,7 +16,7 @@ import torch
 from clips import column_clip, moving_square, write_clip, write_corrupt
 
 from videodiff.errors import UserError
-from videodiff.io.clips import probe, read_frames
+from videodiff.media.clips import probe, read_frames
 from videodiff.training.data import ClipDataset, ClipSource, ResumableBatches, collate, find_clips, resize_crop
 
 # ---------------------------------------------------------------------------------------------------------------------

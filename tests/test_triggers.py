@@ -12,9 +12,9 @@ from cli_helpers import invoke
 from safetensors.torch import save_file
 
 from videodiff import load_pipeline
+from videodiff.config import parse_trigger, words_of
 from videodiff.errors import UserError
-from videodiff.io.triggers import parse_trigger, words_of
-from videodiff.io.video import sidecar_path
+from videodiff.media.video import sidecar_path
 
 RENDER = dict(num_frames=4, height=16, width=16, num_inference_steps=2, output_type="latent")
 

@@ -7,8 +7,8 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from videodiff.errors import UserError
-from videodiff.io.motion_formats import load_motion_folder
 from videodiff.unet import MotionStack, VideoUNet
+from videodiff.weights.motion_formats import load_motion_folder
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,14 @@ _LAZY = {
     "SampleSettings": "videodiff.config",
     "LoadSettings": "videodiff.config",
     "WriteSettings": "videodiff.config",
-    "save_video": "videodiff.io.video",
+    "save_video": "videodiff.media.video",
     "UserError": "videodiff.errors",
 }
 
 if TYPE_CHECKING:
     from videodiff.config import LoadSettings, RenderConfig, SampleSettings, WriteSettings
     from videodiff.errors import UserError
-    from videodiff.io.video import save_video
+    from videodiff.media.video import save_video
     from videodiff.pipelines import VideoPipeline, VideoResult, load_pipeline
     from videodiff.render import render
 

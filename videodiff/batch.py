@@ -173,7 +173,7 @@ def plan_batch(
     the suffix when the item has several seeds). Not a batch: ``output`` is the file itself,
     else ``outputs/<date-time>-<slug>-<seed><.fmt>``. Names never depend on the process.
     """
-    from videodiff.io.video import VIDEO_SUFFIXES
+    from videodiff.media.video import VIDEO_SUFFIXES
     from videodiff.render import slug
 
     if not items:
@@ -284,7 +284,7 @@ def _sort_existing(
     configs: Sequence[RenderConfig], skip_existing: bool, overwrite: bool, announce: bool
 ) -> tuple[list[RenderConfig], list[RenderConfig]]:
     """(to render, skipped); fails on the first existing output unless told what to do with it."""
-    from videodiff.io.video import sidecar_path
+    from videodiff.media.video import sidecar_path
 
     if skip_existing and overwrite:
         raise UserError("pass --skip-existing or --overwrite, not both")
@@ -348,7 +348,7 @@ def run_batch(
     ends with ``rendered N, skipped M``. ``plain``: print only the output's path (a single video, as a
     plain render does; a skipped one too). Returns the outputs this process wrote.
     """
-    from videodiff.io.video import check_output
+    from videodiff.media.video import check_output
     from videodiff.render import render
 
     echo = echo or (lambda line: print(line, flush=True))

@@ -277,8 +277,8 @@ def convert(input_path: str, output_path: str, to: str, motion_config: str | Non
       videodiff convert mm_sd_v15_v2.ckpt motion-v2/ --to diffusers
       videodiff convert motion-v2/ mm_v2.safetensors --to original
     """
-    from videodiff.io.motion_formats import convert_motion_module
     from videodiff.log import setup_cli_logging
+    from videodiff.weights.motion_formats import convert_motion_module
 
     setup_cli_logging()
     click.echo(str(convert_motion_module(input_path, output_path, to, motion_config, overwrite=overwrite)))
@@ -296,7 +296,7 @@ def inspect(path: str, as_json: bool) -> None:
     """
     import json
 
-    from videodiff.io.inspect import describe
+    from videodiff.weights.inspect import describe
 
     info = describe(path)
     if as_json:
@@ -414,8 +414,8 @@ def eval_shapes(
     """
     import json
 
-    from videodiff.io.atomic import prepare_output, write_text_atomic
     from videodiff.log import setup_cli_logging
+    from videodiff.media.atomic import prepare_output, write_text_atomic
     from videodiff.shapes.evaluate import run_shapes_eval
 
     setup_cli_logging(quiet)

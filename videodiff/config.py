@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,6 @@ class LoadSettings:
     def validate(self) -> LoadSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
         check_types(self, LoadSettings)
-        if self.motion_lora_trigger:
-            from videodiff.io.triggers import parse_trigger  # TODO(merge): config-level syntax parser
-
         for spec in self.motion_lora_trigger:
             parse_trigger(spec)  # the syntax, before any model is loaded
         if self.clip_skip is not None and self.clip_skip < 0:
@@ -476,3 +474,41 @@ class TrainConfig:
 
 
 TRAIN_FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The syntax of add-on arguments (no files are read here)
+
+WORD = re.compile(r"[\w']+")  # a trigger word, and how prompts are split into words
+
+
+def parse_scaled_path(arg: str) -> tuple[str, float]:
+    """``path[:SCALE]`` -> ``(path, scale)``; the part after the last colon is a scale only if it is a number.
+
+    So ``C:\\loras\\x.safetensors`` stays a path, and ``C:\\loras\\x.safetensors:0.7`` has scale 0.7.
+    """
+    head, sep, tail = str(arg).rpartition(":")
+    if sep and head and tail.strip():
+        try:
+            scale = float(tail)
+        except ValueError:
+            return str(arg), 1.0
+        if not math.isfinite(scale):
+            raise UserError(f"{arg}: the scale after the last ':' must be a finite number")
+        return head, scale
+    return str(arg), 1.0
+
+
+def parse_trigger(spec: str) -> tuple[str, str, float]:
+    """``WORD=PATH[:SCALE]`` -> ``(word, path, scale)``."""
+    word, sep, rest = str(spec).partition("=")
+    word = word.strip().lower()
+    if not sep or not rest or not WORD.fullmatch(word):
+        raise UserError(f"--motion-lora-trigger must be WORD=PATH[:SCALE] with one word, got {spec!r}")
+    path, scale = parse_scaled_path(rest)
+    return word, path, scale
+
+
+def words_of(prompt: str) -> set[str]:
+    """The words of a prompt, lower case (what trigger words are looked up in)."""
+    return set(WORD.findall(prompt.lower()))

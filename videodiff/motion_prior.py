@@ -273,7 +273,7 @@ class MotionPrior:
     def save(self, path: Path, info: dict | None = None) -> Path:
         from safetensors.torch import save_file
 
-        from videodiff.io.atomic import atomic_file
+        from videodiff.media.atomic import atomic_file
 
         tensors = {"mean": self.mean, "scale": self.scale, "weight": self.weight, "bias": self.bias}
         meta = {

@@ -21,11 +21,12 @@ from videodiff import heap, sampling, starts, text, vae
 from videodiff import noise as noise_priors
 from videodiff.config import LoadSettings, SampleSettings, merge, resolve, to_dict
 from videodiff.errors import UserError
-from videodiff.io.models import ModelParts, builtin_model, load_model_parts
-from videodiff.io.triggers import TriggeredLoRAs
 from videodiff.log import notice
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
+from videodiff.unet.triggers import TriggeredLoRAs
+from videodiff.weights.hub import builtin_model
+from videodiff.weights.models import ModelParts, load_model_parts
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

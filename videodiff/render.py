@@ -19,12 +19,12 @@ from typing import Any
 
 from videodiff.config import INFO_KEY, RenderConfig, load_config_file, resolve, to_dict
 from videodiff.errors import UserError
-from videodiff.io.atomic import write_text_atomic
-from videodiff.io.models import package_versions, read_model_defaults
-from videodiff.io.video import check_output, save_video, sidecar_path
 from videodiff.log import notice
+from videodiff.media.atomic import write_text_atomic
+from videodiff.media.video import check_output, save_video, sidecar_path
 from videodiff.pipelines import VideoPipeline, VideoResult, too_many_frames
 from videodiff.sampling import OnStep
+from videodiff.weights.hub import package_versions, read_model_defaults
 
 
 def slug(prompt: str, limit: int = 40) -> str:
@@ -58,8 +58,9 @@ class RenderOutcome:
 
 def check_frame_limit(config: RenderConfig) -> None:
     """Refuse too many frames from the motion module's header, before minutes of loading weights."""
-    from videodiff.io.models import BUILTIN_MODEL, OWN_MOTION_FOLDER
-    from videodiff.io.motion_formats import frame_limit
+    from videodiff.weights.hub import BUILTIN_MODEL
+    from videodiff.weights.models import OWN_MOTION_FOLDER
+    from videodiff.weights.motion_formats import frame_limit
 
     source = config.motion_module
     model = Path(config.model) if config.model else BUILTIN_MODEL

@@ -19,7 +19,7 @@ def encode_prompts(
     """
     multi = getattr(tokenizer, "videodiff_multi_tokens", None)
     if multi:  # multi-vector textual-inversion tokens expand to all their vectors
-        from videodiff.io.embeddings import expand_prompt
+        from videodiff.weights.embeddings import expand_prompt
 
         prompts = [expand_prompt(p, multi) for p in prompts]
     max_length = tokenizer.model_max_length

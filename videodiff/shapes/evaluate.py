@@ -489,16 +489,16 @@ def ground_truth_render_fn(seed: int = 0, *, noise: bool = True) -> RenderFn:
 
 
 def roundtrip(frames: Any, suffix: str = ".gif", *, crf: int = 10, fps: float = 8) -> np.ndarray:
-    """``frames`` written with :func:`videodiff.io.video.save_video` and read back with PyAV."""
+    """``frames`` written with :func:`videodiff.media.video.save_video` and read back with PyAV."""
     import tempfile
 
     import av
 
-    from videodiff.io.video import save_video
+    from videodiff.media.video import save_video
 
     with tempfile.TemporaryDirectory(prefix="videodiff-roundtrip-") as tmp:
         path = save_video(frames, Path(tmp) / f"clip{suffix}", fps, crf=crf)
-        # decodes every frame in order: what videodiff.io.clips.read_frames gives, without its seeking
+        # decodes every frame in order: what videodiff.media.clips.read_frames gives, without its seeking
         with av.open(str(path)) as container:
             return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 

@@ -301,7 +301,7 @@ def write_dataset(
     edges; PNG folders are lossless but only the manifest points at them (``videodiff
     train`` reads video files). Frames are played at ``fps``.
     """
-    from videodiff.io.video import save_video  # imports PyAV lazily
+    from videodiff.media.video import save_video  # imports PyAV lazily
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise UserError(f"count must be a positive integer, got {count!r}")

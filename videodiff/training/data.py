@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from videodiff.errors import UserError
-from videodiff.io.clips import VIDEO_EXTENSIONS, UnreadableVideo, fit_stride, probe, read_frames
+from videodiff.media.clips import VIDEO_EXTENSIONS, UnreadableVideo, fit_stride, probe, read_frames
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ import torch
 
 from videodiff.config import TrainConfig
 from videodiff.errors import UserError
-from videodiff.io.models import SPATIAL_FILE, ModelParts
 from videodiff.log import notice
 from videodiff.motion_prior import PRIOR_FILE, ClipTargets, MotionPrior, clip_targets, prompt_features
 from videodiff.training.data import ClipSource
 from videodiff.training.trainable import SPATIAL_PREFIX
 from videodiff.unet import VideoUNet
 from videodiff.unet.lora import lora_state_dict
+from videodiff.weights.models import SPATIAL_FILE, ModelParts
 
 PRIOR_CAPTIONS = "--motion-prior fits the clips' captions, and fewer than two clips have one"
 
@@ -70,7 +70,7 @@ def render_validation(
 ) -> Path:
     """Render ``config.validation_prompt`` with the modules being trained (``parts``, wrapped by ``unet``) into
     ``validation/step-N.gif``; ``unet`` is back in training mode afterwards."""
-    from videodiff.io.video import save_video
+    from videodiff.media.video import save_video
     from videodiff.pipelines import VideoPipeline
 
     pipe = VideoPipeline(parts, device, torch.float32)
@@ -97,8 +97,8 @@ def save_trained(unet: VideoUNet, run: Path, trainable: str, trained: dict[str, 
     """
     from safetensors.torch import save_file
 
-    from videodiff.io.atomic import atomic_file
-    from videodiff.io.motion_formats import save_motion_folder
+    from videodiff.media.atomic import atomic_file
+    from videodiff.weights.motion_formats import save_motion_folder
 
     if trainable == "lora":
         with atomic_file(run / "motion_lora.safetensors") as tmp:

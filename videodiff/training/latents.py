@@ -126,7 +126,7 @@ class LatentCache:
     def write(self, cached: CachedLatents, skipped: dict[str, str]) -> None:
         from safetensors.torch import save_file
 
-        from videodiff.io.atomic import atomic_file
+        from videodiff.media.atomic import atomic_file
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"key": self.key, "captions": json.dumps(cached.captions), "skipped": json.dumps(skipped)}

@@ -24,7 +24,6 @@ from videodiff import noise as noise_priors
 from videodiff import text, vae
 from videodiff.config import TrainConfig
 from videodiff.errors import UserError
-from videodiff.io.models import ModelParts, load_model_parts
 from videodiff.launch import CPU_FLAG_ADVICE, check_launch, close
 from videodiff.log import notice
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
@@ -41,6 +40,7 @@ from videodiff.training.export import (
 from videodiff.training.latents import ClipEncoder, LatentCache, clip_latents, collate_any
 from videodiff.training.trainable import select_trainable
 from videodiff.unet import VideoUNet
+from videodiff.weights.models import ModelParts, load_model_parts
 
 
 def training_scheduler(model_config: dict[str, Any]):

@@ -1,112 +1,37 @@
-"""Finding and loading models: diffusers folders or hub ids, motion modules, model defaults, fingerprints."""
+"""Assembling a model: the image model, its add-ons (VAE, LoRAs, embeddings), motion modules, MotionLoRA triggers.
+
+The top of ``videodiff.weights``: finding files is :mod:`videodiff.weights.hub`'s job, reading
+them the format readers'.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from videodiff.config import MODEL_DEFAULT_KEYS, check_keys
+from videodiff.config import parse_scaled_path, parse_trigger
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import load_strict, read_state_dict
 from videodiff.log import notice
 from videodiff.motion_prior import PRIOR_FILE, MotionPrior
 from videodiff.unet.temporal import MotionStack
-
-# Files a diffusers hub repository may hold that videodiff never reads (often several GB).
-HUB_SKIP = [
-    "*.ckpt",
-    "*.pt",
-    "*.pth",
-    "*.fp16.*",
-    "*non_ema*",
-    "*.msgpack",
-    "*.onnx*",
-    "*.h5",
-    "*.ot",
-    "safety_checker/*",
-    "feature_extractor/*",
-]
-WEIGHT_NAMES = (
-    "diffusion_pytorch_model.safetensors",
-    "model.safetensors",
-    "diffusion_pytorch_model.bin",
-    "pytorch_model.bin",
+from videodiff.unet.triggers import Trigger
+from videodiff.weights.checkpoints import load_strict, read_state_dict
+from videodiff.weights.embeddings import load_embedding
+from videodiff.weights.hub import (
+    DEFAULTS_FILE,
+    fingerprint,
+    locate,
+    model_triggers,
+    quiet_hub_logging,
+    read_model_defaults,
 )
+from videodiff.weights.lora import apply_lora
+from videodiff.weights.motion_formats import apply_motion_lora, load_any_motion_module, motion_lora_deltas
+from videodiff.weights.single_file import load_single_file, load_vae_file
+
 SPATIAL_FILE = "spatial.safetensors"  # image-U-Net tensors trained together with the motion modules
-DEFAULTS_FILE = "videodiff.json"  # a model's recorded preferences: {"defaults": {"height": 512, ...}}
 OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
-# The built-in "shapes" model, trained by scripts/train_shapes.py: what renders when no model is given.
-BUILTIN_MODEL = Path(__file__).resolve().parents[1] / "models" / "shapes"
-
-
-def builtin_model() -> str:
-    """The folder of the built-in shapes model (``a {color} {shape} moving {direction}``, 64x64, 16 frames)."""
-    if not (BUILTIN_MODEL / "model_index.json").is_file():
-        raise UserError(
-            f"the built-in shapes model is missing from {BUILTIN_MODEL} (a broken install?); "
-            "pass --model, or rebuild it with scripts/train_shapes.py"
-        )
-    return str(BUILTIN_MODEL)
-
-
-def offline() -> bool:
-    """``VIDEODIFF_OFFLINE=1`` (or the hub's own ``HF_HUB_OFFLINE=1``) never touches the network."""
-    return any(
-        os.environ.get(v, "").strip().lower() in ("1", "true", "yes") for v in ("VIDEODIFF_OFFLINE", "HF_HUB_OFFLINE")
-    )
-
-
-def is_hub_id(source: str) -> bool:
-    """``org/name`` (letters, digits, ``_.-``), the form of a Hugging Face hub repository id."""
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is not None
-
-
-def locate(source: str, what: str) -> Path:
-    """A local folder for ``source``: the folder itself, or a hub id's snapshot in the local cache."""
-    path = Path(source).expanduser()
-    if path.exists():
-        return path
-    if not is_hub_id(source):
-        raise UserError(f"{what} {source!r} not found: no such file or folder (a hub id looks like 'org/name')")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(source, local_files_only=offline(), ignore_patterns=HUB_SKIP))
-    except Exception as exc:  # noqa: BLE001 - hub errors become one line
-        hint = " (offline: only the local cache is searched)" if offline() else ""
-        raise UserError(f"{what} {source!r} could not be found or downloaded{hint}: {type(exc).__name__}") from None
-
-
-def read_model_defaults(model: str | None) -> dict[str, Any]:
-    """The settings a model folder recommends (``videodiff.json``), or ``{}``; cheap, loads no weights.
-
-    ``None`` reads the built-in model's.
-    """
-    if not model:
-        if not (BUILTIN_MODEL / DEFAULTS_FILE).is_file():
-            return {}
-        model = str(BUILTIN_MODEL)
-    path = Path(model).expanduser() / DEFAULTS_FILE
-    defaults = _model_json(path).get("defaults", {})
-    return check_keys(dict(defaults), str(path), MODEL_DEFAULT_KEYS)
-
-
-def _model_json(path: Path) -> dict[str, Any]:
-    """A model folder's ``videodiff.json`` as a dict; ``{}`` when it has none."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    return data if isinstance(data, dict) else {}
 
 
 def new_motion_stack(unet) -> MotionStack:
@@ -136,42 +61,6 @@ def apply_spatial_weights(unet, path: Path) -> None:
     notice(f"loaded {len(tensors)} fine-tuned image-U-Net tensors from {path.name}")
 
 
-def fingerprint(path: str | Path) -> str:
-    """SHA-256 over a file, or over a folder's weight and config files (names and contents), cached by mtime."""
-    path = Path(path).resolve()
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.suffix in (".safetensors", ".bin", ".json", ".txt", ".ckpt")
-            and ".cache" not in p.parts
-        )
-    )
-    total = hashlib.sha256()
-    for f in files:
-        total.update(str(f.relative_to(path) if f != path else f.name).encode())
-        total.update(_file_hash(f).encode())
-    return total.hexdigest()
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def _file_hash(path: Path) -> str:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
-
-
 @dataclass
 class ModelParts:
     """Everything a pipeline needs, loaded and on the CPU in float32."""
@@ -185,7 +74,7 @@ class ModelParts:
     defaults: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)  # {"model": {"id", "sha256"}, "lora": [...], ...}
     norm_over_frames: bool = False  # original AnimateDiff v1 ran spatial GroupNorms over all frames
-    triggers: tuple = ()  # Trigger: MotionLoRAs merged only for prompts with their word (videodiff.io.triggers)
+    triggers: tuple = ()  # Trigger: MotionLoRAs merged only for prompts with their word (videodiff.unet.triggers)
     motion_prior: Any = None  # a MotionPrior saved beside the motion modules (videodiff.motion_prior)
 
 
@@ -196,8 +85,6 @@ def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
 
     root = locate(model, "model")
     if root.is_file():
-        from videodiff.io.single_file import load_single_file
-
         return root, load_single_file(root)
     for sub in ("tokenizer", "text_encoder", "vae", "unet", "scheduler"):
         if not (root / sub).is_dir():
@@ -235,16 +122,10 @@ def load_model_parts(
     ``motion_lora_triggers`` (``WORD=PATH[:SCALE]``) and the model folder's own triggers are
     checked against the motion modules here and merged per prompt by the pipeline.
     """
-    from videodiff.io.embeddings import load_embedding
-    from videodiff.io.lora import apply_lora, parse_scaled_path
-    from videodiff.io.motion_formats import apply_motion_lora, load_any_motion_module
-
     quiet_hub_logging()
     root, c = _load_image_model(model)
     sources: dict[str, Any] = {"model": {"id": model, "sha256": fingerprint(root)}}
     if vae:
-        from videodiff.io.single_file import load_vae_file
-
         c["vae"] = load_vae_file(vae)
         sources["vae"] = {"id": vae, "sha256": fingerprint(vae)}
     own = root / OWN_MOTION_FOLDER if root.is_dir() else None
@@ -317,10 +198,6 @@ def load_motion_prior(path: Path, components: dict[str, Any]) -> MotionPrior:
 
 def load_triggers(root: Path, motion: MotionStack, specs: tuple[str, ...], sources: dict[str, Any]) -> tuple:
     """The model folder's triggers (its ``videodiff.json``), then ``specs``; a later one for a word replaces it."""
-    from videodiff.io.lora import parse_scaled_path
-    from videodiff.io.motion_formats import motion_lora_deltas
-    from videodiff.io.triggers import Trigger, parse_trigger
-
     chosen: dict[str, tuple[str, float]] = {}
     own = model_triggers(root) if root.is_dir() else {}
     for word, spec in own.items():
@@ -338,43 +215,3 @@ def load_triggers(root: Path, motion: MotionStack, specs: tuple[str, ...], sourc
         entry = {"word": word, "id": path, "scale": scale, "sha256": fingerprint(path)}
         sources.setdefault("motion_lora_trigger", []).append(entry)
     return tuple(triggers)
-
-
-def model_triggers(root: Path) -> dict[str, str]:
-    """``{"motion_lora_triggers": {word: "PATH[:SCALE]"}}`` of a model folder's ``videodiff.json``, or ``{}``."""
-    from videodiff.io.triggers import WORD
-
-    path = root / DEFAULTS_FILE
-    triggers = _model_json(path).get("motion_lora_triggers", {})
-    pairs = triggers.items() if isinstance(triggers, dict) else [(None, None)]
-    if not all(isinstance(k, str) and WORD.fullmatch(k) and isinstance(v, str) for k, v in pairs):
-        raise UserError(f"{path}: motion_lora_triggers must map words (one each) to PATH[:SCALE] strings")
-    return {k.lower(): v for k, v in triggers.items()}
-
-
-def quiet_hub_logging() -> None:
-    """diffusers/transformers print progress bars and advice while loading; videodiff reports for itself."""
-    import diffusers
-    import transformers
-
-    for lib in (diffusers, transformers):
-        lib.utils.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide the output, for sidecars."""
-    import platform
-
-    import diffusers
-    import transformers
-
-    import videodiff
-
-    return {
-        "videodiff": videodiff.__version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }

@@ -6,40 +6,24 @@ merges that LoRA for every prompt with the word "left" and takes it out again fo
 without it, so one batch can mix motions. A model folder can name its own triggers in its
 ``videodiff.json``: ``{"motion_lora_triggers": {"left": "motion_loras/left.safetensors"}}``
 (paths relative to the folder, ``PATH[:SCALE]``).
+
+The syntax (``WORD=PATH[:SCALE]``) is parsed in :mod:`videodiff.config`; the files are read
+by :mod:`videodiff.weights.models`. This is the runtime part: switching the weights.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
-from videodiff.errors import UserError
-
-WORD = re.compile(r"[\w']+")
+from videodiff.config import words_of
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: the deltas are tensors
 class Trigger:
     word: str  # lower case, one word (path and scale are in the pipeline's sources)
     deltas: dict[str, torch.Tensor]  # motion-stack weight name -> float32 update (CPU)
-
-
-def parse_trigger(spec: str) -> tuple[str, str, float]:
-    """``WORD=PATH[:SCALE]`` -> ``(word, path, scale)``."""
-    from videodiff.io.lora import parse_scaled_path
-
-    word, sep, rest = str(spec).partition("=")
-    word = word.strip().lower()
-    if not sep or not rest or not WORD.fullmatch(word):
-        raise UserError(f"--motion-lora-trigger must be WORD=PATH[:SCALE] with one word, got {spec!r}")
-    path, scale = parse_scaled_path(rest)
-    return word, path, scale
-
-
-def words_of(prompt: str) -> set[str]:
-    return set(WORD.findall(prompt.lower()))
 
 
 class TriggeredLoRAs:

@@ -7,7 +7,7 @@ keys are renamed to the diffusers/transformers layout with diffusers' own conver
 ``videodiff/assets/sd15`` (changed only where the tensor shapes say otherwise, so small test
 models load too) and loaded strictly. The CLIP tokenizer ships with the package as well.
 
-Weights are read only through :func:`videodiff.io.checkpoints.read_state_dict` (safetensors,
+Weights are read only through :func:`videodiff.weights.checkpoints.read_state_dict` (safetensors,
 or pickle restricted to tensors). Models are built on the ``meta`` device and the file's
 tensors are assigned into them, converted one at a time, so a float16 file never costs a
 random float32 initialisation plus a second float32 copy.
@@ -25,8 +25,10 @@ from typing import Any
 import torch
 
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
 from videodiff.log import notice
+from videodiff.weights.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
+from videodiff.weights.hub import WEIGHT_NAMES, quiet_hub_logging
+from videodiff.weights.safetensors_header import read_header
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "sd15"
 
@@ -391,13 +393,11 @@ def load_single_file(path: str | Path, *, dtype: torch.dtype = torch.float32) ->
     """Load an SD1.5-family single-file checkpoint with no network access.
 
     Returns ``{"tokenizer", "text_encoder", "vae", "unet", "scheduler_config"}``, the objects
-    :class:`videodiff.io.models.ModelParts` holds, on the CPU in ``dtype`` (float32 by default;
+    :class:`videodiff.weights.models.ModelParts` holds, on the CPU in ``dtype`` (float32 by default;
     ``torch.float16`` keeps a float16 file's tensors without any copy). Raises :class:`UserError`
     (one line) for SD2.x/SDXL files, inpainting U-Nets, unreadable files or keys that do not match.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from videodiff.io.models import quiet_hub_logging
 
     quiet_hub_logging()
     path = Path(path).expanduser()
@@ -471,8 +471,6 @@ def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
     """
     from diffusers import AutoencoderKL
 
-    from videodiff.io.models import WEIGHT_NAMES, quiet_hub_logging
-
     quiet_hub_logging()
     path = Path(path).expanduser()
     if path.is_dir():
@@ -500,34 +498,6 @@ def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
 # ---------------------------------------------------------------------------------------------
 # Describing a file without loading it
 
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-    "BOOL": "bool",
-}  # fmt: skip
-_MAX_HEADER = 100 << 20
-
-
-def _safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], dict[str, str]]:
-    """``(shapes, dtypes, metadata)`` from a safetensors file's JSON header; no tensor is read."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(8)
-            n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
-            if not 0 < n <= min(size - 8, _MAX_HEADER):
-                raise ValueError("bad header size")
-            header = json.loads(fh.read(n))
-        metadata = header.pop("__metadata__", None) or {}
-        shapes = {k: tuple(int(x) for x in v["shape"]) for k, v in header.items()}
-        dtypes = {k: _SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"].lower()) for k, v in header.items()}
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    if 8 + n + end > size:
-        raise UserError(f"{path}: not a readable safetensors file (truncated: {size} of {8 + n + end} bytes)")
-    return shapes, dtypes, metadata
-
 
 def _numel(shape: Sequence[int]) -> int:
     total = 1
@@ -548,7 +518,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: no such file")
     metadata: dict[str, str] = {}
     if path.suffix.lower() == ".safetensors":
-        shapes, dtypes, metadata = _safetensors_header(path)
+        header = read_header(path)
+        shapes, dtypes, metadata = header.shapes, header.dtypes, header.metadata
         fmt = "safetensors"
     else:
         state = _read(path)

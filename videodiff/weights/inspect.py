@@ -7,19 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from videodiff.errors import UserError
+from videodiff.weights.checkpoints import read_state_dict
+from videodiff.weights.embeddings import describe_embedding
+from videodiff.weights.lora import describe_lora
+from videodiff.weights.motion_formats import describe_motion_module
+from videodiff.weights.safetensors_header import read_header
+from videodiff.weights.single_file import describe_checkpoint
 
 
 def _keys(path: Path) -> list[str]:
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return list(f.keys())
-        except Exception as exc:  # noqa: BLE001 - any failure means the file is not readable safetensors
-            raise UserError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    from videodiff.io.checkpoints import read_state_dict
-
+        return list(read_header(path).shapes)
     try:
         return list(read_state_dict(path))
     except UserError:
@@ -28,11 +26,6 @@ def _keys(path: Path) -> list[str]:
 
 def describe(path: str) -> dict[str, Any]:
     """Kind-specific description of a model folder, motion module, SD checkpoint, LoRA or embedding."""
-    from videodiff.io.embeddings import describe_embedding
-    from videodiff.io.lora import describe_lora
-    from videodiff.io.motion_formats import describe_motion_module
-    from videodiff.io.single_file import describe_checkpoint
-
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"{path}: no such file or folder")

@@ -26,9 +26,7 @@ must match, else :class:`UserError` names the file and the key.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +35,20 @@ import torch
 from torch import nn
 
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import read_state_dict
 from videodiff.log import notice
+from videodiff.weights.checkpoints import read_state_dict
+from videodiff.weights.lora_pairs import (
+    TEXT,
+    UNET,
+    LoraEntry,
+    component_of,
+    format_name,
+    lora_factor,
+    parse_lora_keys,
+    peft_configs,
+    unsupported_kind,
+)
+from videodiff.weights.safetensors_header import read_header
 
 # Files looked for when a LoRA is given as a folder.
 LORA_FILE_NAMES = (
@@ -47,34 +57,7 @@ LORA_FILE_NAMES = (
     "pytorch_lora_weights.bin",
     "adapter_model.bin",
 )
-UNET, TEXT = "unet", "text_encoder"
 _COMPONENT_WORDS = {UNET: "U-Net", TEXT: "text encoder"}
-
-_KOHYA_SUFFIXES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
-_DIFFUSERS_SUFFIXES = (
-    (".lora_A.weight", "down", "peft"),
-    (".lora_B.weight", "up", "peft"),
-    (".lora.down.weight", "down", "diffusers-old"),
-    (".lora.up.weight", "up", "diffusers-old"),
-    (".lora_linear_layer.down.weight", "down", "diffusers-old"),
-    (".lora_linear_layer.up.weight", "up", "diffusers-old"),
-    (".alpha", "alpha", None),
-)
-_PROCESSOR_RE = re.compile(
-    r"(?P<attn>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight"
-)
-_PROCESSOR_TARGETS = {
-    UNET: {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
-    TEXT: {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
-}
-# Key parts of LoRA variants that are not plain low-rank pairs.
-_UNSUPPORTED = (
-    (re.compile(r"\.hada_"), "a LyCORIS LoHa"),
-    (re.compile(r"\.lokr_"), "a LyCORIS LoKr"),
-    (re.compile(r"\.lora_mid\."), "a LyCORIS LoCon with a Tucker mid tensor"),
-    (re.compile(r"\.(dora_scale|lora_magnitude_vector)"), "a DoRA"),
-    (re.compile(r"^lora_(unet|te)_[^.]+\.diff(_b)?$"), "a full-difference"),
-)
 # LDM (original Stable Diffusion) ResBlock parts -> diffusers ResnetBlock2D names (underscored).
 _LDM_RESNET = {
     "in_layers_0": "norm1",
@@ -100,97 +83,6 @@ class LoraReport:
     @property
     def modules(self) -> int:
         return self.unet_modules + self.text_encoder_modules
-
-
-@dataclass
-class _Entry:
-    """One targeted module as named in the file: its tensors' keys, before resolving."""
-
-    component: str | None  # UNET, TEXT, or None = decide by the name
-    name: str  # dotted (diffusers/PEFT) or underscored (kohya) module name
-    style: str  # "kohya" or "dotted"
-    fmt: str
-    keys: dict[str, str] = field(default_factory=dict)  # "down" / "up" / "alpha" -> key
-
-
-def parse_scaled_path(arg: str) -> tuple[str, float]:
-    """``path[:SCALE]`` -> ``(path, scale)``; the part after the last colon is a scale only if it is a number.
-
-    So ``C:\\loras\\x.safetensors`` stays a path, and ``C:\\loras\\x.safetensors:0.7`` has scale 0.7.
-    """
-    head, sep, tail = str(arg).rpartition(":")
-    if sep and head and tail.strip():
-        try:
-            scale = float(tail)
-        except ValueError:
-            return str(arg), 1.0
-        if not math.isfinite(scale):
-            raise UserError(f"{arg}: the scale after the last ':' must be a finite number")
-        return head, scale
-    return str(arg), 1.0
-
-
-def _unsupported_kind(key: str) -> str | None:
-    for pattern, kind in _UNSUPPORTED:
-        if pattern.search(key):
-            return kind
-    return None
-
-
-def _parse_keys(keys: list[str]) -> tuple[dict[tuple, _Entry], list[str], list[str]]:
-    """Group keys by the module they target: ``(entries, unknown keys, SDXL-only keys)``. Names only."""
-    entries: dict[tuple, _Entry] = {}
-    unknown: list[str] = []
-    sdxl: list[str] = []
-
-    def add(component, name, style, fmt, part, key):
-        entry = entries.setdefault((component, name, style), _Entry(component, name, style, fmt))
-        if fmt != "any" and entry.fmt == "any":
-            entry.fmt = fmt
-        if part in entry.keys:
-            unknown.append(key)  # the same tensor twice under two spellings: ambiguous
-        entry.keys[part] = key
-
-    for key in keys:
-        if key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")):
-            sdxl.append(key)
-            continue
-        if key.startswith(("lora_unet_", "lora_te_")):
-            component = UNET if key.startswith("lora_unet_") else TEXT
-            body = key[len("lora_unet_") :] if component == UNET else key[len("lora_te_") :]
-            name, _, suffix = body.partition(".")
-            part = _KOHYA_SUFFIXES.get(suffix)
-            if part is None or not name:
-                unknown.append(key)
-                continue
-            add(component, name, "kohya", "kohya", part, key)
-            continue
-        component: str | None = None
-        rest = key
-        for prefix, comp in (("unet.", UNET), ("text_encoder.", TEXT), ("base_model.model.", None)):
-            if rest.startswith(prefix):
-                component, rest = comp, rest[len(prefix) :]
-                break
-        match = _PROCESSOR_RE.fullmatch(rest)
-        if match:
-            comp = component or (TEXT if rest.startswith("text_model.") else UNET)
-            target = _PROCESSOR_TARGETS[comp][match["proj"]]
-            name = f"{match['attn'].replace('.processor', '')}.{target}"
-            add(comp, name, "dotted", "diffusers-old", match["part"], key)
-            continue
-        for suffix, part, fmt in _DIFFUSERS_SUFFIXES:
-            if rest.endswith(suffix) and len(rest) > len(suffix):
-                name = rest[: -len(suffix)].replace(".processor.", ".")
-                add(component, name, "dotted", fmt or "any", part, key)
-                break
-        else:
-            unknown.append(key)
-    return entries, unknown, sdxl
-
-
-def _format_name(entries) -> str:
-    fmts = sorted({e.fmt for e in entries} - {"any"})
-    return "+".join(fmts) if fmts else "unknown"
 
 
 def _ldm_map(unet: nn.Module) -> dict[str, tuple[str, bool]]:
@@ -280,7 +172,7 @@ class _Index:
         for under in clashes:
             del self.underscored[under]
 
-    def resolve(self, entry: _Entry) -> tuple[str | None, bool]:
+    def resolve(self, entry: LoraEntry) -> tuple[str | None, bool]:
         """The dotted module name an entry targets (or None), and whether LDM naming was used."""
         if entry.style == "dotted":
             return (entry.name if entry.name in self.dotted else None), False
@@ -304,60 +196,6 @@ def _lora_file(path: Path) -> Path:
     return path
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - a bad header is reported by read_state_dict
-        return {}
-
-
-def _peft_configs(path: Path) -> dict[str | None, dict[str, Any]]:
-    """PEFT LoRA settings per component (None = any): from the safetensors header, else adapter_config.json."""
-    configs: dict[str | None, dict[str, Any]] = {}
-    raw = _safetensors_metadata(path).get("lora_adapter_metadata")
-    if raw:
-        try:
-            meta = json.loads(raw)
-        except json.JSONDecodeError:
-            meta = {}
-        for key, value in meta.items() if isinstance(meta, dict) else ():
-            comp, _, setting = key.partition(".")
-            if comp in (UNET, TEXT) and setting:
-                configs.setdefault(comp, {})[setting] = value
-    config_path = path.parent / "adapter_config.json"
-    if not configs and config_path.is_file():
-        try:
-            data = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{config_path}: not valid JSON ({exc})") from None
-        if isinstance(data, dict):
-            configs[None] = data
-    return configs
-
-
-def _peft_factor(config: dict[str, Any] | None, module: str, rank: int) -> float:
-    if not config or "lora_alpha" not in config:
-        return 1.0
-    alpha = float(config["lora_alpha"])
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if module == pattern or module.endswith("." + pattern) or _pattern_matches(pattern, module):
-            alpha = float(value)
-            break
-    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-
-
-def _pattern_matches(pattern: str, module: str) -> bool:
-    try:
-        return re.fullmatch(rf"(.*\.)?(?:{pattern})", module) is not None
-    except re.error:
-        return False
-
-
 @dataclass
 class _Patch:
     component: str
@@ -368,7 +206,7 @@ class _Patch:
     factor: float
 
 
-def _check_shapes(path: Path, entry: _Entry, name: str, module: nn.Module, down, up) -> None:
+def _check_shapes(path: Path, entry: LoraEntry, name: str, module: nn.Module, down, up) -> None:
     weight = module.weight
     w_shape = tuple(weight.shape)
     d_shape, u_shape = tuple(down.shape), tuple(up.shape)
@@ -388,11 +226,11 @@ def _check_shapes(path: Path, entry: _Entry, name: str, module: nn.Module, down,
 
 
 def _plan(path: Path, state: dict[str, torch.Tensor], unet, text_encoder) -> tuple[str, list[_Patch]]:
-    entries, unknown, sdxl = _parse_keys(list(state))
+    entries, unknown, sdxl = parse_lora_keys(list(state))
     if sdxl:
         raise UserError(f"{path}: an SDXL LoRA (e.g. key {sdxl[0]}); this model is SD1.5-family")
     for key in unknown:
-        kind = _unsupported_kind(key)
+        kind = unsupported_kind(key)
         if kind:
             raise UserError(f"{path}: {kind} file (key {key}); only plain LoRA (down/up pairs) is supported")
     if unknown:
@@ -400,16 +238,14 @@ def _plan(path: Path, state: dict[str, torch.Tensor], unet, text_encoder) -> tup
     if not entries:
         raise UserError(f"{path}: holds no LoRA weights")
     indexes = {UNET: _Index(unet, UNET), TEXT: _Index(text_encoder, TEXT)}
-    configs = _peft_configs(path) if any(e.style == "dotted" for e in entries.values()) else {}
-    fmt = _format_name(entries.values())
+    configs = peft_configs(path) if any(e.style == "dotted" for e in entries.values()) else {}
+    fmt = format_name(entries.values())
     patches: list[_Patch] = []
     unmatched: list[str] = []
     used_ldm = False
     for entry in entries.values():
         sample = next(iter(entry.keys.values()))
-        component = entry.component
-        if component is None:  # no prefix: the text encoder's names start with text_model.
-            component = TEXT if entry.name.startswith("text_model.") else UNET
+        component = component_of(entry)
         index = indexes[component]
         if index.model is None:
             raise UserError(f"{path}: has {_COMPONENT_WORDS[component]} weights (e.g. {sample}) but no such model")
@@ -426,16 +262,8 @@ def _plan(path: Path, state: dict[str, torch.Tensor], unet, text_encoder) -> tup
             raise UserError(f"{path}: {sample} targets {name}, a {type(module).__name__}, not a linear or conv layer")
         down, up = state[entry.keys["down"]], state[entry.keys["up"]]
         _check_shapes(path, entry, name, module, down, up)
-        rank = down.shape[0]
-        if "alpha" in entry.keys:
-            alpha_t = state[entry.keys["alpha"]]
-            if alpha_t.numel() != 1:
-                raise UserError(f"{path}: {entry.keys['alpha']} should hold one number, it has shape {alpha_t.shape}")
-            factor = float(alpha_t.float().item()) / rank
-        elif entry.style == "dotted":
-            factor = _peft_factor(configs.get(component) or configs.get(None), name, rank)
-        else:
-            factor = 1.0
+        config = configs.get(component) or configs.get(None)
+        factor = lora_factor(path, entry, state, down.shape[0], config, name)
         patches.append(_Patch(component, name, module, down, up, factor))
     if unmatched:
         raise UserError(
@@ -488,15 +316,7 @@ def apply_lora(unet, text_encoder, path: str | Path, scale: float = 1.0) -> Lora
 
 def _key_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+        return read_header(path).shapes
     return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
 
 
@@ -504,13 +324,13 @@ def describe_lora(path: str | Path) -> dict[str, Any]:
     """What a LoRA file holds, from its key names and shapes only (no model, no weights read for safetensors)."""
     path = _lora_file(Path(path).expanduser())
     shapes = _key_shapes(path)
-    entries, unknown, sdxl = _parse_keys(list(shapes))
+    entries, unknown, sdxl = parse_lora_keys(list(shapes))
     counts = {UNET: 0, TEXT: 0}
     ranks: set[int] = set()
     text_dims: set[int] = set()
     cross_dims: set[int] = set()
     for entry in entries.values():
-        component = entry.component or (TEXT if entry.name.startswith("text_model.") else UNET)
+        component = component_of(entry)
         counts[component] += 1
         down = shapes.get(entry.keys.get("down", ""))
         if down:
@@ -525,7 +345,7 @@ def describe_lora(path: str | Path) -> dict[str, Any]:
     info: dict[str, Any] = {
         "kind": "lora",
         "path": str(path),
-        "format": _format_name(entries.values()) if entries else "unknown",
+        "format": format_name(entries.values()) if entries else "unknown",
         "ranks": sorted(ranks),
         "targets": [c for c in (UNET, TEXT) if counts[c]],
         "unet_modules": counts[UNET],

@@ -2,7 +2,7 @@
 
 The format follows the path's suffix; a path without a suffix becomes a folder of
 ``0000.png, 0001.png, ...``. Every output is written to a temporary sibling first
-and moved into place only when complete (see :mod:`videodiff.io.atomic`).
+and moved into place only when complete (see :mod:`videodiff.media.atomic`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from videodiff.errors import UserError
-from videodiff.io.atomic import atomic_dir, atomic_file, prepare_output
 from videodiff.log import notice
+from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output
 
 __all__ = ["VIDEO_SUFFIXES", "save_video", "sidecar_path"]
 

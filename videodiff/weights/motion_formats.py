@@ -11,7 +11,7 @@ Two layouts of the same weights exist:
   the two attention blocks (the same table twice).
 
 Everything is decided from the weights (key names and shapes), never from file names.
-All reads go through :func:`videodiff.io.checkpoints.read_state_dict` (or, for a
+All reads go through :func:`videodiff.weights.checkpoints.read_state_dict` (or, for a
 description, a safetensors header), so no checkpoint ever runs code.
 """
 
@@ -29,12 +29,13 @@ from typing import Any, Literal
 import torch
 
 from videodiff.errors import UserError
-from videodiff.io.atomic import atomic_dir, atomic_file, prepare_output
-from videodiff.io.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
-from videodiff.io.lora import parse_scaled_path  # noqa: F401 - re-exported
-from videodiff.io.models import WEIGHT_NAMES, locate
 from videodiff.log import notice
+from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output
 from videodiff.unet.temporal import MotionStack
+from videodiff.weights.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
+from videodiff.weights.hub import WEIGHT_NAMES, locate
+from videodiff.weights.lora_pairs import UNET, LoraEntry, component_of, lora_factor, parse_lora_keys, peft_configs
+from videodiff.weights.safetensors_header import read_header
 
 __all__ = [
     "MotionInfo",
@@ -42,7 +43,6 @@ __all__ = [
     "convert_motion_module",
     "describe_motion_module",
     "load_any_motion_module",
-    "parse_scaled_path",
     "save_motion_folder",
 ]
 
@@ -476,19 +476,8 @@ def load_any_motion_module(source: str, motion_config: str | None = None) -> tup
 def _header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """Key shapes and dtypes of a weights file; safetensors from the header alone."""
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                slices = {k: f.get_slice(k) for k in f.keys()}
-                return (
-                    {k: tuple(s.get_shape()) for k, s in slices.items()},
-                    [_dtype_name(s.get_dtype()) for s in slices.values()],
-                )
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(
-                f"{path}: not a readable safetensors file ({str(exc).strip() or type(exc).__name__})"
-            ) from None
+        header = read_header(path)
+        return header.shapes, list(header.dtypes.values())
     state_dict = read_state_dict(path, mmap=True)
     return {k: tuple(v.shape) for k, v in state_dict.items()}, [_dtype_name(v.dtype) for v in state_dict.values()]
 
@@ -593,13 +582,6 @@ def convert_motion_module(
 # ---------------------------------------------------------------------------------------------------------------------
 # MotionLoRA
 
-_PROCESSOR_LORA = re.compile(
-    r"^(?P<base>.+?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<w>down|up)\.weight$"
-)
-_PEFT_LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<w>A|B)(?:\.default)?\.weight$")
-_COMPAT_LORA = re.compile(r"^(?P<module>.+)\.lora\.(?P<w>down|up)\.weight$")
-_ALPHA = re.compile(r"^(?P<module>.+?)(?:\.lora_A|\.lora)?\.alpha$")
-
 
 def _lora_target(module: str) -> str:
     module = _WRAPPER_PREFIXES.sub("", module)
@@ -626,18 +608,6 @@ def _lora_file(path: Path) -> Path:
     return single
 
 
-def _peft_alpha(path: Path) -> float | None:
-    """``lora_alpha / r`` from a PEFT ``adapter_config.json`` beside the weights, if there is one."""
-    config = path.parent / "adapter_config.json"
-    if not config.is_file():
-        return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-        return float(data["lora_alpha"]) / float(data["r"])
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        raise UserError(f"{config}: not a PEFT adapter config with lora_alpha and r") from None
-
-
 def apply_motion_lora(stack: MotionStack, path: str | Path, scale: float = 1.0) -> None:
     """Merge a MotionLoRA into ``stack``'s weights: ``W += scale * (alpha / rank) * up @ down``.
 
@@ -655,46 +625,43 @@ def motion_lora_deltas(stack: MotionStack, path: str | Path, scale: float = 1.0)
     Reads the original AnimateDiff layout (``...attention_blocks.0.processor.to_q_lora.down.weight``),
     diffusers' attention-processor layout (``...attn1.processor.to_q_lora.down.weight``) and
     PEFT (``...attn1.to_q.lora_A.weight``, optionally prefixed ``unet.``/``base_model.model.``).
-    Without a stored alpha the factor is 1, as in the original MotionLoRA. Merging several
+    The factor is :func:`~videodiff.weights.lora_pairs.lora_factor`'s, as for image LoRAs: a stored
+    alpha, else a PEFT config (``adapter_config.json`` beside the file or the safetensors header's
+    ``lora_adapter_metadata``, with ``alpha_pattern`` and ``use_rslora``), else 1 as in the original
+    MotionLoRA. Merging several
     LoRAs adds their deltas. Everything is checked before any weight changes.
     """
     file = _lora_file(Path(path).expanduser())
     state_dict = read_state_dict(file)
     source = str(file)
-    pairs: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
-    alphas: dict[str, torch.Tensor] = {}
-    unmatched: list[str] = []
-    for key, tensor in state_dict.items():
-        if m := _PROCESSOR_LORA.match(key):
-            module = m["base"] + "." + ("to_out.0" if m["proj"] == "to_out" else m["proj"])
-            which = m["w"]
-        elif m := _PEFT_LORA.match(key):
-            module, which = m["module"], "down" if m["w"] == "A" else "up"
-        elif m := _COMPAT_LORA.match(key):
-            module, which = m["module"], m["w"]
-        elif m := _ALPHA.match(key):
-            alphas[_lora_target(m["module"])] = tensor
-            continue
-        else:
-            unmatched.append(key)
-            continue
-        pairs.setdefault(_lora_target(module), {})[which] = (key, tensor)
+    entries, unknown, sdxl = parse_lora_keys(list(state_dict))
     params = dict(stack.named_parameters())
-    missing = [pair[next(iter(pair))][0] for target, pair in pairs.items() if f"{target}.weight" not in params]
-    unmatched += missing
-    if unmatched or not pairs:
+    unmatched = unknown + sdxl
+    targets: dict[str, LoraEntry] = {}
+    for entry in entries.values():
+        target = _lora_target(entry.name)
+        sample = next(iter(entry.keys.values()))
+        if entry.style != "dotted" or component_of(entry) != UNET or f"{target}.weight" not in params:
+            unmatched.append(sample)  # kohya names, text-encoder weights, modules the stack does not have
+        elif target in targets:
+            raise UserError(f"{source}: {sample} is a second LoRA for {target}")
+        else:
+            targets[target] = entry
+    if unmatched or not targets:
         sample = unmatched[0] if unmatched else next(iter(state_dict), "(none)")
         raise UserError(
             f"{source}: {len(unmatched) or len(state_dict)} keys match no motion-module weight (e.g. {sample}); "
             "not a MotionLoRA for these motion modules"
         )
-    peft_factor = _peft_alpha(file)
+    configs = peft_configs(file)
+    config = configs.get(UNET) or configs.get(None)
     merges = []  # (weight name, down, up, factor)
-    for target, pair in pairs.items():
-        if set(pair) != {"down", "up"}:
-            have = next(iter(pair.values()))[0]
-            raise UserError(f"{source}: {have} has no matching {'up' if 'down' in pair else 'down'} weight")
-        (down_key, down), (up_key, up) = pair["down"], pair["up"]
+    for target, entry in targets.items():
+        if not {"down", "up"} <= set(entry.keys):
+            have = next(iter(entry.keys.values()))
+            raise UserError(f"{source}: {have} has no matching {'up' if 'down' in entry.keys else 'down'} weight")
+        down_key, up_key = entry.keys["down"], entry.keys["up"]
+        down, up = state_dict[down_key], state_dict[up_key]
         weight = params[f"{target}.weight"]
         if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
             raise UserError(
@@ -705,11 +672,7 @@ def motion_lora_deltas(stack: MotionStack, path: str | Path, scale: float = 1.0)
                 f"{source}: {down_key} gives a {up.shape[0]}x{down.shape[1]} update for {target}.weight of shape "
                 f"{tuple(weight.shape)} (a LoRA for another model size, e.g. SDXL?)"
             )
-        factor = 1.0
-        if target in alphas:
-            factor = float(alphas[target]) / down.shape[0]
-        elif peft_factor is not None:
-            factor = peft_factor
+        factor = lora_factor(source, entry, state_dict, down.shape[0], config, target)
         merges.append((f"{target}.weight", down, up, factor))
     if scale == 0:
         return {}

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from videodiff.errors import UserError
-from videodiff.io.checkpoints import PICKLE_SUFFIXES, read_state_dict
 from videodiff.log import notice
+from videodiff.weights.checkpoints import PICKLE_SUFFIXES, read_state_dict
+from videodiff.weights.safetensors_header import read_header
 
 MULTI_TOKENS_ATTR = "videodiff_multi_tokens"
 _SDXL_KEYS = ("clip_l", "clip_g")
@@ -193,15 +194,7 @@ def describe_embedding(path: str | Path) -> dict[str, Any]:
     """What an embedding file holds (format, token, vectors, dims); reads no model."""
     path = Path(path).expanduser()
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        shapes = read_header(path).shapes
         if any(k in shapes for k in _SDXL_KEYS):
             return {
                 "kind": "embedding",

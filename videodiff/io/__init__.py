@@ -1,1 +1,0 @@
-"""File formats: video/image writing and reading, atomic file operations, sidecars, checkpoints."""

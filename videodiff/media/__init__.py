@@ -1,0 +1,1 @@
+"""Media files: writing videos and PNG folders (with sidecars), reading clips, atomic writes. No torch."""
