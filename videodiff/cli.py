@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from videodiff import __version__
-from videodiff.config import DEVICES, DTYPES, RenderConfig, TrainConfig
+from videodiff.config import DEVICES, DTYPES, InputSettings, RenderConfig, TrainConfig
 from videodiff.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -114,7 +116,7 @@ def _numbers_pair(ctx: click.Context, param: click.Parameter, value: str | None)
 
 @cli.command()
 @click.argument("prompt", required=False)
-@options_from(RenderConfig, skip=("prompt",))
+@options_from(RenderConfig, skip=("prompt", *(f.name for f in dataclasses.fields(InputSettings))))
 @click.option(
     "--config",
     "config_file",
@@ -176,6 +178,88 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
         return
     outcome = run_render(config)
     click.echo(str(outcome.output))
+
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML (or a sidecar .json) with any of these settings; the command line wins.",
+)
+
+
+def render_one(ctx: click.Context, config_file: str | None, derived: dict[str, Any] | None = None) -> None:
+    """img2vid's and vid2vid's one video: settings from the command line, ``--config``, the environment, what the
+    input implies (``derived``) and the model; rendered by the render layer, its path printed."""
+    from videodiff.log import setup_cli_logging
+    from videodiff.render import render as run_render
+    from videodiff.render import resolve_render_config
+
+    command_line = given(ctx, ParameterSource.COMMANDLINE)
+    command_line.pop("config_file", None)
+    config = resolve_render_config(command_line, config_file, given(ctx, ParameterSource.ENVIRONMENT), derived)
+    setup_cli_logging(config.quiet)
+    click.echo(str(run_render(config).output))
+
+
+@cli.command()
+@click.argument("image", required=False)
+@click.argument("prompt", required=False)
+@options_from(RenderConfig, skip=("prompt", "video", "stride"))
+@CONFIG_OPTION
+@click.pass_context
+def img2vid(ctx: click.Context, image: str | None, prompt: str | None, config_file: str | None, **_: Any) -> None:
+    """Animate a still picture: frame 0 is IMAGE, held through sampling; or pin pictures anywhere with --image-at.
+
+    \b
+    Example:
+      videodiff img2vid red-circle.png "a red circle moving right" --seed 1 -o moving.gif
+      videodiff img2vid "a red circle moving right" --image-at 0:left.png --image-at -1:right.png -o across.gif
+      videodiff img2vid photo.jpg "a boat on a lake" --model ./sd15 --motion-module ./motion-v2 --strength 0.85
+    With --image-at, a single positional argument is the prompt.
+    """
+    if image is not None and prompt is None and ctx.params.get("image_at"):
+        image, prompt = None, image  # `img2vid PROMPT --image-at ...`
+    if image is not None and prompt is None:
+        raise UserError("no prompt given: pass IMAGE PROMPT (or PROMPT with --image-at FRAME:PATH)")
+    if image is not None:
+        ctx.params["image_at"] = (f"0:{image}", *(ctx.params.get("image_at") or ()))
+        ctx.set_parameter_source("image_at", ParameterSource.COMMANDLINE)
+    if prompt is not None:
+        ctx.params["prompt"] = prompt
+        ctx.set_parameter_source("prompt", ParameterSource.COMMANDLINE)
+    ctx.params.pop("image", None)
+    render_one(ctx, config_file)
+
+
+@cli.command()
+@click.argument("video")
+@click.argument("prompt", required=False)
+@options_from(RenderConfig, skip=("prompt", "video", "image_at", "anchor", "paste"))
+@CONFIG_OPTION
+@click.pass_context
+def vid2vid(ctx: click.Context, video: str, prompt: str | None, config_file: str | None, **_: Any) -> None:
+    """Re-render a clip under a new prompt, keeping its motion: its frames encoded, noised, denoised.
+
+    \b
+    Example:
+      videodiff vid2vid circle.gif "a blue circle moving right" --strength 0.6 --seed 1 -o blue.gif
+      videodiff vid2vid walk.mp4 "a watercolour painting of a walk" --frames 16 --stride 2 --model ./sd15 ...
+    The output plays at the clip's frame rate over --stride unless --fps says otherwise.
+    """
+    from videodiff.media.clips import UnreadableVideo, probe
+
+    ctx.params.update(video=video, prompt=prompt)
+    for name in ("video", "prompt"):
+        if ctx.params[name] is not None:
+            ctx.set_parameter_source(name, ParameterSource.COMMANDLINE)
+    stride = ctx.params.get("stride") or 1
+    try:
+        info = probe(video) if Path(video).is_file() else None
+    except UnreadableVideo:
+        info = None  # the render layer reads the clip and reports what is wrong with it, in one line
+    derived = {"fps": info.fps / stride} if info is not None and info.fps else None
+    render_one(ctx, config_file, derived)
 
 
 TRAIN_HELP = {
@@ -381,6 +465,14 @@ def eval_group() -> None:
     type=float,
     help="Start from the motion prior this far into the schedule (0: off; default: the model's).",
 )
+@click.option(
+    "--img2vid",
+    "img2vid",
+    is_flag=True,
+    help="Score img2vid: animate each ground-truth clip's first frame; frame 0's PSNR is reported too.",
+)
+@click.option("--strength", type=float, help="img2vid's --strength (default: the prior's start, else 0.85).")
+@click.option("--anchor", type=float, help="img2vid's --anchor (default 0.6).")
 @click.option("--device", default="auto", show_default=True, help=_choice_help(DEVICES))
 @click.option("--dtype", default="auto", show_default=True, help=_choice_help(DTYPES))
 @click.option("-q", "--quiet", is_flag=True, help="No progress notices.")
@@ -396,6 +488,9 @@ def eval_shapes(
     steps: int | None,
     guidance: float | None,
     motion_prior: float | None,
+    img2vid: bool,
+    strength: float | None,
+    anchor: float | None,
     device: str,
     dtype: str,
     quiet: bool,
@@ -411,6 +506,7 @@ def eval_shapes(
       videodiff eval shapes --ground-truth-only --seeds 2
       videodiff eval shapes --model runs/shapes/model --seeds 2
       videodiff eval shapes --motion-prior 0 --seeds 2           # sampling from pure noise
+      videodiff eval shapes --img2vid --seeds 2                  # animating each clip's first frame
     """
     import json
 
@@ -432,6 +528,7 @@ def eval_shapes(
         steps=steps,
         guidance=guidance,
         motion_prior=motion_prior,
+        img2vid={k: v for k, v in (("strength", strength), ("anchor", anchor)) if v is not None} if img2vid else None,
         echo=click.echo,
     )
     if target is not None:

@@ -180,6 +180,81 @@ class LoadSettings:
         return self
 
 
+FITS = ("crop", "pad")  # how a picture of another aspect meets the video's size: cover and crop, or contain and pad
+IMG2VID_STRENGTH = 0.85  # img2vid's --strength without a motion prior (measured: README, "img2vid")
+VID2VID_STRENGTH = 0.6  # vid2vid's --strength: enough to restyle, little enough to keep the clip's motion
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputSettings:
+    """What sampling starts from besides noise: pictures pinned to frames (img2vid) or a video (vid2vid)."""
+
+    image_at: tuple[str, ...] = setting(  # FRAME:PATH each; img2vid's IMAGE is 0:IMAGE
+        (), "FRAME:PATH: pin a picture to a frame (0 is the first, -1 the last); repeatable."
+    )
+    video: str | None = setting(None, "The video to re-render (vid2vid).")
+    strength: float | None = setting(  # None: img2vid 0.85, or the motion prior's own start; vid2vid 0.6
+        None,
+        "How far from the input sampling starts, in (0, 1]: 1 starts the moving frames from pure noise (most "
+        "motion), lower stays closer to the input [default: the motion prior's start, else 0.85 (img2vid), "
+        "0.6 (vid2vid)].",
+    )
+    anchor: float = setting(  # RePaint-style: the pinned frames follow their pictures for this part of the steps
+        0.6, "Fraction of the steps during which pinned frames are held to their pictures."
+    )
+    fit: str = setting("crop", "How pictures and videos of another aspect fit the size: crop|pad.")
+    background: str = setting("0,0,0", "R,G,B (or #RRGGBB): what transparent pixels and --fit pad borders become.")
+    paste: bool = setting(  # off: the decoded frame 0 is the model's own; on: exact, colours matched around it
+        False, "Put the exact pictures into their frames and match the other frames' colours to them."
+    )
+    stride: int = setting(1, "vid2vid: take every N-th frame of the video (the output fps is divided by N).")
+
+    def validate(self) -> InputSettings:
+        """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
+        check_types(self, InputSettings)
+        for spec in self.image_at:
+            parse_image_at(spec)
+        if self.image_at and self.video:
+            raise UserError("pin pictures (img2vid) or re-render a video (vid2vid), not both")
+        s = self.strength
+        if s is not None and not (isinstance(s, (int, float)) and 0 < s <= 1):
+            raise UserError(f"--strength must be a number in (0, 1], got {s!r}")
+        if not (isinstance(self.anchor, (int, float)) and 0 <= self.anchor <= 1):
+            raise UserError(f"--anchor must be a number from 0 to 1, got {self.anchor!r}")
+        if self.stride <= 0:
+            raise UserError(f"--stride must be a positive whole number, got {self.stride!r}")
+        check_choices(self, (("fit", FITS),))
+        parse_rgb(self.background)
+        return self
+
+
+def parse_image_at(spec: str) -> tuple[int, str]:
+    """``FRAME:PATH`` (``--image-at``): the frame (negative counts from the end) and the picture's path."""
+    frame, sep, path = str(spec).partition(":")
+    try:
+        index = int(frame)
+    except ValueError:
+        index = None
+    if not sep or index is None or not path:
+        raise UserError(f"--image-at must be FRAME:PATH, e.g. 0:start.png or -1:end.png; got {spec!r}")
+    return index, path
+
+
+def parse_rgb(text: str) -> tuple[int, int, int]:
+    """``R,G,B`` (0-255 each) or ``#RRGGBB``."""
+    value = str(text).strip()
+    try:
+        if value.startswith("#") and len(value) == 7:
+            rgb = tuple(int(value[i : i + 2], 16) for i in (1, 3, 5))
+        else:
+            rgb = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise UserError(f"--background must be R,G,B (0-255 each) or #RRGGBB, got {text!r}")
+    return rgb  # type: ignore[return-value]
+
+
 @dataclass(frozen=True, kw_only=True)
 class WriteSettings:
     """What to write: the output file, its format's settings, and what the terminal shows."""
@@ -204,13 +279,13 @@ class WriteSettings:
         return self
 
 
-STAGES = (SampleSettings, LoadSettings, WriteSettings)
+STAGES = (SampleSettings, InputSettings, LoadSettings, WriteSettings)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RenderConfig(WriteSettings, LoadSettings, SampleSettings):
-    """Every render setting, flat: the three stages' fields, as YAML files, sidecars and the command line hold
-    them. ``.sample``, ``.load`` and ``.write`` give each stage its own typed settings."""
+class RenderConfig(WriteSettings, LoadSettings, InputSettings, SampleSettings):
+    """Every render setting, flat: the stages' fields, as YAML files, sidecars and the command line hold them.
+    ``.sample``, ``.inputs``, ``.load`` and ``.write`` give each stage its own typed settings."""
 
     def replace(self, **changes: Any) -> RenderConfig:
         return dataclasses.replace(self, **changes)
@@ -218,6 +293,10 @@ class RenderConfig(WriteSettings, LoadSettings, SampleSettings):
     @property
     def sample(self) -> SampleSettings:
         return stage_of(self, SampleSettings)
+
+    @property
+    def inputs(self) -> InputSettings:
+        return stage_of(self, InputSettings)
 
     @property
     def load(self) -> LoadSettings:

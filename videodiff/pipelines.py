@@ -17,11 +17,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from videodiff import heap, sampling, starts, text, vae
+from videodiff import heap, keyframes, sampling, starts, text, vae
 from videodiff import noise as noise_priors
-from videodiff.config import LoadSettings, SampleSettings, merge, resolve, to_dict
+from videodiff.config import (
+    IMG2VID_STRENGTH,
+    VID2VID_STRENGTH,
+    InputSettings,
+    LoadSettings,
+    SampleSettings,
+    merge,
+    parse_image_at,
+    parse_rgb,
+    resolve,
+    to_dict,
+)
 from videodiff.errors import UserError
 from videodiff.log import notice
+from videodiff.motion_prior import prompt_features as motion_prior_features
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
 from videodiff.unet.triggers import TriggeredLoRAs
@@ -100,6 +112,41 @@ class Conditioning:
 
     def guide(self, scale: float) -> sampling.Guide:
         return sampling.guide_for(scale, self.context, self.uncond)
+
+
+@dataclass
+class ImageInput:
+    """img2vid: pictures pinned to frames (a frame below 0 counts from the end), as paths, PIL images or arrays."""
+
+    images: dict[int, Any]
+    strength: float | None = None  # None: the motion prior's start when the model has one, else 0.85
+    anchor: float = 0.6  # fraction of the steps the pinned frames are held to their pictures
+    fit: str = "crop"
+    background: tuple[int, int, int] = (0, 0, 0)
+    paste: bool = False
+
+
+@dataclass
+class VideoInput:
+    """vid2vid: a clip to re-render (a path PyAV reads, or frames ``[f h w 3]`` uint8), every ``stride``-th frame."""
+
+    video: Any
+    strength: float | None = None  # None: 0.6
+    stride: int = 1
+    fit: str = "crop"
+    background: tuple[int, int, int] = (0, 0, 0)
+
+
+def input_from(settings: InputSettings) -> ImageInput | VideoInput | None:
+    """The pipeline's input for file-based settings (the CLI's, a sidecar's), or None for text-to-video."""
+    settings.validate()
+    background = parse_rgb(settings.background)
+    if settings.image_at:
+        images = dict(parse_image_at(spec) for spec in settings.image_at)
+        return ImageInput(images, settings.strength, settings.anchor, settings.fit, background, settings.paste)
+    if settings.video:
+        return VideoInput(settings.video, settings.strength, settings.stride, settings.fit, background)
+    return None
 
 
 # The Python API's names (diffusers' where it has one) for SampleSettings fields.
@@ -254,10 +301,28 @@ class VideoPipeline:
         scheduler,
         generator: torch.Generator | None,
     ) -> starts.Start:
-        """Stage 3: where sampling starts: ``noise``, or with ``settings.motion_prior`` the motion prior's guess
-        of the prompt's moving object noised part-way into the schedule (:mod:`videodiff.starts`)."""
-        fraction, prior = settings.motion_prior, self.parts.motion_prior
-        if fraction > 0 and prior is None:
+        """Stage 3: where text-to-video sampling starts: ``noise``, or with ``settings.motion_prior`` the motion
+        prior's guess of the prompt's moving object noised part-way into the schedule (:mod:`videodiff.starts`)."""
+        fraction = self.prior_fraction(settings)
+        if fraction == 0:
+            if settings.motion is not None:
+                notice("--motion has no effect without --motion-prior")
+            begin = starts.from_noise(noise.to(self.device, self.dtype), scheduler)
+            begin.record["motion_prior"] = 0.0
+            return begin
+        shape, scale = tuple(noise.shape), self.vae_scale
+        clean, velocity = self.parts.motion_prior.start_video(cond.context, shape, generator, scale, settings.motion)
+        noise = noise.float().to(self.device)
+        begin = starts.from_clean(clean.to(self.device), noise, scheduler, settings.steps, fraction)
+        begin.latents = begin.latents.to(self.device, self.dtype)
+        begin.record["motion"] = velocity
+        return begin
+
+    def prior_fraction(self, settings: SampleSettings) -> float:
+        """How far into the schedule the motion prior's start is: ``settings.motion_prior``, or 0 where the motion
+        modules have no prior and the value is only the model's recorded default (with a notice)."""
+        fraction = settings.motion_prior
+        if fraction > 0 and self.parts.motion_prior is None:
             if fraction != self.parts.defaults.get("motion_prior"):
                 raise UserError(
                     "--motion-prior needs motion modules with a motion prior "
@@ -266,37 +331,83 @@ class VideoPipeline:
             # the model recommends a start for its own motion modules; these have no prior to start from
             notice(f"the model's motion_prior {fraction:g} does not apply: these motion modules have no motion prior")
             fraction = 0.0
-        if fraction == 0:
-            if settings.motion is not None:
-                notice("--motion has no effect without --motion-prior")
-            begin = starts.from_noise(noise.to(self.device, self.dtype), scheduler)
-            begin.record["motion_prior"] = 0.0
-            return begin
-        shape, scale = tuple(noise.shape), self.vae_scale
-        clean, velocity = prior.start_video(cond.context, shape, generator, scale, settings.motion)
+        return fraction
+
+    def encode_pictures(self, pictures: np.ndarray) -> torch.Tensor:
+        """uint8 pictures ``[n h w 3]`` to clean latents ``[1 c n h w]`` (the VAE's mean, scaled)."""
+        pixels = torch.from_numpy(pictures).to(self.device, self.dtype).permute(3, 0, 1, 2)[None] / 127.5 - 1
+        return vae.encode(self.vae, pixels, chunk=vae.default_chunk(self.device))
+
+    def image_start(
+        self,
+        settings: SampleSettings,
+        cond: Conditioning,
+        source: ImageInput,
+        noise: torch.Tensor,
+        scheduler,
+    ) -> tuple[starts.Start, dict[int, torch.Tensor], dict[int, np.ndarray]]:
+        """Stage 3 of img2vid: the pictures fitted and encoded, and the start built from them
+        (:mod:`videodiff.keyframes`). Returns the start, the clean latents ``{frame: [1 c h w]}`` to hold and the
+        fitted pictures ``{frame: uint8 [h w 3]}``."""
+        from videodiff.media.images import load_image
+
+        frames = settings.frames
+        pictures: dict[int, np.ndarray] = {}
+        for at, image in source.images.items():
+            frame = at + frames if at < 0 else at
+            if not 0 <= frame < frames:
+                raise UserError(f"--image-at frame {at} is outside the video's {frames} frames (0 to {frames - 1})")
+            if frame in pictures:
+                raise UserError(f"two pictures are pinned to frame {frame}")
+            pictures[frame] = load_image(
+                image, settings.height, settings.width, fit=source.fit, background=source.background
+            )
+        latents = self.encode_pictures(np.stack(list(pictures.values())))
+        keys = {frame: latents[:, :, k] for k, frame in enumerate(pictures)}
+        # with a motion prior the pictures take the place of its guessed object and the prompt sets the motion
+        fraction = self.prior_fraction(settings)
+        velocity, record = None, {"motion_prior": 0.0}
+        if fraction > 0:
+            guess = self.parts.motion_prior.predict(motion_prior_features(cond.context))
+            m = settings.motion
+            velocity = guess.velocity if m is None else (m[1] / self.vae_scale, m[0] / self.vae_scale)
+            record["motion"] = (round(velocity[1] * self.vae_scale, 4), round(velocity[0] * self.vae_scale, 4))
+        strength = source.strength if source.strength is not None else 1 - fraction if fraction else IMG2VID_STRENGTH
+        clean = keyframes.clean_start(keys, frames, velocity)
         noise = noise.float().to(self.device)
-        begin = starts.from_clean(clean.to(self.device), noise, scheduler, settings.steps, fraction)
+        begin = starts.from_clean(clean.float(), noise, scheduler, settings.steps, 1 - strength)
         begin.latents = begin.latents.to(self.device, self.dtype)
-        begin.record["motion"] = velocity
+        begin.record.update(record, strength=strength)
+        return begin, keys, pictures
+
+    def video_start(
+        self, settings: SampleSettings, source: VideoInput, noise: torch.Tensor, scheduler
+    ) -> starts.Start:
+        """Stage 3 of vid2vid: the clip's frames (already fitted, ``settings.frames`` of them) encoded and noised
+        ``strength`` of the way back into the schedule."""
+        strength = source.strength if source.strength is not None else VID2VID_STRENGTH
+        clean = self.encode_pictures(source.video).float()
+        begin = starts.from_clean(clean, noise.float().to(self.device), scheduler, settings.steps, 1 - strength)
+        begin.latents = begin.latents.to(self.device, self.dtype)
+        begin.record.update(strength=strength, motion_prior=0.0)
         return begin
 
     def denoise(
         self,
         begin: starts.Start,
-        scheduler,
-        steps: int,
+        schedule: sampling.Schedule,
         guide: sampling.Guide,
         generator: torch.Generator | None,
         *,
         progress: bool = False,
         on_step: sampling.OnStep | None = None,
     ) -> torch.Tensor:
-        """Stage 4: the sampling loop from ``begin`` over a schedule of ``steps``; ``on_step`` after each step."""
+        """Stage 4: the sampling loop from ``begin`` over ``schedule``; ``on_step`` after each step."""
         return sampling.sample(
             self.unet,
             begin.latents,
-            scheduler,
-            steps=steps,
+            schedule,
+            steps=schedule.steps,
             guide=guide,
             generator=generator,
             progress=progress,
@@ -308,32 +419,38 @@ class VideoPipeline:
         """Stage 5: latents ``[1 c f h w]`` to uint8 frames ``[f h w 3]``, ``chunk`` frames per VAE call."""
         return vae.to_uint8(vae.decode(self.vae, latents, chunk or vae.default_chunk(self.device)))[0]
 
-    # ------------------------------------------------------------ text-to-video
+    # ------------------------------------------------------------ the chain
 
     @torch.no_grad()
     def generate(
         self,
         settings: SampleSettings,
         *,
+        source: ImageInput | VideoInput | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
         progress: bool = False,
         on_step: sampling.OnStep | None = None,
     ) -> VideoResult:
-        """Render resolved ``settings`` (:meth:`settings`) through the stages. ``latents`` (``[1 C F h w]``,
-        unit variance) replace the seeded initial noise. :class:`videodiff.sampling.Cancelled` raised by
-        ``on_step`` stops the render and propagates (nothing is decoded)."""
+        """Render resolved ``settings`` (:meth:`settings`) through the stages: text-to-video, or img2vid /
+        vid2vid with a ``source``. ``latents`` (``[1 C F h w]``, unit variance) replace the seeded initial noise.
+        :class:`videodiff.sampling.Cancelled` raised by ``on_step`` stops the render and propagates (nothing is
+        decoded)."""
         settings.validate()
         if not settings.prompt:
             raise UserError("no prompt given")
-        self.check_frames(settings.frames)
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
         height, width = self.default_size()
         seed = settings.seed if settings.seed is not None or latents is not None else secrets.randbelow(2**32)
-        settings = settings.__class__(
-            **{**to_dict(settings), "seed": seed, "height": settings.height or height, "width": settings.width or width}
-        )
+        changes: dict[str, Any] = {"seed": seed, "height": settings.height or height, "width": settings.width or width}
+        record: dict[str, Any] = {}
+        if isinstance(source, VideoInput):  # the clip decides the frame count (fewer when it is shorter)
+            size = changes["height"], changes["width"]
+            source, record["source_fps"] = self.read_source(source, settings.frames, *size)
+            changes["frames"] = source.video.shape[0]
+        settings = settings.__class__(**{**to_dict(settings), **changes})
+        self.check_frames(settings.frames)
         # 1. the prompts (and the MotionLoRAs their words trigger)
         cond = self.conditioning(settings)
         # 2. scheduler and initial noise
@@ -344,15 +461,84 @@ class VideoPipeline:
             latents = self.initial_noise(settings, generator)
         elif tuple(latents.shape) != shape:
             raise UserError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-        # 3. where sampling starts
-        begin = self.start(settings, cond, latents, scheduler, generator)
+        # 3. where sampling starts (and, for pinned pictures, the hook that holds them)
+        hook, pictures = on_step, {}
+        if isinstance(source, ImageInput):
+            begin, keys, pictures = self.image_start(settings, cond, source, latents, scheduler)
+        elif isinstance(source, VideoInput):
+            begin = self.video_start(settings, source, latents, scheduler)
+        else:
+            begin = self.start(settings, cond, latents, scheduler, generator)
+        schedule = sampling.Schedule(scheduler, settings.steps, begin.step, self.device)
+        if pictures:
+            hook = keyframes.Anchor(keys, latents.to(self.device), schedule, source.anchor, then=on_step)
         with heap.render_heap(self.device):  # the CPU heap keeps each step's freed activations for the next
             # 4. denoise
             guide = cond.guide(settings.guidance)
-            out = self.denoise(begin, scheduler, settings.steps, guide, generator, progress=progress, on_step=on_step)
+            out = self.denoise(begin, schedule, guide, generator, progress=progress, on_step=hook)
             # 5. decode
             frames = self.decode(out, settings.decode_chunk) if output_type == "np" else None
-        return VideoResult(frames, out, seed, {**to_dict(settings), **begin.record}, cond.triggered)
+        if frames is not None and pictures and source.paste:
+            frames = keyframes.paste(frames, pictures)
+        return VideoResult(frames, out, seed, {**to_dict(settings), **begin.record, **record}, cond.triggered)
+
+    def read_source(self, source: VideoInput, frames: int, height: int, width: int) -> tuple[VideoInput, float]:
+        """The clip's first ``frames`` frames (every ``stride``-th), fitted to the size; and its fps over the stride."""
+        from videodiff.media.clips import fit_video, read_video
+
+        clip, fps = read_video(source.video, frames=frames, stride=source.stride)
+        fitted = fit_video(clip, height, width, fit=source.fit)
+        return VideoInput(fitted, source.strength, 1, source.fit, source.background), fps
+
+    def img2vid(
+        self,
+        image: Any = None,
+        prompt: str | None = None,
+        *,
+        image_at: dict[int, Any] | None = None,
+        strength: float | None = None,
+        anchor: float = 0.6,
+        fit: str = "crop",
+        background: tuple[int, int, int] | str = (0, 0, 0),
+        paste: bool = False,
+        **settings: Any,
+    ) -> VideoResult:
+        """Animate ``image`` (a path, PIL image or uint8 array; frame 0) and/or ``image_at`` (``{frame: image}``,
+        keyframes anywhere; negative frames count from the end) under ``prompt``. ``strength`` in (0, 1]: 1 starts
+        the moving frames from pure noise, lower nearer the picture (default: the motion prior's start, else
+        0.85); ``anchor``: fraction of the steps the pinned frames are held; ``fit``: ``crop`` or ``pad`` (with
+        ``background``, also what transparent pixels become); ``paste``: exact pictures in their frames, the
+        other frames' colours matched. Other keywords as :meth:`__call__`."""
+        images = dict(image_at or {})
+        if image is not None:
+            images.setdefault(0, image)
+        if not images:
+            raise UserError("img2vid needs a picture: IMAGE or --image-at FRAME:PATH")
+        background = parse_rgb(background) if isinstance(background, str) else tuple(background)
+        inputs = InputSettings(strength=strength, anchor=anchor, fit=fit, paste=paste).validate()
+        source = ImageInput(images, inputs.strength, inputs.anchor, inputs.fit, background, inputs.paste)
+        return self._run(prompt, source, settings)
+
+    def vid2vid(
+        self,
+        video: Any,
+        prompt: str | None = None,
+        *,
+        strength: float | None = None,
+        stride: int = 1,
+        fit: str = "crop",
+        **settings: Any,
+    ) -> VideoResult:
+        """Re-render ``video`` (a path PyAV reads, or uint8 frames ``[f h w 3]``) under ``prompt``, keeping its
+        motion: its frames (``num_frames`` of them, default 16 or all of a shorter clip; every ``stride``-th)
+        encoded and noised ``strength`` of the way back (default 0.6). The result's ``settings["source_fps"]`` is
+        the clip's rate over the stride. Other keywords as :meth:`__call__`."""
+        inputs = InputSettings(strength=strength, stride=stride, fit=fit).validate()
+        return self._run(prompt, VideoInput(video, inputs.strength, inputs.stride, inputs.fit), settings)
+
+    def _run(self, prompt: str | None, source: ImageInput | VideoInput, given: dict[str, Any]) -> VideoResult:
+        run = {k: given.pop(k) for k in ("latents", "output_type", "progress", "on_step") if k in given}
+        return self.generate(self.settings(prompt, **given), source=source, **run)
 
     def __call__(
         self,

@@ -17,12 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from videodiff.config import INFO_KEY, RenderConfig, load_config_file, resolve, to_dict
+from videodiff.config import INFO_KEY, RenderConfig, load_config_file, parse_image_at, resolve, to_dict
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.atomic import write_text_atomic
+from videodiff.media.images import file_sha256
 from videodiff.media.video import check_output, save_video, sidecar_path
-from videodiff.pipelines import VideoPipeline, VideoResult, too_many_frames
+from videodiff.pipelines import VideoPipeline, VideoResult, input_from, too_many_frames
 from videodiff.sampling import OnStep
 from videodiff.weights.hub import package_versions, read_model_defaults
 
@@ -38,14 +39,18 @@ def default_output(prompt: str, seed: int, folder: str | Path = "outputs") -> Pa
 
 
 def resolve_render_config(
-    command_line: dict[str, Any], config_file: str | None = None, environment: dict[str, Any] | None = None
+    command_line: dict[str, Any],
+    config_file: str | None = None,
+    environment: dict[str, Any] | None = None,
+    derived: dict[str, Any] | None = None,
 ) -> RenderConfig:
     """Precedence: command line, then ``--config``, then environment variables (``VIDEODIFF_MODEL``...),
-    then the model's recorded defaults, then built-ins."""
+    then what the input implies (``derived``: vid2vid's frame rate), then the model's recorded defaults,
+    then built-ins."""
     from_file = load_config_file(config_file) if config_file else {}
     environment = environment or {}
     model = command_line.get("model") or from_file.get("model") or environment.get("model")
-    return resolve(read_model_defaults(model), environment, from_file, command_line)
+    return resolve(read_model_defaults(model), derived or {}, environment, from_file, command_line)
 
 
 @dataclass
@@ -94,27 +99,42 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     side = sidecar_path(output)
     if side.exists() and not config.overwrite:
         raise UserError(f"{side} already exists; pass --overwrite to replace it")
+    source = input_from(config.inputs)
+    for path in input_paths(config):  # a missing picture or clip is reported before minutes of loading
+        if not Path(path).is_file():
+            raise UserError(f"{path} is not a file")
     if pipe is None:
         check_frame_limit(config)
         pipe = VideoPipeline.load(config.load)
     pipe.check_frames(config.frames)
     if drawn:
         notice(f"seed {seed} (pass --seed {seed} to render this video again)")
-    result = pipe.generate(config.sample, progress=not config.quiet, on_step=on_step)
+    result = pipe.generate(config.sample, source=source, progress=not config.quiet, on_step=on_step)
     written = save_video(result.frames, output, fps=config.fps, crf=config.crf, overwrite=config.overwrite)
     record = sidecar_record(config, result, pipe, written)
     write_text_atomic(side, json.dumps(record, indent=2) + "\n")
     return RenderOutcome(written, side, seed, result)
 
 
+def input_paths(config: RenderConfig) -> list[str]:
+    """The picture and video files a render reads (img2vid's ``image_at``, vid2vid's ``video``)."""
+    return [path for _, path in map(parse_image_at, config.image_at)] + ([config.video] if config.video else [])
+
+
 def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipeline, output: Path) -> dict[str, Any]:
     """What reproduces a video: the resolved settings, plus an informational part that ``--config`` ignores."""
     settings = to_dict(config)
-    settings.update({k: result.settings[k] for k in ("seed", "height", "width")})
+    settings.update({k: result.settings[k] for k in ("seed", "height", "width", "frames")})
     for transient in ("output", "overwrite", "quiet"):
         settings.pop(transient)
+    # inputs by absolute path, so that the sidecar renders the video again from anywhere
+    settings["image_at"] = [f"{frame}:{Path(path).resolve()}" for frame, path in map(parse_image_at, config.image_at)]
+    if config.video:
+        settings["video"] = str(Path(config.video).resolve())
     settings[INFO_KEY] = {
         "output": str(output),
+        "inputs": {str(Path(path).resolve()): file_sha256(path) for path in input_paths(config)},
+        "strength": result.settings.get("strength"),
         "frames_written": int(result.frames.shape[0]),
         "size_written": [int(result.frames.shape[2]), int(result.frames.shape[1])],
         "sources": pipe.parts.sources,

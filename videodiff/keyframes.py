@@ -1,0 +1,116 @@
+"""Keyframes: pictures pinned to frames of a video (img2vid), where sampling starts and how the frames are held.
+
+1. **Start** (:func:`clean_start`): a clean latent video built from the pictures' latents, noised to
+   ``1 - strength`` into the schedule (:func:`videodiff.starts.from_clean`). One picture: every frame
+   starts from it, shifted along a velocity when one is known (a model's motion prior: the picture
+   takes the place of the prior's guessed object, the prompt still sets the motion); several: the
+   frames between two pictures start from a blend of the two.
+2. **Anchor** (:class:`Anchor`, an ``on_step`` hook): after each of the first ``anchor`` fraction of
+   the steps, every pinned frame is put back to its picture's latent noised to the timestep the
+   latents are now at, with the very noise that frame started from (RePaint, Lugmayr et al. 2022,
+   eq. 8: the frame's true noise is known, so the known region follows its own trajectory). Then
+   the frames are let go, so that they blend with their neighbours.
+3. **Paste** (:func:`paste`, optional): the exact pictures in their frames, and the other frames'
+   colours matched to them (one gain and offset per channel, from a decoded pinned frame to its picture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+
+from videodiff.sampling import OnStep, Schedule
+
+
+def shifted(latent: torch.Tensor, frames: int, velocity: tuple[float, float], at: int = 0) -> torch.Tensor:
+    """``latent`` ``[1 c h w]`` translated by ``velocity`` (cells per frame, ``(dy, dx)``) per frame from frame ``at``:
+    a video ``[1 c f h w]`` (edges repeated where the picture moves away from them)."""
+    _, c, h, w = latent.shape
+    vy, vx = velocity
+    k = torch.arange(frames, dtype=torch.float32) - at  # [f]
+    ys = torch.arange(h, dtype=torch.float32)[None, :, None] - vy * k[:, None, None]  # source rows [f h 1]
+    xs = torch.arange(w, dtype=torch.float32)[None, None, :] - vx * k[:, None, None]  # source columns [f 1 w]
+    ys, xs = torch.broadcast_tensors(ys, xs)
+    grid = torch.stack([xs / max(w - 1, 1) * 2 - 1, ys / max(h - 1, 1) * 2 - 1], -1)  # [f h w 2]
+    source = repeat(latent.float(), "1 c h w -> f c h w", f=frames)
+    video = F.grid_sample(source, grid.to(latent.device), align_corners=True, padding_mode="border")
+    return rearrange(video, "f c h w -> 1 c f h w").to(latent.dtype)
+
+
+def blended(keys: Mapping[int, torch.Tensor], frames: int) -> torch.Tensor:
+    """Pictures' latents ``{frame: [1 c h w]}`` spread over ``frames``: linear blends between neighbouring pinned
+    frames, the nearest picture outside them. Returns ``[1 c f h w]``."""
+    order = sorted(keys)
+    out = []
+    for f in range(frames):
+        before = max((k for k in order if k <= f), default=order[0])
+        after = min((k for k in order if k >= f), default=order[-1])
+        w = 0.0 if after == before else (f - before) / (after - before)
+        out.append((1 - w) * keys[before] + w * keys[after])
+    return torch.stack(out, dim=2)
+
+
+def clean_start(
+    keys: Mapping[int, torch.Tensor], frames: int, velocity: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """The clean latent video ``[1 c f h w]`` img2vid starts from (see the module's docstring)."""
+    if velocity is not None and len(keys) == 1:
+        (at, latent), = keys.items()
+        return shifted(latent, frames, velocity, at)
+    return blended(keys, frames)
+
+
+class Anchor:
+    """``on_step`` hook holding pinned frames to their pictures for the first ``until`` fraction of the steps.
+
+    ``keys``: ``{frame: clean latent [1 c h w]}``; ``noise``: the unit noise ``[1 c f h w]`` sampling
+    started from (frame ``k`` is re-noised with ``noise[:, :, k]``); ``schedule``: the sampler's
+    :class:`~videodiff.sampling.Schedule` (its ``add_noise`` noises to a timestep in the scheduler's
+    own scaling). ``then``: a further hook, called after this one with the latents it left.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[int, torch.Tensor],
+        noise: torch.Tensor,
+        schedule: Schedule,
+        until: float,
+        then: OnStep | None = None,
+    ) -> None:
+        self.keys, self.noise, self.schedule, self.until, self.then = dict(keys), noise, schedule, until, then
+
+    def __call__(self, i, total, t, t_next, latents, pass_index):
+        replaced = None
+        if i < round(self.until * total):
+            replaced = latents.clone()
+            for f, clean in self.keys.items():
+                z = clean.to(latents)
+                if t_next is not None:
+                    z = self.schedule.add_noise(z, self.noise[:, :, f].to(latents), t_next.reshape(1))
+                replaced[:, :, f] = z
+        if self.then is not None:
+            more = self.then(i, total, t, t_next, latents if replaced is None else replaced, pass_index)
+            replaced = more if more is not None else replaced
+        return replaced
+
+
+def paste(frames: np.ndarray, pictures: Mapping[int, np.ndarray]) -> np.ndarray:
+    """``frames`` uint8 ``[f h w 3]`` with the exact ``pictures`` (``{frame: uint8 [h w 3]}``) in their frames and
+    every other frame's colours matched: a per-channel gain and offset, fitted by least squares from the decoded
+    pinned frames to their pictures, applied to all frames."""
+    decoded = np.concatenate([frames[f].reshape(-1, 3) for f in pictures]).astype(np.float64)
+    target = np.concatenate([p.reshape(-1, 3) for p in pictures.values()]).astype(np.float64)
+    out = frames.astype(np.float64)
+    for c in range(3):
+        x, y = decoded[:, c], target[:, c]
+        var = x.var()
+        gain = ((x - x.mean()) * (y - y.mean())).mean() / var if var > 1e-6 else 1.0
+        out[..., c] = (out[..., c] - x.mean()) * gain + y.mean()
+    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    for f, picture in pictures.items():
+        out[f] = picture
+    return out
