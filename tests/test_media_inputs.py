@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -15,6 +17,8 @@ from videodiff.errors import UserError
 from videodiff.media import images
 from videodiff.media.clips import ARRAY_FPS, fit_video, read_video
 from videodiff.media.images import file_sha256, fit_image, load_image, parse_color, read_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def halves(width: int = 40, height: int = 20) -> np.ndarray:
@@ -209,6 +213,25 @@ def test_early_reduction_matches_full_resolution(tmp_path, fmt):
         early = load_image(tmp_path / f"big.{fmt}", 48, 64, fit=fit).astype(int)
         full = fit_image(read_image(tmp_path / f"big.{fmt}"), 48, 64, fit=fit).astype(int)
         assert early.shape == (48, 64, 3) and np.abs(early - full).mean() < 2
+
+
+def test_rgba_reduced_in_bands_equals_pil_reduce():
+    rgba = np.random.default_rng(0).integers(0, 256, (2100, 40, 4), dtype=np.uint8)
+    picture = Image.fromarray(rgba, "RGBA")
+    for factor in (3, 7):
+        assert np.array_equal(np.asarray(images._reduce(picture, factor)), np.asarray(picture.reduce(factor)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fmt", "mode"), [("png", "RGB"), ("png", "RGBA"), ("jpg", "RGB")])
+def test_a_12000_pixel_square_picture_loads_in_bounded_memory(tmp_path, fmt, mode):
+    spec = importlib.util.spec_from_file_location("bench_inputs", ROOT / "scripts" / "bench_inputs.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = bench.write_picture(tmp_path / f"big.{fmt}", 12000, mode)  # 144 MP, written by another process
+    result = bench.measure(path, 64, 64, "crop")
+    assert result["shape"] == [64, 64, 3]
+    assert result["peak_rss_mb"] < 1000, result  # the bound is 2 GB for a whole render
 
 
 # --- bad pictures: one line, naming the file ---------------------------------------------------------------

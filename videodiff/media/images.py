@@ -191,7 +191,7 @@ def _finish(image: Image.Image, name, background, max_side: int | None, orientat
         image.seek(0)  # animations: the first frame
         image = _reducible(image)  # decodes
         if max_side and (factor := min(image.size) // max_side) > 1:
-            image = image.reduce(factor)  # box average: antialiased; the full-size copy is dropped
+            image = _reduce(image, factor)
         if image.mode in ("I", "F"):
             image = Image.fromarray(_array_to_8bit(np.asarray(image)))
         if orientation in _ORIENTATION:
@@ -204,6 +204,19 @@ def _finish(image: Image.Image, name, background, max_side: int | None, orientat
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
         raise UserError(f"cannot decode image {name}: {_one_line(exc)}") from None
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """``Image.reduce`` (a box average: antialiased) band by band, so that the premultiplied copy it
+    makes of RGBA pictures is one band of rows, not a second full-size picture."""
+    if image.mode != "RGBA":
+        return image.reduce(factor)
+    width, height = image.size
+    out = Image.new(image.mode, (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, 1024 // factor)  # a multiple of the factor, so the bands tile the output
+    for top in range(0, height, rows):
+        out.paste(image.crop((0, top, width, min(top + rows, height))).reduce(factor), (0, top // factor))
+    return out
 
 
 def _reducible(image: Image.Image) -> Image.Image:
