@@ -103,6 +103,7 @@ def test_rgba_composited_on_background(tmp_path):
     assert tuple(got[0, 1]) == (0, 255, 0)
     assert np.abs(got[0, 2] - (np.array([10, 20, 30]) + 255) / 2).max() <= 2
     assert tuple(read_image(a, background=(1, 2, 3))[0, 0]) == (1, 2, 3)  # arrays too
+    assert got.flags.writeable and load_image(a, 8, 8).flags.writeable
 
 
 def test_grey_alpha_and_palette_transparency(tmp_path):

@@ -116,7 +116,7 @@ def read_image(
             raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
         with image:
             orientation = _orientation(image)
-            if max_side and image.format == "JPEG":
+            if max_side and image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
                 image.draft(None, (max_side, max_side))  # DCT scaling by 1/2, 1/4 or 1/8 while decoding
             return _finish(image, path, background, max_side, orientation)
 
@@ -130,13 +130,13 @@ def fit_image(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected uint8 [h w 3], got {image.dtype} {image.shape}")
     if image.shape[:2] == (height, width):
-        return image
+        return image.copy()
     picture = Image.fromarray(image)
     if fit == "crop":
         out = ImageOps.fit(picture, (width, height), method=Image.Resampling.LANCZOS)
     else:
         out = ImageOps.pad(picture, (width, height), method=Image.Resampling.LANCZOS, color=tuple(background))
-    return np.asarray(out)
+    return np.array(out)
 
 
 def load_image(
@@ -199,7 +199,7 @@ def _finish(image: Image.Image, name, background, max_side: int | None, orientat
         if image.mode == "RGBA":
             canvas = Image.new("RGBA", image.size, (*background, 255))
             image = Image.alpha_composite(canvas, image)
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # writable, like any array
     except UserError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
