@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from videodiff.errors import UserError
+from videodiff.media.images import PIXEL_LIMIT, check_file, fit_image, read_image
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+
+
+# Frames given as arrays carry no rate: AnimateDiff's 8 fps (the render default); ``--fps`` overrides it.
+ARRAY_FPS = 8.0
 
 
 class UnreadableVideo(Exception):
@@ -137,3 +144,60 @@ def fit_stride(available: int, frames: int, stride: int) -> int | None:
     if frames == 1:
         return stride
     return max(1, min(stride, (available - 1) // (frames - 1)))
+
+
+def read_video(
+    source: str | Path | np.ndarray | list, *, frames: int | None = 16, stride: int = 1, start: int = 0
+) -> tuple[np.ndarray, float]:
+    """A clip as users have it -> (uint8 ``[n h w 3]`` RGB, frames per second after the stride).
+
+    ``source``: a file PyAV reads (H.264 4:4:4, GIF, ...), a uint8 array ``[f h w 3]``, or a list of
+    images (anything :func:`~videodiff.media.images.read_image` takes, all one size). Frames
+    ``start, start + stride, ...``: ``frames`` of them, or all there are when the clip is shorter
+    (``frames=None``: all). A file's frame size is checked against the pixel limit before decoding.
+    Every failure is a one-line :class:`UserError` naming the file.
+    """
+    if (frames is not None and frames < 1) or stride < 1 or start < 0:
+        raise UserError(f"need frames >= 1 (or all), stride >= 1 and start >= 0, got {frames}, {stride}, {start}")
+    if isinstance(source, (np.ndarray, list, tuple)):
+        clip = _stack(source)[start::stride][:frames]
+        if not len(clip):
+            raise UserError(f"no frames to read: the frames given end before frame {start}")
+        return np.ascontiguousarray(clip), ARRAY_FPS / stride
+    path = check_file(source, "video")
+    try:
+        info = probe(path)
+        if info.width * info.height > PIXEL_LIMIT:
+            raise UserError(
+                f"{path}: {info.width}x{info.height} frames are larger than the limit of {PIXEL_LIMIT:,} pixels"
+            )
+        indices = list(range(start, info.num_frames, stride))[:frames]
+        if not indices:
+            raise UserError(f"{path} has {info.num_frames} frames: none from frame {start} on")
+        return read_frames(path, indices, info), info.fps / stride
+    except UnreadableVideo as exc:
+        raise UserError(f"cannot read video {' '.join(str(exc).split())}") from None
+
+
+def fit_video(
+    frames: np.ndarray, height: int, width: int, *, fit: str = "crop", background: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
+    """uint8 ``[f h w 3]`` -> ``[f height width 3]``, each frame fitted by :func:`~.images.fit_image`."""
+    if frames.ndim != 4:
+        raise ValueError(f"expected frames [f h w 3], got shape {frames.shape}")
+    return np.stack([fit_image(frame, height, width, fit=fit, background=background) for frame in frames])
+
+
+def _stack(source: np.ndarray | list | tuple) -> np.ndarray:
+    """Frames given in memory -> uint8 ``[f h w 3]``."""
+    if isinstance(source, np.ndarray):
+        if source.ndim != 4:
+            raise UserError(f"frames must be an array [f h w 3] (or a list of images), got shape {source.shape}")
+        if source.dtype == np.uint8 and source.shape[3] == 3:
+            return source
+    if not len(source):
+        raise UserError("no frames given")
+    clip = [read_image(frame) for frame in source]
+    if len({frame.shape for frame in clip}) > 1:
+        raise UserError(f"the frames given differ in size: {sorted({frame.shape[:2] for frame in clip})}")
+    return np.stack(clip)

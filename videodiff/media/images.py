@@ -1,0 +1,259 @@
+"""Read the pictures users have (any size, mode and orientation) into uint8 ``[h w 3]`` RGB arrays, and fit them.
+
+One pixel limit, :data:`PIXEL_LIMIT`, applied through PIL's own ``Image.MAX_IMAGE_PIXELS`` so that
+PIL's decompression-bomb check and this module refuse the same pictures. Large inputs are reduced as
+early as the format allows (JPEG while decoding with ``draft``, others by whole factors right after
+decoding), so memory follows the output size rather than the input's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from videodiff.errors import UserError
+
+__all__ = ["FITS", "PIXEL_LIMIT", "check_file", "file_sha256", "fit_image", "load_image", "parse_color", "read_image"]
+
+PIXEL_LIMIT = 250_000_000  # pixels per picture (or video frame); a 12000x12000 photo is 144 MP
+FITS = ("crop", "pad")  # crop: cover the frame and cut the overflow; pad: fit inside, fill with the background
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes for 16-bit greyscale PNG/TIFF
+_TRANSPARENT = ("RGBA", "LA", "PA", "RGBa", "La")
+
+# EXIF orientation -> the transpose that undoes it (ImageOps.exif_transpose's table). Applied after
+# reducing, when the reduced copy no longer carries the file's tags (TIFF keeps them outside ``info``).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """``"0,0,0"`` or ``"#RRGGBB"`` -> an RGB triple of 0..255 (for ``--background``)."""
+    s = str(text).strip()
+    try:
+        if s.startswith("#") and len(s) == 7:
+            rgb = tuple(int(s[i : i + 2], 16) for i in (1, 3, 5))
+        else:
+            rgb = tuple(int(part) for part in s.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise UserError(f"colour must be R,G,B with each 0-255 or #RRGGBB, got {text!r}")
+    return rgb  # type: ignore[return-value]
+
+
+def check_file(path: str | os.PathLike[str], kind: str = "image") -> Path:
+    """The path, if it names a non-empty regular file; a one-line :class:`UserError` otherwise.
+
+    Checked with ``stat`` before opening, so a FIFO or device is refused instead of blocking a read.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{kind} not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {kind} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{path} is a folder: give the {kind} file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{path} is not a regular file (a pipe, socket or device): give the {kind} file")
+    if st.st_size == 0:
+        raise UserError(f"{kind} file {path} is empty")
+    return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in chunks (for the sidecar's record of an input)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_image(
+    source: str | os.PathLike[str] | Image.Image | np.ndarray,
+    *,
+    background: tuple[int, int, int] = (0, 0, 0),
+    max_side: int | None = None,
+) -> np.ndarray:
+    """A path, PIL image or array -> uint8 ``[h w 3]`` RGB, upright, transparency composited on ``background``.
+
+    Arrays may be ``[h w]``, ``[h w 1|3|4]``; uint8, uint16 (full 16-bit range) or float in [0, 1].
+    ``max_side``: the largest side the caller will resize to; the picture is reduced early by whole
+    factors while its short side stays at least ``max_side``, which is enough for either fit at any aspect.
+    Animated GIF/WebP give their first frame. Errors are one-line :class:`UserError` naming the file.
+    """
+    if isinstance(source, np.ndarray):
+        name = "image array"
+        image = Image.fromarray(_array_to_8bit(source))
+        _check_pixels(image.size, name)
+        return _finish(image, name, background, max_side, orientation=1)
+    if isinstance(source, Image.Image):
+        name = getattr(source, "filename", None) or "image"
+        _check_pixels(source.size, name)
+        return _finish(source, name, background, max_side, _orientation(source))
+    path = check_file(source, "image")
+    with _pil_limit(path):
+        try:
+            image = Image.open(path)
+        except UnidentifiedImageError:
+            raise UserError(f"{path} is not an image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
+        with image:
+            orientation = _orientation(image)
+            if max_side and image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
+                image.draft(None, (max_side, max_side))  # DCT scaling by 1/2, 1/4 or 1/8 while decoding
+            return _finish(image, path, background, max_side, orientation)
+
+
+def fit_image(
+    image: np.ndarray, height: int, width: int, *, fit: str = "crop", background: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
+    """uint8 ``[h w 3]`` -> ``[height width 3]``: Lanczos resize, then centre-crop (``crop``) or pad (``pad``)."""
+    if fit not in FITS:
+        raise UserError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 [h w 3], got {image.dtype} {image.shape}")
+    if image.shape[:2] == (height, width):
+        return image.copy()
+    picture = Image.fromarray(image)
+    if fit == "crop":
+        out = ImageOps.fit(picture, (width, height), method=Image.Resampling.LANCZOS)
+    else:
+        out = ImageOps.pad(picture, (width, height), method=Image.Resampling.LANCZOS, color=tuple(background))
+    return np.array(out)
+
+
+def load_image(
+    source: str | os.PathLike[str] | Image.Image | np.ndarray,
+    height: int,
+    width: int,
+    *,
+    fit: str = "crop",
+    background: tuple[int, int, int] = (0, 0, 0),
+) -> np.ndarray:
+    """:func:`read_image` reduced early for this output, then :func:`fit_image`: uint8 ``[height width 3]``."""
+    if fit not in FITS:
+        raise UserError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    # keep twice the output's side before the Lanczos resize (PIL's reducing_gap=2: no visible loss)
+    image = read_image(source, background=background, max_side=2 * max(height, width))
+    return fit_image(image, height, width, fit=fit, background=background)
+
+
+@contextmanager
+def _pil_limit(path: Path) -> Iterator[None]:
+    """PIL's own bomb check at :data:`PIXEL_LIMIT`, its warning band refused too: one rule, one line."""
+    Image.MAX_IMAGE_PIXELS = PIXEL_LIMIT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise UserError(_too_large(path)) from None
+
+
+def _too_large(name) -> str:
+    return f"{name} is larger than the limit of {PIXEL_LIMIT:,} pixels (videodiff.media.images.PIXEL_LIMIT)"
+
+
+def _check_pixels(size: tuple[int, int], name) -> None:
+    if size[0] < 1 or size[1] < 1:
+        raise UserError(f"{name} has no pixels ({size[0]}x{size[1]})")
+    if size[0] * size[1] > PIXEL_LIMIT:
+        raise UserError(_too_large(name))
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the picture
+        return 1
+
+
+def _finish(image: Image.Image, name, background, max_side: int | None, orientation: int) -> np.ndarray:
+    """Decode, reduce, convert to 8-bit, turn upright, composite: in the order that keeps memory low."""
+    try:
+        image.seek(0)  # animations: the first frame
+        image = _reducible(image)  # decodes
+        if max_side and (factor := min(image.size) // max_side) > 1:
+            image = _reduce(image, factor)
+        if image.mode in ("I", "F"):
+            image = Image.fromarray(_array_to_8bit(np.asarray(image)))
+        if orientation in _ORIENTATION:
+            image = image.transpose(_ORIENTATION[orientation])
+        if image.mode == "RGBA":
+            canvas = Image.new("RGBA", image.size, (*background, 255))
+            image = Image.alpha_composite(canvas, image)
+        return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # writable, like any array
+    except UserError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
+        raise UserError(f"cannot decode image {name}: {_one_line(exc)}") from None
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """``Image.reduce`` (a box average: antialiased) band by band, so that the premultiplied copy it
+    makes of RGBA pictures is one band of rows, not a second full-size picture."""
+    if image.mode != "RGBA":
+        return image.reduce(factor)
+    width, height = image.size
+    out = Image.new(image.mode, (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, 1024 // factor)  # a multiple of the factor, so the bands tile the output
+    for top in range(0, height, rows):
+        out.paste(image.crop((0, top, width, min(top + rows, height))).reduce(factor), (0, top // factor))
+    return out
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """The decoded image in a mode ``Image.reduce`` takes: L, RGB, RGBA (exactly when transparent), I or F.
+
+    Converts only when the mode differs (a same-mode ``convert`` would copy a large picture).
+    """
+    if image.mode in _SIXTEEN_BIT or image.mode == "F":
+        wanted = "F" if image.mode == "F" else "I"
+    elif image.mode in _TRANSPARENT or "transparency" in image.info:
+        wanted = "RGBA"
+    else:
+        wanted = "L" if image.mode == "L" else "RGB"  # palette, CMYK, YCbCr, LAB and 1-bit become RGB
+    if image.mode == wanted:
+        image.load()
+        return image
+    return image.convert(wanted)
+
+
+def _array_to_8bit(a: np.ndarray) -> np.ndarray:
+    """``[h w]`` or ``[h w 1|3|4]`` uint8/uint16/bool/float-in-[0,1] -> uint8 with 1, 3 or 4 channels."""
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise UserError(f"an image array must be [h w], [h w 3] or [h w 4], got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.dtype.itemsize > 1):
+        # 16-bit: 0..65535 onto 0..255 by rounding (x * 255 / 65535), so order and full range survive
+        return ((np.clip(a, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if a.dtype.kind == "f":
+        return (np.clip(np.nan_to_num(a), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise UserError(f"an image array must be uint8, uint16 or float in [0, 1], got {a.dtype}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
