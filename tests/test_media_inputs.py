@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from videodiff.config import parse_rgb as parse_color
 from videodiff.errors import UserError
 from videodiff.media import images
 from videodiff.media.clips import ARRAY_FPS, fit_video, read_video
-from videodiff.media.images import file_sha256, fit_image, load_image, parse_color, read_image
+from videodiff.media.images import file_sha256, fit_image, load_image, read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -100,9 +100,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     if side.exists() and not config.overwrite:
         raise UserError(f"{side} already exists; pass --overwrite to replace it")
     source = input_from(config.inputs)
-    for path in input_paths(config):  # a missing picture or clip is reported before minutes of loading
-        if not Path(path).is_file():
-            raise UserError(f"{path} is not a file")
+    check_inputs(config)
     if pipe is None:
         check_frame_limit(config)
         pipe = VideoPipeline.load(config.load)
@@ -114,6 +112,21 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     record = sidecar_record(config, result, pipe, written)
     write_text_atomic(side, json.dumps(record, indent=2) + "\n")
     return RenderOutcome(written, side, seed, result)
+
+
+def check_inputs(config: RenderConfig) -> None:
+    """img2vid's pictures and vid2vid's clip checked from their headers, and pinned frames inside the video,
+    before minutes of loading."""
+    from videodiff.media.clips import check_video
+    from videodiff.media.images import check_image
+
+    for frame, path in map(parse_image_at, config.image_at):
+        if not -config.frames <= frame < config.frames:
+            last = config.frames - 1
+            raise UserError(f"--image-at frame {frame} is outside the video's {config.frames} frames (0 to {last})")
+        check_image(path)
+    if config.video:
+        check_video(config.video)
 
 
 def input_paths(config: RenderConfig) -> list[str]:

@@ -164,19 +164,29 @@ def read_video(
         if not len(clip):
             raise UserError(f"no frames to read: the frames given end before frame {start}")
         return np.ascontiguousarray(clip), ARRAY_FPS / stride
-    path = check_file(source, "video")
+    path = Path(source)
+    info = check_video(path)
     try:
-        info = probe(path)
-        if info.width * info.height > PIXEL_LIMIT:
-            raise UserError(
-                f"{path}: {info.width}x{info.height} frames are larger than the limit of {PIXEL_LIMIT:,} pixels"
-            )
         indices = list(range(start, info.num_frames, stride))[:frames]
         if not indices:
             raise UserError(f"{path} has {info.num_frames} frames: none from frame {start} on")
         return read_frames(path, indices, info), info.fps / stride
     except UnreadableVideo as exc:
         raise UserError(f"cannot read video {' '.join(str(exc).split())}") from None
+
+
+def check_video(path: str | Path) -> VideoInfo:
+    """A video file's frame count, rate and size from its packets (no decoding), checked as :func:`read_video`
+    checks them: one-line :class:`UserError` for a file that is missing, empty, not a video or too large."""
+    path = check_file(path, "video")
+    try:
+        info = probe(path)
+    except UnreadableVideo as exc:
+        raise UserError(f"cannot read video {' '.join(str(exc).split())}") from None
+    if info.width * info.height > PIXEL_LIMIT:
+        size = f"{info.width}x{info.height}"
+        raise UserError(f"{path}: {size} frames are larger than the limit of {PIXEL_LIMIT:,} pixels")
+    return info
 
 
 def fit_video(

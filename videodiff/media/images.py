@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from videodiff.config import FITS  # crop: cover the frame and cut the overflow; pad: fit inside, fill the background
 from videodiff.errors import UserError
 
-__all__ = ["FITS", "PIXEL_LIMIT", "check_file", "file_sha256", "fit_image", "load_image", "parse_color", "read_image"]
+__all__ = ["FITS", "PIXEL_LIMIT", "check_file", "check_image", "file_sha256", "fit_image", "load_image", "read_image"]
 
 PIXEL_LIMIT = 250_000_000  # pixels per picture (or video frame); a 12000x12000 photo is 144 MP
-FITS = ("crop", "pad")  # crop: cover the frame and cut the overflow; pad: fit inside, fill with the background
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes for 16-bit greyscale PNG/TIFF
 _TRANSPARENT = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -40,21 +40,6 @@ _ORIENTATION = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-
-def parse_color(text: str) -> tuple[int, int, int]:
-    """``"0,0,0"`` or ``"#RRGGBB"`` -> an RGB triple of 0..255 (for ``--background``)."""
-    s = str(text).strip()
-    try:
-        if s.startswith("#") and len(s) == 7:
-            rgb = tuple(int(s[i : i + 2], 16) for i in (1, 3, 5))
-        else:
-            rgb = tuple(int(part) for part in s.split(","))
-    except ValueError:
-        rgb = ()
-    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
-        raise UserError(f"colour must be R,G,B with each 0-255 or #RRGGBB, got {text!r}")
-    return rgb  # type: ignore[return-value]
 
 
 def check_file(path: str | os.PathLike[str], kind: str = "image") -> Path:
@@ -119,6 +104,24 @@ def read_image(
             if max_side and image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
                 image.draft(None, (max_side, max_side))  # DCT scaling by 1/2, 1/4 or 1/8 while decoding
             return _finish(image, path, background, max_side, orientation)
+
+
+def check_image(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """A picture file's (width, height) from its header, its data verified where the format allows (PNG CRCs),
+    without decoding it: the render layer checks its inputs this way before loading a model. One-line
+    :class:`UserError` as :func:`read_image` gives."""
+    path = check_file(path, "image")
+    with _pil_limit(path):
+        try:
+            with Image.open(path) as image:
+                size = image.size
+                _check_pixels(size, path)
+                image.verify()
+        except UnidentifiedImageError:
+            raise UserError(f"{path} is not an image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
+    return size
 
 
 def fit_image(
