@@ -25,7 +25,7 @@ from videodiff.log import notice
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
 from videodiff.unet.triggers import TriggeredLoRAs
-from videodiff.weights.hub import builtin_model
+from videodiff.weights.hub import builtin_model, describe_vocabulary, unknown_words
 from videodiff.weights.models import ModelParts, load_model_parts
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -143,6 +143,7 @@ class VideoPipeline:
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.clip_skip = clip_skip
         self._context_cache: dict[str, torch.Tensor] = {}
+        self._told_unknown: set[str] = set()  # prompts whose unknown words were named already
 
     @classmethod
     def load(cls, settings: LoadSettings, device: str | torch.device | None = None) -> VideoPipeline:
@@ -151,7 +152,7 @@ class VideoPipeline:
         settings.validate()
         dev = resolve_device(device or settings.device)
         parts = load_model_parts(
-            settings.model or builtin_model(),
+            settings.model or builtin_model(),  # "shapes" too means the built-in model (load_model_parts)
             settings.motion_module,
             motion_config=settings.motion_config,
             vae=settings.vae,
@@ -229,6 +230,16 @@ class VideoPipeline:
             )
         return self._context_cache[prompt]
 
+    def tell_unknown_words(self, prompt: str) -> None:
+        """A closed-vocabulary model (the built-in one) renders noise for words it never saw: name them, once."""
+        unknown = unknown_words(prompt, self.parts.vocabulary)
+        if unknown and prompt not in self._told_unknown:
+            self._told_unknown.add(prompt)
+            notice(
+                f"this model never saw the words {', '.join(unknown)}; it knows only "
+                + describe_vocabulary(self.parts.vocabulary, heldout=False)
+            )
+
     def conditioning(self, settings: SampleSettings) -> Conditioning:
         """Stage 1: switch to the MotionLoRAs the prompt's words trigger; encode the prompt, and the negative
         one when guidance runs."""
@@ -236,6 +247,7 @@ class VideoPipeline:
         guided = sampling.uses_guidance(settings.guidance)
         if settings.negative and not guided:
             notice(f"the negative prompt has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
+        self.tell_unknown_words(settings.prompt)
         context = self.encode(settings.prompt)
         uncond = self.encode(settings.negative or "") if guided else None
         return Conditioning(context, uncond, triggered)
