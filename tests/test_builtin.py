@@ -200,3 +200,12 @@ def test_notices_go_above_a_progress_bar(monkeypatch, capsys):
             logger.removeHandler(handler)
         logger.propagate = True
     assert written == ["videodiff: something to know"]
+
+
+def test_motion_prior_start_is_said_once(builtin_pipe, caplog):
+    """The progress bar counts the steps that run (8 of 12): say once where sampling starts."""
+    with caplog.at_level("INFO", logger="videodiff"):
+        for seed in (0, 1):
+            builtin_pipe("a red circle moving right", seed=seed, steps=6, motion_prior=0.5, output_type="latent")
+    told = [r.getMessage() for r in caplog.records if "steps in" in r.getMessage()]
+    assert told == ["starting 3 of 6 steps in, from the motion prior"]

@@ -144,6 +144,7 @@ class VideoPipeline:
         self.clip_skip = clip_skip
         self._context_cache: dict[str, torch.Tensor] = {}
         self._told_unknown: set[str] = set()  # prompts whose unknown words were named already
+        self._told_start: set[tuple[int, int]] = set()  # (steps, skipped) of the motion-prior starts told
 
     @classmethod
     def load(cls, settings: LoadSettings, device: str | torch.device | None = None) -> VideoPipeline:
@@ -289,6 +290,9 @@ class VideoPipeline:
         noise = noise.float().to(self.device)
         begin = starts.from_clean(clean.to(self.device), noise, scheduler, settings.steps, fraction)
         begin.latents = begin.latents.to(self.device, self.dtype)
+        if (settings.steps, begin.step) not in self._told_start:  # the progress bar counts only the steps run
+            self._told_start.add((settings.steps, begin.step))
+            notice(f"starting {begin.step} of {settings.steps} steps in, from the motion prior")
         begin.record["motion"] = velocity
         return begin
 
