@@ -78,13 +78,46 @@ def locate(source: str, what: str) -> Path:
         return path
     if not is_hub_id(source):
         raise UserError(f"{what} {source!r} not found: no such file or folder (a hub id looks like 'org/name')")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
+    local_only = offline() or not hub_reachable()  # no network: the cache at once, not after timeouts
     try:
-        return Path(snapshot_download(source, local_files_only=offline(), ignore_patterns=HUB_SKIP))
+        return Path(snapshot_download(source, local_files_only=local_only, ignore_patterns=HUB_SKIP))
     except Exception as exc:  # noqa: BLE001 - hub errors become one line
-        hint = " (offline: only the local cache is searched)" if offline() else ""
-        raise UserError(f"{what} {source!r} could not be found or downloaded{hint}: {type(exc).__name__}") from None
+        if local_only:
+            why = "offline (VIDEODIFF_OFFLINE=1)" if offline() else "the Hugging Face hub cannot be reached"
+            raise UserError(
+                f"{what} {source!r}: {why}, and it is not in the local cache ({constants.HF_HUB_CACHE}); "
+                "pass a local folder or file instead, or download it once on a machine that is online"
+            ) from None
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"{what} {source!r} could not be found or downloaded: {type(exc).__name__} {reason}") from None
+
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host (``HF_ENDPOINT``) accepts a connection within ``timeout`` s; asked once per process.
+
+    Behind a proxy (``HTTPS_PROXY``...) the direct connection says nothing: assume it is reachable.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if endpoint not in _REACHABLE:
+        if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+            _REACHABLE[endpoint] = True
+        else:
+            url = urlsplit(endpoint)
+            try:
+                port = url.port or (443 if url.scheme == "https" else 80)
+                socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+                _REACHABLE[endpoint] = True
+            except (OSError, ValueError):
+                _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
 
 
 def read_model_defaults(model: str | None) -> dict[str, Any]:
