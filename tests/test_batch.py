@@ -21,7 +21,7 @@ from videodiff.errors import UserError
 
 SMALL = ("--height", "16", "--width", "16", "--frames", "2", "--steps", "1", "-q")
 PROMPTS = ["a red circle", "a blue square", "the sea at night"]
-RENDERED = re.compile(r"rendered (.+) \(process (\d+)\)")
+RENDERED = re.compile(r"rendered (?!\d+, skipped )(.+?)(?: \(process (\d+)\))?")  # a video, not the count
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -203,6 +203,7 @@ def rendered(tmp_path_factory, models) -> Path:
     lines = result.stdout.splitlines()
     assert lines[-1] == "rendered 6, skipped 0"
     assert len([m for line in lines if (m := RENDERED.fullmatch(line))]) == 6
+    assert not any("(process" in line for line in lines)  # no launcher, no process number
     return root
 
 

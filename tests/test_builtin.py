@@ -106,3 +106,106 @@ def test_render_without_model_uses_builtin(tmp_path):
 def test_missing_builtin_model_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "BUILTIN_MODEL", tmp_path / "gone")
     assert_user_error(invoke("render", "a red circle moving right", "-o", tmp_path / "x.gif"))
+
+
+def test_vocabulary_is_recorded_and_listed_where_a_newcomer_looks():
+    """The model's videodiff.json vocabulary is the world's; render --help and the README list every word."""
+    from pathlib import Path
+
+    from videodiff.shapes import ALL_COMBOS, COLORS, DIRECTIONS, HELDOUT, SHAPES, prompt_of
+
+    vocabulary = models.model_vocabulary(None)
+    assert vocabulary["grammar"] == "a {color} {shape} moving {direction}"
+    assert (vocabulary["color"], vocabulary["shape"], vocabulary["direction"]) == (
+        list(COLORS), list(SHAPES), list(DIRECTIONS),
+    )  # fmt: skip
+    assert set(vocabulary["heldout"]) == {prompt_of(*c) for c in ALL_COMBOS if c in HELDOUT}
+    help_text = " ".join(ok(invoke("render", "--help")).stdout.split())
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    for text in (help_text, readme):
+        assert vocabulary["grammar"] in text
+        for word in [*COLORS, *SHAPES, *DIRECTIONS, *vocabulary["heldout"]]:
+            assert word in text, word
+
+
+def test_unknown_words_are_named_once(builtin_pipe, caplog):
+    quick = {"steps": 2, "motion_prior": 0, "guidance": 1, "output_type": "latent", "seed": 0}
+    with caplog.at_level("INFO", logger="videodiff"):
+        builtin_pipe("a dog running on the beach", **quick)
+        builtin_pipe("a dog running on the beach", seed=1, **{k: v for k, v in quick.items() if k != "seed"})
+        builtin_pipe("a red circle moving right", **quick)
+    told = [r.getMessage() for r in caplog.records if "never saw" in r.getMessage()]
+    assert len(told) == 1, told
+    assert "dog, running, on, the, beach" in told[0] and "a {color} {shape} moving {direction}" in told[0]
+    assert "circle" in told[0] and "cyan" in told[0]
+
+
+def test_model_shapes_means_the_builtin_model_everywhere():
+    from videodiff.render import resolve_render_config
+    from videodiff.weights.models import load_model_parts
+
+    recorded = models.read_model_defaults(None)
+    for given in ({"model": "shapes"}, {}):
+        config = resolve_render_config({"prompt": "a red circle moving right", **given})
+        assert (config.steps, config.scheduler, config.motion_prior) == (
+            recorded["steps"], recorded["scheduler"], recorded["motion_prior"],
+        )  # fmt: skip
+    assert models.model_source("shapes") == models.model_source(None) == str(models.BUILTIN_MODEL)
+    parts = load_model_parts("shapes")
+    assert parts.sources["model"]["id"] == str(models.BUILTIN_MODEL) and parts.motion_prior is not None
+    for command in (("train",), ("eval", "shapes")):
+        assert "shapes (the default)" in " ".join(ok(invoke(*command, "--help")).stdout.split())
+
+
+def test_data_shapes_help_example_trains_the_builtin_model(tmp_path, monkeypatch):
+    """The two commands `videodiff data shapes --help` shows run as printed (smaller: 4 clips, 1 step)."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    lines = [line.strip() for line in ok(invoke("data", "shapes", "--help")).stdout.splitlines()]
+    commands = [shlex.split(line) for line in lines if line.startswith(("videodiff data shapes", "videodiff train"))]
+    assert [c[1] for c in commands] == ["data", "train"] and "--model" not in commands[1]
+    small = {"--count": "4", "--steps": "1"}
+    for command in commands:
+        args = [small.get(prev, arg) for prev, arg in zip(["", *command[1:]], command[1:])]
+        result = ok(invoke(*args))
+    assert "built-in shapes model" in result.stderr
+    assert (tmp_path / "runs" / "shapes" / "motion_module" / "config.json").is_file()
+
+
+def test_truncation_notice_names_whole_words(builtin_pipe, caplog):
+    # the built-in text encoder reads 12 tokens; the old notice quoted the tokens past them: 'nny beach'
+    with caplog.at_level("INFO", logger="videodiff"):
+        builtin_pipe.encode("a red circle moving right on a sunny beach")
+    cut = [r.getMessage() for r in caplog.records if "cut" in r.getMessage()]
+    assert len(cut) == 1 and cut[0].endswith("these words were cut: 'sunny beach'"), cut
+
+
+def test_notices_go_above_a_progress_bar(monkeypatch, capsys):
+    """A notice during a tqdm bar goes through tqdm.write (above the bar), not into the bar's line."""
+    import tqdm
+
+    from videodiff.log import notice, setup_cli_logging
+
+    written = []
+    monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, file=None, **kw: written.append(s)))
+    setup_cli_logging()
+    try:
+        notice("something to know")
+    finally:
+        import logging
+
+        logger = logging.getLogger("videodiff")
+        for handler in [h for h in logger.handlers if getattr(h, "_videodiff_cli", False)]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+    assert written == ["videodiff: something to know"]
+
+
+def test_motion_prior_start_is_said_once(builtin_pipe, caplog):
+    """The progress bar counts the steps that run (8 of 12): say once where sampling starts."""
+    with caplog.at_level("INFO", logger="videodiff"):
+        for seed in (0, 1):
+            builtin_pipe("a red circle moving right", seed=seed, steps=6, motion_prior=0.5, output_type="latent")
+    told = [r.getMessage() for r in caplog.records if "steps in" in r.getMessage()]
+    assert told == ["starting 3 of 6 steps in, from the motion prior"]

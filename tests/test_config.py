@@ -258,10 +258,39 @@ def test_render_default_yaml_lists_every_setting_at_its_default():
     """configs/render-default.yaml is documentation (the README points at it): it must not drift from RenderConfig."""
     import dataclasses
 
+    import yaml
+
+    from videodiff.config import MODEL_DEFAULT_KEYS
+
     path = Path(__file__).resolve().parents[1] / "configs" / "render-default.yaml"
-    values = load_config_file(str(path))
+    active = load_config_file(str(path))
+    # the settings a model may record are listed commented out ("# steps: 25"), so that the file
+    # never overrides a model's recorded defaults (test_render_default_yaml_keeps_the_models_defaults)
+    commented = {}
+    for line in path.read_text().splitlines():
+        if re.match(r"# \w+: ", line):
+            commented.update(yaml.safe_load(line[2:].split("  #")[0]))
+    assert set(commented) == set(MODEL_DEFAULT_KEYS) and not set(commented) & set(active)
+    values = {**active, **commented}
     assert set(values) == set(FIELD_NAMES)
     config = merge(values).validate()
     for f in dataclasses.fields(RenderConfig):
         if f.name != "prompt":  # the file carries an example prompt
             assert getattr(config, f.name) == f.default, f.name
+
+
+def test_render_default_yaml_keeps_the_models_defaults():
+    """As --config with the built-in model it renders with the model's recorded 12 steps, dpm++, guidance 4, 0.33."""
+    from videodiff.render import resolve_render_config
+    from videodiff.weights.hub import BUILTIN_MODEL, read_model_defaults
+
+    if not (BUILTIN_MODEL / "videodiff.json").is_file():
+        pytest.skip("the built-in model is not packaged")
+    path = Path(__file__).resolve().parents[1] / "configs" / "render-default.yaml"
+    recorded = read_model_defaults(None)
+    config = resolve_render_config({}, str(path))
+    for key in ("steps", "scheduler", "guidance", "motion_prior", "frames", "height", "width", "fps"):
+        assert getattr(config, key) == recorded[key], key
+    assert (config.steps, config.scheduler, config.guidance, config.motion_prior) == (12, "dpm++", 4.0, 0.33)
+    # a value set on the command line still wins
+    assert resolve_render_config({"steps": 5}, str(path)).steps == 5

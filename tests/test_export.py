@@ -124,13 +124,16 @@ def test_gif_roundtrip(tmp_path: Path, fps: float) -> None:
         assert im.n_frames == 10
         assert im.info["loop"] == 0
         assert "transparency" not in im.info
+        durations = []
         for k in range(im.n_frames):
             im.seek(k)
-            assert im.info["duration"] == round(100 / fps) * 10
+            durations.append(im.info["duration"])
+            assert abs(im.info["duration"] - 1000 / fps) < 10  # whole centiseconds, the nearest two
             # stored whole, not as a cropped difference to the previous frame
             assert tuple(im.tile[0][1]) == (0, 0, 64, 48)
             assert im.disposal_method != 1
             assert mae(np.asarray(im.convert("RGB")), clip[k]) < 6
+        assert abs(sum(durations) - 10 * 1000 / fps) <= 5  # the clip lasts what was asked
     # an independent decoder agrees on the frame count and the content
     _, frames, rgb = decode_av(out)
     assert len(frames) == 10
@@ -153,6 +156,22 @@ def test_gif_uses_one_global_palette(tmp_path: Path) -> None:
         # there is no local table, and then its packed byte must say so too.
         assert data[off - 11] == 0x2C
         assert not data[off - 2] & 0x80
+
+
+@pytest.mark.parametrize(("fps", "frames"), [(8, 16), (7.5, 9), (24, 24), (30, 7)])
+def test_gif_frame_delays_sum_to_the_duration(tmp_path: Path, fps: float, frames: int) -> None:
+    """GIF delays are centiseconds: 8 fps is 130/120 ms in turn (2.000 s for 16 frames), not 120 ms (1.92 s)."""
+    out = save_video(make_clip(frames=frames), tmp_path / "clip.gif", fps)
+    with Image.open(out) as im:
+        durations = []
+        for k in range(im.n_frames):
+            im.seek(k)
+            durations.append(im.info["duration"])
+    assert len(durations) == frames
+    elapsed = np.cumsum(durations)
+    ideal = 1000 * np.arange(1, frames + 1) / fps
+    assert np.abs(elapsed - ideal).max() <= 5  # every frame starts on time, to the nearest centisecond
+    assert all(d % 10 == 0 for d in durations)
 
 
 def test_gif_delay_has_a_floor(tmp_path: Path) -> None:

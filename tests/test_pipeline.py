@@ -204,3 +204,40 @@ def test_offline_hub_id_not_in_cache_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="offline") as info:
         load_pipeline("someone/not-cached-model", device="cpu")
     assert "\n" not in str(info.value)
+
+
+def test_unreachable_hub_searches_the_cache_at_once_and_says_what_to_pass(tmp_path, monkeypatch):
+    """No network and no VIDEODIFF_OFFLINE: one connection attempt, then the local cache only (no timeouts),
+    and one line naming the cache and what to pass instead (not LocalEntryNotFoundError)."""
+    import socket
+
+    import huggingface_hub
+
+    from videodiff.weights import hub
+
+    monkeypatch.delenv("VIDEODIFF_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(hub, "_REACHABLE", {})
+    attempts, calls = [], []
+
+    def no_network(address, timeout=None, **kwargs):
+        attempts.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    def snapshot(repo_id, local_files_only=False, **kwargs):
+        calls.append(local_files_only)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    for _ in range(2):
+        with pytest.raises(UserError) as info:
+            hub.locate("someone/not-cached-model", "model")
+        message = str(info.value)
+        assert "cannot be reached" in message and "local cache" in message and "local folder" in message
+        assert huggingface_hub.constants.HF_HUB_CACHE in message
+        assert "LocalEntryNotFoundError" not in message and "\n" not in message
+    assert calls == [True, True]  # the cache only, never a download that would wait for timeouts
+    assert len(attempts) == 1 and attempts[0][1] <= 5  # asked once per process, with a short timeout

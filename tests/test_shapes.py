@@ -32,6 +32,7 @@ from videodiff.shapes.evaluate import (
     evaluate_ground_truth,
     evaluate_model,
     ground_truth_render_fn,
+    is_steady,
     roundtrip,
 )
 
@@ -172,7 +173,7 @@ def test_detector_on_ground_truth():
     report = evaluate_ground_truth(2, seed=0)
     assert len(report.items) == 192
     check_accuracy(report)
-    assert report.summary()["stable"] == 1
+    assert report.summary()["stable"] == 1 and report.summary()["steady"] == 1
     data = json.loads(report.to_json())
     assert data["heldout"]["n"] == 20 and data["train"]["n"] == 172
     assert len(data["per_combo"]) == 96 and data["per_combo"]["a red circle moving left"]["split"] == "heldout"
@@ -200,6 +201,46 @@ def test_roundtrip_reads_what_the_training_reader_reads(tmp_path, suffix):
     back = roundtrip(frames, suffix, crf=10)
     assert np.array_equal(back, read_frames(path, list(range(16)), probe(path)))
     assert np.abs(back.astype(int) - frames).mean() < 3
+
+
+def line(start, velocity, frames=16):
+    return np.asarray(start, float) + np.arange(frames)[:, None] * np.asarray(velocity, float)
+
+
+def test_steady_tracks_on_synthetic_tracks():
+    rng = np.random.default_rng(0)
+    assert is_steady(line((10, 40), (2.5, 0)))  # constant speed, any speed
+    assert is_steady(line((10, 40), (0, -6)))
+    assert is_steady(np.full((16, 2), 30.0))  # standing still
+    assert is_steady(line((10, 40), (0.3, 0)) + rng.normal(0, 0.3, (16, 2)))  # slow and noisy: steps under 2 px
+    assert is_steady(line((10, 40), (2.5, 1)) + rng.normal(0, 0.2, (16, 2)))
+    # the triangle: about (17,48) in frames 0-3, (40,21) in 4-11, (16,18) in 12-15
+    teleport = np.array([(17, 48)] * 4 + [(40, 21)] * 8 + [(16, 18)] * 4, float)
+    assert not is_steady(teleport)
+    jump = line((10, 40), (2, 0))
+    jump[9:] += (6, 0)  # one step of 8 px in a track of 2 px steps: over twice the median
+    assert not is_steady(jump)
+    jump = line((10, 40), (2, 0))
+    jump[9:] += (1.5, 0)  # one step of 3.5 px: under twice the median (4 px), still steady
+    assert is_steady(jump)
+    still = np.full((16, 2), 30.0)
+    still[8:] += (2.5, 0)  # a still object that moves 2.5 px once: over the 2 px floor
+    assert not is_steady(still)
+    gone = line((10, 40), (2, 0))
+    gone[5] = np.nan  # absent in one frame
+    assert not is_steady(gone)
+    assert not is_steady(np.full((16, 2), np.nan))
+    with pytest.raises(ValueError):
+        is_steady(np.zeros((16, 3)))
+
+
+def test_detector_finds_the_jump_of_a_teleporting_object():
+    clip = draw_clip("white", "square", "right", rng=np.random.default_rng(1))
+    assert detect(clip.frames).steady
+    frames = clip.frames.copy()
+    frames[8:] = np.roll(clip.frames[8:], -12, axis=1)  # the second half 12 px higher: a jump, size unchanged
+    d = detect(frames)
+    assert d.stable and not d.steady and d.largest_step > 10
 
 
 def test_detector_rejects_empty_and_noise_and_sees_static_objects():

@@ -344,7 +344,7 @@ def run_batch(
     Before anything is rendered: an output (or sidecar) that exists fails the whole batch,
     unless ``skip_existing`` (skip it, when complete) or ``overwrite``; every output is checked
     and every item's frame count is checked against the model. Each process then loads the
-    model once and renders its share, printing ``rendered <path> (process k)``; the main process
+    model once and renders its share, printing ``rendered <path>`` (`` (process k)`` when launched); the main process
     ends with ``rendered N, skipped M``. ``plain``: print only the output's path (a single video, as a
     plain render does; a skipped one too). Returns the outputs this process wrote.
     """
@@ -371,7 +371,8 @@ def run_batch(
     for config in mine:
         outcome = render(config.replace(device=recorded), pipe=pipe)
         written.append(outcome.output)
-        echo(str(outcome.output) if plain else f"rendered {outcome.output} (process {state.process_index})")
+        which = f" (process {state.process_index})" if state.num_processes > 1 else ""  # only under a launcher
+        echo(str(outcome.output) if plain else f"rendered {outcome.output}{which}")
     if plain:
         for config in skipped:
             echo(str(Path(config.output).resolve()))

@@ -151,6 +151,15 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     A batch (one model load; DIR/<item>-<prompt>-<seed>.mp4, default outputs/batch-<file stem>/):
       videodiff render --prompt-file prompts.txt --seeds 1,2 --output clips/ --skip-existing ...
     Several GPUs: accelerate launch -m videodiff render --prompt-file prompts.txt ...
+    
+    The built-in shapes model (no --model, or --model shapes) knows one grammar, other words are noise to it:
+      "a {color} {shape} moving {direction}"
+      colors: red, green, blue, yellow, purple, orange, white, cyan
+      shapes: circle, square, triangle;  directions: left, right, up, down
+      held out of its training: a red circle moving left, a green square moving right,
+        a green triangle moving left, a blue circle moving right, a blue triangle moving up,
+        a yellow circle moving down, a purple square moving left, a orange triangle moving right,
+        a white circle moving up, a cyan square moving down
     """
     from videodiff import batch
     from videodiff.log import setup_cli_logging
@@ -263,7 +272,8 @@ def vid2vid(ctx: click.Context, video: str, prompt: str | None, config_file: str
 
 
 TRAIN_HELP = {
-    "model": "Image model: diffusers folder or hub id [env VIDEODIFF_MODEL].",
+    "model": "Image model: diffusers folder or hub id; shapes (the default): the built-in shapes model "
+    "[env VIDEODIFF_MODEL].",
     "motion_module": "Start from these motion modules (default: the model's own, else new zero-initialised ones).",
     "data": "Folder of videos with same-stem .txt captions, or a CSV/JSONL manifest (path,caption).",
     "data_root": "For a WebVid-style CSV (videoid,name,page_dir): the folder holding the page_dir folders.",
@@ -326,6 +336,7 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     Example:
       videodiff train --model ./sd15 --motion-module ./motion-v2 --data clips/ --output runs/waves \\
           --frames 16 --stride 4 --resolution 256 --steps 2000 --trainable motion
+      videodiff train --data data/shapes --output runs/shapes --resolution 64 --steps 200   # the built-in model
     Several GPUs: accelerate launch -m videodiff train ...
     """
     from videodiff.config import TRAIN_FIELD_NAMES, load_config_file, merge
@@ -338,7 +349,7 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     config = merge(given(ctx, ParameterSource.ENVIRONMENT), from_file, command_line, cls=TrainConfig).validate()
     setup_cli_logging(config.quiet)
     run = run_train(config)
-    click.echo(str(run))
+    click.echo(str(Path(run).resolve()))  # absolute, as render prints its output
 
 
 @cli.command()
@@ -422,7 +433,8 @@ def data_shapes(out: str, count: int, seed: int, split: str, fmt: str, overwrite
     \b
     Example:
       videodiff data shapes --out data/shapes --count 2000 --seed 0
-      videodiff train --data data/shapes --resolution 64 --frames 16 ...
+      videodiff train --data data/shapes --output runs/shapes --resolution 64 --frames 16 --steps 200 --cache-latents
+    (no --model: train on top of the built-in shapes model; --model ./sd15 for another)
     """
     from videodiff.shapes import write_dataset
 
@@ -439,7 +451,7 @@ def eval_group() -> None:
 @click.option(
     "--model",
     envvar="VIDEODIFF_MODEL",
-    help="Model to score (default: the built-in shapes model) [env VIDEODIFF_MODEL].",
+    help="Model to score; shapes (the default): the built-in shapes model [env VIDEODIFF_MODEL].",
 )
 @click.option(
     "--motion-module", envvar="VIDEODIFF_MOTION_MODULE", help="Its motion modules [env VIDEODIFF_MOTION_MODULE]."

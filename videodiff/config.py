@@ -129,8 +129,8 @@ class LoadSettings:
 
     model: str | None = setting(  # None: the built-in shapes model
         None,
-        "Image model: diffusers folder, hub id or .safetensors file (default: the built-in shapes model) "
-        "[env VIDEODIFF_MODEL].",
+        "Image model: diffusers folder, hub id or .safetensors file; shapes (the default): the built-in "
+        "shapes model [env VIDEODIFF_MODEL].",
         env="VIDEODIFF_MODEL",
     )
     motion_module: str | None = setting(  # None: the model's own
@@ -535,8 +535,6 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise UserError(f"unknown --{_flag(name)} {value!r}; choose one of: {', '.join(allowed)}")
-        if not self.model:
-            raise UserError("no model given: pass --model (a diffusers SD1.5 folder or hub id)")
         if not self.data:
             raise UserError("no training data given: pass --data (a folder of videos or a CSV/JSONL manifest)")
         if not self.output:

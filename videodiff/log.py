@@ -28,6 +28,15 @@ class _CurrentStderr(logging.StreamHandler):
     def stream(self, value) -> None:
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """Through tqdm's ``write``: a notice during a progress bar goes above it, not into its line."""
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - as logging's own handlers do
+            self.handleError(record)
+
 
 def setup_cli_logging(quiet: bool = False) -> None:
     """Print notices as ``videodiff: message`` lines on stderr (used by the CLI only)."""

@@ -37,7 +37,7 @@ from videodiff.motion_prior import prompt_features as motion_prior_features
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
 from videodiff.unet.triggers import TriggeredLoRAs
-from videodiff.weights.hub import builtin_model
+from videodiff.weights.hub import builtin_model, describe_vocabulary, unknown_words
 from videodiff.weights.models import ModelParts, load_model_parts
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -190,6 +190,8 @@ class VideoPipeline:
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.clip_skip = clip_skip
         self._context_cache: dict[str, torch.Tensor] = {}
+        self._told_unknown: set[str] = set()  # prompts whose unknown words were named already
+        self._told_start: set[tuple[int, int, str]] = set()  # the part-way starts already told
 
     @classmethod
     def load(cls, settings: LoadSettings, device: str | torch.device | None = None) -> VideoPipeline:
@@ -198,7 +200,7 @@ class VideoPipeline:
         settings.validate()
         dev = resolve_device(device or settings.device)
         parts = load_model_parts(
-            settings.model or builtin_model(),
+            settings.model or builtin_model(),  # "shapes" too means the built-in model (load_model_parts)
             settings.motion_module,
             motion_config=settings.motion_config,
             vae=settings.vae,
@@ -276,6 +278,16 @@ class VideoPipeline:
             )
         return self._context_cache[prompt]
 
+    def tell_unknown_words(self, prompt: str) -> None:
+        """A closed-vocabulary model (the built-in one) renders noise for words it never saw: name them, once."""
+        unknown = unknown_words(prompt, self.parts.vocabulary)
+        if unknown and prompt not in self._told_unknown:
+            self._told_unknown.add(prompt)
+            notice(
+                f"this model never saw the words {', '.join(unknown)}; it knows only "
+                + describe_vocabulary(self.parts.vocabulary, heldout=False)
+            )
+
     def conditioning(self, settings: SampleSettings) -> Conditioning:
         """Stage 1: switch to the MotionLoRAs the prompt's words trigger; encode the prompt, and the negative
         one when guidance runs."""
@@ -283,6 +295,7 @@ class VideoPipeline:
         guided = sampling.uses_guidance(settings.guidance)
         if settings.negative and not guided:
             notice(f"the negative prompt has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
+        self.tell_unknown_words(settings.prompt)
         context = self.encode(settings.prompt)
         uncond = self.encode(settings.negative or "") if guided else None
         return Conditioning(context, uncond, triggered)
@@ -315,8 +328,15 @@ class VideoPipeline:
         noise = noise.float().to(self.device)
         begin = starts.from_clean(clean.to(self.device), noise, scheduler, settings.steps, fraction)
         begin.latents = begin.latents.to(self.device, self.dtype)
+        self.tell_start(settings.steps, begin.step, "from the motion prior")
         begin.record["motion"] = velocity
         return begin
+
+    def tell_start(self, steps: int, skipped: int, source: str) -> None:
+        """Say once where sampling starts when it skips steps (the progress bar counts only the steps run)."""
+        if skipped and (steps, skipped, source) not in self._told_start:
+            self._told_start.add((steps, skipped, source))
+            notice(f"starting {skipped} of {steps} steps in, {source}")
 
     def prior_fraction(self, settings: SampleSettings) -> float:
         """How far into the schedule the motion prior's start is: ``settings.motion_prior``, or 0 where the motion
@@ -378,6 +398,7 @@ class VideoPipeline:
         begin = starts.from_clean(clean.float(), noise, scheduler, settings.steps, 1 - strength)
         begin.latents = begin.latents.to(self.device, self.dtype)
         begin.record.update(record, strength=strength)
+        self.tell_start(settings.steps, begin.step, "from the pictures")
         return begin, keys, pictures
 
     def video_start(
@@ -390,6 +411,7 @@ class VideoPipeline:
         begin = starts.from_clean(clean, noise.float().to(self.device), scheduler, settings.steps, 1 - strength)
         begin.latents = begin.latents.to(self.device, self.dtype)
         begin.record.update(strength=strength, motion_prior=0.0)
+        self.tell_start(settings.steps, begin.step, "from the clip")
         return begin
 
     def denoise(

@@ -63,12 +63,12 @@ class RenderOutcome:
 
 def check_frame_limit(config: RenderConfig) -> None:
     """Refuse too many frames from the motion module's header, before minutes of loading weights."""
-    from videodiff.weights.hub import BUILTIN_MODEL
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
     from videodiff.weights.models import OWN_MOTION_FOLDER
     from videodiff.weights.motion_formats import frame_limit
 
     source = config.motion_module
-    model = Path(config.model) if config.model else BUILTIN_MODEL
+    model = Path(config.model) if config.model and config.model != BUILTIN_NAME else BUILTIN_MODEL
     if source is None and (model / OWN_MOTION_FOLDER).is_dir():
         source = str(model / OWN_MOTION_FOLDER)
     if source is None:

@@ -7,6 +7,21 @@ import torch
 from videodiff.log import notice
 
 
+def cut_words(tokenizer, prompt: str, max_length: int) -> str:
+    """The words of ``prompt`` from the first one that does not fit whole in ``max_length`` tokens on.
+
+    A word the limit falls inside is named whole (quoting the tokens after the limit would cut it
+    mid-word, e.g. 'ach' of 'beach').
+    """
+    words = prompt.split()
+    fits = lambda k: len(tokenizer(" ".join(words[:k]), truncation=False).input_ids) <= max_length  # noqa: E731
+    low, high = 0, len(words)  # fits(low) holds; find the largest k that fits (the token count grows with k)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return " ".join(words[low:])
+
+
 @torch.no_grad()
 def encode_prompts(
     tokenizer, text_encoder, prompts: list[str], device: torch.device | str, clip_skip: int | None = None
@@ -27,8 +42,8 @@ def encode_prompts(
     for prompt in prompts:
         full = tokenizer(prompt, truncation=False).input_ids
         if len(full) > max_length:
-            cut = tokenizer.decode(full[max_length - 1 : -1])
-            notice(f"prompt is longer than the text encoder's {max_length} tokens; this part was cut: {cut!r}")
+            cut = cut_words(tokenizer, prompt, max_length)
+            notice(f"prompt is longer than the text encoder's {max_length} tokens; these words were cut: {cut!r}")
     ids = batch.input_ids.to(device)
     mask = batch.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
     if clip_skip:

@@ -16,7 +16,27 @@ from pathlib import Path
 
 from videodiff.errors import UserError
 
-__all__ = ["prepare_output", "atomic_file", "atomic_dir", "write_text_atomic"]
+__all__ = ["prepare_output", "atomic_file", "atomic_dir", "user_mode", "write_text_atomic"]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: str | os.PathLike[str]) -> None:
+    """Give the file ``path`` (or every file under the folder ``path``) the mode the user's umask asks for.
+
+    Some writers create files that only their owner may read (safetensors' ``save_file`` and
+    temporary files make them 0600); everything videodiff writes gets ``0666 & ~umask``, as
+    ``open()`` would give it, like the files beside it.
+    """
+    mode = 0o666 & ~_umask()
+    p = Path(path)
+    files = [p] if not p.is_dir() else [q for q in p.rglob("*") if q.is_file() and not q.is_symlink()]
+    for f in files:
+        os.chmod(f, mode)
 
 
 def prepare_output(path: str | os.PathLike[str], *, overwrite: bool, create: bool = True) -> Path:
@@ -65,6 +85,7 @@ def atomic_file(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = _temp_sibling(final)
     try:
         yield tmp
+        user_mode(tmp)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -84,6 +105,7 @@ def atomic_dir(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        user_mode(tmp)
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         elif final.exists() or final.is_symlink():

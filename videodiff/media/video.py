@@ -184,13 +184,23 @@ def _gif_palette(arr: np.ndarray) -> Image.Image:
     return mosaic.quantize(colors=256, method=Image.Quantize.MEDIANCUT, kmeans=3)
 
 
+def gif_delays_cs(frames: int, fps: float) -> list[int]:
+    """Per-frame GIF delays in centiseconds whose running sum stays within half a centisecond of ``i / fps``.
+
+    GIF delays are whole centiseconds, so 8 fps (12.5 cs) alternates 13 and 12 instead of
+    12 everywhere (8.33 fps). Browsers treat delays below 2 cs as 10 cs, so 2 cs (50 fps)
+    is the shortest; the field is 16 bits, hence the upper clamp for absurdly slow rates.
+    """
+    rate = _fps_fraction(fps)
+    ends = [math.floor(Fraction(100 * (i + 1)) / rate + Fraction(1, 2)) for i in range(frames)]
+    delays = [b - a for a, b in zip([0, *ends], ends)]
+    return [min(max(2, d), 65535) for d in delays]
+
+
 def _write_gif(arr: np.ndarray, tmp: Path, fps: float) -> None:
     """Write a looping GIF with one global palette and full (non-delta) frames."""
     palette = _gif_palette(arr)
-    # GIF delays are whole centiseconds; browsers treat delays below 2 cs as 10 cs,
-    # so 2 cs (50 fps) is the fastest rate that plays as written.
-    # The field is 16 bits, hence the upper clamp for absurdly slow rates.
-    delay_cs = min(max(2, round(100 / fps)), 65535)
+    delays_cs = gif_delays_cs(arr.shape[0], fps)
     # No dithering: a pixel that does not change maps to the same palette entry in
     # every frame, so static areas do not shimmer (error diffusion makes them crawl).
     indexed = (
@@ -202,7 +212,7 @@ def _write_gif(arr: np.ndarray, tmp: Path, fps: float) -> None:
         format="GIF",
         save_all=True,
         append_images=indexed,
-        duration=delay_cs * 10,  # Pillow takes milliseconds
+        duration=[d * 10 for d in delays_cs],  # Pillow takes milliseconds, one per frame
         loop=0,  # forever
         # disposal 2 without transparency makes Pillow store every frame whole
         # instead of a cropped difference, so each frame decodes to the full image.

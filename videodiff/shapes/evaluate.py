@@ -51,6 +51,7 @@ __all__ = [
     "evaluate_ground_truth",
     "evaluate_model",
     "ground_truth_render_fn",
+    "is_steady",
     "model_render_fn",
     "roundtrip",
     "run_shapes_eval",
@@ -63,6 +64,8 @@ THRESHOLD = 60.0  # RGB distance from the background that makes a pixel foregrou
 AREA_RANGE = (20.0, 900.0)  # plausible object area in pixels at 64x64 (spec: 50..324)
 MIN_TRAVEL = 8.0  # pixels of centroid travel over the clip below which the direction is "none"
 STABLE_AREA_RATIO = 1.5  # largest / smallest per-frame area of a stable object
+STEADY_MIN_JUMP = 2.0  # pixels (64 px scale): a frame-to-frame step up to this is never a jump
+STEADY_SPEED_FACTOR = 2.0  # a step longer than this many times the track's median step is a jump
 # Shape boxes in (fill ratio, vertical skewness); ideal values: square (1, 0), circle (pi/4, 0),
 # upright triangle (1/2, -0.566: its mass grows linearly towards the base).
 SYMMETRIC_SKEW = 0.2  # circles and squares: |skew| at most this
@@ -109,11 +112,13 @@ class Detection:
     present_fraction: float
     centroids: np.ndarray  # [F, 2] (x, y), NaN where absent
     stable: bool  # present in every frame with a roughly constant area
+    steady: bool = False  # present in every frame, and its centre never jumps (see :func:`is_steady`)
     areas: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))  # [F] pixels at 64 px scale, 0 absent
     color_rgb: tuple[float, float, float] | None = None  # median object colour
     color_distance: float | None = None  # Delta E to the chosen palette colour
     travel: float = 0.0  # fitted centroid travel over the clip along the dominant axis, 64 px scale
     shape_votes: dict[str, int] = field(default_factory=dict)
+    largest_step: float | None = None  # longest frame-to-frame move of the centre, 64 px scale
 
     @property
     def present(self) -> bool:
@@ -126,6 +131,8 @@ class Detection:
             "direction": self.direction,
             "present_fraction": round(self.present_fraction, 4),
             "stable": self.stable,
+            "steady": self.steady,
+            "largest_step": None if self.largest_step is None else round(self.largest_step, 2),
             "travel": round(self.travel, 2),
             "color_distance": None if self.color_distance is None else round(self.color_distance, 2),
             "shape_votes": self.shape_votes,
@@ -234,6 +241,25 @@ def classify_shape(fill: float, skew: float) -> str:
     return "other"
 
 
+def is_steady(centroids: Any) -> bool:
+    """Whether a track ``[F, 2]`` (NaN where absent, pixels at the 64 px analysis scale) is steady.
+
+    Steady: present in every frame, and no frame-to-frame step of the centre longer than
+    ``max(STEADY_MIN_JUMP, STEADY_SPEED_FACTOR x the median step)``: an object that moves
+    at any constant speed passes, one that teleports (or stands still, then leaps) fails.
+    """
+    track = np.asarray(centroids, np.float64)
+    if track.ndim != 2 or track.shape[1] != 2:
+        raise ValueError(f"centroids must be [F, 2], got {list(track.shape)}")
+    if len(track) == 0 or np.isnan(track).any():
+        return False
+    steps = np.linalg.norm(np.diff(track, axis=0), axis=1)
+    if steps.size == 0:
+        return True
+    limit = max(STEADY_MIN_JUMP, STEADY_SPEED_FACTOR * float(np.median(steps)))
+    return bool(steps.max() <= limit)
+
+
 def detect(frames: Any, *, threshold: float = THRESHOLD, min_travel: float = MIN_TRAVEL) -> Detection:
     """Find the one object of a shapes clip (uint8 ``[F, H, W, 3]``): colour, shape, direction, presence."""
     arr = _as_frames(frames)
@@ -277,7 +303,7 @@ def detect(frames: Any, *, threshold: float = THRESHOLD, min_travel: float = MIN
     present = areas > 0
     fraction = float(present.mean())
     if not present.any():
-        return Detection(None, None, "none", 0.0, centroids * back, False, areas)
+        return Detection(None, None, "none", 0.0, centroids * back, False, False, areas)
     color_rgb = np.median(np.stack(colours), axis=0)
     color, color_distance = nearest_color(color_rgb)
     shape = max(votes, key=lambda k: (votes[k], k != "other"))
@@ -291,9 +317,11 @@ def detect(frames: Any, *, threshold: float = THRESHOLD, min_travel: float = MIN
         if travel >= min_travel:
             direction = (("left", "right"), ("up", "down"))[axis][int(moved[axis] > 0)]
     stable = bool(present.all() and areas.max() <= STABLE_AREA_RATIO * areas.min())
+    steady = is_steady(centroids)  # at the 64 px analysis scale, whatever the frame size
+    largest = float(np.linalg.norm(np.diff(centroids, axis=0), axis=1).max()) if present.all() and nf > 1 else None
     return Detection(
-        color, shape, direction, fraction, centroids * back, stable, areas,
-        tuple(float(v) for v in color_rgb), color_distance, travel, votes,
+        color, shape, direction, fraction, centroids * back, stable, steady, areas,
+        tuple(float(v) for v in color_rgb), color_distance, travel, votes, largest,
     )  # fmt: skip
 
 
@@ -322,13 +350,14 @@ class Scored:
         }
 
 
-METRICS = ("color", "shape", "direction", "presence", "stable", "all")
+METRICS = ("color", "shape", "direction", "presence", "stable", "steady", "all")
 _METRIC_HELP = {
     "color": "colour right",
     "shape": "shape right (voted over frames)",
     "direction": "direction right",
     "presence": "mean fraction of frames with the object",
     "stable": "present in every frame with constant size",
+    "steady": "present in every frame, no jump of the centre above max(2 px, 2x its median step)",
     "all": "colour, shape and direction right and present in every frame",
 }
 
@@ -342,6 +371,7 @@ def _metrics(items: Sequence[Scored]) -> dict[str, Any]:
         out[key] = sum(r[key] for r in rows) / len(rows)
     out["presence"] = float(np.mean([s.detection.present_fraction for s in items]))
     out["stable"] = sum(s.detection.stable for s in items) / len(items)
+    out["steady"] = sum(s.detection.steady for s in items) / len(items)
     out["all"] = sum(all(r.values()) and s.detection.present_fraction == 1 for r, s in zip(rows, items)) / len(items)
     return out
 

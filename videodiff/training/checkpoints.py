@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from videodiff.errors import UserError
+from videodiff.media.atomic import user_mode
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -68,6 +69,7 @@ def save_checkpoint(
         if scaler is not None:
             torch.save(scaler, tmp / "scaler.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        user_mode(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -97,7 +97,7 @@ def save_trained(unet: VideoUNet, run: Path, trainable: str, trained: dict[str, 
     """
     from safetensors.torch import save_file
 
-    from videodiff.media.atomic import atomic_file
+    from videodiff.media.atomic import atomic_file, user_mode
     from videodiff.weights.motion_formats import save_motion_folder
 
     if trainable == "lora":
@@ -112,6 +112,7 @@ def save_trained(unet: VideoUNet, run: Path, trainable: str, trained: dict[str, 
     }
     if spatial:
         save_file(spatial, str(folder / SPATIAL_FILE))
+        user_mode(folder / SPATIAL_FILE)
     return folder
 
 

@@ -40,6 +40,7 @@ from videodiff.training.export import (
 from videodiff.training.latents import ClipEncoder, LatentCache, clip_latents, collate_any
 from videodiff.training.trainable import select_trainable
 from videodiff.unet import VideoUNet
+from videodiff.weights.hub import BUILTIN_NAME, builtin_model
 from videodiff.weights.models import ModelParts, load_model_parts
 
 
@@ -108,6 +109,8 @@ class Trainer:
     def build_models(self) -> None:
         c = self.config
         torch.manual_seed(c.seed)  # new motion modules and LoRA layers draw their initial weights here
+        if not c.model or c.model == BUILTIN_NAME:
+            notice(f"training on the built-in shapes model ({builtin_model()}); pass --model for another")
         self.parts: ModelParts = load_model_parts(c.model, c.motion_module, new_motion=True)
         self.video_unet = VideoUNet(self.parts.unet, self.parts.motion)
         self.trained_names = select_trainable(self.video_unet, c.trainable, c.lora_rank)

@@ -51,6 +51,14 @@ def builtin_model() -> str:
     return str(BUILTIN_MODEL)
 
 
+BUILTIN_NAME = "shapes"  # --model shapes: the built-in model (a local folder of that name: pass ./shapes)
+
+
+def model_source(model: str | None) -> str:
+    """The model to load: ``model`` itself, or the built-in model's folder for ``None``, ``""`` and ``"shapes"``."""
+    return builtin_model() if not model or model == BUILTIN_NAME else model
+
+
 def offline() -> bool:
     """``VIDEODIFF_OFFLINE=1`` (or the hub's own ``HF_HUB_OFFLINE=1``) never touches the network."""
     return any(
@@ -70,13 +78,46 @@ def locate(source: str, what: str) -> Path:
         return path
     if not is_hub_id(source):
         raise UserError(f"{what} {source!r} not found: no such file or folder (a hub id looks like 'org/name')")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
+    local_only = offline() or not hub_reachable()  # no network: the cache at once, not after timeouts
     try:
-        return Path(snapshot_download(source, local_files_only=offline(), ignore_patterns=HUB_SKIP))
+        return Path(snapshot_download(source, local_files_only=local_only, ignore_patterns=HUB_SKIP))
     except Exception as exc:  # noqa: BLE001 - hub errors become one line
-        hint = " (offline: only the local cache is searched)" if offline() else ""
-        raise UserError(f"{what} {source!r} could not be found or downloaded{hint}: {type(exc).__name__}") from None
+        if local_only:
+            why = "offline (VIDEODIFF_OFFLINE=1)" if offline() else "the Hugging Face hub cannot be reached"
+            raise UserError(
+                f"{what} {source!r}: {why}, and it is not in the local cache ({constants.HF_HUB_CACHE}); "
+                "pass a local folder or file instead, or download it once on a machine that is online"
+            ) from None
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"{what} {source!r} could not be found or downloaded: {type(exc).__name__} {reason}") from None
+
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host (``HF_ENDPOINT``) accepts a connection within ``timeout`` s; asked once per process.
+
+    Behind a proxy (``HTTPS_PROXY``...) the direct connection says nothing: assume it is reachable.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if endpoint not in _REACHABLE:
+        if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+            _REACHABLE[endpoint] = True
+        else:
+            url = urlsplit(endpoint)
+            try:
+                port = url.port or (443 if url.scheme == "https" else 80)
+                socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+                _REACHABLE[endpoint] = True
+            except (OSError, ValueError):
+                _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
 
 
 def read_model_defaults(model: str | None) -> dict[str, Any]:
@@ -84,7 +125,7 @@ def read_model_defaults(model: str | None) -> dict[str, Any]:
 
     ``None`` reads the built-in model's.
     """
-    if not model:
+    if not model or model == BUILTIN_NAME:
         if not (BUILTIN_MODEL / DEFAULTS_FILE).is_file():
             return {}
         model = str(BUILTIN_MODEL)
@@ -112,6 +153,51 @@ def model_triggers(root: Path) -> dict[str, str]:
     if not all(isinstance(k, str) and WORD.fullmatch(k) and isinstance(v, str) for k, v in pairs):
         raise UserError(f"{path}: motion_lora_triggers must map words (one each) to PATH[:SCALE] strings")
     return {k.lower(): v for k, v in triggers.items()}
+
+
+VOCABULARY_KEYS = ("grammar", "color", "shape", "direction", "heldout")
+
+
+def model_vocabulary(root: str | Path | None) -> dict[str, Any]:
+    """What a model with a closed vocabulary understands (``videodiff.json``'s ``vocabulary``), or ``{}``.
+
+    ``{"grammar": "a {color} {shape} moving {direction}", "color": [...], ..., "heldout": [prompts]}``:
+    the grammar's ``{slot}`` names a list of words; ``heldout`` lists prompts it never saw in training.
+    ``None`` reads the built-in model's.
+    """
+    path = Path(root).expanduser() if root and str(root) != BUILTIN_NAME else BUILTIN_MODEL
+    data = _model_json(path / DEFAULTS_FILE).get("vocabulary", {})
+    if not isinstance(data, dict) or not isinstance(data.get("grammar", ""), str):
+        raise UserError(f"{path / DEFAULTS_FILE}: vocabulary must map 'grammar' to a text and slots to word lists")
+    return data
+
+
+def vocabulary_words(vocabulary: dict[str, Any]) -> set[str]:
+    """Every word a closed-vocabulary model knows: its grammar's own words and every slot's words."""
+    grammar = vocabulary.get("grammar", "")
+    words = set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", grammar.lower())))
+    for slot in re.findall(r"\{(\w+)\}", grammar):
+        words.update(str(w).lower() for w in vocabulary.get(slot, []))
+    return words
+
+
+def unknown_words(prompt: str, vocabulary: dict[str, Any]) -> list[str]:
+    """The words of ``prompt`` a closed-vocabulary model never saw (in order, once each); ``[]`` for open models."""
+    if not vocabulary.get("grammar"):
+        return []
+    known = vocabulary_words(vocabulary)
+    found = re.findall(r"[a-z0-9]+", prompt.lower())
+    return list(dict.fromkeys(w for w in found if w not in known))
+
+
+def describe_vocabulary(vocabulary: dict[str, Any], *, heldout: bool = True) -> str:
+    """One line: the grammar and each slot's words (and the held-out prompts, when recorded)."""
+    grammar = vocabulary.get("grammar", "")
+    parts = [f"{slot}: {', '.join(vocabulary.get(slot, []))}" for slot in re.findall(r"\{(\w+)\}", grammar)]
+    line = f"'{grammar}' ({'; '.join(parts)})"
+    if heldout and vocabulary.get("heldout"):
+        line += f"; never trained on: {', '.join(vocabulary['heldout'])}"
+    return line
 
 
 def fingerprint(path: str | Path) -> str:

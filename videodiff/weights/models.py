@@ -22,15 +22,22 @@ from videodiff.weights.hub import (
     DEFAULTS_FILE,
     fingerprint,
     locate,
+    model_source,
     model_triggers,
+    model_vocabulary,
     quiet_hub_logging,
     read_model_defaults,
 )
 from videodiff.weights.lora import apply_lora
-from videodiff.weights.motion_formats import apply_motion_lora, load_any_motion_module, motion_lora_deltas
+from videodiff.weights.motion_formats import (
+    SPATIAL_FILE,
+    apply_motion_lora,
+    companion_files,
+    load_any_motion_module,
+    motion_lora_deltas,
+)
 from videodiff.weights.single_file import load_single_file, load_vae_file
 
-SPATIAL_FILE = "spatial.safetensors"  # image-U-Net tensors trained together with the motion modules
 OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
 
 
@@ -76,6 +83,7 @@ class ModelParts:
     norm_over_frames: bool = False  # original AnimateDiff v1 ran spatial GroupNorms over all frames
     triggers: tuple = ()  # Trigger: MotionLoRAs merged only for prompts with their word (videodiff.unet.triggers)
     motion_prior: Any = None  # a MotionPrior saved beside the motion modules (videodiff.motion_prior)
+    vocabulary: dict[str, Any] = field(default_factory=dict)  # a closed-vocabulary model's words (videodiff.json)
 
 
 def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
@@ -102,7 +110,7 @@ def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
 
 
 def load_model_parts(
-    model: str,
+    model: str | None,
     motion_module: str | None = None,
     *,
     new_motion: bool = False,
@@ -123,6 +131,7 @@ def load_model_parts(
     checked against the motion modules here and merged per prompt by the pipeline.
     """
     quiet_hub_logging()
+    model = model_source(model)  # "shapes" (or nothing): the built-in model
     root, c = _load_image_model(model)
     sources: dict[str, Any] = {"model": {"id": model, "sha256": fingerprint(root)}}
     if vae:
@@ -150,10 +159,11 @@ def load_model_parts(
             "version": info.version,
             "format": info.format,
         }
-        if location.is_dir() and (location / SPATIAL_FILE).is_file():
-            apply_spatial_weights(c["unet"], location / SPATIAL_FILE)
-        if location.is_dir() and (location / PRIOR_FILE).is_file():
-            motion_prior = load_motion_prior(location / PRIOR_FILE, c)
+        companions = companion_files(location)  # in its folder, or beside an original-layout file
+        if SPATIAL_FILE in companions:
+            apply_spatial_weights(c["unet"], companions[SPATIAL_FILE])
+        if PRIOR_FILE in companions:
+            motion_prior = load_motion_prior(companions[PRIOR_FILE], c)
     for spec in loras:
         path, scale = parse_scaled_path(spec)
         apply_lora(c["unet"], c["text_encoder"], path, scale)
@@ -180,6 +190,7 @@ def load_model_parts(
         norm_over_frames,
         triggers,
         motion_prior,
+        model_vocabulary(root) if root.is_dir() else {},
     )
 
 

@@ -31,6 +31,7 @@ import torch
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output
+from videodiff.motion_prior import PRIOR_FILE
 from videodiff.unet.temporal import MotionStack
 from videodiff.weights.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
 from videodiff.weights.hub import WEIGHT_NAMES, locate
@@ -549,6 +550,26 @@ def save_motion_folder(stack: MotionStack, folder: str | Path, *, overwrite: boo
     return out
 
 
+# Files videodiff keeps beside motion modules: inside a MotionAdapter folder under these names, beside an
+# original-layout file ``mm.safetensors`` as ``mm.<name>`` (AnimateDiff's loaders read the file alone, strictly).
+SPATIAL_FILE = "spatial.safetensors"  # image-U-Net tensors trained together with the motion modules
+COMPANIONS = (PRIOR_FILE, SPATIAL_FILE)
+
+
+def companion_path(location: str | Path, name: str) -> Path:
+    """Where the companion ``name`` of the motion modules at ``location`` (a folder or a file) lives."""
+    location = Path(location)
+    return location / name if location.is_dir() or not location.suffix else location.with_name(
+        f"{location.stem}.{name}"
+    )
+
+
+def companion_files(location: str | Path) -> dict[str, Path]:
+    """The companions (motion prior, spatial tensors) that exist beside the motion modules at ``location``."""
+    found = {name: companion_path(location, name) for name in COMPANIONS}
+    return {name: path for name, path in found.items() if path.is_file()}
+
+
 def convert_motion_module(
     src: str,
     dst: str,
@@ -559,23 +580,42 @@ def convert_motion_module(
 ) -> Path:
     """Convert any supported motion module to a diffusers MotionAdapter folder or an original ``.safetensors``.
 
-    The weights keep the source's dtype; the result is validated by a strict load first.
+    The weights keep the source's dtype; the result is validated by a strict load first. The files
+    videodiff keeps beside motion modules (a motion prior, trained spatial tensors) travel with them:
+    into the folder, or beside an original file as ``<name>.motion_prior.safetensors`` (the original
+    layout is one file that AnimateDiff's loaders read strictly, so it cannot hold them itself).
     """
+    import shutil
+
     if to not in ("diffusers", "original"):
         raise UserError(f"cannot convert to {to!r}: choose 'diffusers' or 'original'")
     if to == "original" and Path(dst).suffix.lower() != ".safetensors":
         raise UserError(f"{dst}: original-layout motion modules are written as .safetensors only")
     out = prepare_output(dst, overwrite=overwrite)
+    source = Path(src).expanduser()
+    carried = companion_files(source) if source.exists() else {}
+    if to == "original":
+        for name in carried:
+            prepare_output(companion_path(out, name), overwrite=overwrite)
     stack, info = load_any_motion_module(src, motion_config)
     tensors = _stack_tensors(stack, getattr(torch, info.dtype, None))
     if to == "diffusers":
         with atomic_dir(out) as tmp:
             _write_folder(tensors, dict(stack.config), tmp)
+            for name, path in carried.items():
+                shutil.copyfile(path, tmp / name)
     else:
         from safetensors.torch import save_file
 
+        for name, path in carried.items():
+            with atomic_file(companion_path(out, name)) as tmp:
+                shutil.copyfile(path, tmp)
         with atomic_file(out) as tmp:
             save_file(to_original_state_dict(tensors), str(tmp), metadata={"format": "pt"})
+    for name in carried:
+        where = out / name if to == "diffusers" else companion_path(out, name)
+        what = "motion prior" if name == PRIOR_FILE else "trained image U-Net tensors"
+        notice(f"the {what} came along: {where}")
     return out
 
 
