@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -10,7 +14,7 @@ from click.core import ParameterSource
 
 from videodiff import __version__
 from videodiff.config import DEVICES, DTYPES, RenderConfig, TrainConfig
-from videodiff.errors import UserError
+from videodiff.errors import Terminated, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -24,16 +28,52 @@ class OneLineError(click.ClickException):
         click.echo(f"videodiff: error: {self.message}", err=True)
 
 
+class Interrupted(click.ClickException):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): one line saying what was kept, as shells expect."""
+
+    def __init__(self, interrupt: KeyboardInterrupt, command: str | None) -> None:
+        kept = getattr(interrupt, "kept", None) or KEPT_ON_INTERRUPT.get(command or "", "nothing was written")
+        super().__init__(f"interrupted; {kept}")
+        self.exit_code = 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"videodiff: {self.message}", err=True)
+
+
+# What an interrupted command leaves (all others leave nothing: outputs appear whole or not at all).
+KEPT_ON_INTERRUPT = {"train": "checkpoints saved before it are kept (resume with --resume latest)"}
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while a command runs, so temporary outputs are removed as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except UserError as exc:
             raise OneLineError(str(exc)) from None
         except click.UsageError as exc:  # bad option values: one line, not usage + hint + error
             if exc.ctx is not None and exc.ctx.command is not self:
                 raise OneLineError(exc.format_message()) from None
             raise
+        except KeyboardInterrupt as exc:
+            raise Interrupted(exc, ctx.invoked_subcommand) from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -99,6 +139,10 @@ def options_from(
                 func = click.option(*names, multiple=True, **extra)(func)
             elif kind.startswith("tuple[float"):  # DX,DY
                 func = click.option(*names, callback=_numbers_pair, **extra)(func)
+            elif "choices" in f.metadata:  # a closed set: checked by click (with completion)
+                choice = click.Choice(f.metadata["choices"])
+                show = f.default is not None and not recorded
+                func = click.option(*names, type=choice, default=f.default, show_default=show, **extra)(func)
             else:
                 typ = int if kind.startswith("int") else float if kind.startswith("float") else str
                 show = f.default is not None and not recorded
@@ -151,9 +195,9 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     Several GPUs: accelerate launch -m videodiff render --prompt-file prompts.txt ...
     """
     from videodiff import batch
-    from videodiff.log import setup_cli_logging
+    from videodiff.log import notice, setup_cli_logging
     from videodiff.render import render as run_render
-    from videodiff.render import resolve_render_config
+    from videodiff.render import resolve_render_config, summary
 
     command_line = given(ctx, ParameterSource.COMMANDLINE)
     command_line.pop("config_file", None)
@@ -175,6 +219,7 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
         )
         return
     outcome = run_render(config)
+    notice(summary(outcome, config.fps))
     click.echo(str(outcome.output))
 
 
@@ -381,8 +426,8 @@ def eval_group() -> None:
     type=float,
     help="Start from the motion prior this far into the schedule (0: off; default: the model's).",
 )
-@click.option("--device", default="auto", show_default=True, help=_choice_help(DEVICES))
-@click.option("--dtype", default="auto", show_default=True, help=_choice_help(DTYPES))
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=_choice_help(DEVICES))
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, help=_choice_help(DTYPES))
 @click.option("-q", "--quiet", is_flag=True, help="No progress notices.")
 def eval_shapes(
     model: str | None,
