@@ -149,16 +149,30 @@ def _temp_sibling(final_path: Path) -> Path:
 
 @contextmanager
 def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends (then they act): moves that belong together are not torn."""
-    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if not can:
+    """SIGINT and SIGTERM wait until the block ends (then they act): moves that belong together are not torn.
+
+    Held in Python, not with a signal mask: a process-directed signal may land on any thread (torch starts
+    several), and Python runs its handlers in the main thread whichever thread received it.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    pending: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: a handler not set from Python, which cannot be restored
+            previous[signum] = signal.signal(signum, hold)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)  # now, as it would have acted
 
 
 def _remove(path: Path) -> None:
@@ -219,6 +233,7 @@ def staged() -> Iterator[Staging]:
     On any failure (also Ctrl-C or SIGTERM, which the CLI turns into exceptions) every temporary is removed.
     """
     staging = Staging()
+    committed = False
     try:
         yield staging
         with signals_held():
@@ -231,6 +246,15 @@ def staged() -> Iterator[Staging]:
                 for final in done:
                     _remove(final)
                 raise
+            committed = True
+    except KeyboardInterrupt as exc:
+        if committed:  # the signal was held until the outputs were in place: say they are kept
+            names = ", ".join(str(final) for _, final in staging.moves)
+            exc.kept = f"{names} had been written whole and are kept"  # type: ignore[attr-defined]
+            raise
+        for tmp, _ in staging.moves:
+            _remove(tmp)
+        raise
     except BaseException:
         for tmp, _ in staging.moves:
             _remove(tmp)
