@@ -43,7 +43,16 @@ NO_TORCH = textwrap.dedent(
         ("render", "--prompt-file", "missing.txt"),
         ("render", PROMPT, "--device", "tpu"),
     ],
-    ids=["frames-0", "existing-output", "missing-config", "scheduler", "steps", "users-folder", "prompt-file", "device"],
+    ids=[
+        "frames-0",
+        "existing-output",
+        "missing-config",
+        "scheduler",
+        "steps",
+        "users-folder",
+        "prompt-file",
+        "device",
+    ],
 )
 def test_bad_input_exits_2_before_torch_is_imported(tmp_path, args):
     (tmp_path / "exists.gif").write_bytes(b"GIF89a")

@@ -7,7 +7,6 @@ import os
 import pickle
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_user_error, invoke, ok
+from hostile_media import gif_bytes
 
 PROMPT = "a red circle moving right"
 SMALL = ("--height", "16", "--width", "16", "--frames", "2", "--steps", "1", "--seed", "1", "-q")
@@ -193,20 +193,11 @@ def test_inspect_a_fifo_or_a_device_does_not_hang(tmp_path, name):
     assert "not a regular file" in assert_user_error(invoke("inspect", "/dev/zero"))
 
 
-def gif_declaring(width: int, height: int, frames: int) -> bytes:
-    """A few hundred bytes of GIF whose frames declare ``width x height``: a decompression bomb."""
-    head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + bytes([0, 0, 0, 255, 255, 255])
-    loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
-    frame = b"\x21\xf9\x04\x00\x0a\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0)
-    frame += b"\x02\x02\x4c\x01\x00"  # LZW: a clear code and the end; the decoder would fill the rest
-    return head + loop + frame * frames + b"\x3b"
-
-
 def test_a_gif_declaring_huge_frames_is_refused_before_decoding(tmp_path):
     from videodiff.media.clips import UnreadableVideo, probe, read_frames
 
     bomb = tmp_path / "bomb.gif"
-    bomb.write_bytes(gif_declaring(6000, 6000, 16))
+    bomb.write_bytes(gif_bytes(6000, 6000, 16))
     assert bomb.stat().st_size < 1000
     with pytest.raises(UnreadableVideo, match="6000x6000"):
         probe(bomb)
