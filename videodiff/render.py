@@ -131,15 +131,20 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     started = time.monotonic()
     config, output, drawn = check_render(config)
     seed = config.seed
-    if pipe is None:
-        check_frame_limit(config)
-        from videodiff.pipelines import VideoPipeline
+    try:
+        if pipe is None:
+            check_frame_limit(config)
+            from videodiff.pipelines import VideoPipeline
 
-        pipe = VideoPipeline.load(config.load)
-    pipe.check_frames(config.frames)
-    if drawn:
-        notice(f"seed {seed} (pass --seed {seed} to render this video again)")
-    result = pipe.generate(config.sample, progress=not config.quiet, on_step=on_step)
+            pipe = VideoPipeline.load(config.load)
+        pipe.check_frames(config.frames)
+        if drawn:
+            notice(f"seed {seed} (pass --seed {seed} to render this video again)")
+        result = pipe.generate(config.sample, progress=not config.quiet, on_step=on_step)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; so is the MPS one
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(config) from None
     record = sidecar_record(config, result, pipe, output)
     # the sidecar is moved into place with the video (before it, signals held): never a video without it
     written = save_video(
@@ -151,6 +156,27 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
         sidecar=json.dumps(record, indent=2) + "\n",
     )
     return RenderOutcome(written, sidecar_path(written), seed, result, time.monotonic() - started)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU (or MPS) out-of-memory error, recognised without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def out_of_memory(config: RenderConfig) -> UserError:
+    """What to try when the GPU runs out of memory, concretely, for this render."""
+    size = f"{config.width}x{config.height}" if config.height and config.width else "the model's size"
+    chunk = max(1, (config.decode_chunk or 16) // 2)
+    advice = [f"fewer --frames than {config.frames}", f"--decode-chunk {chunk}"]
+    if config.dtype not in ("fp16", "bf16"):
+        advice.append("--dtype fp16")
+    if config.offload is None:
+        advice.append("--offload model")
+    if not config.attention_slicing:
+        advice.append("--attention-slicing")
+    if not config.vae_tiling:
+        advice.append("--vae-tiling")
+    return UserError(f"out of GPU memory rendering {config.frames} frames of {size}; try {', '.join(advice)}")
 
 
 def summary(outcome: RenderOutcome, fps: float) -> str:
