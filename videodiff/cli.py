@@ -358,8 +358,8 @@ def data() -> None:
 
 @data.command("shapes")
 @click.option("--out", required=True, help="Folder for the clips, their .txt captions and manifest.jsonl.")
-@click.option("--count", type=int, default=1000, show_default=True, help="Number of clips.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of clips.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random choice.")
 @click.option(
     "--split",
     type=click.Choice(["train", "heldout", "all"]),
@@ -405,7 +405,9 @@ def eval_group() -> None:
 @click.option(
     "--motion-module", envvar="VIDEODIFF_MOTION_MODULE", help="Its motion modules [env VIDEODIFF_MOTION_MODULE]."
 )
-@click.option("--seeds", type=int, default=2, show_default=True, help="Videos per combination (seeds 0..N-1).")
+@click.option(
+    "--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Videos per combination (seeds 0..N-1)."
+)
 @click.option("--out", help="Write the reports as JSON here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option(
