@@ -306,3 +306,16 @@ def test_a_save_failing_midway_leaves_nothing(tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             video.save_video(np.zeros((3, 8, 8, 3), np.uint8), tmp_path / name, 8, sidecar="{}\n")
     assert files_in(tmp_path) == set()
+
+
+def test_training_on_unreadable_data_ends_with_its_error(tmp_path, tiny_model, tiny_motion):
+    data = tmp_path / "clips"
+    data.mkdir()
+    for name in ("a", "b"):
+        (data / f"{name}.gif").write_bytes(b"GIF89a but broken")
+        (data / f"{name}.txt").write_text("a red circle moving right")
+    args = ("train", "--model", tiny_model, "--motion-module", tiny_motion, "--data", data, "--output", "run")
+    result = invoke(*args, "--steps", 2, "--frames", 2, "--resolution", 16, "--num-workers", 0)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("videodiff: error: no readable clips"), result.stderr
