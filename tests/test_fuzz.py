@@ -181,6 +181,9 @@ def render_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
             "--embedding": corpus_path(box),
             "--vae": corpus_path(box),
             "--config": corpus_path(box),
+            "--motion-module": corpus_path(box),  # after the tiny one: this one wins
+            "--motion-lora": corpus_path(box),
+            "--motion-lora-trigger": corpus_path(box).map(lambda p: f"zoom={p}"),
             "--overwrite": st.none(),
             "--skip-existing": st.none(),
         }
@@ -335,6 +338,14 @@ class Hang(Exception):
     pass
 
 
+def requested_output(args: list[str]) -> str | None:
+    """The output the run was asked to write (a file, or a batch's or a run's folder), relative to the sandbox."""
+    for flag in ("-o", "--output", "--out"):
+        if flag in args[:-1]:
+            return os.path.normpath(args[len(args) - 1 - args[::-1].index(flag) + 1])
+    return os.path.normpath(args[2]) if args[0] == "convert" else None
+
+
 def check_run(box: Sandbox, args: list[str]) -> None:
     before = snapshot(box.root)
     previous = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(Hang(" ".join(args)[:300])))
@@ -360,10 +371,14 @@ def check_run(box: Sandbox, args: list[str]) -> None:
     for name, value in before.items():  # every input, and every file of the user's, untouched
         if not name.startswith(MAY_CREATE):
             assert after.get(name) == value, f"{shown}\n{name} was changed or removed"
+    requested = requested_output(args)
     for name in after:
         assert ".tmp" not in name, f"{shown}\na temporary is left: {name}"
         if name not in before:
-            assert name.startswith(MAY_CREATE), f"{shown}\n{name} was created outside the requested output"
+            inside = requested is not None and (
+                requested == "." or name == requested or name.startswith((requested + "/", requested + ".json"))
+            )
+            assert inside or name.startswith(MAY_CREATE), f"{shown}\n{name} was created outside the requested output"
     if result.exit_code == 2:  # nothing half-written: a failed run creates nothing
         assert set(after) - set(before) == set(), f"{shown}\na failed run left {set(after) - set(before)}"
     for name in set(after) - set(before):  # every new video comes with its sidecar
