@@ -109,7 +109,7 @@ def test_item_settings_override_the_command_for_that_item_only():
     entries = [
         {"prompt": "a"},
         {"prompt": "b", "frames": 3, "seed": 9, "output": "hero.gif"},
-        {"prompt": "c", "output": "/abs/c.webm"},
+        {"prompt": "c", "output": "sub/c.webm"},  # inside the folder (absolute paths and '..' are refused)
     ]
     plan = plan_batch(base, entries, output="clips", batch=True)
     assert [(c.prompt, c.frames, c.seed, c.negative) for c in plan] == [
@@ -120,12 +120,12 @@ def test_item_settings_override_the_command_for_that_item_only():
     assert [c.output for c in plan] == [
         os.path.join("clips", "0001-a-5.mp4"),
         os.path.join("clips", "hero.gif"),
-        "/abs/c.webm",
+        os.path.join("clips", "sub", "c.webm"),
     ]
     # an item's own seed pins it; the others take every --seeds seed; own outputs get -<seed>
     plan = plan_batch(base, entries, [1, 2], output="clips")
     assert [(c.prompt, c.seed) for c in plan] == [("a", 1), ("a", 2), ("b", 9), ("c", 1), ("c", 2)]
-    assert plan[3].output == "/abs/c-1.webm"
+    assert plan[3].output == os.path.join("clips", "sub", "c-1.webm")
 
 
 def test_num_videos_draws_distinct_seeds_shared_by_all_prompts(caplog):

@@ -187,7 +187,8 @@ def test_gif_delay_has_a_floor(tmp_path: Path) -> None:
 def test_png_folder_is_lossless(tmp_path: Path) -> None:
     clip = make_clip(height=47, width=65)  # odd sizes are fine for PNG, no padding
     out = save_video(clip, tmp_path / "frames", 8)
-    names = leftovers(out)
+    names = [n for n in leftovers(out) if n != video.FRAMES_MARKER]  # the marker: a folder videodiff wrote
+    assert (out / video.FRAMES_MARKER).is_file()
     assert names == [f"{i:04d}.png" for i in range(10)]
     for i, name in enumerate(names):
         assert np.array_equal(np.asarray(Image.open(out / name).convert("RGB")), clip[i])
@@ -199,16 +200,16 @@ def test_png_folder_overwrite_replaces_whole_folder(tmp_path: Path) -> None:
     save_video(make_clip(frames=5), target, 8)
     with pytest.raises(UserError, match="already exists"):
         save_video(make_clip(frames=2), target, 8)
-    assert len(leftovers(target)) == 5
+    assert len(leftovers(target)) == 6  # 5 frames and the marker
     save_video(make_clip(frames=2), target, 8, overwrite=True)
-    assert leftovers(target) == ["0000.png", "0001.png"]
+    assert leftovers(target) == [video.FRAMES_MARKER, "0000.png", "0001.png"]
     assert leftovers(tmp_path) == ["frames"]
 
 
 def test_accepts_list_and_torch_tensor(tmp_path: Path) -> None:
     clip = make_clip(frames=3)
     out = save_video(list(clip), tmp_path / "from_list", 8)
-    assert len(leftovers(out)) == 3
+    assert len(leftovers(out)) == 4  # and the marker
     torch = pytest.importorskip("torch")
     out = save_video(torch.from_numpy(clip), tmp_path / "from_tensor", 8)
     assert np.array_equal(np.asarray(Image.open(out / "0002.png")), clip[2])
@@ -247,11 +248,11 @@ def test_bad_crf(tmp_path: Path) -> None:
 
 def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     target = tmp_path / "clip.mp4"
-    target.write_bytes(b"precious")
+    target.write_bytes(b"\0\0\0\x18ftypisom precious")  # an mp4 (what --overwrite may replace)
     with pytest.raises(UserError, match="--overwrite") as err:
         save_video(make_clip(frames=2), target, 8)
     assert "\n" not in str(err.value)
-    assert target.read_bytes() == b"precious"
+    assert target.read_bytes().endswith(b"precious")
     save_video(make_clip(frames=2), target, 8, overwrite=True)
     assert len(decode_av(target)[1]) == 2
     assert leftovers(tmp_path) == ["clip.mp4"]
@@ -307,7 +308,7 @@ def test_failed_encode_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_failed_overwrite_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "clip.mp4"
-    target.write_bytes(b"old")
+    target.write_bytes(b"\0\0\0\x18ftypisom old")
 
     def failing(arr: np.ndarray):
         yield arr[0]
@@ -316,7 +317,7 @@ def test_failed_overwrite_keeps_old_file(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(video, "_iter_frames", failing)
     with pytest.raises(RuntimeError):
         save_video(make_clip(), target, 8, overwrite=True)
-    assert target.read_bytes() == b"old"
+    assert target.read_bytes().endswith(b"old")
     assert leftovers(tmp_path) == ["clip.mp4"]
 
 

@@ -19,7 +19,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from videodiff.config import FIELD_NAMES, RenderConfig, SampleSettings, WriteSettings, merge, to_dict
+from videodiff.config import (
+    FIELD_NAMES,
+    RenderConfig,
+    SampleSettings,
+    WriteSettings,
+    merge,
+    named,
+    parse_yaml,
+    read_text_file,
+    to_dict,
+)
 from videodiff.errors import UserError
 from videodiff.launch import close, launch_state, launched
 from videodiff.log import notice
@@ -58,12 +68,7 @@ def read_prompt_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     required, any of :data:`ITEM_KEYS`). Mistakes are a :class:`UserError` naming the item (1-based).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"prompt file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read prompt file {path}: {exc}") from None
+    text = read_text_file(path, "prompt file")
     if path.suffix.lower() in YAML_SUFFIXES:
         items = _yaml_items(path, text)
     else:
@@ -75,13 +80,7 @@ def read_prompt_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _yaml_items(path: Path, text: str) -> list[dict[str, Any]]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise UserError(f"prompt file {path} is not valid YAML: {first}") from None
+    data = parse_yaml(text, path, "prompt file")
     if data is None:
         return []
     if not isinstance(data, list):
@@ -109,7 +108,7 @@ def _check_item(item: Mapping[str, Any], where: str) -> None:
         )
     unknown = sorted(k for k in item if k not in ITEM_KEYS)
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(ITEM_KEYS)}")
+        raise UserError(f"{where}: unknown key(s) {named(unknown)}; valid keys: {', '.join(ITEM_KEYS)}")
     prompt = item.get("prompt")
     if prompt is None:
         raise UserError(f"{where}: no 'prompt'")
@@ -240,7 +239,7 @@ def plan_batch(
                 raise UserError(f"{where}: {exc}") from None
             own = item.get("output")
             if batch and own is not None:
-                path = folder / Path(own)  # an absolute own output stays absolute
+                path = folder / _inside_folder(own, f"{where}: output")
                 if len(item_seeds) > 1:
                     path = path.with_name(f"{path.stem}-{seed}{path.suffix}")
             elif batch:
@@ -255,6 +254,16 @@ def plan_batch(
             owners[key] = number
             plan.append(config.replace(output=str(path)))
     return plan
+
+
+def _inside_folder(own: Any, where: str) -> Path:
+    """An item's own output, relative and inside the batch folder (a prompt file may come from anyone)."""
+    if not isinstance(own, str) or not own.strip():
+        raise UserError(f"{where} must be a file name, got {own!r}")
+    path = Path(own)
+    if path.is_absolute() or os.path.isabs(own) or ".." in path.parts or path.drive:
+        raise UserError(f"{where} {own!r} must stay inside the batch folder (a relative path without '..')")
+    return path
 
 
 # ---------------------------------------------------------------- 3. processes
@@ -284,14 +293,14 @@ def _sort_existing(
     configs: Sequence[RenderConfig], skip_existing: bool, overwrite: bool, announce: bool
 ) -> tuple[list[RenderConfig], list[RenderConfig]]:
     """(to render, skipped); fails on the first existing output unless told what to do with it."""
-    from videodiff.media.video import sidecar_path
+    from videodiff.media.video import check_output, check_sidecar, sidecar_path
 
     if skip_existing and overwrite:
         raise UserError("pass --skip-existing or --overwrite, not both")
     todo, skipped, existing = [], [], []
     for config in configs:
         out = Path(config.output)
-        have_out, have_side = out.exists(), sidecar_path(out).exists()
+        have_out, have_side = os.path.lexists(out), os.path.lexists(sidecar_path(out))
         if not (have_out or have_side):
             todo.append(config)
         elif overwrite or config.overwrite:
@@ -300,11 +309,14 @@ def _sort_existing(
             skipped.append(config)
             if announce:
                 notice(f"skipping {out}: it exists with its sidecar")
-        elif skip_existing:  # half of an interrupted earlier render: do it again
-            todo.append(config.replace(overwrite=True))
+        elif skip_existing:  # never replaced: renders leave no half pair, so this one is not ours to remove
+            # a user's folder, a device...: refused as --overwrite would refuse it, not silently skipped
+            check_output(out, fps=config.fps, crf=config.crf, overwrite=True, create=False)
+            check_sidecar(out, overwrite=True)
+            skipped.append(config)
             if announce:
-                missing = "sidecar" if have_out else "output"
-                notice(f"rendering {out} again: its {missing} is missing")
+                present, missing = ("it exists", "sidecar") if have_out else ("its sidecar exists", "output")
+                notice(f"skipping {out}: {present} without its {missing}; remove it to render this item again")
         else:
             existing.append(out if have_out else sidecar_path(out))
     if existing:
@@ -348,7 +360,7 @@ def run_batch(
     ends with ``rendered N, skipped M``. ``plain``: print only the output's path (a single video, as a
     plain render does; a skipped one too). Returns the outputs this process wrote.
     """
-    from videodiff.media.video import check_output
+    from videodiff.media.video import check_output, check_sidecar
     from videodiff.render import render
 
     echo = echo or (lambda line: print(line, flush=True))
@@ -356,8 +368,9 @@ def run_batch(
     configs = list(_broadcast(list(configs), state))
     main = state.is_main_process
     todo, skipped = _sort_existing(configs, skip_existing, overwrite, announce=main)
-    for config in todo:
-        check_output(config.output, fps=config.fps, crf=config.crf, overwrite=True, create=False)  # type, crf, folder
+    for config in todo:  # type, crf, folder, and what an existing output or sidecar is (never a user's folder)
+        check_output(config.output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
+        check_sidecar(config.output, overwrite=config.overwrite)
     written: list[Path] = []
     pipe, recorded = None, None
     with state.split_between_processes(todo) as mine:
@@ -368,11 +381,16 @@ def run_batch(
         for config in todo:  # every process checks every item: no process fails after another has begun
             pipe.check_frames(config.frames)
     state.wait_for_everyone()
-    for config in mine:
-        outcome = render(config.replace(device=recorded), pipe=pipe)
-        written.append(outcome.output)
-        which = f" (process {state.process_index})" if state.num_processes > 1 else ""  # only under a launcher
-        echo(str(outcome.output) if plain else f"rendered {outcome.output}{which}")
+    try:
+        for config in mine:
+            outcome = render(config.replace(device=recorded), pipe=pipe)
+            written.append(outcome.output)
+            which = f" (process {state.process_index})" if state.num_processes > 1 else ""  # only under a launcher
+            echo(str(outcome.output) if plain else f"rendered {outcome.output}{which}")
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what is kept (each written video is whole)
+        if written:
+            exc.kept = f"kept the {len(written)} video(s) rendered before it; --skip-existing resumes"  # type: ignore[attr-defined]
+        raise
     if plain:
         for config in skipped:
             echo(str(Path(config.output).resolve()))

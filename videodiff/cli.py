@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,7 @@ from click.core import ParameterSource
 
 from videodiff import __version__
 from videodiff.config import DEVICES, DTYPES, InputSettings, RenderConfig, TrainConfig
-from videodiff.errors import UserError
+from videodiff.errors import Terminated, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -26,16 +30,52 @@ class OneLineError(click.ClickException):
         click.echo(f"videodiff: error: {self.message}", err=True)
 
 
+class Interrupted(click.ClickException):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): one line saying what was kept, as shells expect."""
+
+    def __init__(self, interrupt: KeyboardInterrupt, command: str | None) -> None:
+        kept = getattr(interrupt, "kept", None) or KEPT_ON_INTERRUPT.get(command or "", "nothing was written")
+        super().__init__(f"interrupted; {kept}")
+        self.exit_code = 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"videodiff: {self.message}", err=True)
+
+
+# What an interrupted command leaves (all others leave nothing: outputs appear whole or not at all).
+KEPT_ON_INTERRUPT = {"train": "checkpoints saved before it are kept (resume with --resume latest)"}
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while a command runs, so temporary outputs are removed as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except UserError as exc:
             raise OneLineError(str(exc)) from None
         except click.UsageError as exc:  # bad option values: one line, not usage + hint + error
             if exc.ctx is not None and exc.ctx.command is not self:
                 raise OneLineError(exc.format_message()) from None
             raise
+        except KeyboardInterrupt as exc:
+            raise Interrupted(exc, ctx.invoked_subcommand) from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -101,6 +141,10 @@ def options_from(
                 func = click.option(*names, multiple=True, **extra)(func)
             elif kind.startswith("tuple[float"):  # DX,DY
                 func = click.option(*names, callback=_numbers_pair, **extra)(func)
+            elif "choices" in f.metadata:  # a closed set: checked by click (with completion)
+                choice = click.Choice(f.metadata["choices"])
+                show = f.default is not None and not recorded
+                func = click.option(*names, type=choice, default=f.default, show_default=show, **extra)(func)
             else:
                 typ = int if kind.startswith("int") else float if kind.startswith("float") else str
                 show = f.default is not None and not recorded
@@ -162,9 +206,9 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
         a white circle moving up, a cyan square moving down
     """
     from videodiff import batch
-    from videodiff.log import setup_cli_logging
+    from videodiff.log import notice, setup_cli_logging
     from videodiff.render import render as run_render
-    from videodiff.render import resolve_render_config
+    from videodiff.render import resolve_render_config, summary
 
     command_line = given(ctx, ParameterSource.COMMANDLINE)
     command_line.pop("config_file", None)
@@ -186,6 +230,7 @@ def render(ctx: click.Context, config_file: str | None, **_: Any) -> None:
         )
         return
     outcome = run_render(config)
+    notice(summary(outcome, config.fps))
     click.echo(str(outcome.output))
 
 
@@ -408,8 +453,8 @@ def data() -> None:
 
 @data.command("shapes")
 @click.option("--out", required=True, help="Folder for the clips, their .txt captions and manifest.jsonl.")
-@click.option("--count", type=int, default=1000, show_default=True, help="Number of clips.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of clips.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random choice.")
 @click.option(
     "--split",
     type=click.Choice(["train", "heldout", "all"]),
@@ -456,7 +501,9 @@ def eval_group() -> None:
 @click.option(
     "--motion-module", envvar="VIDEODIFF_MOTION_MODULE", help="Its motion modules [env VIDEODIFF_MOTION_MODULE]."
 )
-@click.option("--seeds", type=int, default=2, show_default=True, help="Videos per combination (seeds 0..N-1).")
+@click.option(
+    "--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Videos per combination (seeds 0..N-1)."
+)
 @click.option("--out", help="Write the reports as JSON here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option(
@@ -485,8 +532,8 @@ def eval_group() -> None:
 )
 @click.option("--strength", type=float, help="img2vid's --strength (default: the prior's start, else 0.85).")
 @click.option("--anchor", type=float, help="img2vid's --anchor (default 0.6).")
-@click.option("--device", default="auto", show_default=True, help=_choice_help(DEVICES))
-@click.option("--dtype", default="auto", show_default=True, help=_choice_help(DTYPES))
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=_choice_help(DEVICES))
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, help=_choice_help(DTYPES))
 @click.option("-q", "--quiet", is_flag=True, help="No progress notices.")
 def eval_shapes(
     model: str | None,

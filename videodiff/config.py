@@ -47,11 +47,20 @@ MODEL_DEFAULT_KEYS = (
 # The informational part of a sidecar; a sidecar given to --config ignores it.
 INFO_KEY = "info"
 
+# Limits named in the errors, checked before any work (a typo must not become an hour or a 7 GiB allocation).
+MAX_STEPS = 1000  # the schedules have 1000 training timesteps: more steps than that repeat timesteps
+MAX_SIDE = 4096  # pixels; SD1.5-family models are trained at 512 (the VAE alone would need tens of GiB beyond this)
+MAX_FRAMES = 1024  # frames of one video (motion modules' own limits are lower and checked from their headers)
+MAX_PROMPT_CHARS = 10_000  # the text encoder reads 77 tokens; a longer prompt is a mistake, not a description
+MAX_SETTINGS_BYTES = 1 << 20  # settings and prompt files are text a person wrote: 1 MiB is far more than enough
+MAX_NAMED = 5  # unknown keys named in an error; the rest are counted
+
 
 def setting(default: Any, help: str, **cli: Any) -> Any:
     """A settings field: its default (the one place it is written) and its command-line help.
 
-    ``cli`` may name ``short`` (``"-o"``) and ``env`` (an environment variable) for the flag;
+    ``cli`` may name ``short`` (``"-o"``), ``env`` (an environment variable) and ``choices`` (a closed set:
+    the flag becomes a choice, with completion) for the flag;
     the command line's options are made from these fields (:func:`videodiff.cli.options_from`).
     """
     return dataclasses.field(default=default, metadata={"help": help, **cli})
@@ -69,8 +78,9 @@ class SampleSettings:
     seed: int | None = setting(None, "Random seed (drawn, printed and recorded when omitted).")
     height: int | None = setting(None, "Frame height, a multiple of 8 (default: the model's).")  # None: the model's
     width: int | None = setting(None, "Frame width, a multiple of 8 (default: the model's).")  # preferred size
-    scheduler: str = setting("ddim", "|".join(SCHEDULERS) + ".")  # ddim with AnimateDiff's betas is what they saw
-    noise: str = setting("independent", "Initial noise: " + "|".join(NOISE_KINDS) + ".")
+    # ddim with AnimateDiff's betas is what they saw
+    scheduler: str = setting("ddim", "|".join(SCHEDULERS) + ".", choices=SCHEDULERS)
+    noise: str = setting("independent", "Initial noise: " + "|".join(NOISE_KINDS) + ".", choices=NOISE_KINDS)
     # PYoCo's alpha: frame correlation a^2/(1+a^2) (mixed), a/sqrt(1+a^2) (progressive)
     noise_alpha: float = setting(1.0, "Frame correlation strength for mixed/progressive noise (PYoCo's alpha).")
     motion_prior: float = setting(  # 0: pure noise
@@ -89,18 +99,26 @@ class SampleSettings:
     def validate(self) -> SampleSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
         check_types(self, SampleSettings)
+        check_text(self.prompt, "the prompt")
+        check_text(self.negative, "--negative")
         for name in ("frames", "steps", "decode_chunk"):
             value = getattr(self, name)
             if value is None and name == "decode_chunk":
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserError(f"--{_flag(name)} must be a positive whole number, got {value!r}")
+        if self.steps > MAX_STEPS:
+            raise UserError(f"--steps {self.steps} is too many: at most {MAX_STEPS} (the schedule has 1000 timesteps)")
+        if self.frames > MAX_FRAMES:
+            raise UserError(f"--frames {self.frames} is too many: at most {MAX_FRAMES} frames in one video")
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is None:
                 continue
             if not isinstance(value, int) or value <= 0:
                 raise UserError(f"--{name} must be a positive whole number, got {value!r}")
+            if value > MAX_SIDE:
+                raise UserError(f"--{name} {value} is too large: at most {MAX_SIDE} pixels (SD1.5 models work at 512)")
             if value % 8:
                 nearest = max(8, int(round(value / 8)) * 8)
                 raise UserError(f"--{name} {value} is not a multiple of 8; the nearest valid value is {nearest}")
@@ -138,9 +156,9 @@ class LoadSettings:
         "MotionAdapter folder or hub id (default: the model's own) [env VIDEODIFF_MOTION_MODULE].",
         env="VIDEODIFF_MOTION_MODULE",
     )
-    device: str = setting("auto", "|".join(DEVICES))  # auto: cuda, then mps, then cpu
-    dtype: str = setting("auto", "|".join(DTYPES))  # auto: fp16 on cuda/mps, fp32 on cpu
-    attention: str = setting("sdpa", "|".join(ATTENTION))  # xformers: optional extra, CUDA only
+    device: str = setting("auto", "|".join(DEVICES), choices=DEVICES)  # auto: cuda, then mps, then cpu
+    dtype: str = setting("auto", "|".join(DTYPES), choices=DTYPES)  # auto: fp16 on cuda/mps, fp32 on cpu
+    attention: str = setting("sdpa", "|".join(ATTENTION), choices=ATTENTION)  # xformers: optional extra, CUDA only
     vae: str | None = setting(None, "Swap the VAE: a VAE file (LDM or diffusers layout) or folder.")
     # use an earlier text-encoder layer, as many SD1.5 finetunes expect
     clip_skip: int | None = setting(None, "Use an earlier text-encoder layer (1 = penultimate).")
@@ -157,9 +175,10 @@ class LoadSettings:
         "auto",
         "GroupNorm of the image ResNets: joint over all frames (original v1), per-frame (diffusers), "
         "or auto (joint for original-format v1 files).",
+        choices=SPATIAL_NORMS,
     )
     offload: str | None = setting(  # slower, far less GPU memory
-        None, "For small GPUs: model (whole models) or sequential (layer by layer) CPU offload."
+        None, "For small GPUs: model (whole models) or sequential (layer by layer) CPU offload.", choices=OFFLOAD
     )
     vae_tiling: bool = setting(False, "Decode large frames tile by tile.")
     attention_slicing: bool = setting(False, "Compute attention in slices: less memory, a bit slower.")
@@ -368,12 +387,74 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def check_text(text: str | None, what: str) -> None:
+    """A prompt is valid UTF-8 (a terminal may pass raw bytes), holds no NUL and is of a sane length."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{what} is not valid UTF-8 text (check the encoding of the terminal or file)") from None
+    if "\0" in text:
+        raise UserError(f"{what} contains a NUL character")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise UserError(
+            f"{what} is {len(text)} characters long; at most {MAX_PROMPT_CHARS} (the text encoder reads 77 tokens)"
+        )
+
+
+def named(items: list[str], limit: int = MAX_NAMED) -> str:
+    """``a, b, c`` or ``a, b, c and 199997 more``: an error names a few, never megabytes of them."""
+    shown = ", ".join(str(i)[:80] for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def check_keys(values: dict[str, Any], source: str, allowed: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
     """Fail on any key that is not a setting (a typo must not be silently ignored)."""
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(allowed)}")
+        raise UserError(f"{source}: unknown key(s) {named(unknown)}; valid keys: {', '.join(allowed)}")
     return values
+
+
+def read_text_file(path: str | Path, what: str, limit: int = MAX_SETTINGS_BYTES) -> str:
+    """The UTF-8 text of a settings or prompt file: a regular file of at most ``limit`` bytes (never a device,
+    a FIFO or ``/dev/zero``, which would block or fill the memory), else a :class:`UserError`."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{what} {path} is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{what} {path} is not a regular file (a device, FIFO or socket)")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > limit:
+        raise UserError(f"{what} {path} is larger than {limit // 1024} KiB; a settings or prompt file is smaller")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def parse_yaml(text: str, path: str | Path, what: str) -> Any:
+    """YAML (or JSON) from a file a user gave; syntax errors and absurd nesting in one line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise UserError(f"{what} {path} is not valid YAML: {first}") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to be a settings file") from None
 
 
 def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
@@ -381,18 +462,8 @@ def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -
 
     A sidecar written beside an output is such a file: its ``info`` part is ignored.
     """
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read config file {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+    data = parse_yaml(read_text_file(path, "config file"), path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -517,6 +588,12 @@ class TrainConfig:
                 raise UserError(f"--{name} must be a positive multiple of 8, got {value!r}")
         if self.resolution % 8:
             raise UserError(f"--resolution must be a multiple of 8, got {self.resolution}")
+        for name in ("resolution", "height", "width"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_SIDE:
+                raise UserError(f"--{name} {value} is too large: at most {MAX_SIDE} pixels")
+        if self.frames > MAX_FRAMES:
+            raise UserError(f"--frames {self.frames} is too many: at most {MAX_FRAMES} frames per clip")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive number, got {self.lr!r}")
         for name in ("caption_dropout", "late_timesteps"):

@@ -10,22 +10,25 @@ and arrays only.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from videodiff.config import INFO_KEY, RenderConfig, load_config_file, parse_image_at, resolve, to_dict
 from videodiff.errors import UserError
 from videodiff.log import notice
-from videodiff.media.atomic import write_text_atomic
 from videodiff.media.images import file_sha256
-from videodiff.media.video import check_output, save_video, sidecar_path
-from videodiff.pipelines import VideoPipeline, VideoResult, input_from, too_many_frames
-from videodiff.sampling import OnStep
+from videodiff.media.video import check_output, check_sidecar, save_video, sidecar_path
 from videodiff.weights.hub import package_versions, read_model_defaults
+
+if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
+    from videodiff.pipelines import VideoPipeline, VideoResult
+    from videodiff.sampling import OnStep
 
 
 def slug(prompt: str, limit: int = 40) -> str:
@@ -59,6 +62,7 @@ class RenderOutcome:
     sidecar: Path
     seed: int
     result: VideoResult
+    seconds: float = 0.0  # from the first check to the sidecar written
 
 
 def check_frame_limit(config: RenderConfig) -> None:
@@ -78,7 +82,50 @@ def check_frame_limit(config: RenderConfig) -> None:
     except UserError:
         return  # loading reports what is wrong with the file, with its full context
     if config.frames > limit:
+        from videodiff.pipelines import too_many_frames
+
         raise too_many_frames(config.frames, limit)
+
+
+def check_render(config: RenderConfig) -> tuple[RenderConfig, Path, bool]:
+    """Every check that needs no model, before torch is imported: settings, prompt, output and sidecar.
+
+    Returns the config with its seed set, the output path and whether the seed was drawn.
+    """
+    config.validate()
+    if not config.prompt or not config.prompt.strip():
+        raise UserError("no prompt given: pass PROMPT or set 'prompt' in the --config file")
+    drawn = config.seed is None
+    seed = secrets.randbelow(2**32) if drawn else config.seed
+    config = config.replace(seed=seed)
+    output = Path(config.output) if config.output else default_output(config.prompt, seed)
+    # fail before the work, and create no folder until there is something to write
+    output = check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
+    check_sidecar(output, overwrite=config.overwrite)
+    check_memory(config)
+    check_inputs(config)
+    return config, output, drawn
+
+
+# Bytes per output pixel that a render holds at least once: the decoded float32 frames and the uint8 video.
+_BYTES_PER_PIXEL = 3 * 4 + 3
+
+
+def check_memory(config: RenderConfig, total: int | None = None) -> None:
+    """Refuse a video whose decoded frames alone would not fit in this machine's memory (before any work)."""
+    if config.height is None or config.width is None:
+        return  # the model's own size
+    needed = config.frames * config.height * config.width * _BYTES_PER_PIXEL
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if needed > total:
+        raise UserError(
+            f"{config.frames} frames of {config.width}x{config.height} need about {needed / 2**30:.1f} GiB for the "
+            f"decoded video alone; this machine has {total / 2**30:.1f} GiB: use fewer frames or a smaller size"
+        )
 
 
 def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnStep | None = None) -> RenderOutcome:
@@ -87,31 +134,67 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     ``pipe``: an already loaded pipeline (batches, the web app); ``on_step`` is handed to the sampler
     (progress, previews; raising :class:`videodiff.sampling.Cancelled` stops before anything is written).
     """
-    config.validate()
-    if not config.prompt:
-        raise UserError("no prompt given: pass PROMPT or set 'prompt' in the --config file")
-    drawn = config.seed is None
-    seed = secrets.randbelow(2**32) if drawn else config.seed
-    config = config.replace(seed=seed)
-    output = Path(config.output) if config.output else default_output(config.prompt, seed)
-    # fail before the work, and create no folder until there is something to write
-    check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
-    side = sidecar_path(output)
-    if side.exists() and not config.overwrite:
-        raise UserError(f"{side} already exists; pass --overwrite to replace it")
-    source = input_from(config.inputs)
-    check_inputs(config)
-    if pipe is None:
-        check_frame_limit(config)
-        pipe = VideoPipeline.load(config.load)
-    pipe.check_frames(config.frames)
-    if drawn:
-        notice(f"seed {seed} (pass --seed {seed} to render this video again)")
-    result = pipe.generate(config.sample, source=source, progress=not config.quiet, on_step=on_step)
-    written = save_video(result.frames, output, fps=config.fps, crf=config.crf, overwrite=config.overwrite)
-    record = sidecar_record(config, result, pipe, written)
-    write_text_atomic(side, json.dumps(record, indent=2) + "\n")
-    return RenderOutcome(written, side, seed, result)
+    started = time.monotonic()
+    config, output, drawn = check_render(config)
+    seed = config.seed
+    try:
+        if pipe is None:
+            check_frame_limit(config)
+            from videodiff.pipelines import VideoPipeline
+
+            pipe = VideoPipeline.load(config.load)
+        pipe.check_frames(config.frames)
+        if drawn:
+            notice(f"seed {seed} (pass --seed {seed} to render this video again)")
+        from videodiff.pipelines import input_from
+
+        source = input_from(config.inputs)
+        result = pipe.generate(config.sample, source=source, progress=not config.quiet, on_step=on_step)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; so is the MPS one
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(config) from None
+    record = sidecar_record(config, result, pipe, output)
+    # the sidecar is moved into place with the video (before it, signals held): never a video without it
+    written = save_video(
+        result.frames,
+        output,
+        fps=config.fps,
+        crf=config.crf,
+        overwrite=config.overwrite,
+        sidecar=json.dumps(record, indent=2) + "\n",
+    )
+    return RenderOutcome(written, sidecar_path(written), seed, result, time.monotonic() - started)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU (or MPS) out-of-memory error, recognised without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def out_of_memory(config: RenderConfig) -> UserError:
+    """What to try when the GPU runs out of memory, concretely, for this render."""
+    size = f"{config.width}x{config.height}" if config.height and config.width else "the model's size"
+    chunk = max(1, (config.decode_chunk or 16) // 2)
+    advice = [f"fewer --frames than {config.frames}", f"--decode-chunk {chunk}"]
+    if config.dtype not in ("fp16", "bf16"):
+        advice.append("--dtype fp16")
+    if config.offload is None:
+        advice.append("--offload model")
+    if not config.attention_slicing:
+        advice.append("--attention-slicing")
+    if not config.vae_tiling:
+        advice.append("--vae-tiling")
+    return UserError(f"out of GPU memory rendering {config.frames} frames of {size}; try {', '.join(advice)}")
+
+
+def summary(outcome: RenderOutcome, fps: float) -> str:
+    """One line after a render: what was written, frames, size, fps, duration and the time it took."""
+    frames, height, width = (int(n) for n in outcome.result.frames.shape[:3])
+    return (
+        f"wrote {outcome.output}: {frames} frames, {width}x{height}, {fps:g} fps, "
+        f"{frames / fps:.2f} s of video, in {outcome.seconds:.1f} s"
+    )
 
 
 def check_inputs(config: RenderConfig) -> None:

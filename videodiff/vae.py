@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from videodiff.errors import UserError
 from videodiff.log import notice
 
 
@@ -42,6 +43,12 @@ def decode(vae, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
                 x = _decode_chunk(vae, z.float())
             finally:
                 vae.to(original)
+        if not torch.isfinite(x).all():  # never written out as black frames, silently
+            where = "the latents" if not torch.isfinite(z).all() else "the VAE"
+            raise UserError(
+                f"frames {start}-{start + z.shape[0] - 1} decode to NaN/inf ({where} diverged): try --dtype fp32, "
+                "another --scheduler or fewer --steps"
+            )
         pieces.append(x.float())
     return rearrange(torch.cat(pieces), "(b f) c h w -> b c f h w", b=b)
 

@@ -2,21 +2,43 @@
 
 Everything is first written to a temporary name in the *same* folder (so the final
 ``os.replace`` / ``os.rename`` is a same-filesystem rename) and moved into place only
-when writing succeeded; on failure the temporary is removed.
+when writing succeeded; on failure (an exception, Ctrl-C, SIGTERM) the temporary is removed.
+Several files that belong together (a video and its sidecar) are staged together and moved
+into place in one step with SIGINT/SIGTERM held (:func:`staged`).
+
+What may be replaced is decided here too (:func:`check_replaceable`): never a symbolic link
+(it is not followed to write elsewhere), a device, a FIFO or a socket, and a folder or a file
+only when the caller recognises it as its own kind of output.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import signal
+import stat
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from videodiff.errors import UserError
 
-__all__ = ["prepare_output", "atomic_file", "atomic_dir", "user_mode", "write_text_atomic"]
+__all__ = [
+    "prepare_output",
+    "check_replaceable",
+    "atomic_file",
+    "atomic_dir",
+    "staged",
+    "signals_held",
+    "write_text_atomic",
+    "os_reason",
+    "user_mode",
+]
+
+Check = Callable[[Path], bool]
 
 
 def _umask() -> int:
@@ -39,20 +61,92 @@ def user_mode(path: str | os.PathLike[str]) -> None:
         os.chmod(f, mode)
 
 
-def prepare_output(path: str | os.PathLike[str], *, overwrite: bool, create: bool = True) -> Path:
+def os_reason(exc: OSError) -> str:
+    """The human part of an OSError ("No space left on device"), without errno numbers or a traceback."""
+    return exc.strerror or (errno.errorcode.get(exc.errno or 0) if exc.errno else None) or type(exc).__name__
+
+
+def _lstat(path: Path, shown: object) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a name too long, a parent that is a file, no permission...
+        if exc.errno == errno.ENOTDIR:
+            return None  # reported by the folder checks, which name the file in the way
+        raise UserError(f"cannot use output {shown}: {os_reason(exc)}") from None
+
+
+def check_replaceable(
+    path: str | os.PathLike[str],
+    *,
+    file_ok: Check | None = None,
+    folder_ok: Check | None = None,
+    kind: str = "output",
+    shown: object = None,
+) -> bool:
+    """Whether ``path`` exists; raise :class:`UserError` if it exists as something this write may not replace.
+
+    A symbolic link, a device, a FIFO or a socket is never replaced (whatever ``--overwrite`` says);
+    a regular file only if ``file_ok(path)`` (default: any), a folder only if ``folder_ok(path)``
+    (default: none). ``kind`` names what was expected in the message.
+    """
+    path = Path(path)
+    shown = path if shown is None else shown
+    st = _lstat(path, shown)
+    if st is None:
+        return False
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        raise UserError(
+            f"{shown} is a symbolic link; videodiff does not write through links: remove it or choose another name"
+        )
+    if stat.S_ISDIR(mode):
+        if folder_ok is not None and folder_ok(path):
+            return True
+        raise UserError(
+            f"{shown} is a folder that is not a videodiff {kind}; refusing to replace it (choose another name)"
+        )
+    if stat.S_ISREG(mode):
+        if file_ok is None or file_ok(path):
+            return True
+        raise UserError(f"{shown} exists and is not a {kind}; refusing to replace it (choose another name)")
+    raise UserError(f"{shown} is not a regular file (a device, FIFO or socket); refusing to write to it")
+
+
+def _plain_name(path: str | os.PathLike[str]) -> bool:
+    name = os.path.basename(os.path.normpath(os.fspath(path)))
+    return name not in ("", ".", "..", os.sep)
+
+
+def prepare_output(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    create: bool = True,
+    file_ok: Check | None = None,
+    folder_ok: Check | None = None,
+    kind: str = "output",
+) -> Path:
     """Check that ``path`` may be written and create its parent folders.
 
-    Raises :class:`UserError` if the path exists and ``overwrite`` is false, or if
-    its folder cannot be created or written to. Returns the resolved path. With
-    ``create=False`` (a check before long work) nothing is created: the nearest
-    existing folder above must be writable instead, so a failed run leaves no folders.
+    Raises :class:`UserError` if the path exists and ``overwrite`` is false, if it exists as something
+    that may not be replaced (:func:`check_replaceable`), or if its folder cannot be created or written
+    to. Returns the absolute path (symbolic links in it are not resolved, so a link as the output is
+    refused, not followed). With ``create=False`` (a check before long work) nothing is created: the
+    nearest existing folder above must be writable instead, so a failed run leaves no folders.
     """
-    out = Path(path).expanduser().resolve()
-    if out.exists() and not overwrite:
+    if not _plain_name(path):
+        raise UserError(f"output {str(path)!r} names no file: give a file or folder name, e.g. out/clip.mp4")
+    out = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if check_replaceable(out, file_ok=file_ok, folder_ok=folder_ok, kind=kind, shown=path) and not overwrite:
         raise UserError(f"{path} already exists; pass --overwrite to replace it")
     parent = out.parent
     if not create:
-        existing = next(p for p in (parent, *parent.parents) if p.exists())
+        try:
+            existing = next(p for p in (parent, *parent.parents) if p.exists())
+        except OSError as exc:
+            raise UserError(f"cannot use output folder {parent}: {os_reason(exc)}") from None
         if not existing.is_dir():
             raise UserError(f"cannot create output folder {parent}: {existing} is not a folder")
         if not os.access(existing, os.W_OK | os.X_OK):
@@ -61,8 +155,7 @@ def prepare_output(path: str | os.PathLike[str], *, overwrite: bool, create: boo
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise UserError(f"cannot create output folder {parent}: {reason}") from None
+        raise UserError(f"cannot create output folder {parent}: {os_reason(exc)}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"output folder {parent} is not writable")
     return out
@@ -71,7 +164,124 @@ def prepare_output(path: str | os.PathLike[str], *, overwrite: bool, create: boo
 def _temp_sibling(final_path: Path) -> Path:
     # Hidden, unique, and ending with the real suffix so encoders that choose the
     # container from the extension (PyAV, Pillow) still pick the right format.
-    return final_path.with_name(f".{final_path.stem}.{uuid.uuid4().hex[:8]}.tmp{final_path.suffix}")
+    # The stem is shortened so that a long (valid) name does not become too long with the tag.
+    return final_path.with_name(f".{final_path.stem[:120]}.{uuid.uuid4().hex[:8]}.tmp{final_path.suffix}")
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (then they act): moves that belong together are not torn.
+
+    Held in Python, not with a signal mask: a process-directed signal may land on any thread (torch starts
+    several), and Python runs its handlers in the main thread whichever thread received it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: a handler not set from Python, which cannot be restored
+            previous[signum] = signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)  # now, as it would have acted
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; a folder replaces an existing one by moving the old one aside first."""
+    if not tmp.is_dir():
+        os.replace(tmp, final)
+        return
+    st = _lstat(final, final)
+    if st is None:
+        os.rename(tmp, final)
+    elif stat.S_ISDIR(st.st_mode):
+        aside = _temp_sibling(final)
+        os.rename(final, aside)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            os.rename(aside, final)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    elif stat.S_ISREG(st.st_mode):
+        os.unlink(final)
+        os.rename(tmp, final)
+    else:
+        raise UserError(f"{final} is not a regular file or folder; refusing to replace it")
+
+
+class Staging:
+    """Temporary siblings of the final paths, moved into place together by :func:`staged`."""
+
+    def __init__(self) -> None:
+        self.moves: list[tuple[Path, Path]] = []
+
+    def file(self, final: str | os.PathLike[str]) -> Path:
+        tmp = _temp_sibling(Path(final))
+        self.moves.append((tmp, Path(final)))
+        return tmp
+
+    def dir(self, final: str | os.PathLike[str]) -> Path:
+        tmp = _temp_sibling(Path(final))
+        self.moves.append((tmp, Path(final)))
+        tmp.mkdir()
+        return tmp
+
+
+@contextmanager
+def staged() -> Iterator[Staging]:
+    """Stage several outputs; on success move them into place in the order staged, with signals held.
+
+    Stage the file that must never be missing *first* (a sidecar before its video): a failure
+    between the moves removes what was already moved, so a video never appears without its sidecar.
+    On any failure (also Ctrl-C or SIGTERM, which the CLI turns into exceptions) every temporary is removed.
+    """
+    staging = Staging()
+    committed = False
+    try:
+        yield staging
+        for tmp, _ in staging.moves:
+            user_mode(tmp)
+        with signals_held():
+            done: list[Path] = []
+            try:
+                for tmp, final in staging.moves:
+                    _move_into_place(tmp, final)
+                    done.append(final)
+            except BaseException:
+                for final in done:
+                    _remove(final)
+                raise
+            committed = True
+    except KeyboardInterrupt as exc:
+        if committed:  # the signal was held until the outputs were in place: say they are kept
+            names = ", ".join(str(final) for _, final in staging.moves)
+            exc.kept = f"{names} had been written whole and are kept"  # type: ignore[attr-defined]
+            raise
+        for tmp, _ in staging.moves:
+            _remove(tmp)
+        raise
+    except BaseException:
+        for tmp, _ in staging.moves:
+            _remove(tmp)
+        raise
 
 
 @contextmanager
@@ -81,39 +291,20 @@ def atomic_file(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     On an exception inside the block the temporary file is deleted and the
     exception re-raised, so ``final_path`` is either untouched or complete.
     """
-    final = Path(final_path)
-    tmp = _temp_sibling(final)
-    try:
-        yield tmp
-        user_mode(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with staged() as stage:
+        yield stage.file(final_path)
 
 
 @contextmanager
 def atomic_dir(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final_path``; rename it into place on success.
 
-    An existing ``final_path`` (the overwrite case) is removed just before the
-    rename. On an exception the temporary folder tree is removed and the
-    exception re-raised.
+    An existing folder at ``final_path`` (the overwrite case; :func:`prepare_output` decides whether it
+    may be replaced) is moved aside, the new one renamed into place, then the old one removed. On an
+    exception the temporary folder tree is removed and the exception re-raised.
     """
-    final = Path(final_path)
-    tmp = _temp_sibling(final)
-    tmp.mkdir()
-    try:
-        yield tmp
-        user_mode(tmp)
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        elif final.exists() or final.is_symlink():
-            final.unlink()
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged() as stage:
+        yield stage.dir(final_path)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

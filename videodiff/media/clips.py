@@ -64,19 +64,40 @@ def _decoding(path: Path) -> Iterator:
         container.close()
 
 
+# Declared sizes beyond these are refused before a frame is decoded: a 400-byte GIF can declare
+# 6000x6000 frames and take gigabytes to decode.
+MAX_VIDEO_SIDE = 8192
+MAX_VIDEO_PIXELS = 4096 * 4096
+
+
 def probe(path: str | Path) -> VideoInfo:
-    """Frame count and timestamps by demuxing packets (no decoding), frame rate and size."""
+    """Frame count and timestamps by demuxing packets (no decoding), frame rate and size.
+
+    Not a regular file (a FIFO would block), or frames declared larger than :data:`MAX_VIDEO_SIDE`:
+    :class:`UnreadableVideo`, before anything is decoded.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise UnreadableVideo(f"{path}: not a regular file")
     with _decoding(path) as container:
         stream = container.streams.video[0]
-        stamps: list[int | None] = [p.pts for p in container.demux(stream) if p.size]
         ctx = stream.codec_context
+        _check_declared_size(path, ctx.width, ctx.height)
+        stamps: list[int | None] = [p.pts for p in container.demux(stream) if p.size]
         if not stamps or not ctx.width:
             raise UnreadableVideo(f"{path}: no frames")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate or 25
         # packets come in decode order; sorting gives presentation order (B-frames)
         pts = tuple(sorted(stamps)) if None not in stamps and len(set(stamps)) == len(stamps) else None
         return VideoInfo(len(stamps), float(rate), ctx.width, ctx.height, pts)
+
+
+def _check_declared_size(path: Path, width: int, height: int) -> None:
+    if max(width, height) > MAX_VIDEO_SIDE or width * height > MAX_VIDEO_PIXELS:
+        raise UnreadableVideo(
+            f"{path}: declares {width}x{height} frames, larger than {MAX_VIDEO_SIDE} pixels a side or "
+            f"{MAX_VIDEO_PIXELS // 2**20} megapixels (refused before decoding)"
+        )
 
 
 def read_frames(path: str | Path, indices: list[int], info: VideoInfo | None = None) -> np.ndarray:
@@ -93,6 +114,7 @@ def read_frames(path: str | Path, indices: list[int], info: VideoInfo | None = N
         raise ValueError(f"frame indices {min(indices)}..{max(indices)} outside 0..{info.num_frames - 1}")
     with _decoding(path) as container:
         stream = container.streams.video[0]
+        _check_declared_size(path, stream.codec_context.width, stream.codec_context.height)
         stream.thread_type = "AUTO"
         got = None
         if info.pts is not None:

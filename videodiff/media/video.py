@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -20,9 +21,9 @@ from PIL import Image
 
 from videodiff.errors import UserError
 from videodiff.log import notice
-from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output
+from videodiff.media.atomic import check_replaceable, os_reason, prepare_output, staged
 
-__all__ = ["VIDEO_SUFFIXES", "save_video", "sidecar_path"]
+__all__ = ["FRAMES_MARKER", "VIDEO_SUFFIXES", "check_sidecar", "save_video", "sidecar_path"]
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
 
@@ -33,6 +34,19 @@ _AV_CODECS = {".mp4": ("libx264", "mp4", 51), ".webm": ("libvpx-vp9", "webm", 63
 # for a faithful colour distribution while keeping palette building well under 1 s.
 _GIF_PALETTE_SAMPLES = 65536
 
+# The file inside every PNG-frames folder videodiff writes: with it (or with nothing but NNNN.png
+# frames, as older outputs hold), --overwrite may replace the folder; any other folder is the user's.
+FRAMES_MARKER = ".videodiff-frames"
+_FRAME_NAME = re.compile(r"\d{4,}\.png")
+
+# How each output type starts (an empty file is replaceable too: it holds nothing to lose).
+_MAGIC = {
+    ".gif": lambda head: head.startswith(b"GIF8"),
+    ".mp4": lambda head: head[4:8] == b"ftyp",
+    ".webm": lambda head: head.startswith(b"\x1a\x45\xdf\xa3"),
+    ".json": lambda head: head.lstrip().startswith(b"{"),
+}
+
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """The JSON metadata file that accompanies an output.
@@ -42,6 +56,42 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path)
     return p.with_name(p.name + ".json")
+
+
+def _is_frames_folder(folder: Path) -> bool:
+    """A folder videodiff wrote: nothing but regular ``NNNN.png`` frames and its marker (older outputs have none).
+
+    Stricter than the marker alone: a file the user put into an output folder is never deleted with it.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    return all(
+        (e.name == FRAMES_MARKER or _FRAME_NAME.fullmatch(e.name)) and e.is_file(follow_symlinks=False)
+        for e in entries
+    )
+
+
+def _is_own_type(path: Path) -> bool:
+    """A regular file whose contents are of its suffix's type (or empty): what --overwrite may replace."""
+    looks = _MAGIC.get(path.suffix.lower())
+    if looks is None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return not head or looks(head)
+
+
+def check_sidecar(output: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """The sidecar of ``output``: refused if it exists (without ``overwrite``) or is not a JSON file."""
+    side = sidecar_path(output)
+    if check_replaceable(side, file_ok=_is_own_type, kind="sidecar (.json)") and not overwrite:
+        raise UserError(f"{side} already exists; pass --overwrite to replace it")
+    return side
 
 
 def check_output(
@@ -63,9 +113,14 @@ def check_output(
         max_crf = _AV_CODECS[suffix][2]
         if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not 0 <= crf <= max_crf:
             raise UserError(f"crf must be an integer from 0 to {max_crf} for {suffix}, got {crf!r}")
-    out = prepare_output(path, overwrite=overwrite, create=create)
-    if suffix and out.is_dir():
-        raise UserError(f"{path} is a folder; choose a file name or remove the folder")
+    if suffix:
+        kind = f"{suffix} file"
+        out = prepare_output(path, overwrite=overwrite, create=create, file_ok=_is_own_type, kind=kind)
+    else:  # a folder of PNG frames: never a file, and only a folder videodiff wrote may be replaced
+        kind = "PNG-frames folder"
+        out = prepare_output(
+            path, overwrite=overwrite, create=create, file_ok=lambda p: False, folder_ok=_is_frames_folder, kind=kind
+        )
     return out
 
 
@@ -76,6 +131,7 @@ def save_video(
     *,
     crf: int = 18,
     overwrite: bool = False,
+    sidecar: str | None = None,
 ) -> Path:
     """Write ``frames`` (uint8 ``[F, H, W, 3]``) to ``path``; return the final path.
 
@@ -83,20 +139,28 @@ def save_video(
     arrays. The format is chosen by the suffix: ``.mp4`` (H.264), ``.webm`` (VP9),
     ``.gif``, or no suffix for a folder of PNG frames. ``crf`` sets the quality of
     ``.mp4``/``.webm`` (lower is better). Raises :class:`UserError` for an
-    unsupported suffix, a bad ``fps``/``crf`` or an output that may not be written.
+    unsupported suffix, a bad ``fps``/``crf``, an output that may not be written (see
+    :func:`check_output`) or a write that fails (a full disk). ``sidecar``: the text of the JSON file
+    beside the output (:func:`sidecar_path`), moved into place together with it (the sidecar first),
+    so an output never appears without its sidecar.
     """
     arr = _as_frames(frames)
     out = check_output(path, fps=fps, crf=crf, overwrite=overwrite)
+    if sidecar is not None:
+        check_sidecar(out, overwrite=overwrite)
     suffix = out.suffix.lower()
-    if not suffix:
-        with atomic_dir(out) as tmp_dir:
-            _write_png_dir(arr, tmp_dir)
-    else:
-        with atomic_file(out) as tmp:
-            if suffix == ".gif":
-                _write_gif(arr, tmp, fps)
+    try:
+        with staged() as stage:
+            if sidecar is not None:
+                stage.file(sidecar_path(out)).write_text(sidecar, encoding="utf-8")
+            if not suffix:
+                _write_png_dir(arr, stage.dir(out))
+            elif suffix == ".gif":
+                _write_gif(arr, stage.file(out), fps)
             else:
-                _write_av(_pad_even(arr), tmp, suffix, fps, crf)
+                _write_av(_pad_even(arr), stage.file(out), suffix, fps, crf)
+    except OSError as exc:  # a full disk, a folder removed under us: one line, nothing left behind
+        raise UserError(f"cannot write {path}: {os_reason(exc)}") from None
     return out
 
 
@@ -225,5 +289,6 @@ def _write_gif(arr: np.ndarray, tmp: Path, fps: float) -> None:
 def _write_png_dir(arr: np.ndarray, folder: Path) -> None:
     """Write ``0000.png, 0001.png, ...`` (more digits when there are over 10000 frames)."""
     digits = max(4, len(str(arr.shape[0] - 1)))
+    (folder / FRAMES_MARKER).write_text("frames written by videodiff; --overwrite may replace this folder\n")
     for i, frame in enumerate(_iter_frames(arr)):
         Image.fromarray(frame).save(folder / f"{i:0{digits}d}.png", format="PNG")

@@ -35,7 +35,11 @@ def checkpoint_dirs(run: Path) -> list[Path]:
 
 
 def resolve_resume(run: Path, resume: str) -> Path | None:
-    """``latest`` -> the newest checkpoint of ``run`` (None when there is none yet); else a folder."""
+    """``latest`` -> the newest checkpoint of ``run`` (None when there is none yet); else a folder.
+
+    Temporary folders of checkpoints whose writing was killed (``kill -9``) are removed first.
+    """
+    remove_stray_temps(run)
     if resume == "latest":
         dirs = checkpoint_dirs(run)
         return dirs[-1] if dirs else None
@@ -43,6 +47,15 @@ def resolve_resume(run: Path, resume: str) -> Path | None:
     if not (path / "state.json").is_file():
         raise UserError(f"--resume {resume}: not a checkpoint folder (no state.json inside)")
     return path
+
+
+def remove_stray_temps(run: Path) -> list[Path]:
+    """Remove ``checkpoints/.step-N.*.tmp`` folders that a killed run left; return them."""
+    root = run / "checkpoints"
+    stray = sorted(p for p in root.glob(".step-*.tmp") if p.is_dir() and not p.is_symlink()) if root.is_dir() else []
+    for path in stray:
+        shutil.rmtree(path, ignore_errors=True)
+    return stray
 
 
 def save_checkpoint(
@@ -93,6 +106,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         }
         if (path / "scaler.pt").is_file():
             out["scaler"] = torch.load(path / "scaler.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the checkpoint ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - a refused pickle, a truncated file...: a bad checkpoint, in one line
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {first[:300]})") from None
     return out

@@ -255,7 +255,7 @@ class Trainer:
         self.build_data(position)
         if self.is_main:
             save_run_config(self.run, c)
-        bar = tqdm(total=c.steps, initial=start, disable=not self.is_main or c.quiet, desc="training")
+        bar = self.bar = tqdm(total=c.steps, initial=start, disable=not self.is_main or c.quiet, desc="training")
         nan_in_a_row, last = 0, time.perf_counter()
         for step in range(start, c.steps):
             losses, clips = [], 0
@@ -371,4 +371,10 @@ class Trainer:
 
 def train(config: TrainConfig) -> Path:
     """Train as ``config`` says; returns the run folder. Launch with ``accelerate launch`` for several processes."""
-    return Trainer(config).train()
+    trainer = Trainer(config)
+    try:
+        return trainer.train()
+    finally:  # closed before an error is printed, so the error is the last line (not a redrawn bar)
+        bar = getattr(trainer, "bar", None)
+        if bar is not None:
+            bar.close()

@@ -193,6 +193,8 @@ def describe(path: str) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"{path}: no such file or folder")
+    if not (p.is_dir() or p.is_file()):  # a FIFO would block the read forever, /dev/zero never ends
+        raise UserError(f"{path}: not a regular file or folder (a device, FIFO or socket)")
     if p.is_dir():
         if (p / "model_index.json").is_file() or (p / "unet").is_dir():
             return describe_model_folder(p)

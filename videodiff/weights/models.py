@@ -105,8 +105,9 @@ def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
             "unet": UNet2DConditionModel.from_pretrained(root / "unet"),
             "scheduler_config": dict(DDIMScheduler.load_config(root / "scheduler")),
         }
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{root}: could not load the model ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - a refused pickle, a broken file...: the folder's fault, in one line
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{root}: could not load the model ({first[:300]})") from None
 
 
 def load_model_parts(

@@ -542,9 +542,20 @@ def _write_folder(tensors: dict[str, torch.Tensor], config: dict[str, Any], fold
     save_file(tensors, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
 
+# What a MotionAdapter folder videodiff (or diffusers) writes holds; --overwrite replaces nothing else.
+_ADAPTER_FILES = frozenset(
+    {"config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "motion_prior.safetensors"}
+)
+
+
+def _is_adapter_folder(folder: Path) -> bool:
+    entries = list(folder.iterdir())
+    return all(e.name in _ADAPTER_FILES and e.is_file() and not e.is_symlink() for e in entries)
+
+
 def save_motion_folder(stack: MotionStack, folder: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``stack`` as a diffusers ``MotionAdapter`` folder (``config.json`` + safetensors), atomically."""
-    out = prepare_output(folder, overwrite=overwrite)
+    out = prepare_output(folder, overwrite=overwrite, folder_ok=_is_adapter_folder, kind="motion-module folder")
     with atomic_dir(out) as tmp:
         _write_folder(_stack_tensors(stack), dict(stack.config), tmp)
     return out
@@ -591,13 +602,15 @@ def convert_motion_module(
         raise UserError(f"cannot convert to {to!r}: choose 'diffusers' or 'original'")
     if to == "original" and Path(dst).suffix.lower() != ".safetensors":
         raise UserError(f"{dst}: original-layout motion modules are written as .safetensors only")
-    out = prepare_output(dst, overwrite=overwrite)
+    rules = {"folder_ok": _is_adapter_folder, "kind": "motion-module folder or file"}
+    prepare_output(dst, overwrite=overwrite, create=False, **rules)  # no folders made for an input that fails
     source = Path(src).expanduser()
     carried = companion_files(source) if source.exists() else {}
+    stack, info = load_any_motion_module(src, motion_config)
+    out = prepare_output(dst, overwrite=overwrite, **rules)
     if to == "original":
         for name in carried:
             prepare_output(companion_path(out, name), overwrite=overwrite)
-    stack, info = load_any_motion_module(src, motion_config)
     tensors = _stack_tensors(stack, getattr(torch, info.dtype, None))
     if to == "diffusers":
         with atomic_dir(out) as tmp:

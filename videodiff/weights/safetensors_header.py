@@ -35,7 +35,7 @@ def read_header(path: str | Path) -> Header:
     """Read ``path``'s header; a missing, malformed, oversized or truncated file is a one-line :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: not a regular file" if path.exists() else f"{path}: no such file")
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
