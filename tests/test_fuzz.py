@@ -79,6 +79,9 @@ def build_corpus(root: Path, model: str, motion: str) -> Sandbox:
     (corpus / "empty.gif").write_bytes(b"")
     (corpus / "bomb.gif").write_bytes(gif_bytes(6000, 6000, 16))
     (corpus / "notimage.png").write_text("not an image")
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 30, 4), 200, np.uint8), "RGBA").save(corpus / "pic.png")
     (corpus / "deep.yaml").write_text("[" * 50_000 + "]" * 50_000)
     (corpus / "keys.yaml").write_text("".join(f"k{i}: 1\n" for i in range(5000)))
     (corpus / "ok.yaml").write_text("frames: 2\nsteps: 1\nheight: 16\nwidth: 16\n")
@@ -224,6 +227,53 @@ def render_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
     )
 
 
+SMALL_RENDER = ["-q", "--frames", "2", "--steps", "1", "--height", "16", "--width", "16"]
+
+
+def img2vid_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
+    pictures = st.one_of(
+        st.sampled_from(["in/pic.png", "in/notimage.png", "in/bomb.gif", "in/empty.gif", "photos", "pipe.mp4"]),
+        corpus_path(box),
+    )
+    flags = options(
+        {
+            "--strength": st.sampled_from(["0.5", "1", "0", "1.5", "nan"]),
+            "--anchor": st.sampled_from(["0", "0.6", "2"]),
+            "--fit": st.sampled_from(["crop", "pad", "stretch"]),
+            "--background": st.sampled_from(["0,0,0", "#ff00ff", "red", "1,2"]),
+            "--paste": st.none(),
+            "--image-at": st.sampled_from(["1:in/pic.png", "-1:in/pic.png", "9:in/pic.png", "x:in/pic.png", "pic"]),
+            "--seed": st.sampled_from([1, -1]),
+            "--overwrite": st.none(),
+        }
+    )
+    model = ["--model", box.model, "--motion-module", box.motion]
+    return st.tuples(pictures, flags, st.sampled_from(OUTPUTS)).map(
+        lambda t: ["img2vid", t[0], "a red circle moving right", *model, *SMALL_RENDER, *t[1], "-o", t[2]]
+    )
+
+
+def vid2vid_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
+    videos = st.one_of(
+        st.sampled_from(["in/clips/a.gif", "in/clips/bomb.gif", "in/empty.gif", "in/pic.png", "pipe.mp4"]),
+        corpus_path(box),
+    )
+    flags = options(
+        {
+            "--strength": st.sampled_from(["0.6", "1", "0", "-1"]),
+            "--stride": st.sampled_from(["1", "2", "0"]),
+            "--fit": st.sampled_from(["crop", "pad", "stretch"]),
+            "--fps": st.sampled_from(["8", "0"]),
+            "--seed": st.sampled_from([1, -1]),
+            "--overwrite": st.none(),
+        }
+    )
+    model = ["--model", box.model, "--motion-module", box.motion]
+    return st.tuples(videos, flags, st.sampled_from(OUTPUTS)).map(
+        lambda t: ["vid2vid", t[0], "a red circle moving right", *model, *SMALL_RENDER, *t[1], "-o", t[2]]
+    )
+
+
 def train_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
     flags = options(
         {
@@ -321,6 +371,8 @@ def data_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
 # (command, strategy of argument lists, outputs it may create besides the requested one)
 COMMANDS: dict[str, Callable[[Sandbox], st.SearchStrategy[list[str]]]] = {
     "render": render_args,
+    "img2vid": img2vid_args,
+    "vid2vid": vid2vid_args,
     "train": train_args,
     "convert": convert_args,
     "inspect": inspect_args,

@@ -245,15 +245,17 @@ CONFIG_OPTION = click.option(
 def render_one(ctx: click.Context, config_file: str | None, derived: dict[str, Any] | None = None) -> None:
     """img2vid's and vid2vid's one video: settings from the command line, ``--config``, the environment, what the
     input implies (``derived``) and the model; rendered by the render layer, its path printed."""
-    from videodiff.log import setup_cli_logging
+    from videodiff.log import notice, setup_cli_logging
     from videodiff.render import render as run_render
-    from videodiff.render import resolve_render_config
+    from videodiff.render import resolve_render_config, summary
 
     command_line = given(ctx, ParameterSource.COMMANDLINE)
     command_line.pop("config_file", None)
     config = resolve_render_config(command_line, config_file, given(ctx, ParameterSource.ENVIRONMENT), derived)
     setup_cli_logging(config.quiet)
-    click.echo(str(run_render(config).output))
+    outcome = run_render(config)
+    notice(summary(outcome, config.fps))
+    click.echo(str(outcome.output))
 
 
 @cli.command()
