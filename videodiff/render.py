@@ -17,12 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from videodiff.config import INFO_KEY, RenderConfig, load_config_file, resolve, to_dict
+from videodiff.config import INFO_KEY, MAX_FRAMES, RenderConfig, load_config_file, resolve, to_dict
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.atomic import write_text_atomic
 from videodiff.media.video import check_output, save_video, sidecar_path
-from videodiff.pipelines import VideoPipeline, VideoResult, too_many_frames
+from videodiff.pipelines import VideoPipeline, VideoResult
 from videodiff.sampling import OnStep
 from videodiff.weights.hub import package_versions, read_model_defaults
 
@@ -57,7 +57,12 @@ class RenderOutcome:
 
 
 def check_frame_limit(config: RenderConfig) -> None:
-    """Refuse too many frames from the motion module's header, before minutes of loading weights."""
+    """Refuse more than MAX_FRAMES (1024) frames, and a ``--window`` longer than the motion module's positional
+    encoding (read from its header), before minutes of loading weights. Longer videos are sampled in windows."""
+    from videodiff.windows import too_many_frames
+
+    if config.frames > MAX_FRAMES:
+        raise too_many_frames(config.frames)
     from videodiff.weights.hub import BUILTIN_MODEL
     from videodiff.weights.models import OWN_MOTION_FOLDER
     from videodiff.weights.motion_formats import frame_limit
@@ -72,8 +77,11 @@ def check_frame_limit(config: RenderConfig) -> None:
         limit = frame_limit(source, config.motion_config)
     except UserError:
         return  # loading reports what is wrong with the file, with its full context
-    if config.frames > limit:
-        raise too_many_frames(config.frames, limit)
+    if config.window is not None and config.window > limit:
+        raise UserError(
+            f"--window {config.window} exceeds the motion modules' positional encoding of {limit} frames; "
+            f"use --window {limit} or less"
+        )
 
 
 def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnStep | None = None) -> RenderOutcome:
@@ -83,12 +91,12 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     (progress, previews; raising :class:`videodiff.sampling.Cancelled` stops before anything is written).
     """
     config.validate()
-    if not config.prompt:
-        raise UserError("no prompt given: pass PROMPT or set 'prompt' in the --config file")
+    if not config.prompt and not config.prompt_at:
+        raise UserError("no prompt given: pass PROMPT (or --prompt-at) or set 'prompt' in the --config file")
     drawn = config.seed is None
     seed = secrets.randbelow(2**32) if drawn else config.seed
     config = config.replace(seed=seed)
-    output = Path(config.output) if config.output else default_output(config.prompt, seed)
+    output = Path(config.output) if config.output else default_output(next(iter(config.keyframes().values())), seed)
     # fail before the work, and create no folder until there is something to write
     check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
     side = sidecar_path(output)
@@ -97,7 +105,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     if pipe is None:
         check_frame_limit(config)
         pipe = VideoPipeline.load(config.load)
-    pipe.check_frames(config.frames)
+    pipe.check_frames(config.frames, config.window)
     if drawn:
         notice(f"seed {seed} (pass --seed {seed} to render this video again)")
     result = pipe.generate(config.sample, progress=not config.quiet, on_step=on_step)
