@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from cli_helpers import assert_user_error, invoke, ok
+
 from videodiff.errors import UserError
 from videodiff.noise import freenoise_order, lowpass_filter, mix_frequencies, reschedule, sample_noise
 
@@ -29,7 +29,9 @@ def test_freenoise_order_is_seed_determined():
     assert torch.equal(reschedule(noise, 16, 12, gen(5)), reschedule(noise, 16, 12, gen(5)))
 
 
-@pytest.mark.parametrize(("frames", "window", "stride"), [(64, 16, 12), (37, 16, 12), (50, 8, 1), (16, 16, 4), (9, 16, 4)])
+@pytest.mark.parametrize(
+    ("frames", "window", "stride"), [(64, 16, 12), (37, 16, 12), (50, 8, 1), (16, 16, 4), (9, 16, 4)]
+)
 def test_later_windows_hold_the_first_windows_noise_shuffled(frames, window, stride):
     order = freenoise_order(frames, window, stride, gen(3))
     assert len(order) == frames
@@ -124,8 +126,9 @@ def test_prompt_travel_conditions_each_frame_and_keeps_one_negative(tiny_pipe):
 
 def test_prompt_at_from_the_command_line_yaml_and_sidecar(tmp_path, models, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out = ok(invoke("render", *models, *SMALL, "--frames", "6", "--window", "4", "--seed", "1", "-o", "a.gif",
-                    "--prompt-at", "0:a red circle", "--prompt-at", "4:a blue circle", "--travel", "slerp", "-q"))  # fmt: skip
+    travel = ("--prompt-at", "0:a red circle", "--prompt-at", "4:a blue circle", "--travel", "slerp")
+    args = ("--frames", "6", "--window", "4", "--seed", "1", "-o", "a.gif", *travel, "-q")
+    out = ok(invoke("render", *models, *SMALL, *args))
     assert out
     sidecar = json.loads((tmp_path / "a.gif.json").read_text())
     assert sidecar["prompt_at"] == {"0": "a red circle", "4": "a blue circle"} and sidecar["travel"] == "slerp"

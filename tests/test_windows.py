@@ -21,7 +21,9 @@ def coverage(frames: int, window: int, overlap: int, loop: bool, fuse: str) -> t
 
 @pytest.mark.parametrize("fuse", ["pyramid", "flat", "overlap-linear"])
 @pytest.mark.parametrize("loop", [False, True])
-@pytest.mark.parametrize(("frames", "window", "overlap"), [(64, 16, 4), (37, 16, 4), (17, 16, 0), (10, 16, 4), (50, 8, 7)])
+@pytest.mark.parametrize(
+    ("frames", "window", "overlap"), [(64, 16, 4), (37, 16, 4), (17, 16, 0), (10, 16, 4), (50, 8, 7)]
+)
 def test_every_frame_is_covered_with_positive_weight(frames, window, overlap, loop, fuse):
     assert (coverage(frames, window, overlap, loop, fuse) > 0).all()
 
