@@ -22,11 +22,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--prompt", default="a red circle moving right")
     parser.add_argument("--window", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's (12)")
     args = parser.parse_args()
     pipe = load_pipeline(device="cpu")
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    pipe(args.prompt, num_frames=args.frames, seed=args.seed, window=args.window, motion=(0.6, 0))
+    pipe(args.prompt, num_frames=args.frames, seed=args.seed, window=args.window, steps=args.steps, motion=(0.6, 0))
     seconds = time.perf_counter() - start
     plan = pipe.windows_for(pipe.settings(args.prompt, num_frames=args.frames, window=args.window))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
