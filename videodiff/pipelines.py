@@ -452,6 +452,9 @@ class VideoPipeline:
         from the model's motion prior (:mod:`videodiff.motion_prior`), moving at ``motion`` (pixels per
         frame, ``(dx, dy)``) or at the velocity it predicts. ``on_step(i, total, t, t_next, latents,
         pass_index)`` is called after every scheduler step (:func:`videodiff.sampling.sample`).
+        Long videos: ``num_frames`` above the motion modules' ``train_frames`` sample through sliding
+        windows (``window``, ``overlap``, ``fuse``, ``loop``, ``window_noise``); ``free_init=N`` adds FreeInit
+        passes; ``prompt_at={frame: prompt}`` (``prompt`` may then be ``None``) and ``travel`` for prompt travel.
         """
         resolved = self.settings(prompt, **settings)
         return self.generate(resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step)
