@@ -217,7 +217,8 @@ BAD_INPUTS = {
     "noise-bogus": (["--noise", "bogus"], ["bogus", "independent"]),
     "model-missing": (["--model", "/does/not/exist"], ["/does/not/exist"]),
     "unwritable-output": (_unwritable, ["a-file"]),
-    "frames-over-motion-limit": (["--frames", "33"], ["32"]),
+    "frames-over-motion-limit": (["--frames", "40", "--window", "33"], ["32"]),
+    "frames-over-ceiling": (["--frames", "1025"], ["1024"]),
     "crf-99": (["--crf", "99"], ["--crf"]),
     "config-unknown-key": (_unknown_key, ["colour"]),
     "unknown-extension": (["-o", "clip.avi", "-q"], [".avi"]),
@@ -253,7 +254,7 @@ def test_user_error_without_seed_is_still_one_line(case, tmp_path, models):
     elif case == "unwritable-output":
         args += [*models, *_unwritable(tmp_path)]
     elif case == "frames-over-motion-limit":
-        args += [*models, "--frames", "33"]
+        args += [*models, "--frames", "40", "--window", "33"]
     assert_user_error(invoke(*args))
 
 

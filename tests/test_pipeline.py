@@ -141,8 +141,10 @@ def test_half_precision_nan_is_redecoded_in_fp32(tiny_pipe, monkeypatch, caplog)
 
 
 def test_bad_arguments_are_user_errors(tiny_pipe):
-    with pytest.raises(UserError, match="32"):
-        tiny_pipe(PROMPT, num_frames=40, height=16, width=16, num_inference_steps=1)
+    with pytest.raises(UserError, match="32"):  # a window over the positional encoding (40 frames alone are fine)
+        tiny_pipe(PROMPT, num_frames=40, window=40, height=16, width=16, num_inference_steps=1)
+    with pytest.raises(UserError, match="1024"):
+        tiny_pipe(PROMPT, num_frames=1025, height=16, width=16, num_inference_steps=1)
     with pytest.raises(UserError, match="multiple of 8"):
         tiny_pipe(PROMPT, num_frames=2, height=20, width=16, num_inference_steps=1)
     with pytest.raises(UserError, match="expected"):

@@ -228,8 +228,10 @@ def test_trained_names_match_the_set(trained, reference):
 def test_motion_module_folder_loads_and_renders(trained, tiny_model, tmp_path):
     trainer = trained("motion")
     folder = trainer.run / "motion_module"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    names = ["config.json", "diffusion_pytorch_model.safetensors", "videodiff.json"]
+    assert sorted(p.name for p in folder.iterdir()) == names
     assert json.loads((folder / "config.json").read_text())["_class_name"] == "MotionAdapter"
+    assert json.loads((folder / "videodiff.json").read_text()) == {"train_frames": trainer.config.frames}
     loaded = load_model_parts(str(tiny_model), str(folder))
     assert changed(loaded.motion, trainer.parts.motion) == set()
 
@@ -576,6 +578,7 @@ def test_two_processes_train_one_model(tiny_model, three_clips, tmp_path):
     assert sorted(p.name for p in (out / "motion_module").iterdir()) == [
         "config.json",
         "diffusion_pytorch_model.safetensors",
+        "videodiff.json",
     ]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
     state = json.loads((out / "checkpoints" / "step-4" / "state.json").read_text())

@@ -137,6 +137,8 @@ def options_from(
             extra: dict[str, Any] = {"help": help_text, "envvar": envvar}
             if kind.startswith("bool"):
                 func = click.option(*names, is_flag=True, default=f.default, **extra)(func)
+            elif kind.startswith("dict[int, str]"):  # KEY:TEXT, repeatable
+                func = click.option(*names, multiple=True, callback=_keyed_texts, **extra)(func)
             elif kind.startswith("tuple[str"):
                 func = click.option(*names, multiple=True, **extra)(func)
             elif kind.startswith("tuple[float"):  # DX,DY
@@ -152,6 +154,12 @@ def options_from(
         return func
 
     return decorate
+
+
+def _keyed_texts(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[int, str] | None:
+    from videodiff.config import parse_mapping
+
+    return parse_mapping(list(value)) if value else None
 
 
 def _numbers_pair(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:

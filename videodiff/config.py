@@ -29,6 +29,10 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 ATTENTION = ("sdpa", "xformers", "math")
 SPATIAL_NORMS = ("auto", "joint", "per-frame")
 OFFLOAD = ("model", "sequential")
+FUSE_KINDS = ("pyramid", "flat", "overlap-linear")  # weights of overlapping windows (videodiff.windows)
+WINDOW_NOISE = ("freenoise", "plain")  # initial noise of windowed videos (videodiff.noise.reschedule)
+FREE_INIT_FILTERS = ("butterworth", "gaussian", "ideal")  # FreeInit's low-pass filters (videodiff.noise)
+TRAVEL = ("linear", "slerp")  # prompt travel: how embeddings are interpolated between keyframes
 
 # Keys a model may recommend in its ``videodiff.json`` (``{"defaults": {...}}``).
 MODEL_DEFAULT_KEYS = (
@@ -50,7 +54,7 @@ INFO_KEY = "info"
 # Limits named in the errors, checked before any work (a typo must not become an hour or a 7 GiB allocation).
 MAX_STEPS = 1000  # the schedules have 1000 training timesteps: more steps than that repeat timesteps
 MAX_SIDE = 4096  # pixels; SD1.5-family models are trained at 512 (the VAE alone would need tens of GiB beyond this)
-MAX_FRAMES = 1024  # frames of one video (motion modules' own limits are lower and checked from their headers)
+MAX_FRAMES = 1024  # frames of one video: longer than a motion module's clips, they are sampled in sliding windows
 MAX_PROMPT_CHARS = 10_000  # the text encoder reads 77 tokens; a longer prompt is a mistake, not a description
 MAX_SETTINGS_BYTES = 1 << 20  # settings and prompt files are text a person wrote: 1 MiB is far more than enough
 MAX_NAMED = 5  # unknown keys named in an error; the rest are counted
@@ -95,6 +99,25 @@ class SampleSettings:
     decode_chunk: int | None = setting(  # None: 2 on the CPU (heap reuse), 16 elsewhere
         None, "Frames per VAE decode call [default: 2 on the CPU, 16 on a GPU]."
     )
+    # sliding windows: videos longer than the motion modules' training clips (videodiff.windows)
+    window: int | None = setting(  # None: the motion modules' train_frames
+        None, "Frames per sliding window when --frames exceeds it [default: the motion modules' training length]."
+    )
+    overlap: int | None = setting(None, "Frames shared by neighbouring windows [default: a quarter of the window].")
+    fuse: str = setting("pyramid", "How overlapping windows' outputs are weighted: " + "|".join(FUSE_KINDS) + ".")
+    loop: bool = setting(False, "Wrap the windows around the end: a closed loop (seamless GIFs).")
+    window_noise: str = setting(  # FreeNoise (Qiu et al. 2023): windows agree on what they start from
+        "freenoise",
+        "Initial noise with windows: freenoise (the first window's noise, shuffled, for the later ones) or plain.",
+    )
+    free_init: int = setting(0, "FreeInit: re-noise the result (fresh high frequencies) and sample again N times.")
+    free_init_filter: str = setting("butterworth", "FreeInit's low-pass filter: " + "|".join(FREE_INIT_FILTERS) + ".")
+    free_init_spatial: float = setting(0.25, "FreeInit's spatial cutoff (normalised frequency, 0 to 1).")
+    free_init_temporal: float = setting(0.25, "FreeInit's temporal cutoff (normalised frequency, 0 to 1).")
+    prompt_at: dict[int, str] | None = setting(  # {frame: prompt}; PROMPT, if given too, is frame 0's
+        None, "FRAME:TEXT: the prompt from that frame on (prompt travel); repeatable, PROMPT may then be omitted."
+    )
+    travel: str = setting("linear", "How prompts blend between --prompt-at frames: " + "|".join(TRAVEL) + ".")
 
     def validate(self) -> SampleSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
@@ -138,7 +161,43 @@ class SampleSettings:
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**64):
             raise UserError(f"--seed must be a whole number from 0 to 2^64-1, got {self.seed!r}")
         check_choices(self, (("scheduler", SCHEDULERS), ("noise", NOISE_KINDS)))
+        self._validate_long()
         return self
+
+    def _validate_long(self) -> None:
+        """Windows, FreeInit and prompt travel."""
+        if self.window is not None and self.window <= 0:
+            raise UserError(f"--window must be a positive whole number, got {self.window!r}")
+        if self.overlap is not None and self.overlap < 0:
+            raise UserError(f"--overlap must be a whole number >= 0, got {self.overlap!r}")
+        if self.window is not None and self.overlap is not None and self.overlap >= self.window:
+            raise UserError(f"--overlap {self.overlap} must be less than --window {self.window}")
+        if self.free_init < 0:
+            raise UserError(f"--free-init must be a whole number >= 0, got {self.free_init!r}")
+        for name in ("free_init_spatial", "free_init_temporal"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or not 0 < value <= 1:
+                raise UserError(f"--{_flag(name)} must be a number above 0 and at most 1, got {value!r}")
+        for frame in self.prompt_at or {}:
+            if not 0 <= frame < self.frames:
+                raise UserError(f"--prompt-at frame {frame} is outside the video's frames 0 to {self.frames - 1}")
+        check_choices(
+            self,
+            (
+                ("fuse", FUSE_KINDS),
+                ("window_noise", WINDOW_NOISE),
+                ("free_init_filter", FREE_INIT_FILTERS),
+                ("travel", TRAVEL),
+            ),
+        )
+
+    def keyframes(self) -> dict[int, str]:
+        """Prompt travel's ``{frame: prompt}`` in frame order: ``prompt_at``, with ``prompt`` at frame 0 unless
+        ``prompt_at`` names frame 0 (``{0: prompt}`` without ``prompt_at``)."""
+        keys = dict(self.prompt_at or {})
+        if self.prompt and 0 not in keys:
+            keys[0] = self.prompt
+        return dict(sorted(keys.items()))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -356,7 +415,11 @@ def check_types(config: Any, cls: type | None = None) -> None:
             if "None" in kind:
                 continue
             raise UserError(f"--{_flag(f.name)} needs a value")
-        if kind.startswith("tuple[float"):
+        if kind.startswith("dict[int, str]"):
+            ok = isinstance(value, dict) and all(
+                isinstance(k, int) and not isinstance(k, bool) and isinstance(v, str) for k, v in value.items()
+            )
+        elif kind.startswith("tuple[float"):
             ok = isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value)
         elif kind.startswith("tuple"):
             ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
@@ -372,6 +435,7 @@ def check_types(config: Any, cls: type | None = None) -> None:
             ok = True
         if not ok:
             names = {
+                "dict[int, str]": "a mapping of frame numbers to text",
                 "tuple[float": "two numbers",
                 "tuple": "a list of text",
                 "bool": "true or false",
@@ -481,6 +545,9 @@ def merge(*layers: dict[str, Any], cls: type = RenderConfig) -> Any:
     # YAML may give 8 for fps or 7 for guidance: accept ints where floats are expected; lists for repeatable flags.
     for f in fields(cls):
         value = values.get(f.name)
+        if str(f.type).startswith("dict[int, str]") and isinstance(value, (dict, list, tuple, str)):
+            values[f.name] = parse_mapping(value)  # JSON sidecars' keys are text; YAML may list FRAME:TEXT
+            continue
         if str(f.type).startswith("tuple") and isinstance(value, (list, str)):
             values[f.name] = tuple(value) if isinstance(value, list) else (value,)
             continue
@@ -661,6 +728,30 @@ def parse_trigger(spec: str) -> tuple[str, str, float]:
         raise UserError(f"--motion-lora-trigger must be WORD=PATH[:SCALE] with one word, got {spec!r}")
     path, scale = parse_scaled_path(rest)
     return word, path, scale
+
+
+def parse_keyed(spec: str) -> tuple[int, str]:
+    """``FRAME:TEXT`` -> ``(frame, text)`` (``--prompt-at 32:a blue circle``)."""
+    head, sep, text = str(spec).partition(":")
+    try:
+        frame = int(head.strip())
+    except ValueError:
+        frame = -1
+    if not sep or frame < 0 or not text.strip():
+        raise UserError(f"--prompt-at must be FRAME:TEXT with a frame number >= 0, got {spec!r}")
+    return frame, text.strip()
+
+
+def parse_mapping(value: Any) -> Any:
+    """``{frame: text}`` from a mapping (keys may be digit strings, as JSON writes them) or ``FRAME:TEXT``
+    strings; anything else is returned as it is, for :func:`check_types` to report."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        return dict(parse_keyed(v) for v in value)
+    if isinstance(value, dict):
+        return {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in value.items()}
+    return value
 
 
 def words_of(prompt: str) -> set[str]:

@@ -37,10 +37,19 @@ from collections.abc import Sequence
 import torch
 from einops import rearrange
 
-from videodiff.config import NOISE_KINDS
+from videodiff.config import FREE_INIT_FILTERS, NOISE_KINDS
 from videodiff.errors import UserError
 
-__all__ = ["NOISE_KINDS", "expected_correlation", "frame_correlation", "sample_noise"]
+__all__ = [
+    "NOISE_KINDS",
+    "expected_correlation",
+    "frame_correlation",
+    "freenoise_order",
+    "lowpass_filter",
+    "mix_frequencies",
+    "reschedule",
+    "sample_noise",
+]
 
 
 def _check_kind_alpha(kind: str, alpha: float) -> float:
@@ -172,3 +181,73 @@ def expected_correlation(kind: str, alpha: float, num_frames: int) -> torch.Tens
     lag = (idx[:, None] - idx[None, :]).abs()
     # 0 ** 0 == 1, so alpha = 0 still gives the identity.
     return torch.pow(torch.tensor(a / math.sqrt(1.0 + a * a), dtype=torch.float64), lag)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Long videos: FreeNoise's rescheduling (windows) and FreeInit's frequency mixing
+
+
+def freenoise_order(frames: int, window: int, stride: int, generator: torch.Generator | None = None) -> list[int]:
+    """FreeNoise's noise rescheduling (Qiu et al. 2023, sec. 3.2) as frame indices: frame ``i`` takes the noise
+    of frame ``order[i]``, always one of the first ``window`` frames.
+
+    The first window keeps its own noise; from there on every ``stride`` frames take the noise of the ``stride``
+    frames one window earlier, in an order shuffled by ``generator`` (``torch.randperm``): so each later window
+    holds the first window's noise, shuffled within it (as diffusers' ``_prepare_latents_free_noise``). The
+    shuffle is the generator's only use here: one seed, one order.
+    """
+    order = list(range(min(frames, window)))
+    for begin in range(window, frames, stride):
+        source = order[begin - window : begin - window + stride]
+        perm = torch.randperm(len(source), generator=generator).tolist()
+        order.extend(source[p] for p in perm[: frames - begin])
+    return order[:frames]
+
+
+def reschedule(noise: torch.Tensor, window: int, stride: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``noise`` ``[b c f h w]`` with its frames rescheduled as :func:`freenoise_order` says (a new tensor).
+
+    Every prior's noise is drawn for the whole video first and then rescheduled, so ``mixed`` keeps its
+    shared component in every frame and ``progressive`` its AR(1) chain inside the first window (later
+    windows hold shuffled pieces of that chain); every element stays N(0, 1).
+    """
+    order = freenoise_order(noise.shape[2], window, stride, generator)
+    return noise[:, :, order].clone()
+
+
+def lowpass_filter(
+    shape: Sequence[int], kind: str = "butterworth", spatial: float = 0.25, temporal: float = 0.25, order: int = 4
+) -> torch.Tensor:
+    """FreeInit's (Wu et al. 2023) low-pass filter ``[f h w]`` for centred (``fftshift``-ed) 3-D spectra.
+
+    ``spatial``/``temporal`` are the normalised cutoffs (0 to 1, 1 the Nyquist frequency); the distance of a
+    frequency from the centre is ``d^2 = ((spatial/temporal) * ft)^2 + fh^2 + fw^2`` with ``ft, fh, fw`` in
+    ``[-1, 1]``, as FreeInit's code measures it. ``butterworth``: ``1 / (1 + (d^2 / spatial^2)^order)``;
+    ``gaussian``: ``exp(-d^2 / (2 spatial^2))``; ``ideal``: 1 where ``d <= 2 spatial`` (FreeInit's cut), else 0.
+    """
+    if kind not in FREE_INIT_FILTERS:
+        raise UserError(f"unknown --free-init-filter {kind!r}; choose one of: {', '.join(FREE_INIT_FILTERS)}")
+    f, h, w = (int(n) for n in shape[-3:])
+
+    def axis(n: int) -> torch.Tensor:
+        return (2 * torch.arange(n, dtype=torch.float32) / n - 1) if n > 1 else torch.zeros(1)
+
+    ft, fh, fw = torch.meshgrid(axis(f), axis(h), axis(w), indexing="ij")
+    d2 = ((spatial / temporal) * ft) ** 2 + fh**2 + fw**2
+    if kind == "butterworth":
+        return 1 / (1 + (d2 / spatial**2) ** order)
+    if kind == "gaussian":
+        return torch.exp(-d2 / (2 * spatial**2))
+    return (d2 <= (2 * spatial) ** 2).float()
+
+
+def mix_frequencies(low_from: torch.Tensor, high_from: torch.Tensor, lowpass: torch.Tensor) -> torch.Tensor:
+    """FreeInit's noise reinitialisation: the low spatio-temporal frequencies of ``low_from`` and the high ones of
+    ``high_from`` (both ``[b c f h w]``), split by ``lowpass`` ``[f h w]`` (:func:`lowpass_filter`)."""
+    dims = (-3, -2, -1)
+    low = torch.fft.fftshift(torch.fft.fftn(low_from.float(), dim=dims), dim=dims)
+    high = torch.fft.fftshift(torch.fft.fftn(high_from.float(), dim=dims), dim=dims)
+    mask = lowpass.to(low.device)
+    mixed = low * mask + high * (1 - mask)
+    out = torch.fft.ifftn(torch.fft.ifftshift(mixed, dim=dims), dim=dims).real
+    return out.to(low_from.dtype)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from videodiff import heap, keyframes, sampling, starts, text, vae
+from videodiff import heap, keyframes, sampling, starts, text, vae, windows
 from videodiff import noise as noise_priors
 from videodiff.config import (
     IMG2VID_STRENGTH,
@@ -70,10 +70,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
-def too_many_frames(frames: int, limit: int) -> UserError:
-    return UserError(
-        f"{frames} frames exceed the motion modules' positional encoding of {limit} frames; render at most {limit}"
-    )
+too_many_frames = windows.too_many_frames  # more than MAX_FRAMES (1024); longer than a window is fine
 
 
 def pick_attention(requested: str, device: torch.device) -> str:
@@ -110,8 +107,16 @@ class Conditioning:
     uncond: torch.Tensor | None
     triggered: tuple[str, ...] = ()  # trigger words of the MotionLoRAs merged for this prompt
 
+    @property
+    def first(self) -> torch.Tensor:
+        """The first frame's context ``[1 n d]`` (prompt travel's context is ``[1 f n d]``)."""
+        return self.context[:, 0] if self.context.ndim == 4 else self.context
+
     def guide(self, scale: float) -> sampling.Guide:
-        return sampling.guide_for(scale, self.context, self.uncond)
+        uncond = self.uncond
+        if uncond is not None and self.context.ndim == 4 and uncond.ndim == 3:  # prompt travel: one negative prompt
+            uncond = uncond[:, None].expand(-1, self.context.shape[1], -1, -1)
+        return sampling.guide_for(scale, self.context, uncond)
 
 
 @dataclass
@@ -222,7 +227,25 @@ class VideoPipeline:
 
     @property
     def max_frames(self) -> int:
+        """The longest window the motion modules' positional encoding allows."""
         return self.unet.max_frames
+
+    @property
+    def train_frames(self) -> int:
+        """The clip length the motion modules were trained on (``train_frames``; 16 when not recorded)."""
+        return self.parts.train_frames
+
+    def windows_for(self, settings: SampleSettings) -> windows.WindowPlan | None:
+        """The sliding windows ``settings`` sample through, or ``None`` when the video is one window."""
+        return windows.plan_windows(
+            settings.frames,
+            window=settings.window,
+            overlap=settings.overlap,
+            fuse=settings.fuse,
+            loop=settings.loop,
+            train_frames=self.train_frames,
+            limit=self.max_frames,
+        )
 
     def _install_offload(self, mode: str) -> None:
         """``model``: each model moves to the device while it runs (text encoder, U-Net, VAE in turn);
@@ -248,9 +271,11 @@ class VideoPipeline:
             self.unet.unet.set_attention_slice("auto")
             self.unet.motion.set_attention_chunk(4096)
 
-    def check_frames(self, num_frames: int) -> None:
-        if num_frames > self.max_frames:
-            raise too_many_frames(num_frames, self.max_frames)
+    def check_frames(self, num_frames: int, window: int | None = None) -> None:
+        """At most MAX_FRAMES (1024) frames, and a ``window`` the positional encoding allows."""
+        windows.plan_windows(
+            num_frames, window=window, overlap=None, train_frames=self.train_frames, limit=self.max_frames
+        )
 
     def default_size(self) -> tuple[int, int]:
         d = self.parts.defaults
@@ -291,12 +316,19 @@ class VideoPipeline:
     def conditioning(self, settings: SampleSettings) -> Conditioning:
         """Stage 1: switch to the MotionLoRAs the prompt's words trigger; encode the prompt, and the negative
         one when guidance runs."""
-        triggered = tuple(t.word for t in self.triggers.select(settings.prompt)) if self.triggers else ()
+        prompts = settings.keyframes()  # {frame: prompt}: one at frame 0, or prompt travel's
+        words = " ".join(prompts.values())
+        triggered = tuple(t.word for t in self.triggers.select(words)) if self.triggers else ()
         guided = sampling.uses_guidance(settings.guidance)
         if settings.negative and not guided:
             notice(f"the negative prompt has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
-        self.tell_unknown_words(settings.prompt)
-        context = self.encode(settings.prompt)
+        for prompt in prompts.values():
+            self.tell_unknown_words(prompt)
+        if settings.prompt_at:  # prompt travel: a context per frame [1 f n d]
+            contexts = {frame: self.encode(prompt) for frame, prompt in prompts.items()}
+            context = text.travel(contexts, settings.frames, settings.travel)
+        else:
+            context = self.encode(settings.prompt)
         uncond = self.encode(settings.negative or "") if guided else None
         return Conditioning(context, uncond, triggered)
 
@@ -304,7 +336,11 @@ class VideoPipeline:
         """Stage 2: unit-variance noise ``[1 c f h w]`` of the chosen prior for ``settings`` (whose size is
         resolved), drawn on the CPU so that a seed means the same video on any device."""
         shape = self.latent_shape(settings.frames, settings.height, settings.width)
-        return noise_priors.sample_noise(shape, kind=settings.noise, alpha=settings.noise_alpha, generator=generator)
+        noise = noise_priors.sample_noise(shape, kind=settings.noise, alpha=settings.noise_alpha, generator=generator)
+        plan = self.windows_for(settings)
+        if plan is not None and settings.window_noise == "freenoise":  # windows start from agreeing noise
+            noise = noise_priors.reschedule(noise, plan.window, plan.stride, generator)
+        return noise
 
     def start(
         self,
@@ -324,7 +360,7 @@ class VideoPipeline:
             begin.record["motion_prior"] = 0.0
             return begin
         shape, scale = tuple(noise.shape), self.vae_scale
-        clean, velocity = self.parts.motion_prior.start_video(cond.context, shape, generator, scale, settings.motion)
+        clean, velocity = self.parts.motion_prior.start_video(cond.first, shape, generator, scale, settings.motion)
         noise = noise.float().to(self.device)
         begin = starts.from_clean(clean.to(self.device), noise, scheduler, settings.steps, fraction)
         begin.latents = begin.latents.to(self.device, self.dtype)
@@ -388,7 +424,7 @@ class VideoPipeline:
         fraction = self.prior_fraction(settings)
         velocity, record = None, {"motion_prior": 0.0}
         if fraction > 0:
-            guess = self.parts.motion_prior.predict(motion_prior_features(cond.context))
+            guess = self.parts.motion_prior.predict(motion_prior_features(cond.first))
             m = settings.motion
             velocity = guess.velocity if m is None else (m[1] / self.vae_scale, m[0] / self.vae_scale)
             record["motion"] = (round(velocity[1] * self.vae_scale, 4), round(velocity[0] * self.vae_scale, 4))
@@ -423,10 +459,15 @@ class VideoPipeline:
         *,
         progress: bool = False,
         on_step: sampling.OnStep | None = None,
+        windows: windows.WindowPlan | None = None,
+        pass_index: int = 0,
     ) -> torch.Tensor:
-        """Stage 4: the sampling loop from ``begin`` over ``schedule``; ``on_step`` after each step."""
+        """Stage 4: the sampling loop from ``begin`` over ``schedule``; ``on_step`` after each step.
+        With ``windows`` the U-Net runs window by window, fused into one output per step
+        (:class:`videodiff.windows.Windowed`); ``pass_index`` counts FreeInit's passes."""
+        denoiser = self.unet if windows is None else _windowed(self.unet, windows)
         return sampling.sample(
-            self.unet,
+            denoiser,
             begin.latents,
             schedule,
             steps=schedule.steps,
@@ -435,6 +476,7 @@ class VideoPipeline:
             progress=progress,
             start=begin.step,
             on_step=on_step,
+            pass_index=pass_index,
         )
 
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> np.ndarray:
@@ -459,7 +501,7 @@ class VideoPipeline:
         :class:`videodiff.sampling.Cancelled` raised by ``on_step`` stops the render and propagates (nothing is
         decoded)."""
         settings.validate()
-        if not settings.prompt:
+        if not settings.prompt and not settings.prompt_at:
             raise UserError("no prompt given")
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
@@ -472,7 +514,8 @@ class VideoPipeline:
             source, record["source_fps"] = self.read_source(source, settings.frames, *size)
             changes["frames"] = source.video.shape[0]
         settings = settings.__class__(**{**to_dict(settings), **changes})
-        self.check_frames(settings.frames)
+        self.check_frames(settings.frames, settings.window)
+        plan = self.windows_for(settings)
         # 1. the prompts (and the MotionLoRAs their words trigger)
         cond = self.conditioning(settings)
         # 2. scheduler and initial noise
@@ -491,13 +534,22 @@ class VideoPipeline:
             begin = self.video_start(settings, source, latents, scheduler)
         else:
             begin = self.start(settings, cond, latents, scheduler, generator)
+        passes = settings.free_init + 1
+        bar = FreeInitProgress(passes * (settings.steps - begin.step), progress, on_step) if passes > 1 else None
+        hook, shown = (bar.on_step, False) if bar else (on_step, progress)
         schedule = sampling.Schedule(scheduler, settings.steps, begin.step, self.device)
-        if pictures:
-            hook = keyframes.Anchor(keys, latents.to(self.device), schedule, source.anchor, then=on_step)
+        if pictures:  # pinned pictures are held before any other hook sees the latents
+            hook = keyframes.Anchor(keys, latents.to(self.device), schedule, source.anchor, then=hook)
         with heap.render_heap(self.device):  # the CPU heap keeps each step's freed activations for the next
             # 4. denoise
             guide = cond.guide(settings.guidance)
-            out = self.denoise(begin, schedule, guide, generator, progress=progress, on_step=hook)
+            out = self.denoise(begin, schedule, guide, generator, progress=shown, on_step=hook, windows=plan)
+            for index in range(1, passes):  # FreeInit: keep the result's low frequencies, fresh high ones, again
+                begin = self.free_init_start(settings, out, begin, latents, scheduler, generator, plan)
+                schedule = sampling.Schedule(scheduler, settings.steps, begin.step, self.device)
+                out = self.denoise(begin, schedule, guide, generator, on_step=hook, windows=plan, pass_index=index)
+            if bar:
+                bar.close()
             # 5. decode
             frames = self.decode(out, settings.decode_chunk) if output_type == "np" else None
         if frames is not None and pictures and source.paste:
@@ -562,9 +614,37 @@ class VideoPipeline:
         run = {k: given.pop(k) for k in ("latents", "output_type", "progress", "on_step") if k in given}
         return self.generate(self.settings(prompt, **given), source=source, **run)
 
+    def free_init_start(
+        self,
+        settings: SampleSettings,
+        result: torch.Tensor,
+        begin: starts.Start,
+        noise: torch.Tensor,
+        scheduler,
+        generator: torch.Generator | None,
+        plan: windows.WindowPlan | None,
+    ) -> starts.Start:
+        """FreeInit (Wu et al. 2023): the next pass's start from the last pass's ``result``: the result noised
+        by the first pass's ``noise`` to where sampling starts, low-pass filtered in space and time, plus the
+        high frequencies of fresh noise (the same prior, rescheduled the same way) at that noise level."""
+        schedule = sampling.Schedule(scheduler, settings.steps, begin.step, self.device)
+        fresh = noise_priors.sample_noise(
+            noise.shape, kind=settings.noise, alpha=settings.noise_alpha, generator=generator
+        )
+        if plan is not None and settings.window_noise == "freenoise":
+            fresh = noise_priors.reschedule(fresh, plan.window, plan.stride, generator)
+        result = result.float()
+        low = schedule.add_noise(result, noise.float().to(result.device))
+        high = schedule.add_noise(torch.zeros_like(result), fresh.to(result.device))
+        lowpass = noise_priors.lowpass_filter(
+            result.shape, settings.free_init_filter, settings.free_init_spatial, settings.free_init_temporal
+        )
+        mixed = noise_priors.mix_frequencies(low, high, lowpass)
+        return starts.Start(mixed.to(self.device, self.dtype), begin.step, begin.record)
+
     def __call__(
         self,
-        prompt: str,
+        prompt: str | None = None,
         *,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
@@ -583,9 +663,34 @@ class VideoPipeline:
         from the model's motion prior (:mod:`videodiff.motion_prior`), moving at ``motion`` (pixels per
         frame, ``(dx, dy)``) or at the velocity it predicts. ``on_step(i, total, t, t_next, latents,
         pass_index)`` is called after every scheduler step (:func:`videodiff.sampling.sample`).
+        Long videos: ``num_frames`` above the motion modules' ``train_frames`` sample through sliding
+        windows (``window``, ``overlap``, ``fuse``, ``loop``, ``window_noise``); ``free_init=N`` adds FreeInit
+        passes; ``prompt_at={frame: prompt}`` (``prompt`` may then be ``None``) and ``travel`` for prompt travel.
         """
         resolved = self.settings(prompt, **settings)
         return self.generate(resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step)
+
+
+def _windowed(unet, plan: windows.WindowPlan) -> windows.Windowed:
+    return windows.Windowed(unet, plan)
+
+
+class FreeInitProgress:
+    """One progress bar over every FreeInit pass (steps x passes), fed by the step hook; ``on_step`` still runs."""
+
+    def __init__(self, total: int, shown: bool, on_step: sampling.OnStep | None) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, disable=not shown, desc="denoising (FreeInit)", leave=False)
+        self.inner = on_step
+
+    def on_step(self, i, total, t, t_next, latents, pass_index):
+        self.bar.update()
+        self.bar.set_postfix_str(f"pass {pass_index + 1}")
+        return self.inner(i, total, t, t_next, latents, pass_index) if self.inner else None
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def load_pipeline(model: str | None = None, motion_module: str | None = None, **options: Any) -> VideoPipeline:

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videodiff.config import INFO_KEY, RenderConfig, load_config_file, parse_image_at, resolve, to_dict
+from videodiff.config import INFO_KEY, MAX_FRAMES, RenderConfig, load_config_file, parse_image_at, resolve, to_dict
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.images import file_sha256
@@ -66,7 +66,12 @@ class RenderOutcome:
 
 
 def check_frame_limit(config: RenderConfig) -> None:
-    """Refuse too many frames from the motion module's header, before minutes of loading weights."""
+    """Refuse more than MAX_FRAMES (1024) frames, and a ``--window`` longer than the motion module's positional
+    encoding (read from its header), before minutes of loading weights. Longer videos are sampled in windows."""
+    from videodiff.windows import too_many_frames
+
+    if config.frames > MAX_FRAMES:
+        raise too_many_frames(config.frames)
     from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
     from videodiff.weights.models import OWN_MOTION_FOLDER
     from videodiff.weights.motion_formats import frame_limit
@@ -81,10 +86,11 @@ def check_frame_limit(config: RenderConfig) -> None:
         limit = frame_limit(source, config.motion_config)
     except UserError:
         return  # loading reports what is wrong with the file, with its full context
-    if config.frames > limit:
-        from videodiff.pipelines import too_many_frames
-
-        raise too_many_frames(config.frames, limit)
+    if config.window is not None and config.window > limit:
+        raise UserError(
+            f"--window {config.window} exceeds the motion modules' positional encoding of {limit} frames; "
+            f"use --window {limit} or less"
+        )
 
 
 def check_render(config: RenderConfig) -> tuple[RenderConfig, Path, bool]:
@@ -143,7 +149,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
             from videodiff.pipelines import VideoPipeline
 
             pipe = VideoPipeline.load(config.load)
-        pipe.check_frames(config.frames)
+        pipe.check_frames(config.frames, config.window)
         if drawn:
             notice(f"seed {seed} (pass --seed {seed} to render this video again)")
         from videodiff.pipelines import input_from

@@ -54,3 +54,44 @@ def encode_prompts(
     else:
         hidden = text_encoder(ids, attention_mask=mask)[0]
     return hidden.to(dtype=text_encoder.dtype)
+
+
+def travel(keyframes: dict[int, torch.Tensor], frames: int, mode: str = "linear") -> torch.Tensor:
+    """Prompt travel: a text context per frame ``[b f n d]`` from contexts ``[b n d]`` at keyframes.
+
+    Before the first keyframe a frame has the first's context, after the last the last's; in between
+    it blends the two keyframes around it by its place between them: ``linear`` (``(1 - w) a + w b``)
+    or ``slerp`` (spherical, per token vector, keeping the vectors' lengths' blend).
+    """
+    if mode not in ("linear", "slerp"):
+        raise ValueError(f"unknown travel mode {mode!r}")
+    keys = sorted(keyframes)
+    out = []
+    for f in range(frames):
+        after = next((k for k in keys if k > f), None)
+        before = max((k for k in keys if k <= f), default=None)
+        if before is None or after is None:
+            out.append(keyframes[after if before is None else before])
+            continue
+        w = (f - before) / (after - before)
+        out.append(_blend(keyframes[before], keyframes[after], w, mode))
+    return torch.stack(out, dim=1)
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, w: float, mode: str) -> torch.Tensor:
+    if w == 0:
+        return a
+    if mode == "linear":
+        return torch.lerp(a, b, w)
+    # slerp over the last axis; nearly parallel vectors fall back to the linear blend
+    a32, b32 = a.float(), b.float()
+    na, nb = a32.norm(dim=-1, keepdim=True), b32.norm(dim=-1, keepdim=True)
+    cos = ((a32 / na.clamp_min(1e-12)) * (b32 / nb.clamp_min(1e-12))).sum(-1, keepdim=True).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    safe = sin.abs() > 1e-4
+    wa = torch.where(
+        safe, torch.sin((1 - w) * theta) / sin.where(safe, torch.ones_like(sin)), torch.full_like(sin, 1 - w)
+    )
+    wb = torch.where(safe, torch.sin(w * theta) / sin.where(safe, torch.ones_like(sin)), torch.full_like(sin, w))
+    return (wa * a32 + wb * b32).to(a.dtype)

@@ -89,11 +89,18 @@ def render_validation(
     return path
 
 
-def save_trained(unet: VideoUNet, run: Path, trainable: str, trained: dict[str, torch.nn.Parameter]) -> Path | None:
+def save_trained(
+    unet: VideoUNet,
+    run: Path,
+    trainable: str,
+    trained: dict[str, torch.nn.Parameter],
+    train_frames: int | None = None,
+) -> Path | None:
     """Write the trained weights (``trained``, named as in ``unet``) where render loads them.
 
     ``trainable="lora"``: ``motion_lora.safetensors`` (returns None). Otherwise the ``motion_module``
-    folder, with the trained image U-Net tensors in ``spatial.safetensors`` (returns the folder).
+    folder, with the trained image U-Net tensors in ``spatial.safetensors`` and the clip length trained on
+    (``train_frames``, what render's sliding windows default to) in ``videodiff.json`` (returns the folder).
     """
     from safetensors.torch import save_file
 
@@ -113,6 +120,10 @@ def save_trained(unet: VideoUNet, run: Path, trainable: str, trained: dict[str, 
     if spatial:
         save_file(spatial, str(folder / SPATIAL_FILE))
         user_mode(folder / SPATIAL_FILE)
+    if train_frames is not None:
+        from videodiff.weights.hub import DEFAULTS_FILE
+
+        (folder / DEFAULTS_FILE).write_text(json.dumps({"train_frames": int(train_frames)}, indent=2) + "\n")
     return folder
 
 

@@ -363,7 +363,9 @@ class Trainer:
             with torch.no_grad():
                 for k, p in self.trained_params(unet).items():
                     p.copy_(self.ema.shadow[k].to(p.dtype))
-        folder = save_trained(unet, self.run, self.config.trainable, self.trained_params(unet))
+        folder = save_trained(
+            unet, self.run, self.config.trainable, self.trained_params(unet), train_frames=self.config.frames
+        )
         if folder is not None and self.config.motion_prior:
             clips = clip_latents(self.dataset, self.encoder, "fitting the motion prior", self.skipped)
             fit_motion_prior(clips, self.caption_context, folder)

@@ -145,6 +145,25 @@ def _model_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+TRAIN_FRAMES = 16  # AnimateDiff's motion modules were trained on 16-frame clips
+
+
+def recorded_train_frames(*folders: Path | None) -> int:
+    """The clip length motion modules were trained on: ``train_frames`` in the first of ``folders`` (the motion
+    modules' folder, then the model's) whose ``videodiff.json`` records it; 16 when none does."""
+    for folder in folders:
+        if folder is None or not Path(folder).is_dir():
+            continue
+        path = Path(folder) / DEFAULTS_FILE
+        value = _model_json(path).get("train_frames")
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"{path}: train_frames must be a positive whole number, got {value!r}")
+        return value
+    return TRAIN_FRAMES
+
+
 def model_triggers(root: Path) -> dict[str, str]:
     """``{"motion_lora_triggers": {word: "PATH[:SCALE]"}}`` of a model folder's ``videodiff.json``, or ``{}``."""
     path = root / DEFAULTS_FILE

@@ -27,6 +27,7 @@ from videodiff.weights.hub import (
     model_vocabulary,
     quiet_hub_logging,
     read_model_defaults,
+    recorded_train_frames,
 )
 from videodiff.weights.lora import apply_lora
 from videodiff.weights.motion_formats import (
@@ -84,6 +85,7 @@ class ModelParts:
     triggers: tuple = ()  # Trigger: MotionLoRAs merged only for prompts with their word (videodiff.unet.triggers)
     motion_prior: Any = None  # a MotionPrior saved beside the motion modules (videodiff.motion_prior)
     vocabulary: dict[str, Any] = field(default_factory=dict)  # a closed-vocabulary model's words (videodiff.json)
+    train_frames: int = 16  # the clip length the motion modules were trained on (videodiff.json's train_frames)
 
 
 def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
@@ -140,7 +142,9 @@ def load_model_parts(
         sources["vae"] = {"id": vae, "sha256": fingerprint(vae)}
     own = root / OWN_MOTION_FOLDER if root.is_dir() else None
     norm_over_frames, motion_prior = False, None
-    if motion_module is None and own is not None and own.is_dir():
+    motion_folder = None
+    own_motion = motion_module is None and own is not None and own.is_dir()
+    if own_motion:
         motion_module = str(own)
     if motion_module is None:
         if not new_motion:
@@ -154,6 +158,7 @@ def load_model_parts(
         motion, info = load_any_motion_module(motion_module, motion_config)
         norm_over_frames = info.norm_over_frames
         location = locate(motion_module, "motion module")
+        motion_folder = location if location.is_dir() else None
         sources["motion_module"] = {
             "id": motion_module,
             "sha256": fingerprint(location),
@@ -192,6 +197,8 @@ def load_model_parts(
         triggers,
         motion_prior,
         model_vocabulary(root) if root.is_dir() else {},
+        # the model folder's train_frames speaks for its own motion modules only
+        recorded_train_frames(motion_folder, root if own_motion else None),
     )
 
 

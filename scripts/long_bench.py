@@ -1,0 +1,40 @@
+"""Time and peak memory of one long render on the built-in shapes model (issue 16), in this process.
+
+    /usr/bin/time -v python scripts/long_bench.py --frames 64        # "Maximum resident set size" is the peak
+
+Prints frames, windows, render seconds (sampling and decode, model load excluded) and the process's peak RSS
+(``resource.getrusage``: the whole process, model load included) as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+from videodiff import load_pipeline
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--prompt", default="a red circle moving right")
+    parser.add_argument("--window", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's (12)")
+    args = parser.parse_args()
+    pipe = load_pipeline(device="cpu")
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    pipe(args.prompt, num_frames=args.frames, seed=args.seed, window=args.window, steps=args.steps, motion=(0.6, 0))
+    seconds = time.perf_counter() - start
+    plan = pipe.windows_for(pipe.settings(args.prompt, num_frames=args.frames, window=args.window))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    windows = len(plan.indices()) if plan else 1
+    record = {"frames": args.frames, "windows": windows, "render_s": round(seconds, 1)}
+    print(json.dumps({**record, "peak_rss_mib_after_load": round(loaded), "peak_rss_mib": round(peak)}))
+
+
+if __name__ == "__main__":
+    main()
