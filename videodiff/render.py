@@ -99,12 +99,12 @@ def check_render(config: RenderConfig) -> tuple[RenderConfig, Path, bool]:
     Returns the config with its seed set, the output path and whether the seed was drawn.
     """
     config.validate()
-    if not config.prompt or not config.prompt.strip():
-        raise UserError("no prompt given: pass PROMPT or set 'prompt' in the --config file")
+    if not (config.prompt and config.prompt.strip()) and not config.prompt_at:
+        raise UserError("no prompt given: pass PROMPT (or --prompt-at) or set 'prompt' in the --config file")
     drawn = config.seed is None
     seed = secrets.randbelow(2**32) if drawn else config.seed
     config = config.replace(seed=seed)
-    output = Path(config.output) if config.output else default_output(config.prompt, seed)
+    output = Path(config.output) if config.output else default_output(next(iter(config.keyframes().values())), seed)
     # fail before the work, and create no folder until there is something to write
     output = check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
     check_sidecar(output, overwrite=config.overwrite)
