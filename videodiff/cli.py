@@ -541,7 +541,7 @@ def eval_group() -> None:
     help="Score img2vid: animate each ground-truth clip's first frame; frame 0's PSNR is reported too.",
 )
 @click.option("--strength", type=float, help="img2vid's --strength (default: the prior's start, else 0.85).")
-@click.option("--anchor", type=float, help="img2vid's --anchor (default 0.6).")
+@click.option("--anchor", type=float, help="img2vid's --anchor (default 1: held to the end).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=_choice_help(DEVICES))
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, help=_choice_help(DTYPES))
 @click.option("-q", "--quiet", is_flag=True, help="No progress notices.")

@@ -260,6 +260,7 @@ class LoadSettings:
 
 FITS = ("crop", "pad")  # how a picture of another aspect meets the video's size: cover and crop, or contain and pad
 IMG2VID_STRENGTH = 0.85  # img2vid's --strength without a motion prior (measured: README, "img2vid")
+IMG2VID_ANCHOR = 1.0  # img2vid's --anchor: pinned frames held through every step (measured: README, "img2vid")
 VID2VID_STRENGTH = 0.6  # vid2vid's --strength: enough to restyle, little enough to keep the clip's motion
 
 
@@ -277,9 +278,9 @@ class InputSettings:
         "motion), lower stays closer to the input [default: the motion prior's start, else 0.85 (img2vid), "
         "0.6 (vid2vid)].",
     )
-    anchor: float = setting(  # RePaint-style: the pinned frames follow their pictures for this part of the steps
-        0.6, "Fraction of the steps during which pinned frames are held to their pictures."
-    )
+    # RePaint-style: the pinned frames follow their pictures for this part of the steps; 1 (to the end) is the only
+    # value that keeps frame 0 as close to the picture as the VAE can (README, "img2vid": 0.6 lost 2 dB)
+    anchor: float = setting(IMG2VID_ANCHOR, "Fraction of the steps pinned frames are held to their pictures.")
     fit: str = setting("crop", "How pictures and videos of another aspect fit the size: crop|pad.")
     background: str = setting("0,0,0", "R,G,B (or #RRGGBB): what transparent pixels and --fit pad borders become.")
     paste: bool = setting(  # off: the decoded frame 0 is the model's own; on: exact, colours matched around it

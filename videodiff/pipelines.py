@@ -20,6 +20,7 @@ import torch
 from videodiff import heap, keyframes, sampling, starts, text, vae, windows
 from videodiff import noise as noise_priors
 from videodiff.config import (
+    IMG2VID_ANCHOR,
     IMG2VID_STRENGTH,
     VID2VID_STRENGTH,
     InputSettings,
@@ -125,7 +126,7 @@ class ImageInput:
 
     images: dict[int, Any]
     strength: float | None = None  # None: the motion prior's start when the model has one, else 0.85
-    anchor: float = 0.6  # fraction of the steps the pinned frames are held to their pictures
+    anchor: float = IMG2VID_ANCHOR  # fraction of the steps the pinned frames are held to their pictures
     fit: str = "crop"
     background: tuple[int, int, int] = (0, 0, 0)
     paste: bool = False
@@ -571,7 +572,7 @@ class VideoPipeline:
         *,
         image_at: dict[int, Any] | None = None,
         strength: float | None = None,
-        anchor: float = 0.6,
+        anchor: float = IMG2VID_ANCHOR,
         fit: str = "crop",
         background: tuple[int, int, int] | str = (0, 0, 0),
         paste: bool = False,
