@@ -224,3 +224,42 @@ def test_frame_zero_matches_the_picture_as_well_as_the_vae_does(builtin):
         frame0 = builtin.img2vid(picture, prompt, seed=2).frames[0]
         gaps.append(psnr(vae_roundtrip(builtin, picture[None])[0], picture) - psnr(frame0, picture))
     assert max(gaps) <= 1.0, gaps
+
+
+# ---------------------------------------------------------------- real media (../shared/data)
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad"])
+def test_real_photographs_through_img2vid(tiny_pipe, shared_data, fit):
+    for name in ("chelsea.png", "coffee.png"):  # 451x300 and 600x400
+        for height, width in ((16, 16), (16, 24), (24, 16)):
+            result = tiny_pipe.img2vid(
+                shared_data / name, "a cat", seed=1, fit=fit, background=(255, 0, 255), paste=True,
+                num_frames=2, height=height, width=width, num_inference_steps=2,
+            )  # fmt: skip
+            assert result.frames.shape == (2, height, width, 3)
+
+
+def test_real_clips_through_vid2vid(tiny_pipe, shared_data):
+    for name in ("cockatoo.mp4", "cockatoo_yuv420.mp4", "newtonscradle.gif"):  # 4:4:4 and 4:2:0 H.264, a GIF
+        for fit in ("crop", "pad"):
+            result = tiny_pipe.vid2vid(
+                shared_data / name, "a bird", seed=1, stride=3, fit=fit,
+                num_frames=3, height=16, width=24, num_inference_steps=2,
+            )  # fmt: skip
+            assert result.frames.shape == (3, 16, 24, 3) and result.settings["source_fps"] > 0
+
+
+@pytest.mark.slow
+def test_real_media_on_the_sd_layout(shared_data, tmp_path):
+    """cpu-small (SD1.5's layout and attention widths, random weights: the frames mean nothing) through both."""
+    from videodiff.tiny import build_tiny_model, build_tiny_motion_adapter
+
+    widths = (64, 128, 256, 256)
+    attention = dict(cross_attention_dim=768, attention_head_dim=8)
+    model = build_tiny_model(tmp_path / "model", block_out_channels=widths, vae_channels=widths, **attention)
+    motion = build_tiny_motion_adapter(tmp_path / "motion", block_out_channels=widths, motion_heads=8)
+    pipe = load_pipeline(str(model), str(motion), device="cpu")
+    small = dict(num_frames=2, height=64, width=128, num_inference_steps=1, seed=1)
+    assert pipe.img2vid(shared_data / "chelsea.png", "a cat", fit="pad", **small).frames.shape == (2, 64, 128, 3)
+    assert pipe.vid2vid(shared_data / "cockatoo.mp4", "a bird", **small).frames.shape == (2, 64, 128, 3)
