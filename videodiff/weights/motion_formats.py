@@ -543,8 +543,17 @@ def _write_folder(tensors: dict[str, torch.Tensor], config: dict[str, Any], fold
 
 
 # What a MotionAdapter folder videodiff (or diffusers) writes holds; --overwrite replaces nothing else.
+# What a motion-module folder videodiff writes may hold: the MotionAdapter, and videodiff's own files beside it
+# (the motion prior, trained image-U-Net tensors, videodiff.json with train_frames).
 _ADAPTER_FILES = frozenset(
-    {"config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "motion_prior.safetensors"}
+    {
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.bin",
+        "motion_prior.safetensors",
+        "spatial.safetensors",
+        "videodiff.json",
+    }
 )
 
 
