@@ -577,69 +577,42 @@ def model_render_fn(
     guidance: float | None = None,
     motion_prior: float | None = None,
     frames: int = 16,
-) -> tuple[RenderFn, dict[str, Any]]:
-    """``render_fn`` of a loaded pipeline, and the settings it renders with, filled in by its first render
-    (settings left ``None`` are resolved by the pipeline: the model's recorded defaults)."""
+    img2vid: dict[str, Any] | None = None,
+) -> tuple[RenderFn, dict[str, Any], list[dict[str, float]] | None]:
+    """``render_fn`` of a loaded pipeline, the settings it renders with (filled in by its first render; settings
+    left ``None`` are resolved by the pipeline: the model's recorded defaults), and ``None``.
+
+    With ``img2vid`` (keywords of :meth:`VideoPipeline.img2vid`) each video animates the first frame of the
+    ground-truth clip of its (prompt, seed) (a picture of the prompt's shape where it has room to move the asked
+    way), and the third value is a list that collects, per video, frame 0's PSNR against the picture, the
+    picture's own PSNR after the model's VAE (the best frame 0 can be without pasting) and the :func:`seam`.
+    """
     settings: dict[str, Any] = {}
+    fidelity: list[dict[str, float]] | None = None if img2vid is None else []
+    truth = ground_truth_render_fn(0)
+    given = dict(num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, motion_prior=motion_prior)
 
     def render(prompt: str, seed: int) -> np.ndarray:
-        result = pipe(
-            prompt,
-            num_frames=frames,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            motion_prior=motion_prior,
-            seed=seed,
-        )
+        if fidelity is None:
+            result = pipe(prompt, seed=seed, **given)
+        else:
+            picture = truth(prompt, seed)[0]
+            result = pipe.img2vid(picture, prompt, seed=seed, **given, **img2vid)
+            vae_best = psnr(vae_roundtrip(pipe, picture[None])[0], picture)
+            fidelity.append({"frame0": psnr(result.frames[0], picture), "vae": vae_best, "seam": seam(result.frames)})
         if not settings:
             settings.update({k: result.settings[k] for k in RENDER_SETTINGS})
+            if fidelity is not None:
+                settings.update(strength=result.settings["strength"], **img2vid)
         return result.frames
 
-    return render, settings
+    return render, settings, fidelity
 
 
 def psnr(a: Any, b: Any) -> float:
     """Peak signal-to-noise ratio of two uint8 images, in dB (inf when equal)."""
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def img2vid_render_fn(
-    pipe: Any,
-    *,
-    steps: int | None = None,
-    guidance: float | None = None,
-    motion_prior: float | None = None,
-    frames: int = 16,
-    **img2vid: Any,
-) -> tuple[RenderFn, dict[str, Any], list[dict[str, float]]]:
-    """``render_fn`` animating the first frame of the ground-truth clip of each (prompt, seed) (a picture of the
-    prompt's shape where it has room to move the asked way) with :meth:`VideoPipeline.img2vid`; with the settings
-    used and a list that collects, per video, frame 0's PSNR against the picture and the picture's own PSNR after
-    the model's VAE (the best frame 0 can be without pasting)."""
-    truth = ground_truth_render_fn(0)
-    settings: dict[str, Any] = {}
-    fidelity: list[dict[str, float]] = []
-
-    def render(prompt: str, seed: int) -> np.ndarray:
-        picture = truth(prompt, seed)[0]
-        result = pipe.img2vid(
-            picture,
-            prompt,
-            num_frames=frames,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            motion_prior=motion_prior,
-            seed=seed,
-            **img2vid,
-        )
-        if not settings:
-            settings.update({k: result.settings[k] for k in (*RENDER_SETTINGS, "strength")}, **img2vid)
-        vae_best = psnr(vae_roundtrip(pipe, picture[None])[0], picture)
-        fidelity.append({"frame0": psnr(result.frames[0], picture), "vae": vae_best, "seam": seam(result.frames)})
-        return result.frames
-
-    return render, settings, fidelity
 
 
 def seam(frames: Any) -> float:
@@ -697,7 +670,7 @@ def run_shapes_eval(
        (encode, decode): what the latent space can express at all. 3. The model's videos,
        from fixed seeds. ``model=None`` scores the built-in shapes model. ``img2vid`` (keywords of
        :meth:`VideoPipeline.img2vid`, e.g. ``{"strength": 0.85}``): the model animates each clip's first
-       frame instead, and frame 0's fidelity to it is reported too (:func:`img2vid_render_fn`).
+       frame instead, and frame 0's fidelity to it is reported too (:func:`model_render_fn`).
     """
     from videodiff.errors import UserError
     from videodiff.log import notice
@@ -734,13 +707,9 @@ def run_shapes_eval(
         echo(report.table() + "\n")
     if pipe is None:
         return results
-    fidelity = None
-    if img2vid is not None:
-        render_fn, settings, fidelity = img2vid_render_fn(
-            pipe, steps=steps, guidance=guidance, motion_prior=motion_prior, **img2vid
-        )
-    else:
-        render_fn, settings = model_render_fn(pipe, steps=steps, guidance=guidance, motion_prior=motion_prior)
+    render_fn, settings, fidelity = model_render_fn(
+        pipe, steps=steps, guidance=guidance, motion_prior=motion_prior, img2vid=img2vid
+    )
     name = (model or "built-in shapes") + (" img2vid" if img2vid is not None else "")
 
     def progress(done: int, total: int) -> None:
