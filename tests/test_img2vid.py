@@ -274,3 +274,16 @@ def test_eval_img2vid_render_fn_collects_frame_zero_fidelity(tiny_pipe):
     summary = fidelity_summary(fidelity)
     assert summary["videos"] == 1 and summary["within_1db"] == 100.0  # held to the end: the VAE's own frame 0
     assert model_render_fn(tiny_pipe, steps=2, frames=2)[2] is None
+
+
+def test_pinned_pictures_work_through_sliding_windows(tiny_pipe, picture):
+    """A video longer than one window (the tiny motion modules record no train_frames: windows of 16): the pinned
+    first and last frames are held across windows, to the end."""
+    frames = 2 * tiny_pipe.train_frames + 3
+    result = tiny_pipe.img2vid(
+        picture, "a square", image_at={-1: picture[::-1]}, seed=1, output_type="latent",
+        num_frames=frames, height=16, width=16, num_inference_steps=2,
+    )  # fmt: skip
+    assert tiny_pipe.windows_for(tiny_pipe.settings("a square", num_frames=frames)) is not None
+    keys = tiny_pipe.encode_pictures(np.stack([picture, picture[::-1].copy()]))
+    assert torch.equal(result.latents[:, :, 0], keys[:, :, 0]) and torch.equal(result.latents[:, :, -1], keys[:, :, 1])
