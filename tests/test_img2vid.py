@@ -268,9 +268,9 @@ def test_real_media_on_the_sd_layout(shared_data, tmp_path):
 def test_eval_img2vid_render_fn_collects_frame_zero_fidelity(tiny_pipe):
     from videodiff.shapes.evaluate import fidelity_summary, model_render_fn
 
-    render, settings, fidelity = model_render_fn(tiny_pipe, steps=2, frames=2, img2vid={"anchor": 1.0})
+    render, settings, fidelity = model_render_fn(tiny_pipe, steps=2, frames=2, img2vid={"anchor": 1.0, "strength": 0.5})
     frames = render("a red circle moving right", 0)
-    assert frames.shape[0] == 2 and len(fidelity) == 1 and settings["anchor"] == 1.0 and "strength" in settings
+    assert frames.shape[0] == 2 and len(fidelity) == 1 and settings["anchor"] == 1.0 and settings["strength"] == 0.5
     summary = fidelity_summary(fidelity)
     assert summary["videos"] == 1 and summary["within_1db"] == 100.0  # held to the end: the VAE's own frame 0
     assert model_render_fn(tiny_pipe, steps=2, frames=2)[2] is None

@@ -603,7 +603,7 @@ def model_render_fn(
         if not settings:
             settings.update({k: result.settings[k] for k in RENDER_SETTINGS})
             if fidelity is not None:
-                settings.update(strength=result.settings["strength"], **img2vid)
+                settings.update({**img2vid, "strength": result.settings["strength"]})
         return result.frames
 
     return render, settings, fidelity
