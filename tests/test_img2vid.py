@@ -287,3 +287,12 @@ def test_pinned_pictures_work_through_sliding_windows(tiny_pipe, picture):
     assert tiny_pipe.windows_for(tiny_pipe.settings("a square", num_frames=frames)) is not None
     keys = tiny_pipe.encode_pictures(np.stack([picture, picture[::-1].copy()]))
     assert torch.equal(result.latents[:, :, 0], keys[:, :, 0]) and torch.equal(result.latents[:, :, -1], keys[:, :, 1])
+
+
+def test_vid2vid_pads_with_the_background(tiny_pipe):
+    from videodiff.pipelines import VideoInput
+
+    clip = np.full((3, 16, 16, 3), 128, np.uint8)  # square frames into a wide video: borders left and right
+    fitted, fps = tiny_pipe.read_source(VideoInput(clip, fit="pad", background=(255, 0, 255)), 2, 16, 32)
+    assert fitted.video.shape == (2, 16, 32, 3) and fps > 0
+    assert (fitted.video[:, :, 0] == (255, 0, 255)).all() and (fitted.video[:, :, 16] == 128).all()

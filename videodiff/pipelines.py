@@ -562,7 +562,7 @@ class VideoPipeline:
         from videodiff.media.clips import fit_video, read_video
 
         clip, fps = read_video(source.video, frames=frames, stride=source.stride)
-        fitted = fit_video(clip, height, width, fit=source.fit)
+        fitted = fit_video(clip, height, width, fit=source.fit, background=source.background)
         return VideoInput(fitted, source.strength, 1, source.fit, source.background), fps
 
     def img2vid(
