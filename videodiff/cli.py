@@ -14,7 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from videodiff import __version__
+from videodiff import __version__, coldstart
 from videodiff.config import DEVICES, DTYPES, InputSettings, RenderConfig, TrainConfig
 from videodiff.errors import Terminated, UserError
 
@@ -606,6 +606,7 @@ def eval_shapes(
 
 
 def main() -> None:
+    coldstart.install()  # import only what runs (VIDEODIFF_EAGER_IMPORTS=1 turns it off)
     try:
         cli.main(prog_name="videodiff")
     except UserError as exc:  # raised outside a command (should not happen, but never show a traceback)
