@@ -20,8 +20,13 @@ import signal
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: moves are not serialised between processes
+    fcntl = None  # type: ignore[assignment]
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from videodiff.errors import UserError
@@ -246,8 +251,33 @@ class Staging:
 
 
 @contextmanager
-def staged() -> Iterator[Staging]:
+def folders_locked(folders: Iterable[Path]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on each folder (in a fixed order): moves into them from other
+    videodiff processes wait, so a check and the moves after it are one step for them. No lock file is
+    left behind (the lock is on the folder itself); where a folder cannot be locked, nothing is held."""
+    with ExitStack() as stack:
+        for folder in sorted(set(folders)) if fcntl is not None else ():
+            try:
+                fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            except OSError:
+                continue
+            stack.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                continue
+            stack.callback(fcntl.flock, fd, fcntl.LOCK_UN)
+        yield
+
+
+@contextmanager
+def staged(exclusive: bool = False) -> Iterator[Staging]:
     """Stage several outputs; on success move them into place in the order staged, with signals held.
+
+    The moves hold a lock on the outputs' folders, so two processes staging the same outputs move them
+    one after the other: the pair that ends in place is one process's, never a mix. ``exclusive``: an
+    output that appeared meanwhile (another render finished first) is not replaced; the loser's
+    temporaries are removed and it raises :class:`UserError` saying so.
 
     Stage the file that must never be missing *first* (a sidecar before its video): a failure
     between the moves removes what was already moved, so a video never appears without its sidecar.
@@ -259,7 +289,12 @@ def staged() -> Iterator[Staging]:
         yield staging
         for tmp, _ in staging.moves:
             user_mode(tmp)
-        with signals_held():
+        with signals_held(), folders_locked(final.parent for _, final in staging.moves):
+            if exclusive:
+                for _, final in staging.moves:
+                    if _lstat(final, final) is not None:
+                        raise UserError(f"{final} was written by another process while this one ran; "
+                                        "nothing was replaced (pass --overwrite to replace it)")
             done: list[Path] = []
             try:
                 for tmp, final in staging.moves:

@@ -150,7 +150,7 @@ def save_video(
         check_sidecar(out, overwrite=overwrite)
     suffix = out.suffix.lower()
     try:
-        with staged() as stage:
+        with staged(exclusive=not overwrite) as stage:
             if sidecar is not None:
                 stage.file(sidecar_path(out)).write_text(sidecar, encoding="utf-8")
             if not suffix:
