@@ -3,6 +3,7 @@ runaway memory or a leftover. Hostile files are built here at run time (no binar
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -119,14 +120,22 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, models, monkeypatc
     assert files_in(tmp_path) == set()
 
 
-def test_a_hostile_pickle_in_a_model_folder_is_one_line(tmp_path, tiny_model, tiny_motion):
+@pytest.mark.parametrize(
+    ("part", "weights", "pickle_name"),
+    [
+        ("text_encoder", "model.safetensors", "pytorch_model.bin"),
+        ("unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+        ("vae", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    ],
+)
+def test_a_hostile_pickle_in_a_model_folder_is_one_line(tmp_path, tiny_model, tiny_motion, part, weights, pickle_name):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
-    (model / "text_encoder" / "model.safetensors").unlink()
+    (model / part / weights).unlink()
     sentinel = tmp_path / "code-ran"
-    hostile_pickle(model / "text_encoder" / "pytorch_model.bin", sentinel)
+    hostile_pickle(model / part / pickle_name, sentinel)
     result = invoke("render", PROMPT, "--model", model, "--motion-module", tiny_motion, *SMALL, "-o", "x.gif")
-    assert "text_encoder" in assert_user_error(result) or "model" in result.stderr
+    assert "model" in assert_user_error(result)
     assert not sentinel.exists()
     assert not (tmp_path / "x.gif").exists()
 
@@ -306,14 +315,52 @@ def test_a_save_failing_midway_leaves_nothing(tmp_path, monkeypatch):
     assert files_in(tmp_path) == set()
 
 
-def test_training_on_unreadable_data_ends_with_its_error(tmp_path, tiny_model, tiny_motion):
+def zero_frame_mp4(path: Path) -> Path:
+    """An MP4 with a video stream and no frames (a container opened and closed)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        container.start_encoding()  # the header is written; no frame ever is
+    assert path.stat().st_size > 0
+    return path
+
+
+@pytest.mark.parametrize("kind", ["broken-gif", "zero-frame-mp4"])
+def test_training_on_unreadable_data_ends_with_its_error(tmp_path, tiny_model, tiny_motion, kind):
     data = tmp_path / "clips"
     data.mkdir()
     for name in ("a", "b"):
-        (data / f"{name}.gif").write_bytes(b"GIF89a but broken")
+        if kind == "broken-gif":
+            (data / f"{name}.gif").write_bytes(b"GIF89a but broken")
+        else:
+            zero_frame_mp4(data / f"{name}.mp4")
         (data / f"{name}.txt").write_text("a red circle moving right")
     args = ("train", "--model", tiny_model, "--motion-module", tiny_motion, "--data", data, "--output", "run")
     result = invoke(*args, "--steps", 2, "--frames", 2, "--resolution", 16, "--num-workers", 0)
     assert result.exit_code == 2 and "Traceback" not in result.output
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("videodiff: error: no readable clips"), result.stderr
+
+
+def test_inspect_a_folder_with_a_broken_config_is_one_line(tmp_path):
+    folder = tmp_path / "mm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    assert "not valid JSON" in assert_user_error(invoke("inspect", folder))
+    (folder / "config.json").write_text("[1, 2]")  # valid JSON, not an object
+    assert "neither" in assert_user_error(invoke("inspect", folder))
+
+
+def test_eval_overwrite_replaces_only_an_earlier_report(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    args = ("eval", "shapes", "--ground-truth-only", "--seeds", "1", "--combos", "heldout", "--roundtrip", "none")
+    assert "not a evaluation report" in assert_user_error(invoke(*args, "--out", notes, "--overwrite"))
+    assert notes.read_text() == "my notes\n"
+    report = tmp_path / "report.json"
+    ok(invoke(*args, "--out", report))
+    first = json.loads(report.read_text())
+    ok(invoke(*args, "--out", report, "--overwrite"))  # a report may be replaced by a report
+    assert json.loads(report.read_text())["settings"] == first["settings"]

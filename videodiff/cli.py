@@ -581,10 +581,10 @@ def eval_shapes(
 
     from videodiff.log import setup_cli_logging
     from videodiff.media.atomic import prepare_output, write_text_atomic
-    from videodiff.shapes.evaluate import run_shapes_eval
+    from videodiff.shapes.evaluate import is_eval_report, run_shapes_eval
 
     setup_cli_logging(quiet)
-    target = prepare_output(out, overwrite=overwrite) if out else None
+    target = prepare_output(out, overwrite=overwrite, file_ok=is_eval_report, kind="evaluation report") if out else None
     results = run_shapes_eval(
         model=model,
         motion_module=motion_module,

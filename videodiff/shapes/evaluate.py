@@ -647,6 +647,17 @@ def vae_roundtrip(pipe: Any, frames: Any) -> np.ndarray:
     return vae.to_uint8(vae.decode(pipe.vae, latents))[0]
 
 
+def is_eval_report(path: Path) -> bool:
+    """Whether ``path`` holds a report ``videodiff eval shapes --out`` wrote (what ``--overwrite`` may replace)."""
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            return False
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and isinstance(report.get("settings"), dict) and "seeds" in report["settings"]
+
+
 def run_shapes_eval(
     *,
     model: str | None = None,

@@ -199,9 +199,11 @@ def describe(path: str) -> dict[str, Any]:
         if (p / "model_index.json").is_file() or (p / "unet").is_dir():
             return describe_model_folder(p)
         config = p / "config.json"
-        if config.is_file() and json.loads(config.read_text()).get("_class_name") == "MotionAdapter":
+        declared = _json(config) if config.is_file() else {}
+        class_name = declared.get("_class_name") if isinstance(declared, dict) else None
+        if class_name == "MotionAdapter":
             return {**describe_motion_module(p), **_motion_extras(p)}
-        if config.is_file() and json.loads(config.read_text()).get("_class_name") == "AutoencoderKL":
+        if class_name == "AutoencoderKL":
             return {"kind": "diffusers VAE folder", "path": str(p)}
         found = _describe_videodiff_folder(p)
         if found is not None:
