@@ -31,9 +31,7 @@ def require_gradio() -> None:
         raise UserError(INSTALL_HINT) from None
 
 
-def build_app(
-    pipe: VideoPipeline, outputs: str | Path = "outputs", base: RenderConfig | None = None
-) -> gr.Blocks:
+def build_app(pipe: VideoPipeline, outputs: str | Path = "outputs", base: RenderConfig | None = None) -> gr.Blocks:
     """The Gradio Blocks of the web app for an already loaded ``pipe``, writing into ``outputs``."""
     require_gradio()
     from videodiff.ui.app import build_app as build

@@ -62,8 +62,19 @@ CHOICES = {
     "travel": TRAVEL,
     "fit": ("crop", "pad"),
 }
-INTEGERS = ("frames", "width", "height", "steps", "seed", "window", "overlap", "free_init", "stride", "decode_chunk",
-            "crf")
+INTEGERS = (
+    "frames",
+    "width",
+    "height",
+    "steps",
+    "seed",
+    "window",
+    "overlap",
+    "free_init",
+    "stride",
+    "decode_chunk",
+    "crf",
+)
 
 
 def _component(gr: Any, name: str, value: Any) -> Any:
@@ -73,8 +84,10 @@ def _component(gr: Any, name: str, value: Any) -> Any:
         return gr.Dropdown(list(CHOICES[name]), value=value, label=label, elem_id=elem)
     if isinstance(value, bool) or name in ("loop", "paste"):
         return gr.Checkbox(value=bool(value), label=label, elem_id=elem)
-    if name in ("negative", "background"):
+    if name in form.TEXT_FIELDS:
         return gr.Textbox(value=value or "", label=label, elem_id=elem)
+    if value is None:  # an optional number: empty means the default (a Number would send 0)
+        return gr.Textbox(value="", label=label, placeholder="default", elem_id=elem)
     return gr.Number(value=value, label=label, precision=0 if name in INTEGERS else None, elem_id=elem)
 
 
@@ -116,10 +129,23 @@ def build_app(
     def refresh() -> tuple[Any, list[str], str]:
         runs, notices = read_runs(outputs)
         items = [(str(thumbnail(run, outputs)), run.caption()) for run in runs]
-        note = "" if not notices else "**Skipped:** " + "; ".join(notices[:5]) + (
-            f" and {len(notices) - 5} more" if len(notices) > 5 else "")
-        return items, [run.name if run.output.parent == outputs.resolve() or run.output.parent == outputs
-                       else str(run.output.relative_to(outputs)) for run in runs], note
+        note = (
+            ""
+            if not notices
+            else "**Skipped:** "
+            + "; ".join(notices[:5])
+            + (f" and {len(notices) - 5} more" if len(notices) > 5 else "")
+        )
+        return (
+            items,
+            [
+                run.name
+                if run.output.parent == outputs.resolve() or run.output.parent == outputs
+                else str(run.output.relative_to(outputs))
+                for run in runs
+            ],
+            note,
+        )
 
     def find_run(name: str) -> Run:
         path = inside(outputs, (name or "").strip())
@@ -135,32 +161,48 @@ def build_app(
             with gr.Column(scale=3):
                 with gr.Tabs(selected="text") as tabs:
                     with gr.Tab("Text to video", id="text"):
-                        prompt_text = gr.Textbox(label="Prompt", elem_id="prompt-text",
-                                                 placeholder="a red circle moving right")
+                        prompt_text = gr.Textbox(
+                            label="Prompt", elem_id="prompt-text", placeholder="a red circle moving right"
+                        )
                         go_text = gr.Button("Render", variant="primary", elem_id="render-text")
                     with gr.Tab("Image to video", id="img2vid"):
                         prompt_img = gr.Textbox(label="Prompt", elem_id="prompt-img2vid")
                         with gr.Row():
-                            first_file = gr.File(label="Picture for frame 0", type="filepath",
-                                                 file_types=list(form.IMAGE_SUFFIXES), elem_id="image-upload")
-                            last_file = gr.File(label="Picture for the last frame (optional keyframe)",
-                                                type="filepath", file_types=list(form.IMAGE_SUFFIXES),
-                                                elem_id="last-image-upload")
+                            first_file = gr.File(
+                                label="Picture for frame 0",
+                                type="filepath",
+                                file_types=list(form.IMAGE_SUFFIXES),
+                                elem_id="image-upload",
+                            )
+                            last_file = gr.File(
+                                label="Picture for the last frame (optional keyframe)",
+                                type="filepath",
+                                file_types=list(form.IMAGE_SUFFIXES),
+                                elem_id="last-image-upload",
+                            )
                         with gr.Row():
-                            first_shown = gr.Image(label="Frame 0", interactive=False, height=128,
-                                                   elem_id="image-shown")
+                            first_shown = gr.Image(
+                                label="Frame 0", interactive=False, height=128, elem_id="image-shown"
+                            )
                             last_shown = gr.Image(label="Last frame", interactive=False, height=128)
                         go_img = gr.Button("Animate", variant="primary", elem_id="render-img2vid")
                     with gr.Tab("Video to video", id="vid2vid"):
                         prompt_vid = gr.Textbox(label="Prompt", elem_id="prompt-vid2vid")
-                        video_file = gr.File(label="Video to re-render", type="filepath",
-                                             file_types=list(form.VIDEO_SUFFIXES), elem_id="video-upload")
+                        video_file = gr.File(
+                            label="Video to re-render",
+                            type="filepath",
+                            file_types=list(form.VIDEO_SUFFIXES),
+                            elem_id="video-upload",
+                        )
                         video_note = gr.Markdown()
                         go_vid = gr.Button("Re-render", variant="primary", elem_id="render-vid2vid")
                     with gr.Tab("Prompt travel", id="travel"):
-                        keyframes = gr.Textbox(label="Keyframes: one FRAME: PROMPT a line", lines=4,
-                                               elem_id="keyframes",
-                                               value="0: a red circle moving right\n8: a blue circle moving right")
+                        keyframes = gr.Textbox(
+                            label="Keyframes: one FRAME: PROMPT a line",
+                            lines=4,
+                            elem_id="keyframes",
+                            value="0: a red circle moving right\n8: a blue circle moving right",
+                        )
                         go_travel = gr.Button("Render", variant="primary", elem_id="render-travel")
                 settings: dict[str, Any] = {}
                 with gr.Row():
@@ -169,7 +211,7 @@ def build_app(
                 with gr.Row():
                     for name in ("guidance", "seed"):
                         settings[name] = _component(gr, name, start[name])
-                    dice = gr.Button("🎲", elem_id="dice", scale=0, min_width=48)
+                    dice = gr.Button("Dice", elem_id="dice", scale=0, min_width=60)
                     settings["scheduler"] = _component(gr, "scheduler", start["scheduler"])
                 with gr.Row():
                     for name in ("noise", "strength", "window", "overlap", "loop"):
@@ -184,12 +226,22 @@ def build_app(
             with gr.Column(scale=2):
                 video_out = gr.Video(label="Video", elem_id="video-out", autoplay=True, loop=True)
                 gif_out = gr.Image(label="GIF", visible=False, elem_id="gif-out")
-                preview = gr.Image(label="Preview (latest frames while sampling)", interactive=False,
-                                   elem_id="preview", height=128)
+                preview = gr.Image(
+                    label="Preview (latest frames while sampling)", interactive=False, elem_id="preview", height=128
+                )
                 status = gr.Markdown(elem_id="status")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
         gr.Markdown("## Past runs")
-        gallery = gr.Gallery(label="Outputs", columns=6, height=260, allow_preview=False, elem_id="gallery")
+        gallery = gr.Gallery(
+            label="Outputs",
+            columns=8,
+            rows=1,
+            height=200,
+            object_fit="contain",
+            allow_preview=False,
+            fit_columns=False,
+            elem_id="gallery",
+        )
         gallery_note = gr.Markdown(elem_id="gallery-note")
         names_state = gr.State([])
         with gr.Row():
@@ -201,6 +253,8 @@ def build_app(
             again_btn = gr.Button("Render again", elem_id="render-again")
             download = gr.DownloadButton("Download", value=None, elem_id="download")
         image_state, last_state, video_state = gr.State(None), gr.State(None), gr.State(None)
+
+        optional = {name for name in settings if start[name] is None and name not in form.TEXT_FIELDS}
 
         # ---------------------------------------------------------------- uploads, through the CLI's readers
         def accept_image(path: str | None) -> tuple[Any, Any]:
@@ -224,7 +278,7 @@ def build_app(
                 info = check_video(kept)
             except UserError as exc:
                 raise gr.Error(str(exc)) from None
-            return str(kept), f"{info.frames} frames of {info.width}x{info.height} at {info.fps:g} fps"
+            return str(kept), f"{info.num_frames} frames of {info.width}x{info.height} at {info.fps:g} fps"
 
         first_file.upload(accept_image, first_file, [image_state, first_shown], api_name="upload_image")
         last_file.upload(accept_image, last_file, [last_state, last_shown], api_name=False)
@@ -312,8 +366,17 @@ def build_app(
                 values["keyframes"] = data[keyframes]
             return values, data[fmt]
 
-        form_inputs = {*settings.values(), fmt, prompt_text, prompt_img, prompt_vid, keyframes, image_state,
-                       last_state, video_state}
+        form_inputs = {
+            *settings.values(),
+            fmt,
+            prompt_text,
+            prompt_img,
+            prompt_vid,
+            keyframes,
+            image_state,
+            last_state,
+            video_state,
+        }
 
         def renderer_for(mode: str):
             def handler(data: dict[Any, Any], request: gr.Request, progress=gr.Progress()):  # noqa: B008
@@ -324,10 +387,22 @@ def build_app(
             return handler
 
         for mode, button in (("text", go_text), ("img2vid", go_img), ("vid2vid", go_vid), ("travel", go_travel)):
-            button.click(renderer_for(mode), form_inputs, result_outputs, concurrency_id=RENDERS,
-                         concurrency_limit=1, api_name=f"render_{mode}")
-        prompt_text.submit(renderer_for("text"), form_inputs, result_outputs, concurrency_id=RENDERS,
-                           concurrency_limit=1, api_name=False)
+            button.click(
+                renderer_for(mode),
+                form_inputs,
+                result_outputs,
+                concurrency_id=RENDERS,
+                concurrency_limit=1,
+                api_name=f"render_{mode}",
+            )
+        prompt_text.submit(
+            renderer_for("text"),
+            form_inputs,
+            result_outputs,
+            concurrency_id=RENDERS,
+            concurrency_limit=1,
+            api_name=False,
+        )
 
         def stop_render(request: gr.Request) -> None:
             if renderer.cancel(getattr(request, "session_hash", None) or "anonymous"):
@@ -337,8 +412,15 @@ def build_app(
         stop.click(stop_render, None, None, queue=False, api_name="stop")
         dice.click(lambda: form.draw_seed(), None, settings["seed"], queue=False, api_name=False)
 
-        def render_api(prompt: str, frames: int = 0, steps: int = 0, seed: int = -1, settings_json: str = "{}",
-                       format: str = "mp4", request: gr.Request = None) -> str:  # noqa: A002
+        def render_api(
+            prompt: str,
+            frames: int = 0,
+            steps: int = 0,
+            seed: int = -1,
+            settings_json: str = "{}",
+            format: str = "mp4",
+            request: gr.Request = None,
+        ) -> str:  # noqa: A002
             """Text-to-video for scripts (gradio_client): PROMPT with FRAMES, STEPS, SEED (0 or -1: the form's
             default, random) and any other form setting as JSON; returns the output's name in the outputs folder."""
             import json
@@ -404,6 +486,8 @@ def build_app(
             for key, component in settings.items():
                 if key in values:
                     value = values[key]
+                    if key in optional:  # a text box: empty is the default
+                        value = "" if value is None else str(value)
                     changes[component] = -1 if key == "seed" and value is None else value
             changes[fmt] = values.get("format", "mp4")
             prompt_box = {"text": prompt_text, "img2vid": prompt_img, "vid2vid": prompt_vid}.get(mode)
@@ -421,8 +505,20 @@ def build_app(
                 changes[video_state] = values.get("video")
             return changes
 
-        use_outputs = [tabs, *settings.values(), fmt, prompt_text, prompt_img, prompt_vid, keyframes, image_state,
-                       first_shown, last_state, last_shown, video_state]
+        use_outputs = [
+            tabs,
+            *settings.values(),
+            fmt,
+            prompt_text,
+            prompt_img,
+            prompt_vid,
+            keyframes,
+            image_state,
+            first_shown,
+            last_state,
+            last_shown,
+            video_state,
+        ]
         use_btn.click(use_settings, run_name, use_outputs, api_name="use_settings")
 
         def render_again(name: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
@@ -436,7 +532,8 @@ def build_app(
             yield from run_render(mode, values, values.get("format", "mp4"), request, progress)
 
         _hints(gr, render_again)
-        again_btn.click(render_again, run_name, result_outputs, concurrency_id=RENDERS, concurrency_limit=1,
-                        api_name="render_again")
+        again_btn.click(
+            render_again, run_name, result_outputs, concurrency_id=RENDERS, concurrency_limit=1, api_name="render_again"
+        )
     app.videodiff_renderer = renderer  # for tests and embedding: the warm pipeline's renderer
     return app

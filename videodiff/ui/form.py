@@ -25,12 +25,42 @@ from videodiff.ui.gallery import INPUTS_FOLDER, Run, inside
 MODES = ("text", "img2vid", "vid2vid", "travel")
 FORMATS = ("mp4", "webm", "gif")
 # The settings the page shows: the common ones, then those under "Advanced".
-COMMON = ("frames", "width", "height", "steps", "guidance", "seed", "scheduler", "noise", "strength", "window",
-          "overlap", "loop")
-ADVANCED = ("negative", "noise_alpha", "motion_prior", "fuse", "window_noise", "free_init", "free_init_filter",
-            "free_init_spatial", "free_init_temporal", "travel", "anchor", "fit", "background", "paste", "stride",
-            "decode_chunk", "fps", "crf")
+COMMON = (
+    "frames",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "seed",
+    "scheduler",
+    "noise",
+    "strength",
+    "window",
+    "overlap",
+    "loop",
+)
+ADVANCED = (
+    "negative",
+    "noise_alpha",
+    "motion_prior",
+    "fuse",
+    "window_noise",
+    "free_init",
+    "free_init_filter",
+    "free_init_spatial",
+    "free_init_temporal",
+    "travel",
+    "anchor",
+    "fit",
+    "background",
+    "paste",
+    "stride",
+    "decode_chunk",
+    "fps",
+    "crf",
+)
 FORM_FIELDS = COMMON + ADVANCED
+TEXT_FIELDS = ("negative", "background")
 # Fields the page never sets: what is loaded is the server's, where it is written is the render layer's.
 _SERVER_ONLY = ("output", "overwrite", "quiet", "prompt", "prompt_at", "image_at", "video", "motion")
 
@@ -52,6 +82,13 @@ def _value(name: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and not value.strip() and name not in ("negative",)):
         return None
     kind = _KINDS[name]
+    if isinstance(value, str) and kind.startswith(("int", "float")):  # an optional number's text box
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise UserError(
+                f"{name.replace('_', ' ')} must be a number or empty (the default), got {value!r}"
+            ) from None
     if kind.startswith("int") and isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
             raise UserError(f"{name.replace('_', ' ')} must be a whole number, got {value:g}")
@@ -145,7 +182,7 @@ def build_config(
 
 
 def form_from_run(run: Run, outputs: str | Path) -> tuple[str, dict[str, Any], list[str]]:
-    """"Use these settings": the tab, the form's values and notices for what could not be carried over
+    """ "Use these settings": the tab, the form's values and notices for what could not be carried over
     (inputs outside the outputs folder, or gone)."""
     settings = {k: v for k, v in run.settings.items() if k in FIELD_NAMES}
     values: dict[str, Any] = {k: settings[k] for k in FORM_FIELDS if k in settings}

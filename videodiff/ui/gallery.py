@@ -163,7 +163,7 @@ def thumbnail(run: Run, outputs: str | os.PathLike[str], side: int = 160) -> Pat
         if target.is_file() and target.stat().st_mtime >= run.output.stat().st_mtime:
             return target
         info = probe(run.output)
-        frame = read_frames(run.output, [max(0, info.frames // 2)], info)[0]
+        frame = read_frames(run.output, [max(0, info.num_frames // 2)], info)[0]
         image = Image.fromarray(frame)
         scale = max(1, side // max(image.size))
         if scale > 1:  # small videos (the shapes model's 64x64) are enlarged without blurring
