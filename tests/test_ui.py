@@ -235,7 +235,7 @@ def test_renderer_writes_through_the_render_layer_with_progress_and_previews(tin
     thumb = thumbnail(runs[0], tmp_path)
     assert thumb.suffix == ".png" and thumb.parent == tmp_path / ".thumbnails"
     assert Image.open(thumb).size[0] >= 32
-    assert read_runs(tmp_path)[0][0][0].output == outcome.output  # the thumbnails folder is not a run
+    assert [r.output for r in read_runs(tmp_path)[0]] == [outcome.output]  # the thumbnails folder is not a run
 
 
 def test_stop_ends_a_render_cleanly_and_writes_nothing(tiny_pipe, tmp_path):
