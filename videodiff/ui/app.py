@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
+from concurrent.futures import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -296,24 +296,14 @@ def build_app(
                 raise gr.Error(str(exc)) from None
             session = getattr(request, "session_hash", None) or "anonymous"
             events: queue.Queue = queue.Queue()
-            done: dict[str, Any] = {}
-
-            def work() -> None:
-                try:
-                    done["outcome"] = renderer.render(
-                        config,
-                        session,
-                        progress=lambda n, total, what: events.put(("progress", n, total, what)),
-                        preview=lambda frames: events.put(("preview", frames)),
-                    )
-                except BaseException as exc:  # reported below, in the page; the server goes on
-                    done["error"] = exc
-                finally:
-                    events.put(("end",))
-
-            worker = threading.Thread(target=work, name="videodiff-render", daemon=True)
             progress(0.0, desc="waiting for the model")
-            worker.start()
+            future = renderer.submit(
+                config,
+                session,
+                progress=lambda n, total, what: events.put(("progress", n, total, what)),
+                preview=lambda frames: events.put(("preview", frames)),
+            )
+            future.add_done_callback(lambda _: events.put(("end",)))
             try:
                 while True:
                     event = events.get()
@@ -324,9 +314,11 @@ def build_app(
                     else:
                         break
             finally:  # the page went away: stop the render, nothing is written
-                if worker.is_alive():
+                if not future.done():
                     renderer.cancel(session)
-                    worker.join()
+                    wait([future])
+            error = future.exception()
+            done = {"error": error} if error is not None else {"outcome": future.result()}
             error = done.get("error")
             if error is not None:
                 from videodiff.sampling import Cancelled

@@ -1,7 +1,7 @@
 """Renders for the web app: one warm pipeline, one render at a time, progress, previews and a stop button.
 
-Gradio's queue decides whose turn it is; :class:`Renderer` holds the pipeline and a lock (so even a
-caller outside the queue renders in turn), feeds progress from the sampler's ``on_step`` hook (steps and
+Gradio's queue decides whose turn it is; :class:`Renderer` holds the pipeline and one render thread (so even
+a caller outside the queue renders in turn), feeds progress from the sampler's ``on_step`` hook (steps and
 FreeInit passes), decodes a few frames now and then as a preview, and stops a render when asked by raising
 :class:`~videodiff.sampling.Cancelled` from the hook: nothing is decoded or written after that.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +36,16 @@ class Job:
 
 
 class Renderer:
-    """The server's one pipeline, rendering one job at a time (``pipe`` stays loaded between renders)."""
+    """The server's one pipeline, rendering one job at a time on one thread of its own (``pipe`` stays loaded).
+
+    Every render runs on the same thread, whoever asked for it: the memory its tensors take is reused from one
+    render to the next (a new thread per render would give the allocator new arenas to fill).
+    """
 
     def __init__(self, pipe: VideoPipeline, previews: int = PREVIEWS) -> None:
         self.pipe = pipe
         self.previews = previews
-        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videodiff-render")
         self._jobs: dict[str, Job] = {}  # session -> its render, queued or running
         self._jobs_lock = threading.Lock()
 
@@ -52,6 +57,33 @@ class Renderer:
             return False
         job.cancel.set()
         return True
+
+    def submit(
+        self,
+        config: RenderConfig,
+        session: str = "",
+        progress: Progress | None = None,
+        preview: Preview | None = None,
+    ) -> Future[RenderOutcome]:
+        """Queue ``config`` for the render thread; the future holds what :meth:`render` returns or raises."""
+        job = Job(session, threading.Event())
+        with self._jobs_lock:
+            self._jobs[session] = job
+
+        def run() -> RenderOutcome:
+            from videodiff.sampling import Cancelled
+
+            try:
+                if job.cancel.is_set():
+                    raise Cancelled()
+                hook = StepHook(self.pipe, config, job.cancel, progress, preview, self.previews)
+                return render(config, self.pipe, on_step=hook)
+            finally:
+                with self._jobs_lock:
+                    if self._jobs.get(session) is job:
+                        del self._jobs[session]
+
+        return self._worker.submit(run)
 
     def render(
         self,
@@ -65,21 +97,10 @@ class Renderer:
         Raises :class:`~videodiff.sampling.Cancelled` when :meth:`cancel` was called for ``session``
         (then nothing was written), :class:`~videodiff.errors.UserError` for settings that cannot work.
         """
-        from videodiff.sampling import Cancelled
+        return self.submit(config, session, progress, preview).result()
 
-        job = Job(session, threading.Event())
-        with self._jobs_lock:
-            self._jobs[session] = job
-        try:
-            with self._lock:
-                if job.cancel.is_set():
-                    raise Cancelled()
-                hook = StepHook(self.pipe, config, job.cancel, progress, preview, self.previews)
-                return render(config, self.pipe, on_step=hook)
-        finally:
-            with self._jobs_lock:
-                if self._jobs.get(session) is job:
-                    del self._jobs[session]
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
 
 
 class StepHook:
