@@ -103,7 +103,7 @@ def browser():
         "--no-sandbox",
         "--disable-background-networking",
         "--disable-dev-shm-usage",
-        "--window-size=1400,1300",
+        "--window-size=1400,1500",
         "--disable-gpu",
     ):
         options.add_argument(flag)
@@ -162,9 +162,6 @@ def test_render_upload_error_and_stop_in_a_browser(server, browser, tmp_path):
     assert sidecar["prompt"] == "a red circle moving right" and sidecar["seed"] == 1 and sidecar["frames"] == 8
     see_text(first)  # the run's name, picked in the gallery's box
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery img"))
-    if os.environ.get("VIDEODIFF_SCREENSHOT"):
-        time.sleep(1)
-        browser.save_screenshot(os.environ["VIDEODIFF_SCREENSHOT"])
 
     # 2. a bad input: a clear message in the page, and the server goes on
     type_into("#set-width input[type='number']", "100")
@@ -188,6 +185,10 @@ def test_render_upload_error_and_stop_in_a_browser(server, browser, tmp_path):
     wait.until(lambda d: len(runs(outputs)) == 2)
     second = next(name for name in runs(outputs) if name != first)
     assert json.loads((outputs / (second + ".json")).read_text())["image_at"][0].startswith("0:")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img")) >= 2)
+    if os.environ.get("VIDEODIFF_SCREENSHOT"):
+        time.sleep(2)  # the video's first frame
+        browser.save_screenshot(os.environ["VIDEODIFF_SCREENSHOT"])
 
     # 4. a long render, stopped: nothing written, not even a temporary file
     tab("Text to video")
