@@ -112,6 +112,24 @@ def test_bad_input_is_a_message_and_the_server_goes_on(server):
     assert process.poll() is None
 
 
+def test_use_these_settings_and_render_again(server):
+    from gradio_client import Client
+
+    url, outputs, process = server
+    client = Client(url, verbose=False)
+    name = client.predict("a blue square moving up", 8, 3, 7, api_name="/render")
+    filled = client.predict(name, api_name="/use_settings")
+    assert "a blue square moving up" in json.dumps(filled) and 7 in filled  # the prompt box and the seed
+    again = client.predict(name, api_name="/render_again")
+    assert process.poll() is None
+    newest = max(outputs.glob("*.mp4.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert newest.name != name + ".json"
+    first, second = (json.loads((outputs / n).read_text()) for n in (name + ".json", newest.name))
+    drop = ("info",)
+    assert {k: v for k, v in first.items() if k not in drop} == {k: v for k, v in second.items() if k not in drop}
+    assert again is not None
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

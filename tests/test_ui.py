@@ -319,3 +319,30 @@ def test_serve_help_loads_no_gradio_and_no_torch():
 def test_a_host_other_than_this_computer_is_said_plainly():
     assert "only this computer" in reach_notice("127.0.0.1", 7860)
     assert "anyone who can reach" in reach_notice("0.0.0.0", 7860)
+
+
+def test_vid2vid_and_prompt_travel_render_from_the_form(tiny_pipe, tmp_path):
+    from videodiff.media.video import save_video
+    from videodiff.ui.jobs import Renderer
+
+    clip = tmp_path / "clip.gif"
+    save_video(np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), clip, fps=8)
+    outputs = tmp_path / "out"
+    kept = form.accept_upload(clip, outputs, "video")
+    common = {"steps": 3, "seed": 1, "width": 32, "height": 32, "guidance": 1.0, "frames": 4}
+    renderer = Renderer(tiny_pipe)
+    v2v = renderer.render(
+        form.build_config(
+            "vid2vid", {**common, "prompt": "a cat", "video": str(kept), "strength": 0.5}, RenderConfig(), outputs
+        )
+    )
+    side = json.loads(v2v.sidecar.read_text())
+    assert side["video"] == str(kept.resolve()) and side["strength"] == 0.5
+    travel = renderer.render(
+        form.build_config("travel", {**common, "keyframes": "0: a cat\n3: a dog"}, RenderConfig(), outputs)
+    )
+    assert json.loads(travel.sidecar.read_text())["prompt_at"] == {"0": "a cat", "3": "a dog"}
+    runs, notices = read_runs(outputs)
+    assert {r.mode for r in runs} == {"vid2vid", "travel"} and notices == []
+    mode, values, notes = form.form_from_run(next(r for r in runs if r.mode == "vid2vid"), outputs)
+    assert mode == "vid2vid" and values["video"] == str(kept.resolve()) and notes == []

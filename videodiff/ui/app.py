@@ -136,16 +136,7 @@ def build_app(
             + "; ".join(notices[:5])
             + (f" and {len(notices) - 5} more" if len(notices) > 5 else "")
         )
-        return (
-            items,
-            [
-                run.name
-                if run.output.parent == outputs.resolve() or run.output.parent == outputs
-                else str(run.output.relative_to(outputs))
-                for run in runs
-            ],
-            note,
-        )
+        return items, [str(run.output.relative_to(outputs)) for run in runs], note
 
     def find_run(name: str) -> Run:
         path = inside(outputs, (name or "").strip())
