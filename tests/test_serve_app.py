@@ -184,3 +184,25 @@ def test_renders_run_one_at_a_time_in_the_queue(tmp_path):
 
     assert RENDERS == "render"
     threading.Thread  # noqa: B018 (the turn-taking itself: tests/test_ui.py::test_renders_take_turns)
+
+
+def test_auth_keeps_the_page_and_its_api_behind_a_login(tiny_pipe, tmp_path):
+    need_gradio()
+    from videodiff.ui import serve
+
+    port = free_port()
+    app = serve(tiny_pipe, tmp_path / "outputs", port=port, auth=("me", "secret"), block=False)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert status_of(url + "config") == 401
+        assert status_of(url + "gradio_api/info") == 401
+        data = urllib.parse.urlencode({"username": "me", "password": "wrong"}).encode()
+        request = urllib.request.Request(url + "login", data=data)
+        try:
+            urllib.request.urlopen(request, timeout=30)
+            logged_in = True
+        except urllib.error.HTTPError:
+            logged_in = False
+        assert not logged_in
+    finally:
+        app.close()
