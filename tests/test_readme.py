@@ -25,9 +25,9 @@ def test_readme_has_the_two_commands():
     assert len(commands) >= 2 and all("\n" not in c for c in commands[:2])
     render, test = commands[:2]
     assert " videodiff render " in f" {render} " and "--model" not in render  # the built-in model, offline
-    assert test.endswith('pip install -e ".[test]" && python -m pytest -q')
+    assert test.endswith('pip install -e ".[test,ui]" && python -m pytest -q')
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
-    assert 'pip install -e ".[test]" && python -m pytest -q' in ci  # what .ci/run runs, kept in sync
+    assert 'pip install -e ".[test,ui]" && python -m pytest -q' in ci  # what .ci/run runs, kept in sync
 
 
 @pytest.mark.skipif(not (hub.BUILTIN_MODEL / "model_index.json").is_file(), reason="no built-in model")
