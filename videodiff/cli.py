@@ -141,7 +141,7 @@ def options_from(
                 func = click.option(*names, multiple=True, callback=_keyed_texts, **extra)(func)
             elif kind.startswith("tuple[str"):
                 func = click.option(*names, multiple=True, **extra)(func)
-            elif kind.startswith("tuple[float"):  # DX,DY
+            elif kind.startswith("tuple[float"):  # DX,DY; LOW,HIGH
                 func = click.option(*names, callback=_numbers_pair, **extra)(func)
             elif "choices" in f.metadata:  # a closed set: checked by click (with completion)
                 choice = click.Choice(f.metadata["choices"])
@@ -163,7 +163,11 @@ def _keyed_texts(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 
 
 def _numbers_pair(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
-    return None if value is None else parse_motion(value)
+    if value is None or param.name == "motion":
+        return None if value is None else parse_motion(value)
+    from videodiff.config import parse_pair
+
+    return parse_pair(value, "--" + str(param.name).replace("_", "-"))
 
 
 @cli.command()
