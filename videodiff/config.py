@@ -180,7 +180,7 @@ class SampleSettings:
         check_choices(self, (("scheduler", SCHEDULERS), ("noise", NOISE_KINDS)))
         check_choices(self, (("timestep_spacing", TIMESTEP_SPACINGS),))
         if self.scheduler == "lcm" and self.steps > LCM_MAX_STEPS:
-            raise UserError(f"--steps {self.steps} is too many for lcm: at most {LCM_MAX_STEPS} (its skipping schedule)")
+            raise UserError(f"--steps {self.steps} is too many for lcm: at most {LCM_MAX_STEPS} (its own schedule)")
         check_interval(self.guidance_interval)
         self._validate_long()
         return self
