@@ -423,19 +423,34 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
 )
 @click.option("--motion-config", help="Override version detection: v1, v2, v3 or a MotionAdapter config.json.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-def convert(input_path: str, output_path: str, to: str, motion_config: str | None, overwrite: bool) -> None:
+@click.option(
+    "--default",
+    "defaults",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Record a render default in the folder's videodiff.json (steps, scheduler, timestep_spacing, "
+    "guidance, ...); repeatable.",
+)
+def convert(
+    input_path: str, output_path: str, to: str, motion_config: str | None, overwrite: bool, defaults: tuple[str, ...]
+) -> None:
     """Convert a motion module between the diffusers and the original AnimateDiff layouts.
 
     \b
     Example:
       videodiff convert mm_sd_v15_v2.ckpt motion-v2/ --to diffusers
       videodiff convert motion-v2/ mm_v2.safetensors --to original
+      videodiff convert animatediff_lightning_4step_diffusers.safetensors lightning-4step/ --to diffusers \\
+        --default steps=4 --default scheduler=euler --default timestep_spacing=trailing --default guidance=1
     """
+    from videodiff.config import parse_defaults
     from videodiff.log import setup_cli_logging
     from videodiff.weights.motion_formats import convert_motion_module
 
     setup_cli_logging()
-    click.echo(str(convert_motion_module(input_path, output_path, to, motion_config, overwrite=overwrite)))
+    recorded = parse_defaults(defaults)  # before any weights are read
+    out = convert_motion_module(input_path, output_path, to, motion_config, overwrite=overwrite, defaults=recorded)
+    click.echo(str(out))
 
 
 @cli.command()

@@ -616,6 +616,25 @@ def resolve(model_defaults: dict[str, Any], *layers: dict[str, Any], cls: type =
     return merge(recorded, *layers, cls=cls).validate()
 
 
+def parse_defaults(specs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings for a folder's ``videodiff.json`` defaults (``videodiff convert --default``): keys of
+    :data:`MODEL_DEFAULT_KEYS`, values read as YAML (``4``, ``trailing``, ``0,0.5``), checked as a render would."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, text = str(spec).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in MODEL_DEFAULT_KEYS:
+            raise UserError(f"--default must be KEY=VALUE, KEY one of {', '.join(MODEL_DEFAULT_KEYS)}; got {spec!r}")
+        try:
+            values[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            values[key] = text
+    settings = merge(values, cls=SampleSettings).validate()
+    return {k: list(v) if isinstance(v, tuple) else v for k in values if (v := getattr(settings, k)) is not None}
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
