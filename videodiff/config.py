@@ -99,7 +99,8 @@ class SampleSettings:
     guidance_interval: tuple[float, float] | None = setting(  # None: every step (the same as 0,1)
         None,
         "LOW,HIGH: run guidance's unconditional branch only for steps inside this part of the steps sampled "
-        "(0 the first and noisiest, 1 the last); outside it the conditional prediction alone [default: 0,1].",
+        "(0 the first and noisiest, 1 the last); outside it the conditional prediction alone "
+        "[default: the model's, else 0,1: every step].",
     )
     noise: str = setting("independent", "Initial noise: " + "|".join(NOISE_KINDS) + ".", choices=NOISE_KINDS)
     # PYoCo's alpha: frame correlation a^2/(1+a^2) (mixed), a/sqrt(1+a^2) (progressive)
