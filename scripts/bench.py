@@ -8,6 +8,14 @@ is included in the timing: no warm-up is hidden.
     python scripts/bench.py --preset tiny
     python scripts/bench.py --preset cpu-small --repeat 2   # SD1.5 layout at widths (64,128,256,256), 256x256
     python scripts/bench.py --preset gpu-sd15               # full SD1.5 + v2 motion modules, 512x512, fp16, CUDA
+    python scripts/bench.py --preset cpu-small-lightning    # cpu-small sampled as AnimateDiff-Lightning: 4 euler
+                                                            # steps, trailing spacing, guidance 1
+    python scripts/bench.py --preset cpu-small-lcm          # cpu-small sampled as AnimateLCM: 4 lcm steps, guidance 2
+
+A preset's ``sampler`` (scheduler, spacing) and ``guidance`` are given to each side its own way: videodiff's
+settings, and diffusers' scheduler configured as the model cards do (``EulerDiscreteScheduler.from_config(...,
+timestep_spacing="trailing", beta_schedule="linear")``, ``LCMScheduler.from_config(..., beta_schedule="linear")``).
+Random weights: these presets measure speed, not what a distilled model would draw.
 
 Each side runs in a fresh process. Peak memory: ``max_memory_allocated`` on GPU; on CPU
 a sampling thread's highest RSS above the process's RSS before the render. On GPU the
@@ -45,6 +53,31 @@ PRESETS = {
         model=dict(block_out_channels=(64, 128, 256, 256), vae_channels=(64, 128, 256, 256), **SD15_ATTENTION),
         render=dict(num_frames=16, height=256, width=256, num_inference_steps=10),
     ),
+    # few-step sampling (issue 18) on tiny's and cpu-small's random weights ("models": whose folder): speed only
+    "tiny-lightning": dict(
+        models="tiny",
+        render=dict(num_frames=16, height=64, width=64, num_inference_steps=4),
+        sampler=dict(scheduler="euler", timestep_spacing="trailing"),
+        guidance=1.0,
+    ),
+    "tiny-lcm": dict(
+        models="tiny",
+        render=dict(num_frames=16, height=64, width=64, num_inference_steps=4),
+        sampler=dict(scheduler="lcm"),
+        guidance=2.0,
+    ),
+    "cpu-small-lightning": dict(
+        models="cpu-small",
+        render=dict(num_frames=16, height=256, width=256, num_inference_steps=4),
+        sampler=dict(scheduler="euler", timestep_spacing="trailing"),
+        guidance=1.0,
+    ),
+    "cpu-small-lcm": dict(
+        models="cpu-small",
+        render=dict(num_frames=16, height=256, width=256, num_inference_steps=4),
+        sampler=dict(scheduler="lcm"),
+        guidance=2.0,
+    ),
     "gpu-sd15": dict(
         model=dict(
             block_out_channels=(320, 640, 1280, 1280),
@@ -62,7 +95,9 @@ PRESETS = {
 def build(preset: str, folder: Path) -> tuple[Path, Path]:
     from videodiff.tiny import build_tiny_model, build_tiny_motion_adapter
 
+    preset = PRESETS[preset].get("models", preset)  # a sampling preset on another preset's weights
     cfg = PRESETS[preset]["model"]
+    folder = folder.parent / preset
     model, motion = folder / "model", folder / "motion"
     if not (model / "model_index.json").exists():
         build_tiny_model(model, **cfg)
@@ -116,6 +151,20 @@ def run_diffusers(
     return (out * 255).round().astype(np.uint8), total, marks, start
 
 
+def diffusers_scheduler(sampler: dict, config: dict):
+    """The scheduler diffusers' users configure for ``sampler`` (a preset's), as the model cards write it."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
+
+    from videodiff.schedulers import make_scheduler
+
+    name, spacing = sampler.get("scheduler", "ddim"), sampler.get("timestep_spacing", "linspace")
+    if name == "euler":  # AnimateDiff-Lightning's card
+        return EulerDiscreteScheduler.from_config(config, timestep_spacing=spacing, beta_schedule="linear")
+    if name == "lcm":  # AnimateLCM's card
+        return LCMScheduler.from_config(config, beta_schedule="linear")
+    return make_scheduler(name, dict(DDIMScheduler.from_config(config).config), spacing)
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} threads {torch.get_num_threads()}"
 
@@ -126,26 +175,29 @@ def sync(device: str) -> None:
 
 
 def run_videodiff(
-    model: Path, motion: Path, render: dict, seed: int, guidance: float, device: str = "cpu", dtype: str = "fp32"
+    model: Path,
+    motion: Path,
+    render: dict,
+    seed: int,
+    guidance: float,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    sampler: dict | None = None,
 ):
-    from videodiff import load_pipeline, sampling
+    from videodiff import load_pipeline
 
     pipe = load_pipeline(str(model), str(motion), device=device, dtype=dtype)
     marks = []
-    real = sampling.guided
 
-    def timed(*args):  # called once per step, after the U-Net
+    def timed(*args):  # after every scheduler step, as diffusers' callback_on_step_end
         sync(device)
         marks.append(time.perf_counter())
-        return real(*args)
 
-    sampling.guided = timed
-    try:
-        start = time.perf_counter()
-        result = pipe("a red circle moving right", guidance_scale=guidance, seed=seed, **render)
-        total = time.perf_counter() - start
-    finally:
-        sampling.guided = real
+    start = time.perf_counter()
+    result = pipe(
+        "a red circle moving right", guidance_scale=guidance, seed=seed, on_step=timed, **render, **(sampler or {})
+    )
+    total = time.perf_counter() - start
     return result.frames, total, marks, start
 
 
@@ -187,8 +239,8 @@ class PeakMemory:
             self._thread.join()
 
 
-def count_flops(model: Path, motion: Path, render: dict, device: str, dtype: str) -> dict:
-    """FLOPs of one guided U-Net call and of the VAE decode of all frames (torch's FlopCounterMode)."""
+def count_flops(model: Path, motion: Path, render: dict, device: str, dtype: str, batch: int = 2) -> dict:
+    """FLOPs of one U-Net call (``batch`` 2: guided) and of the VAE decode of all frames (torch's FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from videodiff import load_pipeline
@@ -199,7 +251,7 @@ def count_flops(model: Path, motion: Path, render: dict, device: str, dtype: str
     context = pipe.encode("a red circle moving right")
     with torch.no_grad():
         with FlopCounterMode(display=False) as unet_count:
-            pipe.unet(torch.cat([latents] * 2), torch.tensor(500, device=device), torch.cat([context] * 2))
+            pipe.unet(torch.cat([latents] * batch), torch.tensor(500, device=device), torch.cat([context] * batch))
         with FlopCounterMode(display=False) as vae_count:
             from videodiff import vae
 
@@ -220,7 +272,9 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
 
     with PeakMemory(args.device) as memory:
         if side == "diffusers":
-            scheduler = make_scheduler("ddim", dict(DDIMScheduler.load_config(model / "scheduler")))
+            sampler = PRESETS[args.preset].get("sampler")
+            config = dict(DDIMScheduler.load_config(model / "scheduler"))
+            scheduler = diffusers_scheduler(sampler, config) if sampler else make_scheduler("ddim", config)
             frames, total, marks, start = run_diffusers(
                 model,
                 motion,
@@ -234,7 +288,14 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
             )
         else:
             frames, total, marks, start = run_videodiff(
-                model, motion, render, args.seed, args.guidance, args.device, args.dtype
+                model,
+                motion,
+                render,
+                args.seed,
+                args.guidance,
+                args.device,
+                args.dtype,
+                PRESETS[args.preset].get("sampler"),
             )
     return {"frames": frames, "s_per_step": per_step(marks, start), "total_s": total, "peak_bytes": memory.peak}
 
@@ -287,7 +348,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the preset's denoising steps")
     parser.add_argument("--frames", type=int, help="override the preset's frame count")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, help="default: the preset's, else 7.5")
     parser.add_argument("--repeat", type=int, default=1, help="alternate the two sides this many times each")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "videodiff-bench")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -326,6 +387,8 @@ def main() -> None:
         render["num_inference_steps"] = args.steps
     if args.frames:
         render["num_frames"] = args.frames
+    if args.guidance is None:
+        args.guidance = PRESETS[args.preset].get("guidance", 7.5)
     args.device = args.device or PRESETS[args.preset].get("device", "cpu")
     args.dtype = args.dtype or PRESETS[args.preset].get("dtype", "fp32")
     tolerance = args.tolerance if args.tolerance is not None else (2 if args.dtype == "fp32" else 8)
@@ -352,6 +415,7 @@ def main() -> None:
         "machine": torch.cuda.get_device_name() if args.device.startswith("cuda") else machine(),
         "each side in a fresh process, first call included": True,
         "diffusers_tuned": args.diffusers_tuned,
+        "sampler": PRESETS[args.preset].get("sampler", {"scheduler": "ddim"}),
     }
     for side in ("diffusers", "videodiff"):
         results[f"{side}_s_per_step"] = [round(r["s_per_step"], 3) for r in runs[side]]
@@ -376,7 +440,7 @@ def main() -> None:
             },
         }
     if args.device.startswith("cuda"):
-        flops = count_flops(model, motion, render, args.device, args.dtype)
+        flops = count_flops(model, motion, render, args.device, args.dtype, 2 if args.guidance > 1 else 1)
         steps = render["num_inference_steps"]
         for side in ("diffusers", "videodiff"):
             seconds = min(r["total_s"] for r in runs[side])

@@ -5,12 +5,14 @@ Each setting is ``key=value,key=value`` of :class:`videodiff.config.SampleSettin
 ``default`` is the model's recorded defaults. Example (the issue's held-out set: 10 combinations x 8 seeds):
 
     python scripts/shapes_sweep.py --combos heldout --seeds 8 default motion_prior=0.42 steps=16
+    python scripts/shapes_sweep.py --combos heldout --seeds 2 default guidance_interval=0,0.5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 from videodiff.pipelines import load_pipeline
@@ -18,19 +20,24 @@ from videodiff.shapes.evaluate import evaluate_model
 from videodiff.shapes.world import combos_of
 
 
+def number(value: str):
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
 def parse(text: str) -> dict:
+    """``key=value,key=value``; a value with commas of its own (``guidance_interval=0,0.5``) is a pair."""
     if text == "default":
         return {}
     out = {}
-    for part in text.split(","):
+    for part in re.split(r",(?=[a-z_]+=)", text):
         key, value = part.split("=")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
+        out[key] = tuple(float(v) for v in value.split(",")) if "," in value else number(value)
     return out
 
 

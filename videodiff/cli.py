@@ -141,7 +141,7 @@ def options_from(
                 func = click.option(*names, multiple=True, callback=_keyed_texts, **extra)(func)
             elif kind.startswith("tuple[str"):
                 func = click.option(*names, multiple=True, **extra)(func)
-            elif kind.startswith("tuple[float"):  # DX,DY
+            elif kind.startswith("tuple[float"):  # DX,DY; LOW,HIGH
                 func = click.option(*names, callback=_numbers_pair, **extra)(func)
             elif "choices" in f.metadata:  # a closed set: checked by click (with completion)
                 choice = click.Choice(f.metadata["choices"])
@@ -163,7 +163,11 @@ def _keyed_texts(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 
 
 def _numbers_pair(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
-    return None if value is None else parse_motion(value)
+    if value is None or param.name == "motion":
+        return None if value is None else parse_motion(value)
+    from videodiff.config import parse_pair
+
+    return parse_pair(value, "--" + str(param.name).replace("_", "-"))
 
 
 @cli.command()
@@ -419,19 +423,34 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
 )
 @click.option("--motion-config", help="Override version detection: v1, v2, v3 or a MotionAdapter config.json.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-def convert(input_path: str, output_path: str, to: str, motion_config: str | None, overwrite: bool) -> None:
+@click.option(
+    "--default",
+    "defaults",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Record a render default in the folder's videodiff.json (steps, scheduler, timestep_spacing, "
+    "guidance, ...); repeatable.",
+)
+def convert(
+    input_path: str, output_path: str, to: str, motion_config: str | None, overwrite: bool, defaults: tuple[str, ...]
+) -> None:
     """Convert a motion module between the diffusers and the original AnimateDiff layouts.
 
     \b
     Example:
       videodiff convert mm_sd_v15_v2.ckpt motion-v2/ --to diffusers
       videodiff convert motion-v2/ mm_v2.safetensors --to original
+      videodiff convert animatediff_lightning_4step_diffusers.safetensors lightning-4step/ --to diffusers \\
+        --default steps=4 --default scheduler=euler --default timestep_spacing=trailing --default guidance=1
     """
+    from videodiff.config import parse_defaults
     from videodiff.log import setup_cli_logging
     from videodiff.weights.motion_formats import convert_motion_module
 
     setup_cli_logging()
-    click.echo(str(convert_motion_module(input_path, output_path, to, motion_config, overwrite=overwrite)))
+    recorded = parse_defaults(defaults)  # before any weights are read
+    out = convert_motion_module(input_path, output_path, to, motion_config, overwrite=overwrite, defaults=recorded)
+    click.echo(str(out))
 
 
 @cli.command()

@@ -22,7 +22,11 @@ from typing import Any
 
 from videodiff.errors import UserError
 
-SCHEDULERS = ("ddim", "euler", "euler-a", "dpm++", "model")
+SCHEDULERS = ("ddim", "euler", "euler-a", "dpm++", "lcm", "model")
+# How a scheduler spreads its steps over the 1000 training timesteps (diffusers' timestep_spacing); linspace is
+# AnimateDiff's, trailing is what few-step models (AnimateDiff-Lightning) were distilled for (Lin et al. 2024)
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+LCM_MAX_STEPS = 50  # the LCM scheduler picks its steps from a 50-step skipping schedule (original_inference_steps)
 NOISE_KINDS = ("independent", "mixed", "progressive")  # priors of videodiff.noise
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -47,6 +51,8 @@ MODEL_DEFAULT_KEYS = (
     "noise",
     "noise_alpha",
     "motion_prior",
+    "timestep_spacing",
+    "guidance_interval",
 )
 # The informational part of a sidecar; a sidecar given to --config ignores it.
 INFO_KEY = "info"
@@ -84,6 +90,18 @@ class SampleSettings:
     width: int | None = setting(None, "Frame width, a multiple of 8 (default: the model's).")  # preferred size
     # ddim with AnimateDiff's betas is what they saw
     scheduler: str = setting("ddim", "|".join(SCHEDULERS) + ".", choices=SCHEDULERS)
+    timestep_spacing: str = setting(  # linspace: AnimateDiff's; few-step models record theirs (videodiff.json)
+        "linspace",
+        "How the steps spread over the schedule: " + "|".join(TIMESTEP_SPACINGS) + " (trailing for "
+        "AnimateDiff-Lightning; every --scheduler but model, whose own config decides, and lcm, which has its own).",
+        choices=TIMESTEP_SPACINGS,
+    )
+    guidance_interval: tuple[float, float] | None = setting(  # None: every step (the same as 0,1)
+        None,
+        "LOW,HIGH: run guidance's unconditional branch only for steps inside this part of the steps sampled "
+        "(0 the first and noisiest, 1 the last); outside it the conditional prediction alone "
+        "[default: the model's, else 0,1: every step].",
+    )
     noise: str = setting("independent", "Initial noise: " + "|".join(NOISE_KINDS) + ".", choices=NOISE_KINDS)
     # PYoCo's alpha: frame correlation a^2/(1+a^2) (mixed), a/sqrt(1+a^2) (progressive)
     noise_alpha: float = setting(1.0, "Frame correlation strength for mixed/progressive noise (PYoCo's alpha).")
@@ -161,6 +179,10 @@ class SampleSettings:
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**64):
             raise UserError(f"--seed must be a whole number from 0 to 2^64-1, got {self.seed!r}")
         check_choices(self, (("scheduler", SCHEDULERS), ("noise", NOISE_KINDS)))
+        check_choices(self, (("timestep_spacing", TIMESTEP_SPACINGS),))
+        if self.scheduler == "lcm" and self.steps > LCM_MAX_STEPS:
+            raise UserError(f"--steps {self.steps} is too many for lcm: at most {LCM_MAX_STEPS} (its own schedule)")
+        check_interval(self.guidance_interval)
         self._validate_long()
         return self
 
@@ -448,6 +470,27 @@ def check_types(config: Any, cls: type | None = None) -> None:
             raise UserError(f"--{_flag(f.name)} must be {expected}, got {value!r}")
 
 
+def parse_pair(text: str, flag: str, form: str = "LOW,HIGH, e.g. 0,0.5") -> tuple[float, float]:
+    """``A,B``: two numbers (``--guidance-interval 0,0.5``); anything else is a one-line :class:`UserError`."""
+    try:
+        a, b = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise UserError(f"{flag} must be two numbers {form}; got {text!r}") from None
+    return a, b
+
+
+def check_interval(interval: Any) -> None:
+    """``--guidance-interval``: two finite numbers LOW,HIGH with 0 <= LOW <= HIGH <= 1 (or None: every step)."""
+    if interval is None:
+        return
+    numbers = [v for v in interval if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) != 2 or len(interval) != 2 or not all(map(math.isfinite, numbers)):
+        raise UserError(f"--guidance-interval must be two numbers LOW,HIGH from 0 to 1, got {interval!r}")
+    low, high = numbers
+    if not 0 <= low <= high <= 1:
+        raise UserError(f"--guidance-interval must have 0 <= LOW <= HIGH <= 1, got {low:g},{high:g}")
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -549,6 +592,9 @@ def merge(*layers: dict[str, Any], cls: type = RenderConfig) -> Any:
         if str(f.type).startswith("dict[int, str]") and isinstance(value, (dict, list, tuple, str)):
             values[f.name] = parse_mapping(value)  # JSON sidecars' keys are text; YAML may list FRAME:TEXT
             continue
+        if str(f.type).startswith("tuple[float") and isinstance(value, str):  # YAML's `guidance_interval: 0,0.5`
+            values[f.name] = parse_pair(value, f"--{_flag(f.name)}")
+            continue
         if str(f.type).startswith("tuple") and isinstance(value, (list, str)):
             values[f.name] = tuple(value) if isinstance(value, list) else (value,)
             continue
@@ -569,6 +615,25 @@ def resolve(model_defaults: dict[str, Any], *layers: dict[str, Any], cls: type =
     names = {f.name for f in fields(cls)}
     recorded = {k: v for k, v in model_defaults.items() if k in names}
     return merge(recorded, *layers, cls=cls).validate()
+
+
+def parse_defaults(specs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings for a folder's ``videodiff.json`` defaults (``videodiff convert --default``): keys of
+    :data:`MODEL_DEFAULT_KEYS`, values read as YAML (``4``, ``trailing``, ``0,0.5``), checked as a render would."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, text = str(spec).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in MODEL_DEFAULT_KEYS:
+            raise UserError(f"--default must be KEY=VALUE, KEY one of {', '.join(MODEL_DEFAULT_KEYS)}; got {spec!r}")
+        try:
+            values[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            values[key] = text
+    settings = merge(values, cls=SampleSettings).validate()
+    return {k: list(v) if isinstance(v, tuple) else v for k in values if (v := getattr(settings, k)) is not None}
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -113,11 +113,12 @@ class Conditioning:
         """The first frame's context ``[1 n d]`` (prompt travel's context is ``[1 f n d]``)."""
         return self.context[:, 0] if self.context.ndim == 4 else self.context
 
-    def guide(self, scale: float) -> sampling.Guide:
+    def guide(self, scale: float, interval: tuple[float, float] | None = None) -> sampling.Guide:
+        """Classifier-free guidance at ``scale`` (on the steps inside ``interval`` only, when given), else none."""
         uncond = self.uncond
         if uncond is not None and self.context.ndim == 4 and uncond.ndim == 3:  # prompt travel: one negative prompt
             uncond = uncond[:, None].expand(-1, self.context.shape[1], -1, -1)
-        return sampling.guide_for(scale, self.context, uncond)
+        return sampling.guide_for(scale, self.context, uncond, interval)
 
 
 @dataclass
@@ -290,8 +291,9 @@ class VideoPipeline:
         """:class:`SampleSettings` from the Python API's keywords, resolved once against the model's recorded
         defaults (a keyword left out or ``None`` takes the model's default, else the built-in one)."""
         given = {CALL_NAMES.get(k, k): v for k, v in given.items()}
-        if given.get("motion") is not None:
-            given["motion"] = tuple(given["motion"])
+        for name in ("motion", "guidance_interval"):
+            if given.get(name) is not None:
+                given[name] = tuple(given[name])
         return resolve(self.parts.defaults, {"prompt": prompt, **given}, cls=SampleSettings)
 
     # ------------------------------------------------------------ stages
@@ -323,6 +325,8 @@ class VideoPipeline:
         guided = sampling.uses_guidance(settings.guidance)
         if settings.negative and not guided:
             notice(f"the negative prompt has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
+        if settings.guidance_interval is not None and not guided:
+            notice(f"--guidance-interval has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
         for prompt in prompts.values():
             self.tell_unknown_words(prompt)
         if settings.prompt_at:  # prompt travel: a context per frame [1 f n d]
@@ -520,7 +524,7 @@ class VideoPipeline:
         # 1. the prompts (and the MotionLoRAs their words trigger)
         cond = self.conditioning(settings)
         # 2. scheduler and initial noise
-        scheduler = make_scheduler(settings.scheduler, self.parts.scheduler_config)
+        scheduler = make_scheduler(settings.scheduler, self.parts.scheduler_config, settings.timestep_spacing)
         generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
         shape = self.latent_shape(settings.frames, settings.height, settings.width)
         if latents is None:
@@ -543,7 +547,7 @@ class VideoPipeline:
             hook = keyframes.Anchor(keys, latents.to(self.device), schedule, source.anchor, then=hook)
         with heap.render_heap(self.device):  # the CPU heap keeps each step's freed activations for the next
             # 4. denoise
-            guide = cond.guide(settings.guidance)
+            guide = cond.guide(settings.guidance, settings.guidance_interval)
             out = self.denoise(begin, schedule, guide, generator, progress=shown, on_step=hook, windows=plan)
             for index in range(1, passes):  # FreeInit: keep the result's low frequencies, fresh high ones, again
                 begin = self.free_init_start(settings, out, begin, latents, scheduler, generator, plan)

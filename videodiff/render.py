@@ -48,12 +48,13 @@ def resolve_render_config(
     derived: dict[str, Any] | None = None,
 ) -> RenderConfig:
     """Precedence: command line, then ``--config``, then environment variables (``VIDEODIFF_MODEL``...),
-    then what the input implies (``derived``: vid2vid's frame rate), then the model's recorded defaults,
-    then built-ins."""
+    then what the input implies (``derived``: vid2vid's frame rate), then the recorded defaults (a motion-module
+    folder's, then the model's), then built-ins."""
     from_file = load_config_file(config_file) if config_file else {}
     environment = environment or {}
     model = command_line.get("model") or from_file.get("model") or environment.get("model")
-    return resolve(read_model_defaults(model), derived or {}, environment, from_file, command_line)
+    motion = command_line.get("motion_module") or from_file.get("motion_module") or environment.get("motion_module")
+    return resolve(read_model_defaults(model, motion), derived or {}, environment, from_file, command_line)
 
 
 @dataclass

@@ -90,10 +90,47 @@ class ClassifierFreeGuidance:
         return guided(eps_uncond, eps_cond, self.scale)
 
 
-def guide_for(scale: float, context: torch.Tensor, uncond_context: torch.Tensor | None) -> Guide:
-    """CFG when :func:`uses_guidance` (``scale > 1``) and an unconditional context is given, else NoGuidance."""
+class GuidanceInterval:
+    """Guidance only in part of the schedule (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"):
+    ``guide`` for the steps inside ``[low, high]``, the conditional prediction alone (one batch, not two) outside.
+
+    Positions are fractions of the steps this run samples: step ``i`` of ``total`` is at ``i / (total - 1)``
+    (0 the first and noisiest, 1 the last; a single step is at 0), both ends inclusive. Steps skipped by a
+    part-way start (``start``: the motion prior, img2vid) are not counted: the interval spans the steps run.
+    :func:`sample` asks :meth:`for_step` which guide each step uses.
+    """
+
+    def __init__(self, guide: ClassifierFreeGuidance, low: float, high: float):
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"the guidance interval must have 0 <= low <= high <= 1, got {low}, {high}")
+        self.guide, self.low, self.high = guide, low, high
+        self.conditional = NoGuidance(guide.context)
+
+    def inside(self, i: int, total: int) -> bool:
+        """Whether step ``i`` (0-based) of ``total`` is guided."""
+        position = i / (total - 1) if total > 1 else 0.0
+        return self.low <= position <= self.high
+
+    def for_step(self, i: int, total: int) -> Guide:
+        return self.guide if self.inside(i, total) else self.conditional
+
+    def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.guide(denoiser, x, t)  # called without a step: guided (sample() always asks for_step)
+
+
+def guide_for(
+    scale: float,
+    context: torch.Tensor,
+    uncond_context: torch.Tensor | None,
+    interval: tuple[float, float] | None = None,
+) -> Guide:
+    """CFG when :func:`uses_guidance` (``scale > 1``) and an unconditional context is given, else NoGuidance;
+    CFG only on the steps inside ``interval`` (:class:`GuidanceInterval`) when one narrower than ``(0, 1)`` is given."""
     if uses_guidance(scale) and uncond_context is not None:
-        return ClassifierFreeGuidance(scale, context, uncond_context)
+        cfg = ClassifierFreeGuidance(scale, context, uncond_context)
+        if interval is None or tuple(interval) == (0, 1):
+            return cfg
+        return GuidanceInterval(cfg, *interval)
     return NoGuidance(context)
 
 
@@ -205,7 +242,8 @@ def sample(
     first ``start`` steps: ``latents`` are then a clean guess noised to the timestep where
     sampling starts (:func:`noised_start`), as img2img does.
 
-    ``guide`` turns the denoiser into one model output per step (:func:`guide_for`).
+    ``guide`` turns the denoiser into one model output per step (:func:`guide_for`); a guide with a
+    ``for_step(i, total)`` method (:class:`GuidanceInterval`) names the guide of each step.
     ``on_step`` (:data:`OnStep`) runs after every scheduler step; a tensor it returns
     replaces the latents and restarts the solver (:meth:`Schedule.restart`); a
     :class:`Cancelled` it raises propagates to the caller, no further step taken.
@@ -228,7 +266,8 @@ def sample(
     # 2. the loop: guided model output, one scheduler step, the hook
     with tqdm(total=total, disable=not progress, desc=desc, leave=False) as bar:
         for i, t in enumerate(timesteps):
-            model_output = guide(denoiser, schedule.scale_model_input(latents, t), t)
+            step_guide = guide.for_step(i, total) if hasattr(guide, "for_step") else guide
+            model_output = step_guide(denoiser, schedule.scale_model_input(latents, t), t)
             latents = schedule.step(model_output, t, latents, generator)
             bar.update()
             if on_step is None:

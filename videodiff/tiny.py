@@ -78,8 +78,9 @@ def write_model_index(folder: str | Path) -> None:
     (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def diffusers_reference(model: str | Path, motion: str | Path, scheduler):
-    """diffusers' ``AnimateDiffPipeline`` on the same folders: the reference in parity tests and benchmarks."""
+def diffusers_reference(model: str | Path, motion, scheduler):
+    """diffusers' ``AnimateDiffPipeline`` on the same folders: the reference in parity tests and benchmarks.
+    ``motion`` is a ``MotionAdapter`` folder or a ``MotionAdapter`` (e.g. one a Lightning file was loaded into)."""
     from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -89,7 +90,7 @@ def diffusers_reference(model: str | Path, motion: str | Path, scheduler):
         text_encoder=CLIPTextModel.from_pretrained(model / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(model / "tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(model / "unet"),
-        motion_adapter=MotionAdapter.from_pretrained(motion),
+        motion_adapter=motion if isinstance(motion, MotionAdapter) else MotionAdapter.from_pretrained(motion),
         scheduler=scheduler,
     )
     pipe.set_progress_bar_config(disable=True)

@@ -562,6 +562,8 @@ RENDER_SETTINGS = (
     "steps",
     "guidance",
     "scheduler",
+    "timestep_spacing",
+    "guidance_interval",
     "noise",
     "noise_alpha",
     "motion_prior",

@@ -71,27 +71,48 @@ def is_hub_id(source: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is not None
 
 
+HUB_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def hub_file(source: str) -> tuple[str, str] | None:
+    """``org/name/path/in/repo.safetensors`` -> ``("org/name", "path/in/repo.safetensors")``: one weights file of
+    a hub repository (``ByteDance/AnimateDiff-Lightning/animatediff_lightning_4step_diffusers.safetensors``);
+    None for anything else."""
+    repo, sep, filename = str(source).partition("/")[2].partition("/")
+    if not sep or not filename.lower().endswith(HUB_FILE_SUFFIXES) or ".." in filename.split("/"):
+        return None
+    repo = str(source).split("/", 1)[0] + "/" + repo
+    return (repo, filename) if is_hub_id(repo) else None
+
+
 def locate(source: str, what: str) -> Path:
-    """A local folder for ``source``: the folder itself, or a hub id's snapshot in the local cache."""
+    """A local path for ``source``: the file or folder itself, a hub id's snapshot in the local cache, or one
+    file of a hub repository (``org/name/file.safetensors``, :func:`hub_file`), downloaded alone."""
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if not is_hub_id(source):
+    single = hub_file(source)
+    if not is_hub_id(source) and single is None:
         raise UserError(f"{what} {source!r} not found: no such file or folder (a hub id looks like 'org/name')")
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
 
     local_only = offline() or not hub_reachable()  # no network: the cache at once, not after timeouts
     try:
+        if single is not None:
+            return Path(hf_hub_download(single[0], single[1], local_files_only=local_only))
         return Path(snapshot_download(source, local_files_only=local_only, ignore_patterns=HUB_SKIP))
     except Exception as exc:  # noqa: BLE001 - hub errors become one line
+        label = repr(source)
+        if single is not None:  # a mistyped local path reads like a file of a hub repository
+            label += f" (no such local file; read as file {single[1]} of hub repository {single[0]})"
         if local_only:
             why = "offline (VIDEODIFF_OFFLINE=1)" if offline() else "the Hugging Face hub cannot be reached"
             raise UserError(
-                f"{what} {source!r}: {why}, and it is not in the local cache ({constants.HF_HUB_CACHE}); "
+                f"{what} {label}: {why}, and it is not in the local cache ({constants.HF_HUB_CACHE}); "
                 "pass a local folder or file instead, or download it once on a machine that is online"
             ) from None
         reason = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"{what} {source!r} could not be found or downloaded: {type(exc).__name__} {reason}") from None
+        raise UserError(f"{what} {label} could not be found or downloaded: {type(exc).__name__} {reason}") from None
 
 
 _REACHABLE: dict[str, bool] = {}
@@ -120,17 +141,30 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return _REACHABLE[endpoint]
 
 
-def read_model_defaults(model: str | None) -> dict[str, Any]:
+def read_model_defaults(model: str | None, motion_module: str | None = None) -> dict[str, Any]:
     """The settings a model folder recommends (``videodiff.json``), or ``{}``; cheap, loads no weights.
 
-    ``None`` reads the built-in model's.
+    ``None`` reads the built-in model's. A local ``motion_module`` folder's own ``videodiff.json`` defaults
+    (a few-step motion module's steps, scheduler, spacing, guidance) win over the image model's.
     """
     if not model or model == BUILTIN_NAME:
         if not (BUILTIN_MODEL / DEFAULTS_FILE).is_file():
             return {}
         model = str(BUILTIN_MODEL)
-    path = Path(model).expanduser() / DEFAULTS_FILE
+    return {**_recorded_defaults(Path(model).expanduser() / DEFAULTS_FILE), **motion_module_defaults(motion_module)}
+
+
+def motion_module_defaults(motion_module: str | None) -> dict[str, Any]:
+    """The defaults a local motion-module folder records in its ``videodiff.json`` (``{}`` for files, hub ids)."""
+    if not motion_module or not Path(motion_module).expanduser().is_dir():
+        return {}
+    return _recorded_defaults(Path(motion_module).expanduser() / DEFAULTS_FILE)
+
+
+def _recorded_defaults(path: Path) -> dict[str, Any]:
     defaults = _model_json(path).get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise UserError(f"{path}: defaults must be a mapping of settings")
     return check_keys(dict(defaults), str(path), MODEL_DEFAULT_KEYS)
 
 

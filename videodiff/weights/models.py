@@ -21,10 +21,12 @@ from videodiff.weights.embeddings import load_embedding
 from videodiff.weights.hub import (
     DEFAULTS_FILE,
     fingerprint,
+    hub_file,
     locate,
     model_source,
     model_triggers,
     model_vocabulary,
+    motion_module_defaults,
     quiet_hub_logging,
     read_model_defaults,
     recorded_train_frames,
@@ -112,6 +114,14 @@ def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
         raise UserError(f"{root}: could not load the model ({first[:300]})") from None
 
 
+def local_file(path: str, what: str) -> str:
+    """``path`` itself, or for ``org/name/file.safetensors`` that is not a local path, that one file of the hub
+    repository (downloaded, or from the cache): AnimateLCM's LoRA as ``wangfuyun/AnimateLCM/<file>``."""
+    if Path(path).expanduser().exists() or hub_file(path) is None:
+        return path  # the reader names a missing local file
+    return str(locate(path, what))
+
+
 def load_model_parts(
     model: str | None,
     motion_module: str | None = None,
@@ -143,6 +153,7 @@ def load_model_parts(
     own = root / OWN_MOTION_FOLDER if root.is_dir() else None
     norm_over_frames, motion_prior = False, None
     motion_folder = None
+    given_motion = motion_module
     own_motion = motion_module is None and own is not None and own.is_dir()
     if own_motion:
         motion_module = str(own)
@@ -172,8 +183,9 @@ def load_model_parts(
             motion_prior = load_motion_prior(companions[PRIOR_FILE], c)
     for spec in loras:
         path, scale = parse_scaled_path(spec)
-        apply_lora(c["unet"], c["text_encoder"], path, scale)
-        sources.setdefault("lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(path)})
+        local = local_file(path, "LoRA")
+        apply_lora(c["unet"], c["text_encoder"], local, scale)
+        sources.setdefault("lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(local)})
     for path in embeddings:
         tokens = load_embedding(c["tokenizer"], c["text_encoder"], path)
         sources.setdefault("embedding", []).append({"id": path, "tokens": tokens, "sha256": fingerprint(path)})
@@ -191,7 +203,8 @@ def load_model_parts(
         c["unet"],
         motion,
         c["scheduler_config"],
-        read_model_defaults(str(root)) if root.is_dir() else {},
+        # a few-step motion module's recorded steps, scheduler... win over the image model's
+        {**(read_model_defaults(str(root)) if root.is_dir() else {}), **motion_module_defaults(given_motion)},
         sources,
         norm_over_frames,
         triggers,

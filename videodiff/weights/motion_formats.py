@@ -34,7 +34,7 @@ from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output
 from videodiff.motion_prior import PRIOR_FILE
 from videodiff.unet.temporal import MotionStack
 from videodiff.weights.checkpoints import PICKLE_SUFFIXES, load_strict, read_state_dict
-from videodiff.weights.hub import WEIGHT_NAMES, locate
+from videodiff.weights.hub import DEFAULTS_FILE, WEIGHT_NAMES, locate
 from videodiff.weights.lora_pairs import UNET, LoraEntry, component_of, lora_factor, parse_lora_keys, peft_configs
 from videodiff.weights.safetensors_header import read_header
 
@@ -597,8 +597,12 @@ def convert_motion_module(
     motion_config: str | None = None,
     *,
     overwrite: bool = False,
+    defaults: dict[str, Any] | None = None,
 ) -> Path:
     """Convert any supported motion module to a diffusers MotionAdapter folder or an original ``.safetensors``.
+
+    ``defaults`` (checked settings, :func:`videodiff.config.parse_defaults`) are recorded in the folder's
+    ``videodiff.json`` so that renders with it use them unasked (a few-step module's steps, scheduler...).
 
     The weights keep the source's dtype; the result is validated by a strict load first. The files
     videodiff keeps beside motion modules (a motion prior, trained spatial tensors) travel with them:
@@ -611,6 +615,8 @@ def convert_motion_module(
         raise UserError(f"cannot convert to {to!r}: choose 'diffusers' or 'original'")
     if to == "original" and Path(dst).suffix.lower() != ".safetensors":
         raise UserError(f"{dst}: original-layout motion modules are written as .safetensors only")
+    if defaults and to != "diffusers":
+        raise UserError("recorded defaults live in a folder's videodiff.json: convert --to diffusers")
     rules = {"folder_ok": _is_adapter_folder, "kind": "motion-module folder or file"}
     prepare_output(dst, overwrite=overwrite, create=False, **rules)  # no folders made for an input that fails
     source = Path(src).expanduser()
@@ -626,6 +632,8 @@ def convert_motion_module(
             _write_folder(tensors, dict(stack.config), tmp)
             for name, path in carried.items():
                 shutil.copyfile(path, tmp / name)
+            if defaults:
+                (tmp / DEFAULTS_FILE).write_text(json.dumps({"defaults": defaults}, indent=2) + "\n")
     else:
         from safetensors.torch import save_file
 
