@@ -42,6 +42,8 @@ NO_TORCH = textwrap.dedent(
         ("render", PROMPT, "-o", "photos", "--overwrite"),
         ("render", "--prompt-file", "missing.txt"),
         ("render", PROMPT, "--device", "tpu"),
+        ("render", PROMPT, "--frames", "80", "--window", "64"),  # the built-in modules' encoding holds 32
+        ("render", PROMPT, "--frames", "2000"),
     ],
     ids=[
         "frames-0",
@@ -52,6 +54,8 @@ NO_TORCH = textwrap.dedent(
         "users-folder",
         "prompt-file",
         "device",
+        "window-over-the-positional-encoding",
+        "frames-over-the-ceiling",
     ],
 )
 def test_bad_input_exits_2_before_torch_is_imported(tmp_path, args):

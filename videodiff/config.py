@@ -61,6 +61,12 @@ INFO_KEY = "info"
 MAX_STEPS = 1000  # the schedules have 1000 training timesteps: more steps than that repeat timesteps
 MAX_SIDE = 4096  # pixels; SD1.5-family models are trained at 512 (the VAE alone would need tens of GiB beyond this)
 MAX_FRAMES = 1024  # frames of one video: longer than a motion module's clips, they are sampled in sliding windows
+
+
+def too_many_frames(frames: int) -> UserError:
+    """The error for more than :data:`MAX_FRAMES` frames (longer than a window is fine: windows)."""
+    return UserError(f"{frames} frames exceed the ceiling of {MAX_FRAMES} frames; render at most {MAX_FRAMES}")
+
 MAX_PROMPT_CHARS = 10_000  # the text encoder reads 77 tokens; a longer prompt is a mistake, not a description
 MAX_SETTINGS_BYTES = 1 << 20  # settings and prompt files are text a person wrote: 1 MiB is far more than enough
 MAX_NAMED = 5  # unknown keys named in an error; the rest are counted

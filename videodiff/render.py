@@ -19,7 +19,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videodiff.config import INFO_KEY, MAX_FRAMES, RenderConfig, load_config_file, parse_image_at, resolve, to_dict
+from videodiff.config import (
+    INFO_KEY,
+    MAX_FRAMES,
+    RenderConfig,
+    load_config_file,
+    parse_image_at,
+    resolve,
+    to_dict,
+    too_many_frames,
+)
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.images import file_sha256
@@ -69,13 +78,10 @@ class RenderOutcome:
 def check_frame_limit(config: RenderConfig) -> None:
     """Refuse more than MAX_FRAMES (1024) frames, and a ``--window`` longer than the motion module's positional
     encoding (read from its header), before minutes of loading weights. Longer videos are sampled in windows."""
-    from videodiff.windows import too_many_frames
-
     if config.frames > MAX_FRAMES:
         raise too_many_frames(config.frames)
-    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
-    from videodiff.weights.models import OWN_MOTION_FOLDER
-    from videodiff.weights.motion_formats import frame_limit
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, OWN_MOTION_FOLDER
+    from videodiff.weights.motion_headers import frame_limit
 
     source = config.motion_module
     model = Path(config.model) if config.model and config.model != BUILTIN_NAME else BUILTIN_MODEL

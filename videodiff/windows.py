@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videodiff.config import FUSE_KINDS, MAX_FRAMES
+from videodiff.config import FUSE_KINDS, MAX_FRAMES, too_many_frames
 from videodiff.errors import UserError
 
 __all__ = ["FUSE_KINDS", "MAX_FRAMES", "Windowed", "WindowPlan", "fuse_weights", "plan_windows", "window_indices"]
@@ -107,10 +107,6 @@ def plan_windows(
     if fuse not in FUSE_KINDS:
         raise UserError(f"unknown --fuse {fuse!r}; choose one of: {', '.join(FUSE_KINDS)}")
     return WindowPlan(frames, size, overlap, fuse, loop)
-
-
-def too_many_frames(frames: int) -> UserError:
-    return UserError(f"{frames} frames exceed the ceiling of {MAX_FRAMES} frames; render at most {MAX_FRAMES}")
 
 
 class Windowed:

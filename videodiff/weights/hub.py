@@ -40,6 +40,8 @@ DEFAULTS_FILE = "videodiff.json"  # a model's recorded preferences: {"defaults":
 # The built-in "shapes" model, trained by scripts/train_shapes.py: what renders when no model is given.
 BUILTIN_MODEL = Path(__file__).resolve().parents[1] / "models" / "shapes"
 
+OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
+
 
 def builtin_model() -> str:
     """The folder of the built-in shapes model (``a {color} {shape} moving {direction}``, 64x64, 16 frames)."""

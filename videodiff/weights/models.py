@@ -20,6 +20,7 @@ from videodiff.weights.checkpoints import load_strict, read_state_dict
 from videodiff.weights.embeddings import load_embedding
 from videodiff.weights.hub import (
     DEFAULTS_FILE,
+    OWN_MOTION_FOLDER,
     fingerprint,
     hub_file,
     locate,
@@ -40,8 +41,6 @@ from videodiff.weights.motion_formats import (
     motion_lora_deltas,
 )
 from videodiff.weights.single_file import load_single_file, load_vae_file
-
-OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
 
 
 def new_motion_stack(unet) -> MotionStack:
