@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from videodiff.config import ATTENTION, DEVICES, NOISE_KINDS, SCHEDULERS
+from videodiff.ui.form import FORM_FIELDS
 
 EXAMPLES = int(os.environ.get("VIDEODIFF_FUZZ_EXAMPLES", "5"))  # per command, in the default suite
 SLOW_EXAMPLES = 150
@@ -467,3 +468,52 @@ def test_fuzz_every_command(command, models):
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_fuzz_every_command_long(command, models):
     fuzz(command, models, SLOW_EXAMPLES)
+
+
+# ---------------------------------------------------------------- the web app's request handler
+
+
+FORM_VALUE = st.one_of(
+    st.none(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=40),
+    st.sampled_from(["", " ", "0", "-1", "1e309", "nan", "16", "64", "dpm++", "../x", "1,2", "none"]),
+)
+UPLOAD_NAME = st.one_of(
+    st.sampled_from(["../../etc/passwd", "/etc/passwd", "inputs/../../x.png", "missing.png", "", "inputs/ok.png"]),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    mode=st.sampled_from(["text", "img2vid", "vid2vid", "travel", "nonsense"]),
+    values=st.one_of(st.just({}), st.dictionaries(st.sampled_from(FORM_FIELDS), FORM_VALUE, max_size=3),
+                     st.dictionaries(st.sampled_from(FORM_FIELDS), FORM_VALUE, max_size=8)),
+    prompt=st.one_of(st.none(), st.text(max_size=60), st.just("a red circle moving right")),
+    keyframes=st.one_of(st.text(max_size=60), st.just("0: a red circle\n24: a blue circle")),
+    image=UPLOAD_NAME,
+    video=UPLOAD_NAME,
+)
+def test_fuzz_the_web_forms_handler(tmp_path, mode, values, prompt, keyframes, image, video):
+    """``videodiff.ui.form.build_config``, which every render request from the page goes through: a validated
+    config or one ``UserError`` line, never another exception, and no path from the page outside the outputs."""
+    from videodiff.config import RenderConfig
+    from videodiff.errors import UserError
+    from videodiff.ui import form
+
+    outputs = tmp_path / "outputs"
+    (outputs / "inputs").mkdir(parents=True, exist_ok=True)
+    (outputs / "inputs" / "ok.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = {**values, "prompt": prompt, "keyframes": keyframes, "image": image, "video": video}
+    try:
+        config = form.build_config(mode, page, RenderConfig(), outputs)
+    except UserError as exc:
+        assert str(exc) and "\n" not in str(exc).strip()
+        return
+    root = outputs.resolve()
+    named = [config.output, config.video, *(p.split(":", 1)[1] for p in config.image_at)]
+    for path in filter(None, named):
+        assert Path(path).resolve().is_relative_to(root), path
