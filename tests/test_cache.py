@@ -221,3 +221,12 @@ def test_cli_cache_is_recorded_in_the_sidecar_and_renders_the_same_again(models,
 
 def test_level_is_the_shallowest(tiny_pipe):
     assert feature_cache.CACHE_LEVEL == 1 and FeatureCache(tiny_pipe.unet, 2).level == 1
+
+
+def test_eval_shapes_takes_cache_and_refuses_a_bad_one_before_any_work(models, tiny_pipe):
+    from videodiff.shapes.evaluate import model_render_fn
+
+    assert "--cache" in assert_user_error(invoke("eval", "shapes", *models, "--cache", "0", "--seeds", "1"))
+    render, settings, _ = model_render_fn(tiny_pipe, steps=2, frames=2, cache=2)
+    render(PROMPT, 0)
+    assert settings["cache"] == 2
