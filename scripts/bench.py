@@ -17,6 +17,13 @@ settings, and diffusers' scheduler configured as the model cards do (``EulerDisc
 timestep_spacing="trailing", beta_schedule="linear")``, ``LCMScheduler.from_config(..., beta_schedule="linear")``).
 Random weights: these presets measure speed, not what a distilled model would draw.
 
+    python scripts/bench.py --preset cpu-small --feature-cache 2 3 5   # also videodiff's --cache N (DeepCache)
+
+``--feature-cache N...`` also runs videodiff with feature caching (``--cache N``: the deep U-Net
+blocks on every N-th step only) in fresh processes of their own, after each uncached pair, and
+reports their times, speed-up over uncached videodiff and pixel difference from it (diffusers has
+no DeepCache for ``UNetMotionModel``: the comparison is against our own uncached path).
+
 Each side runs in a fresh process. Peak memory: ``max_memory_allocated`` on GPU; on CPU
 a sampling thread's highest RSS above the process's RSS before the render. On GPU the
 U-Net and VAE FLOPs (counted once with torch's FlopCounterMode) give the fraction of the
@@ -183,6 +190,7 @@ def run_videodiff(
     device: str = "cpu",
     dtype: str = "fp32",
     sampler: dict | None = None,
+    cache: int = 1,
 ):
     from videodiff import load_pipeline
 
@@ -195,7 +203,13 @@ def run_videodiff(
 
     start = time.perf_counter()
     result = pipe(
-        "a red circle moving right", guidance_scale=guidance, seed=seed, on_step=timed, **render, **(sampler or {})
+        "a red circle moving right",
+        guidance_scale=guidance,
+        seed=seed,
+        on_step=timed,
+        cache=cache,
+        **render,
+        **(sampler or {}),
     )
     total = time.perf_counter() - start
     return result.frames, total, marks, start
@@ -296,6 +310,7 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
                 args.device,
                 args.dtype,
                 PRESETS[args.preset].get("sampler"),
+                args.cache_every,
             )
     return {"frames": frames, "s_per_step": per_step(marks, start), "total_s": total, "peak_bytes": memory.peak}
 
@@ -333,6 +348,8 @@ def in_subprocess(side: str, args) -> dict:
             cmd += ["--diffusers-tuned"]
         if args.frames:
             cmd += ["--frames", str(args.frames)]
+        if args.cache_every > 1:
+            cmd += ["--cache-every", str(args.cache_every)]
         env = dict(os.environ)
         if args.live_memory:  # glibc returns every freed block of 128 KiB or more at once: RSS follows live tensors
             env["MALLOC_MMAP_THRESHOLD_"] = "131072"
@@ -374,6 +391,16 @@ def main() -> None:
         help="also run videodiff once in this dtype (e.g. bf16 on a CPU with AVX512-BF16): its time and how far "
         "its frames move from diffusers' (reported, not checked against the tolerance)",
     )
+    parser.add_argument(
+        "--feature-cache",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also run videodiff with --cache N (feature caching) for each N: times, speed-up and pixel difference "
+        "against uncached videodiff",
+    )
+    parser.add_argument("--cache-every", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=["diffusers", "videodiff"], help=argparse.SUPPRESS)
     parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -399,9 +426,12 @@ def main() -> None:
         return
 
     runs = {"diffusers": [], "videodiff": []}
+    cached = {n: [] for n in args.feature_cache}
     for i in range(args.repeat):  # alternate which side starts, so drift on the machine hits both
         for side in ("diffusers", "videodiff") if i % 2 == 0 else ("videodiff", "diffusers"):
             runs[side].append(in_subprocess(side, args))
+        for n in args.feature_cache if i % 2 == 0 else args.feature_cache[::-1]:
+            cached[n].append(in_subprocess("videodiff", argparse.Namespace(**{**vars(args), "cache_every": n})))
     delta = np.abs(runs["videodiff"][0]["frames"].astype(int) - runs["diffusers"][0]["frames"].astype(int))
     diff = int(delta.max())
     best = {side: min(r["s_per_step"] for r in rs) for side, rs in runs.items()}
@@ -425,6 +455,16 @@ def main() -> None:
     fastest = {side: min(r["total_s"] for r in rs) for side, rs in runs.items()}
     results["speedup_end_to_end_best_of_runs"] = round(fastest["diffusers"] / fastest["videodiff"], 3)
     results["max_pixel_diff"], results["mean_pixel_diff"] = diff, round(float(delta.mean()), 4)
+    uncached = min(r["total_s"] for r in runs["videodiff"])
+    for n, rs in cached.items():  # feature caching: against uncached videodiff, in the same process layout
+        moved = np.abs(rs[0]["frames"].astype(int) - runs["videodiff"][0]["frames"].astype(int))
+        results[f"videodiff_cache_{n}"] = {
+            "s_per_step": [round(r["s_per_step"], 3) for r in rs],
+            "total_s": [round(r["total_s"], 2) for r in rs],
+            "peak_mib": [round(r["peak_bytes"] / 2**20) for r in rs],
+            "speedup_end_to_end_over_uncached_best_of_runs": round(uncached / min(r["total_s"] for r in rs), 3),
+            "pixel_diff_from_uncached": {"max": int(moved.max()), "mean": round(float(moved.mean()), 3)},
+        }
     if args.lossy_dtype:  # an opt-in lower precision: how much faster, and how far its frames move
         lossy = in_subprocess("videodiff", argparse.Namespace(**{**vars(args), "dtype": args.lossy_dtype}))
         moved = np.abs(lossy["frames"].astype(int) - runs["diffusers"][0]["frames"].astype(int))

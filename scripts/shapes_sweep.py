@@ -6,6 +6,11 @@ Each setting is ``key=value,key=value`` of :class:`videodiff.config.SampleSettin
 
     python scripts/shapes_sweep.py --combos heldout --seeds 8 default motion_prior=0.42 steps=16
     python scripts/shapes_sweep.py --combos heldout --seeds 2 default guidance_interval=0,0.5
+
+``--diff`` also reports each setting's mean absolute difference (0-255) from the first setting's videos, per
+pixel, over the same prompts and seeds (e.g. feature caching against uncached):
+
+    python scripts/shapes_sweep.py --combos all --seeds 1 --diff default cache=2 cache=3 cache=5
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import argparse
 import json
 import re
 import time
+
+import numpy as np
 
 from videodiff.pipelines import load_pipeline
 from videodiff.shapes.evaluate import evaluate_model
@@ -47,24 +54,35 @@ def main() -> None:
     ap.add_argument("--combos", default="heldout")
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--out", help="JSON lines: one per setting, with every video's detection")
+    ap.add_argument("--diff", action="store_true", help="mean absolute frame difference from the first setting")
     args = ap.parse_args()
     pipe = load_pipeline()
     combos = combos_of(args.combos)
-    for text in args.settings:
+    first: dict = {}  # (prompt, seed) -> the first setting's frames, with --diff
+    for n, text in enumerate(args.settings):
         kw = parse(text)
         start = time.perf_counter()
+        diffs: list[float] = []
 
-        def render(prompt: str, seed: int, kw=kw):
-            return pipe(prompt, seed=seed, **kw).frames
+        def render(prompt: str, seed: int, kw=kw, n=n, diffs=diffs):
+            frames = pipe(prompt, seed=seed, **kw).frames
+            if args.diff and n == 0:
+                first[prompt, seed] = frames
+            elif args.diff:
+                diffs.append(float(np.abs(frames.astype(np.int16) - first[prompt, seed]).mean()))
+            return frames
 
         report = evaluate_model(render, range(args.seeds), combos, label=text)
         s = report.summary()
         counts = {k: round(s[k] * s["n"]) for k in ("color", "shape", "direction", "stable", "steady", "all")}
+        seconds = time.perf_counter() - start
+        diff = f" diff={np.mean(diffs):.2f}/255 (max of videos {np.max(diffs):.2f})" if diffs else ""
         print(f"{text}: n={s['n']} " + " ".join(f"{k}={v}" for k, v in counts.items())
-              + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+              + f"{diff} ({seconds:.0f} s)", flush=True)
         if args.out:
             with open(args.out, "a") as fh:
-                fh.write(json.dumps({"setting": text, "summary": s, **report.to_dict()}) + "\n")
+                extra = {"seconds": round(seconds, 1), **({"frame_diff": diffs} if diffs else {})}
+                fh.write(json.dumps({"setting": text, "summary": s, **extra, **report.to_dict()}) + "\n")
 
 
 if __name__ == "__main__":

@@ -553,6 +553,7 @@ def eval_group() -> None:
     type=float,
     help="Start from the motion prior this far into the schedule (0: off; default: the model's).",
 )
+@click.option("--cache", type=int, help="Feature caching: the deep U-Net blocks on every N-th step only (1: off).")
 @click.option(
     "--img2vid",
     "img2vid",
@@ -576,6 +577,7 @@ def eval_shapes(
     steps: int | None,
     guidance: float | None,
     motion_prior: float | None,
+    cache: int | None,
     img2vid: bool,
     strength: float | None,
     anchor: float | None,
@@ -595,6 +597,7 @@ def eval_shapes(
       videodiff eval shapes --model runs/shapes/model --seeds 2
       videodiff eval shapes --motion-prior 0 --seeds 2           # sampling from pure noise
       videodiff eval shapes --img2vid --seeds 2                  # animating each clip's first frame
+      videodiff eval shapes --cache 2 --seeds 2                  # with feature caching
     """
     import json
 
@@ -616,6 +619,7 @@ def eval_shapes(
         steps=steps,
         guidance=guidance,
         motion_prior=motion_prior,
+        cache=cache,
         img2vid={k: v for k, v in (("strength", strength), ("anchor", anchor)) if v is not None} if img2vid else None,
         echo=click.echo,
     )

@@ -70,6 +70,7 @@ def too_many_frames(frames: int) -> UserError:
 MAX_PROMPT_CHARS = 10_000  # the text encoder reads 77 tokens; a longer prompt is a mistake, not a description
 MAX_SETTINGS_BYTES = 1 << 20  # settings and prompt files are text a person wrote: 1 MiB is far more than enough
 MAX_NAMED = 5  # unknown keys named in an error; the rest are counted
+MAX_CACHE = 10  # --cache: DeepCache's own runs reuse features for at most 9 steps in 10; beyond, the video degrades
 
 
 def setting(default: Any, help: str, **cli: Any) -> Any:
@@ -142,6 +143,11 @@ class SampleSettings:
         None, "FRAME:TEXT: the prompt from that frame on (prompt travel); repeatable, PROMPT may then be omitted."
     )
     travel: str = setting("linear", "How prompts blend between --prompt-at frames: " + "|".join(TRAVEL) + ".")
+    cache: int = setting(  # 1: off (opt-in: it trades quality for time, see the README's table)
+        1,
+        f"Feature caching (DeepCache): run the deep U-Net blocks on every N-th step only and reuse their "
+        f"features in between (1 to {MAX_CACHE}); 1: off.",
+    )
 
     def validate(self) -> SampleSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
@@ -190,6 +196,8 @@ class SampleSettings:
             raise UserError(f"--steps {self.steps} is too many for lcm: at most {LCM_MAX_STEPS} (its own schedule)")
         check_interval(self.guidance_interval)
         self._validate_long()
+        if not isinstance(self.cache, int) or isinstance(self.cache, bool) or not 1 <= self.cache <= MAX_CACHE:
+            raise UserError(f"--cache must be a whole number from 1 (off) to {MAX_CACHE}, got {self.cache!r}")
         return self
 
     def _validate_long(self) -> None:

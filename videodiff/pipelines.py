@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from videodiff import cache as feature_cache
 from videodiff import heap, keyframes, sampling, starts, text, vae, windows
 from videodiff import noise as noise_priors
 from videodiff.config import (
@@ -466,11 +467,18 @@ class VideoPipeline:
         on_step: sampling.OnStep | None = None,
         windows: windows.WindowPlan | None = None,
         pass_index: int = 0,
+        cache: int = 1,
     ) -> torch.Tensor:
         """Stage 4: the sampling loop from ``begin`` over ``schedule``; ``on_step`` after each step.
         With ``windows`` the U-Net runs window by window, fused into one output per step
-        (:class:`videodiff.windows.Windowed`); ``pass_index`` counts FreeInit's passes."""
-        denoiser = self.unet if windows is None else _windowed(self.unet, windows)
+        (:class:`videodiff.windows.Windowed`); ``pass_index`` counts FreeInit's passes. ``cache > 1``: the deep
+        U-Net blocks run on every ``cache``-th step only (:class:`videodiff.cache.FeatureCache`, one per call:
+        per run, per window)."""
+        denoiser = self.unet
+        if cache > 1:
+            denoiser = features = feature_cache.FeatureCache(self.unet, cache)
+            on_step = features.hook(on_step)
+        denoiser = denoiser if windows is None else _windowed(denoiser, windows)
         return sampling.sample(
             denoiser,
             begin.latents,
@@ -548,11 +556,16 @@ class VideoPipeline:
         with heap.render_heap(self.device):  # the CPU heap keeps each step's freed activations for the next
             # 4. denoise
             guide = cond.guide(settings.guidance, settings.guidance_interval)
-            out = self.denoise(begin, schedule, guide, generator, progress=shown, on_step=hook, windows=plan)
+            out = self.denoise(
+                begin, schedule, guide, generator, progress=shown, on_step=hook, windows=plan, cache=settings.cache
+            )
             for index in range(1, passes):  # FreeInit: keep the result's low frequencies, fresh high ones, again
                 begin = self.free_init_start(settings, out, begin, latents, scheduler, generator, plan)
                 schedule = sampling.Schedule(scheduler, settings.steps, begin.step, self.device)
-                out = self.denoise(begin, schedule, guide, generator, on_step=hook, windows=plan, pass_index=index)
+                out = self.denoise(
+                    begin, schedule, guide, generator, on_step=hook, windows=plan, pass_index=index,
+                    cache=settings.cache,
+                )
             if bar:
                 bar.close()
             # 5. decode

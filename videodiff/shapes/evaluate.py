@@ -569,6 +569,7 @@ RENDER_SETTINGS = (
     "motion_prior",
     "height",
     "width",
+    "cache",
 )
 
 
@@ -580,6 +581,7 @@ def model_render_fn(
     motion_prior: float | None = None,
     frames: int = 16,
     img2vid: dict[str, Any] | None = None,
+    cache: int | None = None,
 ) -> tuple[RenderFn, dict[str, Any], list[dict[str, float]] | None]:
     """``render_fn`` of a loaded pipeline, the settings it renders with (filled in by its first render; settings
     left ``None`` are resolved by the pipeline: the model's recorded defaults), and ``None``.
@@ -593,6 +595,8 @@ def model_render_fn(
     fidelity: list[dict[str, float]] | None = None if img2vid is None else []
     truth = ground_truth_render_fn(0)
     given = dict(num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, motion_prior=motion_prior)
+    if cache is not None:  # feature caching (--cache N)
+        given["cache"] = cache
 
     def render(prompt: str, seed: int) -> np.ndarray:
         if fidelity is None:
@@ -675,6 +679,7 @@ def run_shapes_eval(
     motion_prior: float | None = None,
     img2vid: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
+    cache: int | None = None,
 ) -> dict[str, Any]:
     """What ``videodiff eval shapes`` does, each report printed through ``echo``; returns JSON-ready results.
 
@@ -691,6 +696,10 @@ def run_shapes_eval(
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a positive integer, got {seeds!r}")
+    if cache is not None:  # before the ground truth is scored: a bad --cache fails at once
+        from videodiff.config import SampleSettings
+
+        SampleSettings(cache=cache).validate()
     chosen = combos_of(combos)
     held = [prompt_of(*c) for c in chosen if split_of(c) == "heldout"]
     results: dict[str, Any] = {"settings": {"seeds": list(range(seeds)), "combos": combos, "heldout": held}}
@@ -721,7 +730,7 @@ def run_shapes_eval(
     if pipe is None:
         return results
     render_fn, settings, fidelity = model_render_fn(
-        pipe, steps=steps, guidance=guidance, motion_prior=motion_prior, img2vid=img2vid
+        pipe, steps=steps, guidance=guidance, motion_prior=motion_prior, img2vid=img2vid, cache=cache
     )
     name = (model or "built-in shapes") + (" img2vid" if img2vid is not None else "")
 

@@ -9,6 +9,7 @@ motion modules. The image U-Net's weights are never copied or modified.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +226,49 @@ class VideoUNet(nn.Module):
         ``context`` is the text embedding, ``[b n d]`` (one prompt per video) or
         ``[b f n d]`` (a prompt per frame); it is expanded per frame here and only here.
         """
+        x, run = self._begin(sample, timestep, context)
+        x = self._down(x, run)
+        x = self._middle(x, run)
+        x = self._up(x, run, range(len(self.unet.up_blocks)))
+        return self._end(x, run)
+
+    def forward_split(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        context: torch.Tensor,
+        level: int,
+        deep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeepCache's two passes (Ma et al. 2024): ``(eps [b c f h w], deep features [(b f) c' h' w'])``.
+
+        The U-Net is cut below its ``level`` shallowest down/up block pairs (``1 <= level <`` the number of
+        down blocks). ``deep=None``: the whole U-Net runs (``eps`` equals :meth:`forward`'s bitwise) and the
+        input of the ``level``-th last up block (what comes up from below the cut, upsampled) is returned too.
+        With ``deep`` (as a full pass returned it, for the same batch and frames): only the blocks above the cut
+        run (their ResNets, attention and motion modules, on the skip connections they consume) and ``deep``
+        takes the place of everything below it; ``deep`` is returned as given.
+        """
+        ups = len(self.unet.up_blocks)
+        if not 1 <= level < len(self.unet.down_blocks):
+            raise ValueError(f"level must be from 1 to {len(self.unet.down_blocks) - 1}, got {level}")
+        x, run = self._begin(sample, timestep, context)
+        if deep is None:
+            x = self._down(x, run)
+            x = self._middle(x, run)
+            deep = x = self._up(x, run, range(ups - level))
+        else:
+            x = self._down(x, run, levels=level)
+            if deep.shape[0] != x.shape[0]:
+                raise ValueError(f"the cached features are for a batch of {deep.shape[0]} frames, not {x.shape[0]}")
+            x = deep
+        x = self._up(x, run, range(ups - level, ups))
+        return self._end(x, run), deep
+
+    def _begin(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float | int, context: torch.Tensor
+    ) -> tuple[torch.Tensor, _Run]:
+        """1. time embedding, one per video, then per frame; the context as the attention takes it; ``conv_in``."""
         if sample.ndim != 5:
             raise ValueError(f"sample must be [b c f h w], got shape {tuple(sample.shape)}")
         b, _, num_frames, h, w = sample.shape
@@ -232,7 +276,6 @@ class VideoUNet(nn.Module):
             raise UserError(f"{num_frames} frames exceed the motion modules' limit of {self.max_frames}")
         unet = self.unet
 
-        # 1. time embedding, one per video, then per frame
         t = torch.as_tensor(timestep, device=sample.device)
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
         emb = unet.time_embedding(unet.time_proj(t).to(dtype=self.dtype), None)
@@ -244,21 +287,30 @@ class VideoUNet(nn.Module):
             context = rearrange(context, "b f n d -> (b f) n d")
         else:
             raise ValueError(f"context must be [b n d] or [b f n d], got shape {tuple(context.shape)}")
-
-        # 2. down: every layer's output is a skip connection
+        # force the upsampled size when h, w are not multiples of 2^levels
+        odd_size = any(s % (2**unet.num_upsamplers) for s in (h, w))
         x = unet.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
-        skips = [x]
-        for block, motion in zip(unet.down_blocks, self.motion.down_blocks):
+        return x, _Run(emb, context, num_frames, odd_size, [x])
+
+    def _down(self, x: torch.Tensor, run: _Run, levels: int | None = None) -> torch.Tensor:
+        """2. down: every layer's output is a skip connection. ``levels``: only the first ``levels`` blocks,
+        the last of them without its downsampler (the skips the last ``levels`` up blocks consume)."""
+        blocks = list(zip(self.unet.down_blocks, self.motion.down_blocks))
+        for i, (block, motion) in enumerate(blocks if levels is None else blocks[:levels]):
             attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
             for resnet, attn, temporal in zip(block.resnets, attentions, motion.motion_modules):
-                x = self._layer(resnet, attn, temporal, x, emb, context, num_frames)
-                skips.append(x)
+                x = self._layer(resnet, attn, temporal, x, run.emb, run.context, run.num_frames)
+                run.skips.append(x)
+            if levels is not None and i == levels - 1:
+                break
             for downsampler in block.downsamplers or []:
                 x = downsampler(x)
-                skips.append(x)
+                run.skips.append(x)
+        return x
 
-        # 3. middle: resnet, then (attention, motion, resnet) pairs
-        mid = unet.mid_block
+    def _middle(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+        """3. middle: resnet, then (attention, motion, resnet) pairs."""
+        mid, emb, context, num_frames = self.unet.mid_block, run.emb, run.context, run.num_frames
         if mid is not None:
             x = self._resnet(mid.resnets[0], x, emb, num_frames)
             temporals = self.motion.mid_block.motion_modules if self.motion.mid_block is not None else None
@@ -267,21 +319,40 @@ class VideoUNet(nn.Module):
                 if temporals is not None:
                     x = self._run(temporals[i], x, num_frames)
                 x = self._resnet(resnet, x, emb, num_frames)
+        return x
 
-        # 4. up: consume skips in reverse; force the upsampled size when h, w are not multiples of 2^levels
-        odd_size = any(s % (2**unet.num_upsamplers) for s in (h, w))
-        for i, (block, motion) in enumerate(zip(unet.up_blocks, self.motion.up_blocks)):
+    def _up(self, x: torch.Tensor, run: _Run, blocks: range) -> torch.Tensor:
+        """4. up blocks ``blocks`` (indices): consume the skips in reverse."""
+        unet = self.unet
+        for i in blocks:
+            block, motion = unet.up_blocks[i], self.motion.up_blocks[i]
             attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
             for resnet, attn, temporal in zip(block.resnets, attentions, motion.motion_modules):
-                x = torch.cat([x, skips.pop()], dim=1)
-                x = self._layer(resnet, attn, temporal, x, emb, context, num_frames)
-            size = skips[-1].shape[2:] if odd_size and i < len(unet.up_blocks) - 1 else None
+                x = torch.cat([x, run.skips.pop()], dim=1)
+                x = self._layer(resnet, attn, temporal, x, run.emb, run.context, run.num_frames)
+            size = run.skips[-1].shape[2:] if run.odd_size and i < len(unet.up_blocks) - 1 else None
             for upsampler in block.upsamplers or []:
                 x = upsampler(x, output_size=size)
+        return x
 
-        # 5. out
+    def _end(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+        """5. out: norm, activation, ``conv_out``; frames back out of the batch."""
+        unet = self.unet
         if unet.conv_norm_out is not None:
-            norm_out = _over_frames(unet.conv_norm_out, num_frames) if self.norm_over_frames else unet.conv_norm_out
+            norm = unet.conv_norm_out
+            norm_out = _over_frames(norm, run.num_frames) if self.norm_over_frames else norm
             x = unet.conv_act(norm_out(x))
         x = unet.conv_out(x)
-        return rearrange(x, "(b f) c h w -> b c f h w", f=num_frames)
+        return rearrange(x, "(b f) c h w -> b c f h w", f=run.num_frames)
+
+
+@dataclass
+class _Run:
+    """What one forward pass carries between its stages: per-frame time embedding ``[(b f) d]``, the context as
+    the attention takes it, the frame count, whether h, w are odd for the upsamplers, the skip connections."""
+
+    emb: torch.Tensor
+    context: torch.Tensor
+    num_frames: int
+    odd_size: bool
+    skips: list[torch.Tensor]
