@@ -27,6 +27,8 @@ RENDER_SCRIPT = textwrap.dedent(
     import os, signal, sys, time
     where, signame = sys.argv[1], sys.argv[2]
     signum = getattr(signal, signame)
+    # as in a terminal: a shell without job control starts background jobs with SIGINT ignored, and so CI may
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from videodiff import pipelines, sampling
     from videodiff.media import atomic
     if where == "while-loading":
