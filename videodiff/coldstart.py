@@ -127,10 +127,3 @@ def install() -> bool:
     sys.meta_path.insert(0, _installed)
     return True
 
-
-def uninstall() -> None:
-    """Stop deferring packages not yet imported (those already deferred stay deferred)."""
-    global _installed
-    if _installed is not None and _installed in sys.meta_path:
-        sys.meta_path.remove(_installed)
-    _installed = None
