@@ -149,11 +149,8 @@ def run_diffusers(
         marks.append(time.perf_counter())
         return {}
 
-    totals = []
-    for _ in range(renders):  # the first render is the one timed per step; later ones in the same process
-        marks.clear()
-        start = time.perf_counter()
-        out = pipe(
+    def once():
+        return pipe(
             "a red circle moving right",
             guidance_scale=guidance,
             generator=torch.Generator("cpu").manual_seed(seed),
@@ -162,10 +159,9 @@ def run_diffusers(
             **render,
             **extra,
         ).frames[0]
-        totals.append(time.perf_counter() - start)
-        if len(totals) == 1:
-            first = ((out * 255).round().astype(np.uint8), list(marks), start)
-    return first[0], totals, first[1], first[2], load_s
+
+    frames, *timings = timed_renders(once, renders, marks)
+    return ((frames * 255).round().astype(np.uint8), *timings, load_s)
 
 
 def diffusers_scheduler(sampler: dict, config: dict):
@@ -214,11 +210,8 @@ def run_videodiff(
         sync(device)
         marks.append(time.perf_counter())
 
-    totals = []
-    for _ in range(renders):  # the first render is the one timed per step; later ones in the same process
-        marks.clear()
-        start = time.perf_counter()
-        result = pipe(
+    def once():
+        return pipe(
             "a red circle moving right",
             guidance_scale=guidance,
             seed=seed,
@@ -226,11 +219,23 @@ def run_videodiff(
             cache=cache,
             **render,
             **(sampler or {}),
-        )
+        ).frames
+
+    return (*timed_renders(once, renders, marks), load_s)
+
+
+def timed_renders(once, renders: int, marks: list[float]):
+    """``renders`` calls of ``once`` in this process: the first one's frames, step marks and start (the render
+    timed per step), and every render's seconds."""
+    totals, first = [], None
+    for _ in range(renders):
+        marks.clear()
+        start = time.perf_counter()
+        frames = once()
         totals.append(time.perf_counter() - start)
-        if len(totals) == 1:
-            first = (result.frames, list(marks), start)
-    return first[0], totals, first[1], first[2], load_s
+        if first is None:
+            first = (frames, list(marks), start)
+    return first[0], totals, first[1], first[2]
 
 
 def per_step(marks: list[float], start: float) -> float:
