@@ -32,22 +32,22 @@ from videodiff.weights.checkpoints import load_strict, read_state_dict
 from videodiff.weights.hub import DEFAULTS_FILE, locate
 from videodiff.weights.lora_pairs import UNET, LoraEntry, component_of, lora_factor, parse_lora_keys, peft_configs
 from videodiff.weights.motion_headers import (  # detection, torch-free; the public names re-exported
-    _PE,
-    _TT,
-    _WRAPPER_PREFIXES,
+    POS_EMBED,
+    TEMPORAL_PREFIX,
+    WRAPPER_PREFIXES,
     MotionInfo,
-    _detect,
-    _dtype_name,
-    _info,
-    _original_to_ours,
-    _shape,
-    _single_weights,
-    _to_ours,
-    _weights_and_config,
     describe_motion_module,
+    detect_layout,
     detect_motion_state_dict,
+    dtype_name,
+    entries_to_ours,
     frame_limit,
+    motion_info,
+    original_key_to_ours,
+    shape_of,
+    single_weights_file,
     to_original_state_dict,
+    weights_and_config,
 )
 
 __all__ = [
@@ -60,7 +60,6 @@ __all__ = [
     "load_any_motion_module",
     "save_motion_folder",
 ]
-
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -79,15 +78,9 @@ def _build(config: dict[str, Any], source: str) -> MotionStack:
 
 def _load_into(stack: MotionStack, ours: dict[str, torch.Tensor], source: str) -> None:
     """Strict load; a file with no positional tables at all gets the stack's own (they are fixed sinusoids)."""
-    if not any(k.endswith(_PE) for k in ours):
-        ours = {**ours, **{k: v for k, v in stack.state_dict().items() if k.endswith(_PE)}}
+    if not any(k.endswith(POS_EMBED) for k in ours):
+        ours = {**ours, **{k: v for k, v in stack.state_dict().items() if k.endswith(POS_EMBED)}}
     load_strict(stack, ours, source)
-
-
-
-
-
-
 
 
 def _describe_detected(info: MotionInfo, assumed: bool) -> None:
@@ -106,8 +99,6 @@ def _describe_detected(info: MotionInfo, assumed: bool) -> None:
         )
 
 
-
-
 def load_any_motion_module(source: str, motion_config: str | None = None) -> tuple[MotionStack, MotionInfo]:
     """A motion module from a diffusers ``MotionAdapter`` folder, an original AnimateDiff file or a hub id.
 
@@ -115,27 +106,19 @@ def load_any_motion_module(source: str, motion_config: str | None = None) -> tup
     MotionAdapter ``config.json`` (e.g. for a head count other than 8).
     """
     path = locate(source, "motion module")
-    weights, base = _weights_and_config(path)
+    weights, base = weights_and_config(path)
     state_dict = read_state_dict(weights)
     name = str(weights)
-    fmt, ours = _to_ours(state_dict, name)
+    fmt, ours = entries_to_ours(state_dict, name)
     if base is not None:
         fmt = "diffusers"
-    shapes = {k: _shape(v) for k, v in ours.items()}
-    det = _detect(fmt, shapes, name, motion_config, base)
+    shapes = {k: shape_of(v) for k, v in ours.items()}
+    det = detect_layout(fmt, shapes, name, motion_config, base)
     stack = _build(det.config, name)
     _load_into(stack, ours, name)
-    info = _info(det, shapes, [_dtype_name(v.dtype) for v in ours.values()], str(source))
+    info = motion_info(det, shapes, [dtype_name(v.dtype) for v in ours.values()], str(source))
     _describe_detected(info, det.assumed)
     return stack, info
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -199,8 +182,8 @@ COMPANIONS = (PRIOR_FILE, SPATIAL_FILE)
 def companion_path(location: str | Path, name: str) -> Path:
     """Where the companion ``name`` of the motion modules at ``location`` (a folder or a file) lives."""
     location = Path(location)
-    return location / name if location.is_dir() or not location.suffix else location.with_name(
-        f"{location.stem}.{name}"
+    return (
+        location / name if location.is_dir() or not location.suffix else location.with_name(f"{location.stem}.{name}")
     )
 
 
@@ -274,9 +257,9 @@ def convert_motion_module(
 
 
 def _lora_target(module: str) -> str:
-    module = _WRAPPER_PREFIXES.sub("", module)
-    if _TT in module:
-        mapped = _original_to_ours(module)
+    module = WRAPPER_PREFIXES.sub("", module)
+    if TEMPORAL_PREFIX in module:
+        mapped = original_key_to_ours(module)
         if mapped is not None:
             module = mapped[0]
     return module
@@ -292,7 +275,7 @@ def _lora_file(path: Path) -> Path:
     ):
         if (path / name).is_file():
             return path / name
-    single = _single_weights(path)
+    single = single_weights_file(path)
     if single is None:
         raise UserError(f"{path}: no single LoRA weights file inside")
     return single

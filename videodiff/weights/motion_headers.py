@@ -41,9 +41,9 @@ _BLOCK_RE = re.compile(
     r"^(?P<block>(?:down_blocks|up_blocks)\.(?P<index>\d+)|mid_block)\.motion_modules\.(?P<module>\d+)\."
 )
 _TRANSFORMER_RE = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
-_TT = "temporal_transformer."
-_PE = "pos_embed.pe"
-_WRAPPER_PREFIXES = re.compile(r"^(?:module\.|base_model\.model\.|unet\.)+")
+TEMPORAL_PREFIX = "temporal_transformer."
+POS_EMBED = "pos_embed.pe"
+WRAPPER_PREFIXES = re.compile(r"^(?:module\.|base_model\.model\.|unet\.)+")
 
 
 @dataclass(frozen=True)
@@ -65,22 +65,22 @@ class MotionInfo:
 # key layouts
 
 
-def _original_to_ours(key: str) -> tuple[str, int | None] | None:
+def original_key_to_ours(key: str) -> tuple[str, int | None] | None:
     """Our key for an original-layout key, and the attention block a ``pos_encoder.pe`` came from; None: unknown."""
     match = _BLOCK_RE.match(key)
     if match is None:
         return None
     head, rest = key[: match.end()], key[match.end() :]
-    if not rest.startswith(_TT):
+    if not rest.startswith(TEMPORAL_PREFIX):
         return None
-    rest = rest[len(_TT) :]
+    rest = rest[len(TEMPORAL_PREFIX) :]
     tb = _TRANSFORMER_RE.match(rest)
     if tb is None:  # norm, proj_in, proj_out of the temporal transformer
         return head + rest, None
     n, inner = tb.groups()
     pe = re.fullmatch(r"attention_blocks\.(\d+)\.pos_encoder\.pe", inner)
     if pe is not None:
-        return f"{head}transformer_blocks.{n}.{_PE}", int(pe[1])
+        return f"{head}transformer_blocks.{n}.{POS_EMBED}", int(pe[1])
     inner = re.sub(r"^attention_blocks\.([01])\.", lambda m: f"attn{int(m[1]) + 1}.", inner)
     inner = re.sub(r"^norms\.([01])\.", lambda m: f"norm{int(m[1]) + 1}.", inner)
     inner = re.sub(r"^ff_norm\.", "norm3.", inner)
@@ -94,13 +94,13 @@ def _ours_to_original(key: str) -> list[str]:
     match = _BLOCK_RE.match(key)
     if match is None:
         raise ValueError(f"not a motion-module key: {key}")
-    head, rest = key[: match.end()] + _TT, key[match.end() :]
+    head, rest = key[: match.end()] + TEMPORAL_PREFIX, key[match.end() :]
     tb = _TRANSFORMER_RE.match(rest)
     if tb is None:
         return [head + rest]
     n, inner = tb.groups()
     prefix = f"{head}transformer_blocks.{n}."
-    if inner == _PE:
+    if inner == POS_EMBED:
         return [f"{prefix}attention_blocks.{a}.pos_encoder.pe" for a in (0, 1)]
     inner = re.sub(r"^attn([12])\.", lambda m: f"attention_blocks.{int(m[1]) - 1}.", inner)
     inner = re.sub(r"^norm([12])\.", lambda m: f"norms.{int(m[1]) - 1}.", inner)
@@ -112,7 +112,7 @@ def _strip_wrapper(keys: list[str]) -> str:
     """A prefix (``module.``, ...) every key carries, as saved by wrapped training code; '' if none."""
     if not keys:
         return ""
-    match = _WRAPPER_PREFIXES.match(keys[0])
+    match = WRAPPER_PREFIXES.match(keys[0])
     prefix = match.group(0) if match else ""
     return prefix if prefix and all(k.startswith(prefix) for k in keys) else ""
 
@@ -121,7 +121,7 @@ def _looks_like_lora(keys: list[str]) -> bool:
     return any(re.search(r"(_lora\.|\.lora_[AB]\.|\.lora\.(down|up)\.)", k) for k in keys[:200])
 
 
-def _to_ours(entries: Mapping[str, Any], source: str) -> tuple[Format, dict[str, Any]]:
+def entries_to_ours(entries: Mapping[str, Any], source: str) -> tuple[Format, dict[str, Any]]:
     """Detect the layout of a state dict (tensors or shapes) and rename it to ours; pe duplicates dropped."""
     keys = list(entries)
     prefix = _strip_wrapper(keys)
@@ -132,7 +132,7 @@ def _to_ours(entries: Mapping[str, Any], source: str) -> tuple[Format, dict[str,
         raise UserError(f"{source}: holds no tensors")
     if _looks_like_lora(keys):
         raise UserError(f"{source}: is a LoRA, not a motion module; pass it as a MotionLoRA (e.g. --motion-lora)")
-    original = any(_TT in k for k in keys)
+    original = any(TEMPORAL_PREFIX in k for k in keys)
     if not original:
         stray = [k for k in keys if _BLOCK_RE.match(k) is None]
         if len(stray) == len(keys):
@@ -144,7 +144,7 @@ def _to_ours(entries: Mapping[str, Any], source: str) -> tuple[Format, dict[str,
     pes: dict[str, Any] = {}
     unknown: list[str] = []
     for key, value in entries.items():
-        mapped = _original_to_ours(key)
+        mapped = original_key_to_ours(key)
         if mapped is None:
             unknown.append(key)
             continue
@@ -156,7 +156,7 @@ def _to_ours(entries: Mapping[str, Any], source: str) -> tuple[Format, dict[str,
             unknown.append(key)
             continue
         if ours in pes:
-            a, b = _shape(pes[ours]), _shape(value)
+            a, b = shape_of(pes[ours]), shape_of(value)
             if len(a) != 3 or a[:2] != b[:2]:
                 raise UserError(
                     f"{source}: the two positional encodings of {ours.rsplit('.', 2)[0]} differ in length ({a} vs {b})"
@@ -188,7 +188,7 @@ def to_original_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 # structure and version detection
 
 
-def _shape(value: Any) -> tuple[int, ...]:
+def shape_of(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
 
 
@@ -231,7 +231,7 @@ def infer_structure(shapes: Mapping[str, tuple[int, ...]], source: str) -> tuple
         raise UserError(
             f"{source}: an SDXL motion module (channels {channels} in {n_down} blocks); only SD1.5 ones are supported"
         )
-    lengths = {s[1] for k, s in shapes.items() if k.endswith(_PE) and len(s) == 3}
+    lengths = {s[1] for k, s in shapes.items() if k.endswith(POS_EMBED) and len(s) == 3}
     if len(lengths) > 1:
         raise UserError(f"{source}: positional encodings of different lengths {sorted(lengths)}")
     pe_len = lengths.pop() if lengths else None
@@ -291,7 +291,7 @@ def _check_config(config: dict[str, Any], source: str) -> None:
             )
 
 
-def _dtype_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
     if str(dtype).startswith("torch."):  # a torch.dtype, recognised without importing torch
         return str(dtype).removeprefix("torch.")
     return {"F16": "float16", "F32": "float32", "BF16": "bfloat16", "F64": "float64"}.get(str(dtype), str(dtype))
@@ -303,7 +303,7 @@ def _main_dtype(dtypes: list[str]) -> str:
 
 
 def _params(shapes: Mapping[str, tuple[int, ...]]) -> int:
-    return sum(math.prod(s) for k, s in shapes.items() if not k.endswith(_PE))
+    return sum(math.prod(s) for k, s in shapes.items() if not k.endswith(POS_EMBED))
 
 
 @dataclass
@@ -315,7 +315,7 @@ class _Detected:
     assumed: bool  # v3 assumed for a file without positional encodings (v1 would look the same)
 
 
-def _detect(
+def detect_layout(
     fmt: Format, shapes: Mapping[str, tuple[int, ...]], source: str, motion_config: str | None, base: dict | None
 ) -> _Detected:
     """The config to build (inferred, or ``base`` from a folder's config.json, plus overrides) and the version."""
@@ -330,7 +330,7 @@ def _detect(
     return _Detected(fmt, config, pe_len, version_of(has_mid, max_frames), assumed)
 
 
-def _info(det: _Detected, shapes: Mapping[str, tuple[int, ...]], dtypes: list[str], source: str) -> MotionInfo:
+def motion_info(det: _Detected, shapes: Mapping[str, tuple[int, ...]], dtypes: list[str], source: str) -> MotionInfo:
     has_mid = bool(det.config.get("use_motion_mid_block", True))
     return MotionInfo(
         format=det.format,
@@ -349,10 +349,10 @@ def detect_motion_state_dict(
     state_dict: Mapping[str, Any], source: str = "<state dict>", motion_config: str | None = None
 ) -> MotionInfo:
     """Detect layout, version and config of a state dict of tensors (meta or empty ones too); builds nothing."""
-    fmt, ours = _to_ours(state_dict, source)
-    shapes = {k: _shape(v) for k, v in ours.items()}
-    det = _detect(fmt, shapes, source, motion_config, None)
-    return _info(det, shapes, [_dtype_name(v.dtype) for v in ours.values() if hasattr(v, "dtype")], source)
+    fmt, ours = entries_to_ours(state_dict, source)
+    shapes = {k: shape_of(v) for k, v in ours.items()}
+    det = detect_layout(fmt, shapes, source, motion_config, None)
+    return motion_info(det, shapes, [dtype_name(v.dtype) for v in ours.values() if hasattr(v, "dtype")], source)
 
 
 def _folder_weights(folder: Path) -> Path:
@@ -362,7 +362,7 @@ def _folder_weights(folder: Path) -> Path:
     raise UserError(f"{folder}: no weights file found (expected one of {', '.join(WEIGHT_NAMES)})")
 
 
-def _single_weights(folder: Path) -> Path | None:
+def single_weights_file(folder: Path) -> Path | None:
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES]
     return files[0] if len(files) == 1 else None
 
@@ -379,13 +379,13 @@ def _read_folder_config(folder: Path) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def _weights_and_config(path: Path) -> tuple[Path, dict[str, Any] | None]:
+def weights_and_config(path: Path) -> tuple[Path, dict[str, Any] | None]:
     """The weights file of a motion-module file or folder, and the folder's config (None for a file)."""
     if not path.is_dir():
         return path, None
     if (path / "config.json").is_file():
         return _folder_weights(path), _read_folder_config(path)
-    single = _single_weights(path)
+    single = single_weights_file(path)
     if single is None:
         raise UserError(f"{path}: not a motion-module folder (no config.json and not exactly one weights file)")
     return single, None
@@ -399,16 +399,16 @@ def _header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     from videodiff.weights.checkpoints import read_state_dict  # a pickle needs torch; a safetensors header does not
 
     state_dict = read_state_dict(path, mmap=True)
-    return {k: tuple(v.shape) for k, v in state_dict.items()}, [_dtype_name(v.dtype) for v in state_dict.values()]
+    return {k: tuple(v.shape) for k, v in state_dict.items()}, [dtype_name(v.dtype) for v in state_dict.values()]
 
 
 def _header_info(path: str | Path, motion_config: str | None = None) -> tuple[MotionInfo, _Detected]:
     """Detect a motion module from its keys and shapes alone (safetensors headers: no tensor is read)."""
-    weights, base = _weights_and_config(locate(str(path), "motion module"))
+    weights, base = weights_and_config(locate(str(path), "motion module"))
     shapes, dtypes = _header_shapes(weights)
-    fmt, ours = _to_ours(shapes, str(weights))
-    det = _detect("diffusers" if base is not None else fmt, ours, str(weights), motion_config, base)
-    return _info(det, ours, dtypes, str(path)), det
+    fmt, ours = entries_to_ours(shapes, str(weights))
+    det = detect_layout("diffusers" if base is not None else fmt, ours, str(weights), motion_config, base)
+    return motion_info(det, ours, dtypes, str(path)), det
 
 
 def frame_limit(path: str | Path, motion_config: str | None = None) -> int:
