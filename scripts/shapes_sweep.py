@@ -11,6 +11,12 @@ Each setting is ``key=value,key=value`` of :class:`videodiff.config.SampleSettin
 pixel, over the same prompts and seeds (e.g. feature caching against uncached):
 
     python scripts/shapes_sweep.py --combos all --seeds 1 --diff default cache=2 cache=3 cache=5
+
+``--motion-module`` scores other motion modules (a fine-tuning run's); ``--against`` an earlier run's
+``--out`` file lists, per video, what turned right (+) or wrong (-) on colour, shape, direction and steadiness:
+
+    python scripts/shapes_sweep.py --seeds 8 --out base.jsonl default
+    python scripts/shapes_sweep.py --seeds 8 --motion-module run/motion_module --against base.jsonl default
 """
 
 from __future__ import annotations
@@ -55,8 +61,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--out", help="JSON lines: one per setting, with every video's detection")
     ap.add_argument("--diff", action="store_true", help="mean absolute frame difference from the first setting")
+    ap.add_argument("--model", help="the model (default: the built-in one)")
+    ap.add_argument("--motion-module", help="other motion modules (e.g. a `videodiff train` run's)")
+    ap.add_argument("--against", help="a JSON-lines file of an earlier run: list the videos whose colour, shape, "
+                    "direction or steadiness changed from its first setting")
     args = ap.parse_args()
-    pipe = load_pipeline()
+    pipe = load_pipeline(args.model, args.motion_module)
+    before = {}
+    if args.against:
+        with open(args.against) as fh:
+            before = {(v["prompt"], v["seed"]): v for v in json.loads(fh.readline())["videos"]}
     combos = combos_of(args.combos)
     first: dict = {}  # (prompt, seed) -> the first setting's frames, with --diff
     for n, text in enumerate(args.settings):
@@ -79,10 +93,30 @@ def main() -> None:
         diff = f" diff={np.mean(diffs):.2f}/255 (max of videos {np.max(diffs):.2f})" if diffs else ""
         print(f"{text}: n={s['n']} " + " ".join(f"{k}={v}" for k, v in counts.items())
               + f"{diff} ({seconds:.0f} s)", flush=True)
+        if before:
+            print_changes(before, report.to_dict()["videos"])
         if args.out:
             with open(args.out, "a") as fh:
                 extra = {"seconds": round(seconds, 1), **({"frame_diff": diffs} if diffs else {})}
                 fh.write(json.dumps({"setting": text, "summary": s, **extra, **report.to_dict()}) + "\n")
+
+
+def print_changes(before: dict, videos: list[dict]) -> None:
+    """Per video, what turned right (+) or wrong (-) against the earlier run, on the columns the issues guard."""
+
+    def right(video: dict) -> dict:
+        _, color, shape, _, direction = video["prompt"].split()  # "a {color} {shape} moving {direction}"
+        asked = {"color": color, "shape": shape, "direction": direction}
+        return {**{k: video[k] == asked[k] for k in asked}, "steady": bool(video["steady"])}
+
+    for v in videos:
+        old = before.get((v["prompt"], v["seed"]))
+        if old is None:
+            continue
+        was, now = right(old), right(v)
+        changed = [("+" if now[k] else "-") + k for k in now if now[k] != was[k]]
+        if changed:
+            print(f"  {v['prompt']!r} seed {v['seed']}: {' '.join(changed)}")
 
 
 if __name__ == "__main__":
