@@ -195,6 +195,25 @@ def test_distilled_folder_keeps_the_teachers_motion_prior(tiny_model, tiny_motio
     assert read_json(folder / DEFAULTS_FILE)["defaults"]["motion_prior"] == 0.25
 
 
+def test_validation_renders_use_the_few_step_settings(tiny_model, tiny_motion, clips, tmp_path, monkeypatch):
+    """A distillation's validation GIFs sample as its result will be rendered: lcm, 4 steps, guidance 1."""
+    from videodiff.pipelines import VideoPipeline
+
+    seen = []
+    original = VideoPipeline.settings
+
+    def record(self, *args, **kwargs):
+        settings = original(self, *args, **kwargs)
+        seen.append(settings)
+        return settings
+
+    monkeypatch.setattr(VideoPipeline, "settings", record)
+    Trainer(config(tiny_model, tiny_motion, clips, tmp_path / "run", steps=1, validate_every=1,
+                   validation_prompt=PROMPT)).train()  # fmt: skip
+    assert [(s.scheduler, s.steps, s.guidance) for s in seen] == [("lcm", 4, 1.0)]
+    assert (tmp_path / "run" / "validation" / "step-1.gif").is_file()
+
+
 def test_lcm_with_a_motion_prior_start_skips_one_of_four_steps():
     from videodiff.schedulers import make_scheduler
     from videodiff.starts import start_step

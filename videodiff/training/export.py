@@ -66,22 +66,31 @@ class MetricsLog:
 
 
 def render_validation(
-    run: Path, step: int, parts: ModelParts, unet: VideoUNet, device: torch.device, config: TrainConfig
+    run: Path,
+    step: int,
+    parts: ModelParts,
+    unet: VideoUNet,
+    device: torch.device,
+    config: TrainConfig,
+    sample: dict | None = None,
 ) -> Path:
     """Render ``config.validation_prompt`` with the modules being trained (``parts``, wrapped by ``unet``) into
-    ``validation/step-N.gif``; ``unet`` is back in training mode afterwards."""
+    ``validation/step-N.gif``; ``unet`` is back in training mode afterwards. ``sample``: sample settings that
+    win over the model's (a distillation's few-step ones; its ``steps`` over ``config.validation_steps``)."""
     from videodiff.media.video import save_video
     from videodiff.pipelines import VideoPipeline
 
     pipe = VideoPipeline(parts, device, torch.float32)
     height, width = config.size
+    extra = dict(sample or {})
     result = pipe(
         config.validation_prompt,
         num_frames=min(config.frames, unet.max_frames),
         height=height,
         width=width,
-        num_inference_steps=config.validation_steps,
+        num_inference_steps=extra.pop("steps", config.validation_steps),
         seed=config.seed,
+        **extra,
     )
     path = run / "validation" / f"step-{step}.gif"
     save_video(result.frames, path, fps=8, overwrite=True)

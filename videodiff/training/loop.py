@@ -359,7 +359,8 @@ class Trainer:
             if done % c.save_every == 0 or done == c.steps:
                 self.save(done, lr_schedule)
             if c.validate_every and done % c.validate_every == 0 and self.is_main:
-                render_validation(self.run, done, self.parts, acc.unwrap_model(self.model), self.device, c)
+                few_step = dict(FEW_STEP_DEFAULTS) if self.distiller is not None else None
+                render_validation(self.run, done, self.parts, acc.unwrap_model(self.model), self.device, c, few_step)
         bar.close()
         self.finish()
         close(self.accelerator.state)
