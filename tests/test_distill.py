@@ -139,6 +139,11 @@ def test_teacher_frozen_student_trains(tiny_model, tiny_motion, clips, tmp_path)
     target = trainer.distiller.target.state_dict()
     moved = differing(reference, target)
     assert moved and moved <= trained and differing(target, student) >= moved
+    # neither holds a second copy of what does not train
+    own = dict(trainer.video_unet.named_parameters())
+    for network in (trainer.distiller.teacher, trainer.distiller.target):
+        for name, p in network.named_parameters():
+            assert (p is own[name]) == (name not in trained), name
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -193,6 +198,26 @@ def test_distilled_folder_keeps_the_teachers_motion_prior(tiny_model, tiny_motio
     trainer.record_few_step(folder)
     assert (folder / PRIOR_FILE).read_bytes() == prior
     assert read_json(folder / DEFAULTS_FILE)["defaults"]["motion_prior"] == 0.25
+
+
+def test_distilled_motion_lora_says_how_to_render_it(tiny_model, tiny_motion, clips, tmp_path):
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("videodiff")
+    logger.addHandler(handler)
+    try:
+        trainer = Trainer(config(tiny_model, tiny_motion, clips, tmp_path / "run", steps=1, trainable="lora"))
+        trainer.train()
+    finally:
+        logger.removeHandler(handler)
+    assert (tmp_path / "run" / "motion_lora.safetensors").is_file()
+    assert any("--scheduler lcm --steps 4 --guidance 1" in r for r in records)
+    # the LoRA-free teacher is the model as loaded
+    reference = reference_unet(tiny_model, tiny_motion).state_dict()
+    assert not differing(reference, trainer.distiller.teacher.state_dict())
 
 
 def test_validation_renders_use_the_few_step_settings(tiny_model, tiny_motion, clips, tmp_path, monkeypatch):

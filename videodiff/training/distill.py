@@ -100,6 +100,22 @@ def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
+def share_frozen(clone: torch.nn.Module, source: torch.nn.Module, trained_names: list[str]) -> int:
+    """Point ``clone``'s parameters at ``source``'s same-named ones that do not train (bitwise equal copies,
+    never updated): the teacher and the target then hold only their own copy of the trained set, not a
+    second image U-Net. Returns how many were shared."""
+    trained = set(trained_names)
+    own = dict(clone.named_parameters())
+    shared = 0
+    for name, p in source.named_parameters():
+        if name in trained or name not in own or own[name].shape != p.shape or not torch.equal(own[name], p):
+            continue
+        prefix, _, leaf = name.rpartition(".")
+        setattr(clone.get_submodule(prefix) if prefix else clone, leaf, p)
+        shared += 1
+    return shared
+
+
 class Distiller:
     """The LCM loss of a student, with its frozen teacher and its EMA target network.
 
@@ -121,6 +137,8 @@ class Distiller:
     ) -> None:
         self.teacher = teacher
         self.target = frozen_copy(student)
+        share_frozen(self.teacher, student, trained_names)
+        share_frozen(self.target, student, trained_names)
         self.trained_names = list(trained_names)
         self.solver = DDIMSolver(alphas_cumprod, steps)
         self.guidance = guidance

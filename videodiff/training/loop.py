@@ -424,6 +424,8 @@ class Trainer:
         )
         if folder is not None and self.distiller is not None:
             self.record_few_step(folder)
+        elif self.distiller is not None:  # a motion LoRA file records no defaults: say what to render it with
+            notice("render the distilled motion LoRA with --scheduler lcm --steps 4 --guidance 1")
         if folder is not None and self.config.motion_prior:
             clips = clip_latents(self.dataset, self.encoder, "fitting the motion prior", self.skipped)
             fit_motion_prior(clips, self.caption_context, folder)
