@@ -316,3 +316,9 @@ def test_v_prediction_teacher_is_refused(tiny_model, tiny_motion, clips, tmp_pat
     result = invoke("train", "--model", model, "--motion-module", tiny_motion, "--data", clips,
                     "--output", tmp_path / "o", "--steps", 1, "--distill", "lcm", *SMALL)  # fmt: skip
     assert "needs an epsilon-prediction model" in assert_user_error(result)
+
+
+def test_a_teacher_without_motion_modules_is_refused(tiny_model, clips, tmp_path):
+    result = invoke("train", "--model", tiny_model, "--data", clips, "--output", tmp_path / "o", "--steps", 1,
+                    "--distill", "lcm", *SMALL)  # fmt: skip
+    assert "needs a model with motion modules" in assert_user_error(result)

@@ -132,6 +132,10 @@ class Trainer:
         kind = self.scheduler.config.prediction_type
         if kind != "epsilon":
             raise UserError(f"--distill {c.distill} needs an epsilon-prediction model; this one predicts {kind}")
+        if self.parts.sources.get("motion_module", {}).get("id", "").startswith("new "):
+            raise UserError(
+                f"--distill {c.distill} needs a model with motion modules (the teacher): pass --motion-module"
+            )
         total = self.scheduler.config.num_train_timesteps
         if c.distill_steps > total:
             raise UserError(f"--distill-steps {c.distill_steps} exceeds the model's {total} training timesteps")
