@@ -6,6 +6,7 @@
     python scripts/train_shapes.py motion --out build/shapes   # 2. inflation + temporal: `videodiff train`
     python scripts/train_shapes.py package --out build/shapes  # 3. fp16 copy into videodiff/models/shapes/
     python scripts/train_shapes.py all --out build/shapes      # everything, in order
+    python scripts/train_shapes.py distill --out build/shapes [--steps N]  # a 4-step LCM student of the package
 
 Stage 1 is this script (it reuses the package's noise prior, training schedule and the
 shapes generator); stage 2 is the package's own `videodiff train` (see `train_motion`):
@@ -376,6 +377,37 @@ def train_motion(out: Path, configs: list[str], extra: list[str]) -> None:
         previous = out / run / "motion_module"
 
 
+def distill(out: Path, config: str, extra: list[str]) -> Path:
+    """``videodiff train --distill lcm`` of the packaged built-in model's motion modules (the teacher) on the
+    stage-2 clips into ``out/distill`` (resumable); returns its ``motion_module`` folder. Not part of ``all``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "videodiff",
+        "train",
+        "--config",
+        config,
+        "--model",
+        str(PACKAGE_MODEL),
+        "--data",
+        str(out / "data"),
+        "--output",
+        str(out / "distill"),
+        "--resume",
+        "latest",
+        *extra,
+    ]
+    log("running " + " ".join(cmd))
+    began = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    log(f"distill: {time.perf_counter() - began:.1f} s (loading, latent cache and steps)")
+    metrics = [json.loads(line) for line in (out / "distill" / "metrics.jsonl").read_text().splitlines()]
+    if len(metrics) > 1:  # the first step of a process carries the start-up; the rest are steps
+        rates = [m["clips_per_s"] for m in metrics[1:]]
+        log(f"distill: {len(rates) / sum(1 / r for r in rates):.3f} clips/s over steps 2-{metrics[-1]['step']}")
+    return out / "distill" / "motion_module"
+
+
 def package(out: Path, target: Path) -> None:
     """fp16 safetensors of the base model plus the motion modules, into ``target`` (the package's model folder).
 
@@ -415,7 +447,7 @@ def package(out: Path, target: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["base", "data", "motion", "package", "all"])
+    parser.add_argument("stage", choices=["base", "data", "motion", "package", "all", "distill"])
     parser.add_argument("--out", type=Path, default=Path("build/shapes"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -432,6 +464,9 @@ def main() -> None:
         help="the motion runs' configs",
     )
     parser.add_argument("--target", type=Path, default=PACKAGE_MODEL)
+    parser.add_argument(
+        "--distill-config", default=str(ROOT / "configs" / "train" / "shapes-distill.yaml"), help="the distill config"
+    )
     args, extra = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("base", "all"):
@@ -445,6 +480,9 @@ def main() -> None:
         train_motion(args.out, args.motion_config, extra)
     if args.stage in ("package", "all"):
         package(args.out, args.target)
+    if args.stage == "distill":
+        write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
+        distill(args.out, args.distill_config, extra)
 
 
 if __name__ == "__main__":

@@ -376,6 +376,11 @@ TRAIN_HELP = {
     "object's track, which `render --motion-prior` starts from); for clips of one moving object.",
     "max_nan_steps": "Consecutive NaN/inf losses before the run stops.",
     "quiet": "No progress bar or notices.",
+    "distill": "lcm: latent consistency distillation of the trained parameters (--trainable) from the model as "
+    "loaded (the frozen teacher); the motion_module folder renders in 4 lcm steps unasked.",
+    "distill_steps": "Steps of the skipping-step DDIM solver over the 1000 training timesteps (LCM: 50).",
+    "distill_guidance": "The teacher's classifier-free guidance [default: the model's, else 4].",
+    "distill_ema": "Decay of the target network (an EMA of the student).",
 }
 
 
@@ -396,6 +401,7 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
       videodiff train --model ./sd15 --motion-module ./motion-v2 --data clips/ --output runs/waves \\
           --frames 16 --stride 4 --resolution 256 --steps 2000 --trainable motion
       videodiff train --data data/shapes --output runs/shapes --resolution 64 --steps 200   # the built-in model
+      videodiff train --distill lcm --data data/shapes --output runs/lcm --resolution 64 --stride 1   # 4-step student
     Several GPUs: accelerate launch -m videodiff train ...
     """
     from videodiff.config import TRAIN_FIELD_NAMES, load_config_file, merge

@@ -657,6 +657,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 TRAINABLE = ("motion", "motion+attn", "lora", "all")
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+DISTILL_KINDS = ("lcm",)  # videodiff.training.distill: latent consistency distillation
 
 
 @dataclass(frozen=True)
@@ -702,6 +703,10 @@ class TrainConfig:
     motion_prior: bool = False  # at the end, fit a motion prior (prompt -> moving object's track) beside the modules
     max_nan_steps: int = 5  # consecutive non-finite losses before the run stops
     quiet: bool = False
+    distill: str | None = None  # lcm: distil the model as loaded (the teacher) into a few-step student
+    distill_steps: int = 50  # solver steps over the training schedule (LCM's 50: skipping k = 1000/50 = 20)
+    distill_guidance: float | None = None  # the teacher's guidance; None: the model's recorded guidance, else 4
+    distill_ema: float = 0.95  # decay of the target network (an EMA of the student)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -767,7 +772,22 @@ class TrainConfig:
             raise UserError("--validate-every needs --validation-prompt")
         if self.latent_cache and not self.cache_latents:
             raise UserError("--latent-cache needs --cache-latents (without it, clips are encoded at every step)")
+        self._validate_distill()
         return self
+
+    def _validate_distill(self) -> None:
+        if self.distill is not None and self.distill not in DISTILL_KINDS:
+            raise UserError(f"unknown --distill {self.distill!r}; choose one of: {', '.join(DISTILL_KINDS)}")
+        steps = self.distill_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= MAX_STEPS:
+            raise UserError(f"--distill-steps must be a whole number from 2 to {MAX_STEPS}, got {steps!r}")
+        if not (math.isfinite(self.distill_ema) and 0 <= self.distill_ema < 1):
+            raise UserError(f"--distill-ema must be in [0, 1), got {self.distill_ema!r}")
+        guidance = self.distill_guidance
+        if guidance is not None and not (math.isfinite(guidance) and guidance >= 1):
+            raise UserError(f"--distill-guidance must be a number >= 1, got {guidance!r}")
+        if self.distill and self.late_timesteps:
+            raise UserError("--late-timesteps does not apply to --distill (it draws solver steps uniformly)")
 
     @property
     def size(self) -> tuple[int, int]:

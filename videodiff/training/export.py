@@ -66,22 +66,31 @@ class MetricsLog:
 
 
 def render_validation(
-    run: Path, step: int, parts: ModelParts, unet: VideoUNet, device: torch.device, config: TrainConfig
+    run: Path,
+    step: int,
+    parts: ModelParts,
+    unet: VideoUNet,
+    device: torch.device,
+    config: TrainConfig,
+    sample: dict | None = None,
 ) -> Path:
     """Render ``config.validation_prompt`` with the modules being trained (``parts``, wrapped by ``unet``) into
-    ``validation/step-N.gif``; ``unet`` is back in training mode afterwards."""
+    ``validation/step-N.gif``; ``unet`` is back in training mode afterwards. ``sample``: sample settings that
+    win over the model's (a distillation's few-step ones; its ``steps`` over ``config.validation_steps``)."""
     from videodiff.media.video import save_video
     from videodiff.pipelines import VideoPipeline
 
     pipe = VideoPipeline(parts, device, torch.float32)
     height, width = config.size
+    extra = dict(sample or {})
     result = pipe(
         config.validation_prompt,
         num_frames=min(config.frames, unet.max_frames),
         height=height,
         width=width,
-        num_inference_steps=config.validation_steps,
+        num_inference_steps=extra.pop("steps", config.validation_steps),
         seed=config.seed,
+        **extra,
     )
     path = run / "validation" / f"step-{step}.gif"
     save_video(result.frames, path, fps=8, overwrite=True)
@@ -159,4 +168,45 @@ def fit_motion_prior(
         f"{fit['velocity_rms_cells_per_frame']:.3f} cells/frame, direction agrees on "
         f"{100 * fit['direction_agreement']:.0f}%): {path}"
     )
+    return path
+
+
+def copy_companions(source: Path | None, folder: Path, names: Iterable[str]) -> list[str]:
+    """Copy the companion files ``names`` (motion prior, spatial tensors) of the motion modules at ``source`` into
+    ``folder``; returns the names copied. Spatial tensors ``folder`` already holds (trained there) win over the
+    copied ones, tensor by tensor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from videodiff.media.atomic import user_mode
+    from videodiff.weights.motion_formats import companion_files
+
+    if source is None:
+        return []
+    found = companion_files(source)
+    copied = []
+    for name in names:
+        if name not in found:
+            continue
+        dst = folder / name
+        if dst.exists() and name == SPATIAL_FILE:
+            save_file({**load_file(str(found[name])), **load_file(str(dst))}, str(dst))
+        elif not dst.exists():
+            shutil.copyfile(found[name], dst)
+        user_mode(dst)
+        copied.append(name)
+    return copied
+
+
+def write_few_step_defaults(folder: Path, defaults: dict, solver_steps: int) -> Path:
+    """Record ``defaults`` (render settings, keys of :data:`videodiff.config.MODEL_DEFAULT_KEYS`) in ``folder``'s
+    ``videodiff.json``, keeping what it records already, with a note of the distillation."""
+    from videodiff.weights.hub import DEFAULTS_FILE
+
+    path = folder / DEFAULTS_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault("defaults", {}).update(defaults)
+    data["distilled"] = {"kind": "lcm", "solver_steps": int(solver_steps)}
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return path

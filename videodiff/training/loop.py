@@ -29,13 +29,16 @@ from videodiff.log import notice
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
 from videodiff.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from videodiff.training.data import ClipDataset, ResumableBatches, find_clips, step_generator
+from videodiff.training.distill import FEW_STEP_DEFAULTS, TARGET_PREFIX, Distiller, frozen_copy
 from videodiff.training.export import (
     MetricsLog,
     check_motion_prior_data,
+    copy_companions,
     fit_motion_prior,
     render_validation,
     save_run_config,
     save_trained,
+    write_few_step_defaults,
 )
 from videodiff.training.latents import ClipEncoder, LatentCache, clip_latents, collate_any
 from videodiff.training.trainable import select_trainable
@@ -113,6 +116,7 @@ class Trainer:
             notice(f"training on the built-in shapes model ({builtin_model()}); pass --model for another")
         self.parts: ModelParts = load_model_parts(c.model, c.motion_module, new_motion=True)
         self.video_unet = VideoUNet(self.parts.unet, self.parts.motion)
+        teacher = frozen_copy(self.video_unet) if c.distill else None  # the model as loaded, before any LoRA
         self.trained_names = select_trainable(self.video_unet, c.trainable, c.lora_rank)
         self.video_unet.gradient_checkpointing = c.gradient_checkpointing
         self.video_unet.train()
@@ -120,6 +124,32 @@ class Trainer:
         self.parts.text_encoder.to(self.device)
         self.scheduler = training_scheduler(self.parts.scheduler_config)
         self.context_cache: dict[str, torch.Tensor] = {}
+        self.distiller = self.build_distiller(teacher) if teacher is not None else None
+
+    def build_distiller(self, teacher: VideoUNet) -> Distiller:
+        """``--distill lcm``: the frozen teacher, the target network and the solver (:mod:`.distill`)."""
+        c = self.config
+        kind = self.scheduler.config.prediction_type
+        if kind != "epsilon":
+            raise UserError(f"--distill {c.distill} needs an epsilon-prediction model; this one predicts {kind}")
+        if self.parts.sources.get("motion_module", {}).get("id", "").startswith("new "):
+            raise UserError(
+                f"--distill {c.distill} needs a model with motion modules (the teacher): pass --motion-module"
+            )
+        total = self.scheduler.config.num_train_timesteps
+        if c.distill_steps > total:
+            raise UserError(f"--distill-steps {c.distill_steps} exceeds the model's {total} training timesteps")
+        guidance = c.distill_guidance or float(self.parts.defaults.get("guidance") or 4.0)
+        distiller = Distiller(
+            teacher,
+            self.video_unet,
+            self.trained_names,
+            self.scheduler.alphas_cumprod,
+            steps=c.distill_steps,
+            guidance=guidance,
+            ema=c.distill_ema,
+        )
+        return distiller.to(self.device)
 
     def trained_params(self, module: torch.nn.Module | None = None) -> dict[str, torch.nn.Parameter]:
         module = module or self.accelerator.unwrap_model(self.model)
@@ -188,6 +218,8 @@ class Trainer:
         return torch.stack(rows)
 
     def loss(self, batch: dict, micro_step: int) -> torch.Tensor:
+        if self.distiller is not None:
+            return self.distill_loss(batch, micro_step)
         c = self.config
         gen = step_generator(c.seed, micro_step, self.rank)
         with torch.no_grad():
@@ -208,6 +240,25 @@ class Trainer:
         with self.accelerator.autocast():
             pred = self.model(noisy, t, context)
         return F.mse_loss(pred.float(), target.float())
+
+    def distill_loss(self, batch: dict, micro_step: int) -> torch.Tensor:
+        """The consistency-distillation loss (:meth:`Distiller.loss`): the same latents, noise prior and
+        generator discipline as :meth:`loss`, so a resumed run is exact."""
+        c = self.config
+        gen = step_generator(c.seed, micro_step, self.rank)
+        with torch.no_grad():
+            if "latents" in batch:
+                latents = batch["latents"].to(self.device)
+            else:
+                pixels = batch["pixels"].to(self.device, self.parts.vae.dtype)
+                latents = vae.encode(self.parts.vae, pixels, sample=True, generator=gen)
+            latents = latents.float()
+            eps = noise_priors.sample_noise(tuple(latents.shape), kind=c.noise, alpha=c.noise_alpha, generator=gen).to(
+                self.device
+            )
+            context = self.encode_captions(batch["captions"], f"{c.seed}/{micro_step}/{self.rank}/captions")
+            uncond = self.caption_context("")
+        return self.distiller.loss(self.model, latents, eps, context, uncond, gen, self.accelerator.autocast)
 
     # 4. the loop
     def train(self) -> Path:
@@ -250,6 +301,8 @@ class Trainer:
                 self.ema.shadow = {
                     k[len("ema.") :]: v.float() for k, v in state["tensors"].items() if k.startswith("ema.")
                 }
+            if self.distiller is not None:
+                self.distiller.load_target(state["tensors"])
             if self.is_main:
                 notice(f"resuming from {resume} at step {start}")
         self.build_data(position)
@@ -288,6 +341,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.update(self.trained_params())
+            if self.distiller is not None:
+                self.distiller.update_target(self.trained_params())
             done = step + 1
             mean_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
             now = time.perf_counter()
@@ -308,7 +363,8 @@ class Trainer:
             if done % c.save_every == 0 or done == c.steps:
                 self.save(done, lr_schedule)
             if c.validate_every and done % c.validate_every == 0 and self.is_main:
-                render_validation(self.run, done, self.parts, acc.unwrap_model(self.model), self.device, c)
+                few_step = dict(FEW_STEP_DEFAULTS) if self.distiller is not None else None
+                render_validation(self.run, done, self.parts, acc.unwrap_model(self.model), self.device, c, few_step)
         bar.close()
         self.finish()
         close(self.accelerator.state)
@@ -317,7 +373,9 @@ class Trainer:
     # 5. saving
     def load_trained(self, tensors: dict[str, torch.Tensor]) -> None:
         trained = self.trained_params(self.video_unet)
-        weights = {k: v for k, v in tensors.items() if not k.startswith("ema.")}
+        weights = {k: v for k, v in tensors.items() if not k.startswith(("ema.", TARGET_PREFIX))}
+        if self.distiller is None and any(k.startswith(TARGET_PREFIX) for k in tensors):
+            raise UserError("the checkpoint is of a --distill run; resume it with the same --distill")
         if set(weights) != set(trained):
             raise UserError("the checkpoint's trained tensors do not match this run's --trainable set")
         with torch.no_grad():
@@ -331,6 +389,8 @@ class Trainer:
             tensors = {k: p.detach() for k, p in self.trained_params().items()}
             if self.ema is not None:
                 tensors.update({f"ema.{k}": v for k, v in self.ema.shadow.items()})
+            if self.distiller is not None:
+                tensors.update(self.distiller.target_state())
             state = {
                 "step": step,
                 "positions": positions,
@@ -366,9 +426,34 @@ class Trainer:
         folder = save_trained(
             unet, self.run, self.config.trainable, self.trained_params(unet), train_frames=self.config.frames
         )
+        if folder is not None and self.distiller is not None:
+            self.record_few_step(folder)
+        elif self.distiller is not None:  # a motion LoRA file records no defaults: say what to render it with
+            notice("render the distilled motion LoRA with --scheduler lcm --steps 4 --guidance 1")
         if folder is not None and self.config.motion_prior:
             clips = clip_latents(self.dataset, self.encoder, "fitting the motion prior", self.skipped)
             fit_motion_prior(clips, self.caption_context, folder)
+
+    def record_few_step(self, folder: Path) -> None:
+        """A distilled folder renders with LCM's few-step defaults unasked; it keeps the teacher's motion prior
+        (file and start fraction) and, unless trained here, the teacher's spatial tensors."""
+        from videodiff.motion_prior import PRIOR_FILE
+        from videodiff.weights.models import SPATIAL_FILE
+
+        defaults = dict(FEW_STEP_DEFAULTS)
+        copied = copy_companions(self.motion_location(), folder, (PRIOR_FILE, SPATIAL_FILE))
+        if PRIOR_FILE in copied and self.parts.defaults.get("motion_prior") is not None:
+            defaults["motion_prior"] = self.parts.defaults["motion_prior"]
+        write_few_step_defaults(folder, defaults, self.config.distill_steps)
+
+    def motion_location(self) -> Path | None:
+        """Where the teacher's motion modules were loaded from (None: new ones)."""
+        from videodiff.weights.hub import locate
+
+        source = self.parts.sources.get("motion_module", {}).get("id", "")
+        if not source or source.startswith("new "):
+            return None
+        return locate(source, "motion module")
 
 
 def train(config: TrainConfig) -> Path:
