@@ -217,21 +217,26 @@ class Trainer:
             rows.append(self.caption_context(caption))
         return torch.stack(rows)
 
+    def latents_and_noise(self, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch's clean latents (cached, or encoded from its pixels) and the noise prior's draw for them,
+        both from ``gen`` in this order (what makes a resumed run exact)."""
+        if "latents" in batch:
+            latents = batch["latents"].to(self.device)
+        else:
+            pixels = batch["pixels"].to(self.device, self.parts.vae.dtype)
+            latents = vae.encode(self.parts.vae, pixels, sample=True, generator=gen)
+        latents = latents.float()
+        c = self.config
+        eps = noise_priors.sample_noise(tuple(latents.shape), kind=c.noise, alpha=c.noise_alpha, generator=gen)
+        return latents, eps.to(self.device)
+
     def loss(self, batch: dict, micro_step: int) -> torch.Tensor:
         if self.distiller is not None:
             return self.distill_loss(batch, micro_step)
         c = self.config
         gen = step_generator(c.seed, micro_step, self.rank)
         with torch.no_grad():
-            if "latents" in batch:
-                latents = batch["latents"].to(self.device)
-            else:
-                pixels = batch["pixels"].to(self.device, self.parts.vae.dtype)
-                latents = vae.encode(self.parts.vae, pixels, sample=True, generator=gen)
-            latents = latents.float()
-            eps = noise_priors.sample_noise(
-                tuple(latents.shape), kind=self.config.noise, alpha=self.config.noise_alpha, generator=gen
-            ).to(self.device)
+            latents, eps = self.latents_and_noise(batch, gen)
             t = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, c.late_timesteps, gen)
             t = t.to(self.device)
             noisy = self.scheduler.add_noise(latents, eps, t)
@@ -247,15 +252,7 @@ class Trainer:
         c = self.config
         gen = step_generator(c.seed, micro_step, self.rank)
         with torch.no_grad():
-            if "latents" in batch:
-                latents = batch["latents"].to(self.device)
-            else:
-                pixels = batch["pixels"].to(self.device, self.parts.vae.dtype)
-                latents = vae.encode(self.parts.vae, pixels, sample=True, generator=gen)
-            latents = latents.float()
-            eps = noise_priors.sample_noise(tuple(latents.shape), kind=c.noise, alpha=c.noise_alpha, generator=gen).to(
-                self.device
-            )
+            latents, eps = self.latents_and_noise(batch, gen)
             context = self.encode_captions(batch["captions"], f"{c.seed}/{micro_step}/{self.rank}/captions")
             uncond = self.caption_context("")
         return self.distiller.loss(self.model, latents, eps, context, uncond, gen, self.accelerator.autocast)
