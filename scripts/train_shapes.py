@@ -341,8 +341,11 @@ def write_data(out: Path, count: int, seed: int) -> None:
     log(f"{count} training clips written")
 
 
-def motion_command(out: Path, run: str, config: str, extra: list[str], motion_module: Path | None = None) -> list[str]:
-    """The ``videodiff train`` command of one motion run (resumable: ``--resume latest``)."""
+def motion_command(
+    out: Path, run: str, config: str, extra: list[str], motion_module: Path | None = None, model: Path | None = None
+) -> list[str]:
+    """The ``videodiff train`` command of one motion run into ``out/run`` (resumable: ``--resume latest``), from
+    ``model`` (default: stage 1's ``out/base``)."""
     start = ["--motion-module", str(motion_module)] if motion_module else []
     return [
         sys.executable,
@@ -352,7 +355,7 @@ def motion_command(out: Path, run: str, config: str, extra: list[str], motion_mo
         "--config",
         config,
         "--model",
-        str(out / "base"),
+        str(model or out / "base"),
         *start,
         "--data",
         str(out / "data"),
@@ -380,23 +383,7 @@ def train_motion(out: Path, configs: list[str], extra: list[str]) -> None:
 def distill(out: Path, config: str, extra: list[str]) -> Path:
     """``videodiff train --distill lcm`` of the packaged built-in model's motion modules (the teacher) on the
     stage-2 clips into ``out/distill`` (resumable); returns its ``motion_module`` folder. Not part of ``all``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "videodiff",
-        "train",
-        "--config",
-        config,
-        "--model",
-        str(PACKAGE_MODEL),
-        "--data",
-        str(out / "data"),
-        "--output",
-        str(out / "distill"),
-        "--resume",
-        "latest",
-        *extra,
-    ]
+    cmd = motion_command(out, "distill", config, extra, model=PACKAGE_MODEL)
     log("running " + " ".join(cmd))
     began = time.perf_counter()
     subprocess.run(cmd, check=True)
