@@ -5,6 +5,7 @@
     python scripts/train_shapes.py data --out build/shapes     # 2. training clips (held-out combinations excluded)
     python scripts/train_shapes.py motion --out build/shapes   # 2. inflation + temporal: `videodiff train`
     python scripts/train_shapes.py package --out build/shapes  # 3. fp16 copy into videodiff/models/shapes/
+    python scripts/train_shapes.py finetune --out build/shapes # 2c. more motion training from the package, repackaged
     python scripts/train_shapes.py all --out build/shapes      # everything, in order
     python scripts/train_shapes.py distill --out build/shapes [--steps N]  # a 4-step LCM student of the package
 
@@ -14,7 +15,10 @@ new motion modules and the attention queries (configs/train/shapes-motion.yaml),
 end the motion prior that sampling starts from (`motion_prior: true`). Every stage
 resumes: a finished stage is skipped, stage 1 checkpoints every `--save-every` steps, and
 `videodiff train --resume latest` continues an interrupted motion run.
-Runs on a CPU (2 cores: about 80 minutes in all, measured) or a GPU (`--device cuda`).
+Stage 2c (`finetune`, configs/train/shapes-finetune.yaml) trains the packaged model's motion modules
+and attention queries 600 steps more and packages the result over it: it made the motion steadier
+(README, "The built-in shapes model").
+Runs on a CPU (2 cores: about 80 minutes in all, measured, plus 50 for stage 2c) or a GPU (`--device cuda`).
 """
 
 from __future__ import annotations
@@ -432,9 +436,54 @@ def package(out: Path, target: Path) -> None:
     log(f"packaged into {target} ({size / 1e6:.1f} MB)")
 
 
+def finetune(out: Path, config: str, extra: list[str], target: Path) -> None:
+    """Stage 2c: more of the motion stage from the packaged model ``target`` (its motion modules and folded
+    attention queries) into ``out/finetune``, then its motion modules, refitted prior and attention queries
+    packaged over ``target``'s (``videodiff.json`` defaults kept)."""
+    run = out / "finetune" / "motion_module"
+    if (run / PRIOR_FILE).is_file():
+        log("finetune: done already")
+    else:
+        cmd = motion_command(out, "finetune", config, extra, target / "motion_adapter", model=target)
+        log("running " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+    package_motion(run, target)
+
+
+def package_motion(motion: Path, target: Path) -> None:
+    """``motion`` (a `videodiff train` run's motion modules, prior and ``spatial.safetensors``) in place of
+    ``target``'s motion adapter, its attention tensors folded into ``target/unet``, all in fp16 but the prior."""
+    from safetensors.torch import load_file, save_file
+
+    from videodiff.weights.models import SPATIAL_FILE
+
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(target, staging, ignore=shutil.ignore_patterns("motion_adapter"))
+    shutil.copytree(motion, staging / "motion_adapter", ignore=shutil.ignore_patterns(SPATIAL_FILE))
+    unet_file = staging / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(unet_file))
+    trained = load_file(str(motion / SPATIAL_FILE)) if (motion / SPATIAL_FILE).is_file() else {}
+    if not set(trained) <= set(tensors):
+        raise SystemExit(f"{motion}: tensors the image U-Net does not have: {sorted(set(trained) - set(tensors))[:3]}")
+    tensors.update(trained)
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(unet_file))
+    for weights in (staging / "motion_adapter").glob("*.safetensors"):
+        if weights.name != PRIOR_FILE:  # the prior stays fp32, with its metadata
+            save_file(
+                {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}, str(weights)
+            )
+    log(f"folded {len(trained)} trained image-U-Net tensors into unet/; motion modules from {motion}")
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["base", "data", "motion", "package", "all", "distill"])
+    parser.add_argument("stage", choices=["base", "data", "motion", "package", "finetune", "all", "distill"])
     parser.add_argument("--out", type=Path, default=Path("build/shapes"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -452,6 +501,9 @@ def main() -> None:
     )
     parser.add_argument("--target", type=Path, default=PACKAGE_MODEL)
     parser.add_argument(
+        "--finetune-config", default=str(ROOT / "configs" / "train" / "shapes-finetune.yaml"), help="stage 2c's config"
+    )
+    parser.add_argument(
         "--distill-config", default=str(ROOT / "configs" / "train" / "shapes-distill.yaml"), help="the distill config"
     )
     args, extra = parser.parse_known_args()
@@ -467,6 +519,9 @@ def main() -> None:
         train_motion(args.out, args.motion_config, extra)
     if args.stage in ("package", "all"):
         package(args.out, args.target)
+    if args.stage in ("finetune", "all"):
+        write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
+        finetune(args.out, args.finetune_config, extra, args.target)
     if args.stage == "distill":
         write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
         distill(args.out, args.distill_config, extra)
