@@ -400,40 +400,45 @@ def distill(out: Path, config: str, extra: list[str]) -> Path:
 
 
 def package(out: Path, target: Path) -> None:
-    """fp16 safetensors of the base model plus the motion modules, into ``target`` (the package's model folder).
+    """fp16 safetensors of the base model plus the motion modules, into ``target`` (the package's model folder)."""
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(out / "base", staging, ignore=shutil.ignore_patterns("*.bin", "*-state.pt"))
+    (staging / "videodiff.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2) + "\n")
+    install(staging, out / MOTION_RUNS[-1] / "motion_module", target)
 
-    The image-U-Net tensors trained with the motion modules (``spatial.safetensors``) are
-    folded into ``unet/``, so the package holds one copy of every tensor.
-    """
+
+def install(staging: Path, motion: Path, target: Path) -> None:
+    """Finish the package ``staging`` (a model folder without motion modules) and put it in ``target``'s place:
+    ``motion`` (a `videodiff train` run's motion modules and prior) as its ``motion_adapter``, the image-U-Net
+    tensors trained with them (``spatial.safetensors``) folded into ``unet/`` so the package holds one copy
+    of every tensor, and every weight file in fp16 but the prior (29 kB, fp32 with its metadata)."""
     from safetensors.torch import load_file, save_file
 
     from videodiff.weights.models import SPATIAL_FILE
 
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(out / "base", staging, ignore=shutil.ignore_patterns("*.bin", "*-state.pt"))
-    shutil.copytree(out / MOTION_RUNS[-1] / "motion_module", staging / "motion_adapter")
-    spatial = staging / "motion_adapter" / SPATIAL_FILE
+    shutil.copytree(motion, staging / "motion_adapter", ignore=shutil.ignore_patterns(SPATIAL_FILE))
     unet_file = staging / "unet" / "diffusion_pytorch_model.safetensors"
-    trained = load_file(str(spatial)) if spatial.is_file() else {}
-    spatial.unlink(missing_ok=True)
-    (staging / "videodiff.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2) + "\n")
+    trained = load_file(str(motion / SPATIAL_FILE)) if (motion / SPATIAL_FILE).is_file() else {}
     for weights in staging.rglob("*.safetensors"):  # one pass: fold, then write fp16
         if weights.name == PRIOR_FILE:
-            continue  # 29 kB, kept in fp32 with its metadata
+            continue
         tensors = load_file(str(weights))
         if weights == unet_file and trained:
             if not set(trained) <= set(tensors):
-                raise SystemExit(
-                    f"{spatial}: tensors the image U-Net does not have: {sorted(set(trained) - set(tensors))[:3]}"
-                )
+                missing = sorted(set(trained) - set(tensors))[:3]
+                raise SystemExit(f"{motion}: tensors the image U-Net does not have: {missing}")
             tensors.update(trained)
             log(f"folded {len(trained)} trained image-U-Net tensors into unet/")
         save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(weights))
-    shutil.rmtree(target, ignore_errors=True)
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
     staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-    log(f"packaged into {target} ({size / 1e6:.1f} MB)")
+    log(f"packaged {motion} into {target} ({size / 1e6:.1f} MB)")
 
 
 def finetune(out: Path, config: str, extra: list[str], target: Path) -> None:
@@ -451,34 +456,12 @@ def finetune(out: Path, config: str, extra: list[str], target: Path) -> None:
 
 
 def package_motion(motion: Path, target: Path) -> None:
-    """``motion`` (a `videodiff train` run's motion modules, prior and ``spatial.safetensors``) in place of
-    ``target``'s motion adapter, its attention tensors folded into ``target/unet``, all in fp16 but the prior."""
-    from safetensors.torch import load_file, save_file
-
-    from videodiff.weights.models import SPATIAL_FILE
-
+    """``motion`` (a `videodiff train` run's motion modules, prior and ``spatial.safetensors``) in place of the
+    package ``target``'s motion modules; the rest of ``target`` (``videodiff.json`` defaults too) is kept."""
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(target, staging, ignore=shutil.ignore_patterns("motion_adapter"))
-    shutil.copytree(motion, staging / "motion_adapter", ignore=shutil.ignore_patterns(SPATIAL_FILE))
-    unet_file = staging / "unet" / "diffusion_pytorch_model.safetensors"
-    tensors = load_file(str(unet_file))
-    trained = load_file(str(motion / SPATIAL_FILE)) if (motion / SPATIAL_FILE).is_file() else {}
-    if not set(trained) <= set(tensors):
-        raise SystemExit(f"{motion}: tensors the image U-Net does not have: {sorted(set(trained) - set(tensors))[:3]}")
-    tensors.update(trained)
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(unet_file))
-    for weights in (staging / "motion_adapter").glob("*.safetensors"):
-        if weights.name != PRIOR_FILE:  # the prior stays fp32, with its metadata
-            save_file(
-                {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}, str(weights)
-            )
-    log(f"folded {len(trained)} trained image-U-Net tensors into unet/; motion modules from {motion}")
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old)
+    install(staging, motion, target)
 
 
 def main() -> None:
