@@ -21,6 +21,7 @@ in place of its denoising loss; checkpoints carry the target as ``target.<name>`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 
@@ -184,8 +185,6 @@ class Distiller:
         """The pseudo-Huber consistency loss of ``student`` (called as ``student(x, t, context)``) on the clean
         ``latents`` (``[b c f h w]``) noised by ``eps``; ``uncond``: the empty caption's context ``[n d]``;
         the solver steps are drawn from ``generator``; ``autocast``: a context manager factory for the U-Nets."""
-        import contextlib
-
         autocast = autocast or contextlib.nullcontext
         b, device = latents.shape[0], latents.device
         n = torch.randint(0, self.solver.steps, (b,), generator=generator)

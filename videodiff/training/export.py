@@ -130,9 +130,7 @@ def save_trained(
         save_file(spatial, str(folder / SPATIAL_FILE))
         user_mode(folder / SPATIAL_FILE)
     if train_frames is not None:
-        from videodiff.weights.hub import DEFAULTS_FILE
-
-        (folder / DEFAULTS_FILE).write_text(json.dumps({"train_frames": int(train_frames)}, indent=2) + "\n")
+        record(folder, {"train_frames": int(train_frames)})
     return folder
 
 
@@ -199,14 +197,19 @@ def copy_companions(source: Path | None, folder: Path, names: Iterable[str]) -> 
     return copied
 
 
-def write_few_step_defaults(folder: Path, defaults: dict, solver_steps: int) -> Path:
-    """Record ``defaults`` (render settings, keys of :data:`videodiff.config.MODEL_DEFAULT_KEYS`) in ``folder``'s
-    ``videodiff.json``, keeping what it records already, with a note of the distillation."""
+def record(folder: Path, entries: dict, defaults: dict | None = None) -> Path:
+    """Merge ``entries`` (top-level keys) and ``defaults`` (render settings, keys of
+    :data:`videodiff.config.MODEL_DEFAULT_KEYS`) into ``folder``'s ``videodiff.json``, keeping what it records
+    already; written whole under a temporary name, then renamed."""
+    from videodiff.media.atomic import atomic_file, user_mode
     from videodiff.weights.hub import DEFAULTS_FILE
 
     path = folder / DEFAULTS_FILE
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data.setdefault("defaults", {}).update(defaults)
-    data["distilled"] = {"kind": "lcm", "solver_steps": int(solver_steps)}
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    data.update(entries)
+    if defaults:
+        data.setdefault("defaults", {}).update(defaults)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    user_mode(path)
     return path

@@ -35,10 +35,10 @@ from videodiff.training.export import (
     check_motion_prior_data,
     copy_companions,
     fit_motion_prior,
+    record,
     render_validation,
     save_run_config,
     save_trained,
-    write_few_step_defaults,
 )
 from videodiff.training.latents import ClipEncoder, LatentCache, clip_latents, collate_any
 from videodiff.training.trainable import select_trainable
@@ -441,7 +441,7 @@ class Trainer:
         copied = copy_companions(self.motion_location(), folder, (PRIOR_FILE, SPATIAL_FILE))
         if PRIOR_FILE in copied and self.parts.defaults.get("motion_prior") is not None:
             defaults["motion_prior"] = self.parts.defaults["motion_prior"]
-        write_few_step_defaults(folder, defaults, self.config.distill_steps)
+        record(folder, {"distilled": {"kind": "lcm", "solver_steps": self.config.distill_steps}}, defaults)
 
     def motion_location(self) -> Path | None:
         """Where the teacher's motion modules were loaded from (None: new ones)."""
