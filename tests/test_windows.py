@@ -143,3 +143,94 @@ def test_more_frames_than_a_window_render_through_windows_with_guidance(tiny_pip
     assert result.frames.shape == (11, 16, 16, 3)
     assert calls and all(shape[0] == 2 and shape[2] == 4 for shape in calls)  # CFG's doubled batch, 4 frames at most
     assert len(calls) == 2 * len(WindowPlan(11, 4, 1).indices())
+
+
+# ----------------------------------------------------------------------------- windows in the temporal layers only
+
+
+def _block(seed: int = 0):
+    from videodiff.unet.temporal import TemporalBlock
+
+    torch.manual_seed(seed)
+    return TemporalBlock(dim=16, heads=2, max_frames=16).eval()
+
+
+def _windows(frames: int, window: int, overlap: int, fuse: str = "pyramid"):
+    plan = WindowPlan(frames, window, overlap, fuse)
+    return [(torch.tensor(i), w) for i, w in zip(plan.indices(), plan.weights())]
+
+
+def test_temporal_windows_attend_within_each_window_and_fuse_before_the_feed_forward():
+    block, x = _block(), torch.randn(3, 10, 16)
+    windows = _windows(10, 4, 1)
+    with torch.no_grad():
+        out = block(x, windows)
+        fused, total = torch.zeros_like(x), torch.zeros(10)
+        for index, weight in windows:  # positions restart at each window's first frame
+            fused[:, index] += block.attend(x[:, index]) * weight.view(1, -1, 1)
+            total[index] += weight
+        fused = fused / total.view(1, -1, 1)
+        torch.testing.assert_close(out, fused + block.ff(block.norm3(fused)), rtol=1e-5, atol=1e-6)
+        # a frame only hears the frames of its own windows: frame 0 (window 0-3) cannot reach frames 4-9
+        nudged = x.clone()
+        nudged[:, 0] += torch.randn(16)  # not a constant: the norms would remove that
+        moved = block(nudged, windows)
+        assert torch.equal(moved[:, 4:], out[:, 4:]) and not torch.allclose(moved[:, 1:4], out[:, 1:4])
+        # without windows frame 0 reaches every frame
+        assert not torch.allclose(block(nudged)[:, 9], block(x)[:, 9])
+
+
+def test_one_temporal_window_of_every_frame_is_plain_attention_bitwise():
+    block, x = _block(1), torch.randn(2, 7, 16)
+    with torch.no_grad():
+        assert torch.equal(block(x, [(torch.arange(7), torch.ones(7))]), block(x))
+
+
+def test_temporal_windows_let_the_unet_run_past_its_positional_limit_only_while_set(tiny_pipe):
+    unet = tiny_pipe.unet
+    frames = unet.max_frames + 5
+    x, t, ctx = torch.randn(1, 4, frames, 2, 2), torch.tensor(500), torch.randn(1, 77, 32)
+    with pytest.raises(UserError, match="limit"):
+        unet(x, t, ctx)
+    plan = WindowPlan(frames, unet.max_frames, 4)
+    with torch.no_grad(), unet.motion.temporal_windows(frames, list(zip(plan.indices(), plan.weights()))):
+        out = unet(x, t, ctx)
+        with pytest.raises(UserError, match="limit"):  # windows are for `frames` frames, not any other count
+            unet(x[:, :, :-1], t, ctx)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert unet.motion.window_frames is None and all(
+        m.windows is None for m in unet.motion.modules() if hasattr(m, "windows") and not callable(m.windows)
+    )
+    with pytest.raises(ValueError, match="window of"):
+        with unet.motion.temporal_windows(frames, [(list(range(frames)), torch.ones(frames))]):
+            pass
+
+
+def test_window_layers_temporal_runs_the_unet_once_on_every_frame(tiny_pipe):
+    calls = []
+    unet = tiny_pipe.unet
+    original = unet.forward
+
+    def spy(sample, timestep, context):
+        calls.append((tuple(sample.shape), unet.motion.window_frames))
+        return original(sample, timestep, context)
+
+    kw = dict(num_frames=11, window=4, overlap=1, height=16, width=16, num_inference_steps=2, seed=1,
+              guidance_scale=3.0, output_type="latent")  # fmt: skip
+    unet.forward = spy
+    try:
+        temporal = tiny_pipe(PROMPT, **kw, window_layers="temporal")
+    finally:
+        del unet.forward
+    assert calls == [((2, 4, 11, 8, 8), 11)] * 2  # one call per step: CFG's doubled batch, all 11 frames
+    whole = tiny_pipe(PROMPT, **kw)
+    assert temporal.settings["window_layers"] == "temporal" and whole.settings["window_layers"] == "unet"
+    assert torch.isfinite(temporal.latents).all() and not torch.equal(temporal.latents, whole.latents)
+    # a video that fits one window is plain sampling either way
+    one = dict(kw, num_frames=4)
+    assert torch.equal(tiny_pipe(PROMPT, **one, window_layers="temporal").latents, tiny_pipe(PROMPT, **one).latents)
+
+
+def test_window_layers_is_a_closed_choice():
+    with pytest.raises(UserError, match="--window-layers"):
+        plan_windows(64, window=16, overlap=4, layers="spatial", train_frames=16, limit=32)

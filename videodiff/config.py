@@ -35,6 +35,9 @@ SPATIAL_NORMS = ("auto", "joint", "per-frame")
 OFFLOAD = ("model", "sequential")
 FUSE_KINDS = ("pyramid", "flat", "overlap-linear")  # weights of overlapping windows (videodiff.windows)
 WINDOW_NOISE = ("freenoise", "plain")  # initial noise of windowed videos (videodiff.noise.reschedule)
+# what runs per window: the whole U-Net (memory follows the window) or only the motion modules' attention
+# (FreeNoise's way: the spatial layers see every frame, so memory grows with the video)
+WINDOW_LAYERS = ("unet", "temporal")
 FREE_INIT_FILTERS = ("butterworth", "gaussian", "ideal")  # FreeInit's low-pass filters (videodiff.noise)
 TRAVEL = ("linear", "slerp")  # prompt travel: how embeddings are interpolated between keyframes
 
@@ -129,20 +132,33 @@ class SampleSettings:
         None, "Frames per sliding window when --frames exceeds it [default: the motion modules' training length]."
     )
     overlap: int | None = setting(None, "Frames shared by neighbouring windows [default: a quarter of the window].")
-    fuse: str = setting("pyramid", "How overlapping windows' outputs are weighted: " + "|".join(FUSE_KINDS) + ".")
+    fuse: str = setting(
+        "pyramid", "How overlapping windows' outputs are weighted: " + "|".join(FUSE_KINDS) + ".", choices=FUSE_KINDS
+    )
     loop: bool = setting(False, "Wrap the windows around the end: a closed loop (seamless GIFs).")
     window_noise: str = setting(  # FreeNoise (Qiu et al. 2023): windows agree on what they start from
         "freenoise",
         "Initial noise with windows: freenoise (the first window's noise, shuffled, for the later ones) or plain.",
+        choices=WINDOW_NOISE,
+    )
+    window_layers: str = setting(
+        "unet",
+        "What runs per window: unet (the whole U-Net; memory follows the window) or temporal (only the motion "
+        "modules' attention, FreeNoise's way; every other layer sees all frames, so memory grows with them).",
+        choices=WINDOW_LAYERS,
     )
     free_init: int = setting(0, "FreeInit: re-noise the result (fresh high frequencies) and sample again N times.")
-    free_init_filter: str = setting("butterworth", "FreeInit's low-pass filter: " + "|".join(FREE_INIT_FILTERS) + ".")
+    free_init_filter: str = setting(
+        "butterworth", "FreeInit's low-pass filter: " + "|".join(FREE_INIT_FILTERS) + ".", choices=FREE_INIT_FILTERS
+    )
     free_init_spatial: float = setting(0.25, "FreeInit's spatial cutoff (normalised frequency, 0 to 1).")
     free_init_temporal: float = setting(0.25, "FreeInit's temporal cutoff (normalised frequency, 0 to 1).")
     prompt_at: dict[int, str] | None = setting(  # {frame: prompt}; PROMPT, if given too, is frame 0's
         None, "FRAME:TEXT: the prompt from that frame on (prompt travel); repeatable, PROMPT may then be omitted."
     )
-    travel: str = setting("linear", "How prompts blend between --prompt-at frames: " + "|".join(TRAVEL) + ".")
+    travel: str = setting(
+        "linear", "How prompts blend between --prompt-at frames: " + "|".join(TRAVEL) + ".", choices=TRAVEL
+    )
     cache: int = setting(  # 1: off (opt-in: it trades quality for time, see the README's table)
         1,
         f"Feature caching (DeepCache): run the deep U-Net blocks on every N-th step only and reuse their "
@@ -222,6 +238,7 @@ class SampleSettings:
             (
                 ("fuse", FUSE_KINDS),
                 ("window_noise", WINDOW_NOISE),
+                ("window_layers", WINDOW_LAYERS),
                 ("free_init_filter", FREE_INIT_FILTERS),
                 ("travel", TRAVEL),
             ),

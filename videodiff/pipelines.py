@@ -10,6 +10,7 @@ files are written by :mod:`videodiff.render`. No maths here.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,6 +247,7 @@ class VideoPipeline:
             overlap=settings.overlap,
             fuse=settings.fuse,
             loop=settings.loop,
+            layers=settings.window_layers,
             train_frames=self.train_frames,
             limit=self.max_frames,
         )
@@ -471,26 +473,35 @@ class VideoPipeline:
     ) -> torch.Tensor:
         """Stage 4: the sampling loop from ``begin`` over ``schedule``; ``on_step`` after each step.
         With ``windows`` the U-Net runs window by window, fused into one output per step
-        (:class:`videodiff.windows.Windowed`); ``pass_index`` counts FreeInit's passes. ``cache > 1``: the deep
+        (:class:`videodiff.windows.Windowed`), or with ``layers="temporal"`` once on every frame with its motion
+        modules attending window by window; ``pass_index`` counts FreeInit's passes. ``cache > 1``: the deep
         U-Net blocks run on every ``cache``-th step only (:class:`videodiff.cache.FeatureCache`, one per call:
         per run, per window)."""
         denoiser = self.unet
         if cache > 1:
             denoiser = features = feature_cache.FeatureCache(self.unet, cache)
             on_step = features.hook(on_step)
-        denoiser = denoiser if windows is None else _windowed(denoiser, windows)
-        return sampling.sample(
-            denoiser,
-            begin.latents,
-            schedule,
-            steps=schedule.steps,
-            guide=guide,
-            generator=generator,
-            progress=progress,
-            start=begin.step,
-            on_step=on_step,
-            pass_index=pass_index,
+        temporal = windows is not None and windows.layers == "temporal"
+        if windows is not None and not temporal:
+            denoiser = _windowed(denoiser, windows)
+        within = (
+            self.unet.motion.temporal_windows(windows.frames, list(zip(windows.indices(), windows.weights())))
+            if temporal
+            else contextlib.nullcontext()
         )
+        with within:
+            return sampling.sample(
+                denoiser,
+                begin.latents,
+                schedule,
+                steps=schedule.steps,
+                guide=guide,
+                generator=generator,
+                progress=progress,
+                start=begin.step,
+                on_step=on_step,
+                pass_index=pass_index,
+            )
 
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> np.ndarray:
         """Stage 5: latents ``[1 c f h w]`` to uint8 frames ``[f h w 3]``, ``chunk`` frames per VAE call."""
@@ -682,8 +693,9 @@ class VideoPipeline:
         frame, ``(dx, dy)``) or at the velocity it predicts. ``on_step(i, total, t, t_next, latents,
         pass_index)`` is called after every scheduler step (:func:`videodiff.sampling.sample`).
         Long videos: ``num_frames`` above the motion modules' ``train_frames`` sample through sliding
-        windows (``window``, ``overlap``, ``fuse``, ``loop``, ``window_noise``); ``free_init=N`` adds FreeInit
-        passes; ``prompt_at={frame: prompt}`` (``prompt`` may then be ``None``) and ``travel`` for prompt travel.
+        windows (``window``, ``overlap``, ``fuse``, ``loop``, ``window_noise``, ``window_layers``);
+        ``free_init=N`` adds FreeInit passes; ``prompt_at={frame: prompt}`` (``prompt`` may then be ``None``) and
+        ``travel`` for prompt travel.
         """
         resolved = self.settings(prompt, **settings)
         return self.generate(resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step)

@@ -16,6 +16,10 @@ end); every weight is positive, so every frame's total weight is too.
 
 The batch axis is left alone (classifier-free guidance doubles it); text context ``[b n d]``
 goes to every window as is, ``[b f n d]`` (prompt travel) is sliced to each window's frames.
+
+``layers="temporal"`` is the other way (FreeNoise's, as diffusers does it): the U-Net runs once on
+every frame and only its motion modules' attention goes window by window, fused the same way
+(:meth:`videodiff.unet.temporal.MotionStack.temporal_windows`); memory then grows with the video.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videodiff.config import FUSE_KINDS, MAX_FRAMES, too_many_frames
+from videodiff.config import FUSE_KINDS, MAX_FRAMES, WINDOW_LAYERS, too_many_frames
 from videodiff.errors import UserError
 
 __all__ = ["FUSE_KINDS", "MAX_FRAMES", "Windowed", "WindowPlan", "fuse_weights", "plan_windows", "window_indices"]
@@ -39,6 +43,11 @@ class WindowPlan:
     overlap: int
     fuse: str = "pyramid"
     loop: bool = False
+    layers: str = "unet"  # what runs per window: the whole U-Net (Windowed), or the temporal attention only
+
+    def weights(self) -> list[torch.Tensor]:
+        """Each window's fusing weights (:func:`fuse_weights`), in the order of :meth:`indices`."""
+        return [fuse_weights(len(w), self.fuse, self.overlap) for w in self.indices()]
 
     @property
     def stride(self) -> int:
@@ -82,13 +91,15 @@ def plan_windows(
     overlap: int | None,
     fuse: str = "pyramid",
     loop: bool = False,
+    layers: str = "unet",
     train_frames: int,
     limit: int,
 ) -> WindowPlan | None:
     """The windows for ``frames`` (``None``: the video is one window, sampled plainly).
 
     ``window`` defaults to ``train_frames`` (at most ``limit``, the positional encoding's length),
-    ``overlap`` to a quarter of the window. A window over ``limit`` frames, or more than
+    ``overlap`` to a quarter of the window; ``layers``: what runs per window (``unet`` or ``temporal``). A window
+    over ``limit`` frames, or more than
     :data:`MAX_FRAMES` frames, is a :class:`UserError`.
     """
     if frames > MAX_FRAMES:
@@ -106,7 +117,9 @@ def plan_windows(
         raise UserError(f"--overlap must be from 0 to {size - 1} (less than the window of {size}), got {overlap}")
     if fuse not in FUSE_KINDS:
         raise UserError(f"unknown --fuse {fuse!r}; choose one of: {', '.join(FUSE_KINDS)}")
-    return WindowPlan(frames, size, overlap, fuse, loop)
+    if layers not in WINDOW_LAYERS:
+        raise UserError(f"unknown --window-layers {layers!r}; choose one of: {', '.join(WINDOW_LAYERS)}")
+    return WindowPlan(frames, size, overlap, fuse, loop, layers)
 
 
 class Windowed:
@@ -120,7 +133,7 @@ class Windowed:
         self.denoiser = denoiser
         self.plan = plan
         self.windows = plan.indices()
-        self.weights = [fuse_weights(len(w), plan.fuse, plan.overlap) for w in self.windows]
+        self.weights = plan.weights()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         frames = x.shape[2]

@@ -45,6 +45,7 @@ ADVANCED = (
     "motion_prior",
     "fuse",
     "window_noise",
+    "window_layers",
     "free_init",
     "free_init_filter",
     "free_init_spatial",

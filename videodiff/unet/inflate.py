@@ -272,7 +272,7 @@ class VideoUNet(nn.Module):
         if sample.ndim != 5:
             raise ValueError(f"sample must be [b c f h w], got shape {tuple(sample.shape)}")
         b, _, num_frames, h, w = sample.shape
-        if num_frames > self.max_frames:
+        if num_frames > self.max_frames and self.motion.window_frames != num_frames:
             raise UserError(f"{num_frames} frames exceed the motion modules' limit of {self.max_frames}")
         unet = self.unet
 

@@ -9,7 +9,8 @@ the batch, ``(b f) c h w``; attention runs over ``f`` for each of ``b h w`` posi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -18,6 +19,8 @@ from einops import rearrange
 from torch import nn
 
 AttentionBackend = Literal["sdpa", "xformers", "math"]
+# Windows over frames for the temporal attention: each window's frame indices [w] (int64) and positive weights [w]
+FrameWindows = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -148,11 +151,25 @@ class TemporalBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[n f d]``."""
-        x = x + self.attn1(self.pos_embed(self.norm1(x)))
-        x = x + self.attn2(self.pos_embed(self.norm2(x)))
+    def forward(self, x: torch.Tensor, windows: FrameWindows | None = None) -> torch.Tensor:
+        """``x``: ``[n f d]``. With ``windows`` (FreeNoise's way, Qiu et al. 2023) both attentions run on each
+        window of frames, positions counted from the window's first frame, and the windows' results are fused
+        (weighted where they overlap) before the feed-forward, which needs no neighbours."""
+        if windows is None:
+            x = self.attend(x)
+        else:
+            fused = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+            total = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+            for index, weight in windows:
+                index, weight = index.to(x.device), weight.to(x.device)
+                fused.index_add_(1, index, self.attend(x.index_select(1, index)).float() * weight.view(1, -1, 1))
+                total.index_add_(0, index, weight)
+            x = (fused / total.view(1, -1, 1)).to(x.dtype)
         return x + self.ff(self.norm3(x))
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.pos_embed(self.norm1(x)))
+        return x + self.attn2(self.pos_embed(self.norm2(x)))
 
 
 class TemporalTransformer(nn.Module):
@@ -171,15 +188,18 @@ class TemporalTransformer(nn.Module):
         self.proj_out = nn.Linear(channels, channels)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        self.windows: tuple[int, FrameWindows] | None = None  # (frames, windows): see MotionStack.temporal_windows
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """``x``: ``[(b f) c h w]`` -> same shape."""
+        """``x``: ``[(b f) c h w]`` -> same shape. Attention runs in :attr:`windows` when they are for
+        ``num_frames`` frames (:meth:`MotionStack.temporal_windows`), else over all frames."""
         b_f, _, h, w = x.shape
         video = rearrange(x, "(b f) c h w -> b c f h w", f=num_frames)
         tokens = rearrange(self.norm(video), "b c f h w -> (b h w) f c")
         tokens = self.proj_in(tokens)
+        windows = self.windows[1] if self.windows is not None and self.windows[0] == num_frames else None
         for block in self.transformer_blocks:
-            tokens = block(tokens)
+            tokens = block(tokens, windows)
         tokens = self.proj_out(tokens)
         return x + rearrange(tokens, "(b h w) f c -> (b f) c h w", h=h, w=w)
 
@@ -239,6 +259,7 @@ class MotionStack(nn.Module):
             "use_motion_mid_block": use_motion_mid_block,
         }
         self.max_frames = motion_max_seq_length
+        self.window_frames: int | None = None  # the frame count temporal_windows() is set for
         g, m = motion_norm_num_groups, motion_max_seq_length
 
         def block(ch: int, count: int, h: int, tl: int | Sequence[int]) -> MotionBlock:
@@ -267,6 +288,26 @@ class MotionStack(nn.Module):
         for module in self.modules():
             if isinstance(module, TemporalAttention):
                 module.backend = backend
+
+    @contextmanager
+    def temporal_windows(self, frames: int, windows: Sequence[tuple[Sequence[int], torch.Tensor]]) -> Iterator[None]:
+        """While inside, every motion module attends within ``windows`` (frame indices and positive fusing
+        weights, each window at most :attr:`max_frames` long) when it runs on ``frames`` frames: the rest of the
+        U-Net sees every frame, the temporal attention one window at a time (FreeNoise's way)."""
+        for index, weight in windows:
+            if len(index) > self.max_frames or len(index) != len(weight):
+                raise ValueError(f"a window of {len(index)} frames, {len(weight)} weights (limit {self.max_frames})")
+        prepared = tuple((torch.as_tensor(list(i), dtype=torch.long), w.float()) for i, w in windows)
+        modules = [m for m in self.modules() if isinstance(m, TemporalTransformer)]
+        for module in modules:
+            module.windows = (frames, prepared)
+        self.window_frames = frames
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.windows = None
+            self.window_frames = None
 
     def set_attention_chunk(self, chunk: int | None) -> None:
         """Run temporal attention over at most ``chunk`` positions at a time (less peak memory)."""
