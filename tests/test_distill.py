@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from videodiff.config import TrainConfig
+from videodiff.errors import UserError
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
 from videodiff.training.distill import DDIMSolver, boundary_scalings, consistency
 from videodiff.training.loop import Trainer
@@ -170,6 +171,17 @@ def test_cli_distill_writes_a_four_step_lcm_folder(tiny_model, tiny_motion, clip
     seen: list[tuple[int, int]] = []
     pipe(PROMPT, num_frames=4, height=16, width=16, seed=1, on_step=lambda i, total, *rest: seen.append((i, total)))
     assert [i for i, _ in seen] == [0, 1, 2, 3] and {total for _, total in seen} == {4}
+    # its steps come from the grid it was distilled on (10 solver steps, k = 100), not LCM's default 50 (k = 20)
+    from videodiff.schedulers import make_scheduler
+
+    scheduler = make_scheduler("lcm", pipe.parts.scheduler_config)
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [999, 799, 499, 299]  # the default grid would give 759 and 259
+    refused = invoke("render", PROMPT, *common, "--motion-module", folder, "--steps", 11, "-o", tmp_path / "b.gif")
+    assert "at most 10" in assert_user_error(refused)
+    with pytest.raises(UserError, match="at most 10"):
+        pipe(PROMPT, num_frames=4, height=16, width=16, steps=11)
+    assert not (tmp_path / "b.gif").exists()
 
 
 def test_distilled_folder_keeps_the_teachers_motion_prior(tiny_model, tiny_motion, clips, tmp_path):

@@ -70,6 +70,15 @@ def too_many_frames(frames: int) -> UserError:
     """The error for more than :data:`MAX_FRAMES` frames (longer than a window is fine: windows)."""
     return UserError(f"{frames} frames exceed the ceiling of {MAX_FRAMES} frames; render at most {MAX_FRAMES}")
 
+
+def lcm_steps_beyond(steps: int, grid: int) -> UserError:
+    """The error for more lcm steps than the solver steps the motion modules were distilled on."""
+    return UserError(
+        f"--steps {steps} is too many for lcm with these motion modules: at most {grid} (the solver steps they were "
+        "distilled on)"
+    )
+
+
 MAX_PROMPT_CHARS = 10_000  # the text encoder reads 77 tokens; a longer prompt is a mistake, not a description
 MAX_SETTINGS_BYTES = 1 << 20  # settings and prompt files are text a person wrote: 1 MiB is far more than enough
 MAX_NAMED = 5  # unknown keys named in an error; the rest are counted

@@ -28,6 +28,7 @@ from videodiff.config import (
     InputSettings,
     LoadSettings,
     SampleSettings,
+    lcm_steps_beyond,
     merge,
     parse_image_at,
     parse_rgb,
@@ -544,6 +545,9 @@ class VideoPipeline:
         cond = self.conditioning(settings)
         # 2. scheduler and initial noise
         scheduler = make_scheduler(settings.scheduler, self.parts.scheduler_config, settings.timestep_spacing)
+        grid = scheduler.config.get("original_inference_steps") if settings.scheduler == "lcm" else None
+        if grid is not None and settings.steps > grid:  # a motion module distilled on a coarser solver grid
+            raise lcm_steps_beyond(settings.steps, grid)
         generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
         shape = self.latent_shape(settings.frames, settings.height, settings.width)
         if latents is None:

@@ -23,6 +23,7 @@ from videodiff.config import (
     INFO_KEY,
     MAX_FRAMES,
     RenderConfig,
+    lcm_steps_beyond,
     load_config_file,
     parse_image_at,
     resolve,
@@ -76,11 +77,12 @@ class RenderOutcome:
 
 
 def check_frame_limit(config: RenderConfig) -> None:
-    """Refuse more than MAX_FRAMES (1024) frames, and a ``--window`` longer than the motion module's positional
-    encoding (read from its header), before minutes of loading weights. Longer videos are sampled in windows."""
+    """Refuse more than MAX_FRAMES (1024) frames, a ``--window`` longer than the motion module's positional
+    encoding (read from its header) and more lcm steps than a distilled motion module's solver grid, before minutes
+    of loading weights. Longer videos are sampled in windows."""
     if config.frames > MAX_FRAMES:
         raise too_many_frames(config.frames)
-    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, OWN_MOTION_FOLDER
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, OWN_MOTION_FOLDER, recorded_lcm_steps
     from videodiff.weights.motion_headers import frame_limit
 
     source = config.motion_module
@@ -89,6 +91,9 @@ def check_frame_limit(config: RenderConfig) -> None:
         source = str(model / OWN_MOTION_FOLDER)
     if source is None:
         return
+    grid = recorded_lcm_steps(Path(source).expanduser()) if config.scheduler == "lcm" else None
+    if grid is not None and config.steps > grid:
+        raise lcm_steps_beyond(config.steps, grid)
     try:
         limit = frame_limit(source, config.motion_config)
     except UserError:

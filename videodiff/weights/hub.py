@@ -200,6 +200,22 @@ def recorded_train_frames(*folders: Path | None) -> int:
     return TRAIN_FRAMES
 
 
+def recorded_lcm_steps(folder: Path | None) -> int | None:
+    """The skipping-step solver's steps a distilled motion-module folder was trained on (``videodiff.json``'s
+    ``distilled.solver_steps``, written by ``videodiff train --distill lcm``), else ``None``: the LCM sampler must
+    pick its timesteps from that grid (its ``original_inference_steps``), not from its default of 50."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    path = Path(folder) / DEFAULTS_FILE
+    distilled = _model_json(path).get("distilled")
+    value = distilled.get("solver_steps") if isinstance(distilled, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+        raise UserError(f"{path}: distilled.solver_steps must be a whole number from 1 to 1000, got {value!r}")
+    return value
+
+
 def model_triggers(root: Path) -> dict[str, str]:
     """``{"motion_lora_triggers": {word: "PATH[:SCALE]"}}`` of a model folder's ``videodiff.json``, or ``{}``."""
     path = root / DEFAULTS_FILE

@@ -30,6 +30,7 @@ from videodiff.weights.hub import (
     motion_module_defaults,
     quiet_hub_logging,
     read_model_defaults,
+    recorded_lcm_steps,
     recorded_train_frames,
 )
 from videodiff.weights.lora import apply_lora
@@ -193,6 +194,9 @@ def load_model_parts(
         apply_motion_lora(motion, path, scale)
         sources.setdefault("motion_lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(path)})
     triggers = load_triggers(root, motion, motion_lora_triggers, sources)
+    lcm_steps = recorded_lcm_steps(motion_folder)
+    if lcm_steps is not None:  # distilled on that grid of timesteps: the lcm sampler picks its steps from it
+        c["scheduler_config"] = {**c["scheduler_config"], "original_inference_steps": lcm_steps}
     for module in (c["text_encoder"], c["vae"], c["unet"], motion):
         module.requires_grad_(False).eval()
     return ModelParts(
