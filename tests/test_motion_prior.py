@@ -92,6 +92,26 @@ def test_the_guess_moves_at_its_velocity_in_view_from_a_seeded_start():
     assert own[0, 1] < -0.5  # without an override, the prompt's predicted velocity
 
 
+def test_a_predicted_track_that_leaves_the_frame_is_slowed_into_view_and_a_given_one_is_not(caplog):
+    feats, clips, _ = synthetic_set()
+    prior, _ = MotionPrior.fit(feats, clips, patch=5)
+    guess = prior.predict(feats[0])  # moving left at about 0.8 cells a frame
+    short, long = (1, 4, 8, 16, 16), (1, 4, 64, 16, 16)
+    assert prior.in_view(guess.velocity, short) == tuple(guess.velocity)  # 8 frames: the track fits as it is
+    vy, vx = prior.in_view(guess.velocity, long)
+    room = 16 - 1 - (5 - 1)  # centre positions that keep the whole 5-cell patch in view
+    factor = room / (abs(guess.velocity[1]) * 63)  # the horizontal track is the one that does not fit
+    assert factor < 1 and (vy, vx) == pytest.approx((guess.velocity[0] * factor, guess.velocity[1] * factor))
+    context = feats[0].float().expand(1, 3, -1)  # its tokens average to the features of feats[0]
+    with caplog.at_level("WARNING", logger="videodiff"):
+        clean, velocity = prior.start_video(context, long, torch.Generator().manual_seed(0), 2)
+    assert "out of view over 64 frames" in caplog.text
+    _, track, _ = object_tracks(clean)
+    assert track.min() >= 1.5 and track.max() <= 13.5  # in view in every one of the 64 frames
+    clean, velocity = prior.start_video(context, long, torch.Generator().manual_seed(0), 2, motion=(-1.6, 0.0))
+    assert velocity == (-1.6, 0.0)  # asked for: kept, whether or not it leaves the frame
+
+
 def test_save_load_round_trip_and_bad_files(tmp_path):
     feats, clips, _ = synthetic_set(2)
     prior, fit = MotionPrior.fit(feats, clips, patch=3)

@@ -26,6 +26,7 @@ latent cells per frame ``(dy, dx)`` (pixels / the VAE's scale factor).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from videodiff.errors import UserError
+from videodiff.log import notice
 
 PRIOR_FILE = "motion_prior.safetensors"
 FORMAT = "videodiff-motion-prior"
@@ -233,9 +235,28 @@ class MotionPrior:
         prompt's predicted one."""
         guess = self.predict(prompt_features(context))
         cells = None if motion is None else (motion[1] / scale, motion[0] / scale)
+        if cells is None and (fitted := self.in_view(guess.velocity, shape)) != tuple(guess.velocity):
+            cells = fitted  # a long video, or a prompt without a direction (whose predicted speed is no speed at all)
+            before, after = (math.hypot(*v) * scale for v in (guess.velocity, fitted))
+            notice(
+                f"the motion prior's predicted motion ({before:.2f} px a frame) would carry the object out of view "
+                f"over {shape[2]} frames; slowed to {after:.2f} px a frame (--motion DX,DY sets it)"
+            )
         clean = self.video(guess, shape, generator, cells)
         vy, vx = cells if cells is not None else guess.velocity
         return clean, (round(vx * scale, 4), round(vy * scale, 4))
+
+    def in_view(self, velocity: tuple[float, float], shape: tuple[int, int, int, int, int]) -> tuple[float, float]:
+        """``velocity`` (cells per frame, ``(dy, dx)``) slowed, its direction kept, just enough that the patch's whole
+        track over the ``shape`` video's frames fits in view; as it is when it fits (or no track could)."""
+        _, _, f, h, w = shape
+        margin = (self.patch - 1) / 2
+        factor = 1.0
+        for v, n in zip(velocity, (h, w)):
+            span, room = abs(v) * (f - 1), n - 1 - 2 * margin
+            if span > room > 0:
+                factor = min(factor, room / span)
+        return (velocity[0] * factor, velocity[1] * factor) if factor < 1 else tuple(velocity)
 
     def video(
         self,
