@@ -198,9 +198,10 @@ def test_temporal_windows_let_the_unet_run_past_its_positional_limit_only_while_
         with pytest.raises(UserError, match="limit"):  # windows are for `frames` frames, not any other count
             unet(x[:, :, :-1], t, ctx)
     assert out.shape == x.shape and torch.isfinite(out).all()
-    assert unet.motion.window_frames is None and all(
-        m.windows is None for m in unet.motion.modules() if hasattr(m, "windows") and not callable(m.windows)
-    )
+    from videodiff.unet.temporal import TemporalTransformer
+
+    modules = [m for m in unet.motion.modules() if isinstance(m, TemporalTransformer)]
+    assert unet.motion.window_frames is None and modules and all(m.windows is None for m in modules)
     with pytest.raises(ValueError, match="window of"):
         with unet.motion.temporal_windows(frames, [(list(range(frames)), torch.ones(frames))]):
             pass

@@ -161,7 +161,6 @@ class TemporalBlock(nn.Module):
             fused = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
             total = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
             for index, weight in windows:
-                index, weight = index.to(x.device), weight.to(x.device)
                 fused.index_add_(1, index, self.attend(x.index_select(1, index)).float() * weight.view(1, -1, 1))
                 total.index_add_(0, index, weight)
             x = (fused / total.view(1, -1, 1)).to(x.dtype)
@@ -297,7 +296,10 @@ class MotionStack(nn.Module):
         for index, weight in windows:
             if len(index) > self.max_frames or len(index) != len(weight):
                 raise ValueError(f"a window of {len(index)} frames, {len(weight)} weights (limit {self.max_frames})")
-        prepared = tuple((torch.as_tensor(list(i), dtype=torch.long), w.float()) for i, w in windows)
+        device = next(self.parameters()).device  # once here, not on every block's every call
+        prepared = tuple(
+            (torch.as_tensor(list(i), dtype=torch.long, device=device), w.float().to(device)) for i, w in windows
+        )
         modules = [m for m in self.modules() if isinstance(m, TemporalTransformer)]
         for module in modules:
             module.windows = (frames, prepared)
