@@ -8,6 +8,7 @@
     python scripts/train_shapes.py finetune --out build/shapes # 2c. more motion training from the package, repackaged
     python scripts/train_shapes.py all --out build/shapes      # everything, in order
     python scripts/train_shapes.py distill --out build/shapes [--steps N]  # a 4-step LCM student of the package
+    python scripts/train_shapes.py prior --out build/shapes    # refit the package's motion prior (stage 2c's cache)
 
 Stage 1 is this script (it reuses the package's noise prior, training schedule and the
 shapes generator); stage 2 is the package's own `videodiff train` (see `train_motion`):
@@ -464,9 +465,28 @@ def package_motion(motion: Path, target: Path) -> None:
     install(staging, motion, target)
 
 
+def refit_prior(out: Path, target: Path) -> None:
+    """Refit the package ``target``'s motion prior (the one stage 2c fits at its end) to the stage-2 clips' latents
+    that stage 2c cached (``out/finetune/latents.safetensors``), with the package's own text encoder: after a
+    change to how the prior reads a clip, without training again."""
+    from safetensors import safe_open
+
+    from videodiff.pipelines import load_pipeline
+    from videodiff.training.export import fit_motion_prior
+
+    cache = out / "finetune" / "latents.safetensors"
+    if not cache.is_file():
+        raise SystemExit(f"{cache}: no latent cache; stage 2c (finetune) writes it")
+    with safe_open(str(cache), "pt") as fh:
+        latents, captions = fh.get_tensor("latents"), json.loads((fh.metadata() or {})["captions"])
+    pipe = load_pipeline(str(target))
+    context = lambda caption: pipe.encode(caption)[0]  # noqa: E731  [n d], as training's caption_context
+    fit_motion_prior(zip(latents.unbind(), captions), context, target / "motion_adapter")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["base", "data", "motion", "package", "finetune", "all", "distill"])
+    parser.add_argument("stage", choices=["base", "data", "motion", "package", "finetune", "all", "distill", "prior"])
     parser.add_argument("--out", type=Path, default=Path("build/shapes"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -505,6 +525,8 @@ def main() -> None:
     if args.stage in ("finetune", "all"):
         write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
         finetune(args.out, args.finetune_config, extra, args.target)
+    if args.stage == "prior":
+        refit_prior(args.out, args.target)
     if args.stage == "distill":
         write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
         distill(args.out, args.distill_config, extra)

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from videodiff import load_pipeline, sampling
 from videodiff.errors import UserError
-from videodiff.motion_prior import PRIOR_FILE, MotionPrior, object_tracks, object_windows, prompt_features
+from videodiff.motion_prior import PRIOR_FILE, MotionPrior, clip_targets, object_tracks, object_windows, prompt_features
 from videodiff.schedulers import make_scheduler
 from videodiff.starts import start_step
 
@@ -41,6 +41,34 @@ def test_tracks_and_patches_read_a_moving_blob():
     centre = patches[:, 0].flatten(1).argmax(1)
     assert centre.tolist() == [12, 12]  # the middle cell of 5x5: the blob sits on its track
     assert patches[:, 1:].abs().max() < 1e-6  # the other channels hold only background
+
+
+def square_clip(velocity, *, start, side=3.0, c=4, f=8, h=16, w=16) -> torch.Tensor:
+    """``[c f h w]``: a flat square ``side`` cells wide (channel 0, area-sampled edges) moving ``velocity``."""
+    ys, xs = torch.arange(h, dtype=torch.float32)[:, None], torch.arange(w, dtype=torch.float32)[None, :]
+    clip = torch.zeros((c, f, h, w))
+    for k in range(f):
+        cy, cx = start[0] + velocity[0] * k, start[1] + velocity[1] * k
+        cover_y = (ys + 0.5).clamp(max=cy + side / 2) - (ys - 0.5).clamp(min=cy - side / 2)  # of each cell, 0..1
+        cover_x = (xs + 0.5).clamp(max=cx + side / 2) - (xs - 0.5).clamp(min=cx - side / 2)
+        clip[0, k] = cover_y.clamp(0, 1) * cover_x.clamp(0, 1)
+    return clip
+
+
+def test_the_track_is_found_to_a_fraction_of_a_cell_and_the_patch_is_centred_on_the_object():
+    still = blob_clip((0.0, 0.0), start=(6.4, 9.6), f=4)  # between cells: a peak cell would say (6, 10)
+    _, track, velocity = object_tracks(still[None])
+    assert torch.allclose(track[0], torch.tensor([[6.4, 9.6]] * 4), atol=0.05)
+    assert velocity.abs().max() < 1e-4
+    # a square whose brightest cell is an edge or a corner: a peak track runs along that edge and the patch cut
+    # along it is lopsided; the centroid track runs through the square's middle and its patch is symmetric
+    square = square_clip((0.3, 0.45), start=(5.2, 4.1))
+    _, track, velocity = object_tracks(square[None])
+    assert torch.allclose(velocity[0], torch.tensor([0.3, 0.45]), atol=0.02)
+    assert torch.allclose(track[0, 0], torch.tensor([5.2, 4.1]), atol=0.1)
+    patch = clip_targets(square[None], 5).targets[0, 2 : 2 + 4 * 25].view(4, 5, 5)[0]
+    assert torch.allclose(patch, patch.flip(0), atol=0.05) and torch.allclose(patch, patch.flip(1), atol=0.05)
+    assert patch[2, 2] > 0.9 and patch[0].abs().max() < 0.25 and patch[:, 0].abs().max() < 0.25
 
 
 def synthetic_set(n_per: int = 6):
