@@ -64,11 +64,11 @@ DEFAULTS = {
     "frames": 16,
     "height": 64,
     "width": 64,
-    "steps": 12,
+    "steps": 16,
     "guidance": 4.0,
     "scheduler": "dpm++",
     "fps": 8,
-    "motion_prior": 0.33,  # skip 4 of the 12 steps: start from the motion prior's guess (videodiff.motion_prior)
+    "motion_prior": 0.375,  # skip 6 of the 16 steps: start from the motion prior's guess (videodiff.motion_prior)
 }
 
 

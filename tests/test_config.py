@@ -280,7 +280,7 @@ def test_render_default_yaml_lists_every_setting_at_its_default():
 
 
 def test_render_default_yaml_keeps_the_models_defaults():
-    """As --config with the built-in model it renders with the model's recorded 12 steps, dpm++, guidance 4, 0.33."""
+    """As --config with the built-in model it renders with the model's recorded 16 steps, dpm++, guidance 4, 0.375."""
     from videodiff.render import resolve_render_config
     from videodiff.weights.hub import BUILTIN_MODEL, read_model_defaults
 
@@ -291,6 +291,6 @@ def test_render_default_yaml_keeps_the_models_defaults():
     config = resolve_render_config({}, str(path))
     for key in ("steps", "scheduler", "guidance", "motion_prior", "frames", "height", "width", "fps"):
         assert getattr(config, key) == recorded[key], key
-    assert (config.steps, config.scheduler, config.guidance, config.motion_prior) == (12, "dpm++", 4.0, 0.33)
+    assert (config.steps, config.scheduler, config.guidance, config.motion_prior) == (16, "dpm++", 4.0, 0.375)
     # a value set on the command line still wins
     assert resolve_render_config({"steps": 5}, str(path)).steps == 5

