@@ -61,8 +61,9 @@ def object_tracks(
 
     Why the centroid: a peak cell jumps a whole cell at a time and sits on the object's
     brightest edge, not its middle, so the patches cut along a peak track were off-centre
-    and smeared round; from sub-cell centres they are centred and keep the shape's corners
-    (measured on the built-in model: README, "The built-in shapes model").
+    and smeared round; from sub-cell centres they are centred and sharper (measured on the
+    built-in model, shape and direction right in all 192 evaluation videos: README, "The
+    built-in shapes model").
     """
     x = latents.detach().float().cpu()
     b, c, f, h, w = x.shape
