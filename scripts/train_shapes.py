@@ -467,21 +467,30 @@ def package_motion(motion: Path, target: Path) -> None:
 
 def refit_prior(out: Path, target: Path) -> None:
     """Refit the package ``target``'s motion prior (the one stage 2c fits at its end) to the stage-2 clips' latents
-    that stage 2c cached (``out/finetune/latents.safetensors``), with the package's own text encoder: after a
-    change to how the prior reads a clip, without training again."""
-    from safetensors import safe_open
-
+    that stage 2c cached (``out/finetune``), with the package's own text encoder: after a change to how the prior
+    reads a clip, without training again. The cache is read as training reads it, so it must be of these clips and
+    this package's VAE."""
+    from videodiff.config import TrainConfig
     from videodiff.pipelines import load_pipeline
+    from videodiff.training.data import ClipDataset, find_clips
     from videodiff.training.export import fit_motion_prior
+    from videodiff.training.latents import LatentCache
 
-    cache = out / "finetune" / "latents.safetensors"
-    if not cache.is_file():
-        raise SystemExit(f"{cache}: no latent cache; stage 2c (finetune) writes it")
-    with safe_open(str(cache), "pt") as fh:
-        latents, captions = fh.get_tensor("latents"), json.loads((fh.metadata() or {})["captions"])
+    run = out / "finetune"
+    if not (run / "train_config.json").is_file():
+        raise SystemExit(f"{run}: no stage 2c run to read the clips' latents from; run `finetune` first")
+    c = TrainConfig(**json.loads((run / "train_config.json").read_text()))
+    height, width = c.size
+    clips = ClipDataset(
+        find_clips(c.data, c.data_root), frames=c.frames, stride=c.stride, height=height, width=width, flip=c.flip,
+        seed=c.seed,
+    )  # fmt: skip
     pipe = load_pipeline(str(target))
+    cached = LatentCache.open(Path(c.latent_cache or run / "latents.safetensors"), pipe.vae, clips).read({})
+    if cached is None:
+        raise SystemExit("no latent cache of these clips and this VAE to refit the prior from")
     context = lambda caption: pipe.encode(caption)[0]  # noqa: E731  [n d], as training's caption_context
-    fit_motion_prior(zip(latents.unbind(), captions), context, target / "motion_adapter")
+    fit_motion_prior(zip(cached.latents, cached.captions), context, target / "motion_adapter")
 
 
 def main() -> None:

@@ -75,7 +75,7 @@ def object_tracks(
     xs = torch.arange(w, dtype=torch.float32)[None, :]
     near = ((ys - py[..., None, None]).abs() <= radius) & ((xs - px[..., None, None]).abs() <= radius)
     floor = energy.flatten(2).median(-1).values[..., None, None]
-    weight = torch.where(near, (energy - floor).clamp_min(0), torch.zeros(()))  # [b f h w]
+    weight = (energy - floor).clamp_min(0) * near  # [b f h w]: the deviation's energy around the peak only
     total = weight.sum((-1, -2)).clamp_min(1e-12)
     peaks = torch.stack([(weight * ys).sum((-1, -2)) / total, (weight * xs).sum((-1, -2)) / total], -1)  # [b f 2]
     t = torch.arange(f, dtype=torch.float32)
