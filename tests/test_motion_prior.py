@@ -12,7 +12,16 @@ from safetensors.torch import save_file
 
 from videodiff import load_pipeline, sampling
 from videodiff.errors import UserError
-from videodiff.motion_prior import PRIOR_FILE, MotionPrior, clip_targets, object_tracks, object_windows, prompt_features
+from videodiff.motion_prior import (
+    PRIOR_FILE,
+    MotionPrior,
+    PixelCodec,
+    clip_targets,
+    object_tracks,
+    object_windows,
+    prompt_features,
+    shift_frames,
+)
 from videodiff.schedulers import make_scheduler
 from videodiff.starts import start_step
 
@@ -120,6 +129,81 @@ def test_the_guess_moves_at_its_velocity_in_view_from_a_seeded_start():
     assert own[0, 1] < -0.5  # without an override, the prompt's predicted velocity
 
 
+class BlockCodec:
+    """A lossless stand-in for a VAE with 4-pixel cells: a cell's channels 0-2, quartered into pixels' range, spread
+    over its 4x4 pixels (decode); the mean of each 4x4 block back (encode), the fourth channel kept aside. Records
+    what it encodes."""
+
+    scale = 4
+
+    def __init__(self):
+        self.encoded, self.kept = [], None
+
+    def decode(self, latents):
+        self.kept = latents[:, 3:]
+        return (latents[:, :3] / 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
+
+    def encode(self, pixels):
+        self.encoded.append(pixels)
+        b, ch, f, height, width = pixels.shape
+        cells = pixels.reshape(b, ch, f, height // 4, 4, width // 4, 4).mean((-1, -3))
+        return torch.cat([cells * 4, self.kept], 1)
+
+    def codec(self):
+        return PixelCodec(self.decode, self.encode, self.scale)
+
+
+def pixel_centres(frames: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """``[f 2]``: each frame's centre of mass of its deviation from ``background`` (``[ch]``), pixels ``(y, x)``."""
+    weight = (frames[0] - background[:, None, None, None]).abs().sum(0)  # [f H W]
+    ys = torch.arange(weight.shape[1], dtype=torch.float32)[:, None]
+    xs = torch.arange(weight.shape[2], dtype=torch.float32)[None, :]
+    total = weight.sum((-1, -2))
+    return torch.stack([(weight * ys).sum((-1, -2)) / total, (weight * xs).sum((-1, -2)) / total], -1)
+
+
+def test_shift_frames_moves_each_frame_by_its_own_offset():
+    frames = torch.zeros(1, 1, 3, 12, 12)
+    frames[..., 5, 5] = 1.0
+    moved = shift_frames(frames, torch.tensor([[0.0, 0.0], [2.0, -1.0], [0.5, 0.25]]))
+    assert torch.equal(moved[0, 0, 0], frames[0, 0, 0])
+    assert moved[0, 0, 1, 7, 4] == 1.0 and moved[0, 0, 1].sum() == 1.0
+    centre = pixel_centres(moved[:, :, 2:], torch.zeros(1))[0]
+    assert torch.allclose(centre, torch.tensor([5.5, 5.25]))  # a fraction of a pixel: bilinear, mass kept
+
+
+def test_the_guess_drawn_in_pixels_is_the_latent_one_at_whole_cells_and_on_the_track_between_them():
+    feats, clips, _ = synthetic_set()
+    prior, _ = MotionPrior.fit(feats, clips, patch=5)
+    guess = prior.predict(feats[0])
+    shape = (1, 4, 8, 16, 16)
+    whole = BlockCodec()
+    # on whole cells nothing is moved in pixels, and through a lossless codec the two drawings agree
+    on_cells = torch.stack([torch.arange(8.0) + 4, 12 - torch.arange(8.0)], -1)
+    latent = prior.paint(guess, shape, on_cells)
+    assert torch.allclose(prior.paint_in_pixels(guess, shape, on_cells, whole.codec()), latent, atol=1e-5)
+    # a fraction of a cell a frame: the frames the VAE is given hold the object exactly on the track (in
+    # pixels), the same object in every frame; resampled in latents, its mass would be spread between cells
+    block = BlockCodec()
+    velocity = (0.3, 0.45)
+    track = prior.track(velocity, shape, torch.Generator().manual_seed(3))
+    assert torch.allclose(track[1:] - track[:-1], torch.tensor(velocity).expand(7, 2), atol=1e-5)
+    inside = torch.tensor([5.3, 4.1]) + torch.tensor(velocity) * torch.arange(8.0)[:, None]  # clear of the edges
+    prior.paint_in_pixels(guess, shape, inside, block.codec())
+    (given,) = block.encoded
+    centres = pixel_centres(given, guess.background[:3] / 4)
+    offset = centres - inside * 4  # where in its cells the patch's centre of mass is: the same in every frame
+    assert torch.allclose(offset, offset[:1].expand_as(offset), atol=0.05)
+    # ... and as sharp in every frame; resampled between cells in latents, its peak flickers with the fraction
+    peak = (given[0] - guess.background[:3, None, None, None] / 4).abs().sum(0).flatten(1).max(1).values
+    assert peak.min() > 0.98 * peak.max()
+    resampled = (prior.paint(guess, shape, inside)[0, :3] - guess.background[:3, None, None, None]).abs().sum(0)
+    flicker = resampled.flatten(1).max(1).values
+    assert flicker.min() < 0.9 * flicker.max()
+    mass = (given[0] - guess.background[:3, None, None, None] / 4).abs().sum((0, 2, 3))
+    assert torch.allclose(mass, mass[0].expand_as(mass), rtol=0.02)
+
+
 def test_a_predicted_track_that_leaves_the_frame_is_slowed_into_view_and_a_given_one_is_not(caplog):
     feats, clips, _ = synthetic_set()
     prior, _ = MotionPrior.fit(feats, clips, patch=5)
@@ -218,6 +302,14 @@ def test_pipeline_starts_from_the_prior_only_when_asked(tiny_model, tiny_motion,
     assert torch.equal(again.latents, on.latents)
     with pytest.raises(UserError, match="motion prior"):
         plain("a square", seed=1, motion_prior=0.5, **RENDER)
+    # drawn in pixels: recorded, seeded, another start than the latent drawing's, on the same track
+    drawn = pipe("a square moving left", seed=1, motion_prior=0.5, motion_prior_space="pixels", **RENDER)
+    assert drawn.settings["motion_prior_space"] == "pixels" and on.settings["motion_prior_space"] == "latent"
+    assert drawn.settings["motion"] == on.settings["motion"] and not torch.equal(drawn.latents, on.latents)
+    assert torch.equal(pipe("a square moving left", seed=1, motion_prior=0.5, motion_prior_space="pixels",
+                            **RENDER).latents, drawn.latents)  # fmt: skip
+    with pytest.raises(UserError, match="motion_prior_space|motion-prior-space"):
+        pipe("a square moving left", seed=1, motion_prior=0.5, motion_prior_space="voxels", **RENDER)
 
 
 def test_a_prior_for_another_model_is_refused_at_load(tiny_model, tiny_motion, tmp_path):
@@ -236,8 +328,13 @@ def test_cli_motion_prior_and_motion(tiny_model, tiny_motion, prior_motion, tmp_
     ok(invoke("render", "a square moving right", *models, *small, "--motion-prior", 0.5, "--motion", "2,-1", "-o", out))
     side = read_json(out.with_name(out.name + ".json"))
     assert side["motion_prior"] == 0.5 and side["motion"] == [2.0, -1.0]
-    assert side["info"]["motion_prior_velocity"] == [2.0, -1.0]
-    for bad in (("--motion", "2"), ("--motion", "a,b"), ("--motion-prior", 1), ("--motion-prior", -0.1)):
+    assert side["info"]["motion_prior_velocity"] == [2.0, -1.0] and side["motion_prior_space"] == "latent"
+    drawn = tmp_path / "p.gif"
+    pixels = ("--motion-prior", 0.5, "--motion-prior-space", "pixels")
+    ok(invoke("render", "a square", *models, *small, *pixels, "-o", drawn))
+    assert read_json(drawn.with_name(drawn.name + ".json"))["motion_prior_space"] == "pixels"
+    bad_flags = (("--motion", "2"), ("--motion", "a,b"), ("--motion-prior", 1), ("--motion-prior", -0.1))
+    for bad in (*bad_flags, ("--motion-prior-space", "voxels")):
         assert_user_error(invoke("render", "a square", *models, *small, *bad, "-o", tmp_path / "b.gif"))
     plain = ("--model", str(tiny_model), "--motion-module", str(tiny_motion))
     assert_user_error(invoke("render", "a square", *plain, *small, "--motion-prior", 0.5, "-o", tmp_path / "c.gif"))

@@ -40,6 +40,8 @@ WINDOW_NOISE = ("freenoise", "plain")  # initial noise of windowed videos (video
 WINDOW_LAYERS = ("unet", "temporal")
 FREE_INIT_FILTERS = ("butterworth", "gaussian", "ideal")  # FreeInit's low-pass filters (videodiff.noise)
 TRAVEL = ("linear", "slerp")  # prompt travel: how embeddings are interpolated between keyframes
+# where the motion prior draws its guess: resampled in latents, or moved in pixels and encoded by the VAE
+MOTION_PRIOR_SPACES = ("latent", "pixels")
 
 # Keys a model may recommend in its ``videodiff.json`` (``{"defaults": {...}}``).
 MODEL_DEFAULT_KEYS = (
@@ -54,6 +56,7 @@ MODEL_DEFAULT_KEYS = (
     "noise",
     "noise_alpha",
     "motion_prior",
+    "motion_prior_space",
     "timestep_spacing",
     "guidance_interval",
 )
@@ -128,6 +131,12 @@ class SampleSettings:
         0.0,
         "Start this fraction into the schedule from the model's motion prior (a guess of the moving object's "
         "track from the prompt); 0 starts from pure noise.",
+    )
+    motion_prior_space: str = setting(  # latent: what every sidecar written before the choice rendered
+        "latent",
+        "Where the motion prior draws its guess: latent (the patch resampled between latent cells) or pixels "
+        "(moved in pixels and encoded by the VAE: one more VAE decode and encode) [default: the model's, else latent].",
+        choices=MOTION_PRIOR_SPACES,
     )
     motion: tuple[float, float] | None = setting(  # None: the prompt's
         None,
@@ -216,7 +225,7 @@ class SampleSettings:
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**64):
             raise UserError(f"--seed must be a whole number from 0 to 2^64-1, got {self.seed!r}")
         check_choices(self, (("scheduler", SCHEDULERS), ("noise", NOISE_KINDS)))
-        check_choices(self, (("timestep_spacing", TIMESTEP_SPACINGS),))
+        check_choices(self, (("timestep_spacing", TIMESTEP_SPACINGS), ("motion_prior_space", MOTION_PRIOR_SPACES)))
         if self.scheduler == "lcm" and self.steps > LCM_MAX_STEPS:
             raise UserError(f"--steps {self.steps} is too many for lcm: at most {LCM_MAX_STEPS} (its own schedule)")
         check_interval(self.guidance_interval)

@@ -14,7 +14,9 @@ chance, 1 in 4, whatever the direction word). The prior supplies what the leak w
    (``motion_prior.safetensors``).
 2. At sampling time :meth:`MotionPrior.video` draws a clean-video guess from the prompt's
    prediction: the predicted patch over the predicted background, moving at the predicted
-   velocity (or ``--motion``) from a start the seed picks, staying in view.
+   velocity (or ``--motion``) from a start the seed picks, staying in view. Between latent
+   cells the patch is resampled in latents, or (``--motion-prior-space pixels``) moved in
+   pixels and encoded by the model's VAE (:meth:`MotionPrior.paint_in_pixels`).
 3. The pipeline noises that guess to the timestep a fraction ``--motion-prior`` into the
    schedule and runs the remaining steps, as SDEdit / img2img do with an image. The guess
    sets the track; the model draws the object.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +134,29 @@ def clip_targets(latents: torch.Tensor, patch: int = PATCH) -> ClipTargets:
     frames = object_windows(latents, background, track.round(), patch)  # whole cells: no resampling blur
     targets = torch.cat([velocity, patches.flatten(1), background], 1).double()
     return ClipTargets(targets, frames.flatten(2).norm(dim=2).mean(1).double(), latents.shape[1], patch)
+
+
+@dataclass(frozen=True)
+class PixelCodec:
+    """The model's VAE as :meth:`MotionPrior.paint_in_pixels` uses it: latents ``[1 c f h w]`` to pixels
+    ``[1 3 f H W]`` in ``[-1, 1]`` and back, ``scale`` pixels to a latent cell."""
+
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    scale: int
+
+
+def shift_frames(frames: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``frames`` (``[b ch f H W]``) each moved by its ``offsets`` row (``[f 2]``, pixels ``(dy, dx)``, down and
+    right), bilinearly; the edge pixels extend into what is uncovered."""
+    b, ch, f, height, width = frames.shape
+    ys = torch.arange(height, dtype=torch.float32)[None, :, None] - offsets[:, 0, None, None].float()
+    xs = torch.arange(width, dtype=torch.float32)[None, None, :] - offsets[:, 1, None, None].float()
+    ys, xs = torch.broadcast_tensors(ys, xs)  # [f H W]: where each output pixel reads from
+    grid = torch.stack([xs / max(width - 1, 1) * 2 - 1, ys / max(height - 1, 1) * 2 - 1], -1)
+    x = frames.float().permute(0, 2, 1, 3, 4).reshape(b * f, ch, height, width)
+    moved = F.grid_sample(x, grid.repeat(b, 1, 1, 1), align_corners=True, padding_mode="border")
+    return moved.view(b, f, ch, height, width).permute(0, 2, 1, 3, 4).to(frames.dtype)
 
 
 @dataclass(frozen=True)
@@ -246,10 +272,11 @@ class MotionPrior:
         generator: torch.Generator | None,
         scale: int,
         motion: tuple[float, float] | None = None,
+        pixels: PixelCodec | None = None,
     ) -> tuple[torch.Tensor, tuple[float, float]]:
         """The clean latent video ``shape`` a prompt's ``context`` (``[1 n d]``) starts from, and its velocity in
         pixels per frame ``(dx, dy)``: ``motion`` (pixels per frame; the VAE downsamples by ``scale``) or the
-        prompt's predicted one."""
+        prompt's predicted one. With ``pixels`` the video is drawn through the VAE (:meth:`paint_in_pixels`)."""
         guess = self.predict(prompt_features(context))
         cells = None if motion is None else (motion[1] / scale, motion[0] / scale)
         if cells is None and (fitted := self.in_view(guess.velocity, shape)) != tuple(guess.velocity):
@@ -259,7 +286,7 @@ class MotionPrior:
                 f"the motion prior's predicted motion ({before:.2f} px a frame) would carry the object out of view "
                 f"over {shape[2]} frames; slowed to {after:.2f} px a frame (--motion DX,DY sets it)"
             )
-        clean = self.video(guess, shape, generator, cells)
+        clean = self.video(guess, shape, generator, cells, pixels)
         vy, vx = cells if cells is not None else guess.velocity
         return clean, (round(vx * scale, 4), round(vy * scale, 4))
 
@@ -281,24 +308,41 @@ class MotionPrior:
         shape: tuple[int, int, int, int, int],
         generator: torch.Generator | None = None,
         velocity: tuple[float, float] | None = None,
+        pixels: PixelCodec | None = None,
     ) -> torch.Tensor:
         """A clean latent video ``shape`` (``[1 c f h w]``): ``guess``'s patch over its background moving at
         ``velocity`` (cells per frame, ``(dy, dx)``; default the guess's) from a start drawn from ``generator``,
-        the whole track in view where it fits (else centred)."""
+        the whole track in view where it fits (else centred). Drawn in latents, or with ``pixels`` through the
+        model's VAE (:meth:`paint_in_pixels`)."""
         _, c, f, h, w = shape
         if c != self.channels:
             raise UserError(f"the motion prior is for {self.channels}-channel latents, this model's have {c}")
-        vy, vx = velocity if velocity is not None else guess.velocity
+        track = self.track(velocity if velocity is not None else guess.velocity, shape, generator)
+        return self.paint(guess, shape, track) if pixels is None else self.paint_in_pixels(guess, shape, track, pixels)
+
+    def track(
+        self, velocity: tuple[float, float], shape: tuple[int, int, int, int, int], generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """``[f 2]``: the patch centre in each frame (cells, ``(y, x)``), moving at ``velocity`` (cells per frame,
+        ``(dy, dx)``) from a start drawn from ``generator``, in view where the track fits (else centred)."""
+        _, _, f, h, w = shape
         margin = (self.patch - 1) / 2
         starts = []
-        for v, n in ((vy, h), (vx, w)):
+        for v, n in zip(velocity, (h, w)):
             span = abs(v) * (f - 1)
             room = (n - 1 - 2 * margin) - span
             u = float(torch.rand((), generator=generator))
             first = margin + u * room if room > 0 else (n - 1) / 2 - span / 2
             starts.append(first + (span if v < 0 else 0.0))
         t = torch.arange(f, dtype=torch.float32)
-        ys, xs = starts[0] + vy * t, starts[1] + vx * t  # [f]
+        return torch.stack([starts[0] + velocity[0] * t, starts[1] + velocity[1] * t], -1)
+
+    def paint(self, guess: Guess, shape: tuple[int, int, int, int, int], track: torch.Tensor) -> torch.Tensor:
+        """``[1 c f h w]``: ``guess``'s patch centred on ``track`` (``[f 2]`` cells) over its background, resampled
+        bilinearly in latent space (at whole cells an exact copy)."""
+        _, c, f, h, w = shape
+        margin = (self.patch - 1) / 2
+        ys, xs = track[:, 0], track[:, 1]
         gy = torch.arange(h, dtype=torch.float32)[None, :, None] - ys[:, None, None] + margin  # patch coordinates
         gx = torch.arange(w, dtype=torch.float32)[None, None, :] - xs[:, None, None] + margin
         gy, gx = torch.broadcast_tensors(gy, gx)
@@ -307,6 +351,21 @@ class MotionPrior:
         placed = F.grid_sample(guess.patch[None].expand(f, -1, -1, -1), grid, align_corners=True, padding_mode="zeros")
         video = guess.background[None, :, None, None] + placed  # [f c h w]
         return video.transpose(0, 1)[None].contiguous()
+
+    def paint_in_pixels(
+        self, guess: Guess, shape: tuple[int, int, int, int, int], track: torch.Tensor, pixels: PixelCodec
+    ) -> torch.Tensor:
+        """``[1 c f h w]``: the patch painted at the nearest whole cell of ``track`` (an exact copy), decoded,
+        moved the rest of the way (under half a cell) in pixels, and encoded again.
+
+        Why: a latent patch resampled between cells is a blur of the patch, not the latent of the object
+        standing between cells; the model redraws it a cell off in some frames (the "jerks" of the built-in
+        model's evaluation). Moved in pixels and encoded, every frame is the VAE's own latent of the object where
+        the track puts it. Costs one VAE decode and one encode of the video."""
+        whole = track.round()
+        frames = pixels.decode(self.paint(guess, shape, whole)).float()  # [1 3 f H W]
+        rest = (track - whole) * pixels.scale  # [f 2] pixels, each under half a cell
+        return pixels.encode(shift_frames(frames, rest).clamp(-1, 1)).float()
 
     def save(self, path: Path, info: dict | None = None) -> Path:
         from safetensors.torch import save_file

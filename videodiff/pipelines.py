@@ -37,6 +37,7 @@ from videodiff.config import (
 )
 from videodiff.errors import UserError
 from videodiff.log import notice
+from videodiff.motion_prior import PixelCodec
 from videodiff.motion_prior import prompt_features as motion_prior_features
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
@@ -369,13 +370,29 @@ class VideoPipeline:
             begin.record["motion_prior"] = 0.0
             return begin
         shape, scale = tuple(noise.shape), self.vae_scale
-        clean, velocity = self.parts.motion_prior.start_video(cond.first, shape, generator, scale, settings.motion)
+        codec = self.pixel_codec(settings.decode_chunk) if settings.motion_prior_space == "pixels" else None
+        clean, velocity = self.parts.motion_prior.start_video(
+            cond.first, shape, generator, scale, settings.motion, pixels=codec
+        )
         noise = noise.float().to(self.device)
         begin = starts.from_clean(clean.to(self.device), noise, scheduler, settings.steps, fraction)
         begin.latents = begin.latents.to(self.device, self.dtype)
         self.tell_start(settings.steps, begin.step, "from the motion prior")
         begin.record["motion"] = velocity
         return begin
+
+    def pixel_codec(self, chunk: int | None = None) -> PixelCodec:
+        """This model's VAE as the motion prior draws through it (``motion_prior_space="pixels"``), in float32 on
+        the CPU outside, ``chunk`` frames per VAE call."""
+        chunk = chunk or vae.default_chunk(self.device)
+
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            return vae.decode(self.vae, latents.to(self.device, self.dtype), chunk).float().cpu()
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            return vae.encode(self.vae, pixels.to(self.device, self.dtype), chunk=chunk).float().cpu()
+
+        return PixelCodec(decode, encode, self.vae_scale)
 
     def tell_start(self, steps: int, skipped: int, source: str) -> None:
         """Say once where sampling starts when it skips steps (the progress bar counts only the steps run)."""
@@ -694,7 +711,8 @@ class VideoPipeline:
         replace the seeded initial noise, as in diffusers: unit-variance noise, scaled by the scheduler's
         ``init_noise_sigma``. ``motion_prior`` (from 0 up to 1) starts that fraction into the schedule
         from the model's motion prior (:mod:`videodiff.motion_prior`), moving at ``motion`` (pixels per
-        frame, ``(dx, dy)``) or at the velocity it predicts. ``on_step(i, total, t, t_next, latents,
+        frame, ``(dx, dy)``) or at the velocity it predicts, drawn in ``motion_prior_space`` (``"latent"`` or
+        ``"pixels"``: through the VAE). ``on_step(i, total, t, t_next, latents,
         pass_index)`` is called after every scheduler step (:func:`videodiff.sampling.sample`).
         Long videos: ``num_frames`` above the motion modules' ``train_frames`` sample through sliding
         windows (``window``, ``overlap``, ``fuse``, ``loop``, ``window_noise``, ``window_layers``);

@@ -18,6 +18,7 @@ import numpy as np
 from videodiff.config import (
     FREE_INIT_FILTERS,
     FUSE_KINDS,
+    MOTION_PRIOR_SPACES,
     NOISE_KINDS,
     SCHEDULERS,
     TRAVEL,
@@ -60,6 +61,7 @@ CHOICES = {
     "fuse": FUSE_KINDS,
     "window_noise": WINDOW_NOISE,
     "window_layers": WINDOW_LAYERS,
+    "motion_prior_space": MOTION_PRIOR_SPACES,
     "free_init_filter": FREE_INIT_FILTERS,
     "travel": TRAVEL,
     "fit": ("crop", "pad"),

@@ -43,6 +43,7 @@ ADVANCED = (
     "negative",
     "noise_alpha",
     "motion_prior",
+    "motion_prior_space",
     "fuse",
     "window_noise",
     "window_layers",
