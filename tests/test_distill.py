@@ -195,7 +195,8 @@ def test_distilled_folder_keeps_the_teachers_motion_prior(tiny_model, tiny_motio
     (teacher / PRIOR_FILE).write_bytes(prior)
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
-    (model / DEFAULTS_FILE).write_text(json.dumps({"defaults": {"motion_prior": 0.25, "guidance": 3}}))
+    recorded = {"motion_prior": 0.25, "motion_prior_space": "pixels", "guidance": 3}
+    (model / DEFAULTS_FILE).write_text(json.dumps({"defaults": recorded}))
     trainer = Trainer(config(model, tiny_motion, clips, tmp_path / "run", steps=1))
     trainer.build_models()
     assert trainer.distiller.guidance == 3.0  # the model's recorded guidance
@@ -204,7 +205,8 @@ def test_distilled_folder_keeps_the_teachers_motion_prior(tiny_model, tiny_motio
     folder.mkdir()
     trainer.record_few_step(folder)
     assert (folder / PRIOR_FILE).read_bytes() == prior
-    assert read_json(folder / DEFAULTS_FILE)["defaults"]["motion_prior"] == 0.25
+    recorded = read_json(folder / DEFAULTS_FILE)["defaults"]
+    assert recorded["motion_prior"] == 0.25 and recorded["motion_prior_space"] == "pixels"
 
 
 def test_distilled_motion_lora_says_how_to_render_it(tiny_model, tiny_motion, clips, tmp_path):

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from videodiff import load_pipeline, sampling
 from videodiff.errors import UserError
+from videodiff.keyframes import shift_frames
 from videodiff.motion_prior import (
     PRIOR_FILE,
     MotionPrior,
@@ -20,7 +21,6 @@ from videodiff.motion_prior import (
     object_tracks,
     object_windows,
     prompt_features,
-    shift_frames,
 )
 from videodiff.schedulers import make_scheduler
 from videodiff.starts import start_step

@@ -26,19 +26,27 @@ from einops import rearrange, repeat
 from videodiff.sampling import OnStep, Schedule
 
 
+def shift_frames(frames: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``frames`` (``[b c f h w]``: pictures or latents) each moved by its ``offsets`` row (``[f 2]``, ``(dy, dx)``
+    in the frames' own pixels or cells, down and right), bilinearly; the edge extends into what is uncovered."""
+    b, _, f, h, w = frames.shape
+    offsets = offsets.float().to(frames.device)
+    ys = torch.arange(h, dtype=torch.float32, device=frames.device)[None, :, None] - offsets[:, 0, None, None]
+    xs = torch.arange(w, dtype=torch.float32, device=frames.device)[None, None, :] - offsets[:, 1, None, None]
+    ys, xs = torch.broadcast_tensors(ys, xs)  # [f h w]: where each output pixel reads from
+    grid = torch.stack([xs / max(w - 1, 1) * 2 - 1, ys / max(h - 1, 1) * 2 - 1], -1)  # [f h w 2]
+    source = rearrange(frames.float(), "b c f h w -> (b f) c h w")
+    moved = F.grid_sample(source, repeat(grid, "f h w two -> (b f) h w two", b=b), align_corners=True,
+                          padding_mode="border")  # fmt: skip
+    return rearrange(moved, "(b f) c h w -> b c f h w", b=b).to(frames.dtype)
+
+
 def shifted(latent: torch.Tensor, frames: int, velocity: tuple[float, float], at: int = 0) -> torch.Tensor:
     """``latent`` ``[1 c h w]`` translated by ``velocity`` (cells per frame, ``(dy, dx)``) per frame from frame ``at``:
     a video ``[1 c f h w]`` (edges repeated where the picture moves away from them)."""
-    _, c, h, w = latent.shape
-    vy, vx = velocity
     k = torch.arange(frames, dtype=torch.float32) - at  # [f]
-    ys = torch.arange(h, dtype=torch.float32)[None, :, None] - vy * k[:, None, None]  # source rows [f h 1]
-    xs = torch.arange(w, dtype=torch.float32)[None, None, :] - vx * k[:, None, None]  # source columns [f 1 w]
-    ys, xs = torch.broadcast_tensors(ys, xs)
-    grid = torch.stack([xs / max(w - 1, 1) * 2 - 1, ys / max(h - 1, 1) * 2 - 1], -1)  # [f h w 2]
-    source = repeat(latent.float(), "1 c h w -> f c h w", f=frames)
-    video = F.grid_sample(source, grid.to(latent.device), align_corners=True, padding_mode="border")
-    return rearrange(video, "f c h w -> 1 c f h w").to(latent.dtype)
+    offsets = torch.stack([velocity[0] * k, velocity[1] * k], -1)
+    return shift_frames(repeat(latent, "1 c h w -> 1 c f h w", f=frames), offsets)
 
 
 def blended(keys: Mapping[int, torch.Tensor], frames: int) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from videodiff.errors import UserError
+from videodiff.keyframes import shift_frames
 from videodiff.log import notice
 
 PRIOR_FILE = "motion_prior.safetensors"
@@ -144,19 +145,6 @@ class PixelCodec:
     decode: Callable[[torch.Tensor], torch.Tensor]
     encode: Callable[[torch.Tensor], torch.Tensor]
     scale: int
-
-
-def shift_frames(frames: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """``frames`` (``[b ch f H W]``) each moved by its ``offsets`` row (``[f 2]``, pixels ``(dy, dx)``, down and
-    right), bilinearly; the edge pixels extend into what is uncovered."""
-    b, ch, f, height, width = frames.shape
-    ys = torch.arange(height, dtype=torch.float32)[None, :, None] - offsets[:, 0, None, None].float()
-    xs = torch.arange(width, dtype=torch.float32)[None, None, :] - offsets[:, 1, None, None].float()
-    ys, xs = torch.broadcast_tensors(ys, xs)  # [f H W]: where each output pixel reads from
-    grid = torch.stack([xs / max(width - 1, 1) * 2 - 1, ys / max(height - 1, 1) * 2 - 1], -1)
-    x = frames.float().permute(0, 2, 1, 3, 4).reshape(b * f, ch, height, width)
-    moved = F.grid_sample(x, grid.repeat(b, 1, 1, 1), align_corners=True, padding_mode="border")
-    return moved.view(b, f, ch, height, width).permute(0, 2, 1, 3, 4).to(frames.dtype)
 
 
 @dataclass(frozen=True)

@@ -433,14 +433,16 @@ class Trainer:
 
     def record_few_step(self, folder: Path) -> None:
         """A distilled folder renders with LCM's few-step defaults unasked; it keeps the teacher's motion prior
-        (file and start fraction) and, unless trained here, the teacher's spatial tensors."""
+        (file, start fraction and where it draws) and, unless trained here, the teacher's spatial tensors."""
         from videodiff.motion_prior import PRIOR_FILE
         from videodiff.weights.models import SPATIAL_FILE
 
         defaults = dict(FEW_STEP_DEFAULTS)
         copied = copy_companions(self.motion_location(), folder, (PRIOR_FILE, SPATIAL_FILE))
-        if PRIOR_FILE in copied and self.parts.defaults.get("motion_prior") is not None:
-            defaults["motion_prior"] = self.parts.defaults["motion_prior"]
+        if PRIOR_FILE in copied:  # the prior's start and where it draws, as the teacher recorded them
+            for key in ("motion_prior", "motion_prior_space"):
+                if self.parts.defaults.get(key) is not None:
+                    defaults[key] = self.parts.defaults[key]
         record(folder, {"distilled": {"kind": "lcm", "solver_steps": self.config.distill_steps}}, defaults)
 
     def motion_location(self) -> Path | None:
