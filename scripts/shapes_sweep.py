@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("settings", nargs="+")
     ap.add_argument("--combos", default="heldout")
     ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (fresh seeds: a check "
+                    "of a setting chosen on seeds 0..)")
     ap.add_argument("--out", help="JSON lines: one per setting, with every video's detection")
     ap.add_argument("--diff", action="store_true", help="mean absolute frame difference from the first setting")
     ap.add_argument("--model", help="the model (default: the built-in one)")
@@ -86,7 +88,7 @@ def main() -> None:
                 diffs.append(float(np.abs(frames.astype(np.int16) - first[prompt, seed]).mean()))
             return frames
 
-        report = evaluate_model(render, range(args.seeds), combos, label=text)
+        report = evaluate_model(render, range(args.first_seed, args.first_seed + args.seeds), combos, label=text)
         s = report.summary()
         counts = {k: round(s[k] * s["n"]) for k in ("color", "shape", "direction", "stable", "steady", "all")}
         seconds = time.perf_counter() - start
