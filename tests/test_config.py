@@ -149,7 +149,8 @@ def test_empty_file_is_no_settings(tmp_path):
 def test_info_part_of_a_sidecar_is_ignored(tmp_path):
     path = tmp_path / "clip.mp4.json"
     path.write_text(json.dumps({"frames": 4, "seed": 9, INFO_KEY: {"versions": {"torch": "x"}, "bogus": 1}}))
-    assert load_config_file(path) == {"frames": 4, "seed": 9}
+    # a sidecar without motion_prior_space predates the choice: it drew in latent (test_config_compat)
+    assert load_config_file(path) == {"frames": 4, "seed": 9, "motion_prior_space": "latent"}
 
 
 def test_unknown_keys_are_named(tmp_path):
@@ -280,7 +281,8 @@ def test_render_default_yaml_lists_every_setting_at_its_default():
 
 
 def test_render_default_yaml_keeps_the_models_defaults():
-    """As --config with the built-in model it renders with the model's recorded 16 steps, dpm++, guidance 4, 0.375."""
+    """As --config with the built-in model it renders with the model's recorded defaults (16 dpm++ steps,
+    guidance 3, the motion prior from 0.375 drawn in pixels)."""
     from videodiff.render import resolve_render_config
     from videodiff.weights.hub import BUILTIN_MODEL, read_model_defaults
 
@@ -289,8 +291,11 @@ def test_render_default_yaml_keeps_the_models_defaults():
     path = Path(__file__).resolve().parents[1] / "configs" / "render-default.yaml"
     recorded = read_model_defaults(None)
     config = resolve_render_config({}, str(path))
-    for key in ("steps", "scheduler", "guidance", "motion_prior", "frames", "height", "width", "fps"):
+    keys = ("steps", "scheduler", "guidance", "motion_prior", "motion_prior_space", "frames", "height", "width", "fps")
+    for key in keys:
         assert getattr(config, key) == recorded[key], key
-    assert (config.steps, config.scheduler, config.guidance, config.motion_prior) == (16, "dpm++", 4.0, 0.375)
+    assert (config.steps, config.scheduler, config.guidance, config.motion_prior, config.motion_prior_space) == (
+        16, "dpm++", 3.0, 0.375, "pixels"
+    )  # fmt: skip
     # a value set on the command line still wins
     assert resolve_render_config({"steps": 5}, str(path)).steps == 5

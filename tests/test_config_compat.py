@@ -33,6 +33,20 @@ def test_a_legacy_sidecar_renders_the_same_frames(tmp_path, monkeypatch):
     assert before.shape == after.shape == (8, 64, 64, 3)
     # the same code path on the same kind of CPU is bitwise equal; other CPUs' kernels may round differently
     assert np.abs(before.astype(int) - after.astype(int)).max() <= 2
+    assert read_json(tmp_path / "again.json")["motion_prior_space"] == "latent"
     assert read_json(tmp_path / "again.json")["info"]["motion_prior_velocity"] == read_json(
         LEGACY / "sidecar.json"
     )["info"]["motion_prior_velocity"]
+
+
+def test_a_sidecar_from_before_the_motion_prior_space_draws_in_latent_whatever_the_models_default(tmp_path):
+    """The built-in model now records motion_prior_space=pixels; a sidecar written before the choice existed
+    rendered in latent (the only way then), so it still does. A plain settings file leaves it to the model."""
+    assert "motion_prior_space" not in read_json(LEGACY / "sidecar.json")
+    assert load_config_file(LEGACY / "sidecar.json")["motion_prior_space"] == "latent"
+    plain = tmp_path / "settings.yaml"
+    plain.write_text("steps: 12\n", encoding="utf-8")
+    assert "motion_prior_space" not in load_config_file(plain)
+    recorded = tmp_path / "new.json"
+    recorded.write_text('{"motion_prior_space": "pixels", "info": {}}', encoding="utf-8")
+    assert load_config_file(recorded)["motion_prior_space"] == "pixels"

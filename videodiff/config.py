@@ -617,7 +617,9 @@ def parse_yaml(text: str, path: str | Path, what: str) -> Any:
 def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
     """Read a YAML (or JSON: YAML is a superset) settings file; keys are the flag names with underscores.
 
-    A sidecar written beside an output is such a file: its ``info`` part is ignored.
+    A sidecar written beside an output is such a file: its ``info`` part is ignored. A sidecar records every
+    setting it rendered with, so one without ``motion_prior_space`` predates the choice and drew in ``latent``
+    (the only way then), whatever the model's default is now; other files leave it to the model.
     """
     path = Path(path)
     data = parse_yaml(read_text_file(path, "config file"), path, "config file")
@@ -625,7 +627,10 @@ def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of settings, not a {type(data).__name__}")
+    sidecar = INFO_KEY in data
     data = {str(k): v for k, v in data.items() if k != INFO_KEY}
+    if sidecar and "motion_prior_space" in allowed:
+        data.setdefault("motion_prior_space", "latent")
     return check_keys(data, str(path), allowed)
 
 
