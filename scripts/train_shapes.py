@@ -9,6 +9,7 @@
     python scripts/train_shapes.py all --out build/shapes      # everything, in order
     python scripts/train_shapes.py distill --out build/shapes [--steps N]  # a 4-step LCM student of the package
     python scripts/train_shapes.py prior --out build/shapes    # refit the package's motion prior (stage 2c's cache)
+    python scripts/train_shapes.py squares --out build/shapes  # 2e. 2c plus square clips, repackaged
 
 Stage 1 is this script (it reuses the package's noise prior, training schedule and the
 shapes generator); stage 2 is the package's own `videodiff train` (see `train_motion`):
@@ -18,8 +19,10 @@ resumes: a finished stage is skipped, stage 1 checkpoints every `--save-every` s
 `videodiff train --resume latest` continues an interrupted motion run.
 Stage 2c (`finetune`, configs/train/shapes-finetune.yaml) trains the packaged model's motion modules
 and attention queries 600 steps more and packages the result over it: it made the motion steadier
-(README, "The built-in shapes model").
-Runs on a CPU (2 cores: about 80 minutes in all, measured, plus 50 for stage 2c) or a GPU (`--device cuda`).
+(README, "The built-in shapes model"). Stage 2e (`squares`, configs/train/shapes-finetune-squares.yaml)
+does it again with 400 clips of squares added, so that the steadier sampling keeps squares square.
+Runs on a CPU (2 cores: about 80 minutes in all, measured, plus 50 for stage 2c and 35 for 2e)
+or a GPU (`--device cuda`).
 """
 
 from __future__ import annotations
@@ -65,10 +68,11 @@ DEFAULTS = {
     "height": 64,
     "width": 64,
     "steps": 16,
-    "guidance": 4.0,
+    "guidance": 3.0,
     "scheduler": "dpm++",
     "fps": 8,
     "motion_prior": 0.375,  # skip 6 of the 16 steps: start from the motion prior's guess (videodiff.motion_prior)
+    "motion_prior_space": "pixels",  # the guess drawn through the VAE (stage 2e's evaluation: README)
 }
 
 
@@ -346,6 +350,53 @@ def write_data(out: Path, count: int, seed: int) -> None:
     log(f"{count} training clips written")
 
 
+def write_squares(out: Path, count: int, seed: int) -> Path:
+    """Stage 2e's data: ``count`` extra clips of squares (trained combinations only, each once per cycle in a
+    seeded order, clip ``i`` drawn from ``clip_rng(seed, i)``) in ``out/data-squares``, and the manifest
+    ``out/data-2e.jsonl`` of those clips and the stage-2 clips (squares first: the order the measured run read)."""
+    from videodiff.media.video import save_video
+
+    manifest = out / "data-2e.jsonl"
+    if manifest.is_file():
+        log("squares data: done already")
+        return manifest
+    folder = out / "data-squares"
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = [c for c in shapes.TRAIN_COMBOS if c[1] == "square"]
+    combos: list[tuple[str, str, str]] = []
+    for cycle in range(-(-count // len(pool))):
+        combos += [pool[i] for i in np.random.default_rng([seed, 7919, cycle]).permutation(len(pool))]
+    rows = []
+    for i, (color, shape, direction) in enumerate(combos[:count]):
+        clip = shapes.draw_clip(color, shape, direction, rng=shapes.clip_rng(seed, i))
+        save_video(clip.frames, folder / f"sq{i:05d}.gif", 8, crf=10)
+        rows.append({"path": f"data-squares/sq{i:05d}.gif", "caption": clip.prompt})
+    for video in sorted((out / "data").glob("*.gif")):
+        caption = video.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        rows.append({"path": f"data/{video.name}", "caption": caption})
+    partial = manifest.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    partial.replace(manifest)
+    log(f"{count} square clips written; {len(rows)} clips in {manifest}")
+    return manifest
+
+
+def squares(out: Path, config: str, extra: list[str], target: Path) -> None:
+    """Stage 2e (configs/train/shapes-finetune-squares.yaml): stage 2c's recipe from the package ``target`` on the
+    stage-2 clips plus 400 clips of squares, into ``out/squares``, then packaged over ``target`` like stage 2c
+    (``videodiff.json`` kept: set its defaults, guidance 3 and the prior drawn in pixels, with it)."""
+    manifest = write_squares(out, 400, seed=5)
+    run = out / "squares" / "motion_module"
+    if (run / PRIOR_FILE).is_file():
+        log("squares: done already")
+    else:
+        cmd = motion_command(out, "squares", config, extra, target / "motion_adapter", model=target)
+        cmd[cmd.index("--data") + 1] = str(manifest)
+        log("running " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+    package_motion(run, target)
+
+
 def motion_command(
     out: Path, run: str, config: str, extra: list[str], motion_module: Path | None = None, model: Path | None = None
 ) -> list[str]:
@@ -495,7 +546,8 @@ def refit_prior(out: Path, target: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["base", "data", "motion", "package", "finetune", "all", "distill", "prior"])
+    stages = ["base", "data", "motion", "package", "finetune", "all", "distill", "prior", "squares"]
+    parser.add_argument("stage", choices=stages)
     parser.add_argument("--out", type=Path, default=Path("build/shapes"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -516,6 +568,11 @@ def main() -> None:
         "--finetune-config", default=str(ROOT / "configs" / "train" / "shapes-finetune.yaml"), help="stage 2c's config"
     )
     parser.add_argument(
+        "--squares-config",
+        default=str(ROOT / "configs" / "train" / "shapes-finetune-squares.yaml"),
+        help="stage 2e's config",
+    )
+    parser.add_argument(
         "--distill-config", default=str(ROOT / "configs" / "train" / "shapes-distill.yaml"), help="the distill config"
     )
     args, extra = parser.parse_known_args()
@@ -534,6 +591,9 @@ def main() -> None:
     if args.stage in ("finetune", "all"):
         write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
         finetune(args.out, args.finetune_config, extra, args.target)
+    if args.stage == "squares":
+        write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
+        squares(args.out, args.squares_config, extra, args.target)
     if args.stage == "prior":
         refit_prior(args.out, args.target)
     if args.stage == "distill":

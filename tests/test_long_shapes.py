@@ -22,7 +22,7 @@ def shapes():
 
 
 def test_64_frames_of_a_circle_moving_right(shapes):
-    """Model defaults (dpm++, 16 steps, guidance 4, motion prior 0.375, 64x64), 0.6 px a frame: windows 16/4."""
+    """Model defaults (dpm++, 16 steps, guidance 3, prior 0.375 in pixels, 64x64), 0.6 px a frame: windows 16/4."""
     frames = shapes("a red circle moving right", num_frames=64, seed=1, motion=(0.6, 0)).frames
     plan = shapes.windows_for(shapes.settings("x", num_frames=64))
     assert (plan.window, plan.overlap, len(plan.indices())) == (16, 4, 5)
