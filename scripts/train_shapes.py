@@ -8,7 +8,7 @@
     python scripts/train_shapes.py finetune --out build/shapes # 2c. more motion training from the package, repackaged
     python scripts/train_shapes.py all --out build/shapes      # everything, in order
     python scripts/train_shapes.py distill --out build/shapes [--steps N]  # a 4-step LCM student of the package
-    python scripts/train_shapes.py prior --out build/shapes    # refit the package's motion prior (stage 2c's cache)
+    python scripts/train_shapes.py prior --out build/shapes    # refit the package's prior (2e's or 2c's cache)
     python scripts/train_shapes.py squares --out build/shapes  # 2e. 2c plus square clips, repackaged
 
 Stage 1 is this script (it reuses the package's noise prior, training schedule and the
@@ -517,19 +517,20 @@ def package_motion(motion: Path, target: Path) -> None:
 
 
 def refit_prior(out: Path, target: Path) -> None:
-    """Refit the package ``target``'s motion prior (the one stage 2c fits at its end) to the stage-2 clips' latents
-    that stage 2c cached (``out/finetune``), with the package's own text encoder: after a change to how the prior
-    reads a clip, without training again. The cache is read as training reads it, so it must be of these clips and
-    this package's VAE."""
+    """Refit the package ``target``'s motion prior (the one its last training run, stage 2e or 2c, fits at its end)
+    to the clips' latents that run cached (``out/squares`` or ``out/finetune``), with the package's own text
+    encoder: after a change to how the prior reads a clip, without training again. The cache is read as training
+    reads it, so it must be of these clips and this package's VAE."""
     from videodiff.config import TrainConfig
     from videodiff.pipelines import load_pipeline
     from videodiff.training.data import ClipDataset, find_clips
     from videodiff.training.export import fit_motion_prior
     from videodiff.training.latents import LatentCache
 
-    run = out / "finetune"
+    run = out / "squares"  # the package's last training run: stage 2e, else stage 2c
+    run = run if (run / "train_config.json").is_file() else out / "finetune"
     if not (run / "train_config.json").is_file():
-        raise SystemExit(f"{run}: no stage 2c run to read the clips' latents from; run `finetune` first")
+        raise SystemExit(f"{run}: no stage 2c or 2e run to read the clips' latents from; run `finetune` first")
     c = TrainConfig(**json.loads((run / "train_config.json").read_text()))
     height, width = c.size
     clips = ClipDataset(
@@ -591,7 +592,7 @@ def main() -> None:
     if args.stage in ("finetune", "all"):
         write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
         finetune(args.out, args.finetune_config, extra, args.target)
-    if args.stage == "squares":
+    if args.stage in ("squares", "all"):
         write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
         squares(args.out, args.squares_config, extra, args.target)
     if args.stage == "prior":
