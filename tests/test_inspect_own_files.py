@@ -31,7 +31,7 @@ def test_inspect_the_builtin_model_folder_shows_what_videodiff_json_records():
     recorded = json.loads((hub.BUILTIN_MODEL / "videodiff.json").read_text())
     for key, value in recorded["defaults"].items():
         assert f"{key} {value}" in info["defaults"]
-    assert "motion_prior.safetensors" in info["motion_prior"] and "2000 clips" in info["motion_prior"]
+    assert "motion_prior.safetensors" in info["motion_prior"] and "2400 clips" in info["motion_prior"]
     vocabulary = recorded["vocabulary"]
     for word in [*vocabulary["color"], *vocabulary["shape"], *vocabulary["direction"], *vocabulary["heldout"]]:
         assert word in info["vocabulary"]
@@ -43,7 +43,7 @@ def test_inspect_the_builtin_model_folder_shows_what_videodiff_json_records():
 def test_inspect_a_motion_prior_is_not_an_embedding():
     info = inspect(hub.BUILTIN_MODEL / "motion_adapter" / PRIOR_FILE)
     assert info["kind"] == "videodiff motion prior"
-    assert info["latent_channels"] == 4 and info["fit"]["clips"] == 2000
+    assert info["latent_channels"] == 4 and info["fit"]["clips"] == 2400
     folder = inspect(hub.BUILTIN_MODEL / "motion_adapter")
     assert folder["kind"] == "motion_module" and PRIOR_FILE in folder["motion_prior"]
 
