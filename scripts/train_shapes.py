@@ -351,29 +351,20 @@ def write_data(out: Path, count: int, seed: int) -> None:
 
 
 def write_squares(out: Path, count: int, seed: int) -> Path:
-    """Stage 2e's data: ``count`` extra clips of squares (trained combinations only, each once per cycle in a
-    seeded order, clip ``i`` drawn from ``clip_rng(seed, i)``) in ``out/data-squares``, and the manifest
-    ``out/data-2e.jsonl`` of those clips and the stage-2 clips (squares first: the order the measured run read)."""
-    from videodiff.media.video import save_video
-
+    """Stage 2e's data: ``count`` clips of squares (trained combinations only) in ``out/data-squares``, and the
+    manifest ``out/data-2e.jsonl`` of those clips and the stage-2 clips (squares first: the order the measured run
+    read)."""
     manifest = out / "data-2e.jsonl"
     if manifest.is_file():
         log("squares data: done already")
         return manifest
-    folder = out / "data-squares"
-    folder.mkdir(parents=True, exist_ok=True)
-    pool = [c for c in shapes.TRAIN_COMBOS if c[1] == "square"]
-    combos: list[tuple[str, str, str]] = []
-    for cycle in range(-(-count // len(pool))):
-        combos += [pool[i] for i in np.random.default_rng([seed, 7919, cycle]).permutation(len(pool))]
-    rows = []
-    for i, (color, shape, direction) in enumerate(combos[:count]):
-        clip = shapes.draw_clip(color, shape, direction, rng=shapes.clip_rng(seed, i))
-        save_video(clip.frames, folder / f"sq{i:05d}.gif", 8, crf=10)
-        rows.append({"path": f"data-squares/sq{i:05d}.gif", "caption": clip.prompt})
-    for video in sorted((out / "data").glob("*.gif")):
-        caption = video.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        rows.append({"path": f"data/{video.name}", "caption": caption})
+    folders = (out / "data-squares", out / "data")
+    shapes.write_dataset(folders[0], count, seed=seed, split="train", shape="square", overwrite=True)
+    rows = [
+        {"path": f"{folder.name}/{row['path']}", "caption": row["caption"]}
+        for folder in folders
+        for row in map(json.loads, (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines())
+    ]
     partial = manifest.with_suffix(".partial")
     partial.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     partial.replace(manifest)

@@ -122,6 +122,10 @@ def test_dataset_combos_cycle_through_the_split():
     longer = shapes.dataset_combos(200, seed=3, split="train")
     assert set(longer) == set(TRAIN_COMBOS) and shapes.dataset_combos(50, seed=3, split="train") == longer[:50]
     assert set(shapes.dataset_combos(25, seed=0, split="heldout")) == HELDOUT
+    squares = shapes.dataset_combos(60, seed=3, split="train", shape="square")
+    assert {c[1] for c in squares} == {"square"} and set(squares) == {c for c in TRAIN_COMBOS if c[1] == "square"}
+    with pytest.raises(UserError, match="unknown shape"):
+        shapes.dataset_combos(5, seed=3, split="train", shape="hexagon")
 
 
 def test_cli_data_shapes_writes_what_training_reads(tmp_path):

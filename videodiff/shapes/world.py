@@ -268,9 +268,12 @@ def clip_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
-def dataset_combos(count: int, *, seed: int, split: str) -> list[Combo]:
-    """The combination of each clip: every combination of ``split`` once per cycle, in a seeded order per cycle."""
-    pool = combos_of(split)
+def dataset_combos(count: int, *, seed: int, split: str, shape: str | None = None) -> list[Combo]:
+    """The combination of each clip: every combination of ``split`` (of one ``shape``, if given) once per cycle,
+    in a seeded order per cycle."""
+    if shape is not None and shape not in SHAPES:
+        raise UserError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+    pool = tuple(c for c in combos_of(split) if shape is None or c[1] == shape)
     out: list[Combo] = []
     cycle = 0
     while len(out) < count:
@@ -290,8 +293,9 @@ def write_dataset(
     crf: int = 10,
     fps: float = 8,
     overwrite: bool = False,
+    shape: str | None = None,
 ) -> list[Path]:
-    """Write ``count`` clips of ``split`` to ``out``; return the clip paths.
+    """Write ``count`` clips of ``split`` (only ``shape``'s, if given) to ``out``; return the clip paths.
 
     ``out/00000.gif`` (or ``.mp4``, or a ``00000/`` folder of PNG frames) with the prompt
     in ``out/00000.txt``, and ``out/manifest.jsonl`` with one JSON object per clip (path,
@@ -307,7 +311,7 @@ def write_dataset(
         raise UserError(f"count must be a positive integer, got {count!r}")
     if format not in FORMATS:
         raise UserError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
-    combos = dataset_combos(count, seed=seed, split=split)  # checks split
+    combos = dataset_combos(count, seed=seed, split=split, shape=shape)  # checks split and shape
     folder = Path(out).expanduser()
     manifest = folder / "manifest.jsonl"
     if folder.is_dir() and any(folder.iterdir()):
