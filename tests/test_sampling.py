@@ -35,8 +35,9 @@ MAKERS = {
 }
 
 
-def toy(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def toy(x: torch.Tensor, t: torch.Tensor, cond: sampling.Cond | torch.Tensor) -> torch.Tensor:
     """A deterministic, batch-independent stand-in for the U-Net: nonlinear in x, depends on t and context."""
+    c = sampling.as_cond(cond).context
     per_sample = c.mean(dim=tuple(range(1, c.ndim))).view(-1, 1, 1, 1, 1)
     return 0.3 * torch.tanh(x) + 0.2 * per_sample + 0.05 * torch.sin(t.float() / 100)
 
@@ -185,7 +186,7 @@ def test_cfg_is_eps_u_plus_s_times_the_difference_in_one_batch():
     seen = []
 
     def spy(x, t, c):
-        seen.append((x.clone(), c.clone()))
+        seen.append((x.clone(), c.context.clone()))
         return toy(x, t, c)
 
     guide = guide_for(3.0, CONTEXT, UNCOND)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from videodiff.errors import UserError
+from videodiff.sampling import as_cond
 from videodiff.windows import Windowed, WindowPlan, fuse_weights, plan_windows, window_indices
 
 PROMPT = "a red circle moving right"
@@ -81,8 +82,8 @@ def test_a_per_frame_denoiser_windowed_equals_it_unwindowed(loop):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 27, 4, 4)  # b=2: the guide's doubled batch
 
-    def denoiser(x, t, context):
-        return torch.tanh(x) * t + context.mean()
+    def denoiser(x, t, cond):
+        return torch.tanh(x) * t + as_cond(cond).context.mean()
 
     windowed = Windowed(denoiser, WindowPlan(27, 8, 3, "pyramid", loop))
     ctx = torch.randn(2, 5, 7)
@@ -94,7 +95,8 @@ def test_per_frame_context_is_sliced_to_each_windows_frames():
     context = torch.arange(frames, dtype=torch.float32).view(1, frames, 1, 1).expand(2, frames, 3, 4)  # [b f n d]
     seen = []
 
-    def denoiser(x, t, ctx):
+    def denoiser(x, t, cond):
+        ctx = cond.context
         assert ctx.shape[:2] == (2, x.shape[2])
         seen.append(ctx[0, :, 0, 0].tolist())
         return ctx[:, None, :, :1, 0].expand(-1, x.shape[1], -1, x.shape[3]).unsqueeze(-1).expand_as(x).clone()

@@ -14,6 +14,12 @@ each window reuses its own features (memory grows with the number of windows: on
 the cut's resolution per window). A call whose batch or frames differ from its kept features'
 (e.g. guidance turned off for some steps) runs the whole U-Net. One cache serves one sampling run:
 FreeInit's passes and every render make their own, so nothing carries over between them.
+
+Extra residuals (ControlNet, SparseCtrl: ``down_residuals`` and ``mid_residual`` of the conditioning
+object) on a cached step: the shallow skips that still run get theirs added as on a full step; the
+residuals of the skipped deep skips and of the middle block are not applied again: the kept deep
+features already hold what they added on the last full step. A control's effect on the deep blocks is
+thus refreshed every ``every`` steps, as the deep features are.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from videodiff.config import MAX_CACHE
+from videodiff.sampling.cond import Cond, as_cond
 
 __all__ = ["CACHE_LEVEL", "MAX_CACHE", "FeatureCache"]
 
@@ -33,7 +40,7 @@ the up blocks that consume their skips, motion modules included) is reused. The 
 class FeatureCache:
     """``unet`` as a denoiser that reuses its deep features for ``every - 1`` of every ``every`` steps.
 
-    ``denoiser(x [b c f h w], t, context) -> eps [b c f h w]``. ``every=1`` runs the whole U-Net every
+    ``denoiser(x [b c f h w], t, cond) -> eps [b c f h w]``. ``every=1`` runs the whole U-Net every
     step (the same outputs as ``unet`` itself). ``level``: :data:`CACHE_LEVEL` unless given (1 to the
     number of down blocks minus 1). ``full_steps`` and ``cached_steps`` count the calls of each kind.
     """
@@ -50,14 +57,15 @@ class FeatureCache:
         self.full_steps = 0
         self.cached_steps = 0
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | torch.Tensor) -> torch.Tensor:
+        cond = as_cond(cond)
         slot, self.call = self.call, self.call + 1
         kept = self.features.get(slot)
         reuse = self.step % self.every != 0 and kept is not None and kept.shape[0] == x.shape[0] * x.shape[2]
         if self.every == 1 or self.level < 1:
             self.full_steps += 1
-            return self.unet(x, t, context)
-        eps, deep = self.unet.forward_split(x, t, context, self.level, kept if reuse else None)
+            return self.unet(x, t, cond)
+        eps, deep = self.unet.forward_split(x, t, cond, self.level, kept if reuse else None)
         if reuse:
             self.cached_steps += 1
         else:

@@ -106,11 +106,19 @@ class VideoResult:
 
 @dataclass
 class Conditioning:
-    """What the prompts give the sampler: text context ``[1 n d]`` and the negative one for guidance (or None)."""
+    """What the conditioning stage gives the sampler: the conditioning object (text context ``[1 n d]`` or
+    ``[1 f n d]`` with the negative one for guidance, and any other fields), and the MotionLoRAs' trigger words."""
 
-    context: torch.Tensor
-    uncond: torch.Tensor | None
+    cond: sampling.Cond
     triggered: tuple[str, ...] = ()  # trigger words of the MotionLoRAs merged for this prompt
+
+    @property
+    def context(self) -> torch.Tensor:
+        return self.cond.context
+
+    @property
+    def uncond(self) -> torch.Tensor | None:
+        return self.cond.uncond
 
     @property
     def first(self) -> torch.Tensor:
@@ -119,10 +127,7 @@ class Conditioning:
 
     def guide(self, scale: float, interval: tuple[float, float] | None = None) -> sampling.Guide:
         """Classifier-free guidance at ``scale`` (on the steps inside ``interval`` only, when given), else none."""
-        uncond = self.uncond
-        if uncond is not None and self.context.ndim == 4 and uncond.ndim == 3:  # prompt travel: one negative prompt
-            uncond = uncond[:, None].expand(-1, self.context.shape[1], -1, -1)
-        return sampling.guide_for(scale, self.context, uncond, interval)
+        return sampling.guide_for(scale, self.cond, interval=interval)
 
 
 @dataclass
@@ -340,7 +345,7 @@ class VideoPipeline:
         else:
             context = self.encode(settings.prompt)
         uncond = self.encode(settings.negative or "") if guided else None
-        return Conditioning(context, uncond, triggered)
+        return Conditioning(sampling.Cond.text(context, uncond), triggered)
 
     def initial_noise(self, settings: SampleSettings, generator: torch.Generator | None) -> torch.Tensor:
         """Stage 2: unit-variance noise ``[1 c f h w]`` of the chosen prior for ``settings`` (whose size is

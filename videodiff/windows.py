@@ -1,7 +1,7 @@
 """Sliding windows over frames: a denoiser wrapper for videos longer than the motion modules saw.
 
 For one timestep :class:`Windowed` runs the wrapped denoiser (the whole video U-Net,
-``denoiser(x [b c f h w], t, context)``) on each window of frames and fuses the windows' model
+``denoiser(x [b c f h w], t, cond)``) on each window of frames and fuses the windows' model
 outputs into one ``[b c f h w]`` output, weighted where windows overlap; the sampler then takes
 one scheduler step on the whole video (:mod:`videodiff.sampling` says why not one per window).
 Peak memory follows the window, not the video: the U-Net never holds more than one window.
@@ -14,8 +14,10 @@ end and wrap around to frame 0, so the last frames are denoised together with th
 at the middle) or ``overlap-linear`` (ones with linear ramps over the ``overlap`` frames at each
 end); every weight is positive, so every frame's total weight is too.
 
-The batch axis is left alone (classifier-free guidance doubles it); text context ``[b n d]``
-goes to every window as is, ``[b f n d]`` (prompt travel) is sliced to each window's frames.
+The batch axis is left alone (classifier-free guidance doubles it); the conditioning object is cut
+to each window by its fields' own rule (:meth:`videodiff.sampling.Cond.frames`): text context ``[b n d]``
+goes to every window as is, ``[b f n d]`` (prompt travel), control maps or per-frame image tokens are
+sliced to the window's frames.
 
 ``layers="temporal"`` is the other way (FreeNoise's, as diffusers does it): the U-Net runs once on
 every frame and only its motion modules' attention goes window by window, fused the same way
@@ -30,6 +32,7 @@ import torch
 
 from videodiff.config import FUSE_KINDS, MAX_FRAMES, WINDOW_LAYERS, too_many_frames
 from videodiff.errors import UserError
+from videodiff.sampling.cond import Cond, as_cond
 
 __all__ = ["FUSE_KINDS", "MAX_FRAMES", "Windowed", "WindowPlan", "fuse_weights", "plan_windows", "window_indices"]
 
@@ -135,18 +138,18 @@ class Windowed:
         self.windows = plan.indices()
         self.weights = plan.weights()
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | torch.Tensor) -> torch.Tensor:
         frames = x.shape[2]
         if frames != self.plan.frames:
             raise ValueError(f"the windows are for {self.plan.frames} frames, got {frames}")
+        cond = as_cond(cond)
         if len(self.windows) == 1 and self.windows[0] == list(range(frames)):
-            return self.denoiser(x, t, context)
+            return self.denoiser(x, t, cond)
         out = None
         total = torch.zeros(frames, dtype=torch.float32, device=x.device)
         for frames_of, weights in zip(self.windows, self.weights):
             index = torch.tensor(frames_of, device=x.device)
-            part = context.index_select(1, index) if context.ndim == 4 else context
-            y = self.denoiser(x.index_select(2, index), t, part)
+            y = self.denoiser(x.index_select(2, index), t, cond.frames(index))
             w = weights.to(x.device)
             if out is None:
                 out = torch.zeros((*y.shape[:2], frames, *y.shape[3:]), dtype=torch.float32, device=y.device)

@@ -1,17 +1,16 @@
 """The sampling loop: scheduler steps over a denoiser callable, with a guide and a per-step hook.
 
-Knows nothing of files or of the U-Net, and imports nothing from videodiff:
-``denoiser(x [b c f h w], t, context) -> model output`` (eps, v, ... as the scheduler's
-prediction type says). The shape is k-diffusion's (a loop over a denoiser callable) with
-sgm's guider: a :class:`Guide` turns the denoiser into one guided model output per step,
-and an :data:`OnStep` hook sees (and may replace) the latents after every scheduler step.
-Diffusers' schedulers sit behind one small adapter, :class:`Schedule`.
+Knows nothing of files or of the U-Net: ``denoiser(x [b c f h w], t, cond) -> model output``
+(eps, v, ... as the scheduler's prediction type says), where ``cond`` is the conditioning object
+(:class:`videodiff.sampling.cond.Cond`). The shape is k-diffusion's (a loop over a denoiser callable)
+with sgm's guider: a :class:`~videodiff.sampling.guidance.Guide` turns the denoiser into one guided
+model output per step, and an :data:`OnStep` hook sees (and may replace) the latents after every
+scheduler step. Diffusers' schedulers sit behind one small adapter, :class:`Schedule`.
 
-Sliding windows over frames (next feature, not implemented here) belong in a *denoiser
-wrapper*: for one timestep it calls the wrapped denoiser on each window of frames, fuses
-all windows' model outputs into one ``[b c f h w]`` output (weighted where windows overlap)
-and returns it, so the loop still takes exactly one scheduler step per timestep on the whole
-video. Per-window scheduler steps are wrong: dpm++ would push each window's output into one
+Sliding windows over frames are a *denoiser wrapper* (:class:`videodiff.windows.Windowed`): for one
+timestep it calls the wrapped denoiser on each window of frames and fuses the outputs into one
+``[b c f h w]`` output, so the loop still takes exactly one scheduler step per timestep on the whole
+video. Per-window scheduler steps would be wrong: dpm++ would push each window's output into one
 shared multistep history, and euler-a would draw fresh ancestral noise once per window.
 """
 
@@ -19,13 +18,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``denoiser(x [b c f h w], t, context) -> model output [b c f h w]``."""
+from videodiff.sampling.cond import Cond
+
+if TYPE_CHECKING:
+    from videodiff.sampling.guidance import Guide
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
+"""``denoiser(x [b c f h w], t, cond) -> model output [b c f h w]``."""
 
 OnStep = Callable[[int, int, torch.Tensor, torch.Tensor | None, torch.Tensor, int], torch.Tensor | None]
 """``on_step(i, total, t, t_next, latents, pass_index) -> latents | None``, after every scheduler step.
@@ -41,97 +45,6 @@ counted from ``start``), ``t`` its timestep, ``t_next`` the timestep the latents
 
 class Cancelled(Exception):
     """Raised from an on_step hook to stop sampling cleanly (the web app's stop button)."""
-
-
-def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): ``eps_u + s (eps_c - eps_u)``."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
-
-
-def uses_guidance(scale: float) -> bool:
-    """Guidance runs the unconditional branch only above 1, as diffusers does."""
-    return scale > 1.0
-
-
-class Guide(Protocol):
-    """An sgm-style guider: where per-frame guidance or other guiders plug in."""
-
-    def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The guided model output for latents ``x`` ``[b c f h w]`` (already ``scale_model_input``'ed)."""
-        ...
-
-
-class NoGuidance:
-    """One denoiser call with the conditional ``context`` (``[b n d]`` or ``[b f n d]``)."""
-
-    def __init__(self, context: torch.Tensor):
-        self.context = context
-
-    def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return denoiser(x, t, self.context)
-
-
-class ClassifierFreeGuidance:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) with both branches in one denoiser batch.
-
-    The batch is ``[uncond, cond]`` (latents and contexts concatenated on ``b``), as diffusers'
-    pipelines order it, and the output is ``eps_u + scale (eps_c - eps_u)``.
-    """
-
-    def __init__(self, scale: float, context: torch.Tensor, uncond_context: torch.Tensor):
-        self.scale = scale
-        self.context = context
-        self.uncond_context = uncond_context
-        self.batch_context = torch.cat([uncond_context, context])
-
-    def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = denoiser(torch.cat([x] * 2), t, self.batch_context)
-        eps_uncond, eps_cond = eps.chunk(2)
-        return guided(eps_uncond, eps_cond, self.scale)
-
-
-class GuidanceInterval:
-    """Guidance only in part of the schedule (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"):
-    ``guide`` for the steps inside ``[low, high]``, the conditional prediction alone (one batch, not two) outside.
-
-    Positions are fractions of the steps this run samples: step ``i`` of ``total`` is at ``i / (total - 1)``
-    (0 the first and noisiest, 1 the last; a single step is at 0), both ends inclusive. Steps skipped by a
-    part-way start (``start``: the motion prior, img2vid) are not counted: the interval spans the steps run.
-    :func:`sample` asks :meth:`for_step` which guide each step uses.
-    """
-
-    def __init__(self, guide: ClassifierFreeGuidance, low: float, high: float):
-        if not 0 <= low <= high <= 1:
-            raise ValueError(f"the guidance interval must have 0 <= low <= high <= 1, got {low}, {high}")
-        self.guide, self.low, self.high = guide, low, high
-        self.conditional = NoGuidance(guide.context)
-
-    def inside(self, i: int, total: int) -> bool:
-        """Whether step ``i`` (0-based) of ``total`` is guided."""
-        position = i / (total - 1) if total > 1 else 0.0
-        return self.low <= position <= self.high
-
-    def for_step(self, i: int, total: int) -> Guide:
-        return self.guide if self.inside(i, total) else self.conditional
-
-    def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.guide(denoiser, x, t)  # called without a step: guided (sample() always asks for_step)
-
-
-def guide_for(
-    scale: float,
-    context: torch.Tensor,
-    uncond_context: torch.Tensor | None,
-    interval: tuple[float, float] | None = None,
-) -> Guide:
-    """CFG when :func:`uses_guidance` (``scale > 1``) and an unconditional context is given, else NoGuidance;
-    CFG only on the steps inside ``interval`` (:class:`GuidanceInterval`) when one narrower than ``(0, 1)`` is given."""
-    if uses_guidance(scale) and uncond_context is not None:
-        cfg = ClassifierFreeGuidance(scale, context, uncond_context)
-        if interval is None or tuple(interval) == (0, 1):
-            return cfg
-        return GuidanceInterval(cfg, *interval)
-    return NoGuidance(context)
 
 
 class Schedule:
