@@ -12,8 +12,8 @@ from videodiff.sampling.cond import (
 )
 from videodiff.sampling.guidance import (
     ClassifierFreeGuidance,
-    Guide,
     GuidanceInterval,
+    Guide,
     NoGuidance,
     guide_for,
     guided,

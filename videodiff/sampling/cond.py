@@ -89,12 +89,13 @@ class TensorField:
     def frames(self, index: torch.Tensor) -> TensorField:
         if self.frame_axis is None:
             return self
-        pick = (lambda x: None if x is None else x.index_select(self.frame_axis, index.to(x.device)))
-        return TensorField(pick(self.value), pick(self.uncond), self.frame_axis)
+        axis = self.frame_axis
+        uncond = None if self.uncond is None else self.uncond.index_select(axis, index.to(self.uncond.device))
+        return TensorField(self.value.index_select(axis, index.to(self.value.device)), uncond, axis)
 
     def to(self, device=None, dtype=None) -> TensorField:
-        move = (lambda x: None if x is None else _move(x, device, dtype))
-        return TensorField(move(self.value), move(self.uncond), self.frame_axis)
+        uncond = None if self.uncond is None else _move(self.uncond, device, dtype)
+        return TensorField(_move(self.value, device, dtype), uncond, self.frame_axis)
 
 
 @dataclass(frozen=True)
