@@ -17,12 +17,12 @@ from diffusers import UNet2DConditionModel
 from einops import rearrange, repeat
 from torch import nn
 
+from videodiff import families
 from videodiff.errors import UserError
+from videodiff.families import Family
 from videodiff.sampling.cond import (
     DOWN_RESIDUALS,
     MID_RESIDUAL,
-    TEXT_EMBEDS,
-    TIME_IDS,
     TOKEN_SETS,
     Cond,
     TokenSets,
@@ -31,11 +31,13 @@ from videodiff.sampling.cond import (
 from videodiff.unet.temporal import AttentionBackend, MotionStack, sdpa
 
 
-def check_compatible(unet: UNet2DConditionModel, motion: MotionStack) -> None:
-    """Raise :class:`UserError` when the motion stack cannot sit inside this image U-Net."""
+def check_compatible(unet: UNet2DConditionModel, motion: MotionStack, *, supported_only: bool = True) -> Family:
+    """The image U-Net's model family (:mod:`videodiff.families`); :class:`UserError` when the motion stack cannot sit
+    inside it, or (``supported_only``) when videodiff does not render that family yet."""
     cfg = unet.config
-    if cfg.get("addition_embed_type") or cfg.get("class_embed_type") or cfg.get("encoder_hid_dim_type"):
-        raise UserError("only SD1.5-family U-Nets (no class/addition embeddings, e.g. not SDXL) can be inflated")
+    family = families.of_unet(cfg)
+    if supported_only:
+        families.require_supported(family, "the image model is")
     got, want = list(motion.config["block_out_channels"]), list(cfg.block_out_channels)
     if got != want:
         raise UserError(f"motion modules are for U-Net channels {got}, but the image model has {want}")
@@ -56,6 +58,7 @@ def check_compatible(unet: UNet2DConditionModel, motion: MotionStack) -> None:
             raise UserError("the motion modules have a mid block but the image U-Net has no cross-attention mid block")
         if len(unet.mid_block.attentions) != len(motion.mid_block.motion_modules):
             raise UserError("mid-block layer counts of the image U-Net and the motion modules differ")
+    return family
 
 
 # Frames per video while a ResNet (or the output norm) runs with norms over frames; None: per frame.
@@ -199,9 +202,9 @@ class VideoUNet(nn.Module):
     it reads are listed in :mod:`videodiff.sampling.cond`: text context, residuals added to the down blocks'
     skips and the middle block's output, added time-embedding conditioning, extra cross-attention token sets."""
 
-    def __init__(self, unet: UNet2DConditionModel, motion: MotionStack) -> None:
+    def __init__(self, unet: UNet2DConditionModel, motion: MotionStack, *, supported_only: bool = True) -> None:
         super().__init__()
-        check_compatible(unet, motion)
+        self.family = check_compatible(unet, motion, supported_only=supported_only)
         self.unet = unet
         self.motion = motion
         self.gradient_checkpointing = False
@@ -376,10 +379,11 @@ class VideoUNet(nn.Module):
         t = torch.as_tensor(timestep, device=device)
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
         emb = unet.time_embedding(unet.time_proj(t).to(dtype=self.dtype), None)
-        if unet.config.get("addition_embed_type") == "text_time":
-            if TEXT_EMBEDS not in cond or TIME_IDS not in cond:
-                raise ValueError("this U-Net's time embedding needs text_embeds and time_ids in the conditioning")
-            added = {TEXT_EMBEDS: cond[TEXT_EMBEDS], TIME_IDS: cond[TIME_IDS]}
+        if self.family.added_conditioning:
+            missing = [name for name in self.family.added_conditioning if name not in cond]
+            if missing:
+                raise ValueError(f"a {self.family.title} U-Net's time embedding needs {missing} in the conditioning")
+            added = {name: cond[name] for name in self.family.added_conditioning}
             emb = emb + unet.get_aug_embed(emb=emb, encoder_hidden_states=cond.context, added_cond_kwargs=added)
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from videodiff import families
 from videodiff.errors import UserError
 from videodiff.weights.hub import WEIGHT_NAMES, locate
 from videodiff.weights.safetensors_header import read_header
@@ -34,7 +35,6 @@ VERSION_CONFIGS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_HEADS = 8  # every original AnimateDiff motion module; heads leave no trace in the weights
 DEFAULT_GROUPS = 32
-SDXL_CHANNELS = [320, 640, 1280]
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 _BLOCK_RE = re.compile(
@@ -227,10 +227,7 @@ def infer_structure(shapes: Mapping[str, tuple[int, ...]], source: str) -> tuple
         raise UserError(f"{source}: no down-block motion modules; not a motion module")
     if n_up != n_down:
         raise UserError(f"{source}: {n_down} down blocks but {n_up} up blocks of motion modules")
-    if channels == SDXL_CHANNELS:
-        raise UserError(
-            f"{source}: an SDXL motion module (channels {channels} in {n_down} blocks); only SD1.5 ones are supported"
-        )
+    families.require_supported(families.of_motion_channels(channels), f"{source}: a motion module for")
     lengths = {s[1] for k, s in shapes.items() if k.endswith(POS_EMBED) and len(s) == 3}
     if len(lengths) > 1:
         raise UserError(f"{source}: positional encodings of different lengths {sorted(lengths)}")
@@ -278,8 +275,7 @@ def read_motion_config(motion_config: str) -> dict[str, Any]:
 
 def _check_config(config: dict[str, Any], source: str) -> None:
     channels = list(config.get("block_out_channels", []))
-    if channels == SDXL_CHANNELS:
-        raise UserError(f"{source}: an SDXL motion module (channels {channels}); only SD1.5 ones are supported")
+    families.require_supported(families.of_motion_channels(channels), f"{source}: a motion module for")
     heads = config.get("motion_num_attention_heads", DEFAULT_HEADS)
     heads = [heads] * len(channels) if isinstance(heads, int) else list(heads)
     groups = config.get("motion_norm_num_groups", DEFAULT_GROUPS)

@@ -1,0 +1,56 @@
+"""Model families: what differs between SD1.5, SDXL, ..., stated once, and decided once from a model's own config.
+
+A :class:`Family` names what a family of image models has: its text encoders (and tokenizers), what its U-Net's
+time embedding takes besides the timestep (fields of the conditioning object, :mod:`videodiff.sampling.cond`),
+its default frame size and the layout of the motion modules made for it. :func:`of_unet` and
+:func:`of_motion_channels` decide the family from the U-Net's config or the motion modules' channels;
+:func:`require_supported` is the one place an unsupported family is refused, with a message naming it. One
+module per family (:mod:`.sd15`, :mod:`.sdxl`), as ComfyUI-AnimateDiff-Evolved keeps one per motion-module family.
+
+Torch-free: configs in, names out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from videodiff.errors import UserError
+from videodiff.families.family import Family
+from videodiff.families.sd15 import SD15
+from videodiff.families.sdxl import SDXL
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL)}
+"""Every family videodiff recognises, by name; ``supported`` says which it can render."""
+
+__all__ = ["FAMILIES", "SD15", "SDXL", "Family", "of_motion_channels", "of_unet", "require_supported"]
+
+
+def of_unet(config: Mapping[str, Any]) -> Family:
+    """The family of an image U-Net from its diffusers config (``UNet2DConditionModel.config``)."""
+    added = config.get("addition_embed_type")
+    for family in FAMILIES.values():
+        if added == family.addition_embed_type and not config.get("class_embed_type"):
+            if not config.get("encoder_hid_dim_type"):
+                return family
+    kinds = {k: config.get(k) for k in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")}
+    described = ", ".join(f"{k}={v!r}" for k, v in kinds.items() if v)
+    raise UserError(f"an image U-Net of no known model family ({described}); videodiff inflates SD1.5-family models")
+
+
+def of_motion_channels(channels: Sequence[int]) -> Family:
+    """The family motion modules were made for, from their blocks' channels (the one trace their weights keep):
+    SDXL's motion modules have three blocks of (320, 640, 1280); anything else is taken for SD1.5's layout."""
+    return SDXL if list(channels) == list(SDXL.motion_channels) else SD15
+
+
+def require_supported(family: Family, what: str) -> Family:
+    """``family`` when videodiff can render it; otherwise the one refusal, naming the family: ``what`` says whose
+    family it is (``"the image model is"``, ``"x.ckpt: a motion module for"``)."""
+    if not family.supported:
+        raise UserError(f"{what} {family.title}, which videodiff cannot render yet (it renders {_supported()} models)")
+    return family
+
+
+def _supported() -> str:
+    return ", ".join(f.title for f in FAMILIES.values() if f.supported)

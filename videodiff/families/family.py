@@ -1,0 +1,26 @@
+"""What a model family is (:class:`Family`); the families themselves are one module each beside this one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family of image models and the motion modules made for it."""
+
+    name: str  # short name in messages and sidecars
+    title: str  # the name people know it by
+    supported: bool  # whether videodiff loads and renders it
+    text_encoders: tuple[str, ...]  # diffusers subfolders of the text encoders, in the order their tokens concatenate
+    tokenizers: tuple[str, ...]  # and of their tokenizers
+    addition_embed_type: str | None  # the U-Net config's addition_embed_type (None: the timestep alone)
+    added_conditioning: tuple[str, ...]  # conditioning fields the time embedding takes besides the timestep
+    default_size: int  # frame height and width the family was trained at, in pixels
+    motion_channels: tuple[int, ...]  # channels of the motion modules' blocks made for it
+    motion_layout: str  # which motion modules fit it
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """The subfolders a diffusers folder of this family has."""
+        return (*self.tokenizers, *self.text_encoders, "vae", "unet", "scheduler")

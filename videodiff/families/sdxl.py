@@ -1,0 +1,18 @@
+"""Stable Diffusion XL: two text encoders (CLIP ViT-L and OpenCLIP bigG, tokens concatenated), pooled text and
+size ids added to the time embedding (``text_time``), 1024 pixels, AnimateDiff-SDXL / Hotshot-XL motion modules
+(three blocks, 320 to 1280 channels). Recognised, so that it is refused by name; not rendered yet."""
+
+from videodiff.families.family import Family
+
+SDXL = Family(
+    name="sdxl",
+    title="SDXL",
+    supported=False,
+    text_encoders=("text_encoder", "text_encoder_2"),
+    tokenizers=("tokenizer", "tokenizer_2"),
+    addition_embed_type="text_time",
+    added_conditioning=("text_embeds", "time_ids"),  # the names videodiff.sampling.cond gives these fields
+    default_size=1024,
+    motion_channels=(320, 640, 1280),
+    motion_layout="AnimateDiff-SDXL and Hotshot-XL motion modules (three blocks)",
+)
