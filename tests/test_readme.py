@@ -40,3 +40,19 @@ def test_readme_render_command_runs(tmp_path, monkeypatch):
     output = Path(args[args.index("-o") + 1])
     assert (tmp_path / output).is_file() and (tmp_path / f"{output}.json").is_file()
     assert str((tmp_path / output).resolve()) in result.stdout
+
+
+def test_readme_is_short():
+    """The README answers what, install, the two commands, one example per command, data flow,
+    guarantees and where the docs are; everything else lives in the docs site (docs/, mkdocs.yml)."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 400, f"README.md has {len(lines)} lines; move the detail into docs/"
+
+
+def test_readme_quick_start_names_every_command():
+    """One example per command of `videodiff --help`, so a new command cannot go unmentioned."""
+    from videodiff.cli import cli
+
+    text = README.read_text(encoding="utf-8")
+    for name in cli.commands:
+        assert f"videodiff {name} " in text, name
