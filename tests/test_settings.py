@@ -102,6 +102,14 @@ def test_options_carry_the_lists_of_names_defined_once():
     assert {o.name: o.choices for o in options(TrainConfig)}["noise"] is sample.NOISE_KINDS
 
 
+def test_option_tables_for_forms_and_help():
+    assert fields.choices_by_field(RenderConfig)["fit"] == ("crop", "pad")
+    assert fields.choices_by_field(RenderConfig)["travel"] == ("linear", "slerp")
+    assert {"frames", "seed", "crf", "decode_chunk"} <= set(fields.whole_number_fields(RenderConfig))
+    assert not {"guidance", "fps", "loop"} & set(fields.whole_number_fields(RenderConfig))
+    assert fields.help_by_field(TrainConfig)["lr_schedule"] == "constant|cosine"
+
+
 def test_config_re_exports_the_same_objects():
     modules = (checks, fields, files, parse, render, sample, train)
     for name in config.__all__:

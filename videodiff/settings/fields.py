@@ -102,6 +102,21 @@ def options(cls: Any) -> Iterator[Option]:
         )
 
 
+def help_by_field(cls: Any) -> dict[str, str]:
+    """``{field: help text}`` of a settings dataclass (what a ``helps`` table of the command line held)."""
+    return {o.name: o.help for o in options(cls)}
+
+
+def choices_by_field(cls: Any) -> dict[str, tuple[str, ...]]:
+    """``{field: names}`` for every field of ``cls`` that takes one of a closed set of names."""
+    return {o.name: o.choices for o in options(cls) if o.choices}
+
+
+def whole_number_fields(cls: Any) -> tuple[str, ...]:
+    """The fields of ``cls`` that hold whole numbers (``int`` or ``int | None``), in field order."""
+    return tuple(o.name for o in options(cls) if o.type.startswith("int"))
+
+
 def flag(name: str) -> str:
     """The command-line flag of a field, without dashes in front: ``noise_alpha`` -> ``noise-alpha``."""
     return name.replace("_", "-")
