@@ -28,7 +28,7 @@ _DECAY = {"min": 0, "max": 1, "max_open": True, "must": "in [0, 1)"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every ``train`` setting; a wrong one is reported by :meth:`validate`, not by the command line."""
+    """Every ``train`` setting: the command's options are made from these fields, :meth:`validate` checks them."""
 
     model: str | None = setting(  # the image model the motion modules learn on
         None,
