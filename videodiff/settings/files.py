@@ -1,0 +1,150 @@
+"""Settings files and precedence: reading YAML/JSON settings files, layering them (:func:`merge`,
+:func:`resolve`), a model's recorded defaults (:func:`parse_defaults`) and writing settings out (:func:`to_dict`).
+
+Precedence, highest first: the command line, then ``--config FILE``, then environment variables, then the
+model's own recorded defaults (``videodiff.json`` in a model folder), then the dataclass defaults;
+:func:`resolve` is the one place that layers them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from videodiff.errors import UserError
+from videodiff.settings.checks import MAX_SETTINGS_BYTES, named
+from videodiff.settings.fields import flag
+from videodiff.settings.parse import parse_mapping, parse_pair
+from videodiff.settings.render import FIELD_NAMES, INFO_KEY, MODEL_DEFAULT_KEYS, RenderConfig
+from videodiff.settings.sample import SampleSettings
+
+
+def check_keys(values: dict[str, Any], source: str, allowed: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
+    """Fail on any key that is not a setting (a typo must not be silently ignored)."""
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {named(unknown)}; valid keys: {', '.join(allowed)}")
+    return values
+
+
+def read_text_file(path: str | Path, what: str, limit: int = MAX_SETTINGS_BYTES) -> str:
+    """The UTF-8 text of a settings or prompt file: a regular file of at most ``limit`` bytes (never a device,
+    a FIFO or ``/dev/zero``, which would block or fill the memory), else a :class:`UserError`."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{what} {path} is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{what} {path} is not a regular file (a device, FIFO or socket)")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > limit:
+        raise UserError(f"{what} {path} is larger than {limit // 1024} KiB; a settings or prompt file is smaller")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def parse_yaml(text: str, path: str | Path, what: str) -> Any:
+    """YAML (or JSON) from a file a user gave; syntax errors and absurd nesting in one line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise UserError(f"{what} {path} is not valid YAML: {first}") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to be a settings file") from None
+
+
+def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
+    """Read a YAML (or JSON: YAML is a superset) settings file; keys are the flag names with underscores.
+
+    A sidecar written beside an output is such a file: its ``info`` part is ignored. A sidecar records every
+    setting it rendered with, so one without ``motion_prior_space`` predates the choice and drew in ``latent``
+    (the only way then), whatever the model's default is now; other files leave it to the model.
+    """
+    path = Path(path)
+    data = parse_yaml(read_text_file(path, "config file"), path, "config file")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of settings, not a {type(data).__name__}")
+    sidecar = INFO_KEY in data
+    data = {str(k): v for k, v in data.items() if k != INFO_KEY}
+    if sidecar and "motion_prior_space" in allowed:
+        data.setdefault("motion_prior_space", "latent")
+    return check_keys(data, str(path), allowed)
+
+
+def merge(*layers: dict[str, Any], cls: type = RenderConfig) -> Any:
+    """Build a ``cls`` config from layers, lowest precedence first; ``None`` values in a layer do not override."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update({k: v for k, v in layer.items() if v is not None})
+    check_keys(values, "settings", tuple(f.name for f in fields(cls)))
+    # YAML may give 8 for fps or 7 for guidance: accept ints where floats are expected; lists for repeatable flags.
+    for f in fields(cls):
+        value = values.get(f.name)
+        if str(f.type).startswith("dict[int, str]") and isinstance(value, (dict, list, tuple, str)):
+            values[f.name] = parse_mapping(value)  # JSON sidecars' keys are text; YAML may list FRAME:TEXT
+            continue
+        if str(f.type).startswith("tuple[float") and isinstance(value, str):  # YAML's `guidance_interval: 0,0.5`
+            values[f.name] = parse_pair(value, f"--{flag(f.name)}")
+            continue
+        if str(f.type).startswith("tuple") and isinstance(value, (list, str)):
+            values[f.name] = tuple(value) if isinstance(value, list) else (value,)
+            continue
+        is_float = "float" in str(f.type) and "int" not in str(f.type)
+        if is_float and isinstance(value, int) and not isinstance(value, bool):
+            values[f.name] = float(value)
+        elif is_float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            try:
+                values[f.name] = float(value)
+            except ValueError:
+                pass  # check_types reports it
+    return cls(**values)
+
+
+def resolve(model_defaults: dict[str, Any], *layers: dict[str, Any], cls: type = RenderConfig) -> Any:
+    """The validated ``cls`` settings: the model's recorded defaults (those ``cls`` has), then ``layers``
+    (lowest precedence first) over the built-in defaults. The one place settings meet a model's defaults."""
+    names = {f.name for f in fields(cls)}
+    recorded = {k: v for k, v in model_defaults.items() if k in names}
+    return merge(recorded, *layers, cls=cls).validate()
+
+
+def parse_defaults(specs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings for a folder's ``videodiff.json`` defaults (``videodiff convert --default``): keys of
+    :data:`MODEL_DEFAULT_KEYS`, values read as YAML (``4``, ``trailing``, ``0,0.5``), checked as a render would."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, text = str(spec).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in MODEL_DEFAULT_KEYS:
+            raise UserError(f"--default must be KEY=VALUE, KEY one of {', '.join(MODEL_DEFAULT_KEYS)}; got {spec!r}")
+        try:
+            values[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            values[key] = text
+    settings = merge(values, cls=SampleSettings).validate()
+    return {k: list(v) if isinstance(v, tuple) else v for k in values if (v := getattr(settings, k)) is not None}
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A settings object as a plain dict (what a sidecar records)."""
+    return dataclasses.asdict(config)
