@@ -11,6 +11,7 @@ from PIL import Image
 from videodiff import keyframes, load_pipeline
 from videodiff.errors import UserError
 from videodiff.media.video import save_video
+from videodiff.post.paste import paste
 from videodiff.sampling import Schedule
 from videodiff.schedulers import make_scheduler
 from videodiff.shapes.evaluate import detect, ground_truth_render_fn, psnr, vae_roundtrip
@@ -62,7 +63,7 @@ def test_paste_puts_the_pictures_and_matches_colours():
     other = rng.integers(40, 200, (8, 8, 3)).astype(np.uint8)
     dull = lambda x: (x.astype(np.float64) * 0.5 + 20).round().astype(np.uint8)  # noqa: E731 - a colour shift
     frames = np.stack([dull(picture), dull(other)])
-    out = keyframes.paste(frames, {0: picture})
+    out = paste(frames, {0: picture})
     assert np.array_equal(out[0], picture)
     assert np.abs(out[1].astype(int) - other.astype(int)).max() <= 2  # the shift is undone on the other frame
 

@@ -47,6 +47,7 @@ from videodiff.settings.parse import (
     parse_trigger,
     words_of,
 )
+from videodiff.settings.post import PostSettings
 from videodiff.settings.render import (
     ATTENTION,
     DEVICES,
@@ -91,6 +92,7 @@ from videodiff.settings.train import (
 )
 
 __all__ = [
+    "PostSettings",
     "ATTENTION",
     "DEVICES",
     "DISTILL_KINDS",

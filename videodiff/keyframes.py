@@ -10,15 +10,13 @@
    latents are now at, with the very noise that frame started from (RePaint, Lugmayr et al. 2022,
    eq. 8: the frame's true noise is known, so the known region follows its own trajectory). Then
    the frames are let go, so that they blend with their neighbours.
-3. **Paste** (:func:`paste`, optional): the exact pictures in their frames, and the other frames'
-   colours matched to them (one gain and offset per channel, from a decoded pinned frame to its picture).
+3. **Paste** (optional) is a post-processing step after decoding: :mod:`videodiff.post.paste`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -104,21 +102,3 @@ class Anchor:
             more = self.then(i, total, t, t_next, latents if replaced is None else replaced, pass_index)
             replaced = more if more is not None else replaced
         return replaced
-
-
-def paste(frames: np.ndarray, pictures: Mapping[int, np.ndarray]) -> np.ndarray:
-    """``frames`` uint8 ``[f h w 3]`` with the exact ``pictures`` (``{frame: uint8 [h w 3]}``) in their frames and
-    every other frame's colours matched: a per-channel gain and offset, fitted by least squares from the decoded
-    pinned frames to their pictures, applied to all frames."""
-    decoded = np.concatenate([frames[f].reshape(-1, 3) for f in pictures]).astype(np.float64)
-    target = np.concatenate([p.reshape(-1, 3) for p in pictures.values()]).astype(np.float64)
-    out = frames.astype(np.float64)
-    for c in range(3):
-        x, y = decoded[:, c], target[:, c]
-        var = x.var()
-        gain = ((x - x.mean()) * (y - y.mean())).mean() / var if var > 1e-6 else 1.0
-        out[..., c] = (out[..., c] - x.mean()) * gain + y.mean()
-    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
-    for f, picture in pictures.items():
-        out[f] = picture
-    return out

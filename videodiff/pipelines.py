@@ -27,6 +27,7 @@ from videodiff.config import (
     VID2VID_STRENGTH,
     InputSettings,
     LoadSettings,
+    PostSettings,
     SampleSettings,
     lcm_steps_beyond,
     merge,
@@ -39,6 +40,7 @@ from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.motion_prior import PixelCodec
 from videodiff.motion_prior import prompt_features as motion_prior_features
+from videodiff.post import Clip, run_post, steps_for
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
 from videodiff.unet.triggers import TriggeredLoRAs
@@ -102,6 +104,8 @@ class VideoResult:
     seed: int | None
     settings: dict[str, Any] = field(default_factory=dict)  # what reproduces it (SampleSettings field names)
     triggered: tuple[str, ...] = ()  # trigger words of the MotionLoRAs merged for this prompt
+    fps: float | None = None  # the frames' rate after post-processing (None: as the writer is told)
+    post: list[dict[str, Any]] = field(default_factory=list)  # what each post-processing step did (the sidecar's)
 
 
 @dataclass
@@ -139,7 +143,6 @@ class ImageInput:
     anchor: float = IMG2VID_ANCHOR  # fraction of the steps the pinned frames are held to their pictures
     fit: str = "crop"
     background: tuple[int, int, int] = (0, 0, 0)
-    paste: bool = False
 
 
 @dataclass
@@ -159,7 +162,7 @@ def input_from(settings: InputSettings) -> ImageInput | VideoInput | None:
     background = parse_rgb(settings.background)
     if settings.image_at:
         images = dict(parse_image_at(spec) for spec in settings.image_at)
-        return ImageInput(images, settings.strength, settings.anchor, settings.fit, background, settings.paste)
+        return ImageInput(images, settings.strength, settings.anchor, settings.fit, background)
     if settings.video:
         return VideoInput(settings.video, settings.strength, settings.stride, settings.fit, background)
     return None
@@ -542,11 +545,14 @@ class VideoPipeline:
         output_type: str = "np",
         progress: bool = False,
         on_step: sampling.OnStep | None = None,
+        post: PostSettings | None = None,
+        fps: float | None = None,
     ) -> VideoResult:
         """Render resolved ``settings`` (:meth:`settings`) through the stages: text-to-video, or img2vid /
         vid2vid with a ``source``. ``latents`` (``[1 C F h w]``, unit variance) replace the seeded initial noise.
-        :class:`videodiff.sampling.Cancelled` raised by ``on_step`` stops the render and propagates (nothing is
-        decoded)."""
+        ``post``: the post-processing steps run on the decoded frames (:mod:`videodiff.post`; ``fps``, the rate
+        the frames are meant for, is what they start from). :class:`videodiff.sampling.Cancelled` raised by
+        ``on_step`` stops the render and propagates (nothing is decoded)."""
         settings.validate()
         if not settings.prompt and not settings.prompt_at:
             raise UserError("no prompt given")
@@ -607,9 +613,14 @@ class VideoPipeline:
                 bar.close()
             # 5. decode
             frames = self.decode(out, settings.decode_chunk) if output_type == "np" else None
-        if frames is not None and pictures and source.paste:
-            frames = keyframes.paste(frames, pictures)
-        return VideoResult(frames, out, seed, {**to_dict(settings), **begin.record, **record}, cond.triggered)
+        # 6. post-process
+        steps: list[dict[str, Any]] = []
+        if frames is not None:
+            clip = Clip(frames, fps, pictures)
+            clip, steps = run_post(clip, steps_for(post or PostSettings(), clip))
+            frames, fps = clip.frames, clip.fps
+        recorded = {**to_dict(settings), **begin.record, **record}
+        return VideoResult(frames, out, seed, recorded, cond.triggered, fps=fps, post=steps)
 
     def read_source(self, source: VideoInput, frames: int, height: int, width: int) -> tuple[VideoInput, float]:
         """The clip's first ``frames`` frames (every ``stride``-th), fitted to the size; and its fps over the stride."""
@@ -644,9 +655,9 @@ class VideoPipeline:
         if not images:
             raise UserError("img2vid needs a picture: IMAGE or --image-at FRAME:PATH")
         background = parse_rgb(background) if isinstance(background, str) else tuple(background)
-        inputs = InputSettings(strength=strength, anchor=anchor, fit=fit, paste=paste).validate()
-        source = ImageInput(images, inputs.strength, inputs.anchor, inputs.fit, background, inputs.paste)
-        return self._run(prompt, source, settings)
+        inputs = InputSettings(strength=strength, anchor=anchor, fit=fit).validate()
+        source = ImageInput(images, inputs.strength, inputs.anchor, inputs.fit, background)
+        return self._run(prompt, source, {**settings, "post": PostSettings(paste=paste)})
 
     def vid2vid(
         self,
@@ -666,7 +677,7 @@ class VideoPipeline:
         return self._run(prompt, VideoInput(video, inputs.strength, inputs.stride, inputs.fit), settings)
 
     def _run(self, prompt: str | None, source: ImageInput | VideoInput, given: dict[str, Any]) -> VideoResult:
-        run = {k: given.pop(k) for k in ("latents", "output_type", "progress", "on_step") if k in given}
+        run = {k: given.pop(k) for k in ("latents", "output_type", "progress", "on_step", "post", "fps") if k in given}
         return self.generate(self.settings(prompt, **given), source=source, **run)
 
     def free_init_start(
@@ -705,6 +716,7 @@ class VideoPipeline:
         output_type: str = "np",
         progress: bool = False,
         on_step: sampling.OnStep | None = None,
+        post: PostSettings | None = None,
         **settings: Any,
     ) -> VideoResult:
         """Render ``prompt`` to frames; returns a :class:`VideoResult` (``.frames`` uint8 ``[F H W 3]``).
@@ -722,10 +734,12 @@ class VideoPipeline:
         Long videos: ``num_frames`` above the motion modules' ``train_frames`` sample through sliding
         windows (``window``, ``overlap``, ``fuse``, ``loop``, ``window_noise``, ``window_layers``);
         ``free_init=N`` adds FreeInit passes; ``prompt_at={frame: prompt}`` (``prompt`` may then be ``None``) and
-        ``travel`` for prompt travel.
+        ``travel`` for prompt travel. ``post``: post-processing after decoding (:mod:`videodiff.post`).
         """
         resolved = self.settings(prompt, **settings)
-        return self.generate(resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step)
+        return self.generate(
+            resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step, post=post
+        )
 
 
 def _windowed(unet, plan: windows.WindowPlan) -> windows.Windowed:

@@ -167,7 +167,9 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
         from videodiff.pipelines import input_from
 
         source = input_from(config.inputs)
-        result = pipe.generate(config.sample, source=source, progress=not config.quiet, on_step=on_step)
+        result = pipe.generate(
+            config.sample, source=source, progress=not config.quiet, on_step=on_step, post=config.post, fps=config.fps
+        )
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; so is the MPS one
         if not is_out_of_memory(exc):
             raise
@@ -177,7 +179,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     written = save_video(
         result.frames,
         output,
-        fps=config.fps,
+        fps=result.fps or config.fps,
         crf=config.crf,
         overwrite=config.overwrite,
         sidecar=json.dumps(record, indent=2) + "\n",
@@ -209,6 +211,7 @@ def out_of_memory(config: RenderConfig) -> UserError:
 def summary(outcome: RenderOutcome, fps: float) -> str:
     """One line after a render: what was written, frames, size, fps, duration and the time it took."""
     frames, height, width = (int(n) for n in outcome.result.frames.shape[:3])
+    fps = outcome.result.fps or fps  # a post-processing step may have changed it
     return (
         f"wrote {outcome.output}: {frames} frames, {width}x{height}, {fps:g} fps, "
         f"{frames / fps:.2f} s of video, in {outcome.seconds:.1f} s"
@@ -250,6 +253,8 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
         "inputs": {str(Path(path).resolve()): file_sha256(path) for path in input_paths(config)},
         "strength": result.settings.get("strength"),
         "frames_written": int(result.frames.shape[0]),
+        "fps_written": result.fps or config.fps,
+        "post": result.post,
         "size_written": [int(result.frames.shape[2]), int(result.frames.shape[1])],
         "sources": pipe.parts.sources,
         "motion_lora_triggered": list(result.triggered),

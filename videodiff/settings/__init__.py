@@ -6,6 +6,7 @@ help, choices and bounds in its metadata, so that every option list can be gener
 - :mod:`~videodiff.settings.sample`: :class:`SampleSettings` (what to sample) and its names (schedulers, noise ...)
 - :mod:`~videodiff.settings.render`: :class:`LoadSettings`, :class:`InputSettings`, :class:`WriteSettings`,
   :class:`RenderConfig` (all stages flat), output formats, the keys a model may record as its defaults
+- :mod:`~videodiff.settings.post`: :class:`PostSettings` (what happens between decoding and writing)
 - :mod:`~videodiff.settings.train`: :class:`TrainConfig`
 - :mod:`~videodiff.settings.files`: settings files and precedence (:func:`load_config_file`, :func:`merge`,
   :func:`resolve`, :func:`parse_defaults`, :func:`to_dict`)

@@ -1,5 +1,6 @@
 """A render's settings besides sampling: what to load (:class:`LoadSettings`), what sampling starts from
-(:class:`InputSettings`), what to write (:class:`WriteSettings`), and :class:`RenderConfig`, all stages flat.
+(:class:`InputSettings`), what to write (:class:`WriteSettings`), and :class:`RenderConfig`, all stages flat
+(post-processing's :class:`~videodiff.settings.post.PostSettings` among them).
 
 Also the names these take (devices, dtypes, output formats ...), the keys a model may record as its own
 defaults, and the sidecar's informational key. Each field's default, help, choices and bounds are written
@@ -16,6 +17,7 @@ from videodiff.errors import UserError
 from videodiff.settings.checks import check_types
 from videodiff.settings.fields import check_bounds, check_choices, setting
 from videodiff.settings.parse import parse_image_at, parse_rgb, parse_trigger
+from videodiff.settings.post import PostSettings
 from videodiff.settings.sample import SampleSettings
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -141,9 +143,6 @@ class InputSettings:
         cli_choice=False,
     )
     background: str = setting("0,0,0", "R,G,B (or #RRGGBB): what transparent pixels and --fit pad borders become.")
-    paste: bool = setting(  # off: the decoded frame 0 is the model's own; on: exact, colours matched around it
-        False, "Put the exact pictures into their frames and match the other frames' colours to them."
-    )
     stride: int = setting(1, "vid2vid: take every N-th frame of the video (the output fps is divided by N).", min=1)
 
     def validate(self) -> InputSettings:
@@ -182,13 +181,13 @@ class WriteSettings:
         return self
 
 
-STAGES = (SampleSettings, InputSettings, LoadSettings, WriteSettings)
+STAGES = (SampleSettings, InputSettings, PostSettings, LoadSettings, WriteSettings)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RenderConfig(WriteSettings, LoadSettings, InputSettings, SampleSettings):
+class RenderConfig(WriteSettings, LoadSettings, PostSettings, InputSettings, SampleSettings):
     """Every render setting, flat: the stages' fields, as YAML files, sidecars and the command line hold them.
-    ``.sample``, ``.inputs``, ``.load`` and ``.write`` give each stage its own typed settings."""
+    ``.sample``, ``.inputs``, ``.post``, ``.load`` and ``.write`` give each stage its own typed settings."""
 
     def replace(self, **changes: Any) -> RenderConfig:
         return dataclasses.replace(self, **changes)
@@ -200,6 +199,10 @@ class RenderConfig(WriteSettings, LoadSettings, InputSettings, SampleSettings):
     @property
     def inputs(self) -> InputSettings:
         return stage_of(self, InputSettings)
+
+    @property
+    def post(self) -> PostSettings:
+        return stage_of(self, PostSettings)
 
     @property
     def load(self) -> LoadSettings:

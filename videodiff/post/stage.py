@@ -1,0 +1,59 @@
+"""The post-processing stage: :class:`Clip`, the :class:`PostStep` protocol, the steps' order and the runner."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from videodiff.post.paste import Paste
+from videodiff.settings.post import PostSettings
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Decoded frames on their way to the file: uint8 ``[f h w 3]``, their frame rate (``None``: whatever the
+    writer is told), and img2vid's pinned pictures ``{frame: uint8 [h w 3]}`` (fitted to the frames' size)."""
+
+    frames: np.ndarray
+    fps: float | None = None
+    pictures: Mapping[int, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [f h w 3], got {self.frames.dtype} {tuple(self.frames.shape)}")
+
+
+class PostStep(Protocol):
+    """One post-processing step."""
+
+    name: str
+
+    def __call__(self, clip: Clip) -> Clip:
+        """The clip after this step (frames, fps and pictures as they now are)."""
+        ...
+
+    def record(self) -> dict[str, Any]:
+        """What the sidecar records of this step (its settings; any model's source and SHA-256)."""
+        ...
+
+
+def steps_for(settings: PostSettings, clip: Clip) -> list[PostStep]:
+    """The steps ``settings`` ask for, in their fixed order: paste first (it puts back the exact pictures the later
+    steps then work from). A step with nothing to work on (paste without pinned pictures) is left out."""
+    settings.validate()
+    steps: list[PostStep] = []
+    if settings.paste and clip.pictures:
+        steps.append(Paste())
+    return steps
+
+
+def run_post(clip: Clip, steps: list[PostStep]) -> tuple[Clip, list[dict[str, Any]]]:
+    """``clip`` through ``steps`` in order; returns the last clip and each step's record, ``{"step": name, ...}``."""
+    records = []
+    for step in steps:
+        clip = step(clip)
+        records.append({"step": step.name, **step.record(), "frames": int(clip.frames.shape[0]), "fps": clip.fps})
+    return clip, records
