@@ -32,11 +32,9 @@ def encode_prompts(
     ``clip_skip`` uses an earlier hidden layer (1 = the penultimate), through the final
     layer norm, as diffusers does.
     """
-    multi = getattr(tokenizer, "videodiff_multi_tokens", None)
-    if multi:  # multi-vector textual-inversion tokens expand to all their vectors
-        from videodiff.weights.embeddings import expand_prompt
-
-        prompts = [expand_prompt(p, multi) for p in prompts]
+    expand = getattr(tokenizer, "videodiff_expand_prompt", None)
+    if expand is not None:  # multi-vector textual-inversion tokens expand to all their vectors (set where they load)
+        prompts = [expand(p) for p in prompts]
     max_length = tokenizer.model_max_length
     batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     for prompt in prompts:

@@ -16,11 +16,13 @@ prompts, so tokens match in any case.
 An embedding of n vectors adds n tokens ``tok tok_1 ... tok_{n-1}``; a prompt names it
 by ``tok`` alone, and :func:`expand_prompt` rewrites ``tok`` to all of them. The mapping is
 kept on the tokenizer as ``tokenizer.videodiff_multi_tokens`` (``{tok: [tok, tok_1, ...]}``,
-one entry per loaded embedding) for the prompt encoder to use.
+one entry per loaded embedding), and with it ``tokenizer.videodiff_expand_prompt`` (``prompt -> prompt``),
+which the prompt encoder (:func:`videodiff.text.encode_prompts`) calls: it imports nothing of ``weights``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from videodiff.weights.checkpoints import PICKLE_SUFFIXES, read_state_dict
 from videodiff.weights.safetensors_header import read_header
 
 MULTI_TOKENS_ATTR = "videodiff_multi_tokens"
+EXPAND_ATTR = "videodiff_expand_prompt"  # the tokenizer's prompt -> prompt, for videodiff.text
 _SDXL_KEYS = ("clip_l", "clip_g")
 
 
@@ -168,6 +171,7 @@ def load_embedding(tokenizer, text_encoder, path: str | Path, token: str | None 
             weight[ids] = vectors.to(device=weight.device, dtype=weight.dtype)
             mapping[name] = names
     setattr(tokenizer, MULTI_TOKENS_ATTR, mapping)
+    setattr(tokenizer, EXPAND_ATTR, functools.partial(expand_prompt, tokens_map=mapping))  # picklable
     summary = ", ".join(f"{name!r} ({len(names)} vector{'s' if len(names) > 1 else ''})" for name, names, _ in plan)
     notice(f"embedding {path.name} ({fmt}): added {summary}")
     return new_tokens

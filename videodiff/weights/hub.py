@@ -317,6 +317,16 @@ def quiet_hub_logging() -> None:
         lib.utils.logging.disable_progress_bar()
 
 
+def own_version() -> str:
+    """videodiff's version as installed (read from its metadata: the package root sits above this module)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("videodiff")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "unknown"
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide the output, for sidecars."""
     import platform
@@ -325,10 +335,8 @@ def package_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import videodiff
-
     return {
-        "videodiff": videodiff.__version__,
+        "videodiff": own_version(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,

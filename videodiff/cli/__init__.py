@@ -1,0 +1,77 @@
+"""The command line: parse, build a config, call the package. No logic of its own.
+
+One module per command group: :mod:`.rendering` (render, img2vid, vid2vid), :mod:`.training` (train),
+:mod:`.models` (convert, inspect), :mod:`.datasets` (data), :mod:`.evaluation` (eval), :mod:`.serving`
+(serve); :mod:`.group` holds the click group and how errors and interrupts end a command, :mod:`.options`
+the options made from the settings dataclasses. This module registers the commands and holds :func:`main`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from videodiff import coldstart
+from videodiff.cli.datasets import data, data_shapes
+from videodiff.cli.evaluation import eval_group, eval_shapes
+from videodiff.cli.group import (
+    EXIT_USER_ERROR,
+    KEPT_ON_INTERRUPT,
+    Group,
+    Interrupted,
+    OneLineError,
+    cli,
+    sigterm_as_interrupt,
+)
+from videodiff.cli.models import convert, inspect
+from videodiff.cli.options import CONFIG_OPTION, given, options_from, parse_motion
+from videodiff.cli.rendering import img2vid, render, render_one, vid2vid
+from videodiff.cli.serving import SERVE_OPTIONS, serve
+from videodiff.cli.training import TRAIN_HELP, train
+from videodiff.errors import UserError
+
+__all__ = [
+    "CONFIG_OPTION",
+    "EXIT_USER_ERROR",
+    "KEPT_ON_INTERRUPT",
+    "SERVE_OPTIONS",
+    "TRAIN_HELP",
+    "Group",
+    "Interrupted",
+    "OneLineError",
+    "cli",
+    "convert",
+    "data",
+    "data_shapes",
+    "eval_group",
+    "eval_shapes",
+    "given",
+    "img2vid",
+    "inspect",
+    "main",
+    "options_from",
+    "parse_motion",
+    "render",
+    "render_one",
+    "serve",
+    "sigterm_as_interrupt",
+    "train",
+    "vid2vid",
+]
+
+for _command in (render, img2vid, vid2vid, train, convert, inspect, data, eval_group, serve):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    coldstart.install()  # import only what runs (VIDEODIFF_EAGER_IMPORTS=1 turns it off)
+    try:
+        cli.main(prog_name="videodiff")
+    except UserError as exc:  # raised outside a command (should not happen, but never show a traceback)
+        click.echo(f"videodiff: error: {exc}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()

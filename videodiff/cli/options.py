@@ -1,0 +1,99 @@
+"""Options shared by the commands: click options made from a settings dataclass, and what the user gave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from videodiff.config import TrainConfig
+from videodiff.errors import UserError
+
+
+def given(ctx: click.Context, source: ParameterSource) -> dict[str, Any]:
+    """Parameters set from ``source`` (so defaults never override a config file)."""
+    return {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k) == source}
+
+
+def parse_motion(text: str) -> tuple[float, float]:
+    """``--motion DX,DY``: two numbers, pixels per frame."""
+    try:
+        dx, dy = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--motion must be DX,DY in pixels per frame, e.g. 2,0; got {text!r}") from None
+    return dx, dy
+
+
+def choice_help(names: tuple[str, ...]) -> str:
+    return "|".join(names)
+
+
+def options_from(
+    cls: type, helps: dict[str, str] | None = None, envvars: dict[str, str] | None = None, skip: tuple[str, ...] = ()
+):
+    """Click options for every field of a settings dataclass (flag = field name with dashes).
+
+    Help, a short flag and an environment variable come from the field's metadata
+    (:func:`videodiff.config.setting`), else from ``helps``/``envvars``. No option has a default
+    of its own: commands read only what was given (:func:`given`), so a config file and the
+    model's recorded defaults are never overridden; the help names the default instead.
+    """
+    import dataclasses
+
+    from videodiff.config import MODEL_DEFAULT_KEYS
+
+    def decorate(func):
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in skip:
+                continue
+            names = [*([f.metadata["short"]] if "short" in f.metadata else []), "--" + f.name.replace("_", "-")]
+            kind = str(f.type)
+            help_text = f.metadata.get("help") or (helps or {}).get(f.name, "")
+            envvar = f.metadata.get("env") or (envvars or {}).get(f.name)
+            recorded = f.name in MODEL_DEFAULT_KEYS and cls is not TrainConfig  # a model may record its own
+            if recorded and f.default is not None:
+                shown = f.default if isinstance(f.default, str) else f"{f.default:g}"
+                help_text += f" [default: the model's, else {shown}]"
+            extra: dict[str, Any] = {"help": help_text, "envvar": envvar}
+            if kind.startswith("bool"):
+                func = click.option(*names, is_flag=True, default=f.default, **extra)(func)
+            elif kind.startswith("dict[int, str]"):  # KEY:TEXT, repeatable
+                func = click.option(*names, multiple=True, callback=_keyed_texts, **extra)(func)
+            elif kind.startswith("tuple[str"):
+                func = click.option(*names, multiple=True, **extra)(func)
+            elif kind.startswith("tuple[float"):  # DX,DY; LOW,HIGH
+                func = click.option(*names, callback=_numbers_pair, **extra)(func)
+            elif "choices" in f.metadata:  # a closed set: checked by click (with completion)
+                choice = click.Choice(f.metadata["choices"])
+                show = f.default is not None and not recorded
+                func = click.option(*names, type=choice, default=f.default, show_default=show, **extra)(func)
+            else:
+                typ = int if kind.startswith("int") else float if kind.startswith("float") else str
+                show = f.default is not None and not recorded
+                func = click.option(*names, type=typ, default=f.default, show_default=show, **extra)(func)
+        return func
+
+    return decorate
+
+
+def _keyed_texts(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[int, str] | None:
+    from videodiff.config import parse_mapping
+
+    return parse_mapping(list(value)) if value else None
+
+
+def _numbers_pair(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None or param.name == "motion":
+        return None if value is None else parse_motion(value)
+    from videodiff.config import parse_pair
+
+    return parse_pair(value, "--" + str(param.name).replace("_", "-"))
+
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML (or a sidecar .json) with any of these settings; the command line wins.",
+)

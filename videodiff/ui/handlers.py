@@ -1,0 +1,303 @@
+"""What the page does: the handlers of its events (uploads, renders, stop, the API, past runs).
+
+:class:`Handlers` holds what they share (the page's components, the warm pipeline's renderer, the outputs
+folder, the settings the form starts from); :mod:`videodiff.ui.app` connects its methods to the events of
+:class:`videodiff.ui.layout.Page`. Gradio is passed in (the ``ui`` extra is imported only when a page is built).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from concurrent.futures import wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from videodiff.config import RenderConfig
+from videodiff.errors import UserError
+from videodiff.render import summary
+from videodiff.ui import form
+from videodiff.ui.gallery import Run, inside, read_runs, thumbnail
+from videodiff.ui.jobs import Renderer
+from videodiff.ui.layout import Page
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+log = logging.getLogger("videodiff.ui")
+
+
+def hints(gr: Any, *functions: Any) -> None:
+    """Gradio finds ``request``/``evt`` by their annotations; with postponed annotations they are text."""
+    for function in functions:
+        for key, value in list(function.__annotations__.items()):
+            if value in ("gr.Request", "gr.SelectData"):  # (a default of None: gr.api's own calls)
+                function.__annotations__[key] = getattr(gr, value.removeprefix("gr."))
+
+
+def strip(frames: np.ndarray) -> np.ndarray:
+    """Frames ``[n h w 3]`` side by side, each at least 96 pixels high (a preview the eye can read)."""
+    row = np.concatenate(list(frames), axis=1)
+    scale = max(1, 96 // max(1, row.shape[0]))
+    return row.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+class Handlers:
+    """The page's event handlers over one renderer and one outputs folder."""
+
+    def __init__(
+        self,
+        gr: Any,
+        page: Page,
+        renderer: Renderer,
+        outputs: Path,
+        base: RenderConfig,
+        start: dict[str, Any],
+    ) -> None:
+        self.gr, self.page, self.renderer, self.outputs = gr, page, renderer, outputs
+        self.base, self.start = base, start
+        # settings whose box is text because they have no value of their own: empty is the default
+        self.optional = {name for name in page.settings if start[name] is None and name not in form.TEXT_FIELDS}
+        hints(gr, self.stop_render, self.render_api, self.pick)
+
+    # ---------------------------------------------------------------- past runs, read from the outputs folder
+    def refresh(self) -> tuple[Any, list[str], str]:
+        outputs = self.outputs
+        runs, notices = read_runs(outputs)
+        items = [(str(thumbnail(run, outputs)), run.caption()) for run in runs]
+        note = (
+            ""
+            if not notices
+            else "**Skipped:** "
+            + "; ".join(notices[:5])
+            + (f" and {len(notices) - 5} more" if len(notices) > 5 else "")
+        )
+        return items, [str(run.output.relative_to(outputs)) for run in runs], note
+
+    def find_run(self, name: str) -> Run:
+        path = inside(self.outputs, (name or "").strip())
+        runs, _ = read_runs(self.outputs)
+        for run in runs:
+            if run.output.resolve() == path:
+                return run
+        raise UserError(f"no run {name!r} with a sidecar in the outputs folder")
+
+    # ---------------------------------------------------------------- uploads, through the CLI's readers
+    def accept_image(self, path: str | None) -> tuple[Any, Any]:
+        if not path:
+            return None, None
+        try:
+            from videodiff.media.images import read_image
+
+            kept = form.accept_upload(path, self.outputs, "image")
+            return str(kept), read_image(kept, max_side=256)
+        except UserError as exc:
+            raise self.gr.Error(str(exc)) from None
+
+    def accept_video(self, path: str | None) -> tuple[Any, str]:
+        if not path:
+            return None, ""
+        try:
+            from videodiff.media.clips import check_video
+
+            kept = form.accept_upload(path, self.outputs, "video")
+            info = check_video(kept)
+        except UserError as exc:
+            raise self.gr.Error(str(exc)) from None
+        return str(kept), f"{info.num_frames} frames of {info.width}x{info.height} at {info.fps:g} fps"
+
+    # ---------------------------------------------------------------- rendering
+    def run_render(self, mode: str, values: dict[str, Any], chosen: str, request: gr.Request, progress: Any):
+        gr, page, renderer = self.gr, self.page, self.renderer
+        preview, status = page.preview, page.status
+        try:
+            config = form.build_config(mode, values, self.base, self.outputs, chosen)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        session = getattr(request, "session_hash", None) or "anonymous"
+        events: queue.Queue = queue.Queue()
+        progress(0.0, desc="waiting for the model")
+        future = renderer.submit(
+            config,
+            session,
+            progress=lambda n, total, what: events.put(("progress", n, total, what)),
+            preview=lambda frames: events.put(("preview", frames)),
+        )
+        future.add_done_callback(lambda _: events.put(("end",)))
+        try:
+            while True:
+                event = events.get()
+                if event[0] == "progress":
+                    progress(event[1] / event[2], desc=event[3])
+                elif event[0] == "preview":
+                    yield {preview: strip(event[1]), status: "sampling…"}
+                else:
+                    break
+        finally:  # the page went away: stop the render, nothing is written
+            if not future.done():
+                renderer.cancel(session)
+                wait([future])
+        error = future.exception()
+        done = {"error": error} if error is not None else {"outcome": future.result()}
+        error = done.get("error")
+        if error is not None:
+            from videodiff.sampling import Cancelled
+
+            if isinstance(error, Cancelled):
+                gr.Warning("Stopped: nothing was written.")
+                yield {status: "Stopped: nothing was written.", preview: None}
+                return
+            if isinstance(error, UserError):
+                raise gr.Error(str(error))
+            log.error("render failed", exc_info=error)
+            raise gr.Error(f"the render failed: {type(error).__name__}: {error}")
+        outcome = done["outcome"]
+        items, names, note = self.refresh()
+        shown = str(outcome.output)
+        is_gif = outcome.output.suffix == ".gif"
+        yield {
+            page.video_out: gr.Video(value=None if is_gif else shown, visible=not is_gif),
+            page.gif_out: gr.Image(value=shown if is_gif else None, visible=is_gif),
+            preview: None,
+            status: f"{summary(outcome, config.fps)} · seed {outcome.seed}",
+            page.gallery: items,
+            page.names_state: names,
+            page.run_name: outcome.output.name,
+            page.gallery_note: note,
+        }
+
+    def tab_values(self, mode: str, data: dict[Any, Any]) -> tuple[dict[str, Any], str]:
+        page = self.page
+        values = {name: data[component] for name, component in page.settings.items()}
+        if mode == "text":
+            values["prompt"] = data[page.prompt_text]
+        elif mode == "img2vid":
+            values.update(prompt=data[page.prompt_img], image=data[page.image_state], last_image=data[page.last_state])
+        elif mode == "vid2vid":
+            values.update(prompt=data[page.prompt_vid], video=data[page.video_state])
+        else:
+            values["keyframes"] = data[page.keyframes]
+        return values, data[page.fmt]
+
+    def renderer_for(self, mode: str):
+        """The handler of a render button (or the prompt's Enter) of the tab ``mode``."""
+        gr = self.gr
+
+        def handler(data: dict[Any, Any], request: gr.Request, progress=gr.Progress()):  # noqa: B008
+            values, chosen = self.tab_values(mode, data)
+            yield from self.run_render(mode, values, chosen, request, progress)
+
+        hints(gr, handler)
+        return handler
+
+    def stop_render(self, request: gr.Request) -> None:
+        if self.renderer.cancel(getattr(request, "session_hash", None) or "anonymous"):
+            self.gr.Info("Stopping at the next step…")
+
+    def render_api(
+        self,
+        prompt: str,
+        frames: int = 0,
+        steps: int = 0,
+        seed: int = -1,
+        settings_json: str = "{}",
+        format: str = "mp4",
+        request: gr.Request = None,
+    ) -> str:  # noqa: A002
+        """Text-to-video for scripts (gradio_client): PROMPT with FRAMES, STEPS, SEED (0 or -1: the form's
+        default, random) and any other form setting as JSON; returns the output's name in the outputs folder."""
+        import json
+
+        gr, settings = self.gr, self.page.settings
+        try:
+            extra = json.loads(settings_json or "{}")
+            if not isinstance(extra, dict):
+                raise ValueError("not a mapping")
+        except ValueError as exc:
+            raise gr.Error(f"settings_json must be a JSON mapping of settings: {exc}") from None
+        values = {name: self.start[name] for name in settings}
+        unknown = sorted(set(extra) - set(settings))
+        if unknown:
+            raise gr.Error(f"unknown settings {', '.join(unknown)}; known: {', '.join(settings)}")
+        values.update(extra, prompt=prompt, seed=seed)
+        values.update({k: v for k, v in (("frames", frames), ("steps", steps)) if v})
+        try:
+            config = form.build_config("text", values, self.base, self.outputs, format)
+            session = getattr(request, "session_hash", None) or "api"
+            outcome = self.renderer.render(config, session)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        return str(outcome.output.relative_to(self.outputs))
+
+    # ---------------------------------------------------------------- past runs
+    def show_gallery(self):
+        items, names, note = self.refresh()
+        return items, names, note
+
+    def pick(self, names: list[str], evt: gr.SelectData) -> str:
+        return names[evt.index] if evt.index is not None and evt.index < len(names) else ""
+
+    def show_run(self, name: str) -> tuple[Any, Any]:
+        gr = self.gr
+        if not (name or "").strip():
+            return None, gr.DownloadButton(value=None)
+        try:
+            run = self.find_run(name)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return None, gr.DownloadButton(value=None)
+        return {**run.settings, "info": run.info}, gr.DownloadButton(value=str(run.output))
+
+    def use_settings(self, name: str) -> dict[Any, Any]:
+        gr, page = self.gr, self.page
+        try:
+            run = self.find_run(name)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        mode, values, notices = form.form_from_run(run, self.outputs)
+        for notice in notices:
+            gr.Warning(notice)
+        changes: dict[Any, Any] = {page.tabs: gr.Tabs(selected=mode)}
+        for key, component in page.settings.items():
+            if key in values:
+                value = values[key]
+                if key in self.optional:  # a text box: empty is the default
+                    value = "" if value is None else str(value)
+                changes[component] = -1 if key == "seed" and value is None else value
+        changes[page.fmt] = values.get("format", "mp4")
+        prompt_box = {"text": page.prompt_text, "img2vid": page.prompt_img, "vid2vid": page.prompt_vid}.get(mode)
+        if prompt_box is not None:
+            changes[prompt_box] = values.get("prompt", "")
+        else:
+            changes[page.keyframes] = values.get("keyframes", "")
+        if mode == "img2vid":
+            from videodiff.media.images import read_image
+
+            for state, shown, key in (
+                (page.image_state, page.first_shown, "image"),
+                (page.last_state, page.last_shown, "last_image"),
+            ):
+                changes[state] = values.get(key)
+                changes[shown] = read_image(values[key], max_side=256) if values.get(key) else None
+        if mode == "vid2vid":
+            changes[page.video_state] = values.get("video")
+        return changes
+
+    def render_again_handler(self):
+        """The handler of "Render again": the run's own settings rendered once more."""
+        gr = self.gr
+
+        def render_again(name: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+            try:
+                run = self.find_run(name)
+            except UserError as exc:
+                raise gr.Error(str(exc)) from None
+            mode, values, notices = form.form_from_run(run, self.outputs)
+            if notices:
+                raise gr.Error(notices[0])
+            yield from self.run_render(mode, values, values.get("format", "mp4"), request, progress)
+
+        hints(gr, render_again)
+        return render_again

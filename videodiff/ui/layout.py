@@ -1,0 +1,306 @@
+"""The page's layout: the Gradio components of the web app, in the order they appear, and no behaviour.
+
+:func:`build_layout` places every component inside the current ``gr.Blocks`` and returns them as a :class:`Page`;
+what they do is :mod:`videodiff.ui.handlers`, and :mod:`videodiff.ui.app` connects the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from videodiff.config import (
+    FREE_INIT_FILTERS,
+    FUSE_KINDS,
+    MOTION_PRIOR_SPACES,
+    NOISE_KINDS,
+    SCHEDULERS,
+    TRAVEL,
+    WINDOW_LAYERS,
+    WINDOW_NOISE,
+)
+from videodiff.ui import form
+
+HELP = {
+    "frames": "Frames of the video",
+    "width": "Width (multiple of 8)",
+    "height": "Height (multiple of 8)",
+    "steps": "Denoising steps",
+    "guidance": "Guidance scale",
+    "seed": "Seed (-1: random)",
+    "scheduler": "Scheduler",
+    "noise": "Initial noise",
+    "strength": "Strength (img2vid/vid2vid; empty: default)",
+    "window": "Window (frames; empty: the motion modules')",
+    "overlap": "Window overlap (empty: a quarter)",
+    "loop": "Loop (windows wrap around)",
+}
+CHOICES = {
+    "scheduler": SCHEDULERS,
+    "noise": NOISE_KINDS,
+    "fuse": FUSE_KINDS,
+    "window_noise": WINDOW_NOISE,
+    "window_layers": WINDOW_LAYERS,
+    "motion_prior_space": MOTION_PRIOR_SPACES,
+    "free_init_filter": FREE_INIT_FILTERS,
+    "travel": TRAVEL,
+    "fit": ("crop", "pad"),
+}
+INTEGERS = (
+    "frames",
+    "width",
+    "height",
+    "steps",
+    "seed",
+    "window",
+    "overlap",
+    "free_init",
+    "stride",
+    "decode_chunk",
+    "crf",
+)
+
+
+def _component(gr: Any, name: str, value: Any) -> Any:
+    label = HELP.get(name, name.replace("_", " "))
+    elem = f"set-{name.replace('_', '-')}"
+    if name in CHOICES:
+        return gr.Dropdown(list(CHOICES[name]), value=value, label=label, elem_id=elem)
+    if isinstance(value, bool) or name in ("loop", "paste"):
+        return gr.Checkbox(value=bool(value), label=label, elem_id=elem)
+    if name in form.TEXT_FIELDS:
+        return gr.Textbox(value=value or "", label=label, elem_id=elem)
+    if value is None:  # an optional number: empty means the default (a Number would send 0)
+        return gr.Textbox(value="", label=label, placeholder="default", elem_id=elem)
+    return gr.Number(value=value, label=label, precision=0 if name in INTEGERS else None, elem_id=elem)
+
+
+@dataclass
+class Page:
+    """Every component of the page that a handler reads or changes (Gradio components, typed ``Any``: Gradio is
+    imported only when a page is built)."""
+
+    # the tabs: one per kind of render
+    tabs: Any
+    prompt_text: Any
+    go_text: Any
+    prompt_img: Any
+    first_file: Any
+    last_file: Any
+    first_shown: Any
+    last_shown: Any
+    go_img: Any
+    prompt_vid: Any
+    video_file: Any
+    video_note: Any
+    go_vid: Any
+    keyframes: Any
+    go_travel: Any
+    # the settings, by field name of RenderConfig, and the output format
+    settings: dict[str, Any]
+    dice: Any
+    fmt: Any
+    # the result column
+    video_out: Any
+    gif_out: Any
+    preview: Any
+    status: Any
+    stop: Any
+    # past runs
+    gallery: Any
+    gallery_note: Any
+    names_state: Any
+    run_name: Any
+    refresh_btn: Any
+    details: Any
+    use_btn: Any
+    again_btn: Any
+    download: Any
+    # uploads as kept in the outputs folder
+    image_state: Any
+    last_state: Any
+    video_state: Any
+
+    @property
+    def result_outputs(self) -> list[Any]:
+        """What a render changes."""
+        return [
+            self.video_out,
+            self.gif_out,
+            self.preview,
+            self.status,
+            self.gallery,
+            self.names_state,
+            self.run_name,
+            self.gallery_note,
+        ]
+
+    @property
+    def form_inputs(self) -> set[Any]:
+        """What a render reads (a set: the handler gets a mapping of component to value)."""
+        return {
+            *self.settings.values(),
+            self.fmt,
+            self.prompt_text,
+            self.prompt_img,
+            self.prompt_vid,
+            self.keyframes,
+            self.image_state,
+            self.last_state,
+            self.video_state,
+        }
+
+    @property
+    def use_outputs(self) -> list[Any]:
+        """What "Use these settings" changes."""
+        return [
+            self.tabs,
+            *self.settings.values(),
+            self.fmt,
+            self.prompt_text,
+            self.prompt_img,
+            self.prompt_vid,
+            self.keyframes,
+            self.image_state,
+            self.first_shown,
+            self.last_state,
+            self.last_shown,
+            self.video_state,
+        ]
+
+
+def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path) -> Page:
+    """The page's components, placed in the current ``gr.Blocks``; ``start``: the form's first values."""
+    gr.Markdown(f"# videodiff\nModel: **{model}** · outputs: `{outputs}` · one render at a time, in turn.")
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Tabs(selected="text") as tabs:
+                with gr.Tab("Text to video", id="text"):
+                    prompt_text = gr.Textbox(
+                        label="Prompt", elem_id="prompt-text", placeholder="a red circle moving right"
+                    )
+                    go_text = gr.Button("Render", variant="primary", elem_id="render-text")
+                with gr.Tab("Image to video", id="img2vid"):
+                    prompt_img = gr.Textbox(label="Prompt", elem_id="prompt-img2vid")
+                    with gr.Row():
+                        first_file = gr.File(
+                            label="Picture for frame 0",
+                            type="filepath",
+                            file_types=list(form.IMAGE_SUFFIXES),
+                            elem_id="image-upload",
+                        )
+                        last_file = gr.File(
+                            label="Picture for the last frame (optional keyframe)",
+                            type="filepath",
+                            file_types=list(form.IMAGE_SUFFIXES),
+                            elem_id="last-image-upload",
+                        )
+                    with gr.Row():
+                        first_shown = gr.Image(label="Frame 0", interactive=False, height=128, elem_id="image-shown")
+                        last_shown = gr.Image(label="Last frame", interactive=False, height=128)
+                    go_img = gr.Button("Animate", variant="primary", elem_id="render-img2vid")
+                with gr.Tab("Video to video", id="vid2vid"):
+                    prompt_vid = gr.Textbox(label="Prompt", elem_id="prompt-vid2vid")
+                    video_file = gr.File(
+                        label="Video to re-render",
+                        type="filepath",
+                        file_types=list(form.VIDEO_SUFFIXES),
+                        elem_id="video-upload",
+                    )
+                    video_note = gr.Markdown()
+                    go_vid = gr.Button("Re-render", variant="primary", elem_id="render-vid2vid")
+                with gr.Tab("Prompt travel", id="travel"):
+                    keyframes = gr.Textbox(
+                        label="Keyframes: one FRAME: PROMPT a line",
+                        lines=4,
+                        elem_id="keyframes",
+                        value="0: a red circle moving right\n8: a blue circle moving right",
+                    )
+                    go_travel = gr.Button("Render", variant="primary", elem_id="render-travel")
+            settings: dict[str, Any] = {}
+            with gr.Row():
+                for name in ("frames", "width", "height", "steps"):
+                    settings[name] = _component(gr, name, start[name])
+            with gr.Row():
+                for name in ("guidance", "seed"):
+                    settings[name] = _component(gr, name, start[name])
+                dice = gr.Button("Dice", elem_id="dice", scale=0, min_width=60)
+                settings["scheduler"] = _component(gr, "scheduler", start["scheduler"])
+            with gr.Row():
+                for name in ("noise", "strength", "window", "overlap", "loop"):
+                    settings[name] = _component(gr, name, start[name])
+            with gr.Accordion("Advanced", open=False):
+                fmt = gr.Radio(list(form.FORMATS), value="mp4", label="format", elem_id="set-format")
+                names = list(form.ADVANCED)
+                for row in range(0, len(names), 4):
+                    with gr.Row():
+                        for name in names[row : row + 4]:
+                            settings[name] = _component(gr, name, start[name])
+        with gr.Column(scale=2):
+            video_out = gr.Video(label="Video", elem_id="video-out", autoplay=True, loop=True)
+            gif_out = gr.Image(label="GIF", visible=False, elem_id="gif-out")
+            preview = gr.Image(
+                label="Preview (latest frames while sampling)", interactive=False, elem_id="preview", height=128
+            )
+            status = gr.Markdown(elem_id="status")
+            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+    gr.Markdown("## Past runs")
+    gallery = gr.Gallery(
+        label="Outputs",
+        columns=8,
+        rows=1,
+        height=200,
+        object_fit="contain",
+        allow_preview=False,
+        fit_columns=False,
+        elem_id="gallery",
+    )
+    gallery_note = gr.Markdown(elem_id="gallery-note")
+    names_state = gr.State([])
+    with gr.Row():
+        run_name = gr.Textbox(label="Run (a file in the outputs folder)", elem_id="run-name", scale=3)
+        refresh_btn = gr.Button("Refresh", elem_id="refresh", scale=0)
+    details = gr.JSON(label="Settings (the sidecar)", elem_id="run-settings")
+    with gr.Row():
+        use_btn = gr.Button("Use these settings", elem_id="use-settings")
+        again_btn = gr.Button("Render again", elem_id="render-again")
+        download = gr.DownloadButton("Download", value=None, elem_id="download")
+    image_state, last_state, video_state = gr.State(None), gr.State(None), gr.State(None)
+    return Page(
+        tabs=tabs,
+        prompt_text=prompt_text,
+        go_text=go_text,
+        prompt_img=prompt_img,
+        first_file=first_file,
+        last_file=last_file,
+        first_shown=first_shown,
+        last_shown=last_shown,
+        go_img=go_img,
+        prompt_vid=prompt_vid,
+        video_file=video_file,
+        video_note=video_note,
+        go_vid=go_vid,
+        keyframes=keyframes,
+        go_travel=go_travel,
+        settings=settings,
+        dice=dice,
+        fmt=fmt,
+        video_out=video_out,
+        gif_out=gif_out,
+        preview=preview,
+        status=status,
+        stop=stop,
+        gallery=gallery,
+        gallery_note=gallery_note,
+        names_state=names_state,
+        run_name=run_name,
+        refresh_btn=refresh_btn,
+        details=details,
+        use_btn=use_btn,
+        again_btn=again_btn,
+        download=download,
+        image_state=image_state,
+        last_state=last_state,
+        video_state=video_state,
+    )

@@ -1,0 +1,226 @@
+"""What an SD checkpoint's keys and tensor shapes say, with no tensor read: the family and kind of a file
+(SD1.5, SD2.x, SDXL, a standalone VAE) and each model's config (SD1.5's shipped config, changed where the
+shapes say otherwise). Works on shapes alone, so it imports no torch.
+
+Also the shipped SD1.5 configs and CLIP tokenizer (``videodiff/assets/sd15``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from videodiff.errors import UserError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "sd15"
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+CLIP_PREFIX = "cond_stage_model.transformer."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD2.x (OpenCLIP ViT-H text encoder)
+SDXL_PREFIX = "conditioner.embedders."
+EMA_PREFIX = "model_ema."
+
+NOT_SD15 = "not an SD1.5-family checkpoint; videodiff supports Stable Diffusion 1.x models only"
+
+Shapes = Mapping[str, Sequence[int]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped configs
+
+
+def shipped_config(part: str) -> dict[str, Any]:
+    """The SD1.5 config of ``part`` (``unet``, ``vae``, ``text_encoder`` or ``scheduler``), a fresh dict."""
+    name = "scheduler_config.json" if part == "scheduler" else "config.json"
+    return json.loads((ASSETS / part / name).read_text(encoding="utf-8"))
+
+
+def shipped_tokenizer():
+    """The SD1.5 CLIP tokenizer (ViT-L/14 BPE, 49,408 tokens), read from the package: no network."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(ASSETS / "tokenizer"), local_files_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recognising checkpoints
+
+
+def is_ldm_checkpoint(state_dict: Mapping[str, Any]) -> bool:
+    """True for an original-layout (LDM) Stable Diffusion checkpoint: U-Net keys under ``model.diffusion_model.``.
+
+    This is about the key layout, not the family: SD2.x and SDXL files are LDM checkpoints too
+    (:func:`videodiff.weights.single_file.load_single_file` then says they are not SD1.5-family).
+    """
+    return any(k.startswith(UNET_PREFIX) for k in state_dict)
+
+
+def strip_prefix(shapes: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)}
+
+
+def indices(keys, pattern: str) -> list[int]:
+    """Sorted distinct integers captured by ``pattern`` (one group) at the start of ``keys``."""
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
+
+
+def vae_prefix(keys) -> str | None:
+    """The prefix of an LDM-layout VAE inside ``keys`` (``''`` for a bare VAE file), or None."""
+    for prefix in (*VAE_PREFIXES, ""):
+        if f"{prefix}encoder.conv_in.weight" in keys and any(k.startswith(f"{prefix}encoder.down.") for k in keys):
+            return prefix
+    return None
+
+
+def is_diffusers_vae(keys) -> bool:
+    return "encoder.conv_in.weight" in keys and any(k.startswith("encoder.down_blocks.") for k in keys)
+
+
+def cross_attention_dim(unet: Shapes) -> int | None:
+    for key, shape in unet.items():
+        if key.endswith("attn2.to_k.weight"):
+            return int(shape[1])
+    return None
+
+
+def classify(shapes: Shapes) -> tuple[str, str]:
+    """``(kind, description)``: kind is ``sd15``, ``sd2``, ``sdxl``, ``vae`` or ``unknown``."""
+    keys = shapes.keys()
+    if any(k.startswith(SDXL_PREFIX) for k in keys):
+        return "sdxl", "SDXL checkpoint (conditioner.embedders.*)"
+    unet = strip_prefix(shapes, UNET_PREFIX)
+    if unet:
+        if any(k.startswith(OPEN_CLIP_PREFIX) for k in keys):
+            return "sd2", "SD2.x checkpoint (OpenCLIP text encoder, cond_stage_model.model.*)"
+        cross = cross_attention_dim(unet)
+        if any(k.startswith("label_emb.") for k in unet) or cross == 2048:
+            return "sdxl", "SDXL-style U-Net (label embeddings / 2048-wide cross-attention)"
+        if cross == 1024:
+            return "sd2", "SD2.x-style U-Net (1024-wide cross-attention)"
+        return "sd15", "SD1.5-family single-file checkpoint (LDM layout)"
+    if vae_prefix(keys) is not None:
+        return "vae", "standalone VAE (LDM layout)"
+    if is_diffusers_vae(keys):
+        return "vae", "standalone VAE (diffusers layout)"
+    return "unknown", "not a recognised Stable Diffusion checkpoint"
+
+
+# ---------------------------------------------------------------------------------------------
+# Config inference from tensor shapes (diffusers key layout)
+
+
+def unet_layout(ldm_unet: Shapes, source: str) -> tuple[int, int]:
+    """``(levels, layers_per_block)`` of an LDM U-Net, from its block counts."""
+    inputs = indices(ldm_unet, r"input_blocks\.(\d+)\.")
+    outputs = indices(ldm_unet, r"output_blocks\.(\d+)\.")
+    downs = [i for i in inputs if f"input_blocks.{i}.0.op.weight" in ldm_unet]
+    levels = len(downs) + 1
+    if not inputs or not outputs or len(outputs) % levels:
+        raise UserError(f"{source}: unexpected U-Net layout ({len(inputs)} input / {len(outputs)} output blocks)")
+    per_block = len(outputs) // levels - 1
+    if per_block < 1 or len(inputs) != 1 + levels * per_block + (levels - 1):
+        raise UserError(f"{source}: unexpected U-Net layout ({len(inputs)} input / {len(outputs)} output blocks)")
+    return levels, per_block
+
+
+def _set(config: dict[str, Any], key: str, value: Any, default: Any = None) -> None:
+    """Set ``key`` where it changes the model: keep configs minimal so SD1.5 gives the shipped one."""
+    if value != config.get(key, default):
+        config[key] = value
+
+
+def unet_config(unet: Shapes, source: str) -> dict[str, Any]:
+    """The U-Net config: SD1.5's, with what the tensor shapes determine put in."""
+    config = shipped_config("unet")
+    try:
+        out_ch, in_ch = (int(x) for x in unet["conv_in.weight"][:2])
+        levels = indices(unet, r"down_blocks\.(\d+)\.")
+        channels = [int(unet[f"down_blocks.{b}.resnets.0.conv2.weight"][0]) for b in levels]
+        per_block = len(indices(unet, r"down_blocks\.0\.resnets\.(\d+)\."))
+        out_channels = int(unet["conv_out.weight"][0])
+        time_dim = int(unet["time_embedding.linear_1.weight"][0])
+    except KeyError as exc:
+        raise UserError(f"{source}: incomplete U-Net (no {exc.args[0]})") from None
+    if in_ch == 9:
+        raise UserError(f"{source}: inpainting checkpoints are not supported (the U-Net takes 9 input channels)")
+    if in_ch != 4:
+        raise UserError(f"{source}: U-Nets with {in_ch} input channels are not supported (SD1.5 text-to-image has 4)")
+    attention = [any(k.startswith(f"down_blocks.{b}.attentions.") for k in unet) for b in levels]
+    up_attention = [any(k.startswith(f"up_blocks.{b}.attentions.") for k in unet) for b in levels]
+    down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention]
+    up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attention]
+    config.update(
+        in_channels=in_ch,
+        out_channels=out_channels,
+        block_out_channels=channels,
+        layers_per_block=per_block,
+        down_block_types=down,
+        up_block_types=up,
+    )
+    cross = cross_attention_dim(unet)
+    if cross is not None:
+        config["cross_attention_dim"] = cross
+    if channels and channels[0] != out_ch:
+        raise UserError(f"{source}: unexpected U-Net layout (conv_in gives {out_ch} channels, block 0 {channels[0]})")
+    _set(config, "time_embedding_dim", time_dim, 4 * channels[0])
+    if not any(k.startswith("mid_block.attentions.") for k in unet):
+        _set(config, "mid_block_type", "UNetMidBlock2D", "UNetMidBlock2DCrossAttn")
+    depths = [len(indices(unet, rf"down_blocks\.{b}\.attentions\.0\.transformer_blocks\.(\d+)\.")) for b in levels]
+    depths = [d for d in depths if d]
+    if depths and set(depths) != {1}:
+        config["transformer_layers_per_block"] = depths[0] if len(set(depths)) == 1 else depths
+    proj = next((s for k, s in unet.items() if k.endswith(".proj_in.weight")), None)
+    _set(config, "use_linear_projection", proj is not None and len(proj) == 2, False)
+    return config
+
+
+def vae_config(vae: Shapes, source: str) -> dict[str, Any]:
+    """The VAE config: SD1.5's, with channels, depth and latent size taken from the shapes."""
+    config = shipped_config("vae")
+    try:
+        levels = indices(vae, r"encoder\.down_blocks\.(\d+)\.")
+        config.update(
+            in_channels=int(vae["encoder.conv_in.weight"][1]),
+            out_channels=int(vae["decoder.conv_out.weight"][0]),
+            latent_channels=int(vae["decoder.conv_in.weight"][1]),
+            block_out_channels=[int(vae[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0]) for i in levels],
+            layers_per_block=len(indices(vae, r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")),
+            down_block_types=["DownEncoderBlock2D"] * len(levels),
+            up_block_types=["UpDecoderBlock2D"] * len(levels),
+        )
+    except KeyError as exc:
+        raise UserError(f"{source}: incomplete VAE (no {exc.args[0]})") from None
+    _set(config, "mid_block_add_attention", any(k.startswith("encoder.mid_block.attentions.") for k in vae), True)
+    _set(config, "use_quant_conv", "quant_conv.weight" in vae, True)
+    _set(config, "use_post_quant_conv", "post_quant_conv.weight" in vae, True)
+    return config
+
+
+def text_config(text: Shapes, source: str) -> dict[str, Any]:
+    """The CLIP text config (keys without ``text_model.``): widths and depth from the shapes.
+
+    The head count is not in the weights: CLIP's text encoders use 64-wide heads (ViT-L/14:
+    768 / 64 = 12); widths that are not a multiple of 64 (small test models, as
+    :func:`videodiff.tiny.build_tiny_model` builds them) are taken to use 8-wide heads.
+    """
+    config = shipped_config("text_encoder")
+    try:
+        vocab, hidden = (int(x) for x in text["embeddings.token_embedding.weight"])
+        config.update(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            max_position_embeddings=int(text["embeddings.position_embedding.weight"][0]),
+            num_hidden_layers=len(indices(text, r"encoder\.layers\.(\d+)\.")),
+            intermediate_size=int(text["encoder.layers.0.mlp.fc1.weight"][0]),
+            num_attention_heads=hidden // 64 if hidden % 64 == 0 else max(1, hidden // 8),
+        )
+    except KeyError as exc:
+        raise UserError(f"{source}: incomplete text encoder (no {exc.args[0]})") from None
+    if hidden != 768:
+        config["projection_dim"] = hidden
+    return config
