@@ -54,6 +54,13 @@ def eval_group() -> None:
 )
 @click.option("--strength", type=float, help="img2vid's --strength (default: the prior's start, else 0.85).")
 @click.option("--anchor", type=float, help="img2vid's --anchor (default 1: held to the end).")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other render setting (sampling or post-processing, as in a --config file); repeatable.",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=choice_help(DEVICES))
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, help=choice_help(DTYPES))
 @click.option("-q", "--quiet", is_flag=True, help="No progress notices.")
@@ -73,6 +80,7 @@ def eval_shapes(
     img2vid: bool,
     strength: float | None,
     anchor: float | None,
+    settings: tuple[str, ...],
     device: str,
     dtype: str,
     quiet: bool,
@@ -90,6 +98,8 @@ def eval_shapes(
       videodiff eval shapes --motion-prior 0 --seeds 2           # sampling from pure noise
       videodiff eval shapes --img2vid --seeds 2                  # animating each clip's first frame
       videodiff eval shapes --cache 2 --seeds 2                  # with feature caching
+      videodiff eval shapes --set scheduler=ddim --set steps=20  # any render setting
+      videodiff eval shapes --img2vid --set paste=true           # a post-processing step, evaluated
     """
     import json
 
@@ -114,6 +124,7 @@ def eval_shapes(
         cache=cache,
         img2vid={k: v for k, v in (("strength", strength), ("anchor", anchor)) if v is not None} if img2vid else None,
         echo=click.echo,
+        settings=settings,
     )
     if target is not None:
         write_text_atomic(target, json.dumps(results, indent=2) + "\n")

@@ -16,7 +16,7 @@ from videodiff.errors import UserError
 
 @click.command()
 @click.argument("prompt", required=False)
-@options_from(RenderConfig, skip=("prompt", *(f.name for f in dataclasses.fields(InputSettings))))
+@options_from(RenderConfig, skip=("prompt", "paste", *(f.name for f in dataclasses.fields(InputSettings))))
 @click.option(
     "--config",
     "config_file",

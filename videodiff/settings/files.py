@@ -145,6 +145,32 @@ def parse_defaults(specs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k in values if (v := getattr(settings, k)) is not None}
 
 
+def parse_settings(specs: tuple[str, ...] | list[str], *classes: type, flag: str = "--set") -> list[dict[str, Any]]:
+    """``KEY=VALUE`` strings (``--set steps=10``) as the given settings of each class in ``classes`` (a dict of the
+    keys that are its fields, checked by building and validating that class); values read as YAML (``4``,
+    ``true``, ``0,0.5``). A key of none of them is a :class:`UserError` naming the valid keys."""
+    import yaml
+
+    allowed = [f.name for cls in classes for f in fields(cls)]
+    values: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, text = str(spec).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in allowed:
+            raise UserError(f"{flag} must be KEY=VALUE, KEY one of {', '.join(allowed)}; got {spec!r}")
+        try:
+            values[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            values[key] = text
+    out = []
+    for cls in classes:
+        names = {f.name for f in fields(cls)}
+        mine = {k: v for k, v in values.items() if k in names}
+        checked = merge(mine, cls=cls).validate()
+        out.append({k: getattr(checked, k) for k in mine})
+    return out
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A settings object as a plain dict (what a sidecar records)."""
     return dataclasses.asdict(config)

@@ -169,6 +169,8 @@ def model_render_fn(
     frames: int = 16,
     img2vid: dict[str, Any] | None = None,
     cache: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    post: Any = None,
 ) -> tuple[RenderFn, dict[str, Any], list[dict[str, float]] | None]:
     """``render_fn`` of a loaded pipeline, the settings it renders with (filled in by its first render; settings
     left ``None`` are resolved by the pipeline: the model's recorded defaults), and ``None``.
@@ -177,6 +179,8 @@ def model_render_fn(
     ground-truth clip of its (prompt, seed) (a picture of the prompt's shape where it has room to move the asked
     way), and the third value is a list that collects, per video, frame 0's PSNR against the picture, the
     picture's own PSNR after the model's VAE (the best frame 0 can be without pasting) and the :func:`seam`.
+    ``overrides``: any other sampling settings (``eval shapes --set KEY=VALUE``); ``post``: the post-processing
+    settings (:class:`~videodiff.settings.post.PostSettings`), run on every video as a render runs them.
     """
     settings: dict[str, Any] = {}
     fidelity: list[dict[str, float]] | None = None if img2vid is None else []
@@ -184,17 +188,20 @@ def model_render_fn(
     given = dict(num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, motion_prior=motion_prior)
     if cache is not None:  # feature caching (--cache N)
         given["cache"] = cache
+    given.update(overrides or {})
 
     def render(prompt: str, seed: int) -> np.ndarray:
         if fidelity is None:
-            result = pipe(prompt, seed=seed, **given)
+            result = pipe(prompt, seed=seed, post=post, **given)
         else:
             picture = truth(prompt, seed)[0]
-            result = pipe.img2vid(picture, prompt, seed=seed, **given, **img2vid)
+            paste = bool(post is not None and post.paste)
+            result = pipe.img2vid(picture, prompt, seed=seed, paste=paste, **given, **img2vid)
             vae_best = psnr(vae_roundtrip(pipe, picture[None])[0], picture)
             fidelity.append({"frame0": psnr(result.frames[0], picture), "vae": vae_best, "seam": seam(result.frames)})
         if not settings:
-            settings.update({k: result.settings[k] for k in RENDER_SETTINGS})
+            settings.update({k: result.settings[k] for k in (*RENDER_SETTINGS, *(overrides or {}))})
+            settings["post"] = result.post
             if fidelity is not None:
                 settings.update({**img2vid, "strength": result.settings["strength"]})
         return result.frames
@@ -240,6 +247,7 @@ def run_shapes_eval(
     img2vid: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
     cache: int | None = None,
+    settings: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """What ``videodiff eval shapes`` does, each report printed through ``echo``; returns JSON-ready results.
 
@@ -248,7 +256,8 @@ def run_shapes_eval(
        (encode, decode): what the latent space can express at all. 3. The model's videos,
        from fixed seeds. ``model=None`` scores the built-in shapes model. ``img2vid`` (keywords of
        :meth:`VideoPipeline.img2vid`, e.g. ``{"strength": 0.85}``): the model animates each clip's first
-       frame instead, and frame 0's fidelity to it is reported too (:func:`model_render_fn`).
+       frame instead, and frame 0's fidelity to it is reported too (:func:`model_render_fn`). ``settings``:
+       ``KEY=VALUE`` strings of any sampling or post-processing setting (``eval shapes --set``), for sweeps.
     """
     from videodiff.errors import UserError
     from videodiff.log import notice
@@ -260,6 +269,15 @@ def run_shapes_eval(
         from videodiff.config import SampleSettings
 
         SampleSettings(cache=cache).validate()
+    from videodiff.settings.files import parse_settings
+    from videodiff.settings.post import PostSettings
+    from videodiff.settings.sample import SampleSettings as Sample
+
+    overrides, post_given = parse_settings(settings, Sample, PostSettings)
+    for fixed in ("prompt", "prompt_at", "seed"):  # the evaluation's own
+        if fixed in overrides:
+            raise UserError(f"--set {fixed}: the evaluation sets the {fixed.replace('_', ' ')} itself")
+    post = PostSettings(**post_given)
     chosen = combos_of(combos)
     held = [prompt_of(*c) for c in chosen if split_of(c) == "heldout"]
     results: dict[str, Any] = {"settings": {"seeds": list(range(seeds)), "combos": combos, "heldout": held}}
@@ -290,7 +308,14 @@ def run_shapes_eval(
     if pipe is None:
         return results
     render_fn, settings, fidelity = model_render_fn(
-        pipe, steps=steps, guidance=guidance, motion_prior=motion_prior, img2vid=img2vid, cache=cache
+        pipe,
+        steps=steps,
+        guidance=guidance,
+        motion_prior=motion_prior,
+        img2vid=img2vid,
+        cache=cache,
+        overrides=overrides,
+        post=post,
     )
     name = (model or "built-in shapes") + (" img2vid" if img2vid is not None else "")
 
