@@ -3,16 +3,17 @@
 Stages (methods of :class:`VideoPipeline`), each with typed inputs: encode the prompts
 (:meth:`~VideoPipeline.conditioning`), draw the initial noise (:meth:`~VideoPipeline.initial_noise`),
 choose where sampling starts (:meth:`~VideoPipeline.start`), denoise (:meth:`~VideoPipeline.denoise`),
-decode (:meth:`~VideoPipeline.decode`). Text-to-video (:meth:`~VideoPipeline.generate`) chains
-them; img2vid and vid2vid reuse them with other starts and step hooks. Tensors and arrays only:
-files are written by :mod:`videodiff.render`. No maths here.
+decode (:meth:`~VideoPipeline.decode`), post-process (:mod:`videodiff.post`). Text-to-video
+(:meth:`~VideoPipeline.generate`) chains them; img2vid and vid2vid reuse them with other starts and step
+hooks. Tensors and arrays only: files are written by :mod:`videodiff.render`. No maths here. The parts that
+are not the chain itself (devices, plain data, img2vid's and vid2vid's starts, FreeInit) are
+:mod:`videodiff.pipeline`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,15 +24,12 @@ from videodiff import heap, keyframes, sampling, starts, text, vae, windows
 from videodiff import noise as noise_priors
 from videodiff.config import (
     IMG2VID_ANCHOR,
-    IMG2VID_STRENGTH,
-    VID2VID_STRENGTH,
     InputSettings,
     LoadSettings,
     PostSettings,
     SampleSettings,
     lcm_steps_beyond,
     merge,
-    parse_image_at,
     parse_rgb,
     resolve,
     to_dict,
@@ -39,142 +37,47 @@ from videodiff.config import (
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.motion_prior import PixelCodec
-from videodiff.motion_prior import prompt_features as motion_prior_features
+from videodiff.pipeline import prompts, starting
+from videodiff.pipeline.devices import (
+    DTYPES,
+    enable_memory_savers,
+    install_offload,
+    pick_attention,
+    resolve_device,
+    resolve_dtype,
+)
+from videodiff.pipeline.freeinit import FreeInitProgress, free_init_start
+from videodiff.pipeline.inputs import (
+    CALL_NAMES,
+    Conditioning,
+    ImageInput,
+    VideoInput,
+    VideoResult,
+    input_from,
+    read_source,
+)
 from videodiff.post import Clip, run_post, steps_for
 from videodiff.schedulers import make_scheduler
 from videodiff.unet import VideoUNet
 from videodiff.unet.triggers import TriggeredLoRAs
-from videodiff.weights.hub import builtin_model, describe_vocabulary, unknown_words
+from videodiff.weights.hub import builtin_model
 from videodiff.weights.models import ModelParts, load_model_parts
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto``: CUDA, then Apple's MPS, then the CPU; an unavailable device is a user error."""
-    name = str(device or "auto")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps was asked for but MPS is not available")
-    return torch.device(name)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto``: fp16 on accelerators, fp32 on the CPU (half precision is slow and lossy there)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.float32 if device.type == "cpu" else torch.float16
-    if dtype not in DTYPES:
-        raise UserError(f"unknown --dtype {dtype!r}; choose one of: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-too_many_frames = windows.too_many_frames  # more than MAX_FRAMES (1024); longer than a window is fine
-
-
-def pick_attention(requested: str, device: torch.device) -> str:
-    """xformers only where CUDA is present and its kernels load; otherwise a notice and SDPA."""
-    if requested != "xformers":
-        return requested
-    if device.type != "cuda":
-        notice("xformers needs a CUDA device; using PyTorch SDPA attention")
-        return "sdpa"
-    try:
-        import xformers.ops  # noqa: F401
-    except Exception:  # noqa: BLE001 - a broken xformers install must not stop a render
-        notice("xformers is not installed or its kernels do not load (pip install videodiff[xformers]); using SDPA")
-        return "sdpa"
-    return "xformers"
-
-
-
-
-@dataclass
-class VideoResult:
-    frames: np.ndarray | None  # uint8 [F, H, W, 3]; None for output_type="latent"
-    latents: torch.Tensor  # final latents [1, C, F, h, w]
-    seed: int | None
-    settings: dict[str, Any] = field(default_factory=dict)  # what reproduces it (SampleSettings field names)
-    triggered: tuple[str, ...] = ()  # trigger words of the MotionLoRAs merged for this prompt
-    fps: float | None = None  # the frames' rate after post-processing (None: as the writer is told)
-    post: list[dict[str, Any]] = field(default_factory=list)  # what each post-processing step did (the sidecar's)
-
-
-@dataclass
-class Conditioning:
-    """What the conditioning stage gives the sampler: the conditioning object (text context ``[1 n d]`` or
-    ``[1 f n d]`` with the negative one for guidance, and any other fields), and the MotionLoRAs' trigger words."""
-
-    cond: sampling.Cond
-    triggered: tuple[str, ...] = ()  # trigger words of the MotionLoRAs merged for this prompt
-
-    @property
-    def context(self) -> torch.Tensor:
-        return self.cond.context
-
-    @property
-    def uncond(self) -> torch.Tensor | None:
-        return self.cond.uncond
-
-    @property
-    def first(self) -> torch.Tensor:
-        """The first frame's context ``[1 n d]`` (prompt travel's context is ``[1 f n d]``)."""
-        return self.context[:, 0] if self.context.ndim == 4 else self.context
-
-    def guide(self, scale: float, interval: tuple[float, float] | None = None) -> sampling.Guide:
-        """Classifier-free guidance at ``scale`` (on the steps inside ``interval`` only, when given), else none."""
-        return sampling.guide_for(scale, self.cond, interval=interval)
-
-
-@dataclass
-class ImageInput:
-    """img2vid: pictures pinned to frames (a frame below 0 counts from the end), as paths, PIL images or arrays."""
-
-    images: dict[int, Any]
-    strength: float | None = None  # None: the motion prior's start when the model has one, else 0.85
-    anchor: float = IMG2VID_ANCHOR  # fraction of the steps the pinned frames are held to their pictures
-    fit: str = "crop"
-    background: tuple[int, int, int] = (0, 0, 0)
-
-
-@dataclass
-class VideoInput:
-    """vid2vid: a clip to re-render (a path PyAV reads, or frames ``[f h w 3]`` uint8), every ``stride``-th frame."""
-
-    video: Any
-    strength: float | None = None  # None: 0.6
-    stride: int = 1
-    fit: str = "crop"
-    background: tuple[int, int, int] = (0, 0, 0)
-
-
-def input_from(settings: InputSettings) -> ImageInput | VideoInput | None:
-    """The pipeline's input for file-based settings (the CLI's, a sidecar's), or None for text-to-video."""
-    settings.validate()
-    background = parse_rgb(settings.background)
-    if settings.image_at:
-        images = dict(parse_image_at(spec) for spec in settings.image_at)
-        return ImageInput(images, settings.strength, settings.anchor, settings.fit, background)
-    if settings.video:
-        return VideoInput(settings.video, settings.strength, settings.stride, settings.fit, background)
-    return None
-
-
-# The Python API's names (diffusers' where it has one) for SampleSettings fields.
-CALL_NAMES = {
-    "negative_prompt": "negative",
-    "num_frames": "frames",
-    "num_inference_steps": "steps",
-    "guidance_scale": "guidance",
-}
+__all__ = [  # the pipeline's public names, some defined in videodiff.pipeline and kept importable from here
+    "CALL_NAMES",
+    "DTYPES",
+    "Conditioning",
+    "FreeInitProgress",
+    "ImageInput",
+    "VideoInput",
+    "VideoPipeline",
+    "VideoResult",
+    "input_from",
+    "load_pipeline",
+    "pick_attention",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 
 class VideoPipeline:
@@ -263,28 +166,11 @@ class VideoPipeline:
         )
 
     def _install_offload(self, mode: str) -> None:
-        """``model``: each model moves to the device while it runs (text encoder, U-Net, VAE in turn);
-        ``sequential``: each layer does (smallest memory, slowest). Both from accelerate."""
-        from accelerate import cpu_offload, cpu_offload_with_hook
-
-        if mode == "sequential":
-            for module in (self.text_encoder, self.unet, self.vae):
-                cpu_offload(module, execution_device=self.device)
-            return
-        if mode != "model":
-            raise UserError(f"unknown --offload {mode!r}; choose one of: model, sequential")
-        hook = None
-        for module in (self.text_encoder, self.unet, self.vae):
-            _, hook = cpu_offload_with_hook(module, execution_device=self.device, prev_module_hook=hook)
+        install_offload(self, mode)
 
     def enable_memory_savers(self, *, vae_tiling: bool = False, attention_slicing: bool = False) -> None:
-        """VAE tiling for large frames; attention computed in slices (spatial: diffusers' sliced processor;
-        temporal: chunks of positions). Outputs stay within float rounding of the plain path."""
-        if vae_tiling:
-            self.vae.enable_tiling()
-        if attention_slicing:
-            self.unet.unet.set_attention_slice("auto")
-            self.unet.motion.set_attention_chunk(4096)
+        """VAE tiling, attention slicing (:func:`videodiff.pipeline.devices.enable_memory_savers`)."""
+        enable_memory_savers(self, vae_tiling=vae_tiling, attention_slicing=attention_slicing)
 
     def check_frames(self, num_frames: int, window: int | None = None) -> None:
         """At most MAX_FRAMES (1024) frames, and a ``window`` the positional encoding allows."""
@@ -320,35 +206,12 @@ class VideoPipeline:
         return self._context_cache[prompt]
 
     def tell_unknown_words(self, prompt: str) -> None:
-        """A closed-vocabulary model (the built-in one) renders noise for words it never saw: name them, once."""
-        unknown = unknown_words(prompt, self.parts.vocabulary)
-        if unknown and prompt not in self._told_unknown:
-            self._told_unknown.add(prompt)
-            notice(
-                f"this model never saw the words {', '.join(unknown)}; it knows only "
-                + describe_vocabulary(self.parts.vocabulary, heldout=False)
-            )
+        """Name the words a closed-vocabulary model never saw, once (:mod:`videodiff.pipeline.prompts`)."""
+        prompts.tell_unknown_words(self, prompt)
 
     def conditioning(self, settings: SampleSettings) -> Conditioning:
-        """Stage 1: switch to the MotionLoRAs the prompt's words trigger; encode the prompt, and the negative
-        one when guidance runs."""
-        prompts = settings.keyframes()  # {frame: prompt}: one at frame 0, or prompt travel's
-        words = " ".join(prompts.values())
-        triggered = tuple(t.word for t in self.triggers.select(words)) if self.triggers else ()
-        guided = sampling.uses_guidance(settings.guidance)
-        if settings.negative and not guided:
-            notice(f"the negative prompt has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
-        if settings.guidance_interval is not None and not guided:
-            notice(f"--guidance-interval has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
-        for prompt in prompts.values():
-            self.tell_unknown_words(prompt)
-        if settings.prompt_at:  # prompt travel: a context per frame [1 f n d]
-            contexts = {frame: self.encode(prompt) for frame, prompt in prompts.items()}
-            context = text.travel(contexts, settings.frames, settings.travel)
-        else:
-            context = self.encode(settings.prompt)
-        uncond = self.encode(settings.negative or "") if guided else None
-        return Conditioning(sampling.Cond.text(context, uncond), triggered)
+        """Stage 1: the conditioning object from the prompts (:func:`videodiff.pipeline.prompts.conditioning`)."""
+        return prompts.conditioning(self, settings)
 
     def initial_noise(self, settings: SampleSettings, generator: torch.Generator | None) -> torch.Tensor:
         """Stage 2: unit-variance noise ``[1 c f h w]`` of the chosen prior for ``settings`` (whose size is
@@ -360,47 +223,17 @@ class VideoPipeline:
             noise = noise_priors.reschedule(noise, plan.window, plan.stride, generator)
         return noise
 
-    def start(
-        self,
-        settings: SampleSettings,
-        cond: Conditioning,
-        noise: torch.Tensor,
-        scheduler,
-        generator: torch.Generator | None,
-    ) -> starts.Start:
-        """Stage 3: where text-to-video sampling starts: ``noise``, or with ``settings.motion_prior`` the motion
-        prior's guess of the prompt's moving object noised part-way into the schedule (:mod:`videodiff.starts`)."""
-        fraction = self.prior_fraction(settings)
-        if fraction == 0:
-            if settings.motion is not None:
-                notice("--motion has no effect without --motion-prior")
-            begin = starts.from_noise(noise.to(self.device, self.dtype), scheduler)
-            begin.record["motion_prior"] = 0.0
-            return begin
-        shape, scale = tuple(noise.shape), self.vae_scale
-        codec = self.pixel_codec(settings.decode_chunk) if settings.motion_prior_space == "pixels" else None
-        clean, velocity = self.parts.motion_prior.start_video(
-            cond.first, shape, generator, scale, settings.motion, pixels=codec
-        )
-        noise = noise.float().to(self.device)
-        begin = starts.from_clean(clean.to(self.device), noise, scheduler, settings.steps, fraction)
-        begin.latents = begin.latents.to(self.device, self.dtype)
-        self.tell_start(settings.steps, begin.step, "from the motion prior")
-        begin.record["motion"] = velocity
-        return begin
+    def start(self, settings, cond, noise, scheduler, generator) -> starts.Start:
+        """Stage 3 of text-to-video (:func:`videodiff.pipeline.starting.text_start`)."""
+        return starting.text_start(self, settings, cond, noise, scheduler, generator)
 
     def pixel_codec(self, chunk: int | None = None) -> PixelCodec:
-        """This model's VAE as the motion prior draws through it (``motion_prior_space="pixels"``), in float32 on
-        the CPU outside, ``chunk`` frames per VAE call."""
-        chunk = chunk or vae.default_chunk(self.device)
+        """The VAE as the motion prior draws through it (:func:`videodiff.pipeline.starting.pixel_codec`)."""
+        return starting.pixel_codec(self, chunk)
 
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            return vae.decode(self.vae, latents.to(self.device, self.dtype), chunk).float().cpu()
-
-        def encode(pixels: torch.Tensor) -> torch.Tensor:
-            return vae.encode(self.vae, pixels.to(self.device, self.dtype), chunk=chunk).float().cpu()
-
-        return PixelCodec(decode, encode, self.vae_scale)
+    def prior_fraction(self, settings: SampleSettings) -> float:
+        """How far into the schedule the motion prior starts (:func:`videodiff.pipeline.starting.prior_fraction`)."""
+        return starting.prior_fraction(self, settings)
 
     def tell_start(self, steps: int, skipped: int, source: str) -> None:
         """Say once where sampling starts when it skips steps (the progress bar counts only the steps run)."""
@@ -408,81 +241,18 @@ class VideoPipeline:
             self._told_start.add((steps, skipped, source))
             notice(f"starting {skipped} of {steps} steps in, {source}")
 
-    def prior_fraction(self, settings: SampleSettings) -> float:
-        """How far into the schedule the motion prior's start is: ``settings.motion_prior``, or 0 where the motion
-        modules have no prior and the value is only the model's recorded default (with a notice)."""
-        fraction = settings.motion_prior
-        if fraction > 0 and self.parts.motion_prior is None:
-            if fraction != self.parts.defaults.get("motion_prior"):
-                raise UserError(
-                    "--motion-prior needs motion modules with a motion prior "
-                    "(fitted by `videodiff train --motion-prior`)"
-                )
-            # the model recommends a start for its own motion modules; these have no prior to start from
-            notice(f"the model's motion_prior {fraction:g} does not apply: these motion modules have no motion prior")
-            fraction = 0.0
-        return fraction
-
     def encode_pictures(self, pictures: np.ndarray) -> torch.Tensor:
         """uint8 pictures ``[n h w 3]`` to clean latents ``[1 c n h w]`` (the VAE's mean, scaled)."""
         pixels = torch.from_numpy(pictures).to(self.device, self.dtype).permute(3, 0, 1, 2)[None] / 127.5 - 1
         return vae.encode(self.vae, pixels, chunk=vae.default_chunk(self.device))
 
-    def image_start(
-        self,
-        settings: SampleSettings,
-        cond: Conditioning,
-        source: ImageInput,
-        noise: torch.Tensor,
-        scheduler,
-    ) -> tuple[starts.Start, dict[int, torch.Tensor], dict[int, np.ndarray]]:
-        """Stage 3 of img2vid: the pictures fitted and encoded, and the start built from them
-        (:mod:`videodiff.keyframes`). Returns the start, the clean latents ``{frame: [1 c h w]}`` to hold and the
-        fitted pictures ``{frame: uint8 [h w 3]}``."""
-        from videodiff.media.images import load_image
+    def image_start(self, settings, cond, source, noise, scheduler):
+        """Stage 3 of img2vid (:func:`videodiff.pipeline.starting.image_start`)."""
+        return starting.image_start(self, settings, cond, source, noise, scheduler)
 
-        frames = settings.frames
-        pictures: dict[int, np.ndarray] = {}
-        for at, image in source.images.items():
-            frame = at + frames if at < 0 else at
-            if not 0 <= frame < frames:
-                raise UserError(f"--image-at frame {at} is outside the video's {frames} frames (0 to {frames - 1})")
-            if frame in pictures:
-                raise UserError(f"two pictures are pinned to frame {frame}")
-            pictures[frame] = load_image(
-                image, settings.height, settings.width, fit=source.fit, background=source.background
-            )
-        latents = self.encode_pictures(np.stack(list(pictures.values())))
-        keys = {frame: latents[:, :, k] for k, frame in enumerate(pictures)}
-        # with a motion prior the pictures take the place of its guessed object and the prompt sets the motion
-        fraction = self.prior_fraction(settings)
-        velocity, record = None, {"motion_prior": 0.0}
-        if fraction > 0:
-            guess = self.parts.motion_prior.predict(motion_prior_features(cond.first))
-            m = settings.motion
-            velocity = guess.velocity if m is None else (m[1] / self.vae_scale, m[0] / self.vae_scale)
-            record["motion"] = (round(velocity[1] * self.vae_scale, 4), round(velocity[0] * self.vae_scale, 4))
-        strength = source.strength if source.strength is not None else 1 - fraction if fraction else IMG2VID_STRENGTH
-        clean = keyframes.clean_start(keys, frames, velocity)
-        noise = noise.float().to(self.device)
-        begin = starts.from_clean(clean.float(), noise, scheduler, settings.steps, 1 - strength)
-        begin.latents = begin.latents.to(self.device, self.dtype)
-        begin.record.update(record, strength=strength)
-        self.tell_start(settings.steps, begin.step, "from the pictures")
-        return begin, keys, pictures
-
-    def video_start(
-        self, settings: SampleSettings, source: VideoInput, noise: torch.Tensor, scheduler
-    ) -> starts.Start:
-        """Stage 3 of vid2vid: the clip's frames (already fitted, ``settings.frames`` of them) encoded and noised
-        ``strength`` of the way back into the schedule."""
-        strength = source.strength if source.strength is not None else VID2VID_STRENGTH
-        clean = self.encode_pictures(source.video).float()
-        begin = starts.from_clean(clean, noise.float().to(self.device), scheduler, settings.steps, 1 - strength)
-        begin.latents = begin.latents.to(self.device, self.dtype)
-        begin.record.update(strength=strength, motion_prior=0.0)
-        self.tell_start(settings.steps, begin.step, "from the clip")
-        return begin
+    def video_start(self, settings, source, noise, scheduler):
+        """Stage 3 of vid2vid (:func:`videodiff.pipeline.starting.video_start`)."""
+        return starting.video_start(self, settings, source, noise, scheduler)
 
     def denoise(
         self,
@@ -583,9 +353,9 @@ class VideoPipeline:
         elif tuple(latents.shape) != shape:
             raise UserError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         # 3. where sampling starts (and, for pinned pictures, the hook that holds them)
-        hook, pictures = on_step, {}
+        hook, pinned = on_step, {}
         if isinstance(source, ImageInput):
-            begin, keys, pictures = self.image_start(settings, cond, source, latents, scheduler)
+            begin, keys, pinned = self.image_start(settings, cond, source, latents, scheduler)
         elif isinstance(source, VideoInput):
             begin = self.video_start(settings, source, latents, scheduler)
         else:
@@ -594,7 +364,7 @@ class VideoPipeline:
         bar = FreeInitProgress(passes * (settings.steps - begin.step), progress, on_step) if passes > 1 else None
         hook, shown = (bar.on_step, False) if bar else (on_step, progress)
         schedule = sampling.Schedule(scheduler, settings.steps, begin.step, self.device)
-        if pictures:  # pinned pictures are held before any other hook sees the latents
+        if pinned:  # pinned pictures are held before any other hook sees the latents
             hook = keyframes.Anchor(keys, latents.to(self.device), schedule, source.anchor, then=hook)
         with heap.render_heap(self.device):  # the CPU heap keeps each step's freed activations for the next
             # 4. denoise
@@ -616,19 +386,15 @@ class VideoPipeline:
         # 6. post-process
         steps: list[dict[str, Any]] = []
         if frames is not None:
-            clip = Clip(frames, fps, pictures)
+            clip = Clip(frames, fps, pinned)
             clip, steps = run_post(clip, steps_for(post or PostSettings(), clip))
             frames, fps = clip.frames, clip.fps
         recorded = {**to_dict(settings), **begin.record, **record}
         return VideoResult(frames, out, seed, recorded, cond.triggered, fps=fps, post=steps)
 
     def read_source(self, source: VideoInput, frames: int, height: int, width: int) -> tuple[VideoInput, float]:
-        """The clip's first ``frames`` frames (every ``stride``-th), fitted to the size; and its fps over the stride."""
-        from videodiff.media.clips import fit_video, read_video
-
-        clip, fps = read_video(source.video, frames=frames, stride=source.stride)
-        fitted = fit_video(clip, height, width, fit=source.fit, background=source.background)
-        return VideoInput(fitted, source.strength, 1, source.fit, source.background), fps
+        """vid2vid's clip read and fitted (:func:`videodiff.pipeline.inputs.read_source`)."""
+        return read_source(source, frames, height, width)
 
     def img2vid(
         self,
@@ -680,33 +446,9 @@ class VideoPipeline:
         run = {k: given.pop(k) for k in ("latents", "output_type", "progress", "on_step", "post", "fps") if k in given}
         return self.generate(self.settings(prompt, **given), source=source, **run)
 
-    def free_init_start(
-        self,
-        settings: SampleSettings,
-        result: torch.Tensor,
-        begin: starts.Start,
-        noise: torch.Tensor,
-        scheduler,
-        generator: torch.Generator | None,
-        plan: windows.WindowPlan | None,
-    ) -> starts.Start:
-        """FreeInit (Wu et al. 2023): the next pass's start from the last pass's ``result``: the result noised
-        by the first pass's ``noise`` to where sampling starts, low-pass filtered in space and time, plus the
-        high frequencies of fresh noise (the same prior, rescheduled the same way) at that noise level."""
-        schedule = sampling.Schedule(scheduler, settings.steps, begin.step, self.device)
-        fresh = noise_priors.sample_noise(
-            noise.shape, kind=settings.noise, alpha=settings.noise_alpha, generator=generator
-        )
-        if plan is not None and settings.window_noise == "freenoise":
-            fresh = noise_priors.reschedule(fresh, plan.window, plan.stride, generator)
-        result = result.float()
-        low = schedule.add_noise(result, noise.float().to(result.device))
-        high = schedule.add_noise(torch.zeros_like(result), fresh.to(result.device))
-        lowpass = noise_priors.lowpass_filter(
-            result.shape, settings.free_init_filter, settings.free_init_spatial, settings.free_init_temporal
-        )
-        mixed = noise_priors.mix_frequencies(low, high, lowpass)
-        return starts.Start(mixed.to(self.device, self.dtype), begin.step, begin.record)
+    def free_init_start(self, settings, result, begin, noise, scheduler, generator, plan) -> starts.Start:
+        """FreeInit's next start (:func:`videodiff.pipeline.freeinit.free_init_start`)."""
+        return free_init_start(settings, result, begin, noise, scheduler, generator, plan, self.device, self.dtype)
 
     def __call__(
         self,
@@ -744,24 +486,6 @@ class VideoPipeline:
 
 def _windowed(unet, plan: windows.WindowPlan) -> windows.Windowed:
     return windows.Windowed(unet, plan)
-
-
-class FreeInitProgress:
-    """One progress bar over every FreeInit pass (steps x passes), fed by the step hook; ``on_step`` still runs."""
-
-    def __init__(self, total: int, shown: bool, on_step: sampling.OnStep | None) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, disable=not shown, desc="denoising (FreeInit)", leave=False)
-        self.inner = on_step
-
-    def on_step(self, i, total, t, t_next, latents, pass_index):
-        self.bar.update()
-        self.bar.set_postfix_str(f"pass {pass_index + 1}")
-        return self.inner(i, total, t, t_next, latents, pass_index) if self.inner else None
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def load_pipeline(model: str | None = None, motion_module: str | None = None, **options: Any) -> VideoPipeline:

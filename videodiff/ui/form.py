@@ -17,7 +17,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from videodiff.config import FIELD_NAMES, InputSettings, RenderConfig, merge, parse_image_at, parse_keyed, to_dict
+from videodiff.config import (
+    FIELD_NAMES,
+    InputSettings,
+    PostSettings,
+    RenderConfig,
+    merge,
+    parse_image_at,
+    parse_keyed,
+    to_dict,
+)
 from videodiff.errors import UserError
 from videodiff.render import default_output
 from videodiff.ui.gallery import INPUTS_FOLDER, Run, inside
@@ -167,7 +176,7 @@ def build_config(
     # settings that belong to other tabs do not travel into this one's sidecar
     if mode not in ("img2vid", "vid2vid"):
         layer["strength"] = None
-    defaults = {f.name: f.default for f in fields(InputSettings)}
+    defaults = {f.name: f.default for f in (*fields(InputSettings), *fields(PostSettings))}
     if mode != "img2vid":
         layer.update({k: defaults[k] for k in ("anchor", "paste")})
     if mode != "vid2vid":

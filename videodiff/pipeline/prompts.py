@@ -1,0 +1,46 @@
+"""Stage 1: the prompts (and the MotionLoRAs their words trigger) as the conditioning object the sampler carries.
+
+Functions of a loaded pipeline (:class:`videodiff.pipelines.VideoPipeline`, duck-typed: its text encoding,
+trigger LoRAs and vocabulary). Further conditioning inputs (control maps, image prompts) join the
+:class:`~videodiff.sampling.Cond` built here.
+"""
+
+from __future__ import annotations
+
+from videodiff import sampling, text
+from videodiff.config import SampleSettings
+from videodiff.log import notice
+from videodiff.pipeline.inputs import Conditioning
+from videodiff.weights.hub import describe_vocabulary, unknown_words
+
+
+def tell_unknown_words(pipe, prompt: str) -> None:
+    """A closed-vocabulary model (the built-in one) renders noise for words it never saw: name them, once."""
+    unknown = unknown_words(prompt, pipe.parts.vocabulary)
+    if unknown and prompt not in pipe._told_unknown:
+        pipe._told_unknown.add(prompt)
+        notice(
+            f"this model never saw the words {', '.join(unknown)}; it knows only "
+            + describe_vocabulary(pipe.parts.vocabulary, heldout=False)
+        )
+
+def conditioning(pipe, settings: SampleSettings) -> Conditioning:
+    """Stage 1: switch to the MotionLoRAs the prompt's words trigger; encode the prompt, and the negative
+    one when guidance runs."""
+    prompts = settings.keyframes()  # {frame: prompt}: one at frame 0, or prompt travel's
+    words = " ".join(prompts.values())
+    triggered = tuple(t.word for t in pipe.triggers.select(words)) if pipe.triggers else ()
+    guided = sampling.uses_guidance(settings.guidance)
+    if settings.negative and not guided:
+        notice(f"the negative prompt has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
+    if settings.guidance_interval is not None and not guided:
+        notice(f"--guidance-interval has no effect at guidance {settings.guidance:g} (it needs guidance above 1)")
+    for prompt in prompts.values():
+        tell_unknown_words(pipe, prompt)
+    if settings.prompt_at:  # prompt travel: a context per frame [1 f n d]
+        contexts = {frame: pipe.encode(prompt) for frame, prompt in prompts.items()}
+        context = text.travel(contexts, settings.frames, settings.travel)
+    else:
+        context = pipe.encode(settings.prompt)
+    uncond = pipe.encode(settings.negative or "") if guided else None
+    return Conditioning(sampling.Cond.text(context, uncond), triggered)
