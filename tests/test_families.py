@@ -79,3 +79,20 @@ def test_added_conditioning_reaches_the_time_embedding():
 def test_the_families_import_no_torch():
     code = "import sys, videodiff.families; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_model_folder_of_an_unsupported_family_is_refused_by_name_before_loading(tmp_path, models):
+    import json
+
+    from cli_helpers import assert_user_error, invoke
+
+    folder = tmp_path / "xl"
+    (folder / "unet").mkdir(parents=True)
+    config = {"_class_name": "UNet2DConditionModel", "addition_embed_type": "text_time", "cross_attention_dim": 2048}
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    message = assert_user_error(invoke("render", "a cat", "--model", folder, "--motion-module", models[3], "-q"))
+    assert "the model is SDXL, which videodiff cannot render yet" in message
+
+
+def test_a_loaded_pipeline_knows_its_family(tiny_pipe):
+    assert tiny_pipe.parts.family is families.SD15 and tiny_pipe.unet.family is families.SD15

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from videodiff import families
 from videodiff.config import parse_scaled_path, parse_trigger
 from videodiff.errors import UserError
 from videodiff.log import notice
@@ -88,6 +89,21 @@ class ModelParts:
     motion_prior: Any = None  # a MotionPrior saved beside the motion modules (videodiff.motion_prior)
     vocabulary: dict[str, Any] = field(default_factory=dict)  # a closed-vocabulary model's words (videodiff.json)
     train_frames: int = 16  # the clip length the motion modules were trained on (videodiff.json's train_frames)
+    family: families.Family = families.SD15  # the model family, decided once at load (videodiff.families)
+
+
+def folder_family(root: Path) -> families.Family:
+    """The model family of a diffusers folder, from its ``unet/config.json`` (SD1.5 when that cannot be read: the
+    loader then says what is wrong with the folder); an unsupported family is refused here, by name."""
+    import json
+
+    try:
+        config = json.loads((root / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return families.SD15
+    if not isinstance(config, dict):
+        return families.SD15
+    return families.require_supported(families.of_unet(config), f"{root}: the model is")
 
 
 def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
@@ -98,9 +114,10 @@ def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
     root = locate(model, "model")
     if root.is_file():
         return root, load_single_file(root)
-    for sub in ("tokenizer", "text_encoder", "vae", "unet", "scheduler"):
+    family = folder_family(root)
+    for sub in family.folders:
         if not (root / sub).is_dir():
-            raise UserError(f"{root}: not a diffusers SD1.5 model folder (no {sub}/ inside)")
+            raise UserError(f"{root}: not a diffusers {family.title} model folder (no {sub}/ inside)")
     try:
         return root, {
             "tokenizer": CLIPTokenizer.from_pretrained(root / "tokenizer"),
@@ -215,6 +232,7 @@ def load_model_parts(
         model_vocabulary(root) if root.is_dir() else {},
         # the model folder's train_frames speaks for its own motion modules only
         recorded_train_frames(motion_folder, root if own_motion else None),
+        families.require_supported(families.of_unet(c["unet"].config), f"{model}: the model is"),
     )
 
 
