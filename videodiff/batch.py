@@ -21,6 +21,7 @@ from typing import Any
 
 from videodiff.config import (
     FIELD_NAMES,
+    OUTPUT_FORMATS,
     RenderConfig,
     SampleSettings,
     WriteSettings,
@@ -52,7 +53,7 @@ ITEM_KEYS = (
     *(f.name for f in fields(SampleSettings)),
     *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")),
 )
-FORMATS = {"mp4": ".mp4", "gif": ".gif", "webm": ".webm", "png": ""}  # png: a folder of frames
+FORMATS = OUTPUT_FORMATS  # --format names and their suffixes (png: a folder of frames)
 YAML_SUFFIXES = (".yaml", ".yml")
 SEED_LIMIT = 2**32  # drawn seeds, as a single render draws them
 

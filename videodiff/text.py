@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from videodiff.log import notice
+from videodiff.settings.sample import TRAVEL
 
 
 def cut_words(tokenizer, prompt: str, max_length: int) -> str:
@@ -61,7 +62,7 @@ def travel(keyframes: dict[int, torch.Tensor], frames: int, mode: str = "linear"
     it blends the two keyframes around it by its place between them: ``linear`` (``(1 - w) a + w b``)
     or ``slerp`` (spherical, per token vector, keeping the vectors' lengths' blend).
     """
-    if mode not in ("linear", "slerp"):
+    if mode not in TRAVEL:
         raise ValueError(f"unknown travel mode {mode!r}")
     keys = sorted(keyframes)
     out = []

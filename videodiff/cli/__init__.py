@@ -28,7 +28,7 @@ from videodiff.cli.models import convert, inspect
 from videodiff.cli.options import CONFIG_OPTION, given, options_from, parse_motion
 from videodiff.cli.rendering import img2vid, render, render_one, vid2vid
 from videodiff.cli.serving import SERVE_OPTIONS, serve
-from videodiff.cli.training import TRAIN_HELP, train
+from videodiff.cli.training import train
 from videodiff.errors import UserError
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "EXIT_USER_ERROR",
     "KEPT_ON_INTERRUPT",
     "SERVE_OPTIONS",
-    "TRAIN_HELP",
     "Group",
     "Interrupted",
     "OneLineError",

@@ -29,13 +29,11 @@ def choice_help(names: tuple[str, ...]) -> str:
     return "|".join(names)
 
 
-def options_from(
-    cls: type, helps: dict[str, str] | None = None, envvars: dict[str, str] | None = None, skip: tuple[str, ...] = ()
-):
-    """Click options for every field of a settings dataclass (flag = field name with dashes).
+def options_from(cls: type, skip: tuple[str, ...] = ()):
+    """Click options for every field of a settings dataclass (flag = field name with dashes) but ``skip``.
 
-    Help, a short flag and an environment variable come from the field's metadata
-    (:func:`videodiff.config.setting`), else from ``helps``/``envvars``. No option has a default
+    Help, choices, a short flag and an environment variable come from the field's metadata
+    (:func:`videodiff.settings.fields.setting`), so no list of options is kept by hand. No option has a default
     of its own: commands read only what was given (:func:`given`), so a config file and the
     model's recorded defaults are never overridden; the help names the default instead.
     """
@@ -49,8 +47,8 @@ def options_from(
                 continue
             names = [*([f.metadata["short"]] if "short" in f.metadata else []), "--" + f.name.replace("_", "-")]
             kind = str(f.type)
-            help_text = f.metadata.get("help") or (helps or {}).get(f.name, "")
-            envvar = f.metadata.get("env") or (envvars or {}).get(f.name)
+            help_text = f.metadata.get("help", "")
+            envvar = f.metadata.get("env")
             recorded = f.name in MODEL_DEFAULT_KEYS and cls is not TrainConfig  # a model may record its own
             if recorded and f.default is not None:
                 shown = f.default if isinstance(f.default, str) else f"{f.default:g}"

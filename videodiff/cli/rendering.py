@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from videodiff.cli.options import CONFIG_OPTION, given, options_from
-from videodiff.config import InputSettings, RenderConfig
+from videodiff.config import OUTPUT_FORMATS, InputSettings, RenderConfig
 from videodiff.errors import UserError
 
 
@@ -34,7 +34,7 @@ from videodiff.errors import UserError
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["mp4", "gif", "webm", "png"]),
+    type=click.Choice(list(OUTPUT_FORMATS)),
     help="Format of the names videodiff makes (default mp4; png: a folder of frames).",
 )
 @click.option("--skip-existing", is_flag=True, help="Skip items whose output and sidecar exist (resume a batch).")

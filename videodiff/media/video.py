@@ -22,10 +22,10 @@ from PIL import Image
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.atomic import check_replaceable, os_reason, prepare_output, staged
+from videodiff.settings.render import VIDEO_SUFFIXES  # the files a render writes, named once
 
 __all__ = ["FRAMES_MARKER", "VIDEO_SUFFIXES", "check_sidecar", "save_video", "sidecar_path"]
 
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
 
 # (codec, container format, largest crf the codec accepts)
 _AV_CODECS = {".mp4": ("libx264", "mp4", 51), ".webm": ("libvpx-vp9", "webm", 63)}

@@ -19,6 +19,7 @@ from typing import Any
 
 from videodiff.config import (
     FIELD_NAMES,
+    OUTPUT_FORMATS,
     InputSettings,
     PostSettings,
     RenderConfig,
@@ -32,7 +33,7 @@ from videodiff.render import default_output
 from videodiff.ui.gallery import INPUTS_FOLDER, Run, inside
 
 MODES = ("text", "img2vid", "vid2vid", "travel")
-FORMATS = ("mp4", "webm", "gif")
+FORMATS = tuple(name for name, suffix in OUTPUT_FORMATS.items() if suffix)  # video files: not a folder of PNGs
 # The settings the page shows: the common ones, then those under "Advanced".
 COMMON = (
     "frames",
@@ -76,7 +77,7 @@ TEXT_FIELDS = ("negative", "background")
 _SERVER_ONLY = ("output", "overwrite", "quiet", "prompt", "prompt_at", "image_at", "video", "motion")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+UPLOAD_VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")  # what vid2vid reads (PyAV)
 MAX_IMAGE_BYTES = 20 << 20  # 20 MiB: a large photo; what the model sees is 512 pixels a side at most
 MAX_VIDEO_BYTES = 200 << 20  # 200 MiB: minutes of phone video; vid2vid reads a few seconds of it
 MAX_UPLOAD_BYTES = MAX_VIDEO_BYTES  # the server refuses larger requests before they reach the app
@@ -235,7 +236,7 @@ def accept_upload(path: str | Path, outputs: str | Path, kind: str) -> Path:
     from videodiff.media.images import check_file, check_image
 
     source = Path(path)
-    suffixes, limit = (IMAGE_SUFFIXES, MAX_IMAGE_BYTES) if kind == "image" else (VIDEO_SUFFIXES, MAX_VIDEO_BYTES)
+    suffixes, limit = (IMAGE_SUFFIXES, MAX_IMAGE_BYTES) if kind == "image" else (UPLOAD_VIDEO_SUFFIXES, MAX_VIDEO_BYTES)
     suffix = source.suffix.lower()
     if suffix not in suffixes:
         raise UserError(f"{source.name}: not a {kind} file this app takes ({' '.join(suffixes)})")

@@ -16,8 +16,8 @@ from typing import Any
 
 from videodiff.config import FIELD_NAMES, INFO_KEY
 from videodiff.errors import UserError
+from videodiff.settings.render import VIDEO_SUFFIXES
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
 MAX_SIDECAR_BYTES = 1 << 20  # a sidecar is a page of JSON; anything larger is not one
 INPUTS_FOLDER = "inputs"  # the web app's copies of uploaded pictures and clips (content-addressed)
 THUMBS_FOLDER = ".thumbnails"

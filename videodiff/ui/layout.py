@@ -10,16 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from videodiff.config import (
-    FREE_INIT_FILTERS,
-    FUSE_KINDS,
-    MOTION_PRIOR_SPACES,
-    NOISE_KINDS,
-    SCHEDULERS,
-    TRAVEL,
-    WINDOW_LAYERS,
-    WINDOW_NOISE,
-)
+from videodiff.config import RenderConfig
+from videodiff.settings.fields import choices_by_field, whole_number_fields
 from videodiff.ui import form
 
 HELP = {
@@ -36,30 +28,9 @@ HELP = {
     "overlap": "Window overlap (empty: a quarter)",
     "loop": "Loop (windows wrap around)",
 }
-CHOICES = {
-    "scheduler": SCHEDULERS,
-    "noise": NOISE_KINDS,
-    "fuse": FUSE_KINDS,
-    "window_noise": WINDOW_NOISE,
-    "window_layers": WINDOW_LAYERS,
-    "motion_prior_space": MOTION_PRIOR_SPACES,
-    "free_init_filter": FREE_INIT_FILTERS,
-    "travel": TRAVEL,
-    "fit": ("crop", "pad"),
-}
-INTEGERS = (
-    "frames",
-    "width",
-    "height",
-    "steps",
-    "seed",
-    "window",
-    "overlap",
-    "free_init",
-    "stride",
-    "decode_chunk",
-    "crf",
-)
+# Dropdowns and whole-number boxes of the form, from the settings' own fields (videodiff.settings.fields)
+CHOICES = {k: v for k, v in choices_by_field(RenderConfig).items() if k in form.FORM_FIELDS}
+INTEGERS = tuple(n for n in whole_number_fields(RenderConfig) if n in form.FORM_FIELDS)
 
 
 def _component(gr: Any, name: str, value: Any) -> Any:
@@ -205,7 +176,7 @@ def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path) -> P
                     video_file = gr.File(
                         label="Video to re-render",
                         type="filepath",
-                        file_types=list(form.VIDEO_SUFFIXES),
+                        file_types=list(form.UPLOAD_VIDEO_SUFFIXES),
                         elem_id="video-upload",
                     )
                     video_note = gr.Markdown()

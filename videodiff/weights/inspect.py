@@ -15,6 +15,7 @@ from typing import Any
 from videodiff.errors import UserError
 from videodiff.motion_prior import FORMAT as PRIOR_FORMAT
 from videodiff.motion_prior import PRIOR_FILE
+from videodiff.settings.render import VIDEO_SUFFIXES
 from videodiff.weights.checkpoints import read_state_dict
 from videodiff.weights.embeddings import describe_embedding
 from videodiff.weights.hub import DEFAULTS_FILE, describe_vocabulary, model_triggers, model_vocabulary
@@ -32,8 +33,6 @@ def _keys(path: Path) -> list[str]:
     except UserError:
         return []  # nested pickles (A1111 embeddings) are recognised by their own reader below
 
-
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
 
 
 def _json(path: Path) -> Any:
