@@ -133,18 +133,82 @@ def test_builtin_animates_the_picture_the_asked_way(builtin, prompt):
     assert result.settings["strength"] == pytest.approx(1 - builtin.parts.defaults["motion_prior"])
 
 
-def test_builtin_keyframes_pin_both_ends(builtin):
-    truth = ground_truth_render_fn(0)
-    clip = truth("a red circle moving right", 1)
+def _picture(color: str, shape: str, cx: float, cy: float, across: float = 14.0) -> np.ndarray:
+    """A shapes-world picture (64x64, plain background) with one object centred at ``(cx, cy)``."""
+    from videodiff.shapes.world import PALETTE, _coverage
+
+    bg = np.array([22, 24, 21], np.float32)
+    alpha = _coverage(shape, np.array([cx]), np.array([cy]), across, 64, 64)[0][..., None]
+    return np.clip(np.rint(bg + alpha * (np.asarray(PALETTE[color], np.float32) - bg)), 0, 255).astype(np.uint8)
+
+
+def objects_in_each_frame(frames: np.ndarray) -> list[int]:
+    """Blobs of 12 px or more that stand out from each frame's border colour (the detector's threshold)."""
+    from videodiff.shapes.detect import THRESHOLD, label_components
+
+    x = frames.astype(np.float32)
+    border = np.concatenate([x[:, :2].reshape(len(x), -1, 3), x[:, -2:].reshape(len(x), -1, 3)], 1)
+    mask = np.linalg.norm(x - np.median(border, 1)[:, None, None], axis=-1) > THRESHOLD
+    labels = label_components(mask)
+    return [int((np.unique(lab[lab >= 0], return_counts=True)[1] >= 12).sum()) for lab in labels]
+
+
+def test_object_centre_finds_one_object_and_refuses_a_scene():
+    assert keyframes.object_centre(_picture("red", "circle", 20.5, 40.0)) == pytest.approx((40.0, 20.5), abs=0.6)
+    scene = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    assert keyframes.object_centre(scene) is None
+    assert keyframes.object_centre(np.full((64, 64, 3), 30, np.uint8)) is None  # nothing stands out
+
+
+def test_the_track_moves_the_object_at_an_even_pace_between_the_pictures():
+    a, b = _picture("red", "circle", 12, 20), _picture("red", "circle", 52, 44)
+    track = keyframes.pixel_track({0: a, 8: b}, 11)  # two frames after the last picture
+    frames = ((track[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    centres = np.array([keyframes.object_centre(f) for f in frames])  # (y, x)
+    want = np.array([(20 + 24 * k / 8, 12 + 40 * k / 8) for k in range(9)] + [(44, 52)] * 2)
+    assert np.abs(centres - want).max() < 0.75
+    assert objects_in_each_frame(frames) == [1] * 11
+    scene = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    assert keyframes.pixel_track({0: scene, 8: b}, 9) is None  # nothing to follow: the latents are blended
+
+
+def _clip_ends(prompt: str):
+    return lambda seed: (prompt, ground_truth_render_fn(0)(prompt, seed))
+
+
+KEYFRAME_PAIRS = {  # (prompt, pictures) for left to right, bottom to top, and a diagonal (the prompt names the larger)
+    "left-right": _clip_ends("a red circle moving right"),
+    "bottom-top": _clip_ends("a green square moving up"),
+    "diagonal": lambda seed: ("a blue circle moving right", [_picture("blue", "circle", 14, 14),
+                                                             _picture("blue", "circle", 50, 44)]),
+}  # fmt: skip
+
+
+def check_keyframe_track(builtin, pair: str, seed: int) -> None:
+    """The issue's bar: one object in every frame, each end within 4 px of its picture, no step over twice the even
+    pace plus 2 px."""
+    prompt, clip = KEYFRAME_PAIRS[pair](seed)
     first, last = clip[0], clip[-1]
-    result = builtin.img2vid(None, "a red circle moving right", image_at={0: first, -1: last}, seed=0)
-    found, wanted = detect(result.frames), detect(clip)
-    assert found.present_fraction == 1.0
-    start, end = found.centroids[0], found.centroids[-1]  # (x, y) centres
-    want_start, want_end = wanted.centroids[0], wanted.centroids[-1]
-    assert np.hypot(*(start - want_start)) < 4 and np.hypot(*(end - want_end)) < 4
-    xs = found.centroids[:, 0]
-    assert np.all((xs >= want_start[0] - 4) & (xs <= want_end[0] + 4))  # a track between them
+    result = builtin.img2vid(None, prompt, image_at={0: first, -1: last}, seed=seed)
+    assert result.settings["track"] is True
+    assert objects_in_each_frame(result.frames) == [1] * len(result.frames)
+    found = detect(result.frames).centroids
+    want_start, want_end = detect(first[None]).centroids[0], detect(last[None]).centroids[0]
+    assert np.hypot(*(found[0] - want_start)) <= 4 and np.hypot(*(found[-1] - want_end)) <= 4
+    pace = np.hypot(*(want_end - want_start)) / (len(found) - 1)
+    assert np.linalg.norm(np.diff(found, axis=0), axis=1).max() <= 2 * pace + 2
+
+
+@pytest.mark.parametrize("pair,seed", [("left-right", 0), ("diagonal", 1)])
+def test_builtin_keyframes_make_a_track(builtin, pair, seed):
+    check_keyframe_track(builtin, pair, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("pair", sorted(KEYFRAME_PAIRS))
+def test_builtin_keyframes_make_a_track_every_pair_and_seed(builtin, pair, seed):
+    check_keyframe_track(builtin, pair, seed)
 
 
 # ---------------------------------------------------------------- the commands

@@ -4,7 +4,9 @@
    ``1 - strength`` into the schedule (:func:`videodiff.starts.from_clean`). One picture: every frame
    starts from it, shifted along a velocity when one is known (a model's motion prior: the picture
    takes the place of the prior's guessed object, the prompt still sets the motion); several: the
-   frames between two pictures start from a blend of the two.
+   object of each picture moves in a straight line at an even pace to where the next picture has it
+   (:func:`pixel_track`, drawn in pixels and encoded), or, where a picture has no one object on a plain
+   background, the frames between two pictures start from a blend of the two.
 2. **Anchor** (:class:`Anchor`, an ``on_step`` hook): after each of the first ``anchor`` fraction of
    the steps, every pinned frame is put back to its picture's latent noised to the timestep the
    latents are now at, with the very noise that frame started from (RePaint, Lugmayr et al. 2022,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -57,6 +60,66 @@ def blended(keys: Mapping[int, torch.Tensor], frames: int) -> torch.Tensor:
         after = min((k for k in order if k >= f), default=order[-1])
         w = 0.0 if after == before else (f - before) / (after - before)
         out.append((1 - w) * keys[before] + w * keys[after])
+    return torch.stack(out, dim=2)
+
+
+# An object is told from its picture's background where it differs from the border's median colour by more than
+# this (0-255, Euclidean over RGB) and this fraction of the largest difference; a picture whose "object" covers more
+# than MAX_OBJECT_AREA of it (a photograph, a scene) has no one object to track.
+OBJECT_DIFFERENCE = 24.0
+OBJECT_FRACTION = 0.35
+MAX_OBJECT_AREA = 0.25
+MIN_OBJECT_PIXELS = 4
+
+
+def object_centre(picture: np.ndarray) -> tuple[float, float] | None:
+    """Where the one object of a picture (uint8 ``[h w 3]``) is, ``(y, x)`` in pixels: the centroid of its difference
+    from the background (the median of a 2-pixel border), weighted by that difference; ``None`` when the picture
+    has no one compact object on a plain background (nothing stands out, or what does covers too much of it)."""
+    x = np.asarray(picture, np.float32)
+    h, w, _ = x.shape
+    edge = max(1, min(2, h // 8, w // 8))
+    border = np.concatenate([x[:edge].reshape(-1, 3), x[-edge:].reshape(-1, 3),
+                             x[:, :edge].reshape(-1, 3), x[:, -edge:].reshape(-1, 3)])  # fmt: skip
+    diff = np.linalg.norm(x - np.median(border, axis=0), axis=-1)
+    peak = float(diff.max())
+    mask = diff > max(OBJECT_DIFFERENCE, OBJECT_FRACTION * peak)
+    if not MIN_OBJECT_PIXELS <= mask.sum() <= MAX_OBJECT_AREA * h * w:
+        return None
+    weight = np.where(mask, diff, 0.0)
+    ys, xs = np.mgrid[0:h, 0:w]
+    return float((weight * ys).sum() / weight.sum()), float((weight * xs).sum() / weight.sum())
+
+
+def pixel_track(pictures: Mapping[int, np.ndarray], frames: int) -> torch.Tensor | None:
+    """Pixels ``[1 3 f h w]`` (-1..1) of a video in which the object of each pinned picture moves in a straight line, at
+    an even pace, to where the next picture has it: between pinned frames ``a`` and ``b``, frame ``f`` (``w`` of the
+    way) blends picture ``a`` moved ``w`` of the way with picture ``b`` moved back the rest, so the two objects lie
+    on each other (no cross-fade of two places). Before the first and after the last pinned frame, that picture.
+    ``None`` unless at least two neighbouring pictures each show one object (:func:`object_centre`)."""
+    order = sorted(pictures)
+    centres = {f: object_centre(pictures[f]) for f in order}
+    if not any(centres[a] is not None and centres[b] is not None for a, b in zip(order, order[1:])):
+        return None
+    video = torch.from_numpy(np.stack([pictures[f] for f in order])).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    index = {f: k for k, f in enumerate(order)}
+    out = []
+    for f in range(frames):
+        before = max((k for k in order if k <= f), default=order[0])
+        after = min((k for k in order if k >= f), default=order[-1])
+        a, b = video[:, :, index[before]], video[:, :, index[after]]
+        if after == before:
+            out.append(a)
+            continue
+        w = (f - before) / (after - before)
+        ca, cb = centres[before], centres[after]
+        if ca is None or cb is None:  # no object to follow: a blend, as between latents
+            out.append((1 - w) * a + w * b)
+            continue
+        d = torch.tensor([cb[0] - ca[0], cb[1] - ca[1]])
+        moved_a = shift_frames(a[:, :, None], (w * d)[None])[:, :, 0]
+        moved_b = shift_frames(b[:, :, None], (-(1 - w) * d)[None])[:, :, 0]
+        out.append((1 - w) * moved_a + w * moved_b)
     return torch.stack(out, dim=2)
 
 

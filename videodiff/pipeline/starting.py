@@ -113,7 +113,14 @@ def image_start(
         velocity = guess.velocity if m is None else (m[1] / pipe.vae_scale, m[0] / pipe.vae_scale)
         record["motion"] = (round(velocity[1] * pipe.vae_scale, 4), round(velocity[0] * pipe.vae_scale, 4))
     strength = source.strength if source.strength is not None else 1 - fraction if fraction else IMG2VID_STRENGTH
-    clean = keyframes.clean_start(keys, frames, velocity)
+    track = keyframes.pixel_track(pictures, frames) if len(pictures) > 1 else None
+    if track is None:
+        clean = keyframes.clean_start(keys, frames, velocity)
+    else:  # the objects moved from picture to picture, in pixels, then encoded (sharper than moving latents)
+        clean = vae.encode(pipe.vae, track.to(pipe.device, pipe.dtype), chunk=vae.default_chunk(pipe.device))
+        for frame, key in keys.items():  # the pinned frames exactly as their pictures encode alone
+            clean[:, :, frame] = key
+        record["track"] = True
     noise = noise.float().to(pipe.device)
     begin = starts.from_clean(clean.float(), noise, scheduler, settings.steps, 1 - strength)
     begin.latents = begin.latents.to(pipe.device, pipe.dtype)
