@@ -62,3 +62,27 @@ def test_bench_coldstart_one_run():
     assert lines[1].split() == ["imports", "import", "load", "render", "total"]
     assert [line.split()[0] for line in lines[2:]] == ["deferred", "eager"]
     assert all(len(line.split()) == 5 for line in lines[2:])
+
+
+HELP_LOADS_NO_TORCH = """
+import sys
+from videodiff.cli import cli
+for args in (["bench", "diffusers", "--help"], ["bench", "long", "--help"], ["eval", "sweep", "--help"],
+             ["eval", "long", "--help"], ["eval", "travel", "--help"]):
+    try:
+        cli.main(args, prog_name="videodiff", standalone_mode=False)
+    except SystemExit:
+        pass
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers")))
+"""
+
+
+def test_bench_and_eval_help_load_no_torch():
+    """The new commands' argument parsing stays torch-free, as ``render --help`` does (tests/test_layers.py)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HELP_LOADS_NO_TORCH], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+    assert "--feature-cache" in done.stdout and "--against" in done.stdout
