@@ -1,8 +1,9 @@
 """The command line: parse, build a config, call the package. No logic of its own.
 
 One module per command group: :mod:`.rendering` (render, img2vid, vid2vid), :mod:`.training` (train),
-:mod:`.models` (convert, inspect), :mod:`.datasets` (data), :mod:`.evaluation` (eval), :mod:`.serving`
-(serve); :mod:`.group` holds the click group and how errors and interrupts end a command, :mod:`.options`
+:mod:`.models` (convert, inspect), :mod:`.datasets` (data), :mod:`.evaluation` (eval shapes) with
+:mod:`.long_eval` (eval long, travel, sweep), :mod:`.bench` (bench), :mod:`.serving` (serve);
+:mod:`.group` holds the click group and how errors and interrupts end a command, :mod:`.options`
 the options made from the settings dataclasses. This module registers the commands and holds :func:`main`.
 """
 
@@ -13,6 +14,7 @@ import sys
 import click
 
 from videodiff import coldstart
+from videodiff.cli.bench import bench_cache, bench_coldstart, bench_diffusers, bench_group, bench_long
 from videodiff.cli.datasets import data, data_shapes
 from videodiff.cli.evaluation import eval_group, eval_shapes
 from videodiff.cli.group import (
@@ -24,6 +26,7 @@ from videodiff.cli.group import (
     cli,
     sigterm_as_interrupt,
 )
+from videodiff.cli.long_eval import eval_long, eval_sweep, eval_travel
 from videodiff.cli.models import convert, inspect
 from videodiff.cli.options import CONFIG_OPTION, given, options_from, parse_motion
 from videodiff.cli.rendering import img2vid, render, render_one, vid2vid
@@ -36,6 +39,11 @@ __all__ = [
     "EXIT_USER_ERROR",
     "KEPT_ON_INTERRUPT",
     "SERVE_OPTIONS",
+    "bench_cache",
+    "bench_coldstart",
+    "bench_diffusers",
+    "bench_group",
+    "bench_long",
     "Group",
     "Interrupted",
     "OneLineError",
@@ -44,7 +52,10 @@ __all__ = [
     "data",
     "data_shapes",
     "eval_group",
+    "eval_long",
     "eval_shapes",
+    "eval_sweep",
+    "eval_travel",
     "given",
     "img2vid",
     "inspect",
@@ -59,8 +70,10 @@ __all__ = [
     "vid2vid",
 ]
 
-for _command in (render, img2vid, vid2vid, train, convert, inspect, data, eval_group, serve):
+for _command in (render, img2vid, vid2vid, train, convert, inspect, data, eval_group, bench_group, serve):
     cli.add_command(_command)
+for _command in (eval_long, eval_travel, eval_sweep):
+    eval_group.add_command(_command)
 
 
 def main() -> None:

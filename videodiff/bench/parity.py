@@ -1,39 +1,26 @@
-#!/usr/bin/env python
-"""Side-by-side benchmark: videodiff against diffusers' AnimateDiffPipeline on identical weights.
+"""videodiff against diffusers' ``AnimateDiffPipeline`` on identical weights (``videodiff bench diffusers``).
 
-Same random weights, initial noise and scheduler for both; the outputs are compared
-(they must match within the parity tolerance) and the timings printed. The first call
-is included in the timing: no warm-up is hidden.
-
-    python scripts/bench.py --preset tiny
-    python scripts/bench.py --preset cpu-small --repeat 2   # SD1.5 layout at widths (64,128,256,256), 256x256
-    python scripts/bench.py --preset gpu-sd15               # full SD1.5 + v2 motion modules, 512x512, fp16, CUDA
-    python scripts/bench.py --preset cpu-small-lightning    # cpu-small sampled as AnimateDiff-Lightning: 4 euler
-                                                            # steps, trailing spacing, guidance 1
-    python scripts/bench.py --preset cpu-small-lcm          # cpu-small sampled as AnimateLCM: 4 lcm steps, guidance 2
+Same random weights, initial noise and scheduler for both; the outputs are compared (they must match within
+the parity tolerance) and the timings reported. The first call is included in the timing: no warm-up is hidden.
 
 A preset's ``sampler`` (scheduler, spacing) and ``guidance`` are given to each side its own way: videodiff's
 settings, and diffusers' scheduler configured as the model cards do (``EulerDiscreteScheduler.from_config(...,
 timestep_spacing="trailing", beta_schedule="linear")``, ``LCMScheduler.from_config(..., beta_schedule="linear")``).
 Random weights: these presets measure speed, not what a distilled model would draw.
 
-    python scripts/bench.py --preset cpu-small --feature-cache 2 3 5   # also videodiff's --cache N (DeepCache)
-    python scripts/bench.py --preset cpu-small --repeat 3 --renders 2   # 3 processes per side, alternating, each
-                                                                   # loading once and rendering twice
+``feature_cache`` also runs videodiff with feature caching (``cache=N``: the deep U-Net blocks on every N-th
+step only) in fresh processes of their own, after each uncached pair, and reports their times, speed-up over
+uncached videodiff and pixel difference from it (diffusers has no DeepCache for ``UNetMotionModel``: the
+comparison is against our own uncached path).
 
-``--feature-cache N...`` also runs videodiff with feature caching (``--cache N``: the deep U-Net
-blocks on every N-th step only) in fresh processes of their own, after each uncached pair, and
-reports their times, speed-up over uncached videodiff and pixel difference from it (diffusers has
-no DeepCache for ``UNetMotionModel``: the comparison is against our own uncached path).
+Each side runs in a fresh process (``python -m videodiff.bench.parity``). Peak memory:
+``max_memory_allocated`` on GPU; on CPU a sampling thread's highest RSS above the process's RSS before the
+render. On GPU the U-Net and VAE FLOPs (counted once with torch's FlopCounterMode) give the fraction of the
+device's peak reached (``peak_tflops``, default 989 for H100/H200 dense fp16/bf16).
 
-Each side runs in a fresh process. Peak memory: ``max_memory_allocated`` on GPU; on CPU
-a sampling thread's highest RSS above the process's RSS before the render. On GPU the
-U-Net and VAE FLOPs (counted once with torch's FlopCounterMode) give the fraction of the
-device's peak reached (``--peak-tflops``, default 989 for H100/H200 dense fp16/bf16).
-
-Half-precision tolerance: fp16/bf16 outputs of two implementations that order their sums
-differently drift apart over 25 steps; ``--tolerance`` (default 2/255 in fp32, 8/255 in
-half precision) bounds the largest pixel difference, and the mean difference is reported.
+Half-precision tolerance: fp16/bf16 outputs of two implementations that order their sums differently drift
+apart over 25 steps; ``tolerance`` (default 2/255 in fp32, 8/255 in half precision) bounds the largest pixel
+difference, and the mean difference is reported.
 """
 
 from __future__ import annotations
@@ -42,12 +29,16 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from videodiff.bench import BENCH_CACHE
 
 # SD1.5's attention layout: CLIP ViT-L context, 8 heads in spatial and temporal attention
 SD15_ATTENTION = dict(cross_attention_dim=768, attention_head_dim=8, motion_heads=8)
@@ -199,7 +190,7 @@ def run_videodiff(
     cache: int = 1,
     renders: int = 1,
 ):
-    from videodiff import load_pipeline
+    from videodiff.pipelines import load_pipeline
 
     loading = time.perf_counter()
     pipe = load_pipeline(str(model), str(motion), device=device, dtype=dtype)
@@ -280,7 +271,7 @@ def count_flops(model: Path, motion: Path, render: dict, device: str, dtype: str
     """FLOPs of one U-Net call (``batch`` 2: guided) and of the VAE decode of all frames (torch's FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from videodiff import load_pipeline
+    from videodiff.pipelines import load_pipeline
 
     pipe = load_pipeline(str(model), str(motion), device=device, dtype=dtype)
     f, h, w = render["num_frames"], render["height"], render["width"]
@@ -347,43 +338,14 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
     }
 
 
-def in_subprocess(side: str, args) -> dict:
+def in_subprocess(side: str, args: argparse.Namespace) -> dict:
     """Run one side in a fresh process: no warm caches or allocations shared with the other side."""
     import subprocess
-    import sys
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "side.npz"
-        cmd = [
-            sys.executable,
-            __file__,
-            "--preset",
-            args.preset,
-            "--seed",
-            str(args.seed),
-            "--guidance",
-            str(args.guidance),
-            "--cache",
-            str(args.cache),
-            "--device",
-            args.device,
-            "--dtype",
-            args.dtype,
-            "--only",
-            side,
-            "--side-out",
-            str(out),
-        ]
-        if args.steps:
-            cmd += ["--steps", str(args.steps)]
-        if args.diffusers_tuned:
-            cmd += ["--diffusers-tuned"]
-        if args.frames:
-            cmd += ["--frames", str(args.frames)]
-        if args.cache_every > 1:
-            cmd += ["--cache-every", str(args.cache_every)]
-        if args.renders > 1:
-            cmd += ["--renders", str(args.renders)]
+        given = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        cmd = [sys.executable, "-m", "videodiff.bench.parity", side, str(out), json.dumps(given)]
         env = dict(os.environ)
         if args.live_memory:  # glibc returns every freed block of 128 KiB or more at once: RSS follows live tensors
             env["MALLOC_MMAP_THRESHOLD_"] = "131072"
@@ -393,90 +355,73 @@ def in_subprocess(side: str, args) -> dict:
         return {k: data[k] if k in ("frames", "repeat_s") else float(data[k]) for k in data.files}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--steps", type=int, help="override the preset's denoising steps")
-    parser.add_argument("--frames", type=int, help="override the preset's frame count")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance", type=float, help="default: the preset's, else 7.5")
-    parser.add_argument("--repeat", type=int, default=1, help="alternate the two sides this many times each")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "videodiff-bench")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--device", help="cpu or cuda (default: the preset's)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: the preset's (fp32 on CPU)")
-    parser.add_argument("--tolerance", type=int, help="largest allowed pixel difference (default 2, 8 in fp16/bf16)")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense fp16/bf16 peak")
-    parser.add_argument(
-        "--live-memory",
-        action="store_true",
-        help="CPU: fix glibc's mmap threshold at 128 KiB in both sides, so the RSS peak is the live tensors' peak "
-        "rather than what the allocator kept from freed blocks",
-    )
-    parser.add_argument(
-        "--diffusers-tuned",
-        action="store_true",
-        help="CPU: give diffusers videodiff's heap policy (videodiff.heap) and VAE chunk too, "
-        "so the comparison shows what the rest of videodiff gains",
-    )
-    parser.add_argument(
-        "--lossy-dtype",
-        choices=sorted(DTYPES),
-        help="also run videodiff once in this dtype (e.g. bf16 on a CPU with AVX512-BF16): its time and how far "
-        "its frames move from diffusers' (reported, not checked against the tolerance)",
-    )
-    parser.add_argument(
-        "--feature-cache",
-        type=int,
-        nargs="+",
-        default=[],
-        metavar="N",
-        help="also run videodiff with --cache N (feature caching) for each N: times, speed-up and pixel difference "
-        "against uncached videodiff",
-    )
-    parser.add_argument("--cache-every", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--renders",
-        type=int,
-        default=1,
-        help="renders per process: the first is timed as usual, the later ones (same pipeline, same process) "
-        "are reported as repeat_s, and the pipeline's load time as load_s",
-    )
-    parser.add_argument("--only", choices=["diffusers", "videodiff"], help=argparse.SUPPRESS)
-    parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
+def quiet_libraries() -> None:
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     dlog.set_verbosity_error(), tlog.set_verbosity_error(), dlog.disable_progress_bar(), tlog.disable_progress_bar()
+
+
+def render_of(args: argparse.Namespace) -> dict:
+    """The preset's render settings with ``steps`` and ``frames`` overrides."""
     render = dict(PRESETS[args.preset]["render"])
     if args.steps:
         render["num_inference_steps"] = args.steps
     if args.frames:
         render["num_frames"] = args.frames
-    if args.guidance is None:
-        args.guidance = PRESETS[args.preset].get("guidance", 7.5)
-    args.device = args.device or PRESETS[args.preset].get("device", "cpu")
-    args.dtype = args.dtype or PRESETS[args.preset].get("dtype", "fp32")
-    tolerance = args.tolerance if args.tolerance is not None else (2 if args.dtype == "fp32" else 8)
-    model, motion = build(args.preset, args.cache / args.preset)
-    if args.only:  # a child process: measure one side and hand the result back
-        result = measure(args.only, args, model, motion, render)
-        np.savez(args.side_out, **result)
-        return
+    return render
 
-    runs = {"diffusers": [], "videodiff": []}
-    cached = {n: [] for n in args.feature_cache}
+
+def run_parity(
+    preset: str = "tiny",
+    steps: int | None = None,
+    frames: int | None = None,
+    seed: int = 0,
+    guidance: float | None = None,
+    repeat: int = 1,
+    cache: Path = BENCH_CACHE,
+    device: str | None = None,
+    dtype: str | None = None,
+    peak_tflops: float = 989.0,
+    live_memory: bool = False,
+    diffusers_tuned: bool = False,
+    lossy_dtype: str | None = None,
+    feature_cache: tuple[int, ...] = (),
+    renders: int = 1,
+) -> dict[str, Any]:
+    """Both sides ``repeat`` times each (alternating which starts), each in a fresh process; the results.
+
+    ``results["max_pixel_diff"]`` is to be checked against :func:`tolerance_of` by the caller.
+    """
+    args = argparse.Namespace(
+        preset=preset,
+        steps=steps,
+        frames=frames,
+        seed=seed,
+        guidance=PRESETS[preset].get("guidance", 7.5) if guidance is None else guidance,
+        repeat=repeat,
+        cache=Path(cache),
+        device=device or PRESETS[preset].get("device", "cpu"),
+        dtype=dtype or PRESETS[preset].get("dtype", "fp32"),
+        live_memory=live_memory,
+        diffusers_tuned=diffusers_tuned,
+        cache_every=1,
+        renders=renders,
+    )
+    quiet_libraries()
+    render = render_of(args)
+    model, motion = build(args.preset, args.cache / args.preset)
+    runs: dict[str, list[dict]] = {"diffusers": [], "videodiff": []}
+    cached: dict[int, list[dict]] = {n: [] for n in feature_cache}
     for i in range(args.repeat):  # alternate which side starts, so drift on the machine hits both
         for side in ("diffusers", "videodiff") if i % 2 == 0 else ("videodiff", "diffusers"):
             runs[side].append(in_subprocess(side, args))
-        for n in args.feature_cache if i % 2 == 0 else args.feature_cache[::-1]:
+        for n in feature_cache if i % 2 == 0 else feature_cache[::-1]:
             cached[n].append(in_subprocess("videodiff", argparse.Namespace(**{**vars(args), "cache_every": n})))
     delta = np.abs(runs["videodiff"][0]["frames"].astype(int) - runs["diffusers"][0]["frames"].astype(int))
     diff = int(delta.max())
     best = {side: min(r["s_per_step"] for r in rs) for side, rs in runs.items()}
-    results = {
+    results: dict[str, Any] = {
         "preset": args.preset,
         "render": render,
         "guidance": args.guidance,
@@ -509,10 +454,10 @@ def main() -> None:
             "speedup_end_to_end_over_uncached_best_of_runs": round(uncached / min(r["total_s"] for r in rs), 3),
             "pixel_diff_from_uncached": {"max": int(moved.max()), "mean": round(float(moved.mean()), 3)},
         }
-    if args.lossy_dtype:  # an opt-in lower precision: how much faster, and how far its frames move
-        lossy = in_subprocess("videodiff", argparse.Namespace(**{**vars(args), "dtype": args.lossy_dtype}))
+    if lossy_dtype:  # an opt-in lower precision: how much faster, and how far its frames move
+        lossy = in_subprocess("videodiff", argparse.Namespace(**{**vars(args), "dtype": lossy_dtype}))
         moved = np.abs(lossy["frames"].astype(int) - runs["diffusers"][0]["frames"].astype(int))
-        results[f"videodiff_{args.lossy_dtype}"] = {
+        results[f"videodiff_{lossy_dtype}"] = {
             "s_per_step": round(lossy["s_per_step"], 3),
             "total_s": round(lossy["total_s"], 2),
             "peak_mib": round(lossy["peak_bytes"] / 2**20),
@@ -525,18 +470,30 @@ def main() -> None:
         }
     if args.device.startswith("cuda"):
         flops = count_flops(model, motion, render, args.device, args.dtype, 2 if args.guidance > 1 else 1)
-        steps = render["num_inference_steps"]
+        steps_run = render["num_inference_steps"]
         for side in ("diffusers", "videodiff"):
             seconds = min(r["total_s"] for r in runs[side])
-            work = flops["unet_tflop_per_step"] * steps + flops["vae_tflop"]
-            results[f"{side}_fraction_of_peak"] = round(work / seconds / args.peak_tflops, 3)
+            work = flops["unet_tflop_per_step"] * steps_run + flops["vae_tflop"]
+            results[f"{side}_fraction_of_peak"] = round(work / seconds / peak_tflops, 3)
         results.update({k: round(v, 2) for k, v in flops.items()})
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    if diff > tolerance:
-        raise SystemExit(f"outputs differ by {diff}/255 (tolerance {tolerance}/255)")
+    return results
+
+
+def tolerance_of(dtype: str, tolerance: int | None = None) -> int:
+    """The largest allowed pixel difference: ``tolerance`` if given, else 2 in fp32 and 8 in half precision."""
+    return tolerance if tolerance is not None else (2 if dtype == "fp32" else 8)
+
+
+def side_main(argv: list[str]) -> None:
+    """A child process: measure one side (``argv``: side, output .npz, the options as JSON) and save it."""
+    side, out, given = argv
+    args = argparse.Namespace(**json.loads(given))
+    args.cache = Path(args.cache)
+    quiet_libraries()
+    render = render_of(args)
+    model, motion = build(args.preset, args.cache / args.preset)
+    np.savez(out, **measure(side, args, model, motion, render))
 
 
 if __name__ == "__main__":
-    main()
+    side_main(sys.argv[1:])

@@ -1,20 +1,15 @@
 """Cold start of ``videodiff render`` on the built-in model: import, load, render, end to end.
 
 Runs fresh processes alternately with the CLI's deferred imports on (the default) and off
-(``VIDEODIFF_EAGER_IMPORTS=1``) and prints the median of each phase::
-
-    python scripts/coldstart.py --runs 5
-
-Each process runs the CLI's own entry point (``videodiff.cli.main``) on
-``render "a red circle moving right" --seed 1``; the phases are measured inside it:
-``import`` (the CLI module up to torch, diffusers and transformers being imported by the
-load), ``load`` (the pipeline), ``render`` (sampling, decode, write) and ``total`` (process
-start to exit, measured outside).
+(``VIDEODIFF_EAGER_IMPORTS=1``) and reports the median of each phase. Each process runs the CLI's own
+entry point (``videodiff.cli.main``) on ``render "a red circle moving right" --seed 1``; the phases are
+measured inside it: ``import`` (the CLI module up to torch, diffusers and transformers being imported by
+the load), ``load`` (the pipeline), ``render`` (sampling, decode, write) and ``total`` (process start to
+exit, measured outside).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -22,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from videodiff.errors import UserError
 
 CHILD = r"""
 import json, sys, time
@@ -51,32 +48,34 @@ print("PHASES", json.dumps(phases))
 
 
 def one(eager: bool, out: str) -> dict[str, float]:
+    """One fresh process: its phases in seconds."""
     env = {**os.environ, "VIDEODIFF_EAGER_IMPORTS": "1" if eager else "0"}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", CHILD, out], capture_output=True, text=True, env=env)
     total = time.perf_counter() - start
     line = [x for x in done.stdout.splitlines() if x.startswith("PHASES ")]
     if done.returncode != 0 or not line:
-        raise SystemExit(done.stderr[-2000:])
+        raise UserError("a cold-start process failed: " + done.stderr[-2000:].strip().replace("\n", " | "))
     return {**json.loads(line[0][7:]), "total": total}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+def run_coldstart(runs: int = 5) -> dict[str, dict[str, float]]:
+    """One warm-up process, then ``runs`` processes per mode, alternating; the median phases per mode."""
     with tempfile.TemporaryDirectory() as tmp:
         one(False, f"{tmp}/warm.gif")  # bytecode compiled, files in the page cache
-        runs: dict[str, list[dict[str, float]]] = {"deferred": [], "eager": []}
-        for _ in range(args.runs):
-            for name in runs:
-                runs[name].append(one(name == "eager", f"{tmp}/{name}.gif"))
-    print(f"median of {args.runs} fresh processes each, alternating (seconds)")
-    print(f"{'imports':10} {'import':>7} {'load':>6} {'render':>7} {'total':>6}")
-    for name, rows in runs.items():
-        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-        print(f"{name:10} {med['import']:7.2f} {med['load']:6.2f} {med['render']:7.2f} {med['total']:6.2f}")
+        measured: dict[str, list[dict[str, float]]] = {"deferred": [], "eager": []}
+        for _ in range(runs):
+            for name in measured:
+                measured[name].append(one(name == "eager", f"{tmp}/{name}.gif"))
+    return {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in measured.items()}
 
 
-if __name__ == "__main__":
-    main()
+def format_coldstart(medians: dict[str, dict[str, float]], runs: int) -> list[str]:
+    """The table the command prints."""
+    lines = [
+        f"median of {runs} fresh processes each, alternating (seconds)",
+        f"{'imports':10} {'import':>7} {'load':>6} {'render':>7} {'total':>6}",
+    ]
+    for name, med in medians.items():
+        lines.append(f"{name:10} {med['import']:7.2f} {med['load']:6.2f} {med['render']:7.2f} {med['total']:6.2f}")
+    return lines

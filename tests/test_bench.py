@@ -1,0 +1,88 @@
+"""``videodiff bench ...`` at the tiniest sizes: each command runs and prints what its docs tables read.
+
+No timing is asserted: these check that the measurements run and report their keys.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_helpers import invoke, ok
+
+
+def test_bench_help_names_match_the_package():
+    """The CLI keeps the preset and dtype names torch-free; they are the package's."""
+    from videodiff.bench.parity import DTYPES, PRESETS
+    from videodiff.cli.bench import BENCH_DTYPES, PRESET_NAMES
+
+    assert set(PRESET_NAMES) == set(PRESETS) and set(BENCH_DTYPES) == set(DTYPES)
+    for command in ("diffusers", "cache", "coldstart", "long"):
+        assert "Example:" in ok(invoke("bench", command, "--help")).output
+
+
+def test_bench_diffusers_tiny(tmp_path):
+    """Both sides in fresh processes on the tiny preset (1 step, 8 frames): parity within tolerance, every key."""
+    out = tmp_path / "bench.json"
+    args = ("bench", "diffusers", "--preset", "tiny", "--steps", "1", "--frames", "8", "--cache", tmp_path / "models")
+    result = ok(invoke(*args, "--json", out, env={"OMP_NUM_THREADS": "1"}))
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(out.read_text())
+    assert printed["render"]["num_inference_steps"] == 1 and printed["render"]["num_frames"] == 8
+    for side in ("diffusers", "videodiff"):
+        for key in ("s_per_step", "total_s", "peak_mib", "load_s"):
+            assert len(printed[f"{side}_{key}"]) == 1, key
+    assert printed["max_pixel_diff"] <= 2
+    assert {"speedup_per_step_best_of_runs", "speedup_end_to_end_best_of_runs", "mean_pixel_diff"} <= set(printed)
+
+
+def test_bench_long_builtin(one_thread):
+    result = ok(invoke("bench", "long", "--frames", "20", "--steps", "1"))
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["model"] == "built-in" and record["frames"] == 20 and record["windows"] == 2
+    assert {"render_s", "peak_rss_mib_after_load", "peak_rss_mib", "window_layers"} <= set(record)
+
+
+@pytest.mark.slow
+def test_bench_cache_builtin(tmp_path, one_thread):
+    """One warm-up and three renders of the built-in model at its 16 steps."""
+    out = tmp_path / "cache.json"
+    result = ok(invoke("bench", "cache", "--rounds", "1", "--json", out, "1"))
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(out.read_text())
+    assert printed["renders_per_n"] == 3 and len(printed["cache_1"]["all_s"]) == 3
+    assert printed["cache_1"]["speedup"] == 1.0 and printed["cache_1"]["frame_diff_from_first"] == 0.0
+
+
+@pytest.mark.slow
+def test_bench_coldstart_one_run():
+    """Three fresh processes each rendering the built-in model (about 10 s each on a 2-core CPU)."""
+    lines = ok(invoke("bench", "coldstart", "--runs", "1")).stdout.splitlines()
+    assert lines[0].startswith("median of 1 fresh processes")
+    assert lines[1].split() == ["imports", "import", "load", "render", "total"]
+    assert [line.split()[0] for line in lines[2:]] == ["deferred", "eager"]
+    assert all(len(line.split()) == 5 for line in lines[2:])
+
+
+HELP_LOADS_NO_TORCH = """
+import sys
+from videodiff.cli import cli
+for args in (["bench", "diffusers", "--help"], ["bench", "long", "--help"], ["eval", "sweep", "--help"],
+             ["eval", "long", "--help"], ["eval", "travel", "--help"]):
+    try:
+        cli.main(args, prog_name="videodiff", standalone_mode=False)
+    except SystemExit:
+        pass
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers")))
+"""
+
+
+def test_bench_and_eval_help_load_no_torch():
+    """The new commands' argument parsing stays torch-free, as ``render --help`` does (tests/test_layers.py)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HELP_LOADS_NO_TORCH], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+    assert "--feature-cache" in done.stdout and "--against" in done.stdout
