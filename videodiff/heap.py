@@ -5,7 +5,7 @@ of every step. glibc serves blocks above its mmap threshold (at most 32 MiB, dyn
 with fresh ``mmap`` pages and trims the heap top above 128 KiB-64 MiB, so each step takes
 its working set from the kernel again: on ``cpu-small`` that was 0.5 million page faults
 and up to 2 s of kernel time per guided U-Net call, and 6-9 s of kernel time in the VAE
-decode (``scripts/bench.py``; the README's performance section has the numbers). With
+decode (``videodiff bench diffusers``; the docs' Benchmarks page has the numbers). With
 the thresholds raised the heap keeps the freed blocks and the next step reuses them;
 :func:`release` hands the free memory back to the system when the render ends.
 
