@@ -52,6 +52,11 @@ def eval_group() -> None:
     is_flag=True,
     help="Score img2vid: animate each ground-truth clip's first frame; frame 0's PSNR is reported too.",
 )
+@click.option(
+    "--keyframes",
+    is_flag=True,
+    help="Score keyframes: pin each ground-truth clip's first and last frames; the track between them is scored too.",
+)
 @click.option("--strength", type=float, help="img2vid's --strength (default: the prior's start, else 0.85).")
 @click.option("--anchor", type=float, help="img2vid's --anchor (default 1: held to the end).")
 @click.option(
@@ -78,6 +83,7 @@ def eval_shapes(
     motion_prior: float | None,
     cache: int | None,
     img2vid: bool,
+    keyframes: bool,
     strength: float | None,
     anchor: float | None,
     settings: tuple[str, ...],
@@ -97,6 +103,7 @@ def eval_shapes(
       videodiff eval shapes --model runs/shapes/model --seeds 2
       videodiff eval shapes --motion-prior 0 --seeds 2           # sampling from pure noise
       videodiff eval shapes --img2vid --seeds 2                  # animating each clip's first frame
+      videodiff eval shapes --keyframes --seeds 2                # from each clip's first frame to its last
       videodiff eval shapes --cache 2 --seeds 2                  # with feature caching
       videodiff eval shapes --set scheduler=ddim --set steps=20  # any render setting
       videodiff eval shapes --img2vid --set paste=true           # a post-processing step, evaluated
@@ -122,7 +129,12 @@ def eval_shapes(
         guidance=guidance,
         motion_prior=motion_prior,
         cache=cache,
-        img2vid={k: v for k, v in (("strength", strength), ("anchor", anchor)) if v is not None} if img2vid else None,
+        img2vid={
+            **{k: v for k, v in (("strength", strength), ("anchor", anchor)) if v is not None},
+            **({"keyframes": True} if keyframes else {}),
+        }
+        if img2vid or keyframes
+        else None,
         echo=click.echo,
         settings=settings,
     )

@@ -291,6 +291,34 @@ def detect(frames: Any, *, threshold: float = THRESHOLD, min_travel: float = MIN
     )  # fmt: skip
 
 
+def objects_per_frame(frames: Any, *, threshold: float = THRESHOLD, min_pixels: int = 12) -> list[int]:
+    """How many separate objects each frame (uint8 ``[F, H, W, 3]``) shows: 8-connected blobs of at least
+    ``min_pixels`` pixels (at the 64 px analysis scale) that differ from the frame's border colour by ``threshold``."""
+    small, _ = _resize(as_frames(frames))
+    x = small.astype(np.float32)
+    nf = x.shape[0]
+    border = np.concatenate(
+        [x[:, :_BORDER].reshape(nf, -1, 3), x[:, -_BORDER:].reshape(nf, -1, 3),
+         x[:, :, :_BORDER].reshape(nf, -1, 3), x[:, :, -_BORDER:].reshape(nf, -1, 3)], axis=1,
+    )  # fmt: skip
+    labels = label_components(np.linalg.norm(x - np.median(border, axis=1)[:, None, None], axis=-1) > threshold)
+    return [int((np.unique(lab[lab >= 0], return_counts=True)[1] >= min_pixels).sum()) for lab in labels]
+
+
+def keyframe_track(frames: Any, first: Any, last: Any) -> dict[str, Any]:
+    """Whether a video pinned to ``first`` and ``last`` (pictures, uint8 ``[H, W, 3]``) moves its object from one to
+    the other: one object in every frame, each end within 4 px of its picture's object, and no frame-to-frame step
+    longer than twice the even pace plus 2 px. Returns the measures and ``ok``."""
+    found = detect(frames).centroids
+    start, end = detect(np.asarray(first)[None]).centroids[0], detect(np.asarray(last)[None]).centroids[0]
+    single = all(n == 1 for n in objects_per_frame(frames))
+    errors = (float(np.hypot(*(found[0] - start))), float(np.hypot(*(found[-1] - end))))
+    pace = float(np.hypot(*(end - start))) / max(len(found) - 1, 1)
+    largest = float(np.nanmax(np.linalg.norm(np.diff(found, axis=0), axis=1))) if len(found) > 1 else 0.0
+    ok = bool(single and not np.isnan(found).any() and max(errors) <= 4 and largest <= 2 * pace + 2)
+    return {"ok": ok, "single": single, "end_errors": errors, "pace": pace, "largest_step": largest}
+
+
 def psnr(a: Any, b: Any) -> float:
     """Peak signal-to-noise ratio of two uint8 images, in dB (inf when equal)."""
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))

@@ -17,7 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from videodiff.shapes.detect import Detection, as_frames, detect, is_steady, label_components, psnr, seam
+from videodiff.shapes.detect import (
+    Detection,
+    as_frames,
+    detect,
+    is_steady,
+    keyframe_track,
+    label_components,
+    psnr,
+    seam,
+)
 from videodiff.shapes.report import Report, Scored, fidelity_summary
 from videodiff.shapes.world import (
     ALL_COMBOS,
@@ -179,6 +188,8 @@ def model_render_fn(
     ground-truth clip of its (prompt, seed) (a picture of the prompt's shape where it has room to move the asked
     way), and the third value is a list that collects, per video, frame 0's PSNR against the picture, the
     picture's own PSNR after the model's VAE (the best frame 0 can be without pasting) and the :func:`seam`.
+    With ``img2vid["keyframes"]`` the clip's first and last frames are both pinned (keyframes) and each video's
+    :func:`keyframe_track` is collected too (``track``: the object moves from one picture to the other).
     ``overrides``: any other sampling settings (``eval shapes --set KEY=VALUE``); ``post``: the post-processing
     settings (:class:`~videodiff.settings.post.PostSettings`), run on every video as a render runs them.
     """
@@ -194,11 +205,17 @@ def model_render_fn(
         if fidelity is None:
             result = pipe(prompt, seed=seed, post=post, **given)
         else:
-            picture = truth(prompt, seed)[0]
+            clip = truth(prompt, seed)
+            picture = clip[0]
             paste = bool(post is not None and post.paste)
-            result = pipe.img2vid(picture, prompt, seed=seed, paste=paste, **given, **img2vid)
+            options = {k: v for k, v in img2vid.items() if k != "keyframes"}
+            pinned = {"image_at": {0: clip[0], -1: clip[-1]}} if img2vid.get("keyframes") else {"image": picture}
+            result = pipe.img2vid(prompt=prompt, seed=seed, paste=paste, **pinned, **given, **options)
             vae_best = psnr(vae_roundtrip(pipe, picture[None])[0], picture)
-            fidelity.append({"frame0": psnr(result.frames[0], picture), "vae": vae_best, "seam": seam(result.frames)})
+            entry = {"frame0": psnr(result.frames[0], picture), "vae": vae_best, "seam": seam(result.frames)}
+            if img2vid.get("keyframes"):
+                entry["track"] = keyframe_track(result.frames, clip[0], clip[-1])["ok"]
+            fidelity.append(entry)
         if not settings:
             settings.update({k: result.settings[k] for k in (*RENDER_SETTINGS, *(overrides or {}))})
             settings["post"] = result.post
@@ -317,7 +334,8 @@ def run_shapes_eval(
         overrides=overrides,
         post=post,
     )
-    name = (model or "built-in shapes") + (" img2vid" if img2vid is not None else "")
+    mode = "" if img2vid is None else " keyframes" if img2vid.get("keyframes") else " img2vid"
+    name = (model or "built-in shapes") + mode
 
     def progress(done: int, total: int) -> None:
         if done % 10 == 0 or done == total:
@@ -334,4 +352,9 @@ def run_shapes_eval(
             f"{summary['vae_psnr']} dB); within 1 dB of the VAE in {summary['within_1db']}% of "
             f"{summary['videos']} videos; frame 0 to 1 changes {summary['seam']}x the median step (median)"
         )
+        if "track" in summary:
+            echo(
+                f"keyframes: the object moves from the first picture to the last (one object in every frame, ends "
+                f"within 4 px, no step over twice the even pace + 2 px) in {summary['track']}% of the videos"
+            )
     return results

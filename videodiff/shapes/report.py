@@ -150,7 +150,8 @@ class Report:
 
 
 def fidelity_summary(fidelity: list[dict[str, float]]) -> dict[str, float]:
-    """Frame 0 against the picture over a run: mean PSNRs and how often frame 0 is within 1 dB of the VAE's own."""
+    """Frame 0 against the picture over a run: mean PSNRs and how often frame 0 is within 1 dB of the VAE's own; with
+    keyframes, the percentage of videos whose object moves from one picture to the other (``track``)."""
     frame0 = np.array([f["frame0"] for f in fidelity])
     vae_best = np.array([f["vae"] for f in fidelity])
     return {
@@ -159,4 +160,5 @@ def fidelity_summary(fidelity: list[dict[str, float]]) -> dict[str, float]:
         "within_1db": round(100 * float(np.mean(frame0 >= vae_best - 1)), 1),
         "seam": round(float(np.median([f["seam"] for f in fidelity])), 2),
         "videos": len(fidelity),
+        **({"track": round(100 * float(np.mean([f["track"] for f in fidelity])), 1)} if "track" in fidelity[0] else {}),
     }
