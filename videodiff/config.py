@@ -24,7 +24,7 @@ from videodiff.settings.checks import (
     named,
     too_many_frames,
 )
-from videodiff.settings.fields import Option, check_bounds, check_choices, options, setting
+from videodiff.settings.fields import Option, check_bounds, check_choices, options, setting, shown
 from videodiff.settings.fields import flag as _flag
 from videodiff.settings.files import (
     check_keys,
@@ -36,6 +36,7 @@ from videodiff.settings.files import (
     read_text_file,
     resolve,
     to_dict,
+    yaml_value,
 )
 from videodiff.settings.parse import (
     WORD,
@@ -164,8 +165,10 @@ __all__ = [
     "read_text_file",
     "resolve",
     "setting",
+    "shown",
     "stage_of",
     "to_dict",
     "too_many_frames",
     "words_of",
+    "yaml_value",
 ]

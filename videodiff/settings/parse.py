@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from videodiff.errors import UserError
+from videodiff.settings.fields import shown
 
 WORD = re.compile(r"[\w']+")  # a trigger word, and how prompts are split into words
 
@@ -37,7 +38,7 @@ def parse_trigger(spec: str) -> tuple[str, str, float]:
     word, sep, rest = str(spec).partition("=")
     word = word.strip().lower()
     if not sep or not rest or not WORD.fullmatch(word):
-        raise UserError(f"--motion-lora-trigger must be WORD=PATH[:SCALE] with one word, got {spec!r}")
+        raise UserError(f"--motion-lora-trigger must be WORD=PATH[:SCALE] with one word, got {shown(spec)}")
     path, scale = parse_scaled_path(rest)
     return word, path, scale
 
@@ -50,7 +51,7 @@ def parse_keyed(spec: str) -> tuple[int, str]:
     except ValueError:
         frame = -1
     if not sep or frame < 0 or not text.strip():
-        raise UserError(f"--prompt-at must be FRAME:TEXT with a frame number >= 0, got {spec!r}")
+        raise UserError(f"--prompt-at must be FRAME:TEXT with a frame number >= 0, got {shown(spec)}")
     return frame, text.strip()
 
 
@@ -79,7 +80,7 @@ def parse_image_at(spec: str) -> tuple[int, str]:
     except ValueError:
         index = None
     if not sep or index is None or not path:
-        raise UserError(f"--image-at must be FRAME:PATH, e.g. 0:start.png or -1:end.png; got {spec!r}")
+        raise UserError(f"--image-at must be FRAME:PATH, e.g. 0:start.png or -1:end.png; got {shown(spec)}")
     return index, path
 
 
@@ -94,7 +95,7 @@ def parse_rgb(text: str) -> tuple[int, int, int]:
     except ValueError:
         rgb = ()
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise UserError(f"--background must be R,G,B (0-255 each) or #RRGGBB, got {text!r}")
+        raise UserError(f"--background must be R,G,B (0-255 each) or #RRGGBB, got {shown(text)}")
     return rgb  # type: ignore[return-value]
 
 
@@ -103,5 +104,5 @@ def parse_pair(text: str, flag: str, form: str = "LOW,HIGH, e.g. 0,0.5") -> tupl
     try:
         a, b = (float(v) for v in str(text).split(","))
     except ValueError:
-        raise UserError(f"{flag} must be two numbers {form}; got {text!r}") from None
+        raise UserError(f"{flag} must be two numbers {form}; got {shown(text)}") from None
     return a, b

@@ -12,7 +12,7 @@ from typing import Any
 
 from videodiff.errors import UserError
 from videodiff.settings.checks import MAX_FRAMES, MAX_SIDE, MAX_STEPS, check_types
-from videodiff.settings.fields import check_bounds, check_choices, setting
+from videodiff.settings.fields import check_bounds, check_choices, setting, shown
 from videodiff.settings.sample import NOISE_KINDS
 
 TRAINABLE = ("motion", "motion+attn", "lora", "all")
@@ -151,7 +151,7 @@ class TrainConfig:
         for name in ("height", "width"):
             check_bounds(self, name, upper=False)
             if getattr(self, name) is not None and getattr(self, name) % 8:
-                raise UserError(f"--{name} must be a positive multiple of 8, got {getattr(self, name)!r}")
+                raise UserError(f"--{name} must be a positive multiple of 8, got {shown(getattr(self, name))}")
         if self.resolution % 8:
             raise UserError(f"--resolution must be a multiple of 8, got {self.resolution}")
         check_bounds(self, "resolution", "height", "width", "frames", lower=False)

@@ -1,0 +1,247 @@
+"""Issue 30's tracebacks and smaller findings: settings files parsed within limits (depth, aliases, expanded
+size), values that YAML cannot build (huge integers, impossible dates), numbers with bounds checked before any
+work, one stderr line with no warnings, duplicate keyframes, and images opened only in the formats videodiff
+reads. Each case: exit 2, one stderr line, no traceback, and (where it could) before any model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_user_error, invoke
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a red circle moving right"
+NO_MODEL = ("--model", "/nonexistent/model", "--motion-module", "/nonexistent/motion")  # an error names it if read
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+
+def alias_bomb(key: str, item: bool = False) -> str:
+    """A ~360-byte YAML "billion laughs": nine levels of nine aliases, 9^9 strings once expanded."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    lines.append(f"{key}: *i")
+    text = "\n".join(lines) + "\n"
+    if item:  # a prompt-file item: the anchors live in the first item, the bomb in the second
+        return "- " + text.replace("\n", "\n  ").rstrip() + "\n"
+    return text
+
+
+# ---------------------------------------------------------------- 7. alias bombs and values never shown in full
+
+
+@pytest.mark.parametrize("key", ["prompt", "lora", "seed"])
+def test_an_alias_bomb_in_a_config_is_one_line_before_loading(tmp_path, key):
+    (tmp_path / "bomb.yaml").write_text(alias_bomb(key))
+    message = assert_user_error(invoke("render", PROMPT, *NO_MODEL, "--config", "bomb.yaml"))
+    assert "too complex" in message and len(message) < 300
+
+
+def test_an_alias_bomb_in_a_prompt_file_item_is_one_line(tmp_path):
+    (tmp_path / "bomb.yaml").write_text(alias_bomb("prompt", item=True))
+    message = assert_user_error(invoke("render", *NO_MODEL, "--prompt-file", "bomb.yaml", "-o", "batch"))
+    assert "too complex" in message
+
+
+def test_an_alias_bomb_in_a_train_config_is_one_line(tmp_path):
+    (tmp_path / "bomb.yaml").write_text(alias_bomb("data"))
+    message = assert_user_error(invoke("train", "--config", "bomb.yaml", "--output", "run"))
+    assert "too complex" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_loading_an_alias_bomb_stays_small_and_fast(tmp_path):
+    """In a process limited to 1 GiB of address space, the bomb fails in well under a few seconds."""
+    (tmp_path / "bomb.yaml").write_text(alias_bomb("prompt"))
+    script = textwrap.dedent(
+        """
+        import resource, sys, time
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from videodiff.config import load_config_file
+        from videodiff.errors import UserError
+        start = time.monotonic()
+        try:
+            load_config_file(sys.argv[1])
+        except UserError as exc:
+            print(f"{time.monotonic() - start:.3f}", exc)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "bomb.yaml")],
+        env={"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seconds, message = proc.stdout.split(" ", 1)
+    assert "too complex" in message and float(seconds) < 5
+
+
+def test_a_shared_value_in_a_type_error_is_shown_short():
+    """A value that shares itself many times over (what aliases build) is quoted in a few characters."""
+    from videodiff.config import RenderConfig
+    from videodiff.errors import UserError
+
+    value = ["lol"] * 9
+    for _ in range(8):
+        value = [value] * 9
+    with pytest.raises(UserError) as caught:
+        RenderConfig(prompt=value).validate()  # type: ignore[arg-type]
+    assert len(str(caught.value)) < 200
+    with pytest.raises(UserError) as caught:
+        RenderConfig(seed="9" * 1_000_000).validate()  # type: ignore[arg-type]
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("a: &a [1]\n" + "".join(f"k{i}: *a\n" for i in range(101)), "more than 100 aliases"),
+        ("prompt: " + "[" * 200 + "1" + "]" * 200, "nested more than 100"),
+    ],
+    ids=["aliases", "depth"],
+)
+def test_settings_documents_have_limits(tmp_path, text, named):
+    (tmp_path / "x.yaml").write_text(text)
+    assert named in assert_user_error(invoke("render", PROMPT, *NO_MODEL, "--config", "x.yaml"))
+
+
+def test_a_few_aliases_still_work(tmp_path):
+    from videodiff.config import load_config_file
+
+    (tmp_path / "x.yaml").write_text("prompt: &p a red circle\nnegative: *p\nlora: &l [a.safetensors]\n")
+    assert load_config_file(tmp_path / "x.yaml") == {
+        "prompt": "a red circle",
+        "negative": "a red circle",
+        "lora": ["a.safetensors"],
+    }
+
+
+# ---------------------------------------------------------------- 11. values YAML cannot build
+
+
+UNREADABLE = {"huge-int": "9" * 5000, "bad-date": "2001-02-30"}
+
+
+@pytest.mark.parametrize("value", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_unreadable_values_in_a_config_are_one_line(tmp_path, value):
+    (tmp_path / "c.yaml").write_text(f"seed: {value}\n")
+    message = assert_user_error(invoke("render", PROMPT, *NO_MODEL, "--config", "c.yaml"))
+    assert "cannot be read" in message and len(message) < 300
+
+
+@pytest.mark.parametrize("value", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_unreadable_values_in_a_sidecar_are_one_line(tmp_path, value):
+    (tmp_path / "x.json").write_text(f'{{"seed": {value}, "info": {{}}}}\n')
+    assert "cannot be read" in assert_user_error(invoke("render", PROMPT, *NO_MODEL, "--config", "x.json"))
+
+
+@pytest.mark.parametrize("value", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_unreadable_values_in_a_prompt_file_are_one_line(tmp_path, value):
+    (tmp_path / "p.yaml").write_text(f"- prompt: a red circle\n  seed: {value}\n")
+    message = assert_user_error(invoke("render", *NO_MODEL, "--prompt-file", "p.yaml", "-o", "batch"))
+    assert "cannot be read" in message
+
+
+@pytest.mark.parametrize("value", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_unreadable_values_in_a_train_config_are_one_line(tmp_path, value):
+    (tmp_path / "t.yaml").write_text(f"seed: {value}\n")
+    assert "cannot be read" in assert_user_error(invoke("train", "--config", "t.yaml", "--output", "run"))
+
+
+@pytest.mark.parametrize("value", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_unreadable_values_in_convert_defaults_are_one_line(tmp_path, value):
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    message = assert_user_error(
+        invoke("convert", "m.safetensors", "out", "--to", "diffusers", "--default", f"frames={value}")
+    )
+    assert "--frames must be" in message and len(message) < 300
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_values_are_read_within_the_limits():
+    from videodiff.config import SampleSettings, parse_settings
+    from videodiff.errors import UserError
+
+    with pytest.raises(UserError, match="--seed must be"):
+        parse_settings([f"seed={'9' * 5000}"], SampleSettings)
+    with pytest.raises(UserError, match="--seed must be"):
+        parse_settings(["seed=2001-02-30"], SampleSettings)
+
+
+# ---------------------------------------------------------------- a fuzz of the settings files' parser
+
+SCALARS = [
+    "1",
+    "-3",
+    "0.5",
+    "1e-4",
+    "true",
+    "null",
+    "a red circle",
+    "2001-02-30",
+    "2001-02-03",
+    "9" * 4400,
+    "'quoted'",
+    "~",
+    ".inf",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "2001-02-03T04:05:06Z",
+    "9999-99-99",
+]
+
+
+@st.composite
+def yaml_documents(draw) -> str:
+    """Random YAML: nested flow collections, anchors and aliases, odd scalars, and broken syntax."""
+    anchors: list[str] = []
+
+    def node(depth: int) -> str:
+        kind = draw(st.sampled_from(["scalar", "list", "map", "alias", "anchor"] if depth < 6 else ["scalar"]))
+        if kind == "alias" and anchors:
+            return "*" + draw(st.sampled_from(anchors))
+        if kind == "anchor":
+            name = f"x{len(anchors)}"
+            anchors.append(name)
+            return f"&{name} " + node(depth + 1)
+        if kind == "list":
+            return "[" + ", ".join(node(depth + 1) for _ in range(draw(st.integers(0, 9)))) + "]"
+        if kind == "map":
+            keys = draw(st.lists(st.sampled_from(["prompt", "seed", "lora", "fps", "k", "1"]), max_size=4, unique=True))
+            return "{" + ", ".join(f"{k}: {node(depth + 1)}" for k in keys) + "}"
+        return draw(st.sampled_from(SCALARS))
+
+    deep = draw(st.integers(0, 3)) * 60
+    body = "[" * deep + node(0) + "]" * deep
+    return draw(
+        st.sampled_from([body, f"prompt: {body}\n", f"- {body}\n", body + draw(st.sampled_from(["", "]", "{"]))])
+    )
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(yaml_documents())
+def test_fuzz_settings_files_raise_only_user_errors(text):
+    """Parsing, then loading as a config and validating: a one-line UserError or a result, nothing else."""
+    from videodiff.config import load_config_file, merge, parse_yaml
+    from videodiff.errors import UserError
+
+    path = Path("fuzz.yaml")
+    path.write_text(text)
+    for read in (lambda: parse_yaml(text, path, "config file"), lambda: merge(load_config_file(path)).validate()):
+        try:
+            read()
+        except UserError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 2000
