@@ -5,6 +5,7 @@ reads. Each case: exit 2, one stderr line, no traceback, and (where it could) be
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -245,3 +246,116 @@ def test_fuzz_settings_files_raise_only_user_errors(text):
             read()
         except UserError as exc:
             assert "\n" not in str(exc) and len(str(exc)) < 2000
+
+
+# ---------------------------------------------------------------- 11. numbers, paths and files past their limits
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("render", PROMPT, "--fps", "0.0001", "-o", "x.gif"), "--fps must be a number from 0.1 to 240"),
+        (("render", PROMPT, "--fps", "100000", "-o", "x.gif"), "--fps must be a number from 0.1 to 240"),
+        (("vid2vid", "clip.gif", PROMPT, "--stride", "1000000000000"), "--stride must be a whole number from 1 to"),
+        (("train", "--data", "d", "--output", "run", "--stride", "1000000000000"), "--stride must be at most 1000"),
+    ],
+    ids=["fps-tiny", "fps-huge", "vid2vid-stride", "train-stride"],
+)
+def test_numbers_past_their_limits_are_refused_before_any_work(tmp_path, args, named):
+    (tmp_path / "clip.gif").write_bytes(b"GIF89a")
+    models = NO_MODEL if args[0] != "train" else ()
+    message = assert_user_error(invoke(*args, *models))
+    assert named in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif"]
+
+
+def test_limits_are_in_the_fields_metadata():
+    from videodiff.config import MAX_FPS, MAX_STRIDE, MIN_FPS, RenderConfig, TrainConfig, options
+
+    by_name = {o.name: o for o in options(RenderConfig)}
+    assert (by_name["fps"].min, by_name["fps"].max) == (MIN_FPS, MAX_FPS)
+    assert by_name["stride"].max == MAX_STRIDE
+    assert {o.name: o for o in options(TrainConfig)}["stride"].max == MAX_STRIDE
+
+
+@pytest.mark.parametrize("key", ["output", "lora", "negative"])
+def test_a_nul_in_a_settings_file_path_or_text_is_one_line(tmp_path, key):
+    value = '"a\\0b.gif"' if key != "lora" else '["a\\0b.safetensors"]'
+    (tmp_path / "c.yaml").write_text(f"{key}: {value}\n")
+    message = assert_user_error(invoke("render", PROMPT, *NO_MODEL, "--config", "c.yaml"))
+    assert message == f"--{key} contains a NUL character"
+
+
+def test_a_nul_in_a_train_output_is_one_line(tmp_path):
+    (tmp_path / "t.yaml").write_text('output: "a\\0b"\ndata: d\n')
+    assert "NUL" in assert_user_error(invoke("train", "--config", "t.yaml"))
+
+
+def deep_safetensors(path: Path, depth: int = 100_000) -> Path:
+    header = b'{"x": {"dtype": "F32", "shape": ' + b"[" * depth + b"]" * depth + b', "data_offsets": [0, 0]}}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    return path
+
+
+def test_a_deeply_nested_safetensors_header_is_one_line(tmp_path):
+    from videodiff.errors import UserError
+    from videodiff.weights.safetensors_header import read_header
+
+    deep = deep_safetensors(tmp_path / "deep.safetensors")
+    with pytest.raises(UserError, match="nested too deeply"):
+        read_header(deep)
+    assert "nested too deeply" in assert_user_error(invoke("inspect", deep))
+
+
+def test_a_deeply_nested_motion_module_header_is_one_line(tmp_path, tiny_model):
+    deep = deep_safetensors(tmp_path / "deep.safetensors")
+    args = ("render", PROMPT, "--model", tiny_model, "--motion-module", deep, "-o", "x.gif", "--steps", "1")
+    assert "not a readable safetensors file" in assert_user_error(invoke(*args))
+    assert not (tmp_path / "x.gif").exists()
+
+
+@pytest.mark.parametrize(
+    "state",
+    ["[]", "{}", '{"step": 2, "positions": 3, "nan_total": 0}', '{"step": "2", "positions": [0], "nan_total": 0}'],
+    ids=["list", "empty", "positions-not-a-list", "step-text"],
+)
+def test_a_resume_state_that_is_not_ours_is_one_line(tmp_path, state):
+    import torch
+    from safetensors.torch import save_file
+
+    from videodiff.errors import UserError
+    from videodiff.training.checkpoints import load_checkpoint
+
+    checkpoint = tmp_path / "step-2"
+    checkpoint.mkdir()
+    save_file({}, str(checkpoint / "trainable.safetensors"))
+    torch.save({}, checkpoint / "optimizer.pt")
+    torch.save({}, checkpoint / "lr_scheduler.pt")
+    (checkpoint / "state.json").write_text(state)
+    with pytest.raises(UserError, match="state.json is not what videodiff writes") as err:
+        load_checkpoint(checkpoint)
+    assert "\n" not in str(err.value)
+
+
+def test_our_own_resume_state_is_read(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from videodiff.training.checkpoints import load_checkpoint
+
+    checkpoint = tmp_path / "step-2"
+    checkpoint.mkdir()
+    save_file({}, str(checkpoint / "trainable.safetensors"))
+    torch.save({}, checkpoint / "optimizer.pt")
+    torch.save({}, checkpoint / "lr_scheduler.pt")
+    state = {"step": 2, "positions": [4], "nan_total": 0, "world": 1, "trainable": "motion"}
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    assert load_checkpoint(checkpoint)["state"] == state
+
+
+@pytest.mark.parametrize("output", ["file.txt", "/dev/null"])
+def test_train_output_that_is_a_file_or_device_is_one_line(tmp_path, output):
+    (tmp_path / "file.txt").write_text("mine")
+    message = assert_user_error(invoke("train", "--data", "d", "--output", output))
+    assert "is not a folder" in message
+    assert (tmp_path / "file.txt").read_text() == "mine"

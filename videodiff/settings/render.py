@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from videodiff.errors import UserError
-from videodiff.settings.checks import check_types
+from videodiff.settings.checks import MAX_FPS, MAX_STRIDE, MIN_FPS, check_types
 from videodiff.settings.fields import check_bounds, check_choices, setting
 from videodiff.settings.parse import parse_image_at, parse_rgb, parse_trigger
 from videodiff.settings.post import PostSettings
@@ -143,7 +143,13 @@ class InputSettings:
         cli_choice=False,
     )
     background: str = setting("0,0,0", "R,G,B (or #RRGGBB): what transparent pixels and --fit pad borders become.")
-    stride: int = setting(1, "vid2vid: take every N-th frame of the video (the output fps is divided by N).", min=1)
+    stride: int = setting(  # beyond MAX_STRIDE a clip is a few pictures, and its fps (divided by N) ends near 0
+        1,
+        "vid2vid: take every N-th frame of the video (the output fps is divided by N).",
+        min=1,
+        max=MAX_STRIDE,
+        must=f"a whole number from 1 to {MAX_STRIDE}",
+    )
 
     def validate(self) -> InputSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
@@ -167,8 +173,12 @@ class WriteSettings:
         None, "Output " + "/".join(VIDEO_SUFFIXES) + ", or a path without extension for PNG frames.", short="-o"
     )
     overwrite: bool = setting(False, "Replace an existing output.")  # never replace one unless asked
-    fps: float = setting(  # AnimateDiff clips play at 8 fps
-        8.0, "Frames per second of the output.", min=0, min_open=True, must="a positive number"
+    fps: float = setting(  # AnimateDiff clips play at 8 fps; the writers store fps as a fraction of denominator <= 1001
+        8.0,
+        "Frames per second of the output.",
+        min=MIN_FPS,
+        max=MAX_FPS,
+        must=f"a number from {MIN_FPS:g} to {MAX_FPS:g}",
     )
     # H.264/VP9 constant quality (lower is better; 18 is visually lossless for most content)
     crf: int = setting(18, "MP4/WebM quality (lower is better).", min=0, max=63, must="a whole number from 0 to 63")
