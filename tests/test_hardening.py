@@ -6,6 +6,9 @@ reads. Each case: exit 2, one stderr line, no traceback, and (where it could) be
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -359,3 +362,39 @@ def test_train_output_that_is_a_file_or_device_is_one_line(tmp_path, output):
     message = assert_user_error(invoke("train", "--data", "d", "--output", output))
     assert "is not a folder" in message
     assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- 17. one stderr line, no warnings beside it
+
+
+def run_cli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """The real process: warnings reach stderr there (pytest captures them in-process)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VIDEODIFF_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    command = [sys.executable, "-m", "videodiff", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch code-ran",))
+
+
+@pytest.mark.parametrize("where", ["motion-module", "model-folder"])
+def test_a_refused_pickle_prints_only_the_error(tmp_path, tiny_model, tiny_motion, where):
+    hostile = pickle.dumps({"weight": RunsCode()}, protocol=4)
+    model, motion = tiny_model, tiny_motion
+    if where == "motion-module":
+        motion = tmp_path / "motion.bin"
+        motion.write_bytes(hostile)
+    else:
+        model = tmp_path / "model"
+        shutil.copytree(tiny_model, model)
+        (model / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+        (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(hostile)
+    small = ("--height", "16", "--width", "16", "--frames", "2", "--steps", "1", "-q", "-o", "x.gif")
+    proc = run_cli("render", PROMPT, "--model", model, "--motion-module", motion, *small, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("videodiff: error: "), lines
+    assert not (tmp_path / "code-ran").exists() and not (tmp_path / "x.gif").exists()
