@@ -398,3 +398,55 @@ def test_a_refused_pickle_prints_only_the_error(tmp_path, tiny_model, tiny_motio
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("videodiff: error: "), lines
     assert not (tmp_path / "code-ran").exists() and not (tmp_path / "x.gif").exists()
+
+
+# ---------------------------------------------------------------- 18. --prompt-at's length, duplicate keyframes
+
+
+def test_a_prompt_at_text_has_the_prompts_limit(tmp_path):
+    message = assert_user_error(invoke("render", PROMPT, *NO_MODEL, "--prompt-at", "1:" + "x" * 10_001))
+    assert message.startswith("--prompt-at 1 is 10001 characters long; at most 10000")
+
+
+def test_a_prompt_at_text_in_a_config_has_the_prompts_limit(tmp_path):
+    (tmp_path / "c.yaml").write_text("prompt_at:\n  1: " + "x" * 20_000 + "\n")
+    assert "at most 10000" in assert_user_error(invoke("render", PROMPT, *NO_MODEL, "--config", "c.yaml"))
+
+
+def test_a_prompt_at_frame_given_twice_is_refused(tmp_path):
+    message = assert_user_error(invoke("render", PROMPT, *NO_MODEL, "--prompt-at", "1:a", "--prompt-at", "1:b"))
+    assert "frame 1 is given twice" in message
+
+
+@pytest.mark.parametrize(
+    ("pins", "named"),
+    [
+        (("0:b.png",), "frame 0 is given twice"),  # IMAGE is 0:IMAGE
+        (("7:b.png", "-1:c.png"), "frames 7 and -1 are the same frame of 8"),
+        (("-8:b.png",), "frames 0 and -8 are the same frame of 8"),
+    ],
+    ids=["same", "from-both-ends", "first-from-the-end"],
+)
+def test_two_pictures_pinned_to_one_frame_are_refused_before_loading(tmp_path, pins, named):
+    pinned = [a for pin in pins for a in ("--image-at", pin)]
+    message = assert_user_error(invoke("img2vid", "a.png", PROMPT, *NO_MODEL, "--frames", "8", *pinned))
+    assert named in message
+
+
+def test_distinct_pins_and_keyframes_pass_validation():
+    from videodiff.config import merge
+
+    config = merge({"frames": 8, "image_at": ["0:a.png", "-1:b.png", "3:c.png"], "prompt_at": ["2:a", "5:b"]})
+    assert config.validate().prompt_at == {2: "a", 5: "b"}
+
+
+def test_a_nested_value_in_a_prompt_at_list_is_shown_short():
+    from videodiff.config import RenderConfig, merge
+    from videodiff.errors import UserError
+
+    value = ["x"] * 9
+    for _ in range(8):
+        value = [value] * 9
+    with pytest.raises(UserError) as caught:
+        merge({"prompt_at": [value]}, cls=RenderConfig)
+    assert len(str(caught.value)) < 200

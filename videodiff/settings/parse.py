@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import Any
 
 from videodiff.errors import UserError
@@ -45,7 +46,9 @@ def parse_trigger(spec: str) -> tuple[str, str, float]:
 
 def parse_keyed(spec: str) -> tuple[int, str]:
     """``FRAME:TEXT`` -> ``(frame, text)`` (``--prompt-at 32:a blue circle``)."""
-    head, sep, text = str(spec).partition(":")
+    if not isinstance(spec, str):  # a settings file's list may hold anything: never str() a nested value
+        raise UserError(f"--prompt-at must be FRAME:TEXT with a frame number >= 0, got {shown(spec)}")
+    head, sep, text = spec.partition(":")
     try:
         frame = int(head.strip())
     except ValueError:
@@ -61,7 +64,12 @@ def parse_mapping(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
     if isinstance(value, (list, tuple)):
-        return dict(parse_keyed(v) for v in value)
+        pairs = [parse_keyed(v) for v in value]
+        counts = Counter(frame for frame, _ in pairs)
+        twice = sorted(frame for frame, n in counts.items() if n > 1)
+        if twice:  # a second prompt at one frame would silently replace the first
+            raise UserError(f"--prompt-at frame {twice[0]} is given twice; give one prompt per frame")
+        return dict(pairs)
     if isinstance(value, dict):
         return {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in value.items()}
     return value

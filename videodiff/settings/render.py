@@ -15,7 +15,7 @@ from typing import Any
 
 from videodiff.errors import UserError
 from videodiff.settings.checks import MAX_FPS, MAX_STRIDE, MIN_FPS, check_types
-from videodiff.settings.fields import check_bounds, check_choices, setting
+from videodiff.settings.fields import check_bounds, check_choices, setting, shown
 from videodiff.settings.parse import parse_image_at, parse_rgb, parse_trigger
 from videodiff.settings.post import PostSettings
 from videodiff.settings.sample import SampleSettings
@@ -154,8 +154,12 @@ class InputSettings:
     def validate(self) -> InputSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
         check_types(self, InputSettings)
+        pinned: dict[int, str] = {}
         for spec in self.image_at:
-            parse_image_at(spec)
+            frame, path = parse_image_at(spec)
+            if frame in pinned:  # one picture per frame: a second would silently replace the first
+                raise UserError(f"--image-at frame {frame} is given twice ({shown(pinned[frame])} and {shown(path)})")
+            pinned[frame] = path
         if self.image_at and self.video:
             raise UserError("pin pictures (img2vid) or re-render a video (vid2vid), not both")
         check_bounds(self, "strength", "anchor", "stride")
@@ -227,7 +231,24 @@ class RenderConfig(WriteSettings, LoadSettings, PostSettings, InputSettings, Sam
         check_types(self)  # first, so that the first wrong field is reported in the file's order
         for stage in STAGES:
             stage.validate(self)
+        self._validate_pins()
         return self
+
+    def _validate_pins(self) -> None:
+        """Two pictures pinned to one frame counted from both ends (7 and -1 of 8 frames) are refused here,
+        before any model loads (a frame outside the video is the inputs check's error)."""
+        seen: dict[int, int] = {}
+        for spec in self.image_at:
+            frame = parse_image_at(spec)[0]
+            if not -self.frames <= frame < self.frames:
+                continue
+            index = frame % self.frames
+            if index in seen:
+                raise UserError(
+                    f"--image-at frames {seen[index]} and {frame} are the same frame of {self.frames}; "
+                    "pin one picture per frame"
+                )
+            seen[index] = frame
 
 
 def stage_of(config: Any, cls: type) -> Any:

@@ -197,6 +197,8 @@ class SampleSettings:
         check_types(self, SampleSettings)
         check_text(self.prompt, "the prompt")
         check_text(self.negative, "--negative")
+        for frame, text in (self.prompt_at or {}).items():
+            check_text(text, f"--prompt-at {frame}")  # the same limits as PROMPT
         check_bounds(self, "frames", "steps", "decode_chunk", upper=False)
         check_bounds(self, "steps", "frames", lower=False)
         for name in ("height", "width"):
