@@ -450,3 +450,54 @@ def test_a_nested_value_in_a_prompt_at_list_is_shown_short():
     with pytest.raises(UserError) as caught:
         merge({"prompt_at": [value]}, cls=RenderConfig)
     assert len(str(caught.value)) < 200
+
+
+# ---------------------------------------------------------------- 19. pictures opened only in the formats we read
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nnewpath 0 0 moveto 8 8 lineto stroke\n%%EOF\n"
+
+
+@pytest.fixture
+def eps_plugin_spy(monkeypatch):
+    """Records whether PIL's EPS plugin (the one that runs Ghostscript) was ever asked to open a file."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+    original = EpsImagePlugin.EpsImageFile._open
+
+    def spy(self):
+        calls.append(self.fp)
+        return original(self)
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy)
+    return calls
+
+
+def test_an_eps_named_png_is_not_an_image(tmp_path, eps_plugin_spy):
+    from videodiff.errors import UserError
+    from videodiff.media.images import check_image, read_image
+
+    (tmp_path / "x.png").write_bytes(EPS)
+    for read in (check_image, read_image):
+        with pytest.raises(UserError, match="is not an image"):
+            read(tmp_path / "x.png")
+    assert eps_plugin_spy == []
+
+
+def test_an_eps_named_png_is_one_line_in_img2vid(tmp_path, eps_plugin_spy):
+    (tmp_path / "x.png").write_bytes(EPS)
+    assert "is not an image" in assert_user_error(invoke("img2vid", "x.png", PROMPT, *NO_MODEL))
+    assert eps_plugin_spy == []
+
+
+def test_the_formats_we_read_still_open(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from videodiff.media.images import check_image, read_image
+
+    picture = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    for suffix in (".png", ".jpg", ".webp", ".gif", ".bmp", ".tiff"):
+        picture.save(tmp_path / f"p{suffix}")
+        assert check_image(tmp_path / f"p{suffix}") == (8, 8)
+        assert read_image(tmp_path / f"p{suffix}").shape == (8, 8, 3)
