@@ -501,3 +501,26 @@ def test_the_formats_we_read_still_open(tmp_path):
         picture.save(tmp_path / f"p{suffix}")
         assert check_image(tmp_path / f"p{suffix}") == (8, 8)
         assert read_image(tmp_path / f"p{suffix}").shape == (8, 8, 3)
+
+
+# ---------------------------------------------------------------- 16. train checks its flags before torch
+
+
+@pytest.mark.parametrize("flags", [("--steps", "0"), ("--stride", "5000"), ("--resolution", "12")])
+def test_train_refuses_bad_flags_before_importing_torch(tmp_path, flags):
+    script = textwrap.dedent(
+        """
+        import sys
+        from videodiff.cli import cli
+        try:
+            cli(["train", "--data", "d", "--output", "run", *sys.argv[1:]])
+        except SystemExit as exc:
+            print(exc.code, "torch" in sys.modules)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *flags], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("videodiff: error: ")
