@@ -29,6 +29,7 @@ from videodiff.config import (
     named,
     parse_yaml,
     read_text_file,
+    shown,
     to_dict,
 )
 from videodiff.errors import UserError
@@ -94,7 +95,7 @@ def _yaml_items(path: Path, text: str) -> list[dict[str, Any]]:
         elif isinstance(entry, dict):
             entry = {str(k): v for k, v in entry.items()}
         else:
-            raise UserError(f"{where}: expected a prompt or a mapping of settings, got {entry!r}")
+            raise UserError(f"{where}: expected a prompt or a mapping of settings, got {shown(entry)}")
         _check_item(entry, where)
         items.append(entry)
     return items
@@ -114,7 +115,7 @@ def _check_item(item: Mapping[str, Any], where: str) -> None:
     if prompt is None:
         raise UserError(f"{where}: no 'prompt'")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise UserError(f"{where}: 'prompt' must be non-empty text, got {prompt!r}")
+        raise UserError(f"{where}: 'prompt' must be non-empty text, got {shown(prompt)}")
 
 
 # ---------------------------------------------------------------- 2. the plan
@@ -234,7 +235,7 @@ def plan_batch(
             try:
                 config = merge(base_values, overrides)
                 if not isinstance(config.prompt, str) or not config.prompt.strip():
-                    raise UserError(f"'prompt' must be non-empty text, got {config.prompt!r}")
+                    raise UserError(f"'prompt' must be non-empty text, got {shown(config.prompt)}")
                 config.validate()
             except UserError as exc:
                 raise UserError(f"{where}: {exc}") from None

@@ -11,12 +11,15 @@ from __future__ import annotations
 from videodiff.settings.checks import (
     LCM_MAX_STEPS,
     MAX_CACHE,
+    MAX_FPS,
     MAX_FRAMES,
     MAX_NAMED,
     MAX_PROMPT_CHARS,
     MAX_SETTINGS_BYTES,
     MAX_SIDE,
     MAX_STEPS,
+    MAX_STRIDE,
+    MIN_FPS,
     check_interval,
     check_text,
     check_types,
@@ -24,7 +27,7 @@ from videodiff.settings.checks import (
     named,
     too_many_frames,
 )
-from videodiff.settings.fields import Option, check_bounds, check_choices, options, setting
+from videodiff.settings.fields import Option, check_bounds, check_choices, options, setting, shown
 from videodiff.settings.fields import flag as _flag
 from videodiff.settings.files import (
     check_keys,
@@ -36,6 +39,7 @@ from videodiff.settings.files import (
     read_text_file,
     resolve,
     to_dict,
+    yaml_value,
 )
 from videodiff.settings.parse import (
     WORD,
@@ -108,12 +112,15 @@ __all__ = [
     "LCM_MAX_STEPS",
     "LR_SCHEDULES",
     "MAX_CACHE",
+    "MAX_FPS",
     "MAX_FRAMES",
     "MAX_NAMED",
     "MAX_PROMPT_CHARS",
     "MAX_SETTINGS_BYTES",
     "MAX_SIDE",
     "MAX_STEPS",
+    "MAX_STRIDE",
+    "MIN_FPS",
     "MIXED_PRECISION",
     "MODEL_DEFAULT_KEYS",
     "MOTION_PRIOR_SPACES",
@@ -164,8 +171,10 @@ __all__ = [
     "read_text_file",
     "resolve",
     "setting",
+    "shown",
     "stage_of",
     "to_dict",
     "too_many_frames",
     "words_of",
+    "yaml_value",
 ]

@@ -34,12 +34,13 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     """
     from videodiff.config import TRAIN_FIELD_NAMES, load_config_file, merge
     from videodiff.log import setup_cli_logging
-    from videodiff.training.loop import train as run_train
 
     from_file = load_config_file(config_file, TRAIN_FIELD_NAMES) if config_file else {}
     command_line = given(ctx, ParameterSource.COMMANDLINE)
     command_line.pop("config_file", None)
     config = merge(given(ctx, ParameterSource.ENVIRONMENT), from_file, command_line, cls=TrainConfig).validate()
     setup_cli_logging(config.quiet)
+    from videodiff.training.loop import train as run_train  # torch (seconds, 300 MB): only once the flags are valid
+
     run = run_train(config)
     click.echo(str(Path(run).resolve()))  # absolute, as render prints its output

@@ -22,7 +22,22 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from videodiff.config import FITS  # crop: cover the frame and cut the overflow; pad: fit inside, fill the background
 from videodiff.errors import UserError
 
-__all__ = ["FITS", "PIXEL_LIMIT", "check_file", "check_image", "file_sha256", "fit_image", "load_image", "read_image"]
+__all__ = [
+    "FITS",
+    "IMAGE_FORMATS",
+    "PIXEL_LIMIT",
+    "check_file",
+    "check_image",
+    "file_sha256",
+    "fit_image",
+    "load_image",
+    "read_image",
+]
+
+# The formats pictures are opened in, whatever their content or name: PIL otherwise picks a plugin by content, and
+# an EPS named .png reaches Ghostscript (which runs PostScript). JPEG includes MPO (a camera's multi-picture JPEG).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+NOT_AN_IMAGE = "is not an image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)"
 
 PIXEL_LIMIT = 250_000_000  # pixels per picture (or video frame); a 12000x12000 photo is 144 MP
 
@@ -94,9 +109,9 @@ def read_image(
     path = check_file(source, "image")
     with _pil_limit(path):
         try:
-            image = Image.open(path)
+            image = Image.open(path, formats=IMAGE_FORMATS)
         except UnidentifiedImageError:
-            raise UserError(f"{path} is not an image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)") from None
+            raise UserError(f"{path} {NOT_AN_IMAGE}") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
         with image:
@@ -113,12 +128,12 @@ def check_image(path: str | os.PathLike[str]) -> tuple[int, int]:
     path = check_file(path, "image")
     with _pil_limit(path):
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 size = image.size
                 _check_pixels(size, path)
                 image.verify()
         except UnidentifiedImageError:
-            raise UserError(f"{path} is not an image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)") from None
+            raise UserError(f"{path} {NOT_AN_IMAGE}") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
     return size

@@ -12,7 +12,7 @@ from dataclasses import fields
 from typing import Any
 
 from videodiff.errors import UserError
-from videodiff.settings.fields import flag
+from videodiff.settings.fields import flag, shown
 
 # Limits named in the errors, checked before any work (a typo must not become an hour or a 7 GiB allocation).
 MAX_STEPS = 1000  # the schedules have 1000 training timesteps: more steps than that repeat timesteps
@@ -21,6 +21,12 @@ MAX_FRAMES = 1024  # frames of one video: longer than a motion module's clips, t
 LCM_MAX_STEPS = 50  # the LCM scheduler picks its steps from a 50-step skipping schedule (original_inference_steps)
 MAX_PROMPT_CHARS = 10_000  # the text encoder reads 77 tokens; a longer prompt is a mistake, not a description
 MAX_SETTINGS_BYTES = 1 << 20  # settings and prompt files are text a person wrote: 1 MiB is far more than enough
+MIN_FPS = 0.1  # frames per second of a written video: 10 s a frame; GIF delays and time bases hold it exactly
+MAX_FPS = 240  # what players show; GIF's shortest delay is 2 cs (50 fps), video containers go to 240
+MAX_STRIDE = 1000  # vid2vid/train: every N-th frame of a clip; a larger N leaves one frame of any real video
+MAX_YAML_DEPTH = 100  # nesting of a settings document: settings are at most a few levels deep
+MAX_YAML_ALIASES = 100  # *alias uses in one document: a person's file uses a few, an alias bomb thousands
+MAX_YAML_NODES = 1 << 20  # values once aliases are expanded: a 1 MiB file without aliases holds fewer
 MAX_NAMED = 5  # unknown keys named in an error; the rest are counted
 MAX_CACHE = 10  # --cache: DeepCache's own runs reuse features for at most 9 steps in 10; beyond, the video degrades
 
@@ -78,7 +84,10 @@ def check_types(config: Any, cls: type | None = None) -> None:
             ok = True
         if not ok:
             expected = next(v for k, v in KIND_NAMES.items() if kind.startswith(k))
-            raise UserError(f"--{flag(f.name)} must be {expected}, got {value!r}")
+            raise UserError(f"--{flag(f.name)} must be {expected}, got {shown(value)}")
+        texts = [value] if isinstance(value, str) else value if kind.startswith("tuple[str") else []
+        if any("\0" in text for text in texts):  # a path with one cannot be opened; text with one is a mistake
+            raise UserError(f"--{flag(f.name)} contains a NUL character")
 
 
 def check_interval(interval: Any) -> None:
@@ -87,7 +96,7 @@ def check_interval(interval: Any) -> None:
         return
     numbers = [v for v in interval if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(numbers) != 2 or len(interval) != 2 or not all(map(math.isfinite, numbers)):
-        raise UserError(f"--guidance-interval must be two numbers LOW,HIGH from 0 to 1, got {interval!r}")
+        raise UserError(f"--guidance-interval must be two numbers LOW,HIGH from 0 to 1, got {shown(interval)}")
     low, high = numbers
     if not 0 <= low <= high <= 1:
         raise UserError(f"--guidance-interval must have 0 <= LOW <= HIGH <= 1, got {low:g},{high:g}")

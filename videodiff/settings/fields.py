@@ -15,6 +15,20 @@ from typing import Any, NamedTuple
 
 from videodiff.errors import UserError
 
+MAX_SHOWN = 60  # characters of a value an error message quotes: never the whole of a 1 MiB or alias-expanded value
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """A bounded ``repr`` of ``value`` for an error message: at most ``limit`` characters, and never the full
+    expansion of a nested or alias-shared value (reprlib stops at a few items per level and a few levels)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 3, 4, 4, 4, 4
+    short.maxstring, short.maxlong, short.maxother = limit, limit, limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 def setting(
     default: Any,
@@ -142,7 +156,7 @@ def must_text(f: dataclasses.Field) -> str:
 def out_of_bounds(config: Any, name: str) -> UserError:
     """The error for a value of ``name`` outside its bounds (or not a number at all)."""
     value = getattr(config, name)
-    return UserError(f"--{flag(name)} must be {must_text(_field(config, name))}, got {value!r}")
+    return UserError(f"--{flag(name)} must be {must_text(_field(config, name))}, got {shown(value)}")
 
 
 def _is_number(value: Any, kind: str) -> bool:
@@ -192,4 +206,4 @@ def check_choices(config: Any, *names: str) -> None:
         if value is None and "None" in str(f.type):
             continue
         if value not in allowed:
-            raise UserError(f"unknown --{flag(name)} {value!r}; choose one of: {', '.join(allowed)}")
+            raise UserError(f"unknown --{flag(name)} {shown(value)}; choose one of: {', '.join(allowed)}")

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from videodiff.errors import UserError
-from videodiff.settings.checks import MAX_SETTINGS_BYTES, named
-from videodiff.settings.fields import flag
+from videodiff.settings.checks import MAX_SETTINGS_BYTES, MAX_YAML_ALIASES, MAX_YAML_DEPTH, MAX_YAML_NODES, named
+from videodiff.settings.fields import flag, shown
 from videodiff.settings.parse import parse_mapping, parse_pair
 from videodiff.settings.render import FIELD_NAMES, INFO_KEY, MODEL_DEFAULT_KEYS, RenderConfig
 from videodiff.settings.sample import SampleSettings
@@ -56,17 +56,70 @@ def read_text_file(path: str | Path, what: str, limit: int = MAX_SETTINGS_BYTES)
         raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
 
 
+class YamlLimit(Exception):
+    """A settings document past :data:`MAX_YAML_DEPTH`, :data:`MAX_YAML_ALIASES` or :data:`MAX_YAML_NODES`."""
+
+
+def _limited_loader() -> type:
+    """A ``yaml.SafeLoader`` that refuses deep nesting, many aliases and alias expansion beyond a node count
+    (a 357-byte "billion laughs" document names 10^9 values), while it composes: before anything is built."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.depth, self.aliases, self.sizes = 0, 0, {}
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise YamlLimit(f"more than {MAX_YAML_ALIASES} aliases (*name)")
+            self.depth += 1
+            if self.depth > MAX_YAML_DEPTH:
+                raise YamlLimit(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+            if id(node) not in self.sizes:  # an alias's node is counted again each time it is used, below
+                children = node.value if isinstance(node.value, list) else []
+                pairs = [c for child in children for c in (child if isinstance(child, tuple) else (child,))]
+                self.sizes[id(node)] = 1 + sum(self.sizes.get(id(c), 1) for c in pairs)
+            if self.sizes[id(node)] > MAX_YAML_NODES:
+                raise YamlLimit(f"more than {MAX_YAML_NODES} values once its aliases are expanded")
+            return node
+
+    return Loader
+
+
+def yaml_value(text: str) -> Any:
+    """YAML from text, within the limits on depth, aliases and size; :class:`YamlLimit`, ``yaml.YAMLError``
+    or ``ValueError`` (an integer of more than 4300 digits, a date such as 2001-02-30) for a bad document."""
+    import yaml
+
+    return yaml.load(text, Loader=_limited_loader())  # noqa: S506 (a SafeLoader)
+
+
 def parse_yaml(text: str, path: str | Path, what: str) -> Any:
-    """YAML (or JSON) from a file a user gave; syntax errors and absurd nesting in one line."""
+    """YAML (or JSON) from a file a user gave; syntax errors, absurd nesting, alias bombs, integers too long to
+    read and impossible dates in one line."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml_value(text)
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise UserError(f"{what} {path} is not valid YAML: {first}") from None
+        raise UserError(f"{what} {path} is not valid YAML: {first[:200]}") from None
+    except YamlLimit as exc:
+        raise UserError(f"{what} {path} is too complex to be a settings file: {exc}") from None
     except RecursionError:
         raise UserError(f"{what} {path} is nested too deeply to be a settings file") from None
+    except (ValueError, OverflowError, TypeError) as exc:  # int("9" * 5000), date(2001, 2, 30)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "digits" in first:
+            first = "an integer of more than 4300 digits"
+        raise UserError(f"{what} {path} holds a value that cannot be read: {first[:200]}") from None
 
 
 def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
@@ -136,11 +189,12 @@ def parse_defaults(specs: tuple[str, ...] | list[str]) -> dict[str, Any]:
         key, sep, text = str(spec).partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in MODEL_DEFAULT_KEYS:
-            raise UserError(f"--default must be KEY=VALUE, KEY one of {', '.join(MODEL_DEFAULT_KEYS)}; got {spec!r}")
+            keys = ", ".join(MODEL_DEFAULT_KEYS)
+            raise UserError(f"--default must be KEY=VALUE, KEY one of {keys}; got {shown(spec)}")
         try:
-            values[key] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            values[key] = text
+            values[key] = yaml_value(text)
+        except (yaml.YAMLError, YamlLimit, RecursionError, ValueError, OverflowError, TypeError):
+            values[key] = text  # read as text: the type check says what it should be
     settings = merge(values, cls=SampleSettings).validate()
     return {k: list(v) if isinstance(v, tuple) else v for k in values if (v := getattr(settings, k)) is not None}
 
@@ -157,11 +211,11 @@ def parse_settings(specs: tuple[str, ...] | list[str], *classes: type, flag: str
         key, sep, text = str(spec).partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in allowed:
-            raise UserError(f"{flag} must be KEY=VALUE, KEY one of {', '.join(allowed)}; got {spec!r}")
+            raise UserError(f"{flag} must be KEY=VALUE, KEY one of {', '.join(allowed)}; got {shown(spec)}")
         try:
-            values[key] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            values[key] = text
+            values[key] = yaml_value(text)
+        except (yaml.YAMLError, YamlLimit, RecursionError, ValueError, OverflowError, TypeError):
+            values[key] = text  # read as text: the type check says what it should be
     out = []
     for cls in classes:
         names = {f.name for f in fields(cls)}

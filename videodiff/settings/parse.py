@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import Any
 
 from videodiff.errors import UserError
+from videodiff.settings.fields import shown
 
 WORD = re.compile(r"[\w']+")  # a trigger word, and how prompts are split into words
 
@@ -37,20 +39,22 @@ def parse_trigger(spec: str) -> tuple[str, str, float]:
     word, sep, rest = str(spec).partition("=")
     word = word.strip().lower()
     if not sep or not rest or not WORD.fullmatch(word):
-        raise UserError(f"--motion-lora-trigger must be WORD=PATH[:SCALE] with one word, got {spec!r}")
+        raise UserError(f"--motion-lora-trigger must be WORD=PATH[:SCALE] with one word, got {shown(spec)}")
     path, scale = parse_scaled_path(rest)
     return word, path, scale
 
 
 def parse_keyed(spec: str) -> tuple[int, str]:
     """``FRAME:TEXT`` -> ``(frame, text)`` (``--prompt-at 32:a blue circle``)."""
-    head, sep, text = str(spec).partition(":")
+    if not isinstance(spec, str):  # a settings file's list may hold anything: never str() a nested value
+        raise UserError(f"--prompt-at must be FRAME:TEXT with a frame number >= 0, got {shown(spec)}")
+    head, sep, text = spec.partition(":")
     try:
         frame = int(head.strip())
     except ValueError:
         frame = -1
     if not sep or frame < 0 or not text.strip():
-        raise UserError(f"--prompt-at must be FRAME:TEXT with a frame number >= 0, got {spec!r}")
+        raise UserError(f"--prompt-at must be FRAME:TEXT with a frame number >= 0, got {shown(spec)}")
     return frame, text.strip()
 
 
@@ -60,7 +64,12 @@ def parse_mapping(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
     if isinstance(value, (list, tuple)):
-        return dict(parse_keyed(v) for v in value)
+        pairs = [parse_keyed(v) for v in value]
+        counts = Counter(frame for frame, _ in pairs)
+        twice = sorted(frame for frame, n in counts.items() if n > 1)
+        if twice:  # a second prompt at one frame would silently replace the first
+            raise UserError(f"--prompt-at frame {twice[0]} is given twice; give one prompt per frame")
+        return dict(pairs)
     if isinstance(value, dict):
         return {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in value.items()}
     return value
@@ -79,7 +88,7 @@ def parse_image_at(spec: str) -> tuple[int, str]:
     except ValueError:
         index = None
     if not sep or index is None or not path:
-        raise UserError(f"--image-at must be FRAME:PATH, e.g. 0:start.png or -1:end.png; got {spec!r}")
+        raise UserError(f"--image-at must be FRAME:PATH, e.g. 0:start.png or -1:end.png; got {shown(spec)}")
     return index, path
 
 
@@ -94,7 +103,7 @@ def parse_rgb(text: str) -> tuple[int, int, int]:
     except ValueError:
         rgb = ()
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise UserError(f"--background must be R,G,B (0-255 each) or #RRGGBB, got {text!r}")
+        raise UserError(f"--background must be R,G,B (0-255 each) or #RRGGBB, got {shown(text)}")
     return rgb  # type: ignore[return-value]
 
 
@@ -103,5 +112,5 @@ def parse_pair(text: str, flag: str, form: str = "LOW,HIGH, e.g. 0,0.5") -> tupl
     try:
         a, b = (float(v) for v in str(text).split(","))
     except ValueError:
-        raise UserError(f"{flag} must be two numbers {form}; got {text!r}") from None
+        raise UserError(f"{flag} must be two numbers {form}; got {shown(text)}") from None
     return a, b

@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from videodiff.errors import UserError
-from videodiff.settings.checks import check_types
-from videodiff.settings.fields import check_bounds, check_choices, setting
+from videodiff.settings.checks import MAX_FPS, MAX_STRIDE, MIN_FPS, check_types
+from videodiff.settings.fields import check_bounds, check_choices, setting, shown
 from videodiff.settings.parse import parse_image_at, parse_rgb, parse_trigger
 from videodiff.settings.post import PostSettings
 from videodiff.settings.sample import SampleSettings
@@ -143,13 +143,23 @@ class InputSettings:
         cli_choice=False,
     )
     background: str = setting("0,0,0", "R,G,B (or #RRGGBB): what transparent pixels and --fit pad borders become.")
-    stride: int = setting(1, "vid2vid: take every N-th frame of the video (the output fps is divided by N).", min=1)
+    stride: int = setting(  # beyond MAX_STRIDE a clip is a few pictures, and its fps (divided by N) ends near 0
+        1,
+        "vid2vid: take every N-th frame of the video (the output fps is divided by N).",
+        min=1,
+        max=MAX_STRIDE,
+        must=f"a whole number from 1 to {MAX_STRIDE}",
+    )
 
     def validate(self) -> InputSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self."""
         check_types(self, InputSettings)
+        pinned: dict[int, str] = {}
         for spec in self.image_at:
-            parse_image_at(spec)
+            frame, path = parse_image_at(spec)
+            if frame in pinned:  # one picture per frame: a second would silently replace the first
+                raise UserError(f"--image-at frame {frame} is given twice ({shown(pinned[frame])} and {shown(path)})")
+            pinned[frame] = path
         if self.image_at and self.video:
             raise UserError("pin pictures (img2vid) or re-render a video (vid2vid), not both")
         check_bounds(self, "strength", "anchor", "stride")
@@ -167,8 +177,12 @@ class WriteSettings:
         None, "Output " + "/".join(VIDEO_SUFFIXES) + ", or a path without extension for PNG frames.", short="-o"
     )
     overwrite: bool = setting(False, "Replace an existing output.")  # never replace one unless asked
-    fps: float = setting(  # AnimateDiff clips play at 8 fps
-        8.0, "Frames per second of the output.", min=0, min_open=True, must="a positive number"
+    fps: float = setting(  # AnimateDiff clips play at 8 fps; the writers store fps as a fraction of denominator <= 1001
+        8.0,
+        "Frames per second of the output.",
+        min=MIN_FPS,
+        max=MAX_FPS,
+        must=f"a number from {MIN_FPS:g} to {MAX_FPS:g}",
     )
     # H.264/VP9 constant quality (lower is better; 18 is visually lossless for most content)
     crf: int = setting(18, "MP4/WebM quality (lower is better).", min=0, max=63, must="a whole number from 0 to 63")
@@ -217,7 +231,24 @@ class RenderConfig(WriteSettings, LoadSettings, PostSettings, InputSettings, Sam
         check_types(self)  # first, so that the first wrong field is reported in the file's order
         for stage in STAGES:
             stage.validate(self)
+        self._validate_pins()
         return self
+
+    def _validate_pins(self) -> None:
+        """Two pictures pinned to one frame counted from both ends (7 and -1 of 8 frames) are refused here,
+        before any model loads (a frame outside the video is the inputs check's error)."""
+        seen: dict[int, int] = {}
+        for spec in self.image_at:
+            frame = parse_image_at(spec)[0]
+            if not -self.frames <= frame < self.frames:
+                continue
+            index = frame % self.frames
+            if index in seen:
+                raise UserError(
+                    f"--image-at frames {seen[index]} and {frame} are the same frame of {self.frames}; "
+                    "pin one picture per frame"
+                )
+            seen[index] = frame
 
 
 def stage_of(config: Any, cls: type) -> Any:

@@ -20,7 +20,7 @@ from videodiff.settings.checks import (
     check_text,
     check_types,
 )
-from videodiff.settings.fields import check_bounds, check_choices, setting
+from videodiff.settings.fields import check_bounds, check_choices, setting, shown
 
 SCHEDULERS = ("ddim", "euler", "euler-a", "dpm++", "lcm", "model")
 # How a scheduler spreads its steps over the 1000 training timesteps (diffusers' timestep_spacing); linspace is
@@ -197,6 +197,8 @@ class SampleSettings:
         check_types(self, SampleSettings)
         check_text(self.prompt, "the prompt")
         check_text(self.negative, "--negative")
+        for frame, text in (self.prompt_at or {}).items():
+            check_text(text, f"--prompt-at {frame}")  # the same limits as PROMPT
         check_bounds(self, "frames", "steps", "decode_chunk", upper=False)
         check_bounds(self, "steps", "frames", lower=False)
         for name in ("height", "width"):
@@ -211,7 +213,7 @@ class SampleSettings:
         check_bounds(self, "noise_alpha", "motion_prior")
         numbers = [v for v in self.motion or () if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if self.motion is not None and (len(numbers) != 2 or not all(map(math.isfinite, numbers))):
-            raise UserError(f"--motion must be two finite numbers DX,DY (pixels per frame), got {self.motion!r}")
+            raise UserError(f"--motion must be two finite numbers DX,DY (pixels per frame), got {shown(self.motion)}")
         check_bounds(self, "seed")
         check_choices(self, "scheduler", "noise", "timestep_spacing", "motion_prior_space")
         if self.scheduler == "lcm" and self.steps > LCM_MAX_STEPS:

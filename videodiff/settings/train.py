@@ -7,12 +7,13 @@ beside it), help, choices and bounds; ``validate()`` checks the bounds from ther
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
 from videodiff.errors import UserError
-from videodiff.settings.checks import MAX_FRAMES, MAX_SIDE, MAX_STEPS, check_types
-from videodiff.settings.fields import check_bounds, check_choices, setting
+from videodiff.settings.checks import MAX_FRAMES, MAX_SIDE, MAX_STEPS, MAX_STRIDE, check_types
+from videodiff.settings.fields import check_bounds, check_choices, setting, shown
 from videodiff.settings.sample import NOISE_KINDS
 
 TRAINABLE = ("motion", "motion+attn", "lora", "all")
@@ -54,7 +55,13 @@ class TrainConfig:
         too_large="--{flag} {value} is too many: at most {max} frames per clip",
     )
     # take every 4th frame (AnimateDiff's sample_stride); lowered for short videos
-    stride: int = setting(4, "Take every N-th frame (lowered for short videos).", min=1)
+    stride: int = setting(
+        4,
+        "Take every N-th frame (lowered for short videos).",
+        min=1,
+        max=MAX_STRIDE,
+        too_large="--{flag} must be at most {max}, got {value}",
+    )
     resolution: int = setting(  # AnimateDiff's sample_size
         256, "Square training size after resize and centre crop.", min=1, max=MAX_SIDE, step=8, too_large=_TOO_LARGE
     )
@@ -151,16 +158,18 @@ class TrainConfig:
         for name in ("height", "width"):
             check_bounds(self, name, upper=False)
             if getattr(self, name) is not None and getattr(self, name) % 8:
-                raise UserError(f"--{name} must be a positive multiple of 8, got {getattr(self, name)!r}")
+                raise UserError(f"--{name} must be a positive multiple of 8, got {shown(getattr(self, name))}")
         if self.resolution % 8:
             raise UserError(f"--resolution must be a multiple of 8, got {self.resolution}")
-        check_bounds(self, "resolution", "height", "width", "frames", lower=False)
+        check_bounds(self, "resolution", "height", "width", "frames", "stride", lower=False)
         check_bounds(self, "lr", "caption_dropout", "late_timesteps", "ema_decay", "noise_alpha")
         check_choices(self, "trainable", "lr_schedule", "mixed_precision", "noise")
         if not self.data:
             raise UserError("no training data given: pass --data (a folder of videos or a CSV/JSONL manifest)")
         if not self.output:
             raise UserError("no run folder given: pass --output DIR")
+        if os.path.lexists(self.output) and not os.path.isdir(self.output):  # a file, a device, a dangling link
+            raise UserError(f"--output {self.output} exists and is not a folder; name a new or a run folder")
         if self.validate_every and not self.validation_prompt:
             raise UserError("--validate-every needs --validation-prompt")
         if self.latent_cache and not self.cache_latents:

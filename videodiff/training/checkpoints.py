@@ -109,4 +109,30 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a refused pickle, a truncated file...: a bad checkpoint, in one line
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {first[:300]})") from None
+    check_state(out["state"], path)
     return out
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_state(state: Any, path: Path) -> None:
+    """``state.json`` is what :func:`save_checkpoint` wrote: ``{"step", "positions", "nan_total", "world"}`` with
+    whole numbers >= 0 (one position per process); anything else is a one-line :class:`UserError`."""
+    world = state.get("world", 1) if isinstance(state, dict) else None
+    positions = state.get("positions") if isinstance(state, dict) else None
+    ok = (
+        isinstance(state, dict)
+        and all(_whole(state.get(k)) for k in ("step", "nan_total"))
+        and _whole(world)
+        and world >= 1
+        and isinstance(positions, list)
+        and len(positions) == world
+        and all(map(_whole, positions))
+    )
+    if not ok:
+        raise UserError(
+            f"{path}: cannot read the checkpoint (state.json is not what videodiff writes: "
+            '{"step": N, "positions": [N, ...], "nan_total": N, "world": N})'
+        )

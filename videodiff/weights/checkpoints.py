@@ -7,6 +7,8 @@ containers, so no code inside a checkpoint ever runs.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,40 @@ from videodiff.errors import UserError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
+# What loading prints on stderr beside videodiff's own one-line error, and says nothing a user can act on: torch
+# on any pickle not of protocol 2 (most checkpoints), diffusers when a folder has a .bin instead of .safetensors
+# (the .bin is then read with weights_only, and refused or loaded: videodiff's error or none says which).
+PICKLE_PROTOCOL_WARNING = r"Detected pickle protocol \d+ in the checkpoint"
+FETCH_ERROR = "An error occurred while trying to fetch"
+
+
+class _DropFetchError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(FETCH_ERROR)
+
+
+def quiet_loading_noise() -> None:
+    """Silence the two messages above wherever weights load (diffusers' and transformers' ``from_pretrained``
+    too); idempotent. Called when this module is imported, before any weights load."""
+    warnings.filterwarnings("ignore", message=PICKLE_PROTOCOL_WARNING, category=UserWarning)
+    log = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(f, _DropFetchError) for f in log.filters):
+        log.addFilter(_DropFetchError())
+
+
+quiet_loading_noise()
+
 
 def _load_pickle(path: Path, mmap: bool) -> Any:
-    if mmap:  # zip-format files map their tensors: shapes come without reading the data
-        try:
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-    return torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
+    with warnings.catch_warnings():  # torch's notes on the pickle protocol: the load's outcome says what matters
+        warnings.simplefilter("ignore", UserWarning)
+        if mmap:  # zip-format files map their tensors: shapes come without reading the data
+            try:
+                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
 
 
 def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:

@@ -121,11 +121,14 @@ def _describe_video(p: Path) -> dict[str, Any]:
     if p.suffix.lower() == ".gif":  # PyAV reads a GIF's rate from one frame's delay; the delays vary (centiseconds)
         from PIL import Image
 
-        with Image.open(p) as im:
+        total = 0
+        try:
+            with Image.open(p, formats=["GIF"]) as im:  # only GIF: never a plugin picked by content
+                for k in range(im.n_frames):
+                    im.seek(k)
+                    total += im.info.get("duration", 0)
+        except (OSError, SyntaxError, ValueError):  # not a GIF inside (PyAV read it): keep PyAV's rate
             total = 0
-            for k in range(im.n_frames):
-                im.seek(k)
-                total += im.info.get("duration", 0)
         if total:
             info["duration_s"] = total / 1000
             info["fps"] = round(v.num_frames * 1000 / total, 3)

@@ -53,8 +53,10 @@ def read_header(path: str | Path) -> Header:
         shapes = {k: tuple(int(x) for x in header[k]["shape"]) for k in names}
         dtypes = {k: DTYPES.get(header[k]["dtype"], header[k]["dtype"].lower()) for k in names}
         end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except RecursionError:  # a header of 100,000 nested lists: json's parser recurses per level
+        raise UserError(f"{path}: not a readable safetensors file (its header is nested too deeply)") from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
     if 8 + n + end > size:
         raise UserError(f"{path}: not a readable safetensors file (truncated: {size} of {8 + n + end} bytes)")
     return Header(shapes, dtypes, dict(metadata))
