@@ -273,3 +273,31 @@ def test_batch_outputs_stay_in_the_batch_folder(tmp_path, models, items):
     before = snapshot(tmp_path)
     assert_user_error(invoke("render", "--prompt-file", "p.yaml", *models, *SMALL, "-o", "batch"))
     assert snapshot(tmp_path) == before
+
+
+def test_a_rerun_removes_the_temporaries_of_a_killed_writer_only(tmp_path, models):
+    """Issue 30, case 13: what ``kill -9`` left beside an output (of videodiff's naming, its writer gone) is removed
+    by the next write of that output; a running writer's temporaries (this process's, here) are kept."""
+    import subprocess
+    import sys
+
+    from videodiff.media.atomic import _start_time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = f"{gone.pid}-{_start_time(os.getpid()) + 1}"  # its pid, and a start time no running process has
+    alive = f"{os.getpid()}-{_start_time(os.getpid())}"
+    stale = [f".out.{dead}-abcdef.tmp.gif", f".out.gif.{dead}-abcdef.tmp.json", f".shots.{dead}-012345.tmp"]
+    running = [f".out.{alive}-abcdef.tmp.gif", f".shots.{alive}-012345.tmp"]
+    users = [".out.gif.tmp", ".out.12345678.tmp.gif", "out.tmp.gif"]  # not of this naming (or from before it)
+    for name in stale + running + users:
+        if name.startswith(".shots."):  # a frames folder's temporary is a folder
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "0000.png").write_bytes(b"half a frame")
+        else:
+            (tmp_path / name).write_bytes(b"x")
+    ok(invoke("render", PROMPT, *models, *SMALL, "-o", "out.gif"))
+    ok(invoke("render", PROMPT, *models, *SMALL, "-o", "shots"))
+    left = {p.name for p in tmp_path.iterdir()}
+    assert not left & set(stale), left
+    assert set(running) | set(users) <= left
