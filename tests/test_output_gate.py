@@ -301,3 +301,30 @@ def test_a_rerun_removes_the_temporaries_of_a_killed_writer_only(tmp_path, model
     left = {p.name for p in tmp_path.iterdir()}
     assert not left & set(stale), left
     assert set(running) | set(users) <= left
+
+
+def test_a_receipt_never_reaches_outside_its_folder(tmp_path):
+    """A receipt naming ``../x``, an absolute path or a file through a link (right digests and all) removes nothing
+    outside its folder: only files under the folder, reached without links, count as videodiff's."""
+    from videodiff.media.gate import RECEIPT, file_digest, folder_is_ours, remove_owned
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "kept.txt").write_text("the user's too")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (folder / "ours.txt").write_text("ours")
+
+    def entry(p: Path) -> dict:
+        return {"size": p.stat().st_size, "sha256": file_digest(p)}
+
+    files = {"../outside.txt": entry(outside), str(outside): entry(outside), "ours.txt": entry(folder / "ours.txt")}
+    files["link/kept.txt"] = entry(tmp_path / "elsewhere" / "kept.txt")
+    receipt = {"format": "videodiff-receipt/1", "kind": "shapes dataset", "files": files}
+    (folder / RECEIPT).write_text(json.dumps(receipt))
+    assert not folder_is_ours(folder, "shapes dataset")  # the link is not videodiff's
+    remove_owned(folder, "shapes dataset")
+    assert outside.read_text() == "the user's" and (tmp_path / "elsewhere" / "kept.txt").exists()
+    assert not (folder / "ours.txt").exists() and (folder / "link").is_symlink()
