@@ -1,7 +1,7 @@
 """Nothing of the user's is lost (issue 17, "Found, to fix" 1 and 2): what an output may replace, and where.
 
 Rules (videodiff/media/atomic.py, videodiff/media/video.py): ``--overwrite`` replaces a PNG-frames folder
-videodiff wrote (its ``.videodiff-frames`` marker, or nothing but ``NNNN.png`` frames) or a regular file of
+videodiff wrote (its ``.videodiff-frames`` receipt, and nothing but the frames it lists) or a regular file of
 the output's own type; any other folder, a device, a FIFO, a symbolic link or a file of another type is
 refused in one line whatever the flags. ``--skip-existing`` never replaces anything. Prompt-file outputs
 stay inside the batch folder, and a video never appears without its sidecar.
@@ -132,15 +132,18 @@ def test_overwrite_replaces_videodiffs_own_frames_folders(tmp_path, models):
     ok(invoke("render", PROMPT, *models, *SMALL, "-o", "frames"))
     assert (tmp_path / "frames" / ".videodiff-frames").is_file()
     ok(invoke("render", PROMPT, *models, *SMALL, "-o", "frames", "--overwrite"))
-    older = tmp_path / "older"  # an output from before the marker: nothing but NNNN.png frames
+    # a folder of nothing but NNNN.png names (ffmpeg's %04d.png) is the user's: its names prove nothing
+    older = tmp_path / "older"
     older.mkdir()
     for i in range(3):
         (older / f"{i:04d}.png").write_bytes(b"png")
-    ok(invoke("render", PROMPT, *models, *SMALL, "-o", "older", "--overwrite"))
-    assert sorted(p.name for p in older.iterdir()) == [".videodiff-frames", "0000.png", "0001.png"]
-    (older / "my-notes.txt").write_text("now the folder holds something of the user's")
+    before = tree(tmp_path)
     assert_user_error(invoke("render", PROMPT, *models, *SMALL, "-o", "older", "--overwrite"))
-    assert (older / "my-notes.txt").exists()
+    assert tree(tmp_path) == before
+    (tmp_path / "frames" / "my-notes.txt").write_text("now the folder holds something of the user's")
+    before = tree(tmp_path)
+    assert_user_error(invoke("render", PROMPT, *models, *SMALL, "-o", "frames", "--overwrite"))
+    assert tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("name", [".", "..", "./", "a/.."])

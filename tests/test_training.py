@@ -826,7 +826,13 @@ def test_latent_cache_of_other_settings_is_not_used(tiny_model, three_clips, tmp
     notices.clear()
     run(tiny_model, three_clips, tmp_path / "b", steps=1, latent_cache=cache, stride=1)
     assert any("holds latents of other clips, settings or VAE" in m for m in notices), notices
-    cache.write_bytes(b"not a safetensors file")
+    user_file = tmp_path / "mine.safetensors"  # a file that is not a cache is the user's: refused, kept
+    user_file.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="not a latent cache"):
+        run(tiny_model, three_clips, tmp_path / "x", steps=1, latent_cache=user_file)
+    assert user_file.read_bytes() == b"not a safetensors file"
+    data = cache.read_bytes()  # a cache of ours cut short (its header intact): encoded again and rewritten
+    cache.write_bytes(data[: 8 + int.from_bytes(data[:8], "little") + 4])
     notices.clear()
     run(tiny_model, three_clips, tmp_path / "c", steps=1, latent_cache=cache)
     assert any("is not a readable latent cache" in m for m in notices), notices

@@ -216,6 +216,7 @@ def plan_batch(
     base_values = to_dict(base)
     plan: list[RenderConfig] = []
     owners: dict[Path, int] = {}
+    around: dict[Path, int] = {}  # the folders that hold an output: another item's output may not be one of them
     for number, item in enumerate(items, 1):
         where = f"{source}, item {number}" if batch else "settings"
         _check_item(item, where)
@@ -241,7 +242,7 @@ def plan_batch(
                 raise UserError(f"{where}: {exc}") from None
             own = item.get("output")
             if batch and own is not None:
-                path = folder / _inside_folder(own, f"{where}: output")
+                path = folder / _inside_folder(own, f"{where}: output", folder)
                 if len(item_seeds) > 1:
                     path = path.with_name(f"{path.stem}-{seed}{path.suffix}")
             elif batch:
@@ -253,18 +254,33 @@ def plan_batch(
             key = Path(os.path.abspath(path))
             if key in owners:
                 raise UserError(f"{source} items {owners[key]} and {number} would both write {path}")
+            # a folder of PNG frames and a file inside it (x and x/y.gif) collide too, whichever comes first
+            inside = next((owners[k] for k in key.parents if k in owners), None) or around.get(key)
+            if inside is not None:
+                raise UserError(f"{source} items {inside} and {number} collide: one writes inside the other ({path})")
             owners[key] = number
+            around.update((k, around.get(k, number)) for k in key.parents)
             plan.append(config.replace(output=str(path)))
     return plan
 
 
-def _inside_folder(own: Any, where: str) -> Path:
-    """An item's own output, relative and inside the batch folder (a prompt file may come from anyone)."""
+def _inside_folder(own: Any, where: str, folder: Path | None = None) -> Path:
+    """An item's own output, relative and inside the batch folder (a prompt file may come from anyone): a name
+    (not the folder itself, ``.``), without ``..``, and not through a symbolic link inside ``folder``."""
     if not isinstance(own, str) or not own.strip():
         raise UserError(f"{where} must be a file name, got {own!r}")
     path = Path(own)
     if path.is_absolute() or os.path.isabs(own) or ".." in path.parts or path.drive:
         raise UserError(f"{where} {own!r} must stay inside the batch folder (a relative path without '..')")
+    if not path.parts:
+        raise UserError(f"{where} {own!r} names the batch folder itself; give a file name inside it")
+    if folder is not None:
+        for depth in range(1, len(path.parts)):  # the folders on the way (the output itself: the gate refuses a link)
+            if os.path.islink(folder.joinpath(*path.parts[:depth])):
+                raise UserError(
+                    f"{where} {own!r} goes through the symbolic link {folder.joinpath(*path.parts[:depth])}: "
+                    "it must stay inside the batch folder"
+                )
     return path
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 import stat
@@ -33,6 +34,7 @@ from videodiff.errors import UserError
 
 __all__ = [
     "prepare_output",
+    "remove_stale_temporaries",
     "check_replaceable",
     "atomic_file",
     "atomic_dir",
@@ -166,11 +168,74 @@ def prepare_output(
     return out
 
 
-def _temp_sibling(final_path: Path) -> Path:
+def _start_time(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot; Linux), 0 where unknown: with the pid, who wrote."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_writers: dict[int, str] = {}
+
+
+def _writer() -> str:
+    """This process, as its temporaries' names carry it (looked up again in a forked child)."""
+    pid = os.getpid()
+    if pid not in _writers:
+        _writers[pid] = f"{pid}-{_start_time(pid)}"
+    return _writers[pid]
+
+
+def _writer_alive(pid: int, start: int) -> bool:
+    """Whether the process that named a temporary ``pid``-``start`` still runs (a reused pid has another start)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        pass
+    return start == 0 or _start_time(pid) in (0, start)
+
+
+def _temp_sibling(final_path: Path, tag: str = "tmp") -> Path:
     # Hidden, unique, and ending with the real suffix so encoders that choose the
     # container from the extension (PyAV, Pillow) still pick the right format.
     # The stem is shortened so that a long (valid) name does not become too long with the tag.
-    return final_path.with_name(f".{final_path.stem[:120]}.{uuid.uuid4().hex[:8]}.tmp{final_path.suffix}")
+    # The writer's pid and start time are in the name: a later write of the same output removes the
+    # temporaries of a writer that is gone (killed with SIGKILL), never those of one still running.
+    name = f".{final_path.stem[:120]}.{_writer()}-{uuid.uuid4().hex[:6]}.{tag}{final_path.suffix}"
+    return final_path.with_name(name)
+
+
+_TEMP_NAME = re.compile(r"\.(?P<stem>.*)\.(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{6}\.tmp(?P<suffix>(\.[^.]*)?)")
+
+
+def remove_stale_temporaries(final_path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries of ``final_path`` (of videodiff's own naming) whose writer no longer runs: what a
+    ``kill -9`` during a write left. A concurrent writer's temporaries are kept. Returns what was removed."""
+    final = Path(final_path)
+    removed = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_NAME.fullmatch(entry.name)
+        if not m or m["stem"] != final.stem[:120] or m["suffix"] != final.suffix:
+            continue
+        if _writer_alive(int(m["pid"]), int(m["start"])):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        elif entry.is_file(follow_symlinks=False):
+            path.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(path)
+    return removed
 
 
 @contextmanager
@@ -217,7 +282,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     if st is None:
         os.rename(tmp, final)
     elif stat.S_ISDIR(st.st_mode):
-        aside = _temp_sibling(final)
+        aside = _temp_sibling(final, "aside")  # never removed as stale: after a kill it holds the earlier output
         os.rename(final, aside)
         try:
             os.rename(tmp, final)
@@ -239,11 +304,13 @@ class Staging:
         self.moves: list[tuple[Path, Path]] = []
 
     def file(self, final: str | os.PathLike[str]) -> Path:
+        remove_stale_temporaries(final)
         tmp = _temp_sibling(Path(final))
         self.moves.append((tmp, Path(final)))
         return tmp
 
     def dir(self, final: str | os.PathLike[str]) -> Path:
+        remove_stale_temporaries(final)
         tmp = _temp_sibling(Path(final))
         self.moves.append((tmp, Path(final)))
         tmp.mkdir()

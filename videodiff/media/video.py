@@ -7,10 +7,10 @@ and moved into place only when complete (see :mod:`videodiff.media.atomic`).
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
-import re
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +22,8 @@ from PIL import Image
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.atomic import check_replaceable, os_reason, prepare_output, staged
-from videodiff.settings.render import VIDEO_SUFFIXES  # the files a render writes, named once
+from videodiff.media.gate import folder_is_ours, write_receipt
+from videodiff.settings.render import INFO_KEY, VIDEO_SUFFIXES  # the files a render writes, named once
 
 __all__ = ["FRAMES_MARKER", "VIDEO_SUFFIXES", "check_sidecar", "save_video", "sidecar_path"]
 
@@ -34,17 +35,17 @@ _AV_CODECS = {".mp4": ("libx264", "mp4", 51), ".webm": ("libvpx-vp9", "webm", 63
 # for a faithful colour distribution while keeping palette building well under 1 s.
 _GIF_PALETTE_SAMPLES = 65536
 
-# The file inside every PNG-frames folder videodiff writes: with it (or with nothing but NNNN.png
-# frames, as older outputs hold), --overwrite may replace the folder; any other folder is the user's.
+# The receipt inside every PNG-frames folder videodiff writes (videodiff.media.gate): --overwrite may replace
+# the folder only while it holds nothing but the frames the receipt lists, byte for byte; any other is the user's.
 FRAMES_MARKER = ".videodiff-frames"
-_FRAME_NAME = re.compile(r"\d{4,}\.png")
+FRAMES_KIND = "png-frames"
+_MAX_SIDECAR = 1 << 20  # a sidecar is a page of JSON
 
 # How each output type starts (an empty file is replaceable too: it holds nothing to lose).
 _MAGIC = {
     ".gif": lambda head: head.startswith(b"GIF8"),
     ".mp4": lambda head: head[4:8] == b"ftyp",
     ".webm": lambda head: head.startswith(b"\x1a\x45\xdf\xa3"),
-    ".json": lambda head: head.lstrip().startswith(b"{"),
 }
 
 
@@ -59,18 +60,23 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 
 
 def _is_frames_folder(folder: Path) -> bool:
-    """A folder videodiff wrote: nothing but regular ``NNNN.png`` frames and its marker (older outputs have none).
+    """A folder videodiff wrote: its receipt and the frames it lists, unchanged, and nothing else."""
+    return folder_is_ours(folder, FRAMES_KIND, marker=FRAMES_MARKER)
 
-    Stricter than the marker alone: a file the user put into an output folder is never deleted with it.
+
+def is_sidecar(path: Path) -> bool:
+    """A sidecar videodiff wrote: a JSON object with an ``info`` part naming the output (its own keys).
+
+    Not "a file that starts with ``{``": a user's ``package.json`` beside ``-o package`` is not one.
     """
     try:
-        entries = list(os.scandir(folder))
-    except OSError:
+        if os.lstat(path).st_size > _MAX_SIDECAR:
+            return False
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
-    return all(
-        (e.name == FRAMES_MARKER or _FRAME_NAME.fullmatch(e.name)) and e.is_file(follow_symlinks=False)
-        for e in entries
-    )
+    info = data.get(INFO_KEY) if isinstance(data, dict) else None
+    return isinstance(info, dict) and {"output", "created", "versions"} <= info.keys()
 
 
 def _is_own_type(path: Path) -> bool:
@@ -89,7 +95,7 @@ def _is_own_type(path: Path) -> bool:
 def check_sidecar(output: str | os.PathLike[str], *, overwrite: bool) -> Path:
     """The sidecar of ``output``: refused if it exists (without ``overwrite``) or is not a JSON file."""
     side = sidecar_path(output)
-    if check_replaceable(side, file_ok=_is_own_type, kind="sidecar (.json)") and not overwrite:
+    if check_replaceable(side, file_ok=is_sidecar, kind="videodiff sidecar") and not overwrite:
         raise UserError(f"{side} already exists; pass --overwrite to replace it")
     return side
 
@@ -289,6 +295,8 @@ def _write_gif(arr: np.ndarray, tmp: Path, fps: float) -> None:
 def _write_png_dir(arr: np.ndarray, folder: Path) -> None:
     """Write ``0000.png, 0001.png, ...`` (more digits when there are over 10000 frames)."""
     digits = max(4, len(str(arr.shape[0] - 1)))
-    (folder / FRAMES_MARKER).write_text("frames written by videodiff; --overwrite may replace this folder\n")
+    names = []
     for i, frame in enumerate(_iter_frames(arr)):
-        Image.fromarray(frame).save(folder / f"{i:0{digits}d}.png", format="PNG")
+        names.append(f"{i:0{digits}d}.png")
+        Image.fromarray(frame).save(folder / names[-1], format="PNG")
+    write_receipt(folder, FRAMES_KIND, names, marker=FRAMES_MARKER)

@@ -128,6 +128,7 @@ def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -
     A sidecar written beside an output is such a file: its ``info`` part is ignored. A sidecar records every
     setting it rendered with, so one without ``motion_prior_space`` predates the choice and drew in ``latent``
     (the only way then), whatever the model's default is now; other files leave it to the model.
+    An ``overwrite`` key is ignored: only the command line (or the web form) may ask to replace a file.
     """
     path = Path(path)
     data = parse_yaml(read_text_file(path, "config file"), path, "config file")
@@ -136,7 +137,9 @@ def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of settings, not a {type(data).__name__}")
     sidecar = INFO_KEY in data
-    data = {str(k): v for k, v in data.items() if k != INFO_KEY}
+    # A file someone sends you must not be able to replace your files: --overwrite counts only when typed
+    # (or ticked in the web form). ``output`` stays: without ``overwrite`` it can only name a new file.
+    data = {str(k): v for k, v in data.items() if k not in (INFO_KEY, "overwrite")}
     if sidecar and "motion_prior_space" in allowed:
         data.setdefault("motion_prior_space", "latent")
     return check_keys(data, str(path), allowed)

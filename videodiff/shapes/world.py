@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from videodiff.errors import UserError
+from videodiff.media.atomic import check_replaceable
+from videodiff.media.gate import check_owned, read_receipt, remove_owned, write_receipt
 
 __all__ = [
     "ALL_COMBOS",
@@ -95,6 +97,7 @@ HELDOUT: frozenset[Combo] = frozenset(
 TRAIN_COMBOS: tuple[Combo, ...] = tuple(c for c in ALL_COMBOS if c not in HELDOUT)
 SPLITS = ("train", "heldout", "all")
 FORMATS = ("mp4", "gif", "png")
+DATA_KIND = "shapes dataset"  # the receipt a data folder carries (videodiff.media.gate)
 
 # Geometry, in pixels of a 64x64 frame (scaled with ``size`` for other frame sizes).
 OBJECT_SIZE = (10.0, 18.0)  # across: circle diameter, square side, triangle base and height
@@ -314,22 +317,33 @@ def write_dataset(
     combos = dataset_combos(count, seed=seed, split=split, shape=shape)  # checks split and shape
     folder = Path(out).expanduser()
     manifest = folder / "manifest.jsonl"
-    if folder.is_dir() and any(folder.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} is not empty; choose a new folder or pass --overwrite")
-        _remove_previous(folder, manifest)
+    digits = max(5, len(str(count - 1)))
+    suffix = "" if format == "png" else f".{format}"
+    names = [f"{i:0{digits}d}" for i in range(len(combos))]
+    # never a link, a file, a device; a folder with anything in it only with --overwrite and videodiff's receipt
+    if check_replaceable(folder, file_ok=lambda p: False, folder_ok=lambda p: True, kind="data folder", shown=out):
+        if any(folder.iterdir()):
+            if not overwrite:
+                raise UserError(f"{out} is not empty; choose a new folder or pass --overwrite")
+            if read_receipt(folder, DATA_KIND) is None:
+                raise UserError(
+                    f"{out} is not empty and holds no receipt of a shapes dataset videodiff wrote; choose a new folder"
+                )
+            # every name this run writes must be free once videodiff's own files are gone: checked before any removal
+            targets = ["manifest.jsonl", *(n + suffix for n in names), *(n + ".txt" for n in names)]
+            check_owned(folder, targets, DATA_KIND, what=" into this data folder")
+            remove_owned(folder, DATA_KIND)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
-    digits = max(5, len(str(count - 1)))
-    suffix = "" if format == "png" else f".{format}"
-    paths, rows = [], []
+    paths, rows, written = [], [], []
     for i, (color, shape, direction) in enumerate(combos):
         clip = draw_clip(color, shape, direction, rng=clip_rng(seed, i))
-        name = f"{i:0{digits}d}"
-        path = save_video(clip.frames, folder / f"{name}{suffix}", fps, crf=crf, overwrite=overwrite)
+        name = names[i]
+        path = save_video(clip.frames, folder / f"{name}{suffix}", fps, crf=crf)
         (folder / f"{name}.txt").write_text(clip.prompt + "\n", encoding="utf-8")
+        written += [path.name, f"{name}.txt"]
         paths.append(path)
         rows.append(
             {
@@ -346,26 +360,5 @@ def write_dataset(
             }
         )
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_receipt(folder, DATA_KIND, [*written, manifest.name])  # what a later --overwrite may remove
     return paths
-
-
-def _remove_previous(folder: Path, manifest: Path) -> None:
-    """Remove the clips and captions an earlier :func:`write_dataset` listed (nothing else is touched)."""
-    import shutil
-
-    if not manifest.is_file():
-        raise UserError(f"{folder} is not empty and holds no manifest.jsonl of a shapes dataset; choose a new folder")
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        try:
-            name = json.loads(line)["path"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if not isinstance(name, str) or Path(name).name != name:  # only plain names inside the folder
-            continue
-        target = folder / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-        (folder / Path(name).with_suffix(".txt").name).unlink(missing_ok=True)
-    manifest.unlink()

@@ -34,10 +34,36 @@ from videodiff.weights.models import SPATIAL_FILE, ModelParts
 PRIOR_CAPTIONS = "--motion-prior fits the clips' captions, and fewer than two clips have one"
 
 
+RUN_KIND = "training run"  # the receipt a run's folder carries (videodiff.media.gate)
+# what a run replaces in its folder; metrics.jsonl is appended to (and refused without --resume), checkpoints/
+# and tensorboard/ get new names
+RUN_FILES = ("train_config.json", "motion_lora.safetensors", "motion_module", "validation")
+
+
+def check_run_folder(run: Path) -> None:
+    """Before any work: ``run`` is a folder (or nothing yet), and every file of it a run would replace is one
+    that videodiff wrote there and that is unchanged since (its receipt says so); a user's file is never replaced."""
+    from videodiff.media.atomic import check_replaceable
+    from videodiff.media.gate import check_owned
+
+    check_replaceable(run, file_ok=lambda p: False, folder_ok=lambda p: True, kind="training folder (--output)")
+    check_owned(run, RUN_FILES, RUN_KIND, what=" in this training folder")
+
+
+def note_written(run: Path, *paths: Path) -> None:
+    """Add ``paths`` (written into ``run``) to the run folder's receipt: what a later run may replace."""
+    from videodiff.media.gate import record as record_written
+
+    record_written(run, RUN_KIND, paths)
+
+
 def save_run_config(run: Path, config: TrainConfig) -> None:
     """``train_config.json``: the run's resolved settings, beside its outputs."""
+    from videodiff.media.atomic import write_text_atomic
+
     run.mkdir(parents=True, exist_ok=True)
-    (run / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    write_text_atomic(run / "train_config.json", json.dumps(asdict(config), indent=2))
+    note_written(run, run / "train_config.json")
 
 
 class MetricsLog:
@@ -94,6 +120,7 @@ def render_validation(
     )
     path = run / "validation" / f"step-{step}.gif"
     save_video(result.frames, path, fps=8, overwrite=True)
+    note_written(run, path)
     unet.train()
     return path
 
@@ -119,6 +146,7 @@ def save_trained(
     if trainable == "lora":
         with atomic_file(run / "motion_lora.safetensors") as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in lora_state_dict(unet.motion).items()}, str(tmp))
+        note_written(run, run / "motion_lora.safetensors")
         return None
     folder = save_motion_folder(unet.motion, run / "motion_module", overwrite=True)
     spatial = {
@@ -131,6 +159,7 @@ def save_trained(
         user_mode(folder / SPATIAL_FILE)
     if train_frames is not None:
         record(folder, {"train_frames": int(train_frames)})
+    note_written(run, folder)
     return folder
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,37 @@ def clip_latents(
     return encoder.clips(dataset, desc, skipped)
 
 
+_CACHE_KEYS = {"key", "captions", "skipped"}  # a latent cache's header metadata: how one is recognised
+
+
+def is_latent_cache(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file (not a link) whose safetensors header carries a latent cache's own keys:
+    the only kind of file ``--latent-cache`` replaces. Reads the header only."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                return False
+            size = int.from_bytes(head, "little")
+            if size > 1 << 24:
+                return False
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError, RecursionError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and _CACHE_KEYS <= meta.keys()
+
+
+def check_cache_path(path: str | os.PathLike[str]) -> None:
+    """Refuse (:class:`UserError`) a latent cache path that holds anything but an earlier latent cache: a user's
+    file, a folder, a link, a device or a FIFO is never replaced (nothing needs ``--overwrite``: a cache is ours)."""
+    from videodiff.media.atomic import check_replaceable
+
+    check_replaceable(path, file_ok=is_latent_cache, kind="latent cache (--latent-cache)")
+
+
 class LatentCache:
     """A latent cache file and the key that its latents must carry to be reused."""
 
@@ -106,7 +139,7 @@ class LatentCache:
         from safetensors import SafetensorError, safe_open
 
         path = self.path
-        if not path.is_file():
+        if not is_latent_cache(path):  # nothing, or (refused before the work) something that is not a cache
             return None
         try:
             with safe_open(str(path), "pt") as fh:
@@ -128,6 +161,7 @@ class LatentCache:
 
         from videodiff.media.atomic import atomic_file
 
+        check_cache_path(self.path)  # checked before the work too; again, as something may have appeared since
         self.path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"key": self.key, "captions": json.dumps(cached.captions), "skipped": json.dumps(skipped)}
         with atomic_file(self.path) as tmp:

@@ -33,6 +33,7 @@ from videodiff.training.distill import FEW_STEP_DEFAULTS, TARGET_PREFIX, Distill
 from videodiff.training.export import (
     MetricsLog,
     check_motion_prior_data,
+    check_run_folder,
     copy_companions,
     fit_motion_prior,
     record,
@@ -40,7 +41,7 @@ from videodiff.training.export import (
     save_run_config,
     save_trained,
 )
-from videodiff.training.latents import ClipEncoder, LatentCache, clip_latents, collate_any
+from videodiff.training.latents import ClipEncoder, LatentCache, check_cache_path, clip_latents, collate_any
 from videodiff.training.trainable import select_trainable
 from videodiff.unet import VideoUNet
 from videodiff.weights.hub import BUILTIN_NAME, builtin_model
@@ -263,6 +264,9 @@ class Trainer:
         sources = find_clips(c.data, c.data_root)  # a missing or empty dataset fails before minutes of model loading
         if c.motion_prior:  # so does a motion prior without captions to fit
             check_motion_prior_data(sources)
+        check_run_folder(self.run)  # a file, a link, a device, or a user's files where the run writes: refused
+        if c.cache_latents:
+            check_cache_path(Path(c.latent_cache) if c.latent_cache else self.run / "latents.safetensors")
         if not c.resume and ((self.run / "metrics.jsonl").exists() or (self.run / "checkpoints").exists()):
             raise UserError(
                 f"{self.run} already holds a training run; pass --resume latest to continue it, or another --output"
