@@ -66,8 +66,8 @@ def object_tracks(
     Why the centroid: a peak cell jumps a whole cell at a time and sits on the object's
     brightest edge, not its middle, so the patches cut along a peak track were off-centre
     and smeared round; from sub-cell centres they are centred and sharper (measured on the
-    built-in model, shape and direction right in all 192 evaluation videos: README, "The
-    built-in shapes model").
+    built-in model, shape and direction right in all 192 evaluation videos: docs,
+    guides/builtin-model.md).
     """
     x = latents.detach().float().cpu()
     b, c, f, h, w = x.shape

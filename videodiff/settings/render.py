@@ -103,8 +103,8 @@ class LoadSettings:
         return self
 
 
-IMG2VID_STRENGTH = 0.85  # img2vid's --strength without a motion prior (measured: README, "img2vid")
-IMG2VID_ANCHOR = 1.0  # img2vid's --anchor: pinned frames held through every step (measured: README, "img2vid")
+IMG2VID_STRENGTH = 0.85  # img2vid's --strength without a motion prior (measured: docs, guides/img2vid-vid2vid.md)
+IMG2VID_ANCHOR = 1.0  # img2vid's --anchor: pinned frames held through every step (measured: docs, img2vid guide)
 VID2VID_STRENGTH = 0.6  # vid2vid's --strength: enough to restyle, little enough to keep the clip's motion
 
 
@@ -127,7 +127,7 @@ class InputSettings:
         must="a number in (0, 1]",
     )
     # RePaint-style: the pinned frames follow their pictures for this part of the steps; 1 (to the end) is the only
-    # value that keeps frame 0 as close to the picture as the VAE can (README, "img2vid": 0.6 lost 2 dB)
+    # value that keeps frame 0 as close to the picture as the VAE can (docs, guides/img2vid-vid2vid.md: 0.6 lost 2 dB)
     anchor: float = setting(
         IMG2VID_ANCHOR,
         "Fraction of the steps pinned frames are held to their pictures.",

@@ -183,7 +183,7 @@ class SampleSettings:
     travel: str = setting(
         "linear", "How prompts blend between --prompt-at frames: " + "|".join(TRAVEL) + ".", choices=TRAVEL
     )
-    cache: int = setting(  # 1: off (opt-in: it trades quality for time, see the README's table)
+    cache: int = setting(  # 1: off (opt-in: it trades quality for time, see the Benchmarks page of the docs)
         1,
         f"Feature caching (DeepCache): run the deep U-Net blocks on every N-th step only and reuse their "
         f"features in between (1 to {MAX_CACHE}); 1: off.",
