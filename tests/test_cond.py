@@ -107,7 +107,8 @@ def test_fields_pair_slice_and_move_by_their_own_rule():
     half = cond.with_fields(ids=TensorField(torch.tensor([[3, 4]]))).to(dtype=torch.float16)
     assert half.context.dtype == torch.float16 and half["ids"].dtype == torch.int64  # only floats change dtype
     travel = Cond.text(torch.randn(1, 6, 5, 8), uncond)  # one negative prompt for a prompt per frame
-    assert travel.uncond.shape == (1, 6, 5, 8) and travel.frames(index).uncond.shape == (1, 2, 5, 8)
+    assert travel.uncond.shape == (1, 5, 8) and travel.frames(index).uncond.shape == (1, 5, 8)  # kept once
+    assert torch.equal(travel.frames(index).paired().context[0], uncond[0, None].expand(2, 5, 8))
 
 
 def test_malformed_conditioning_is_refused():

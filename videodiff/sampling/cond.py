@@ -77,20 +77,34 @@ class TensorField:
     frame_axis: int | None = None
 
     def __post_init__(self) -> None:
-        if self.uncond is not None and self.uncond.shape != self.value.shape:
-            raise ValueError(f"uncond has shape {tuple(self.uncond.shape)}, value {tuple(self.value.shape)}")
         if self.frame_axis is not None and not 0 < self.frame_axis < self.value.ndim:
             raise ValueError(f"frame_axis {self.frame_axis} is not an axis after the batch of {self.value.ndim}")
+        if self.uncond is not None and self.uncond.shape != self.value.shape and not self._uncond_per_video:
+            raise ValueError(f"uncond has shape {tuple(self.uncond.shape)}, value {tuple(self.value.shape)}")
+
+    @property
+    def _uncond_per_video(self) -> bool:
+        """One unconditional value for every frame of a per-frame value (prompt travel's one negative prompt): the
+        value's shape without its frame axis."""
+        if self.uncond is None or self.frame_axis is None:
+            return False
+        shape = list(self.value.shape)
+        del shape[self.frame_axis]
+        return list(self.uncond.shape) == shape
 
     def paired(self) -> TensorField:
         uncond = self.value if self.uncond is None else self.uncond
+        if self._uncond_per_video:  # repeated to every frame only here, where the halves meet in one batch
+            uncond = uncond.unsqueeze(self.frame_axis).expand_as(self.value)
         return TensorField(torch.cat([uncond, self.value]), None, self.frame_axis)
 
     def frames(self, index: torch.Tensor) -> TensorField:
         if self.frame_axis is None:
             return self
         axis = self.frame_axis
-        uncond = None if self.uncond is None else self.uncond.index_select(axis, index.to(self.uncond.device))
+        uncond = self.uncond
+        if uncond is not None and not self._uncond_per_video:
+            uncond = uncond.index_select(axis, index.to(uncond.device))
         return TensorField(self.value.index_select(axis, index.to(self.value.device)), uncond, axis)
 
     def to(self, device=None, dtype=None) -> TensorField:
@@ -190,11 +204,11 @@ class Cond:
 
     @classmethod
     def text(cls, context: torch.Tensor, uncond: torch.Tensor | None = None) -> Cond:
-        """Text context ``[b n d]`` (or ``[b f n d]``: a prompt per frame) and its unconditional counterpart."""
+        """Text context ``[b n d]`` (or ``[b f n d]``: a prompt per frame) and its unconditional counterpart
+        (``[b n d]`` with a per-frame context: one negative prompt for every frame, repeated only when guidance pairs
+        the halves)."""
         if context.ndim not in (3, 4):
             raise ValueError(f"context must be [b n d] or [b f n d], got shape {tuple(context.shape)}")
-        if uncond is not None and uncond.ndim == 3 and context.ndim == 4:  # one negative prompt for every frame
-            uncond = uncond[:, None].expand(-1, context.shape[1], -1, -1)
         return cls({CONTEXT: TensorField(context, uncond, 1 if context.ndim == 4 else None)})
 
     def with_fields(self, **fields: Field) -> Cond:

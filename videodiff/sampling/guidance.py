@@ -59,6 +59,11 @@ class ClassifierFreeGuidance:
             raise ValueError("classifier-free guidance needs an unconditional text context")
         self.batch = self.cond.paired()
 
+    @property
+    def batch_context(self) -> torch.Tensor:
+        """The text context of the guided batch, ``[uncond, cond]`` on ``b``."""
+        return self.batch.context
+
     def __call__(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = denoiser(torch.cat([x] * 2), t, self.batch)
         eps_uncond, eps_cond = eps.chunk(2)

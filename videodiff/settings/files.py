@@ -128,7 +128,8 @@ def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -
     A sidecar written beside an output is such a file: its ``info`` part is ignored. A sidecar records every
     setting it rendered with, so one without ``motion_prior_space`` predates the choice and drew in ``latent``
     (the only way then), whatever the model's default is now; other files leave it to the model.
-    An ``overwrite`` key is ignored: only the command line (or the web form) may ask to replace a file.
+    ``overwrite: true`` is ignored (``false`` is kept: it asks for nothing): only the command line (or the web form)
+    may ask to replace a file.
     """
     path = Path(path)
     data = parse_yaml(read_text_file(path, "config file"), path, "config file")
@@ -139,7 +140,7 @@ def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -
     sidecar = INFO_KEY in data
     # A file someone sends you must not be able to replace your files: --overwrite counts only when typed
     # (or ticked in the web form). ``output`` stays: without ``overwrite`` it can only name a new file.
-    data = {str(k): v for k, v in data.items() if k not in (INFO_KEY, "overwrite")}
+    data = {str(k): v for k, v in data.items() if k != INFO_KEY and not (k == "overwrite" and v is not False)}
     if sidecar and "motion_prior_space" in allowed:
         data.setdefault("motion_prior_space", "latent")
     return check_keys(data, str(path), allowed)
