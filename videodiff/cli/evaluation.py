@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from videodiff.cli.options import choice_help
-from videodiff.config import DEVICES, DTYPES
+from videodiff.cli.options import choice_help, options_from
+from videodiff.config import DEVICES, DTYPES, InputSettings, SampleSettings
 
 
 @click.group("eval")
@@ -38,14 +38,7 @@ def eval_group() -> None:
     show_default=True,
     help="Also score generated clips after writing and reading this format (the dataset's).",
 )
-@click.option("--steps", type=int, help="Denoising steps (default: the model's, else 25).")
-@click.option("--guidance", type=float, help="Guidance scale (default: the model's, else 7.5).")
-@click.option(
-    "--motion-prior",
-    type=float,
-    help="Start from the motion prior this far into the schedule (0: off; default: the model's).",
-)
-@click.option("--cache", type=int, help="Feature caching: the deep U-Net blocks on every N-th step only (1: off).")
+@options_from(SampleSettings, only=("steps", "guidance", "motion_prior", "cache"))  # as render has them
 @click.option(
     "--img2vid",
     "img2vid",
@@ -57,8 +50,7 @@ def eval_group() -> None:
     is_flag=True,
     help="Score keyframes: pin each ground-truth clip's first and last frames; the track between them is scored too.",
 )
-@click.option("--strength", type=float, help="img2vid's --strength (default: the prior's start, else 0.85).")
-@click.option("--anchor", type=float, help="img2vid's --anchor (default 1: held to the end).")
+@options_from(InputSettings, only=("strength", "anchor"))  # img2vid's
 @click.option(
     "--set",
     "settings",

@@ -29,8 +29,9 @@ def choice_help(names: tuple[str, ...]) -> str:
     return "|".join(names)
 
 
-def options_from(cls: type, skip: tuple[str, ...] = ()):
-    """Click options for every field of a settings dataclass (flag = field name with dashes) but ``skip``.
+def options_from(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
+    """Click options for every field of a settings dataclass (flag = field name with dashes) but ``skip`` (or only
+    the fields ``only`` names).
 
     Help, choices, a short flag and an environment variable come from the field's metadata
     (:func:`videodiff.settings.fields.setting`), so no list of options is kept by hand. No option has a default
@@ -43,7 +44,7 @@ def options_from(cls: type, skip: tuple[str, ...] = ()):
 
     def decorate(func):
         for f in reversed(dataclasses.fields(cls)):
-            if f.name in skip:
+            if f.name in skip or (only is not None and f.name not in only):
                 continue
             names = [*([f.metadata["short"]] if "short" in f.metadata else []), "--" + f.name.replace("_", "-")]
             kind = str(f.type)
