@@ -64,20 +64,9 @@ from videodiff.weights.hub import builtin_model
 from videodiff.weights.models import ModelParts, load_model_parts
 
 __all__ = [  # the pipeline's public names, some defined in videodiff.pipeline and kept importable from here
-    "CALL_NAMES",
-    "DTYPES",
-    "Conditioning",
-    "FreeInitProgress",
-    "ImageInput",
-    "VideoInput",
-    "VideoPipeline",
-    "VideoResult",
-    "input_from",
-    "load_pipeline",
-    "pick_attention",
-    "resolve_device",
-    "resolve_dtype",
-]
+    "CALL_NAMES", "DTYPES", "Conditioning", "FreeInitProgress", "ImageInput", "VideoInput", "VideoPipeline",
+    "VideoResult", "input_from", "load_pipeline", "pick_attention", "resolve_device", "resolve_dtype",
+]  # fmt: skip
 
 
 class VideoPipeline:
