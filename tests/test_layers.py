@@ -54,3 +54,13 @@ def test_no_module_holds_more_than_500_lines():
     files = PACKAGE.rglob("*.py")
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines()) for p in files}
     assert not {name: n for name, n in sizes.items() if n > 500}
+
+
+def test_videodiff_render_renders_whether_or_not_its_module_was_imported():
+    """``videodiff.render(config)`` (the Python API) works before and after ``videodiff.render`` the module loads."""
+    code = (
+        "import videodiff, inspect; first = videodiff.render; import videodiff.render, videodiff.cli; "
+        "after = videodiff.render; assert callable(first) and callable(after); "
+        "assert inspect.signature(after.__call__).parameters.keys() >= {'config', 'pipe', 'on_step'}"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

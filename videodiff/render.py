@@ -13,7 +13,9 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
+import types
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -266,3 +268,15 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
         "created": datetime.now().isoformat(timespec="seconds"),
     }
     return settings
+
+
+class _RenderModule(types.ModuleType):
+    """``videodiff.render`` names both this module and its :func:`render` (the Python API's
+    ``videodiff.render(config)``): importing the module puts the module in the package's attribute, in place of the
+    function the package gives lazily, so the module itself renders when called."""
+
+    def __call__(self, config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnStep | None = None):
+        return render(config, pipe, on_step)
+
+
+sys.modules[__name__].__class__ = _RenderModule
