@@ -56,3 +56,18 @@ def test_torch_side_names_match_the_settings():
 
     assert set(typing.get_args(AttentionBackend)) == set(ATTENTION)
     assert set(TORCH_DTYPES) == set(DTYPES) - {"auto"}
+
+
+def test_eval_leaves_untyped_settings_to_the_model(monkeypatch):
+    """eval's generated options show the fields' defaults, but only what is typed reaches the evaluation: the rest
+    stays the model's recorded defaults (None), as render leaves them."""
+    from cli_helpers import invoke, ok
+
+    from videodiff.shapes import evaluate
+
+    seen = {}
+    monkeypatch.setattr(evaluate, "run_shapes_eval", lambda **kw: seen.update(kw) or {})
+    ok(invoke("eval", "shapes", "--seeds", 1, "-q"))
+    assert [seen[k] for k in ("steps", "guidance", "motion_prior", "cache", "img2vid")] == [None] * 5
+    ok(invoke("eval", "shapes", "--keyframes", "--steps", 4, "--anchor", 0.5, "-q"))
+    assert seen["steps"] == 4 and seen["guidance"] is None and seen["img2vid"] == {"anchor": 0.5, "keyframes": True}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
-from videodiff.cli.options import choice_help, options_from
+from videodiff.cli.options import choice_help, given, options_from
 from videodiff.config import DEVICES, DTYPES, InputSettings, SampleSettings
 
 
@@ -61,7 +62,9 @@ def eval_group() -> None:
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=choice_help(DEVICES))
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, help=choice_help(DTYPES))
 @click.option("-q", "--quiet", is_flag=True, help="No progress notices.")
+@click.pass_context
 def eval_shapes(
+    ctx: click.Context,
     model: str | None,
     motion_module: str | None,
     seeds: int,
@@ -100,6 +103,11 @@ def eval_shapes(
       videodiff eval shapes --set scheduler=ddim --set steps=20  # any render setting
       videodiff eval shapes --img2vid --set paste=true           # a post-processing step, evaluated
     """
+    # the settings' own options show their defaults; what was not typed stays the model's (None), as render does
+    typed = given(ctx, ParameterSource.COMMANDLINE)
+    steps, guidance, motion_prior, cache, strength, anchor = (
+        typed.get(name) for name in ("steps", "guidance", "motion_prior", "cache", "strength", "anchor")
+    )
     import json
 
     from videodiff.log import setup_cli_logging
