@@ -234,6 +234,15 @@ def check_video(path: str | Path) -> VideoInfo:
     return info
 
 
+def check_moving_video(path: str | Path) -> VideoInfo:
+    """:func:`check_video`, and a clip of at least two frames: a still picture (a PNG, JPEG or 1-frame GIF,
+    which PyAV reads as a 1-frame video) is img2vid's input, refused here in one line."""
+    info = check_video(path)
+    if info.num_frames < 2:
+        raise UserError(f"{path} is a still picture: animate it with videodiff img2vid")
+    return info
+
+
 def fit_video(
     frames: np.ndarray, height: int, width: int, *, fit: str = "crop", background: tuple[int, int, int] = (0, 0, 0)
 ) -> np.ndarray:
