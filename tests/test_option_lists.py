@@ -56,3 +56,24 @@ def test_torch_side_names_match_the_settings():
 
     assert set(typing.get_args(AttentionBackend)) == set(ATTENTION)
     assert set(TORCH_DTYPES) == set(DTYPES) - {"auto"}
+
+
+def _commands(group: click.Command, path: str = ""):
+    yield path, group
+    for name, command in getattr(group, "commands", {}).items():
+        yield from _commands(command, f"{path} {name}".strip())
+
+
+def test_no_option_names_its_default_twice():
+    # the field's help may name the default itself; the CLI then adds no "[default: ...]" of its own
+    twice = []
+    for path, command in _commands(cli):
+        ctx = click.Context(command, info_name=path or "videodiff")
+        for param in command.params:
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record and record[1].lower().count("default") > 1:
+                twice.append(f"{path} {record[0]}: {record[1]}")
+    assert not twice, "\n".join(twice)
+    render = cli.commands["render"]
+    text = render.get_help(click.Context(render, info_name="render"))
+    assert text.count("[default: the model's, else latent]") == 1
