@@ -252,6 +252,16 @@ def test_cli_vid2vid_takes_the_clip_rate_over_the_stride(models, tmp_path, monke
     assert read_json(tmp_path / "fast.mp4.json")["fps"] == 24.0
 
 
+def test_cli_vid2vid_of_an_8_fps_gif_says_8_fps(models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(5)
+    save_video(rng.integers(0, 256, (4, 16, 16, 3)).astype(np.uint8), tmp_path / "in.gif", fps=8)
+    flags = ("--height", 16, "--width", 16, "--steps", 2, "--seed", 1)
+    result = ok(invoke("vid2vid", "in.gif", "a square", *models, *flags, "-o", "out.gif"))
+    assert "4 frames, 16x16, 8 fps, 0.50 s of video" in result.output
+    assert read_json(tmp_path / "out.gif.json")["fps"] == 8.0
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -268,11 +278,16 @@ def test_cli_vid2vid_takes_the_clip_rate_over_the_stride(models, tmp_path, monke
         (("vid2vid", "notes.mp4", "a square"), "notes.mp4"),
         (("vid2vid", "empty.mp4", "a square"), "empty.mp4"),
         (("vid2vid", "still.png", "a square", "--stride", "0"), "stride"),
+        (("vid2vid", "still.png", "a square"), "still.png is a still picture: animate it with videodiff img2vid"),
+        (("vid2vid", "still.jpg", "a square"), "still.jpg is a still picture: animate it with videodiff img2vid"),
+        (("vid2vid", "one.gif", "a square"), "one.gif is a still picture: animate it with videodiff img2vid"),
     ],
 )
 def test_bad_inputs_are_one_line_and_write_nothing(models, tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
     write_picture(tmp_path / "still.png")
+    write_picture(tmp_path / "still.jpg")
+    save_video(np.zeros((1, 16, 16, 3), np.uint8), tmp_path / "one.gif")
     (tmp_path / "notes.png").write_text("not a picture")
     (tmp_path / "notes.mp4").write_text("not a video")
     (tmp_path / "empty.png").write_bytes(b"")

@@ -18,6 +18,7 @@ from videodiff.errors import UserError
 from videodiff.media import images
 from videodiff.media.clips import ARRAY_FPS, fit_video, read_video
 from videodiff.media.images import file_sha256, fit_image, load_image, read_image
+from videodiff.media.video import save_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -308,6 +309,21 @@ def test_read_video_gif(tmp_path):
     clip, fps = read_video(tmp_path / "a.gif", frames=8, stride=2)
     assert clip.shape == (3, 24, 24, 3) and [frame_index(f) for f in clip] == [0, 2, 4]
     assert fps > 0
+
+
+@pytest.mark.parametrize("rate, count", [(8, 1), (8, 2), *((r, n) for r in (8, 10, 12, 24, 7.5) for n in (16, 25))])
+def test_our_gif_reads_back_at_its_rate(tmp_path, rate, count):
+    # GIF delays are whole centiseconds: 8 fps is 12.5 cs, written as 13, 12, 13, ...
+    # (a few frames cannot tell 24 fps from 25: one frame of 4 cs is both)
+    save_video(np.random.default_rng(0).integers(0, 256, (count, 16, 16, 3), np.uint8), tmp_path / "a.gif", fps=rate)
+    assert abs(read_video(tmp_path / "a.gif", frames=None)[1] - rate) < 1e-6
+
+
+def test_a_gif_of_even_delays_keeps_its_own_rate(tmp_path):
+    # 12 cs every frame plays at 8.33 fps; it was not written from 8 fps, so it is not read as 8
+    frames = [Image.fromarray(f) for f in levels(12, 16)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    assert abs(read_video(tmp_path / "a.gif")[1] - 100 / 12) < 1e-6  # 12 frames: 8 fps would end at 150 cs, not 144
 
 
 def test_read_video_from_arrays_and_images():

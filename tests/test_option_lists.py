@@ -71,3 +71,24 @@ def test_eval_leaves_untyped_settings_to_the_model(monkeypatch):
     assert [seen[k] for k in ("steps", "guidance", "motion_prior", "cache", "img2vid")] == [None] * 5
     ok(invoke("eval", "shapes", "--keyframes", "--steps", 4, "--anchor", 0.5, "-q"))
     assert seen["steps"] == 4 and seen["guidance"] is None and seen["img2vid"] == {"anchor": 0.5, "keyframes": True}
+
+
+def _commands(group: click.Command, path: str = ""):
+    yield path, group
+    for name, command in getattr(group, "commands", {}).items():
+        yield from _commands(command, f"{path} {name}".strip())
+
+
+def test_no_option_names_its_default_twice():
+    # the field's help may name the default itself; the CLI then adds no "[default: ...]" of its own
+    twice = []
+    for path, command in _commands(cli):
+        ctx = click.Context(command, info_name=path or "videodiff")
+        for param in command.params:
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record and record[1].lower().count("default") > 1:
+                twice.append(f"{path} {record[0]}: {record[1]}")
+    assert not twice, "\n".join(twice)
+    render = cli.commands["render"]
+    text = render.get_help(click.Context(render, info_name="render"))
+    assert text.count("[default: the model's, else latent]") == 1

@@ -206,3 +206,26 @@ def test_auth_keeps_the_page_and_its_api_behind_a_login(tiny_pipe, tmp_path):
         assert not logged_in
     finally:
         app.close()
+
+
+def test_the_render_api_works_with_a_relative_outputs_folder(tiny_pipe, tmp_path, monkeypatch):
+    """The README's API example against ``serve`` with the default, relative ``outputs``; the working directory
+    changes after the start, and the folder stays the one resolved then."""
+    need_gradio()
+    from gradio_client import Client
+
+    from videodiff.ui import serve
+
+    started_in, later = tmp_path / "here", tmp_path / "elsewhere"
+    started_in.mkdir(), later.mkdir()
+    monkeypatch.chdir(started_in)
+    port = free_port()
+    app = serve(tiny_pipe, "outputs", port=port, block=False)
+    try:
+        monkeypatch.chdir(later)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        name = client.predict("a red circle moving right", 4, 2, 1, '{"width": 16, "height": 16}', api_name="/render")
+        assert (started_in / "outputs" / name).is_file()
+        assert not (later / "outputs").exists()
+    finally:
+        app.close()

@@ -197,6 +197,10 @@ def test_uploads_are_checked_by_type_size_and_the_cli_readers_then_kept_in_the_o
     not_a_video.write_bytes(b"nope")
     with pytest.raises(UserError, match="video"):
         form.accept_upload(not_a_video, tmp_path / "out", "video")
+    one_frame = tmp_path / "one.gif"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(one_frame)
+    with pytest.raises(UserError, match="one.gif is a still picture: animate it with videodiff img2vid"):
+        form.accept_upload(one_frame, tmp_path / "out", "video")
     assert sorted(p.name for p in (tmp_path / "out" / "inputs").iterdir()) == [kept.name]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -237,3 +239,16 @@ def test_window_layers_temporal_runs_the_unet_once_on_every_frame(tiny_pipe):
 def test_window_layers_is_a_closed_choice():
     with pytest.raises(UserError, match="--window-layers"):
         plan_windows(64, window=16, overlap=4, layers="spatial", train_frames=16, limit=32)
+
+
+def test_a_render_longer_than_the_motion_modules_names_its_windows_once(tiny_pipe, caplog):
+    assert tiny_pipe.train_frames == 16
+    kw = dict(height=16, width=16, num_inference_steps=1, seed=3, output_type="latent")
+    with caplog.at_level(logging.WARNING, logger="videodiff"):
+        tiny_pipe(PROMPT, num_frames=20, **kw)
+    said = [r.getMessage() for r in caplog.records if "window" in r.getMessage()]
+    assert len(said) == 1 and "windows of 16 frames overlapping by 4" in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="videodiff"):
+        tiny_pipe(PROMPT, num_frames=8, **kw)  # one window: nothing to say
+    assert not [r for r in caplog.records if "window" in r.getMessage()]

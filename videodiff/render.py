@@ -223,7 +223,7 @@ def summary(outcome: RenderOutcome, fps: float) -> str:
 def check_inputs(config: RenderConfig) -> None:
     """img2vid's pictures and vid2vid's clip checked from their headers, and pinned frames inside the video,
     before minutes of loading."""
-    from videodiff.media.clips import check_video
+    from videodiff.media.clips import check_moving_video
     from videodiff.media.images import check_image
 
     for frame, path in map(parse_image_at, config.image_at):
@@ -232,7 +232,7 @@ def check_inputs(config: RenderConfig) -> None:
             raise UserError(f"--image-at frame {frame} is outside the video's {config.frames} frames (0 to {last})")
         check_image(path)
     if config.video:
-        check_video(config.video)
+        check_moving_video(config.video)
 
 
 def input_paths(config: RenderConfig) -> list[str]:

@@ -51,7 +51,7 @@ def options_from(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | 
             help_text = f.metadata.get("help", "")
             envvar = f.metadata.get("env")
             recorded = f.name in MODEL_DEFAULT_KEYS and cls is not TrainConfig  # a model may record its own
-            if recorded and f.default is not None:
+            if recorded and f.default is not None and "default" not in help_text:  # not when the help names it
                 shown = f.default if isinstance(f.default, str) else f"{f.default:g}"
                 help_text += f" [default: the model's, else {shown}]"
             extra: dict[str, Any] = {"help": help_text, "envvar": envvar}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -34,6 +35,7 @@ def serve(ctx: click.Context, host: str, port: int, outputs: str, auth: str | No
     from videodiff.ui import serve as run_serve
 
     credentials = parse_auth(auth)
+    outputs = str(Path(outputs).resolve())  # where the command was started, not wherever the process is later
     require_gradio()  # before minutes of loading: one line saying how to install it
     from videodiff.pipelines import VideoPipeline
     from videodiff.render import resolve_render_config

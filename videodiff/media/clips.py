@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +84,35 @@ def probe(path: str | Path) -> VideoInfo:
         stream = container.streams.video[0]
         ctx = stream.codec_context
         _check_declared_size(path, ctx.width, ctx.height)
-        stamps: list[int | None] = [p.pts for p in container.demux(stream) if p.size]
+        packets = [(p.pts, p.duration) for p in container.demux(stream) if p.size]
+        stamps: list[int | None] = [pts for pts, _ in packets]
         if not stamps or not ctx.width:
             raise UnreadableVideo(f"{path}: no frames")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate or 25
+        if container.format.name == "gif" and stream.time_base == Fraction(1, 100):
+            rate = _gif_rate([d for _, d in packets]) or rate
         # packets come in decode order; sorting gives presentation order (B-frames)
         pts = tuple(sorted(stamps)) if None not in stamps and len(set(stamps)) == len(stamps) else None
         return VideoInfo(len(stamps), float(rate), ctx.width, ctx.height, pts)
+
+
+def _gif_rate(delays_cs: list[int | None]) -> float | None:
+    """The frame rate that GIF delays (whole centiseconds) were rounded from; None without usable delays.
+
+    8 fps is 12.5 cs a frame, stored as 13, 12, 13, ...: the mean delay gives 8 fps where the
+    container's guess says 8.33. A round rate (whole, then halves, then tenths) is taken when
+    every frame's end time lies within half a centisecond of it, as a writer rounding
+    ``i / fps`` would leave it; otherwise the mean delay's rate, unrounded.
+    """
+    if not delays_cs or any(not d or d < 0 for d in delays_cs):
+        return None
+    ends = np.cumsum(delays_cs)
+    mean = len(delays_cs) * 100 / float(ends[-1])
+    for step in (1, 2, 10):
+        nice = round(mean * step) / step
+        if nice > 0 and np.all(np.abs(100 * np.arange(1, len(ends) + 1) / nice - ends) <= 0.5 + 1e-9):
+            return float(nice)
+    return mean
 
 
 def _check_declared_size(path: Path, width: int, height: int) -> None:
@@ -208,6 +231,15 @@ def check_video(path: str | Path) -> VideoInfo:
     if info.width * info.height > PIXEL_LIMIT:
         size = f"{info.width}x{info.height}"
         raise UserError(f"{path}: {size} frames are larger than the limit of {PIXEL_LIMIT:,} pixels")
+    return info
+
+
+def check_moving_video(path: str | Path) -> VideoInfo:
+    """:func:`check_video`, and a clip of at least two frames: a still picture (a PNG, JPEG or 1-frame GIF,
+    which PyAV reads as a 1-frame video) is img2vid's input, refused here in one line."""
+    info = check_video(path)
+    if info.num_frames < 2:
+        raise UserError(f"{path} is a still picture: animate it with videodiff img2vid")
     return info
 
 

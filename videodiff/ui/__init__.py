@@ -73,7 +73,7 @@ def serve(
     from videodiff.log import notice
     from videodiff.ui.form import MAX_UPLOAD_BYTES
 
-    outputs = Path(outputs)
+    outputs = Path(outputs).resolve()  # once, at the start (see build_app)
     outputs.mkdir(parents=True, exist_ok=True)
     app = build_app(pipe, outputs, base)
     app.queue(default_concurrency_limit=1, max_size=64)
@@ -84,7 +84,7 @@ def serve(
         server_name=host,
         server_port=port,
         auth=auth,
-        allowed_paths=[str(outputs.resolve())],
+        allowed_paths=[str(outputs)],
         max_file_size=MAX_UPLOAD_BYTES,
         show_error=True,
         share=False,

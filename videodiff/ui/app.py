@@ -39,7 +39,8 @@ def build_app(
     or run ``videodiff serve``."""
     import gradio as gr
 
-    outputs = Path(outputs)
+    # resolved once: Gradio refuses a result under a relative folder, and a later chdir must not move the folder
+    outputs = Path(outputs).resolve()
     renderer = Renderer(pipe)
     base = (base or RenderConfig()).replace(quiet=True)
     height, width = pipe.default_size()

@@ -232,7 +232,7 @@ def accept_upload(path: str | Path, outputs: str | Path, kind: str) -> Path:
     """An uploaded picture (``kind="image"``) or clip (``"video"``), checked by type, size and the CLI's guarded
     readers, copied to ``OUTPUTS/inputs/<sha256>.<ext>``; one-line :class:`UserError` otherwise."""
     from videodiff.media.atomic import atomic_file
-    from videodiff.media.clips import check_video
+    from videodiff.media.clips import check_moving_video
     from videodiff.media.images import check_file, check_image
 
     source = Path(path)
@@ -246,7 +246,7 @@ def accept_upload(path: str | Path, outputs: str | Path, kind: str) -> Path:
     if kind == "image":
         check_image(source)
     else:
-        check_video(source)
+        check_moving_video(source)
     digest = hashlib.sha256()
     with open(source, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
