@@ -118,3 +118,11 @@ def test_the_default_window_is_the_motion_modules_recorded_train_frames(tmp_path
     flags = ("--motion-module", motion, "--frames", "24", "-o", "out.gif")
     assert "less than the window of 8" in assert_user_error(invoke("render", PROMPT, *SMALL, *flags, "--overlap", "8"))
     assert reached_the_model(invoke("render", PROMPT, *SMALL, *flags, "--overlap", "7"))
+
+
+def test_a_batch_checks_the_overlap_before_the_model():
+    Path("prompts.txt").write_text("a red circle moving right\na blue square moving up\n", encoding="utf-8")
+    args = ("--prompt-file", "prompts.txt", "--seeds", "1,2", *SMALL[:-3], "--frames", "24", "-o", "clips")
+    assert "less than the window of 16" in assert_user_error(invoke("render", *args, "--overlap", "20"))
+    assert not Path("clips").exists()
+    assert reached_the_model(invoke("render", *args, "--overlap", "4"))

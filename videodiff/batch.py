@@ -58,9 +58,7 @@ ITEM_KEYS = (
 FORMATS = OUTPUT_FORMATS  # --format names and their suffixes (png: a folder of frames)
 YAML_SUFFIXES = (".yaml", ".yml")
 SEED_LIMIT = 2**32  # drawn seeds, as a single render draws them
-# videos one batch renders (--num-videos, --seeds, prompts x seeds): days of GPU time at a few seconds each; the
-# plan (a config per video) is counted before it is made, so a 40,000-line prompt file x 200 seeds fails at once
-MAX_VIDEOS = 10_000
+MAX_VIDEOS = 10_000  # videos a batch renders (--num-videos, --seeds, prompts x seeds), counted before its plan is made
 
 
 # ---------------------------------------------------------------- 1. prompt files
@@ -410,7 +408,7 @@ def run_batch(
     plain render does; a skipped one too). Returns the outputs this process wrote.
     """
     from videodiff.media.video import check_output, check_sidecar
-    from videodiff.render import render
+    from videodiff.render import check_frame_limit, render
 
     echo = echo or (lambda line: print(line, flush=True))
     state = state if state is not None else launch_state()
@@ -420,6 +418,8 @@ def run_batch(
     for config in todo:  # type, crf, folder, and what an existing output or sidecar is (never a user's folder)
         check_output(config.output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
         check_sidecar(config.output, overwrite=config.overwrite)
+    for config in {(c.frames, c.window, c.overlap, c.scheduler, c.steps): c for c in todo}.values():
+        check_frame_limit(config)  # windows and lcm steps before the load, once per distinct setting
     written: list[Path] = []
     pipe, recorded = None, None
     with state.split_between_processes(todo) as mine:
