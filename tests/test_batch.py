@@ -15,7 +15,7 @@ import pytest
 from cli_helpers import assert_user_error, invoke, ok, read_json
 
 from videodiff import launch
-from videodiff.batch import parse_seeds, plan_batch, read_prompt_file
+from videodiff.batch import MAX_VIDEOS, draw_seeds, parse_seeds, plan_batch, read_prompt_file
 from videodiff.config import RenderConfig
 from videodiff.errors import UserError
 
@@ -173,6 +173,66 @@ def test_parse_seeds():
     for bad in ("1,x", "", "1,1", "-1"):
         with pytest.raises(UserError):
             parse_seeds(bad)
+
+
+def test_drawn_seeds_are_distinct_and_drawing_is_linear():
+    seeds = draw_seeds(MAX_VIDEOS)  # a list scanned per draw took minutes for 100,000
+    assert len(seeds) == MAX_VIDEOS
+    assert len(set(seeds)) == MAX_VIDEOS
+    assert all(0 <= seed < 2**32 for seed in seeds)
+
+
+def test_a_batch_is_counted_before_its_plan_is_made():
+    many = items(*(f"p{i}" for i in range(MAX_VIDEOS // 2 + 1)))
+    with pytest.raises(UserError, match=f"{MAX_VIDEOS + 2} videos .* at most {MAX_VIDEOS}"):
+        plan_batch(RenderConfig(), many, seeds=[1, 2])
+    pinned = [{"prompt": "a", "seed": 1}] * MAX_VIDEOS  # an item's own seed renders it once: counted as one
+    assert len(plan_batch(RenderConfig(), pinned[:3] + items("b"), seeds=[1, 2], output="clips")) == 5
+    with pytest.raises(UserError, match=r"10001 videos \(1 prompts x 10001 seeds\)"):
+        plan_batch(RenderConfig(), items("a"), seeds=list(range(MAX_VIDEOS + 1)))
+
+
+def _huge_prompt_file() -> str:
+    Path("prompts.txt").write_text("a red circle\n" * 40_000, encoding="utf-8")
+    return "prompts.txt"
+
+
+# Each refused in one line before any model is looked at: /nonexistent would be the error otherwise.
+LIMITS = {
+    "num-videos": (lambda: ["a", "--num-videos", "100000"], "--num-videos must be a whole number from 1 to 10000"),
+    "num-videos-just-over": (lambda: ["a", "--num-videos", MAX_VIDEOS + 1], "from 1 to 10000, got 10001"),
+    "seeds": (lambda: ["a", "--seeds", ",".join(map(str, range(MAX_VIDEOS + 1)))], "--seeds lists 10001 seeds"),
+    "prompts-x-seeds": (
+        lambda: ["--prompt-file", _huge_prompt_file(), "--seeds", ",".join(map(str, range(200)))],
+        "8000000 videos (40000 prompts x 200 seeds); at most 10000",
+    ),
+    "prompts-x-num-videos": (
+        lambda: ["--prompt-file", _huge_prompt_file(), "--num-videos", "2"],
+        "80000 videos (40000 prompts x 2 seeds)",
+    ),
+    "free-init": (lambda: ["a", "--free-init", "1000000"], "--free-init must be a whole number from 0 (off) to 10"),
+}
+
+
+@pytest.mark.parametrize("case", list(LIMITS))
+def test_numbers_beyond_their_limits_fail_in_one_line_before_the_model(case, monkeypatch):
+    from videodiff.pipelines import VideoPipeline
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the limit was checked")
+
+    monkeypatch.setattr(VideoPipeline, "load", no_load)
+    args, words = LIMITS[case]
+    message = assert_user_error(invoke("render", *args(), "--model", "/nonexistent", "-o", "out"))
+    assert words in message
+    assert not Path("out").exists()
+
+
+def test_free_init_is_bounded_in_settings_files_too():
+    Path("shared.yaml").write_text("prompt: a\nfree_init: 11\n", encoding="utf-8")
+    message = assert_user_error(invoke("render", "--config", "shared.yaml", "--model", "/nonexistent"))
+    assert "--free-init must be a whole number from 0 (off) to 10, got 11" in message
+    assert RenderConfig(free_init=10).validate().free_init == 10
 
 
 # ---------------------------------------------------------------- launching

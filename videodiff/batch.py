@@ -39,6 +39,7 @@ from videodiff.log import notice
 __all__ = [
     "FORMATS",
     "ITEM_KEYS",
+    "MAX_VIDEOS",
     "launch_state",
     "launched",
     "parse_seeds",
@@ -57,6 +58,7 @@ ITEM_KEYS = (
 FORMATS = OUTPUT_FORMATS  # --format names and their suffixes (png: a folder of frames)
 YAML_SUFFIXES = (".yaml", ".yml")
 SEED_LIMIT = 2**32  # drawn seeds, as a single render draws them
+MAX_VIDEOS = 10_000  # videos a batch renders (--num-videos, --seeds, prompts x seeds), counted before its plan is made
 
 
 # ---------------------------------------------------------------- 1. prompt files
@@ -122,9 +124,14 @@ def _check_item(item: Mapping[str, Any], where: str) -> None:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"1,2,3"`` -> ``[1, 2, 3]``; each a whole number from 0 to 2^64-1, none twice."""
+    """``"1,2,3"`` -> ``[1, 2, 3]``; each a whole number from 0 to 2^64-1, none twice, at most
+    :data:`MAX_VIDEOS` of them."""
+    parts = str(text).split(",")
+    if len(parts) > MAX_VIDEOS:
+        raise UserError(f"--seeds lists {len(parts)} seeds; at most {MAX_VIDEOS} per batch")
     seeds: list[int] = []
-    for part in str(text).split(","):
+    seen: set[int] = set()
+    for part in parts:
         part = part.strip()
         try:
             seed = int(part)
@@ -132,20 +139,36 @@ def parse_seeds(text: str) -> list[int]:
             raise UserError(f"--seeds takes whole numbers separated by commas (1,2,3), got {text!r}") from None
         if not 0 <= seed < 2**64:
             raise UserError(f"--seeds: {seed} is not a whole number from 0 to 2^64-1")
-        if seed in seeds:
+        if seed in seen:
             raise UserError(f"--seeds: {seed} is listed twice")
+        seen.add(seed)
         seeds.append(seed)
     return seeds
 
 
 def draw_seeds(count: int) -> list[int]:
-    """``count`` distinct random seeds."""
+    """``count`` distinct random seeds, in the order drawn (linear in ``count``: a set of those drawn)."""
     seeds: list[int] = []
+    seen: set[int] = set()
     while len(seeds) < count:
         seed = secrets.randbelow(SEED_LIMIT)
-        if seed not in seeds:
+        if seed not in seen:
+            seen.add(seed)
             seeds.append(seed)
     return seeds
+
+
+def check_num_videos(num_videos: Any) -> None:
+    """``--num-videos``: a whole number from 1 to :data:`MAX_VIDEOS`, or ``None``."""
+    if num_videos is not None and (type(num_videos) is not int or not 1 <= num_videos <= MAX_VIDEOS):  # not bool
+        raise UserError(f"--num-videos must be a whole number from 1 to {MAX_VIDEOS}, got {shown(num_videos)}")
+
+
+def count_videos(items: Sequence[Mapping[str, Any]], per_item: int) -> int:
+    """How many videos a plan of ``items`` holds, ``per_item`` seeds each (an item's own ``seed``: one), counted
+    before a config is made for any of them."""
+    pinned = sum(1 for item in items if item.get("seed") is not None)
+    return pinned + (len(items) - pinned) * per_item
 
 
 def plan_batch(
@@ -181,10 +204,16 @@ def plan_batch(
         raise UserError("nothing to render: no prompts given")
     if seeds is not None and num_videos is not None:
         raise UserError("pass --seeds or --num-videos, not both")
-    if num_videos is not None and (isinstance(num_videos, bool) or not isinstance(num_videos, int) or num_videos < 1):
-        raise UserError(f"--num-videos must be a positive whole number, got {num_videos!r}")
+    check_num_videos(num_videos)
     if seeds is not None and not seeds:
         raise UserError("--seeds needs at least one seed")
+    per_item = len(seeds) if seeds is not None else num_videos or 1
+    total = count_videos(items, per_item)
+    if total > MAX_VIDEOS:
+        raise UserError(
+            f"the batch would render {total} videos ({len(items)} prompts x {per_item} seeds); "
+            f"at most {MAX_VIDEOS} per batch: split the prompt file or use fewer seeds"
+        )
     fmt = (fmt or "mp4").lower()
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -379,7 +408,7 @@ def run_batch(
     plain render does; a skipped one too). Returns the outputs this process wrote.
     """
     from videodiff.media.video import check_output, check_sidecar
-    from videodiff.render import render
+    from videodiff.render import check_frame_limit, render
 
     echo = echo or (lambda line: print(line, flush=True))
     state = state if state is not None else launch_state()
@@ -389,6 +418,8 @@ def run_batch(
     for config in todo:  # type, crf, folder, and what an existing output or sidecar is (never a user's folder)
         check_output(config.output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
         check_sidecar(config.output, overwrite=config.overwrite)
+    for config in {(c.frames, c.window, c.overlap, c.scheduler, c.steps): c for c in todo}.values():
+        check_frame_limit(config)  # windows and lcm steps before the load, once per distinct setting
     written: list[Path] = []
     pipe, recorded = None, None
     with state.split_between_processes(todo) as mine:
@@ -442,6 +473,7 @@ def render_batch(
         raise UserError("pass --seed, or --seeds/--num-videos, not both")
     if skip_existing and base.overwrite:
         raise UserError("pass --skip-existing or --overwrite, not both")
+    check_num_videos(num_videos)  # before any file is read
     if isinstance(seeds, str):
         seeds = parse_seeds(seeds)
     if prompt_file is not None:

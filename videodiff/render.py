@@ -80,16 +80,25 @@ class RenderOutcome:
 
 def check_frame_limit(config: RenderConfig) -> None:
     """Refuse more than MAX_FRAMES (1024) frames, a ``--window`` longer than the motion module's positional
-    encoding (read from its header) and more lcm steps than a distilled motion module's solver grid, before minutes
+    encoding (read from its header), an ``--overlap`` not shorter than the default window (the motion modules'
+    recorded ``train_frames``) and more lcm steps than a distilled motion module's solver grid, before minutes
     of loading weights. Longer videos are sampled in windows."""
     if config.frames > MAX_FRAMES:
         raise too_many_frames(config.frames)
-    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, OWN_MOTION_FOLDER, recorded_lcm_steps
+    from videodiff.weights.hub import (
+        BUILTIN_MODEL,
+        BUILTIN_NAME,
+        OWN_MOTION_FOLDER,
+        locate,
+        recorded_lcm_steps,
+        recorded_train_frames,
+    )
     from videodiff.weights.motion_headers import frame_limit
 
     source = config.motion_module
     model = Path(config.model) if config.model and config.model != BUILTIN_NAME else BUILTIN_MODEL
-    if source is None and (model / OWN_MOTION_FOLDER).is_dir():
+    own = source is None
+    if own and (model / OWN_MOTION_FOLDER).is_dir():
         source = str(model / OWN_MOTION_FOLDER)
     if source is None:
         return
@@ -104,6 +113,15 @@ def check_frame_limit(config: RenderConfig) -> None:
         raise UserError(
             f"--window {config.window} exceeds the motion modules' positional encoding of {limit} frames; "
             f"use --window {limit} or less"
+        )
+    if config.window is not None or config.overlap is None:
+        return  # validate() compared a given window and overlap; the default overlap is a quarter of the window
+    location = locate(source, "motion module")  # found: frame_limit read its header
+    # the default window, as the loaded pipeline takes it (ModelParts.train_frames, videodiff.windows.plan_windows)
+    size = min(recorded_train_frames(location if location.is_dir() else None, model if own else None), limit)
+    if config.frames > size and config.overlap >= size:  # one window (frames <= size) samples plainly
+        raise UserError(
+            f"--overlap must be from 0 to {size - 1} (less than the window of {size}), got {config.overlap}"
         )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from videodiff.batch import MAX_VIDEOS
 from videodiff.cli.options import CONFIG_OPTION, given, options_from
 from videodiff.config import OUTPUT_FORMATS, InputSettings, RenderConfig
 from videodiff.errors import UserError
@@ -30,7 +31,11 @@ from videodiff.errors import UserError
     "or of mappings with per-item settings).",
 )
 @click.option("--seeds", help="Render every prompt once per seed: a comma list, e.g. 1,2,3.")
-@click.option("--num-videos", type=int, help="Render every prompt with N distinct drawn seeds.")
+@click.option(
+    "--num-videos",
+    type=int,
+    help=f"Render every prompt with N distinct drawn seeds (a batch renders at most {MAX_VIDEOS} videos).",
+)
 @click.option(
     "--format",
     "fmt",

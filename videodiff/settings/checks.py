@@ -29,6 +29,7 @@ MAX_YAML_ALIASES = 100  # *alias uses in one document: a person's file uses a fe
 MAX_YAML_NODES = 1 << 20  # values once aliases are expanded: a 1 MiB file without aliases holds fewer
 MAX_NAMED = 5  # unknown keys named in an error; the rest are counted
 MAX_CACHE = 10  # --cache: DeepCache's own runs reuse features for at most 9 steps in 10; beyond, the video degrades
+MAX_FREE_INIT = 10  # --free-init: FreeInit's paper and runs use 1 to 5 extra passes; each is a whole render again
 
 
 def too_many_frames(frames: int) -> UserError:

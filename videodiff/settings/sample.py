@@ -14,6 +14,7 @@ from videodiff.settings.checks import (
     LCM_MAX_STEPS,
     MAX_CACHE,
     MAX_FRAMES,
+    MAX_FREE_INIT,
     MAX_SIDE,
     MAX_STEPS,
     check_interval,
@@ -156,7 +157,11 @@ class SampleSettings:
         choices=WINDOW_LAYERS,
     )
     free_init: int = setting(
-        0, "FreeInit: re-noise the result (fresh high frequencies) and sample again N times.", min=0
+        0,
+        "FreeInit: re-noise the result (fresh high frequencies) and sample again N times.",
+        min=0,
+        max=MAX_FREE_INIT,
+        must=f"a whole number from 0 (off) to {MAX_FREE_INIT}",
     )
     free_init_filter: str = setting(
         "butterworth", "FreeInit's low-pass filter: " + "|".join(FREE_INIT_FILTERS) + ".", choices=FREE_INIT_FILTERS
