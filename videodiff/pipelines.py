@@ -329,11 +329,7 @@ class VideoPipeline:
         self.check_frames(settings.frames, settings.window)
         plan = self.windows_for(settings)
         if plan is not None:  # once per render: the motion modules see a window at a time, not the whole video
-            notice(
-                f"{settings.frames} frames sampled in sliding windows of {plan.window} frames overlapping by "
-                f"{plan.overlap} (the motion modules were trained on {self.train_frames}; --window and --overlap "
-                "change this)"
-            )
+            notice(windows.describe(plan, self.train_frames))
         # 1. the prompts (and the MotionLoRAs their words trigger)
         cond = self.conditioning(settings)
         # 2. scheduler and initial noise

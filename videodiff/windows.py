@@ -60,6 +60,14 @@ class WindowPlan:
         return window_indices(self.frames, self.window, self.overlap, self.loop)
 
 
+def describe(plan: WindowPlan, train_frames: int) -> str:
+    """What a render through ``plan`` tells its user, once: the windows and why."""
+    return (
+        f"{plan.frames} frames sampled in sliding windows of {plan.window} frames overlapping by {plan.overlap} "
+        f"(the motion modules were trained on {train_frames}; --window and --overlap change this)"
+    )
+
+
 def window_indices(frames: int, window: int, overlap: int, loop: bool = False) -> list[list[int]]:
     """The frame indices of each window, in order. One window of all frames when they fit in one."""
     if frames <= window:
