@@ -183,33 +183,12 @@ def resolve(model_defaults: dict[str, Any], *layers: dict[str, Any], cls: type =
     return merge(recorded, *layers, cls=cls).validate()
 
 
-def parse_defaults(specs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` settings for a folder's ``videodiff.json`` defaults (``videodiff convert --default``): keys of
-    :data:`MODEL_DEFAULT_KEYS`, values read as YAML (``4``, ``trailing``, ``0,0.5``), checked as a render would."""
+def key_values(specs: tuple[str, ...] | list[str], allowed: tuple[str, ...] | list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--set steps=10``, ``--default steps=4``) as ``{key: value}``, keys among ``allowed``
+    (dashes read as underscores), values read as YAML (``4``, ``true``, ``0,0.5``) within the settings files' limits,
+    else kept as text for the type check to name. A key outside ``allowed`` is a :class:`UserError` naming them."""
     import yaml
 
-    values: dict[str, Any] = {}
-    for spec in specs:
-        key, sep, text = str(spec).partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in MODEL_DEFAULT_KEYS:
-            keys = ", ".join(MODEL_DEFAULT_KEYS)
-            raise UserError(f"--default must be KEY=VALUE, KEY one of {keys}; got {shown(spec)}")
-        try:
-            values[key] = yaml_value(text)
-        except (yaml.YAMLError, YamlLimit, RecursionError, ValueError, OverflowError, TypeError):
-            values[key] = text  # read as text: the type check says what it should be
-    settings = merge(values, cls=SampleSettings).validate()
-    return {k: list(v) if isinstance(v, tuple) else v for k in values if (v := getattr(settings, k)) is not None}
-
-
-def parse_settings(specs: tuple[str, ...] | list[str], *classes: type, flag: str = "--set") -> list[dict[str, Any]]:
-    """``KEY=VALUE`` strings (``--set steps=10``) as the given settings of each class in ``classes`` (a dict of the
-    keys that are its fields, checked by building and validating that class); values read as YAML (``4``,
-    ``true``, ``0,0.5``). A key of none of them is a :class:`UserError` naming the valid keys."""
-    import yaml
-
-    allowed = [f.name for cls in classes for f in fields(cls)]
     values: dict[str, Any] = {}
     for spec in specs:
         key, sep, text = str(spec).partition("=")
@@ -220,10 +199,24 @@ def parse_settings(specs: tuple[str, ...] | list[str], *classes: type, flag: str
             values[key] = yaml_value(text)
         except (yaml.YAMLError, YamlLimit, RecursionError, ValueError, OverflowError, TypeError):
             values[key] = text  # read as text: the type check says what it should be
+    return values
+
+
+def parse_defaults(specs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings for a folder's ``videodiff.json`` defaults (``videodiff convert --default``): keys of
+    :data:`MODEL_DEFAULT_KEYS` (:func:`key_values`), checked as a render would."""
+    values = key_values(specs, MODEL_DEFAULT_KEYS, "--default")
+    settings = merge(values, cls=SampleSettings).validate()
+    return {k: list(v) if isinstance(v, tuple) else v for k in values if (v := getattr(settings, k)) is not None}
+
+
+def parse_settings(specs: tuple[str, ...] | list[str], *classes: type, flag: str = "--set") -> list[dict[str, Any]]:
+    """``KEY=VALUE`` strings (``--set steps=10``, :func:`key_values`) as the given settings of each class in
+    ``classes``: a dict of the keys that are its fields, checked by building and validating that class."""
+    values = key_values(specs, [f.name for cls in classes for f in fields(cls)], flag)
     out = []
     for cls in classes:
-        names = {f.name for f in fields(cls)}
-        mine = {k: v for k, v in values.items() if k in names}
+        mine = {k: v for k, v in values.items() if k in {f.name for f in fields(cls)}}
         checked = merge(mine, cls=cls).validate()
         out.append({k: getattr(checked, k) for k in mine})
     return out

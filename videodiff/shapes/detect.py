@@ -226,17 +226,23 @@ def is_steady(centroids: Any) -> bool:
     return bool(steps.max() <= limit)
 
 
+def border_colour(x: np.ndarray) -> np.ndarray:
+    """Each frame's background colour ``[F, 3]``: the median of its border (``_BORDER`` pixels) of ``[F, H, W, 3]``."""
+    nf = x.shape[0]
+    border = np.concatenate(
+        [x[:, :_BORDER].reshape(nf, -1, 3), x[:, -_BORDER:].reshape(nf, -1, 3),
+         x[:, :, :_BORDER].reshape(nf, -1, 3), x[:, :, -_BORDER:].reshape(nf, -1, 3)], axis=1,
+    )  # fmt: skip
+    return np.median(border, axis=1)
+
+
 def detect(frames: Any, *, threshold: float = THRESHOLD, min_travel: float = MIN_TRAVEL) -> Detection:
     """Find the one object of a shapes clip (uint8 ``[F, H, W, 3]``): colour, shape, direction, presence."""
     arr = as_frames(frames)
     small, back = _resize(arr)
     x = small.astype(np.float32)
     nf, h, w, _ = x.shape
-    border = np.concatenate(
-        [x[:, :_BORDER].reshape(nf, -1, 3), x[:, -_BORDER:].reshape(nf, -1, 3),
-         x[:, :, :_BORDER].reshape(nf, -1, 3), x[:, :, -_BORDER:].reshape(nf, -1, 3)], axis=1,
-    )  # fmt: skip
-    bg = np.median(border, axis=1)  # [F, 3]
+    bg = border_colour(x)  # [F, 3]
     diff = x - bg[:, None, None, :]
     dist = np.linalg.norm(diff, axis=-1)
     comp = _largest_component(dist > threshold)
@@ -296,12 +302,7 @@ def objects_per_frame(frames: Any, *, threshold: float = THRESHOLD, min_pixels: 
     ``min_pixels`` pixels (at the 64 px analysis scale) that differ from the frame's border colour by ``threshold``."""
     small, _ = _resize(as_frames(frames))
     x = small.astype(np.float32)
-    nf = x.shape[0]
-    border = np.concatenate(
-        [x[:, :_BORDER].reshape(nf, -1, 3), x[:, -_BORDER:].reshape(nf, -1, 3),
-         x[:, :, :_BORDER].reshape(nf, -1, 3), x[:, :, -_BORDER:].reshape(nf, -1, 3)], axis=1,
-    )  # fmt: skip
-    labels = label_components(np.linalg.norm(x - np.median(border, axis=1)[:, None, None], axis=-1) > threshold)
+    labels = label_components(np.linalg.norm(x - border_colour(x)[:, None, None], axis=-1) > threshold)
     return [int((np.unique(lab[lab >= 0], return_counts=True)[1] >= min_pixels).sum()) for lab in labels]
 
 
