@@ -64,20 +64,19 @@ def test_an_alias_bomb_in_a_train_config_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_loading_an_alias_bomb_stays_small_and_fast(tmp_path):
-    """In a process limited to 1 GiB of address space, the bomb fails in well under a few seconds."""
+def test_loading_an_alias_bomb_stays_small(tmp_path):
+    """In a process limited to 1 GiB of address space (the bomb expands to several GB), loading fails in one line."""
     (tmp_path / "bomb.yaml").write_text(alias_bomb("prompt"))
     script = textwrap.dedent(
         """
-        import resource, sys, time
+        import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
         from videodiff.config import load_config_file
         from videodiff.errors import UserError
-        start = time.monotonic()
         try:
             load_config_file(sys.argv[1])
         except UserError as exc:
-            print(f"{time.monotonic() - start:.3f}", exc)
+            print(exc)
         """
     )
     proc = subprocess.run(
@@ -88,8 +87,7 @@ def test_loading_an_alias_bomb_stays_small_and_fast(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    seconds, message = proc.stdout.split(" ", 1)
-    assert "too complex" in message and float(seconds) < 5
+    assert "too complex" in proc.stdout  # refused before anything large is built (the subprocess's timeout: a hang)
 
 
 def test_a_shared_value_in_a_type_error_is_shown_short():
