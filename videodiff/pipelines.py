@@ -12,14 +12,12 @@ are not the chain itself (devices, plain data, img2vid's and vid2vid's starts, F
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from typing import Any
 
 import numpy as np
 import torch
 
-from videodiff import cache as feature_cache
 from videodiff import heap, keyframes, sampling, starts, text, vae, windows
 from videodiff import noise as noise_priors
 from videodiff.config import (
@@ -37,7 +35,7 @@ from videodiff.config import (
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.motion_prior import PixelCodec
-from videodiff.pipeline import prompts, starting
+from videodiff.pipeline import denoisers, prompts, starting
 from videodiff.pipeline.devices import (
     DTYPES,
     enable_memory_savers,
@@ -58,6 +56,7 @@ from videodiff.pipeline.inputs import (
 )
 from videodiff.post import Clip, run_post, steps_for
 from videodiff.schedulers import make_scheduler
+from videodiff.settings.control import parse_controls
 from videodiff.unet import VideoUNet
 from videodiff.unet.triggers import TriggeredLoRAs
 from videodiff.weights.hub import builtin_model
@@ -255,25 +254,16 @@ class VideoPipeline:
         windows: windows.WindowPlan | None = None,
         pass_index: int = 0,
         cache: int = 1,
+        controlnets: tuple = (),
     ) -> torch.Tensor:
         """Stage 4: the sampling loop from ``begin`` over ``schedule``; ``on_step`` after each step.
         With ``windows`` the U-Net runs window by window, fused into one output per step
         (:class:`videodiff.windows.Windowed`), or with ``layers="temporal"`` once on every frame with its motion
         modules attending window by window; ``pass_index`` counts FreeInit's passes. ``cache > 1``: the deep
         U-Net blocks run on every ``cache``-th step only (:class:`videodiff.cache.FeatureCache`, one per call:
-        per run, per window)."""
-        denoiser = self.unet
-        if cache > 1:
-            denoiser = features = feature_cache.FeatureCache(self.unet, cache)
-            on_step = features.hook(on_step)
-        temporal = windows is not None and windows.layers == "temporal"
-        if windows is not None and not temporal:
-            denoiser = _windowed(denoiser, windows)
-        within = (
-            self.unet.motion.temporal_windows(windows.frames, list(zip(windows.indices(), windows.weights())))
-            if temporal
-            else contextlib.nullcontext()
-        )
+        per run, per window). ``controlnets``: those the conditioning's controls index
+        (:mod:`videodiff.pipeline.denoisers`)."""
+        denoiser, on_step, within = denoisers.assemble(self, windows, cache, on_step, controlnets, schedule.timesteps)
         with within:
             return sampling.sample(
                 denoiser,
@@ -306,11 +296,14 @@ class VideoPipeline:
         on_step: sampling.OnStep | None = None,
         post: PostSettings | None = None,
         fps: float | None = None,
+        controls: Any = (),
     ) -> VideoResult:
         """Render resolved ``settings`` (:meth:`settings`) through the stages: text-to-video, or img2vid /
         vid2vid with a ``source``. ``latents`` (``[1 C F h w]``, unit variance) replace the seeded initial noise.
         ``post``: the post-processing steps run on the decoded frames (:mod:`videodiff.post`; ``fps``, the rate
-        the frames are meant for, is what they start from). :class:`videodiff.sampling.Cancelled` raised by
+        the frames are meant for, is what they start from). ``controls``: ControlNets and their maps
+        (:class:`~videodiff.settings.control.Control` s or mappings of its fields, or :class:`ControlSettings`).
+        :class:`videodiff.sampling.Cancelled` raised by
         ``on_step`` stops the render and propagates (nothing is decoded)."""
         settings.validate()
         if not settings.prompt and not settings.prompt_at:
@@ -321,6 +314,8 @@ class VideoPipeline:
         seed = settings.seed if settings.seed is not None or latents is not None else secrets.randbelow(2**32)
         changes: dict[str, Any] = {"seed": seed, "height": settings.height or height, "width": settings.width or width}
         record: dict[str, Any] = {}
+        stride = source.stride if isinstance(source, VideoInput) else 1  # the maps' too (before the clip is read)
+        fit = source.fit if source is not None else "crop"
         if isinstance(source, VideoInput):  # the clip decides the frame count (fewer when it is shorter)
             size = changes["height"], changes["width"]
             source, record["source_fps"] = self.read_source(source, settings.frames, *size)
@@ -330,8 +325,11 @@ class VideoPipeline:
         plan = self.windows_for(settings)
         if plan is not None:  # once per render: the motion modules see a window at a time, not the whole video
             notice(windows.describe(plan, self.train_frames))
-        # 1. the prompts (and the MotionLoRAs their words trigger)
+        # 1. the prompts (and the MotionLoRAs their words trigger), and the controls
         cond = self.conditioning(settings)
+        cond.cond, nets = denoisers.with_controls(
+            self, cond.cond, parse_controls(controls), settings.frames, settings.height, settings.width, stride, fit
+        )
         # 2. scheduler and initial noise
         scheduler = make_scheduler(settings.scheduler, self.parts.scheduler_config, settings.timestep_spacing)
         grid = scheduler.config.get("original_inference_steps") if settings.scheduler == "lcm" else None
@@ -361,14 +359,15 @@ class VideoPipeline:
             # 4. denoise
             guide = cond.guide(settings.guidance, settings.guidance_interval)
             out = self.denoise(
-                begin, schedule, guide, generator, progress=shown, on_step=hook, windows=plan, cache=settings.cache
+                begin, schedule, guide, generator, progress=shown, on_step=hook, windows=plan, cache=settings.cache,
+                controlnets=nets,
             )
             for index in range(1, passes):  # FreeInit: keep the result's low frequencies, fresh high ones, again
                 begin = self.free_init_start(settings, out, begin, latents, scheduler, generator, plan)
                 schedule = sampling.Schedule(scheduler, settings.steps, begin.step, self.device)
                 out = self.denoise(
                     begin, schedule, guide, generator, on_step=hook, windows=plan, pass_index=index,
-                    cache=settings.cache,
+                    cache=settings.cache, controlnets=nets,
                 )
             if bar:
                 bar.close()
@@ -434,7 +433,8 @@ class VideoPipeline:
         return self._run(prompt, VideoInput(video, inputs.strength, inputs.stride, inputs.fit), settings)
 
     def _run(self, prompt: str | None, source: ImageInput | VideoInput, given: dict[str, Any]) -> VideoResult:
-        run = {k: given.pop(k) for k in ("latents", "output_type", "progress", "on_step", "post", "fps") if k in given}
+        keys = ("latents", "output_type", "progress", "on_step", "post", "fps", "controls")
+        run = {k: given.pop(k) for k in keys if k in given}
         return self.generate(self.settings(prompt, **given), source=source, **run)
 
     def free_init_start(self, settings, result, begin, noise, scheduler, generator, plan) -> starts.Start:
@@ -450,6 +450,7 @@ class VideoPipeline:
         progress: bool = False,
         on_step: sampling.OnStep | None = None,
         post: PostSettings | None = None,
+        controls: Any = (),
         **settings: Any,
     ) -> VideoResult:
         """Render ``prompt`` to frames; returns a :class:`VideoResult` (``.frames`` uint8 ``[F H W 3]``).
@@ -468,15 +469,14 @@ class VideoPipeline:
         windows (``window``, ``overlap``, ``fuse``, ``loop``, ``window_noise``, ``window_layers``);
         ``free_init=N`` adds FreeInit passes; ``prompt_at={frame: prompt}`` (``prompt`` may then be ``None``) and
         ``travel`` for prompt travel. ``post``: post-processing after decoding (:mod:`videodiff.post`).
+        ``controls``: ControlNets with their maps, ``[{"controlnet": ..., "maps": ..., "scale": ..., "range": ...}]``
+        (:class:`~videodiff.settings.control.Control`).
         """
         resolved = self.settings(prompt, **settings)
         return self.generate(
-            resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step, post=post
+            resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step, post=post,
+            controls=controls,
         )
-
-
-def _windowed(unet, plan: windows.WindowPlan) -> windows.Windowed:
-    return windows.Windowed(unet, plan)
 
 
 def load_pipeline(model: str | None = None, motion_module: str | None = None, **options: Any) -> VideoPipeline:

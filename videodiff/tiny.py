@@ -207,3 +207,44 @@ def build_tiny_motion_adapter(
                 p.normal_(0.0, scale)
     adapter.save_pretrained(folder)
     return Path(folder)
+
+
+ZERO_CONV = 0.05  # std of the tiny ControlNet's zero convolutions: residuals that steer, at a strength scale still moves
+
+
+def build_tiny_controlnet(folder: str | Path, model: str | Path, *, seed: int = 1) -> Path:
+    """A diffusers ``ControlNetModel`` folder for ``model`` (a tiny model's folder): its U-Net's encoder with random
+    weights everywhere (zero convolutions too, so that it steers the tests' renders), one conditioning downsampling
+    per VAE downsampling."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(model) / "unet")
+    vae_config = json.loads((Path(model) / "vae" / "config.json").read_text())
+    levels = len(vae_config["block_out_channels"])  # the VAE downsamples levels - 1 times
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(8 * 2**i for i in range(levels)))
+    with torch.no_grad():
+        for name, p in net.named_parameters():  # zero convolutions made large enough to steer a 4-step render
+            p.add_(torch.randn_like(p) * (ZERO_CONV if name.startswith("controlnet_") else 0.05))
+    net.save_pretrained(folder)
+    return Path(folder)
+
+
+def diffusers_controlnet_reference(model: str | Path, motion, scheduler, controlnets: list):
+    """diffusers' ``AnimateDiffControlNetPipeline`` on the same folders (one ``ControlNetModel`` or several)."""
+    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
+
+    base = diffusers_reference(model, motion, scheduler)
+    nets = [ControlNetModel.from_pretrained(c) for c in controlnets]
+    pipe = AnimateDiffControlNetPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=base.unet,
+        motion_adapter=base.motion_adapter,
+        controlnet=nets[0] if len(nets) == 1 else nets,
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

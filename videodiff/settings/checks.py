@@ -48,6 +48,7 @@ def lcm_steps_beyond(steps: int, grid: int) -> UserError:
 # What check_types calls each kind of field in its error, by how the annotation starts.
 KIND_NAMES = {
     "dict[int, str]": "a mapping of frame numbers to text",
+    "tuple[Any": "a list",
     "tuple[float": "two numbers",
     "tuple": "a list of text",
     "bool": "true or false",
@@ -69,6 +70,8 @@ def check_types(config: Any, cls: type | None = None) -> None:
             ok = isinstance(value, dict) and all(
                 isinstance(k, int) and not isinstance(k, bool) and isinstance(v, str) for k, v in value.items()
             )
+        elif kind.startswith("tuple[Any"):  # composite items (controls), checked by their stage's validate()
+            ok = isinstance(value, (tuple, list))
         elif kind.startswith("tuple[float"):
             ok = isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value)
         elif kind.startswith("tuple"):

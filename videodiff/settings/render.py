@@ -15,6 +15,7 @@ from typing import Any
 
 from videodiff.errors import UserError
 from videodiff.settings.checks import MAX_FPS, MAX_STRIDE, MIN_FPS, check_types
+from videodiff.settings.control import ControlSettings
 from videodiff.settings.fields import check_bounds, check_choices, setting, shown
 from videodiff.settings.parse import parse_image_at, parse_rgb, parse_trigger
 from videodiff.settings.post import PostSettings
@@ -195,13 +196,13 @@ class WriteSettings:
         return self
 
 
-STAGES = (SampleSettings, InputSettings, PostSettings, LoadSettings, WriteSettings)
+STAGES = (SampleSettings, InputSettings, ControlSettings, PostSettings, LoadSettings, WriteSettings)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RenderConfig(WriteSettings, LoadSettings, PostSettings, InputSettings, SampleSettings):
+class RenderConfig(WriteSettings, LoadSettings, PostSettings, ControlSettings, InputSettings, SampleSettings):
     """Every render setting, flat: the stages' fields, as YAML files, sidecars and the command line hold them.
-    ``.sample``, ``.inputs``, ``.post``, ``.load`` and ``.write`` give each stage its own typed settings."""
+    ``.sample``, ``.inputs``, ``.control``, ``.post``, ``.load`` and ``.write`` give each stage its typed settings."""
 
     def replace(self, **changes: Any) -> RenderConfig:
         return dataclasses.replace(self, **changes)
@@ -213,6 +214,10 @@ class RenderConfig(WriteSettings, LoadSettings, PostSettings, InputSettings, Sam
     @property
     def inputs(self) -> InputSettings:
         return stage_of(self, InputSettings)
+
+    @property
+    def control(self) -> ControlSettings:
+        return stage_of(self, ControlSettings)
 
     @property
     def post(self) -> PostSettings:

@@ -229,6 +229,18 @@ def model_triggers(root: Path) -> dict[str, str]:
 VOCABULARY_KEYS = ("grammar", "color", "shape", "direction", "heldout")
 
 
+def recorded_controlnet(root: Path) -> str | None:
+    """The model's own ControlNet: ``videodiff.json``'s ``controlnet``, a folder inside the model's folder (what
+    ``--control`` without ``--controlnet`` uses); ``None`` when it records none."""
+    name = _model_json(root / DEFAULTS_FILE).get("controlnet")
+    if not isinstance(name, str) or not name:
+        return None
+    folder = (root / name).resolve()
+    if not folder.is_relative_to(root.resolve()) or not folder.is_dir():
+        raise UserError(f"{root / DEFAULTS_FILE}: controlnet {name!r} is not a folder inside the model's folder")
+    return str(folder)
+
+
 def model_vocabulary(root: str | Path | None) -> dict[str, Any]:
     """What a model with a closed vocabulary understands (``videodiff.json``'s ``vocabulary``), or ``{}``.
 

@@ -31,6 +31,7 @@ from videodiff.weights.hub import (
     motion_module_defaults,
     quiet_hub_logging,
     read_model_defaults,
+    recorded_controlnet,
     recorded_lcm_steps,
     recorded_train_frames,
 )
@@ -90,6 +91,7 @@ class ModelParts:
     vocabulary: dict[str, Any] = field(default_factory=dict)  # a closed-vocabulary model's words (videodiff.json)
     train_frames: int = 16  # the clip length the motion modules were trained on (videodiff.json's train_frames)
     family: families.Family = families.SD15  # the model family, decided once at load (videodiff.families)
+    controlnet: str | None = None  # its own ControlNet folder (videodiff.json's controlnet): --control alone uses it
 
 
 def folder_family(root: Path) -> families.Family:
@@ -233,6 +235,7 @@ def load_model_parts(
         # the model folder's train_frames speaks for its own motion modules only
         recorded_train_frames(motion_folder, root if own_motion else None),
         families.require_supported(families.of_unet(c["unet"].config), f"{model}: the model is"),
+        recorded_controlnet(root) if root.is_dir() else None,
     )
 
 

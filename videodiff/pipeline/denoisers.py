@@ -1,0 +1,79 @@
+"""The denoiser a sampling run calls, assembled from the U-Net and its wrappers, and the controls it reads.
+
+Wrappers from the outside in: sliding windows (:class:`videodiff.windows.Windowed`), control
+(:class:`videodiff.control.Controlled`), feature caching (:class:`videodiff.cache.FeatureCache`), the video U-Net.
+Windows slice every conditioning field, the control maps included, so each window's ControlNets see its own
+frames; the ControlNets run on the batch guidance made (both halves controlled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from videodiff import cache as feature_cache
+from videodiff import windows as sliding
+from videodiff.control import CONTROLS, ControlInput, ControlInputs, Controlled, read_maps
+from videodiff.errors import UserError
+from videodiff.sampling import Cond, OnStep
+from videodiff.settings.control import Control
+from videodiff.weights.controlnets import check_fits, load_controlnet
+
+
+def assemble(pipe, plan: sliding.WindowPlan | None, cache: int, on_step: OnStep | None, nets: tuple, timesteps):
+    """``(denoiser, on_step, context manager)`` for one sampling run of ``pipe``'s U-Net: with ``plan``'s windows,
+    ``cache``-step feature caching (its hook wraps ``on_step``) and the ControlNets ``nets`` (stepped over
+    ``timesteps``, the run's); the context manager holds the motion modules' temporal windows when the plan runs
+    only them window by window."""
+    denoiser: Any = pipe.unet
+    if cache > 1:
+        denoiser = features = feature_cache.FeatureCache(pipe.unet, cache)
+        on_step = features.hook(on_step)
+    if nets:
+        denoiser = Controlled(denoiser, nets, timesteps)
+    temporal = plan is not None and plan.layers == "temporal"
+    if plan is not None and not temporal:
+        denoiser = sliding.Windowed(denoiser, plan)
+    within = (
+        pipe.unet.motion.temporal_windows(plan.frames, list(zip(plan.indices(), plan.weights())))
+        if temporal
+        else contextlib.nullcontext()
+    )
+    return denoiser, on_step, within
+
+
+def controlnet(pipe, source: str) -> Any:
+    """The ControlNet ``source`` names, loaded once per pipeline, checked against its U-Net, on its device."""
+    loaded = pipe.__dict__.setdefault("_controlnets", {})
+    if source not in loaded:
+        net = load_controlnet(source)
+        check_fits(net, pipe.parts.unet.config, source)
+        loaded[source] = net.to(pipe.device, pipe.dtype)
+    return loaded[source]
+
+
+def with_controls(
+    pipe, cond: Cond, controls: tuple[Control, ...], frames: int, height: int, width: int, stride: int, fit: str
+) -> tuple[Cond, tuple]:
+    """``cond`` with the controls' field (:data:`videodiff.control.CONTROLS`), and the ControlNets it indexes. Each
+    control's maps are read for ``frames`` frames of ``height`` x ``width`` (:func:`videodiff.control.read_maps`);
+    a control without a ControlNet uses the model's own (``videodiff.json``'s ``controlnet``)."""
+    nets: list[Any] = []
+    items = []
+    for c in controls:
+        source = c.controlnet or pipe.parts.controlnet
+        if source is None:
+            raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
+        net = controlnet(pipe, str(source))
+        if net not in nets:
+            nets.append(net)
+        maps = read_maps(c.maps, frames, height, width, stride=stride, fit=fit)
+        tensor = torch.from_numpy(np.ascontiguousarray(maps)).permute(3, 0, 1, 2)[None]  # [1 3 f H W]
+        tensor = tensor.to(pipe.device, pipe.dtype) / 255
+        items.append(ControlInput(nets.index(net), tensor, float(c.scale), *map(float, c.range)))
+    if not items:
+        return cond, ()
+    return cond.with_fields(**{CONTROLS: ControlInputs(tuple(items))}), tuple(nets)

@@ -1,0 +1,222 @@
+"""Control settings: which ControlNets steer a render, from which maps, how strongly and on which steps.
+
+One :class:`Control` per ControlNet; :class:`ControlSettings` holds them (``controls``) as the stage of a render's
+settings. Torch-free: everything here is checked before any model loads.
+
+Maps are named by one text, the same on the command line, in settings files and in the Python API::
+
+    PATH                      a video, a folder of images (sorted by name) or one image (every frame)
+    canny:PATH                Canny edges of PATH's frames (OpenCV, thresholds 100 and 200)
+    canny:LOW,HIGH:PATH       with other thresholds (0 to 255 each, LOW <= HIGH)
+
+The step range follows diffusers' ``control_guidance_start``/``_end``: of the ``n`` steps a run takes (counted
+from where it starts: img2vid and vid2vid start part-way), step ``i`` is controlled when ``START <= i / n`` and
+``(i + 1) / n <= END``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from videodiff.errors import UserError
+from videodiff.settings.fields import setting, shown
+
+DETECTORS = ("canny",)  # maps computed here from pictures; detectors that need weights (depth, pose) are not
+CANNY_THRESHOLDS = (100, 200)  # controlnet_aux's CannyDetector defaults, which the canny ControlNets were shown
+MAX_CONTROL_SCALE = 10.0  # a residual ten times what the ControlNet was trained to add is far past any use
+MAX_CONTROLS = 8  # each ControlNet is a second encoder run every step: eight is already eight times the cost
+
+
+@dataclass(frozen=True)
+class Maps:
+    """A parsed maps text: the source ``path`` and the ``detector`` run on it (``None``: the pictures are maps)."""
+
+    path: str
+    detector: str | None = None
+    thresholds: tuple[int, int] = CANNY_THRESHOLDS
+
+    def text(self, path: str | None = None) -> str:
+        """The maps text again (:func:`parse_maps`), with ``path`` in place of the source when given."""
+        head = "" if self.detector is None else f"{self.detector}:"
+        if self.detector == "canny" and self.thresholds != CANNY_THRESHOLDS:
+            head += f"{self.thresholds[0]},{self.thresholds[1]}:"
+        return head + (self.path if path is None else path)
+
+    def record(self) -> dict[str, Any]:
+        """What a sidecar records of how the maps were made (besides the source's digest)."""
+        out: dict[str, Any] = {"path": self.path}
+        if self.detector == "canny":
+            out.update(detector="canny", low=self.thresholds[0], high=self.thresholds[1])
+        return out
+
+
+def parse_maps(text: str) -> Maps:
+    """``PATH``, ``canny:PATH`` or ``canny:LOW,HIGH:PATH`` (module docstring) as :class:`Maps`."""
+    if not isinstance(text, str) or not text:
+        raise UserError(f"--control needs maps: a video, a folder of images or an image, got {shown(text)}")
+    head, sep, rest = text.partition(":")
+    if not sep or head not in DETECTORS or not rest:
+        return Maps(text)
+    numbers, sep2, path = rest.partition(":")
+    if sep2 and "," in numbers:
+        low_text, _, high_text = numbers.partition(",")
+        try:
+            low, high = int(low_text), int(high_text)
+        except ValueError:
+            raise UserError(
+                f"--control canny thresholds must be two whole numbers LOW,HIGH, got {shown(numbers)}"
+            ) from None
+        if not 0 <= low <= high <= 255:
+            raise UserError(f"--control canny thresholds must have 0 <= LOW <= HIGH <= 255, got {low},{high}")
+        return Maps(path, head, (low, high))
+    return Maps(rest, head)
+
+
+def parse_range(value: Any) -> tuple[float, float]:
+    """``START,END`` (text, or two numbers) with ``0 <= START <= END <= 1``: the part of the steps controlled."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        start, end = (float(v) for v in items)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise UserError(f"--control-range must be two numbers START,END from 0 to 1, got {shown(value)}") from None
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end <= 1):
+        raise UserError(f"--control-range must have 0 <= START <= END <= 1, got {shown(value)}")
+    return start, end
+
+
+@dataclass(frozen=True)
+class Control:
+    """One ControlNet and its maps. ``controlnet``: a diffusers ``ControlNetModel`` folder, hub id or original
+    single file (``None``: the model's own, when it records one); ``maps``: see the module docstring; ``scale``:
+    diffusers' ``controlnet_conditioning_scale``; ``range``: diffusers' ``control_guidance_start, _end``."""
+
+    maps: str
+    controlnet: str | None = None
+    scale: float = 1.0
+    range: tuple[float, float] = (0.0, 1.0)
+
+    KEYS = ("maps", "controlnet", "scale", "range")
+
+    @classmethod
+    def of(cls, value: Any) -> Control:
+        """A :class:`Control` from itself or a mapping with its keys (a settings file's ``controls:`` item)."""
+        if isinstance(value, Control):
+            return value.checked()
+        if not isinstance(value, dict):
+            raise UserError(f"each of controls must be a mapping of maps, controlnet, scale, range; got {shown(value)}")
+        unknown = [str(k) for k in value if k not in cls.KEYS]
+        if unknown:
+            raise UserError(f"controls: unknown key {shown(unknown[0])}; known: {', '.join(cls.KEYS)}")
+        if "maps" not in value:
+            raise UserError("each of controls needs maps (a video, a folder of images or an image)")
+        given = {k: value[k] for k in cls.KEYS if value.get(k) is not None}
+        if "range" in given:
+            given["range"] = parse_range(given["range"])
+        return cls(**given).checked()
+
+    def checked(self) -> Control:
+        if self.controlnet is not None and (not isinstance(self.controlnet, str) or not self.controlnet):
+            raise UserError(f"--controlnet must be a folder, hub id or file, got {shown(self.controlnet)}")
+        if isinstance(self.controlnet, str) and "\0" in self.controlnet:
+            raise UserError("--controlnet contains a NUL character")
+        maps = parse_maps(self.maps)
+        if "\0" in maps.path:
+            raise UserError("--control contains a NUL character")
+        scale = self.scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise UserError(f"--control-scale must be a finite number, got {shown(scale)}")
+        if not 0 <= scale <= MAX_CONTROL_SCALE:
+            raise UserError(f"--control-scale must be from 0 to {MAX_CONTROL_SCALE:g}, got {scale:g}")
+        parse_range(self.range)
+        return self
+
+    @property
+    def parsed_maps(self) -> Maps:
+        return parse_maps(self.maps)
+
+    def record(self) -> dict[str, Any]:
+        """The control as a settings file holds it (a sidecar's ``controls`` item)."""
+        return {"maps": self.maps, "controlnet": self.controlnet, "scale": self.scale, "range": list(self.range)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlSettings:
+    """The ControlNets steering a render (none: no control)."""
+
+    controls: tuple[Any, ...] = setting(  # Control items (mappings in settings files); the CLI builds them
+        (), "ControlNets and their maps: a list of {maps, controlnet, scale, range}."
+    )
+
+    def validate(self) -> ControlSettings:
+        """Raise :class:`UserError` (one line) for any control that cannot work; return self."""
+        if not isinstance(self.controls, (tuple, list)):
+            raise UserError(f"controls must be a list of mappings, got {shown(self.controls)}")
+        if len(self.controls) > MAX_CONTROLS:
+            raise UserError(f"{len(self.controls)} controls are too many: at most {MAX_CONTROLS}")
+        for c in self.controls:
+            Control.of(c)
+        return self
+
+    def parsed(self) -> tuple[Control, ...]:
+        return tuple(Control.of(c) for c in self.controls)
+
+
+def controls_from_flags(
+    controlnets: tuple[str, ...], maps: tuple[str, ...], scales: tuple[float, ...], ranges: tuple[str, ...]
+) -> tuple[Control, ...]:
+    """The command line's ``--controlnet``/``--control``/``--control-scale``/``--control-range`` as controls: the
+    n-th of each belongs to the n-th ``--control``. ``--control`` without any ``--controlnet`` uses the model's own
+    ControlNet; scales and ranges are given for no control or for each."""
+    if not maps:
+        if controlnets or scales or ranges:
+            raise UserError("--controlnet, --control-scale and --control-range need --control MAPS")
+        return ()
+    if controlnets and len(controlnets) != len(maps):
+        raise UserError(
+            f"{len(maps)} --control for {len(controlnets)} --controlnet: give one --control per --controlnet "
+            "(or --control alone for the model's own ControlNet)"
+        )
+    for name, given in (("--control-scale", scales), ("--control-range", ranges)):
+        if given and len(given) != len(maps):
+            raise UserError(f"{len(given)} {name} for {len(maps)} --control: give none, or one per --control")
+    out = []
+    for i, spec in enumerate(maps):
+        out.append(
+            Control(
+                maps=spec,
+                controlnet=controlnets[i] if controlnets else None,
+                scale=scales[i] if scales else 1.0,
+                range=parse_range(ranges[i]) if ranges else (0.0, 1.0),
+            ).checked()
+        )
+    return tuple(out)
+
+
+CONTROL_FIELDS = tuple(f.name for f in fields(ControlSettings))
+
+
+def parse_controls(value: Any) -> tuple[Control, ...]:
+    """Controls as the Python API takes them: ``None``, a :class:`ControlSettings`, or a list of :class:`Control` s
+    and mappings of its fields."""
+    if value is None:
+        return ()
+    if isinstance(value, ControlSettings):
+        return value.validate().parsed()
+    if isinstance(value, (Control, dict)):
+        value = (value,)
+    return ControlSettings(controls=tuple(value)).validate().parsed()
+
+
+CONTROL_FLAGS = ("controlnet", "control", "control_scale", "control_range")
+
+
+def flags_to_controls(command_line: dict[str, Any]) -> dict[str, Any]:
+    """The command line's values with its control flags (:data:`CONTROL_FLAGS`) made into ``controls``
+    (:func:`controls_from_flags`); without any of them, as given."""
+    given = {k: command_line.get(k) or () for k in CONTROL_FLAGS}
+    rest = {k: v for k, v in command_line.items() if k not in CONTROL_FLAGS}
+    if any(given.values()):
+        rest["controls"] = controls_from_flags(*(tuple(given[k]) for k in CONTROL_FLAGS))
+    return rest
