@@ -209,7 +209,9 @@ def build_tiny_motion_adapter(
     return Path(folder)
 
 
-ZERO_CONV = 0.05  # std of the tiny ControlNet's zero convolutions: residuals that steer, at a strength scale still moves
+# std of the tiny ControlNet's zero convolutions (residuals that steer, at a strength the scale still changes) and of
+# the maps' embedding (so that where the maps are white matters)
+ZERO_CONV, HINT = 0.05, 0.5
 
 
 def build_tiny_controlnet(folder: str | Path, model: str | Path, *, seed: int = 1) -> Path:
@@ -226,7 +228,8 @@ def build_tiny_controlnet(folder: str | Path, model: str | Path, *, seed: int = 
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(8 * 2**i for i in range(levels)))
     with torch.no_grad():
         for name, p in net.named_parameters():  # zero convolutions made large enough to steer a 4-step render
-            p.add_(torch.randn_like(p) * (ZERO_CONV if name.startswith("controlnet_") else 0.05))
+            hint = name.startswith("controlnet_cond_embedding")
+            p.add_(torch.randn_like(p) * (HINT if hint else ZERO_CONV if name.startswith("controlnet_") else 0.05))
     net.save_pretrained(folder)
     return Path(folder)
 
