@@ -32,10 +32,12 @@ from videodiff.config import (
     to_dict,
     too_many_frames,
 )
+from videodiff.control.maps import map_source
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.images import file_sha256
 from videodiff.media.video import check_output, check_sidecar, save_video, sidecar_path
+from videodiff.settings.control import control_record, flags_to_controls, parse_controls
 from videodiff.weights.hub import package_versions, read_model_defaults
 
 if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
@@ -62,6 +64,7 @@ def resolve_render_config(
     """Precedence: command line, then ``--config``, then environment variables (``VIDEODIFF_MODEL``...),
     then what the input implies (``derived``: vid2vid's frame rate), then the recorded defaults (a motion-module
     folder's, then the model's), then built-ins."""
+    command_line = flags_to_controls(command_line)  # --controlnet/--control... -> controls
     from_file = load_config_file(config_file) if config_file else {}
     environment = environment or {}
     model = command_line.get("model") or from_file.get("model") or environment.get("model")
@@ -188,7 +191,8 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
 
         source = input_from(config.inputs)
         result = pipe.generate(
-            config.sample, source=source, progress=not config.quiet, on_step=on_step, post=config.post, fps=config.fps
+            config.sample, source=source, progress=not config.quiet, on_step=on_step, post=config.post, fps=config.fps,
+            controls=config.control,
         )
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; so is the MPS one
         if not is_out_of_memory(exc):
@@ -239,8 +243,9 @@ def summary(outcome: RenderOutcome, fps: float) -> str:
 
 
 def check_inputs(config: RenderConfig) -> None:
-    """img2vid's pictures and vid2vid's clip checked from their headers, and pinned frames inside the video,
-    before minutes of loading."""
+    """img2vid's pictures, vid2vid's clip and the controls' maps checked from their headers, and pinned frames
+    inside the video, before minutes of loading."""
+    from videodiff.control.maps import check_maps
     from videodiff.media.clips import check_moving_video
     from videodiff.media.images import check_image
 
@@ -249,8 +254,22 @@ def check_inputs(config: RenderConfig) -> None:
             last = config.frames - 1
             raise UserError(f"--image-at frame {frame} is outside the video's {config.frames} frames (0 to {last})")
         check_image(path)
+    frames = config.frames
     if config.video:
-        check_moving_video(config.video)
+        available = check_moving_video(config.video).num_frames
+        frames = min(frames, len(range(0, available, config.stride)))  # a shorter clip makes a shorter video
+    for control in parse_controls(config.controls):
+        check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
+        if control.controlnet is None and own_controlnet(config.model) is None:
+            raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
+
+
+def own_controlnet(model: str | None) -> str | None:
+    """The ControlNet a local model folder records as its own (``videodiff.json``), from its files alone."""
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, recorded_controlnet
+
+    root = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model)
+    return recorded_controlnet(root) if root.is_dir() else None
 
 
 def input_paths(config: RenderConfig) -> list[str]:
@@ -268,7 +287,10 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
     settings["image_at"] = [f"{frame}:{Path(path).resolve()}" for frame, path in map(parse_image_at, config.image_at)]
     if config.video:
         settings["video"] = str(Path(config.video).resolve())
+    controls = parse_controls(config.controls)
+    settings["controls"] = [control_record(c) for c in controls]
     settings[INFO_KEY] = {
+        "controls": [map_source(c.parsed_maps) for c in controls],
         "output": str(output),
         "inputs": {str(Path(path).resolve()): file_sha256(path) for path in input_paths(config)},
         "strength": result.settings.get("strength"),

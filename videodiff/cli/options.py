@@ -55,7 +55,9 @@ def options_from(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | 
                 shown = f.default if isinstance(f.default, str) else f"{f.default:g}"
                 help_text += f" [default: the model's, else {shown}]"
             extra: dict[str, Any] = {"help": help_text, "envvar": envvar}
-            if kind.startswith("bool"):
+            if f.name == "controls":  # one composite field, given on the command line as grouped flags
+                func = control_options(func)
+            elif kind.startswith("bool"):
                 func = click.option(*names, is_flag=True, default=f.default, **extra)(func)
             elif kind.startswith("dict[int, str]"):  # KEY:TEXT, repeatable
                 func = click.option(*names, multiple=True, callback=_keyed_texts, **extra)(func)
@@ -88,6 +90,25 @@ def _numbers_pair(ctx: click.Context, param: click.Parameter, value: str | None)
     from videodiff.config import parse_pair
 
     return parse_pair(value, "--" + str(param.name).replace("_", "-"))
+
+
+def control_options(func):
+    """``--controlnet``, ``--control``, ``--control-scale``, ``--control-range``: repeatable, the n-th of each for the
+    n-th control (:func:`videodiff.settings.control.controls_from_flags` makes them ``controls``)."""
+    options = (
+        ("--controlnet", str, "ControlNet: diffusers folder, hub id or single file; repeatable, one per --control."),
+        (
+            "--control",
+            str,
+            "Maps for the n-th --controlnet: a video, a folder of images, an image, or canny:PATH "
+            "(canny:LOW,HIGH:PATH) for edges computed here; alone: the model's own ControlNet.",
+        ),
+        ("--control-scale", float, "How strongly the n-th control steers (diffusers' conditioning scale) [default: 1]"),
+        ("--control-range", str, "START,END: the part of the steps the n-th control acts on [default: 0,1]."),
+    )
+    for name, typ, help_text in reversed(options):
+        func = click.option(name, type=typ, multiple=True, help=help_text)(func)
+    return func
 
 
 CONFIG_OPTION = click.option(

@@ -16,7 +16,8 @@ import torch
 
 from videodiff import cache as feature_cache
 from videodiff import windows as sliding
-from videodiff.control import CONTROLS, ControlInput, ControlInputs, Controlled, read_maps
+from videodiff.control.controlnet import CONTROLS, ControlInput, ControlInputs, Controlled
+from videodiff.control.maps import read_maps
 from videodiff.errors import UserError
 from videodiff.sampling import Cond, OnStep
 from videodiff.settings.control import Control

@@ -220,3 +220,15 @@ def flags_to_controls(command_line: dict[str, Any]) -> dict[str, Any]:
     if any(given.values()):
         rest["controls"] = controls_from_flags(*(tuple(given[k]) for k in CONTROL_FLAGS))
     return rest
+
+
+def control_record(control: Control) -> dict[str, Any]:
+    """A control as a sidecar records it: its maps' source and a local ControlNet by absolute path, so that the
+    sidecar renders the same video again from any folder."""
+    from pathlib import Path
+
+    maps = control.parsed_maps
+    record = {**control.record(), "maps": maps.text(str(Path(maps.path).resolve()))}
+    if control.controlnet is not None and Path(control.controlnet).exists():
+        record["controlnet"] = str(Path(control.controlnet).resolve())
+    return record
