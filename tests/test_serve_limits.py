@@ -175,25 +175,26 @@ def test_an_api_render_over_the_time_budget_says_so_and_writes_nothing(served, t
 
 
 def test_an_ipv6_host_is_served(tiny_pipe, tmp_path):
-    """``--host ::1`` (and ``::``) is bracketed for Gradio, which then answers on that address."""
+    """``--host ::`` (every IPv6 address) is bracketed for Gradio, which then answers on it."""
     try:
         with socket.socket(socket.AF_INET6) as s:
             s.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
     need_gradio()
+    import urllib.request
+
     from videodiff.ui import serve
 
     port = free_port()
     assert check_listen("::1", port) == ("[::1]", True)
     assert check_listen("::", port) == ("[::]", False)
-    app = serve(tiny_pipe, tmp_path / "outputs", host="::1", port=port, block=False)
+    app = serve(tiny_pipe, tmp_path / "outputs", host="::", port=port, block=False)
     try:
-        import urllib.request
-
         with urllib.request.urlopen(f"http://[::1]:{port}/", timeout=30) as response:
             assert response.status == 200
     finally:
+        app.videodiff_renderer.close()
         app.close()
 
 
@@ -306,3 +307,16 @@ def test_sigterm_stops_the_running_render_and_exits_143_with_nothing_written(mod
     ), text
     assert "nothing was written" in text  # the render's own line: stopped at a step
     assert written(outputs) == [], text
+
+
+def test_two_requests_for_one_name_queued_at_once_both_render(tiny_pipe, tmp_path, one_thread):
+    """A double click: the same prompt and seed in the same second; the later one takes the next free name."""
+    from videodiff.ui.jobs import Renderer
+
+    renderer = Renderer(tiny_pipe)
+    config = small_config(tmp_path, 1)
+    jobs = [renderer.submit(config, "me") for _ in range(2)]
+    outputs = [job.future.result(timeout=120).output for job in jobs]
+    assert outputs[0] == Path(config.output) and outputs[1].name == Path(config.output).stem + "-2.mp4"
+    assert all(path.is_file() for path in outputs)
+    renderer.close()

@@ -63,15 +63,19 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 
 def check_outputs(outputs: str | Path) -> Path:
     """The outputs folder, absolute: an existing folder, or one that can be created (nothing is created here)."""
-    path = Path(outputs).resolve()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--outputs {outputs} is not a folder; name a folder (it is created if missing)")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
+    try:
+        path = Path(outputs).resolve()
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--outputs {outputs} is not a folder; name a folder (it is created if missing)")
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+        writable = os.access(existing, os.W_OK | os.X_OK)
+    except (OSError, ValueError) as exc:  # a name too long, a loop of links...
+        raise UserError(f"--outputs {outputs}: cannot use it ({getattr(exc, 'strerror', None) or exc})") from None
     if not existing.is_dir():
         raise UserError(f"--outputs {outputs}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not writable:
         raise UserError(f"--outputs {outputs}: cannot write in {existing} (permission denied)")
     return path
 
@@ -159,7 +163,10 @@ def serve(
 
     outputs = check_outputs(outputs)  # resolved once, at the start (see build_app)
     listen, loopback = check_listen(host, port)
-    outputs.mkdir(parents=True, exist_ok=True)
+    try:
+        outputs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a folder the access check allowed but the file system refuses (/proc, ...)
+        raise UserError(f"cannot create the outputs folder {outputs}: {exc.strerror or exc}") from None
     app = build_app(pipe, outputs, base, queue_per_client=queue_per_client, time_limit_s=time_limit_s)
     app.queue(default_concurrency_limit=1, max_size=64)
     try:

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from videodiff.config import RenderConfig
@@ -26,6 +27,7 @@ from videodiff.errors import UserError
 from videodiff.render import RenderOutcome, check_render, render
 from videodiff.sampling import Cancelled
 from videodiff.ui import JOB_MINUTES, QUEUE_PER_CLIENT
+from videodiff.ui.form import free_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -167,6 +169,9 @@ class Renderer:
                 )
             if len(waiting) >= self.max_waiting:
                 raise UserError(f"the server has {len(waiting)} renders waiting; try again later")
+            taken = {str(j.config.output) for j in self._jobs}
+            if config.output and str(config.output) in taken:  # one name twice in one second (a double click)
+                job.config = config.replace(output=str(free_name(Path(config.output), taken)))
             job.ahead = len(self._jobs)
             self._jobs.append(job)
         self._worker.submit(self._run, job, progress, preview)
