@@ -1,4 +1,5 @@
-"""`videodiff serve` over HTTP (no browser): paths from outside stay in the outputs folder, bad input is a message
+"""`videodiff serve` over HTTP (no browser): the README's API example against a server started with default
+settings, paths from outside stay in the outputs folder, bad input is a message (no traceback in the server's log)
 and the server goes on, and (slow) a load test of 8 queued renders from 4 clients."""
 
 from __future__ import annotations
@@ -6,9 +7,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
-import threading
+import textwrap
 import time
 import urllib.error
 import urllib.parse
@@ -29,13 +31,16 @@ def need_gradio() -> None:
         pytest.skip("gradio is not installed (pip install 'videodiff[ui]')")
 
 
-def start_server(outputs: Path, log: Path) -> tuple[str, subprocess.Popen]:
+def start_server(outputs: Path, log: Path, default_outputs: bool = False) -> tuple[str, subprocess.Popen]:
+    """``videodiff serve`` on the built-in model, started in ``outputs.parent`` (``default_outputs``: without
+    ``--outputs``, so the relative default ``outputs`` must land there)."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("VIDEODIFF_MODEL", None)
     env.pop("VIDEODIFF_MOTION_MODULE", None)
+    where = [] if default_outputs else ["--outputs", str(outputs)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "videodiff", "serve", "--port", str(port), "--outputs", str(outputs)],
+        [sys.executable, "-m", "videodiff", "serve", "--port", str(port), *where],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -64,15 +69,45 @@ def status_of(url: str) -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """``videodiff serve`` with default settings (the built-in model, ``--outputs outputs``) started in a folder
+    of its own, not the repository."""
     need_gradio()
     folder = tmp_path_factory.mktemp("serve-http")
+    assert ROOT not in folder.parents
     outputs = folder / "outputs"
     (folder / "secret.txt").write_text("not for the page")
-    url, process = start_server(outputs, folder / "server.log")
+    url, process = start_server(outputs, folder / "server.log", default_outputs=True)
     try:
         yield url, outputs, process
     finally:
         stop_server(process)
+
+
+def api_examples() -> list[tuple[str, str]]:
+    """The ``api_name="/render"`` examples of the README and the web app's guide, as written there."""
+    found = []
+    for page in (ROOT / "README.md", ROOT / "docs" / "guides" / "web-app.md"):
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            if 'api_name="/render"' in block:
+                found.append((page.name, textwrap.dedent(block)))
+    return found
+
+
+def test_the_readme_api_example_runs_against_a_server_with_default_settings(server):
+    """The README's example runs verbatim, only its URL's port replaced by the test server's (the README names
+    the default 7860); the video is in ``<where serve started>/outputs/`` and the server logs no traceback."""
+    url, outputs, process = server
+    examples = api_examples()
+    assert [page for page, _ in examples][:1] == ["README.md"], "the README's API example is gone"
+    for page, code in examples:
+        assert code.count("http://127.0.0.1:7860/") == 1, page
+        scope: dict = {}
+        exec(compile(code.replace("http://127.0.0.1:7860/", url), page, "exec"), scope)  # noqa: S102
+        name = scope["name"]
+        assert (outputs / name).is_file() and (outputs / (name + ".json")).is_file(), (page, name)
+        assert json.loads((outputs / (name + ".json")).read_text())["width"] == 64
+    assert process.poll() is None
+    assert "Traceback" not in (outputs.parent / "server.log").read_text()
 
 
 def test_no_path_from_outside_reads_beyond_the_outputs_folder(server):
@@ -110,6 +145,7 @@ def test_bad_input_is_a_message_and_the_server_goes_on(server):
     name = client.predict("a red circle moving right", 8, 3, 2, '{"width": 64, "height": 64}', api_name="/render")
     assert (outputs / name).is_file() and json.loads((outputs / (name + ".json")).read_text())["seed"] == 2
     assert process.poll() is None
+    assert "Traceback" not in (outputs.parent / "server.log").read_text()  # a message to the caller, not a bug
 
 
 def test_use_these_settings_and_render_again(server):
@@ -177,13 +213,26 @@ def test_load_eight_queued_renders_from_four_clients(tmp_path):
     assert growth <= 1.10, (after_first, after_all)
 
 
-def test_renders_run_one_at_a_time_in_the_queue(tmp_path):
-    """The app's render events share one concurrency group of 1 (checked on the built Blocks, no server)."""
+def test_render_events_wait_in_the_renderer_not_in_gradios_queue(tiny_pipe, tmp_path):
+    """Every event that renders is left unlimited by Gradio: its handler checks and queues the request with the
+    renderer (one thread: tests/test_ui.py::test_renders_take_turns), which applies the queue cap at once."""
     need_gradio()
-    from videodiff.ui.app import RENDERS
+    from videodiff.ui import build_app
 
-    assert RENDERS == "render"
-    threading.Thread  # noqa: B018 (the turn-taking itself: tests/test_ui.py::test_renders_take_turns)
+    app = build_app(tiny_pipe, tmp_path, queue_per_client=3, time_limit_s=5)
+    renders = [fn for fn in app.fns.values() if str(fn.api_name).startswith("render")]
+    assert sorted(fn.api_name for fn in renders) == [
+        "render",
+        "render_again",
+        "render_img2vid",
+        "render_text",
+        "render_travel",
+        "render_vid2vid",
+    ]
+    assert all(fn.concurrency_limit is None for fn in renders)
+    renderer = app.videodiff_renderer
+    assert (renderer.queue_per_client, renderer.time_limit_s) == (3, 5)
+    renderer.close()
 
 
 def test_auth_keeps_the_page_and_its_api_behind_a_login(tiny_pipe, tmp_path):

@@ -322,7 +322,7 @@ def test_serve_help_loads_no_gradio_and_no_torch():
 
 def test_a_host_other_than_this_computer_is_said_plainly():
     assert "only this computer" in reach_notice("127.0.0.1", 7860)
-    assert "anyone who can reach" in reach_notice("0.0.0.0", 7860)
+    assert "anyone on that network can render" in reach_notice("0.0.0.0", 7860)
 
 
 def test_vid2vid_and_prompt_travel_render_from_the_form(tiny_pipe, tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 from typing import Any
 
 import click
@@ -10,16 +10,53 @@ from click.core import ParameterSource
 
 from videodiff.cli.options import given, options_from
 from videodiff.config import LoadSettings
+from videodiff.ui import JOB_MINUTES, JOB_MINUTES_MAX, QUEUE_PER_CLIENT, QUEUE_PER_CLIENT_RANGE
+
+
+def finite(minutes: float) -> float:
+    if not math.isfinite(minutes):  # nan passes every comparison of FloatRange
+        raise click.BadParameter(f"{minutes} is not a number of minutes")
+    return minutes
 
 
 @click.command()
 @options_from(LoadSettings)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (others can reach it).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on: 127.0.0.1 this computer only; 0.0.0.0 (IPv4) or :: (IPv6) every network.",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to listen on.")
 @click.option("--outputs", default="outputs", show_default=True, help="Folder the videos are written to and read from.")
 @click.option("--auth", help="USER:PASSWORD the page asks for (default: none).")
+@click.option(
+    "--queue-per-client",
+    type=click.IntRange(*QUEUE_PER_CLIENT_RANGE),
+    default=QUEUE_PER_CLIENT,
+    show_default=True,
+    help="Renders one client (an address) may have waiting, besides its running one; one more is refused.",
+)
+@click.option(
+    "--job-time-limit",
+    type=click.FloatRange(0, JOB_MINUTES_MAX, min_open=True),
+    default=JOB_MINUTES,
+    show_default=True,
+    metavar="MINUTES",
+    callback=lambda ctx, param, value: finite(value),
+    help="A render running longer is stopped at its next sampling step (nothing written).",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, outputs: str, auth: str | None, **_: Any) -> None:
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    outputs: str,
+    auth: str | None,
+    queue_per_client: int,
+    job_time_limit: float,
+    **_: Any,
+) -> None:
     """A local web app: render, animate pictures, re-render clips, browse past runs (needs videodiff[ui]).
 
     \b
@@ -27,16 +64,20 @@ def serve(ctx: click.Context, host: str, port: int, outputs: str, auth: str | No
       pip install 'videodiff[ui]'
       videodiff serve                                   # the built-in shapes model, http://127.0.0.1:7860
       videodiff serve --model ./sd15 --motion-module ./motion-v2 --outputs renders/ --port 7861
-    The model is loaded once; renders are queued and run one at a time. Every video is written by the
-    render layer with its sidecar, so `videodiff render --config OUTPUT.json` renders it again.
+      videodiff serve --host 0.0.0.0 --auth me:secret --queue-per-client 2 --job-time-limit 5
+    The model is loaded once; renders are checked, queued and run one at a time. Every video is written
+    by the render layer with its sidecar, so `videodiff render --config OUTPUT.json` renders it again.
+    Ctrl-C or SIGTERM stops a running render at its next step (nothing of it written) and exits.
     """
     from videodiff.log import setup_cli_logging
-    from videodiff.ui import parse_auth, require_gradio
+    from videodiff.ui import check_listen, check_outputs, parse_auth, require_gradio
     from videodiff.ui import serve as run_serve
 
     credentials = parse_auth(auth)
-    outputs = str(Path(outputs).resolve())  # where the command was started, not wherever the process is later
-    require_gradio()  # before minutes of loading: one line saying how to install it
+    # before minutes of loading, each one line: the folder, the address and port, Gradio
+    outputs_path = check_outputs(outputs)  # where the command was started, not wherever the process is later
+    check_listen(host, port)  # bound once and closed: a port in use or an address not this machine's
+    require_gradio()
     from videodiff.pipelines import VideoPipeline
     from videodiff.render import resolve_render_config
 
@@ -45,7 +86,16 @@ def serve(ctx: click.Context, host: str, port: int, outputs: str, auth: str | No
     base = resolve_render_config(command_line, None, environment)
     setup_cli_logging(False)
     pipe = VideoPipeline.load(base.load)
-    run_serve(pipe, outputs, base=base, host=host, port=port, auth=credentials)
+    run_serve(
+        pipe,
+        outputs_path,
+        base=base,
+        host=host,
+        port=port,
+        auth=credentials,
+        queue_per_client=queue_per_client,
+        time_limit_s=job_time_limit * 60,
+    )
 
 
-SERVE_OPTIONS = ("host", "port", "outputs", "auth")
+SERVE_OPTIONS = ("host", "port", "outputs", "auth", "queue_per_client", "job_time_limit")

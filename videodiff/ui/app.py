@@ -3,8 +3,12 @@
 Gradio is imported here only (the ``ui`` extra): :func:`build_app` places the components
 (:mod:`videodiff.ui.layout`) and connects their events to the handlers (:mod:`videodiff.ui.handlers`).
 Everything the page does goes through :mod:`videodiff.ui.form` (page values <-> settings, uploads),
-:mod:`videodiff.ui.jobs` (the warm pipeline, one render at a time) and :mod:`videodiff.ui.gallery` (past runs),
-which need no Gradio.
+:mod:`videodiff.ui.jobs` (the warm pipeline, one render at a time, the queue and its limits) and
+:mod:`videodiff.ui.gallery` (past runs), which need no Gradio.
+
+Render events are not limited by Gradio's queue: each handler checks its request, queues it with the
+:class:`~videodiff.ui.jobs.Renderer` (which refuses a client's render over its queue cap at once) and waits
+for it without holding a thread; the renderer's one thread renders in turn.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from videodiff.config import RenderConfig, to_dict
-from videodiff.ui import form
+from videodiff.ui import JOB_MINUTES, QUEUE_PER_CLIENT, form
 from videodiff.ui.handlers import Handlers, strip
 from videodiff.ui.jobs import Renderer
 from videodiff.ui.layout import CHOICES, HELP, INTEGERS, build_layout
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CHOICES", "HELP", "INTEGERS", "RENDERS", "build_app", "strip"]
 
-RENDERS = "render"  # the concurrency group of every event that renders: one at a time, in queue order
+RENDERS = "render"  # the concurrency group of every event that renders (unlimited: the Renderer takes turns)
 
 
 def build_app(
@@ -33,15 +37,19 @@ def build_app(
     outputs: str | Path = "outputs",
     base: RenderConfig | None = None,
     title: str = "videodiff",
+    *,
+    queue_per_client: int = QUEUE_PER_CLIENT,
+    time_limit_s: float = JOB_MINUTES * 60,
 ) -> gr.Blocks:
     """The web app for ``pipe`` (kept loaded), writing into ``outputs``; ``base``: the settings the form starts
-    from (the model's recorded defaults; what is loaded is the server's). Launch it with ``.queue().launch()``,
+    from (the model's recorded defaults; what is loaded is the server's); ``queue_per_client``: renders one
+    client may have waiting; ``time_limit_s``: a render's budget. Launch it with ``.queue().launch()``,
     or run ``videodiff serve``."""
     import gradio as gr
 
     # resolved once: Gradio refuses a result under a relative folder, and a later chdir must not move the folder
     outputs = Path(outputs).resolve()
-    renderer = Renderer(pipe)
+    renderer = Renderer(pipe, queue_per_client=queue_per_client, time_limit_s=time_limit_s)
     base = (base or RenderConfig()).replace(quiet=True)
     height, width = pipe.default_size()
     start = to_dict(base)
@@ -76,7 +84,7 @@ def build_app(
                 form_inputs,
                 result_outputs,
                 concurrency_id=RENDERS,
-                concurrency_limit=1,
+                concurrency_limit=None,
                 api_name=f"render_{mode}",
             )
         page.prompt_text.submit(
@@ -84,12 +92,12 @@ def build_app(
             form_inputs,
             result_outputs,
             concurrency_id=RENDERS,
-            concurrency_limit=1,
+            concurrency_limit=None,
             api_name=False,
         )
         page.stop.click(on.stop_render, None, None, queue=False, api_name="stop")
         page.dice.click(lambda: form.draw_seed(), None, page.settings["seed"], queue=False, api_name=False)
-        gr.api(on.render_api, api_name="render", concurrency_id=RENDERS, concurrency_limit=1)
+        gr.api(on.render_api, api_name="render", concurrency_id=RENDERS, concurrency_limit=None)
 
         # past runs
         gallery_outputs = [page.gallery, page.names_state, page.gallery_note]
@@ -103,7 +111,7 @@ def build_app(
             page.run_name,
             result_outputs,
             concurrency_id=RENDERS,
-            concurrency_limit=1,
+            concurrency_limit=None,
             api_name="render_again",
         )
     app.videodiff_renderer = renderer  # for tests and embedding: the warm pipeline's renderer

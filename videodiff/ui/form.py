@@ -13,6 +13,7 @@ import hashlib
 import math
 import secrets
 import shutil
+from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -130,9 +131,14 @@ def unique_output(prompt: str, seed: int, outputs: Path, fmt: str) -> Path:
     """The render layer's name for this prompt and seed in ``outputs`` (``-2``, ``-3``... if taken this second)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    first = default_output(prompt, seed, outputs).with_suffix("." + fmt)
+    return free_name(default_output(prompt, seed, outputs).with_suffix("." + fmt))
+
+
+def free_name(first: Path, taken: Collection[str] = ()) -> Path:
+    """``first``, or ``NAME-2``, ``NAME-3``... : the first with neither a file, a sidecar nor a queued render
+    (``taken``: the outputs of renders queued and running) of that name."""
     path, n = first, 1
-    while path.exists() or path.with_name(path.name + ".json").exists():
+    while str(path) in taken or path.exists() or path.with_name(path.name + ".json").exists():
         n += 1
         path = first.with_name(f"{first.stem}-{n}{first.suffix}")
     return path

@@ -7,9 +7,8 @@ folder, the settings the form starts from); :mod:`videodiff.ui.app` connects its
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
-from concurrent.futures import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ from videodiff.errors import UserError
 from videodiff.render import summary
 from videodiff.ui import form
 from videodiff.ui.gallery import Run, inside, read_runs, thumbnail
-from videodiff.ui.jobs import Renderer
+from videodiff.ui.jobs import Cancelled, Job, OverTime, Renderer, Stopping
 from videodiff.ui.layout import Page
 
 if TYPE_CHECKING:
@@ -35,6 +34,21 @@ def hints(gr: Any, *functions: Any) -> None:
         for key, value in list(function.__annotations__.items()):
             if value in ("gr.Request", "gr.SelectData"):  # (a default of None: gr.api's own calls)
                 function.__annotations__[key] = getattr(gr, value.removeprefix("gr."))
+
+
+def session_of(request: Any) -> str:
+    """The page or ``gradio_client.Client`` that asked (its Stop stops its renders): Gradio's session hash."""
+    return str(getattr(request, "session_hash", None) or "anonymous")
+
+
+def client_of(request: Any) -> str:
+    """Who asked, for the queue cap: the address the request came from (Gradio's ``request.client.host``).
+
+    Every page and ``Client`` on one machine counts as one client (a new session costs nothing, a new
+    address does); behind a reverse proxy every user is the proxy's address.
+    """
+    host = getattr(getattr(request, "client", None), "host", None)
+    return str(host) if host else session_of(request)
 
 
 def strip(frames: np.ndarray) -> np.ndarray:
@@ -61,6 +75,10 @@ class Handlers:
         # settings whose box is text because they have no value of their own: empty is the default
         self.optional = {name for name in page.settings if start[name] is None and name not in form.TEXT_FIELDS}
         hints(gr, self.stop_render, self.render_api, self.pick)
+
+    def refuse(self, message: str) -> Exception:
+        """A message for the page or the API caller, not logged with a traceback (a bad request is not a bug)."""
+        return self.gr.Error(message, print_exception=False)
 
     # ---------------------------------------------------------------- past runs, read from the outputs folder
     def refresh(self) -> tuple[Any, list[str], str]:
@@ -94,7 +112,7 @@ class Handlers:
             kept = form.accept_upload(path, self.outputs, "image")
             return str(kept), read_image(kept, max_side=256)
         except UserError as exc:
-            raise self.gr.Error(str(exc)) from None
+            raise self.refuse(str(exc)) from None
 
     def accept_video(self, path: str | None) -> tuple[Any, str]:
         if not path:
@@ -105,55 +123,70 @@ class Handlers:
             kept = form.accept_upload(path, self.outputs, "video")
             info = check_video(kept)
         except UserError as exc:
-            raise self.gr.Error(str(exc)) from None
+            raise self.refuse(str(exc)) from None
         return str(kept), f"{info.num_frames} frames of {info.width}x{info.height} at {info.fps:g} fps"
 
     # ---------------------------------------------------------------- rendering
-    def run_render(self, mode: str, values: dict[str, Any], chosen: str, request: gr.Request, progress: Any):
-        gr, page, renderer = self.gr, self.page, self.renderer
-        preview, status = page.preview, page.status
+    def checked(self, mode: str, values: dict[str, Any], chosen: str) -> RenderConfig:
+        """The form's settings, checked as the command line checks them before any work (run off the event loop:
+        the checks read input files)."""
+        return self.renderer.check(form.build_config(mode, values, self.base, self.outputs, chosen))
+
+    async def queue(self, mode: str, values: dict[str, Any], chosen: str, request: Any, **feeds: Any) -> Job:
+        """Check, then queue (a bad request or a full queue is a ``gr.Error`` at once, not after its turn)."""
         try:
-            config = form.build_config(mode, values, self.base, self.outputs, chosen)
+            config = await asyncio.to_thread(self.checked, mode, values, chosen)
+            return self.renderer.submit(config, session_of(request), client=client_of(request), **feeds)
         except UserError as exc:
-            raise gr.Error(str(exc)) from None
-        session = getattr(request, "session_hash", None) or "anonymous"
-        events: queue.Queue = queue.Queue()
-        progress(0.0, desc="waiting for the model")
-        future = renderer.submit(
-            config,
-            session,
-            progress=lambda n, total, what: events.put(("progress", n, total, what)),
-            preview=lambda frames: events.put(("preview", frames)),
+            raise self.refuse(str(exc)) from None
+
+    async def run_render(self, mode: str, values: dict[str, Any], chosen: str, request: gr.Request, progress: Any):
+        gr, page = self.gr, self.page
+        preview, status = page.preview, page.status
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def put(*event: Any) -> None:  # from the render thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop is gone: nobody is watching
+                pass
+
+        job = await self.queue(
+            mode,
+            values,
+            chosen,
+            request,
+            progress=lambda n, total, what: put("progress", n, total, what),
+            preview=lambda frames: put("preview", frames),
         )
-        future.add_done_callback(lambda _: events.put(("end",)))
+        job.future.add_done_callback(lambda _: put("end"))
+        progress(0.0, desc=f"waiting: {job.ahead} render{'s' * (job.ahead != 1)} ahead" if job.ahead else "starting")
         try:
             while True:
-                event = events.get()
+                event = await events.get()
                 if event[0] == "progress":
                     progress(event[1] / event[2], desc=event[3])
                 elif event[0] == "preview":
                     yield {preview: strip(event[1]), status: "sampling…"}
                 else:
                     break
-        finally:  # the page went away: stop the render, nothing is written
-            if not future.done():
-                renderer.cancel(session)
-                wait([future])
-        error = future.exception()
-        done = {"error": error} if error is not None else {"outcome": future.result()}
-        error = done.get("error")
+        finally:  # the page went away or the event was cancelled: stop the render, nothing is written
+            if not job.future.done():
+                job.stop()
+        error = job.future.exception()
         if error is not None:
-            from videodiff.sampling import Cancelled
-
-            if isinstance(error, Cancelled):
+            if isinstance(error, OverTime | Stopping):  # the server's doing: an error, as in the API
+                raise self.refuse(f"{error}; nothing was written")
+            if isinstance(error, Cancelled):  # the page's Stop
                 gr.Warning("Stopped: nothing was written.")
                 yield {status: "Stopped: nothing was written.", preview: None}
                 return
             if isinstance(error, UserError):
-                raise gr.Error(str(error))
-            log.error("render failed", exc_info=error)
-            raise gr.Error(f"the render failed: {type(error).__name__}: {error}")
-        outcome = done["outcome"]
+                raise self.refuse(str(error))
+            log.error("render failed", exc_info=error)  # a bug: its traceback once, in the server's log
+            raise self.refuse(f"the render failed: {type(error).__name__}: {error}")
+        outcome = job.future.result()
         items, names, note = self.refresh()
         shown = str(outcome.output)
         is_gif = outcome.output.suffix == ".gif"
@@ -161,7 +194,7 @@ class Handlers:
             page.video_out: gr.Video(value=None if is_gif else shown, visible=not is_gif),
             page.gif_out: gr.Image(value=shown if is_gif else None, visible=is_gif),
             preview: None,
-            status: f"{summary(outcome, config.fps)} · seed {outcome.seed}",
+            status: f"{summary(outcome, job.config.fps)} · seed {outcome.seed}",
             page.gallery: items,
             page.names_state: names,
             page.run_name: outcome.output.name,
@@ -185,18 +218,19 @@ class Handlers:
         """The handler of a render button (or the prompt's Enter) of the tab ``mode``."""
         gr = self.gr
 
-        def handler(data: dict[Any, Any], request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        async def handler(data: dict[Any, Any], request: gr.Request, progress=gr.Progress()):  # noqa: B008
             values, chosen = self.tab_values(mode, data)
-            yield from self.run_render(mode, values, chosen, request, progress)
+            async for update in self.run_render(mode, values, chosen, request, progress):
+                yield update
 
         hints(gr, handler)
         return handler
 
     def stop_render(self, request: gr.Request) -> None:
-        if self.renderer.cancel(getattr(request, "session_hash", None) or "anonymous"):
+        if self.renderer.cancel(session_of(request)):
             self.gr.Info("Stopping at the next step…")
 
-    def render_api(
+    async def render_api(
         self,
         prompt: str,
         frames: int = 0,
@@ -207,28 +241,33 @@ class Handlers:
         request: gr.Request = None,
     ) -> str:  # noqa: A002
         """Text-to-video for scripts (gradio_client): PROMPT with FRAMES, STEPS, SEED (0 or -1: the form's
-        default, random) and any other form setting as JSON; returns the output's name in the outputs folder."""
+        default, random) and any other form setting as JSON; returns the output's name in the outputs folder.
+        A cancelled call (gradio_client's ``job.cancel()``) stops the render at its next step: nothing is written."""
         import json
 
-        gr, settings = self.gr, self.page.settings
+        settings = self.page.settings
         try:
             extra = json.loads(settings_json or "{}")
             if not isinstance(extra, dict):
                 raise ValueError("not a mapping")
         except ValueError as exc:
-            raise gr.Error(f"settings_json must be a JSON mapping of settings: {exc}") from None
+            raise self.refuse(f"settings_json must be a JSON mapping of settings: {exc}") from None
         values = {name: self.start[name] for name in settings}
         unknown = sorted(set(extra) - set(settings))
         if unknown:
-            raise gr.Error(f"unknown settings {', '.join(unknown)}; known: {', '.join(settings)}")
+            raise self.refuse(f"unknown settings {', '.join(unknown)}; known: {', '.join(settings)}")
         values.update(extra, prompt=prompt, seed=seed)
         values.update({k: v for k, v in (("frames", frames), ("steps", steps)) if v})
+        job = await self.queue("text", values, format, request)
         try:
-            config = form.build_config("text", values, self.base, self.outputs, format)
-            session = getattr(request, "session_hash", None) or "api"
-            outcome = self.renderer.render(config, session)
+            outcome = await asyncio.wrap_future(job.future)
+        except asyncio.CancelledError:  # the client cancelled: stop at the next step
+            job.stop()
+            raise
+        except Cancelled as exc:
+            raise self.refuse(f"{str(exc) or 'stopped'}; nothing was written") from None
         except UserError as exc:
-            raise gr.Error(str(exc)) from None
+            raise self.refuse(str(exc)) from None
         return str(outcome.output.relative_to(self.outputs))
 
     # ---------------------------------------------------------------- past runs
@@ -255,7 +294,7 @@ class Handlers:
         try:
             run = self.find_run(name)
         except UserError as exc:
-            raise gr.Error(str(exc)) from None
+            raise self.refuse(str(exc)) from None
         mode, values, notices = form.form_from_run(run, self.outputs)
         for notice in notices:
             gr.Warning(notice)
@@ -289,15 +328,16 @@ class Handlers:
         """The handler of "Render again": the run's own settings rendered once more."""
         gr = self.gr
 
-        def render_again(name: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        async def render_again(name: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
             try:
                 run = self.find_run(name)
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                raise self.refuse(str(exc)) from None
             mode, values, notices = form.form_from_run(run, self.outputs)
             if notices:
-                raise gr.Error(notices[0])
-            yield from self.run_render(mode, values, values.get("format", "mp4"), request, progress)
+                raise self.refuse(notices[0])
+            async for update in self.run_render(mode, values, values.get("format", "mp4"), request, progress):
+                yield update
 
         hints(gr, render_again)
         return render_again
