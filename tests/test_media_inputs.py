@@ -367,8 +367,8 @@ def test_video_pixel_limit_checked_before_decoding(tmp_path, monkeypatch):
 
     path = write_mp4(tmp_path / "v.mp4", levels(2))
     monkeypatch.setattr(clips, "read_frames", lambda *a, **k: pytest.fail("decoded"))
-    monkeypatch.setattr(clips, "PIXEL_LIMIT", 32 * 32 - 1)
-    with pytest.raises(UserError, match="32x32"):
+    monkeypatch.setattr(clips, "MAX_DECODE_PIXELS", 32 * 32 - 1)
+    with pytest.raises(UserError, match="32x32.*MAX_DECODE_PIXELS"):
         read_video(path)
 
 
