@@ -249,8 +249,9 @@ def check_inputs(config: RenderConfig) -> None:
             last = config.frames - 1
             raise UserError(f"--image-at frame {frame} is outside the video's {config.frames} frames (0 to {last})")
         check_image(path)
-    if config.video:
-        check_moving_video(config.video)
+    if config.video:  # the frames vid2vid will read, budgeted from the file's header (videodiff.media.budget)
+        size = (config.height, config.width) if config.height and config.width else None
+        check_moving_video(config.video, frames=config.frames, stride=config.stride, size=size)
 
 
 def input_paths(config: RenderConfig) -> list[str]:

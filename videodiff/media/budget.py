@@ -33,8 +33,8 @@ PIXEL_LIMIT = 250_000_000  # a 12000x12000 photo is 144 MP
 MAX_DECODE_PIXELS = 4096 * 4096
 MAX_VIDEO_SIDE = 8192  # pixels a side of a video frame (a 8192x2048 strip is the MAX_DECODE_PIXELS)
 # Frames x height x width x 3 bytes that one clip read holds: the frames it returns, at the size the caller fits
-# them to (vid2vid: the output size) or as decoded. 16 frames of 4096x4096 are 805 MB; 1024 of 512x512 805 MB.
-MAX_CLIP_BYTES = 2 << 30
+# them to (vid2vid: the output size) or as decoded. 16 frames of 4096x4096 are 805 MB; 1024 of 576x576 1019 MB.
+MAX_CLIP_BYTES = 1 << 30
 # Pixels decoded by one clip read, counting every frame from the first up to the last one taken (skipped frames
 # are decoded too): what bounds its time. 256 frames of 4096x4096, 2071 of 1920x1080.
 MAX_DECODE_WORK = 1 << 32
@@ -47,14 +47,14 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def check_clip(name: object, frames: int, height: int, width: int, *, decoded: int, size: tuple[int, int]) -> None:
+def check_clip(name: object, frames: int, kept: tuple[int, int] | None, *, decoded: int, size: tuple[int, int]) -> None:
     """Refuse (:class:`UserError`) a clip read that would hold more than :data:`MAX_CLIP_BYTES` or decode more than
-    :data:`MAX_DECODE_WORK` pixels: ``frames`` kept at ``height x width``, ``decoded`` frames of ``size``
-    (width, height) decoded to get them."""
-    held = frames * height * width * 3
+    :data:`MAX_DECODE_WORK` pixels: ``frames`` kept at ``kept`` (height, width; None: not known yet), ``decoded``
+    frames of ``size`` (width, height) decoded to get them."""
+    held = frames * kept[0] * kept[1] * 3 if kept else 0
     if held > MAX_CLIP_BYTES:
         raise UserError(
-            f"{name}: {frames} frames of {width}x{height} would hold {gib(held)}, over the budget of "
+            f"{name}: {frames} frames of {kept[1]}x{kept[0]} would hold {gib(held)}, over the budget of "
             f"{gib(MAX_CLIP_BYTES)} (videodiff.media.budget.MAX_CLIP_BYTES): take fewer frames or a smaller size"
         )
     work = decoded * size[0] * size[1]

@@ -44,6 +44,8 @@ def _open(path: Path):
 
     try:
         container = av.open(str(path))
+    except MemoryError:  # out of memory is not a broken file
+        raise
     except Exception as exc:  # noqa: BLE001 - every decoder failure means the same: unreadable
         raise UnreadableVideo(f"{path}: {type(exc).__name__}: {exc}") from None
     if not container.streams.video:
@@ -58,7 +60,7 @@ def _decoding(path: Path) -> Iterator:
     container = _open(path)
     try:
         yield container
-    except (UnreadableVideo, UserError):
+    except (UnreadableVideo, UserError, MemoryError):  # out of memory is not a broken file
         raise
     except Exception as exc:  # noqa: BLE001 - every decoder failure means the same: unreadable
         raise UnreadableVideo(f"{path}: {type(exc).__name__}: {exc}") from None
@@ -152,7 +154,7 @@ def read_frames(
         raise ValueError(f"frame indices {min(indices)}..{max(indices)} outside 0..{info.num_frames - 1}")
     decoded = max(indices) + 1 - (min(indices) if info.pts is not None else 0)
     kept = size or (info.height, info.width)
-    check_clip(path, len(indices), *kept, decoded=decoded, size=(info.width, info.height))
+    check_clip(path, len(indices), kept, decoded=decoded, size=(info.width, info.height))
     out: np.ndarray | None = None
     places: dict[int, list[int]] = {}
     for k, i in enumerate(indices):
@@ -261,9 +263,7 @@ def read_video(
         return np.ascontiguousarray(clip), ARRAY_FPS / stride
     path = Path(source)
     info = check_video(path)
-    indices = range(start, info.num_frames, stride)[:frames]
-    if not indices:
-        raise UserError(f"{path} has {info.num_frames} frames: none from frame {start} on")
+    indices = _taken(path, info, frames, stride, start)
     try:
         return read_frames(path, list(indices), info, size=size, fit=fit, background=background), info.fps / stride
     except UnreadableVideo as exc:
@@ -281,13 +281,28 @@ def check_video(path: str | Path) -> VideoInfo:
     return info
 
 
-def check_moving_video(path: str | Path) -> VideoInfo:
+def check_moving_video(
+    path: str | Path, *, frames: int | None = None, stride: int = 1, size: tuple[int, int] | None = None
+) -> VideoInfo:
     """:func:`check_video`, and a clip of at least two frames: a still picture (a PNG, JPEG or 1-frame GIF,
-    which PyAV reads as a 1-frame video) is img2vid's input, refused here in one line."""
+    which PyAV reads as a 1-frame video) is img2vid's input, refused here in one line. With ``frames``: the
+    read :func:`read_video` would make of it (every ``stride``-th frame from the first, fitted to ``size``
+    when known) checked against the budgets too, before anything is decoded."""
     info = check_video(path)
     if info.num_frames < 2:
         raise UserError(f"{path} is a still picture: animate it with videodiff img2vid")
+    if frames is not None:
+        indices = _taken(Path(path), info, frames, stride, 0)
+        check_clip(path, len(indices), size, decoded=indices[-1] + 1, size=(info.width, info.height))
     return info
+
+
+def _taken(path: Path, info: VideoInfo, frames: int | None, stride: int, start: int) -> range:
+    """The frame indices :func:`read_video` takes; a one-line :class:`UserError` when there are none."""
+    indices = range(start, info.num_frames, stride)[:frames]
+    if not indices:
+        raise UserError(f"{path} has {info.num_frames} frames: none from frame {start} on")
+    return indices
 
 
 def fit_video(
@@ -324,7 +339,7 @@ def _stack(
         if size is not None:
             picture = fit_image(picture, *size, fit=fit, background=background)
         if not clip:  # the frames kept, budgeted from the first
-            check_clip("the frames given", len(chosen), *picture.shape[:2], decoded=0, size=(0, 0))
+            check_clip("the frames given", len(chosen), picture.shape[:2], decoded=0, size=(0, 0))
         clip.append(picture)
     if len({frame.shape for frame in clip}) > 1:
         raise UserError(f"the frames given differ in size: {sorted({frame.shape[:2] for frame in clip})}")

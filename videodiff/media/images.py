@@ -133,6 +133,7 @@ def check_image(path: str | os.PathLike[str]) -> tuple[int, int]:
         with _opened(path) as image:  # verify() reads no JPEG, GIF, BMP or TIFF data: a cut-off file passed
             if image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
                 image.draft(None, (1, 1))  # the smallest scale the decoder offers (1/8), every byte still read
+            _whole_rows(image)
             try:
                 image.load()
             except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
@@ -154,8 +155,29 @@ def fit_image(
     if fit == "crop":
         out = ImageOps.fit(picture, (width, height), method=Image.Resampling.LANCZOS)
     else:
-        out = ImageOps.pad(picture, (width, height), method=Image.Resampling.LANCZOS, color=tuple(background))
+        out = _pad(picture, width, height, tuple(background))
     return np.array(out)
+
+
+def _pad(picture: Image.Image, width: int, height: int, background: tuple[int, int, int]) -> Image.Image:
+    """``ImageOps.pad`` (fit inside, centred on ``background``), with the picture kept at least one pixel
+    thick: a 16777216x1 strip padded into 64x64 is a 64x1 line, where ``ImageOps.pad`` fails on a height of 0.
+    Pixel for pixel ``ImageOps.pad`` for pictures under 6 times the size."""
+    size = (width, height)  # ImageOps.contain's arithmetic, then its centring
+    if picture.width * height > width * picture.height:  # wider than the frame
+        size = (width, max(1, round(picture.height / picture.width * width)))
+    elif picture.width * height < width * picture.height:
+        size = (max(1, round(picture.width / picture.height * height)), height)
+    # reduced by whole factors first beyond 3 times the size (PIL's reducing_gap): Lanczos weights for a
+    # 16777216-pixel line squeezed into 64 would take 800 MB
+    resized = picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if size == (width, height):
+        return resized
+    out = Image.new("RGB", (width, height), background)
+    out.paste(
+        resized, (round((width - size[0]) * 0.5), 0) if size[0] != width else (0, round((height - size[1]) * 0.5))
+    )
+    return out
 
 
 def load_image(
@@ -235,10 +257,17 @@ def _decode_reduced(image: Image.Image, name, max_side: int | None, *, draft: bo
     """Check the size ``image`` will be decoded at against :data:`MAX_DECODE_PIXELS`, and set a JPEG to decode
     reduced (DCT scaling by 1/2, 1/4 or 1/8) as far as the budget needs and ``max_side`` allows."""
     _check_decodable(image.size, name, image.format)
+    _whole_rows(image)
     if draft and image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
         scale = decode_scale(image.size, max_side)
         if scale and scale > 1:  # PIL picks the largest scale that keeps the size asked for: exactly this one
             image.draft(None, (max(1, image.size[0] // scale), max(1, image.size[1] // scale)))
+
+
+def _whole_rows(image: Image.Image) -> None:
+    """Let PIL read at least a row at a time: its raw decoders (BMP, TIFF, WebP) otherwise gather a row wider than
+    its 64 KiB block by joining blocks, in time that grows with the square of the row (minutes for 16777216x1)."""
+    image.decodermaxblock = max(image.decodermaxblock, 8 * image.size[0] + 64)  # 8 bytes: 16-bit RGBA
 
 
 def _check_decodable(size: tuple[int, int], name, fmt: str | None) -> None:
