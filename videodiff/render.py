@@ -255,8 +255,9 @@ def check_inputs(config: RenderConfig) -> None:
             raise UserError(f"--image-at frame {frame} is outside the video's {config.frames} frames (0 to {last})")
         check_image(path)
     frames = config.frames
-    if config.video:
-        available = check_moving_video(config.video).num_frames
+    if config.video:  # the frames vid2vid will read, budgeted from the file's header (videodiff.media.budget)
+        size = (config.height, config.width) if config.height and config.width else None
+        available = check_moving_video(config.video, frames=config.frames, stride=config.stride, size=size).num_frames
         frames = min(frames, len(range(0, available, config.stride)))  # a shorter clip makes a shorter video
     for control in parse_controls(config.controls):
         check_maps(control.parsed_maps, frames, config.stride if config.video else 1)

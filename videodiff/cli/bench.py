@@ -243,3 +243,39 @@ def bench_long(
         cache=cache,
     )
     click.echo(json.dumps(record))
+
+
+@bench_group.command("control")
+@click.option("--preset", type=click.Choice(("tiny", "cpu-small")), default="tiny", show_default=True)
+@click.option("--rounds", type=int, default=1, show_default=True, help="Rounds of the three renders.")
+@click.option("--long-frames", type=int, default=64, show_default=True, help="Frames of the long controlled render.")
+@click.option("--steps", type=int, help="Override the preset's denoising steps.")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=BENCH_CACHE,
+    show_default=True,
+    help="Where the presets' random-weight models are built once.",
+)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results here.")
+def bench_control(
+    preset: str, rounds: int, long_frames: int, steps: int | None, cache: Path, json_path: Path | None
+) -> None:
+    """What one ControlNet costs: a render with it against the same render without, and a long controlled render.
+
+    On the preset's random weights and a ControlNet built from its U-Net; one load, then interleaved rounds. Prints
+    the median seconds of each render, the controlled/uncontrolled ratio and the long render's seconds per frame
+    over the short controlled one's.
+
+    \b
+    Example:
+      videodiff bench control --preset cpu-small --rounds 1
+    """
+    import json
+
+    from videodiff.bench.control import run_control_bench
+
+    results = run_control_bench(preset, cache, rounds=rounds, long_frames=long_frames, steps=steps)
+    click.echo(json.dumps(results, indent=2))
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))

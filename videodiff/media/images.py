@@ -1,9 +1,11 @@
 """Read the pictures users have (any size, mode and orientation) into uint8 ``[h w 3]`` RGB arrays, and fit them.
 
-One pixel limit, :data:`PIXEL_LIMIT`, applied through PIL's own ``Image.MAX_IMAGE_PIXELS`` so that
-PIL's decompression-bomb check and this module refuse the same pictures. Large inputs are reduced as
-early as the format allows (JPEG while decoding with ``draft``, others by whole factors right after
-decoding), so memory follows the output size rather than the input's.
+Budgets from the file's header, before decoding (:mod:`videodiff.media.budget`): a picture may declare up
+to :data:`PIXEL_LIMIT` pixels, applied through PIL's own ``Image.MAX_IMAGE_PIXELS`` so that PIL's
+decompression-bomb check and this module refuse the same pictures; it is decoded at no more than
+:data:`MAX_DECODE_PIXELS` (a JPEG reduced while decoding with ``draft``; other formats decode whole and are
+refused beyond it). Inputs are reduced as early as the format allows (JPEG while decoding, others by whole
+factors right after decoding), so memory follows the output size rather than the input's.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from videodiff.config import FITS  # crop: cover the frame and cut the overflow; pad: fit inside, fill the background
 from videodiff.errors import UserError
+from videodiff.media.budget import MAX_DECODE_PIXELS, MAX_READ_WHOLE_BYTES, PIXEL_LIMIT, decode_scale, gib
 
 __all__ = [
     "FITS",
     "IMAGE_FORMATS",
+    "MAX_DECODE_PIXELS",
     "PIXEL_LIMIT",
     "check_file",
     "check_image",
@@ -38,8 +42,6 @@ __all__ = [
 # an EPS named .png reaches Ghostscript (which runs PostScript). JPEG includes MPO (a camera's multi-picture JPEG).
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 NOT_AN_IMAGE = "is not an image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)"
-
-PIXEL_LIMIT = 250_000_000  # pixels per picture (or video frame); a 12000x12000 photo is 144 MP
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes for 16-bit greyscale PNG/TIFF
 _TRANSPARENT = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -107,46 +109,35 @@ def read_image(
         _check_pixels(source.size, name)
         return _finish(source, name, background, max_side, _orientation(source))
     path = check_file(source, "image")
-    with _pil_limit(path):
-        try:
-            image = Image.open(path, formats=IMAGE_FORMATS)
-        except UnidentifiedImageError:
-            raise UserError(f"{path} {NOT_AN_IMAGE}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
-        with image:
-            orientation = _orientation(image)
-            if max_side and image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
-                image.draft(None, (max_side, max_side))  # DCT scaling by 1/2, 1/4 or 1/8 while decoding
-            return _finish(image, path, background, max_side, orientation)
+    with _pil_limit(path), _opened(path) as image:
+        orientation = _orientation(image)
+        _decode_reduced(image, path, max_side)
+        return _finish(image, path, background, max_side, orientation)
 
 
 def check_image(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """A picture file's (width, height) from its header, its data verified where the format allows (PNG CRCs)
-    and decoded, so that a truncated file fails here: the render layer checks its inputs this way before loading
-    a model. Cheap at any size: a JPEG decodes at 1/8 scale (DCT scaling), other formats only up to 4096x4096
-    pixels (the first frame of an animation, as :func:`read_image` reads it). One-line :class:`UserError` as
-    :func:`read_image` gives."""
+    """A picture file's (width, height) from its header, checked against the budgets :func:`read_image` applies,
+    its data verified where the format allows (PNG CRCs) and decoded, so that a truncated file fails here: the
+    render layer checks its inputs this way before loading a model. Cheap at any size: a JPEG decodes at 1/8
+    scale (DCT scaling), other formats are at most :data:`MAX_DECODE_PIXELS` (the first frame of an animation,
+    as :func:`read_image` reads it). One-line :class:`UserError` as :func:`read_image` gives."""
     path = check_file(path, "image")
     with _pil_limit(path):
-        try:
-            with Image.open(path, formats=IMAGE_FORMATS) as image:
-                size = image.size
-                _check_pixels(size, path)
+        with _opened(path) as image:
+            size = image.size
+            _decode_reduced(image, path, None, draft=False)  # the budget only
+            try:
                 image.verify()
-        except UnidentifiedImageError:
-            raise UserError(f"{path} {NOT_AN_IMAGE}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
-        try:  # verify() reads no JPEG, GIF, BMP or TIFF data: a cut-off file passed until read after the load
-            with Image.open(path, formats=IMAGE_FORMATS) as image:
-                reducible = image.format in ("JPEG", "MPO")  # MPO: a camera's multi-picture JPEG
-                if reducible:
-                    image.draft(None, (1, 1))  # the smallest scale the decoder offers (1/8), every byte still read
-                if reducible or size[0] * size[1] <= 4096 * 4096:
-                    image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
-            raise UserError(f"cannot decode image {path}: {_one_line(exc)}") from None
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
+        with _opened(path) as image:  # verify() reads no JPEG, GIF, BMP or TIFF data: a cut-off file passed
+            if image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
+                image.draft(None, (1, 1))  # the smallest scale the decoder offers (1/8), every byte still read
+            _whole_rows(image)
+            try:
+                image.load()
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
+                raise UserError(f"cannot decode image {path}: {_one_line(exc)}") from None
     return size
 
 
@@ -164,8 +155,29 @@ def fit_image(
     if fit == "crop":
         out = ImageOps.fit(picture, (width, height), method=Image.Resampling.LANCZOS)
     else:
-        out = ImageOps.pad(picture, (width, height), method=Image.Resampling.LANCZOS, color=tuple(background))
+        out = _pad(picture, width, height, tuple(background))
     return np.array(out)
+
+
+def _pad(picture: Image.Image, width: int, height: int, background: tuple[int, int, int]) -> Image.Image:
+    """``ImageOps.pad`` (fit inside, centred on ``background``), with the picture kept at least one pixel
+    thick: a 16777216x1 strip padded into 64x64 is a 64x1 line, where ``ImageOps.pad`` fails on a height of 0.
+    Pixel for pixel ``ImageOps.pad`` for pictures under 6 times the size."""
+    size = (width, height)  # ImageOps.contain's arithmetic, then its centring
+    if picture.width * height > width * picture.height:  # wider than the frame
+        size = (width, max(1, round(picture.height / picture.width * width)))
+    elif picture.width * height < width * picture.height:
+        size = (max(1, round(picture.width / picture.height * height)), height)
+    # reduced by whole factors first beyond 3 times the size (PIL's reducing_gap): Lanczos weights for a
+    # 16777216-pixel line squeezed into 64 would take 800 MB
+    resized = picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if size == (width, height):
+        return resized
+    out = Image.new("RGB", (width, height), background)
+    out.paste(
+        resized, (round((width - size[0]) * 0.5), 0) if size[0] != width else (0, round((height - size[1]) * 0.5))
+    )
+    return out
 
 
 def load_image(
@@ -196,8 +208,85 @@ def _pil_limit(path: Path) -> Iterator[None]:
             raise UserError(_too_large(path)) from None
 
 
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """The picture opened in one of :data:`IMAGE_FORMATS`, its header read (nothing decoded) and its declared size
+    within :data:`PIXEL_LIMIT`. A WebP is checked from its first bytes before PIL opens it: PIL's WebP plugin
+    reads the whole file and its decoder allocates the declared canvas on opening."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+    webp = _webp_size(head, path)
+    if webp is not None:
+        if path.stat().st_size > MAX_READ_WHOLE_BYTES:
+            raise UserError(
+                f"{path} is a WebP of {gib(path.stat().st_size)}, over the {gib(MAX_READ_WHOLE_BYTES)} a WebP may "
+                "have (it is read whole; videodiff.media.budget.MAX_READ_WHOLE_BYTES)"
+            )
+        _check_pixels(webp, path)
+        _check_decodable(webp, path, "WEBP")
+    try:
+        image = Image.open(path, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise UserError(f"{path} {NOT_AN_IMAGE}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UserError(f"cannot read image {path}: {_one_line(exc)}") from None
+    with image:
+        _check_pixels(image.size, path)
+        yield image
+
+
+def _webp_size(head: bytes, path: Path) -> tuple[int, int] | None:
+    """The canvas (width, height) a WebP's first chunk declares; None when ``head`` does not start a WebP.
+
+    The first chunk is VP8X (the extended format: its canvas holds every frame), VP8L (lossless) or VP8 (lossy);
+    libwebp reads no other, so any other is refused here."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    raise UserError(f"cannot read image {path}: not a WebP picture (no VP8, VP8L or VP8X header)")
+
+
+def _decode_reduced(image: Image.Image, name, max_side: int | None, *, draft: bool = True) -> None:
+    """Check the size ``image`` will be decoded at against :data:`MAX_DECODE_PIXELS`, and set a JPEG to decode
+    reduced (DCT scaling by 1/2, 1/4 or 1/8) as far as the budget needs and ``max_side`` allows."""
+    _check_decodable(image.size, name, image.format)
+    _whole_rows(image)
+    if draft and image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
+        scale = decode_scale(image.size, max_side)
+        if scale and scale > 1:  # PIL picks the largest scale that keeps the size asked for: exactly this one
+            image.draft(None, (max(1, image.size[0] // scale), max(1, image.size[1] // scale)))
+
+
+def _whole_rows(image: Image.Image) -> None:
+    """Let PIL read at least a row at a time: its raw decoders (BMP, TIFF, WebP) otherwise gather a row wider than
+    its 64 KiB block by joining blocks, in time that grows with the square of the row (minutes for 16777216x1)."""
+    image.decodermaxblock = max(image.decodermaxblock, 8 * image.size[0] + 64)  # 8 bytes: 16-bit RGBA
+
+
+def _check_decodable(size: tuple[int, int], name, fmt: str | None) -> None:
+    if fmt in ("JPEG", "MPO"):
+        if decode_scale(size, None) is None:
+            raise UserError(
+                f"{name} is {size[0]}x{size[1]} pixels: over {MAX_DECODE_PIXELS:,} pixels even at 1/8 scale "
+                "(videodiff.media.budget.MAX_DECODE_PIXELS)"
+            )
+    elif size[0] * size[1] > MAX_DECODE_PIXELS:
+        raise UserError(
+            f"{name} is {size[0]}x{size[1]} pixels: a {fmt or 'picture'} is decoded whole, up to "
+            f"{MAX_DECODE_PIXELS:,} pixels (4096x4096; videodiff.media.budget.MAX_DECODE_PIXELS): "
+            "make it smaller first, or give it as a JPEG (read reduced while decoding)"
+        )
+
+
 def _too_large(name) -> str:
-    return f"{name} is larger than the limit of {PIXEL_LIMIT:,} pixels (videodiff.media.images.PIXEL_LIMIT)"
+    return f"{name} is larger than the limit of {PIXEL_LIMIT:,} pixels (videodiff.media.budget.PIXEL_LIMIT)"
 
 
 def _check_pixels(size: tuple[int, int], name) -> None:

@@ -23,6 +23,7 @@ from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.atomic import check_replaceable, os_reason, prepare_output, staged
 from videodiff.media.gate import folder_is_ours, write_receipt
+from videodiff.settings.checks import MAX_FPS, MIN_FPS  # the rates --fps takes: every container stores them
 from videodiff.settings.render import INFO_KEY, VIDEO_SUFFIXES  # the files a render writes, named once
 
 __all__ = ["FRAMES_MARKER", "VIDEO_SUFFIXES", "check_sidecar", "save_video", "sidecar_path"]
@@ -107,8 +108,7 @@ def check_output(
 
     Returns the output path, with its parent folder created (unless ``create=False``).
     """
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
-        raise UserError(f"fps must be a positive number, got {fps!r}")
+    _fps_fraction(fps)
     suffix = Path(path).suffix.lower()
     if suffix and suffix not in VIDEO_SUFFIXES:
         raise UserError(
@@ -204,8 +204,19 @@ def _pad_even(arr: np.ndarray) -> np.ndarray:
 
 
 def _fps_fraction(fps: float) -> Fraction:
-    # Exact for rates like 7.5 or 12; limit_denominator keeps 29.97 as 2997/100 instead
-    # of a huge binary fraction that containers cannot store as a time base.
+    """The rate as the containers store it: exact for rates like 7.5 or 12, 29.97 as 2997/100 (limit_denominator
+    instead of a huge binary fraction that no time base holds). Refused in one line outside :data:`MIN_FPS` to
+    :data:`MAX_FPS` (a clip's rate over a large stride can be far below): within them the fraction is never 0,
+    a GIF delay never exceeds its 16 bits (0.1 fps is 1000 cs) and a time base never overflows."""
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, numbers.Real)
+        or not (math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS)
+    ):
+        raise UserError(
+            f"fps must be a number from {MIN_FPS:g} to {MAX_FPS:g} (what video files store; "
+            f"videodiff.settings.checks.MIN_FPS, MAX_FPS), got {fps!r}"
+        )
     exact = fps if isinstance(fps, Fraction) else Fraction(float(fps))  # float() for numpy scalars
     return exact.limit_denominator(1001)
 

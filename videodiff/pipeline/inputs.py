@@ -94,9 +94,12 @@ CALL_NAMES = {
 
 
 def read_source(source: VideoInput, frames: int, height: int, width: int) -> tuple[VideoInput, float]:
-    """The clip's first ``frames`` frames (every ``stride``-th), fitted to the size; and its fps over the stride."""
-    from videodiff.media.clips import fit_video, read_video
+    """The clip's first ``frames`` frames (every ``stride``-th), fitted to the size as each is decoded (memory holds
+    the frames at the output's size, not the file's); and its fps over the stride."""
+    from videodiff.media.clips import read_video
 
-    clip, fps = read_video(source.video, frames=frames, stride=source.stride)
-    fitted = fit_video(clip, height, width, fit=source.fit, background=source.background)
-    return VideoInput(fitted, source.strength, 1, source.fit, source.background), fps
+    size = (height, width)
+    clip, fps = read_video(
+        source.video, frames=frames, stride=source.stride, size=size, fit=source.fit, background=source.background
+    )
+    return VideoInput(clip, source.strength, 1, source.fit, source.background), fps
