@@ -10,6 +10,7 @@ then the pattern moves with the words.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any, NamedTuple
 import click
 import pytest
 
+from videodiff import text
 from videodiff.cli import cli
 from videodiff.config import IMG2VID_STRENGTH, MODEL_DEFAULT_KEYS, VID2VID_STRENGTH, TrainConfig
+from videodiff.log import Progress
 from videodiff.settings import checks
 from videodiff.settings.render import STAGES
 from videodiff.shapes.world import ALL_COMBOS, COLORS, DIRECTIONS, HELDOUT, SHAPES
@@ -121,9 +124,16 @@ FACTS = [
         lambda: (len(COLORS), len(SHAPES), len(DIRECTIONS)),
     ),
     Fact("held out", r"(\d+) of the (\d+) (?:combinations )?were held out", lambda: (len(HELDOUT), len(ALL_COMBOS))),
+    # what the terminal shows (videodiff.text, videodiff.log)
+    Fact("typo similarity", rf"similarity of at least {N}", lambda: (_default_of(text.nearest_words, "cutoff"),)),
+    Fact("progress interval", r"at least every (\d+) s\b", lambda: (_default_of(Progress, "every"),)),
     # the web app
     Fact("serve address", r"(?:videodiff serve|the web app)\b[^\n]*?http://([\d.]+):(\d+)", lambda: _serve_defaults()),
 ]
+
+
+def _default_of(func: Callable[..., Any], name: str) -> Any:
+    return inspect.signature(func).parameters[name].default
 
 
 def _fields(*names: str) -> tuple[Any, ...]:
