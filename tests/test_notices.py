@@ -130,6 +130,20 @@ def test_the_file_round_trip_stage_is_shown(caplog):
     assert said(caplog)[-1].startswith("scoring ground truth after gif round trip: 2/2 videos, ")
 
 
+def test_one_line_per_video_commands_count_their_lines(capsys, cli_logging):
+    """`eval long` and `eval travel` print a JSON line per video; each one counts on the stage's progress."""
+    from videodiff.cli.long_eval import _video_lines
+
+    with _video_lines("eval long", 2) as echo:
+        echo('{"seed": 1}')
+        echo('{"seed": 2}')
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ['{"seed": 1}', '{"seed": 2}']
+    lines = err.splitlines()
+    assert lines[0].startswith("videodiff: eval long: 1/2 videos, ") and "left" in lines[0]
+    assert lines[-1].startswith("videodiff: eval long: 2/2 videos, ")
+
+
 # ------------------------------------------------------------------ notices about the prompt
 
 
