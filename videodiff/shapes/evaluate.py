@@ -308,14 +308,16 @@ def run_shapes_eval(
         results[key] = report.to_dict()
         echo(report.table() + "\n")
 
+    pipe = None
+    if not ground_truth_only:  # first: a model that does not load fails before minutes of scoring
+        from videodiff.pipelines import load_pipeline
+
+        pipe = load_pipeline(model, motion_module, device=device, dtype=dtype)
     record("ground_truth", evaluate_ground_truth(seeds, 0, chosen))
     if roundtrip_suffix:
         record("ground_truth_roundtrip", evaluate_ground_truth(seeds, 0, chosen, roundtrip_suffix=roundtrip_suffix))
-    if ground_truth_only:
+    if pipe is None:
         return results
-    from videodiff.pipelines import load_pipeline
-
-    pipe = load_pipeline(model, motion_module, device=device, dtype=dtype)
     truth = ground_truth_render_fn(0)
     vae_label = "ground truth after the model's VAE"
     trip_fn = lambda prompt, seed: vae_roundtrip(pipe, truth(prompt, seed))  # noqa: E731
