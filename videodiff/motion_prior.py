@@ -272,7 +272,8 @@ class MotionPrior:
             before, after = (math.hypot(*v) * scale for v in (guess.velocity, fitted))
             notice(
                 f"the motion prior's predicted motion ({before:.2f} px a frame) would carry the object out of view "
-                f"over {shape[2]} frames; slowed to {after:.2f} px a frame (--motion DX,DY sets it)"
+                f"over {shape[2]} frames; slowed to {after:.2f} px a frame (--motion DX,DY sets it)",
+                about="the prompt",
             )
         clean = self.video(guess, shape, generator, cells, pixels)
         vy, vx = cells if cells is not None else guess.velocity

@@ -33,7 +33,7 @@ from videodiff.config import (
     to_dict,
 )
 from videodiff.errors import UserError
-from videodiff.log import notice
+from videodiff.log import gathering, notice, say_held
 from videodiff.motion_prior import PixelCodec
 from videodiff.pipeline import denoisers, prompts, starting
 from videodiff.pipeline.devices import (
@@ -285,6 +285,7 @@ class VideoPipeline:
     # ------------------------------------------------------------ the chain
 
     @torch.no_grad()
+    @gathering  # the notices about the prompt (stages 1-3) as one message
     def generate(
         self,
         settings: SampleSettings,
@@ -349,6 +350,7 @@ class VideoPipeline:
             begin = self.video_start(settings, source, latents, scheduler)
         else:
             begin = self.start(settings, cond, latents, scheduler, generator)
+        say_held()  # before the long part
         passes = settings.free_init + 1
         bar = FreeInitProgress(passes * (settings.steps - begin.step), progress, on_step) if passes > 1 else None
         hook, shown = (bar.on_step, False) if bar else (on_step, progress)

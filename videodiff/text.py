@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from videodiff.log import notice
 from videodiff.settings.sample import TRAVEL
+
+
+def nearest_words(words: list[str], known: set[str] | list[str], cutoff: float = 0.75) -> dict[str, str]:
+    """``{word: the known word nearest to it}`` for each of ``words`` that is close to one (a typo: ``cirle`` ->
+    ``circle``, ``rigth`` -> ``right``), by :func:`difflib.get_close_matches`'s similarity ratio (at least
+    ``cutoff``; 0.75 keeps ``on`` from reading as ``down``)."""
+    import difflib
+
+    pool = sorted(known)
+    return {w: close[0] for w in words if (close := difflib.get_close_matches(w, pool, n=1, cutoff=cutoff))}
+
+
+def unknown_words_notice(prompt: str, unknown: list[str], known: set[str], knows: str) -> str:
+    """What a closed-vocabulary model says of a prompt with words it never saw: the words, the prompt with its
+    typos mended where a known word is near (:func:`nearest_words`), and ``knows`` (what it does know)."""
+    text = f"this model never saw the words {', '.join(unknown)}"
+    mend = nearest_words(unknown, known)
+    if mend:
+        mended = re.sub(r"[A-Za-z0-9]+", lambda m: mend.get(m.group(0).lower(), m.group(0)), prompt)
+        pairs = ", ".join(f"{w} -> {k}" for w, k in mend.items())
+        text += f"; did you mean {mended!r}? ({pairs})"
+    return f"{text}; it knows only {knows}"
 
 
 def cut_words(tokenizer, prompt: str, max_length: int) -> str:
@@ -42,7 +66,10 @@ def encode_prompts(
         full = tokenizer(prompt, truncation=False).input_ids
         if len(full) > max_length:
             cut = cut_words(tokenizer, prompt, max_length)
-            notice(f"prompt is longer than the text encoder's {max_length} tokens; these words were cut: {cut!r}")
+            notice(
+                f"prompt is longer than the text encoder's {max_length} tokens; these words were cut: {cut!r}",
+                about="the prompt",
+            )
     ids = batch.input_ids.to(device)
     mask = batch.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
     if clip_skip:

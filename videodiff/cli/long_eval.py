@@ -6,11 +6,30 @@ The logic is :mod:`videodiff.shapes.long` and :mod:`videodiff.shapes.sweep`; the
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
 from videodiff.cli.bench import int_list
+
+
+@contextlib.contextmanager
+def _video_lines(stage: str, total: int) -> Iterator[Callable[[str], None]]:
+    """An ``echo`` for commands that print one JSON line per video: each line also counts a video done on the
+    stage's progress (stderr: done/total and the time left, :class:`videodiff.log.Progress`)."""
+    from videodiff.log import Progress, setup_cli_logging
+
+    setup_cli_logging()
+    with Progress(stage, total) as progress:
+
+        def echo(line: str) -> None:
+            click.echo(line)
+            progress.update()
+
+        yield echo
+
 
 TRAVEL_KEY_NAMES = ("centred", "blend")  # videodiff.shapes.long.TRAVEL_KEYS (tests/test_eval_long.py checks it)
 
@@ -38,7 +57,9 @@ def eval_long(settings: tuple[str, ...], seeds: tuple[int, ...], frames: int, pr
     """
     from videodiff.shapes.long import run_long_eval
 
-    run_long_eval(settings or ("default",), seeds=seeds, frames=frames, prompt=prompt, out=out, echo=click.echo)
+    settings = settings or ("default",)
+    with _video_lines("eval long", len(settings) * len(seeds)) as echo:
+        run_long_eval(settings, seeds=seeds, frames=frames, prompt=prompt, out=out, echo=echo)
 
 
 @click.command("travel")
@@ -66,7 +87,9 @@ def eval_travel(seeds: tuple[int, ...], keys: tuple[str, ...], frames: int, trav
     """
     from videodiff.shapes.long import run_travel_eval
 
-    run_travel_eval(seeds=seeds, keys=keys or TRAVEL_KEY_NAMES, frames=frames, travel=travel, echo=click.echo)
+    keys = keys or TRAVEL_KEY_NAMES
+    with _video_lines("eval travel", len(keys) * len(seeds)) as echo:
+        run_travel_eval(seeds=seeds, keys=keys, frames=frames, travel=travel, echo=echo)
 
 
 @click.command("sweep")
@@ -110,8 +133,10 @@ def eval_sweep(
       videodiff eval sweep --seeds 8 --out base.jsonl default
       videodiff eval sweep --seeds 8 --motion-module run/motion_module --against base.jsonl default
     """
+    from videodiff.log import setup_cli_logging
     from videodiff.shapes.sweep import run_sweep
 
+    setup_cli_logging()  # notices, and each setting's progress (videodiff.shapes.evaluate.evaluate_model)
     run_sweep(
         settings,
         combos=combos,

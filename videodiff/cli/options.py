@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -29,6 +30,24 @@ def choice_help(names: tuple[str, ...]) -> str:
     return "|".join(names)
 
 
+def names_default(help_text: str) -> bool:
+    """Whether a help text says its default itself (``[default: ...]``, ``(default: ...)``, ``shapes (the
+    default)``...): then nothing adds another."""
+    return re.search(r"\bdefault\b", help_text, re.IGNORECASE) is not None
+
+
+def help_with_default(help_text: str, default: Any, recorded: bool) -> tuple[str, bool]:
+    """The help text and whether click should append ``[default: X]``: a default is said once, by the help text
+    where it names one, else ``[default: the model's, else X]`` for a setting a model may record (``recorded``),
+    else by click."""
+    if default is None or names_default(help_text):
+        return help_text, False
+    if recorded:
+        shown = default if isinstance(default, str) else f"{default:g}"
+        return f"{help_text} [default: the model's, else {shown}]", False
+    return help_text, True
+
+
 def options_from(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
     """Click options for every field of a settings dataclass (flag = field name with dashes) but ``skip`` (or only
     the fields ``only`` names).
@@ -51,9 +70,7 @@ def options_from(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | 
             help_text = f.metadata.get("help", "")
             envvar = f.metadata.get("env")
             recorded = f.name in MODEL_DEFAULT_KEYS and cls is not TrainConfig  # a model may record its own
-            if recorded and f.default is not None and "default" not in help_text:  # not when the help names it
-                shown = f.default if isinstance(f.default, str) else f"{f.default:g}"
-                help_text += f" [default: the model's, else {shown}]"
+            help_text, show = help_with_default(help_text, f.default, recorded)
             extra: dict[str, Any] = {"help": help_text, "envvar": envvar}
             if f.name == "controls":  # one composite field, given on the command line as grouped flags
                 func = control_options(func)
@@ -67,11 +84,9 @@ def options_from(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | 
                 func = click.option(*names, callback=_numbers_pair, **extra)(func)
             elif "choices" in f.metadata:  # a closed set: checked by click (with completion)
                 choice = click.Choice(f.metadata["choices"])
-                show = f.default is not None and not recorded
                 func = click.option(*names, type=choice, default=f.default, show_default=show, **extra)(func)
             else:
                 typ = int if kind.startswith("int") else float if kind.startswith("float") else str
-                show = f.default is not None and not recorded
                 func = click.option(*names, type=typ, default=f.default, show_default=show, **extra)(func)
         return func
 

@@ -11,18 +11,17 @@ from videodiff import sampling, text
 from videodiff.config import SampleSettings
 from videodiff.log import notice
 from videodiff.pipeline.inputs import Conditioning
-from videodiff.weights.hub import describe_vocabulary, unknown_words
+from videodiff.weights.hub import describe_vocabulary, unknown_words, vocabulary_words
 
 
 def tell_unknown_words(pipe, prompt: str) -> None:
     """A closed-vocabulary model (the built-in one) renders noise for words it never saw: name them, once."""
-    unknown = unknown_words(prompt, pipe.parts.vocabulary)
+    vocabulary = pipe.parts.vocabulary
+    unknown = unknown_words(prompt, vocabulary)
     if unknown and prompt not in pipe._told_unknown:
         pipe._told_unknown.add(prompt)
-        notice(
-            f"this model never saw the words {', '.join(unknown)}; it knows only "
-            + describe_vocabulary(pipe.parts.vocabulary, heldout=False)
-        )
+        knows = describe_vocabulary(vocabulary, heldout=False)
+        notice(text.unknown_words_notice(prompt, unknown, vocabulary_words(vocabulary), knows), about="the prompt")
 
 def conditioning(pipe, settings: SampleSettings) -> Conditioning:
     """Stage 1: switch to the MotionLoRAs the prompt's words trigger; encode the prompt, and the negative

@@ -83,23 +83,29 @@ def evaluate_model(
     *,
     label: str = "",
     progress: Callable[[int, int], None] | None = None,
+    stage: str | None = None,
 ) -> Report:
     """Score ``render_fn(prompt, seed) -> uint8 [F, H, W, 3]`` on every combination with every seed.
 
     The same code scores the generator (:func:`ground_truth_render_fn`), round trips
     through a codec or a VAE (wrap a render_fn, e.g. :func:`with_roundtrip`) and models.
-    ``progress(done, total)`` is called after each video.
+    The videos done and the time left are shown on stderr as they go (:class:`videodiff.log.Progress`, the
+    stage named ``stage``, else ``scoring {label}``); ``progress(done, total)`` is called after each video too.
     """
+    from videodiff.log import Progress
+
     start = time.perf_counter()
     seeds, combos = [int(s) for s in seeds], list(combos)
     items, total = [], len(seeds) * len(combos)
-    for combo in combos:
-        prompt = prompt_of(*combo)
-        for seed in seeds:
-            detection = detect(render_fn(prompt, seed))
-            items.append(Scored(prompt, *combo, split_of(combo), seed, detection))
-            if progress:
-                progress(len(items), total)
+    with Progress(stage or " ".join(("scoring", label)).strip(), total) as shown:
+        for combo in combos:
+            prompt = prompt_of(*combo)
+            for seed in seeds:
+                detection = detect(render_fn(prompt, seed))
+                items.append(Scored(prompt, *combo, split_of(combo), seed, detection))
+                shown.update()
+                if progress:
+                    progress(len(items), total)
     return Report(items, label, time.perf_counter() - start)
 
 
@@ -277,7 +283,6 @@ def run_shapes_eval(
        ``KEY=VALUE`` strings of any sampling or post-processing setting (``eval shapes --set``), for sweeps.
     """
     from videodiff.errors import UserError
-    from videodiff.log import notice
     from videodiff.shapes.world import combos_of
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -298,32 +303,25 @@ def run_shapes_eval(
     chosen = combos_of(combos)
     held = [prompt_of(*c) for c in chosen if split_of(c) == "heldout"]
     results: dict[str, Any] = {"settings": {"seeds": list(range(seeds)), "combos": combos, "heldout": held}}
-    reports = [("ground_truth", evaluate_ground_truth(seeds, 0, chosen))]
-    if roundtrip_suffix:
-        trip = evaluate_ground_truth(seeds, 0, chosen, roundtrip_suffix=roundtrip_suffix)
-        reports.append(("ground_truth_roundtrip", trip))
+
+    def record(key: str, report: Report) -> None:  # each table as soon as its stage ends
+        results[key] = report.to_dict()
+        echo(report.table() + "\n")
+
     pipe = None
-    if not ground_truth_only:
+    if not ground_truth_only:  # first: a model that does not load fails before minutes of scoring
         from videodiff.pipelines import load_pipeline
 
         pipe = load_pipeline(model, motion_module, device=device, dtype=dtype)
-        truth = ground_truth_render_fn(0)
-        reports.append(
-            (
-                "ground_truth_vae",
-                evaluate_model(
-                    lambda prompt, seed: vae_roundtrip(pipe, truth(prompt, seed)),
-                    range(seeds),
-                    chosen,
-                    label="ground truth after the model's VAE",
-                ),
-            )
-        )
-    for key, report in reports:
-        results[key] = report.to_dict()
-        echo(report.table() + "\n")
+    record("ground_truth", evaluate_ground_truth(seeds, 0, chosen))
+    if roundtrip_suffix:
+        record("ground_truth_roundtrip", evaluate_ground_truth(seeds, 0, chosen, roundtrip_suffix=roundtrip_suffix))
     if pipe is None:
         return results
+    truth = ground_truth_render_fn(0)
+    vae_label = "ground truth after the model's VAE"
+    trip_fn = lambda prompt, seed: vae_roundtrip(pipe, truth(prompt, seed))  # noqa: E731
+    record("ground_truth_vae", evaluate_model(trip_fn, range(seeds), chosen, label=vae_label))
     render_fn, settings, fidelity = model_render_fn(
         pipe,
         steps=steps,
@@ -336,12 +334,8 @@ def run_shapes_eval(
     )
     mode = "" if img2vid is None else " keyframes" if img2vid.get("keyframes") else " img2vid"
     name = (model or "built-in shapes") + mode
-
-    def progress(done: int, total: int) -> None:
-        if done % 10 == 0 or done == total:
-            notice(f"rendered {done}/{total} videos")
-
-    report = evaluate_model(render_fn, range(seeds), chosen, label=f"model {name}", progress=progress)
+    stage = f"rendering and scoring {name}"
+    report = evaluate_model(render_fn, range(seeds), chosen, label=f"model {name}", stage=stage)
     results["settings"]["model"] = {"model": name, "motion_module": motion_module, **settings}
     results["model"] = report.to_dict()
     echo(report.table())
