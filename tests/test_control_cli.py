@@ -51,7 +51,8 @@ def test_render_with_a_controlnet_writes_a_sidecar_that_renders_it_again(tmp_pat
 
 def test_canny_maps_are_computed_and_recorded(tmp_path, models, controlnet, maps):
     out = tmp_path / "c.gif"
-    ok(invoke("render", "x", *models, *SIZE, "--controlnet", controlnet, "--control", f"canny:50,150:{maps}", "-o", out))
+    canny = f"canny:50,150:{maps}"
+    ok(invoke("render", "x", *models, *SIZE, "--controlnet", controlnet, "--control", canny, "-o", out))
     sidecar = read_json(sidecar_path(out))
     assert sidecar["controls"][0]["maps"] == f"canny:50,150:{maps.resolve()}"
     assert sidecar["info"]["controls"][0] | {"sha256": None} == {
