@@ -258,3 +258,13 @@ def test_with_controls_refuses_a_sparsectrl_given_maps(tiny_pipe, sparse_nets, t
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(picture)
     with pytest.raises(UserError, match="is a SparseCtrl model"):
         _ours(tiny_pipe, [Control(maps=str(picture), controlnet=str(sparse_nets["rgb"]))])
+
+
+def test_a_render_longer_than_the_sparsectrl_sees_is_one_line(tiny_pipe, tiny_model, pictures, tmp_path):
+    """A SparseCtrl's motion modules encode at most ``motion_max_seq_length`` frames: 8 frames through a 4-frame
+    one are refused in one line, not a shape error."""
+    short = build_tiny_sparsectrl(tmp_path / "short", tiny_model, kind="scribble", frames=4)
+    control = Control(controlnet=str(short), sparse_at=(f"0:{pictures['scribble'][0][0]}",))
+    with pytest.raises(UserError, match="sees at most 4 frames at once, this render 8") as info:
+        _ours(tiny_pipe, [control])
+    assert "\n" not in str(info.value)

@@ -253,11 +253,14 @@ def diffusers_controlnet_reference(model: str | Path, motion, scheduler, control
     return pipe
 
 
-def build_tiny_sparsectrl(folder: str | Path, model: str | Path, *, kind: str = "rgb", seed: int = 2) -> Path:
+def build_tiny_sparsectrl(
+    folder: str | Path, model: str | Path, *, kind: str = "rgb", seed: int = 2, frames: int = 32
+) -> Path:
     """A diffusers ``SparseControlNetModel`` folder for ``model`` (a tiny model's folder), as AnimateDiff v3's are
     made: ``rgb`` reads 4-channel VAE latents through one convolution (``use_simplified_condition_embedding``),
     ``scribble`` 3-channel pixel maps through a conditioning embedding with one downsampling per VAE downsampling.
-    Random weights everywhere (zero convolutions and motion modules too, so that it steers the tests' renders)."""
+    Random weights everywhere (zero convolutions and motion modules too, so that it steers the tests' renders);
+    its motion modules see at most ``frames`` frames at once."""
     from diffusers import SparseControlNetModel, UNet2DConditionModel
 
     if kind not in ("rgb", "scribble"):
@@ -278,6 +281,7 @@ def build_tiny_sparsectrl(folder: str | Path, model: str | Path, *, kind: str = 
         norm_num_groups=c.norm_num_groups,
         conditioning_embedding_out_channels=tuple(8 * 2**i for i in range(levels)),
         use_simplified_condition_embedding=kind == "rgb",
+        motion_max_seq_length=frames,
         motion_num_attention_heads=8,  # AnimateDiff v3's (what a file's loader assumes: the weights do not say)
     )
     net.load_state_dict({k: v for k, v in unet.state_dict().items() if k in net.state_dict()}, strict=False)

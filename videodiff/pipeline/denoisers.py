@@ -56,17 +56,6 @@ def controlnet(pipe, source: str) -> Any:
     return loaded[source]
 
 
-def check_window(net: Any, control: Control, frames: int) -> None:
-    """A SparseCtrl's motion modules encode at most ``motion_max_seq_length`` frames at once: refuse a longer
-    run (``frames``: what the U-Net sees at once, a window's or the whole video's)."""
-    longest = net.config.get("motion_max_seq_length")
-    if longest is not None and frames > longest:
-        raise UserError(
-            f"SparseCtrl {control.controlnet} sees at most {longest} frames at once, this render {frames}: "
-            f"give --window {longest} or fewer --frames"
-        )
-
-
 def with_controls(
     pipe, cond: Cond, controls: tuple[Control, ...], frames: int, height: int, width: int, stride: int, fit: str
 ) -> tuple[Cond, tuple]:
@@ -87,7 +76,6 @@ def with_controls(
             nets.append(net)
         mask = None
         if c.sparse:
-            check_window(net, c, min(frames, pipe.train_frames))
             tensor, mask = sparse_conditioning(
                 net, c, frames, height, width, fit, pipe.encode_pictures, pipe.device, pipe.dtype
             )
