@@ -193,6 +193,9 @@ def test_sparse_flags_make_one_more_control(tmp_path):
     assert Control.of(item).record()["sparse_at"] == ["0:a.png", "-1:b.png"]
 
 
+ONE = {"sparsectrl": "sc", "sparse_at": ("0:a.png",)}
+
+
 @pytest.mark.parametrize(
     "given, words",
     [
@@ -201,8 +204,9 @@ def test_sparse_flags_make_one_more_control(tmp_path):
         ({"sparse_scale": 0.5}, "need --sparsectrl"),
         ({"sparsectrl": "sc", "sparse_at": ("a.png",)}, "FRAME:PATH"),
         ({"sparsectrl": "sc", "sparse_at": ("x:a.png",)}, "FRAME:PATH"),
-        ({"sparsectrl": "sc", "sparse_at": ("0:a.png",), "sparse_scale": float("nan")}, "finite"),
-        ({"sparsectrl": "sc", "sparse_at": ("0:a.png",), "sparse_range": "0.6,0.2"}, "START <= END"),
+        ({**ONE, "sparse_scale": float("nan")}, "--sparse-scale must be a finite"),
+        ({**ONE, "sparse_scale": 11.0}, "--sparse-scale must be from 0 to 10"),
+        ({**ONE, "sparse_range": "0.6,0.2"}, "--sparse-range must have 0 <= START <= END"),
     ],
 )
 def test_bad_sparse_flags_are_one_line(given, words):
@@ -218,6 +222,12 @@ def test_sparse_frames_are_checked_before_loading(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(picture)
     ok = Control(controlnet="sc", sparse_at=(f"0:{picture}", f"-1:{picture}"))
     check_sparse([ok], 8)
+    from videodiff.control.sparse import picture_sources
+    from videodiff.media.images import file_sha256
+
+    recorded = picture_sources(ok, 8)
+    assert [r["frame"] for r in recorded] == [0, 7] and recorded[1]["path"] == str(picture.resolve())
+    assert recorded[0]["sha256"] == file_sha256(picture)
     cases = [
         (Control(controlnet="sc", sparse_at=(f"8:{picture}",)), "frame 8 is outside the video's 8 frames (0 to 7)"),
         (Control(controlnet="sc", sparse_at=(f"-9:{picture}",)), "frame -9 is outside"),

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from videodiff.errors import UserError
-from videodiff.media.images import check_image, fit_image, read_image
+from videodiff.media.images import check_image, file_sha256, fit_image, read_image
 from videodiff.settings.control import Control, check_sparse, parse_controls
 
-__all__ = ["check_sparse_inputs", "place", "read_pictures", "sparse_conditioning"]
+__all__ = ["check_kind", "check_sparse_inputs", "picture_sources", "place", "read_pictures", "sparse_conditioning"]
 
 
 def check_sparse_inputs(controls: Any, frames: int, kind_of: Callable[[str], str | None] | None = None) -> None:
@@ -51,6 +51,15 @@ def check_kind(control: Control, kind: str | None) -> None:
             f"{control.controlnet} is a ControlNet, not a SparseCtrl model: give it maps (--controlnet MODEL "
             "--control MAPS), or give --sparse-at pictures to a SparseCtrl model"
         )
+
+
+def picture_sources(control: Control, frames: int) -> list[dict[str, Any]]:
+    """What a sidecar records of a SparseCtrl control's pictures: per picture its frame (counted from 0), absolute
+    path and SHA-256, in the order of ``sparse_at``."""
+    return [
+        {"frame": frame, "path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+        for frame, path in control.pictures(frames).items()
+    ]
 
 
 def read_pictures(

@@ -81,15 +81,16 @@ def parse_maps(text: str) -> Maps:
     return Maps(rest, head)
 
 
-def parse_range(value: Any) -> tuple[float, float]:
-    """``START,END`` (text, or two numbers) with ``0 <= START <= END <= 1``: the part of the steps controlled."""
+def parse_range(value: Any, flag: str = "--control-range") -> tuple[float, float]:
+    """``START,END`` (text, or two numbers) with ``0 <= START <= END <= 1``: the part of the steps controlled
+    (``flag`` names the option in errors)."""
     items = value.split(",") if isinstance(value, str) else value
     try:
         start, end = (float(v) for v in items)  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        raise UserError(f"--control-range must be two numbers START,END from 0 to 1, got {shown(value)}") from None
+        raise UserError(f"{flag} must be two numbers START,END from 0 to 1, got {shown(value)}") from None
     if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end <= 1):
-        raise UserError(f"--control-range must have 0 <= START <= END <= 1, got {shown(value)}")
+        raise UserError(f"{flag} must have 0 <= START <= END <= 1, got {shown(value)}")
     return start, end
 
 
@@ -168,12 +169,12 @@ class Control:
             maps = parse_maps(self.maps)  # type: ignore[arg-type]
             if "\0" in maps.path:
                 raise UserError("--control contains a NUL character")
-        scale = self.scale
+        scale, flag = self.scale, "--sparse" if self.sparse_at else "--control"
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise UserError(f"--control-scale must be a finite number, got {shown(scale)}")
+            raise UserError(f"{flag}-scale must be a finite number, got {shown(scale)}")
         if not 0 <= scale <= MAX_CONTROL_SCALE:
-            raise UserError(f"--control-scale must be from 0 to {MAX_CONTROL_SCALE:g}, got {scale:g}")
-        parse_range(self.range)
+            raise UserError(f"{flag}-scale must be from 0 to {MAX_CONTROL_SCALE:g}, got {scale:g}")
+        parse_range(self.range, f"{flag}-range")
         return self
 
     @property
@@ -292,7 +293,7 @@ def sparse_from_flags(
         controlnet=sparsectrl,
         sparse_at=tuple(sparse_at),
         scale=1.0 if scale is None else scale,
-        range=(0.0, 1.0) if range_ is None else parse_range(range_),
+        range=(0.0, 1.0) if range_ is None else parse_range(range_, "--sparse-range"),
     )
     return (control.checked(),)
 
