@@ -251,3 +251,79 @@ def diffusers_controlnet_reference(model: str | Path, motion, scheduler, control
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_tiny_sparsectrl(
+    folder: str | Path, model: str | Path, *, kind: str = "rgb", seed: int = 2, frames: int = 32
+) -> Path:
+    """A diffusers ``SparseControlNetModel`` folder for ``model`` (a tiny model's folder), as AnimateDiff v3's are
+    made: ``rgb`` reads 4-channel VAE latents through one convolution (``use_simplified_condition_embedding``),
+    ``scribble`` 3-channel pixel maps through a conditioning embedding with one downsampling per VAE downsampling.
+    Random weights everywhere (zero convolutions and motion modules too, so that it steers the tests' renders);
+    its motion modules see at most ``frames`` frames at once."""
+    from diffusers import SparseControlNetModel, UNet2DConditionModel
+
+    if kind not in ("rgb", "scribble"):
+        raise ValueError(f"kind must be rgb or scribble, got {kind!r}")
+    unet = UNet2DConditionModel.from_pretrained(Path(model) / "unet")
+    vae_config = json.loads((Path(model) / "vae" / "config.json").read_text())
+    levels = len(vae_config["block_out_channels"])
+    torch.manual_seed(seed)
+    c = unet.config
+    net = SparseControlNetModel(
+        in_channels=c.in_channels,
+        conditioning_channels=4 if kind == "rgb" else 3,
+        down_block_types=[t.replace("2D", "Motion") for t in c.down_block_types],
+        block_out_channels=c.block_out_channels,
+        layers_per_block=c.layers_per_block,
+        cross_attention_dim=c.cross_attention_dim,
+        attention_head_dim=c.attention_head_dim,
+        norm_num_groups=c.norm_num_groups,
+        conditioning_embedding_out_channels=tuple(8 * 2**i for i in range(levels)),
+        use_simplified_condition_embedding=kind == "rgb",
+        motion_max_seq_length=frames,
+        motion_num_attention_heads=8,  # AnimateDiff v3's (what a file's loader assumes: the weights do not say)
+    )
+    net.load_state_dict({k: v for k, v in unet.state_dict().items() if k in net.state_dict()}, strict=False)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            hint = name.startswith("controlnet_cond_embedding")
+            p.add_(torch.randn_like(p) * (HINT if hint else ZERO_CONV if name.startswith("controlnet_") else 0.05))
+    net.save_pretrained(folder)
+    return Path(folder)
+
+
+def diffusers_sparsectrl_reference(model: str | Path, motion, scheduler, sparsectrl: str | Path):
+    """diffusers' ``AnimateDiffSparseControlNetPipeline`` on the same folders."""
+    from diffusers import AnimateDiffSparseControlNetPipeline, SparseControlNetModel
+
+    base = diffusers_reference(model, motion, scheduler)
+    pipe = AnimateDiffSparseControlNetPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=base.unet,
+        motion_adapter=base.motion_adapter,
+        controlnet=SparseControlNetModel.from_pretrained(sparsectrl),
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_vid2vid_controlnet_reference(model: str | Path, motion, scheduler, controlnet: str | Path):
+    """diffusers' ``AnimateDiffVideoToVideoControlNetPipeline`` on the same folders (one ``ControlNetModel``)."""
+    from diffusers import AnimateDiffVideoToVideoControlNetPipeline, ControlNetModel
+
+    base = diffusers_reference(model, motion, scheduler)
+    pipe = AnimateDiffVideoToVideoControlNetPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=base.unet,
+        motion_adapter=base.motion_adapter,
+        controlnet=ControlNetModel.from_pretrained(controlnet),
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from einops import rearrange, repeat
 
+from videodiff.errors import UserError
 from videodiff.sampling.cond import DOWN_RESIDUALS, MID_RESIDUAL, Cond, Residuals, TensorField, as_cond
 
 __all__ = ["CONTROLS", "ControlInput", "ControlInputs", "Controlled", "in_range"]
@@ -39,7 +40,9 @@ def in_range(step: int, steps: int, start: float, end: float) -> bool:
 @dataclass(frozen=True)
 class ControlInput:
     """One control: ``net`` indexes :class:`Controlled`'s networks; ``maps`` ``[b c f H W]`` in [0, 1] (pixels, the
-    video's size); ``mask`` ``[b 1 f H W]`` marks the frames given (SparseCtrl), ``None`` for a map per frame."""
+    video's size; an RGB SparseCtrl's: the pictures' scaled VAE latents ``[b 4 f h w]``, zeros where no picture
+    is given); ``mask`` ``[b 1 f H W]`` (``[b 1 f h w]``) marks the frames given (SparseCtrl), ``None`` for a map
+    per frame."""
 
     net: int
     maps: torch.Tensor
@@ -90,6 +93,12 @@ def run_controlnet(net, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
     b, f = x.shape[0], x.shape[2]
     dtype = next(net.parameters()).dtype
     if item.mask is not None:
+        longest = net.config.get("motion_max_seq_length")
+        if longest is not None and f > longest:  # its positional encoding ends there
+            raise UserError(
+                f"the SparseCtrl model sees at most {longest} frames at once, this render {f}: give --window "
+                f"{longest} or less (with --window-layers unet), or fewer --frames"
+            )
         down, mid = net(
             x.to(dtype),
             t,

@@ -18,10 +18,11 @@ from videodiff import cache as feature_cache
 from videodiff import windows as sliding
 from videodiff.control.controlnet import CONTROLS, ControlInput, ControlInputs, Controlled
 from videodiff.control.maps import read_maps
+from videodiff.control.sparse import check_kind, sparse_conditioning
 from videodiff.errors import UserError
 from videodiff.sampling import Cond, OnStep
 from videodiff.settings.control import Control
-from videodiff.weights.controlnets import check_fits, load_controlnet
+from videodiff.weights.controlnets import CONTROLNET_CLASSES, check_fits, load_controlnet
 
 
 def assemble(pipe, plan: sliding.WindowPlan | None, cache: int, on_step: OnStep | None, nets: tuple, timesteps):
@@ -61,7 +62,9 @@ def with_controls(
 ) -> tuple[Cond, tuple]:
     """``cond`` with the controls' field (:data:`videodiff.control.CONTROLS`), and the ControlNets it indexes. Each
     control's maps are read for ``frames`` frames of ``height`` x ``width`` (:func:`videodiff.control.read_maps`);
-    a control without a ControlNet uses the model's own (``videodiff.json``'s ``controlnet``)."""
+    a control without a ControlNet uses the model's own (``videodiff.json``'s ``controlnet``). A SparseCtrl control
+    (``sparse_at``) reads its pictures at their frames, with the mask of the frames given
+    (:func:`videodiff.control.sparse.sparse_conditioning`: RGB ones through the VAE)."""
     nets: list[Any] = []
     items = []
     for c in controls:
@@ -69,12 +72,19 @@ def with_controls(
         if source is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
         net = controlnet(pipe, str(source))
+        check_kind(c, CONTROLNET_CLASSES.get(type(net).__name__))
         if net not in nets:
             nets.append(net)
-        maps = read_maps(c.maps, frames, height, width, stride=stride, fit=fit)
-        tensor = torch.from_numpy(np.ascontiguousarray(maps)).permute(3, 0, 1, 2)[None]  # [1 3 f H W]
-        tensor = tensor.to(pipe.device, pipe.dtype) / 255
-        items.append(ControlInput(nets.index(net), tensor, float(c.scale), *map(float, c.range)))
+        mask = None
+        if c.sparse:
+            tensor, mask = sparse_conditioning(
+                net, c, frames, height, width, fit, pipe.encode_pictures, pipe.device, pipe.dtype
+            )
+        else:
+            maps = read_maps(c.maps, frames, height, width, stride=stride, fit=fit)
+            tensor = torch.from_numpy(np.ascontiguousarray(maps)).permute(3, 0, 1, 2)[None]  # [1 3 f H W]
+            tensor = tensor.to(pipe.device, pipe.dtype) / 255
+        items.append(ControlInput(nets.index(net), tensor, float(c.scale), *map(float, c.range), mask=mask))
     if not items:
         return cond, ()
     return cond.with_fields(**{CONTROLS: ControlInputs(tuple(items))}), tuple(nets)

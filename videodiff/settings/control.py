@@ -12,12 +12,19 @@ Maps are named by one text, the same on the command line, in settings files and 
 The step range follows diffusers' ``control_guidance_start``/``_end``: of the ``n`` steps a run takes (counted
 from where it starts: img2vid and vid2vid start part-way), step ``i`` is controlled when ``START <= i / n`` and
 ``(i + 1) / n <= END``.
+
+SparseCtrl (AnimateDiff v3's sparse ControlNet) reads pictures at chosen frames instead of a map per frame: a
+control with ``sparse_at`` (``FRAME:PATH`` items, negative frames counting from the end, as ``--image-at``) and no
+``maps``, whose ControlNet is a SparseCtrl one (``--sparsectrl MODEL --sparse-at 0:first.png --sparse-at
+-1:last.png``). An RGB SparseCtrl reads the pictures through the VAE, a scribble one as pixels; either is told which
+frames are given by a mask. Its scale and step range work as a ControlNet's.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from videodiff.errors import UserError
@@ -74,30 +81,47 @@ def parse_maps(text: str) -> Maps:
     return Maps(rest, head)
 
 
-def parse_range(value: Any) -> tuple[float, float]:
-    """``START,END`` (text, or two numbers) with ``0 <= START <= END <= 1``: the part of the steps controlled."""
+def parse_range(value: Any, flag: str = "--control-range") -> tuple[float, float]:
+    """``START,END`` (text, or two numbers) with ``0 <= START <= END <= 1``: the part of the steps controlled
+    (``flag`` names the option in errors)."""
     items = value.split(",") if isinstance(value, str) else value
     try:
         start, end = (float(v) for v in items)  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        raise UserError(f"--control-range must be two numbers START,END from 0 to 1, got {shown(value)}") from None
+        raise UserError(f"{flag} must be two numbers START,END from 0 to 1, got {shown(value)}") from None
     if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end <= 1):
-        raise UserError(f"--control-range must have 0 <= START <= END <= 1, got {shown(value)}")
+        raise UserError(f"{flag} must have 0 <= START <= END <= 1, got {shown(value)}")
     return start, end
+
+
+def parse_sparse_at(spec: Any) -> tuple[int, str]:
+    """``FRAME:PATH`` (``--sparse-at``): the frame (negative counts from the end) and the picture's path."""
+    frame, sep, path = str(spec).partition(":")
+    try:
+        index = int(frame)
+    except ValueError:
+        index = None
+    if not isinstance(spec, str) or not sep or index is None or not path:
+        raise UserError(f"--sparse-at must be FRAME:PATH, e.g. 0:first.png or -1:last.png; got {shown(spec)}")
+    if "\0" in path:
+        raise UserError("--sparse-at contains a NUL character")
+    return index, path
 
 
 @dataclass(frozen=True)
 class Control:
     """One ControlNet and its maps. ``controlnet``: a diffusers ``ControlNetModel`` folder, hub id or original
     single file (``None``: the model's own, when it records one); ``maps``: see the module docstring; ``scale``:
-    diffusers' ``controlnet_conditioning_scale``; ``range``: diffusers' ``control_guidance_start, _end``."""
+    diffusers' ``controlnet_conditioning_scale``; ``range``: diffusers' ``control_guidance_start, _end``;
+    ``sparse_at``: SparseCtrl's pictures, ``FRAME:PATH`` items, in place of ``maps`` (module docstring)."""
 
-    maps: str
+    maps: str | None = None
     controlnet: str | None = None
     scale: float = 1.0
     range: tuple[float, float] = (0.0, 1.0)
+    sparse_at: tuple[str, ...] = ()
 
-    KEYS = ("maps", "controlnet", "scale", "range")
+    KEYS = ("maps", "controlnet", "scale", "range", "sparse_at")
 
     @classmethod
     def of(cls, value: Any) -> Control:
@@ -105,15 +129,24 @@ class Control:
         if isinstance(value, Control):
             return value.checked()
         if not isinstance(value, dict):
-            raise UserError(f"each of controls must be a mapping of maps, controlnet, scale, range; got {shown(value)}")
+            raise UserError(f"each of controls must be a mapping of {', '.join(cls.KEYS)}; got {shown(value)}")
         unknown = [str(k) for k in value if k not in cls.KEYS]
         if unknown:
             raise UserError(f"controls: unknown key {shown(unknown[0])}; known: {', '.join(cls.KEYS)}")
-        if "maps" not in value:
-            raise UserError("each of controls needs maps (a video, a folder of images or an image)")
+        if value.get("maps") is None and not value.get("sparse_at"):
+            raise UserError(
+                "each of controls needs maps (a video, a folder of images or an image), or sparse_at pictures "
+                "for a SparseCtrl controlnet"
+            )
         given = {k: value[k] for k in cls.KEYS if value.get(k) is not None}
         if "range" in given:
             given["range"] = parse_range(given["range"])
+        if "sparse_at" in given:
+            items = given["sparse_at"]
+            given["sparse_at"] = (items,) if isinstance(items, str) else items
+            if not isinstance(given["sparse_at"], (list, tuple)):
+                raise UserError(f"controls: sparse_at must be a list of FRAME:PATH, got {shown(items)}")
+            given["sparse_at"] = tuple(given["sparse_at"])
         return cls(**given).checked()
 
     def checked(self) -> Control:
@@ -121,24 +154,58 @@ class Control:
             raise UserError(f"--controlnet must be a folder, hub id or file, got {shown(self.controlnet)}")
         if isinstance(self.controlnet, str) and "\0" in self.controlnet:
             raise UserError("--controlnet contains a NUL character")
-        maps = parse_maps(self.maps)
-        if "\0" in maps.path:
-            raise UserError("--control contains a NUL character")
-        scale = self.scale
+        if not isinstance(self.sparse_at, tuple):
+            raise UserError(f"--sparse-at must be a list of FRAME:PATH, got {shown(self.sparse_at)}")
+        if self.sparse_at:
+            if self.maps is not None:
+                raise UserError(
+                    "a control takes --control maps (a ControlNet) or --sparse-at pictures (SparseCtrl), not both"
+                )
+            if self.controlnet is None:
+                raise UserError("--sparse-at needs --sparsectrl MODEL: a SparseCtrl ControlNet to read the pictures")
+            for spec in self.sparse_at:
+                parse_sparse_at(spec)
+        else:
+            maps = parse_maps(self.maps)  # type: ignore[arg-type]
+            if "\0" in maps.path:
+                raise UserError("--control contains a NUL character")
+        scale, flag = self.scale, "--sparse" if self.sparse_at else "--control"
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise UserError(f"--control-scale must be a finite number, got {shown(scale)}")
+            raise UserError(f"{flag}-scale must be a finite number, got {shown(scale)}")
         if not 0 <= scale <= MAX_CONTROL_SCALE:
-            raise UserError(f"--control-scale must be from 0 to {MAX_CONTROL_SCALE:g}, got {scale:g}")
-        parse_range(self.range)
+            raise UserError(f"{flag}-scale must be from 0 to {MAX_CONTROL_SCALE:g}, got {scale:g}")
+        parse_range(self.range, f"{flag}-range")
         return self
 
     @property
     def parsed_maps(self) -> Maps:
-        return parse_maps(self.maps)
+        return parse_maps(self.maps)  # type: ignore[arg-type]
+
+    @property
+    def sparse(self) -> bool:
+        """Whether this is a SparseCtrl control (pictures at frames, ``sparse_at``)."""
+        return bool(self.sparse_at)
+
+    def pictures(self, frames: int) -> dict[int, str]:
+        """``sparse_at`` as ``{frame: path}`` for a video of ``frames`` frames (negative frames counted from the
+        end); a frame outside the video or given twice is a one-line :class:`UserError`."""
+        out: dict[int, str] = {}
+        for spec in self.sparse_at:
+            frame, path = parse_sparse_at(spec)
+            if not -frames <= frame < frames:
+                raise UserError(f"--sparse-at frame {frame} is outside the video's {frames} frames (0 to {frames - 1})")
+            index = frame % frames
+            if index in out:
+                raise UserError(f"--sparse-at gives frame {index} twice ({out[index]} and {path})")
+            out[index] = path
+        return out
 
     def record(self) -> dict[str, Any]:
         """The control as a settings file holds it (a sidecar's ``controls`` item)."""
-        return {"maps": self.maps, "controlnet": self.controlnet, "scale": self.scale, "range": list(self.range)}
+        out = {"maps": self.maps, "controlnet": self.controlnet, "scale": self.scale, "range": list(self.range)}
+        if self.sparse_at:
+            out["sparse_at"] = list(self.sparse_at)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +213,7 @@ class ControlSettings:
     """The ControlNets steering a render (none: no control)."""
 
     controls: tuple[Any, ...] = setting(  # Control items (mappings in settings files); the CLI builds them
-        (), "ControlNets and their maps: a list of {maps, controlnet, scale, range}."
+        (), "ControlNets and their maps: a list of {maps, controlnet, scale, range} (SparseCtrl: sparse_at, not maps)."
     )
 
     def validate(self) -> ControlSettings:
@@ -209,16 +276,53 @@ def parse_controls(value: Any) -> tuple[Control, ...]:
     return ControlSettings(controls=tuple(value)).validate().parsed()
 
 
-CONTROL_FLAGS = ("controlnet", "control", "control_scale", "control_range")
+def sparse_from_flags(
+    sparsectrl: str | None, sparse_at: tuple[str, ...], scale: float | None, range_: str | None
+) -> tuple[Control, ...]:
+    """The command line's ``--sparsectrl``/``--sparse-at``/``--sparse-scale``/``--sparse-range`` as one more
+    control (none without any of them)."""
+    if sparsectrl is None:
+        if sparse_at:
+            raise UserError("--sparse-at needs --sparsectrl MODEL: a SparseCtrl ControlNet to read the pictures")
+        if scale is not None or range_ is not None:
+            raise UserError("--sparse-scale and --sparse-range need --sparsectrl MODEL and --sparse-at FRAME:PATH")
+        return ()
+    if not sparse_at:
+        raise UserError("--sparsectrl needs --sparse-at FRAME:PATH: the pictures it reads, and at which frames")
+    control = Control(
+        controlnet=sparsectrl,
+        sparse_at=tuple(sparse_at),
+        scale=1.0 if scale is None else scale,
+        range=(0.0, 1.0) if range_ is None else parse_range(range_, "--sparse-range"),
+    )
+    return (control.checked(),)
+
+
+def check_sparse(controls: Any, frames: int) -> None:
+    """SparseCtrl's pictures for a video of ``frames`` frames, before any model loads: every ``--sparse-at`` frame
+    inside the video, none given twice, every picture a file. One-line :class:`UserError` otherwise."""
+    for control in parse_controls(controls):
+        for path in control.pictures(frames).values():
+            if not Path(path).is_file():
+                raise UserError(f"--sparse-at {shown(path)}: no such file")
+
+
+CONTROLNET_FLAGS = ("controlnet", "control", "control_scale", "control_range")
+SPARSE_FLAGS = ("sparsectrl", "sparse_at", "sparse_scale", "sparse_range")
+CONTROL_FLAGS = CONTROLNET_FLAGS + SPARSE_FLAGS  # every flag flags_to_controls makes into controls
 
 
 def flags_to_controls(command_line: dict[str, Any]) -> dict[str, Any]:
-    """The command line's values with its control flags (:data:`CONTROL_FLAGS`) made into ``controls``
-    (:func:`controls_from_flags`); without any of them, as given."""
-    given = {k: command_line.get(k) or () for k in CONTROL_FLAGS}
+    """The command line's values with its control flags (:data:`CONTROL_FLAGS`) made into ``controls``: the
+    ControlNets' (:func:`controls_from_flags`), then SparseCtrl's (:func:`sparse_from_flags`); without any of
+    them, as given."""
+    given = {k: command_line.get(k) or () for k in CONTROLNET_FLAGS}
+    sparse = [command_line.get(k) for k in SPARSE_FLAGS]
     rest = {k: v for k, v in command_line.items() if k not in CONTROL_FLAGS}
-    if any(given.values()):
-        rest["controls"] = controls_from_flags(*(tuple(given[k]) for k in CONTROL_FLAGS))
+    if any(given.values()) or any(v not in (None, ()) for v in sparse):
+        controls = controls_from_flags(*(tuple(given[k]) for k in CONTROLNET_FLAGS))
+        sparsectrl, sparse_at, scale, range_ = sparse
+        rest["controls"] = controls + sparse_from_flags(sparsectrl or None, tuple(sparse_at or ()), scale, range_)
     return rest
 
 

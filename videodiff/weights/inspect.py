@@ -17,6 +17,7 @@ from videodiff.motion_prior import FORMAT as PRIOR_FORMAT
 from videodiff.motion_prior import PRIOR_FILE
 from videodiff.settings.render import VIDEO_SUFFIXES
 from videodiff.weights.checkpoints import read_state_dict
+from videodiff.weights.controlnets import CONTROLNET_CLASSES, describe_controlnet, is_controlnet
 from videodiff.weights.embeddings import describe_embedding
 from videodiff.weights.hub import DEFAULTS_FILE, describe_vocabulary, model_triggers, model_vocabulary
 from videodiff.weights.lora import describe_lora
@@ -190,7 +191,7 @@ def _describe_videodiff_folder(p: Path) -> dict[str, Any] | None:
 
 
 def describe(path: str) -> dict[str, Any]:
-    """Kind-specific description of a model folder, motion module, SD checkpoint, LoRA or embedding,
+    """Kind-specific description of a model folder, motion module, SD checkpoint, ControlNet, LoRA or embedding,
     or of anything videodiff writes (motion prior, latent cache, checkpoint, run, video, sidecar, report)."""
     p = Path(path).expanduser()
     if not p.exists():
@@ -207,12 +208,14 @@ def describe(path: str) -> dict[str, Any]:
             return {**describe_motion_module(p), **_motion_extras(p)}
         if class_name == "AutoencoderKL":
             return {"kind": "diffusers VAE folder", "path": str(p)}
+        if class_name in CONTROLNET_CLASSES:
+            return describe_controlnet(p)
         found = _describe_videodiff_folder(p)
         if found is not None:
             return found
         raise UserError(
-            f"{path}: a folder that is neither a diffusers model, a MotionAdapter, a VAE, a training run or "
-            "checkpoint, a dataset nor PNG frames"
+            f"{path}: a folder that is neither a diffusers model, a MotionAdapter, a VAE, a ControlNet, a training "
+            "run or checkpoint, a dataset nor PNG frames"
         )
     suffix = p.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
@@ -245,6 +248,8 @@ def describe(path: str) -> dict[str, Any]:
                 "use": "loaded with the motion module folder it sits in",
             }
     keys = _keys(p)
+    if is_controlnet(keys):  # before checkpoints: ControlNet 1.0 files hold a whole SD model beside their own
+        return describe_controlnet(p)
     if any(
         k.startswith(("model.diffusion_model.", "first_stage_model.", "encoder.", "decoder.", "conditioner."))
         for k in keys
