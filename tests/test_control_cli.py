@@ -127,3 +127,23 @@ def test_control_without_a_controlnet_needs_the_models_own(tmp_path, models, map
     message = assert_user_error(invoke("render", "x", *models, *SIZE, "-q", "--control", maps, "-o", out))
     assert "records its own ControlNet" in message
     assert not out.exists()
+
+
+def test_sparsectrl_from_the_command_line_and_its_sidecar(tmp_path, models, tiny_model, maps):
+    from videodiff.tiny import build_tiny_sparsectrl
+
+    sparse = build_tiny_sparsectrl(tmp_path / "sparse", tiny_model, kind="scribble")
+    first, last = maps / "0000.png", maps / "0009.png"
+    out = tmp_path / "s.gif"
+    ok(invoke("render", "x", *models, *SIZE, "--sparsectrl", sparse, "--sparse-at", f"0:{first}",
+              "--sparse-at", f"-1:{last}", "--sparse-scale", "0.8", "-o", out))  # fmt: skip
+    sidecar = read_json(sidecar_path(out))
+    (item,) = sidecar["controls"]
+    assert item["sparse_at"] == [f"0:{first.resolve()}", f"-1:{last.resolve()}"] and item["scale"] == 0.8
+    assert [p["frame"] for p in sidecar["info"]["controls"][0]["pictures"]] == [0, 7]
+    again = tmp_path / "again.gif"
+    ok(invoke("render", "--config", sidecar_path(out), "-o", again))
+    assert np.array_equal(read_video(out, frames=None)[0], read_video(again, frames=None)[0])
+    late = ("--sparsectrl", sparse, "--sparse-at", f"8:{first}")
+    outside = assert_user_error(invoke("render", "x", *models, *SIZE, *late, "-o", tmp_path / "o.gif"))
+    assert "8" in outside and not (tmp_path / "o.gif").exists()

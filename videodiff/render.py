@@ -37,7 +37,7 @@ from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.media.images import file_sha256
 from videodiff.media.video import check_output, check_sidecar, save_video, sidecar_path
-from videodiff.settings.control import control_record, flags_to_controls, parse_controls
+from videodiff.settings.control import check_sparse, control_record, flags_to_controls, parse_controls
 from videodiff.weights.hub import package_versions, read_model_defaults
 
 if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
@@ -259,10 +259,21 @@ def check_inputs(config: RenderConfig) -> None:
         size = (config.height, config.width) if config.height and config.width else None
         available = check_moving_video(config.video, frames=config.frames, stride=config.stride, size=size).num_frames
         frames = min(frames, len(range(0, available, config.stride)))  # a shorter clip makes a shorter video
+    check_sparse(config.controls, frames)  # SparseCtrl's pictures: frames inside the video, files that exist
     for control in parse_controls(config.controls):
-        check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
+        if control.maps is not None:
+            check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
         if control.controlnet is None and own_controlnet(config.model) is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
+
+
+def control_source(control, frames: int) -> dict[str, Any]:
+    """What a sidecar records of where a control's maps (or SparseCtrl's pictures) came from, with digests."""
+    if control.maps is not None:
+        return map_source(control.parsed_maps)
+    from videodiff.control.sparse import picture_sources
+
+    return {"pictures": picture_sources(control, frames)}
 
 
 def own_controlnet(model: str | None) -> str | None:
@@ -291,7 +302,7 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
     controls = parse_controls(config.controls)
     settings["controls"] = [control_record(c) for c in controls]
     settings[INFO_KEY] = {
-        "controls": [map_source(c.parsed_maps) for c in controls],
+        "controls": [control_source(c, int(result.frames.shape[0])) for c in controls],
         "output": str(output),
         "inputs": {str(Path(path).resolve()): file_sha256(path) for path in input_paths(config)},
         "strength": result.settings.get("strength"),

@@ -121,6 +121,14 @@ def control_options(func):
         ("--control-scale", float, "How strongly the n-th control steers (diffusers' conditioning scale) [default: 1]"),
         ("--control-range", str, "START,END: the part of the steps the n-th control acts on [default: 0,1]."),
     )
+    sparse = (
+        ("--sparsectrl", str, False, "SparseCtrl model (RGB or scribble): diffusers folder, hub id or original file."),
+        ("--sparse-at", str, True, "FRAME:PATH: a picture SparseCtrl pins to a frame (-1 the last); repeatable."),
+        ("--sparse-scale", float, False, "How strongly SparseCtrl steers [default: 1]"),
+        ("--sparse-range", str, False, "START,END: the part of the steps SparseCtrl acts on [default: 0,1]."),
+    )
+    for name, typ, multiple, help_text in reversed(sparse):
+        func = click.option(name, type=typ, multiple=multiple, default=() if multiple else None, help=help_text)(func)
     for name, typ, help_text in reversed(options):
         func = click.option(name, type=typ, multiple=True, help=help_text)(func)
     return func

@@ -331,8 +331,13 @@ def control_record(control: Control) -> dict[str, Any]:
     sidecar renders the same video again from any folder."""
     from pathlib import Path
 
-    maps = control.parsed_maps
-    record = {**control.record(), "maps": maps.text(str(Path(maps.path).resolve()))}
+    record = control.record()
+    if control.maps is not None:
+        maps = control.parsed_maps
+        record["maps"] = maps.text(str(Path(maps.path).resolve()))
+    if control.sparse_at:
+        pinned = (parse_sparse_at(spec) for spec in control.sparse_at)
+        record["sparse_at"] = [f"{frame}:{Path(path).resolve()}" for frame, path in pinned]
     if control.controlnet is not None and Path(control.controlnet).exists():
         record["controlnet"] = str(Path(control.controlnet).resolve())
     return record
