@@ -181,3 +181,31 @@ def test_windows_keep_their_seams_under_control(tiny_pipe, tiny_controlnets, tmp
         controlled = tiny_pipe(PROMPT, seed=seed, controls=control, **kwargs).frames
         rows.append((seam_ratio(plain, plan.indices()), seam_ratio(controlled, plan.indices())))
     assert all(c <= p + 0.1 for p, c in rows), rows
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"free_init": 1}, {"guidance_interval": (0.0, 0.5)}, {"cache": 2}, {"image": True}],
+    ids=["free-init", "guidance-interval", "cache", "img2vid"],
+)
+def test_control_works_with_every_mode(tiny_pipe, tiny_controlnets, map_frames, monkeypatch, extra):
+    """FreeInit, the guidance interval, feature caching and img2vid each render under control, and differently from
+    the same render without it; the ControlNet runs on every denoiser call of every step (with --cache too: its
+    residuals reach the skips that run, videodiff.cache states the rule)."""
+    from videodiff.control import controlnet as control_module
+
+    folder = map_frames[0]
+    runs = []
+    real = control_module.run_controlnet
+    monkeypatch.setattr(control_module, "run_controlnet", lambda *a: runs.append(1) or real(*a))
+    kwargs = dict(num_frames=FRAMES, height=H, width=W, num_inference_steps=4, seed=3, **extra)
+    call = tiny_pipe.__call__
+    if kwargs.pop("image", None):
+        picture = np.full((H, W, 3), 200, np.uint8)
+        call = lambda prompt, **kw: tiny_pipe.img2vid(picture, prompt, **kw)  # noqa: E731
+    control = [Control(maps=str(folder), controlnet=str(tiny_controlnets[0]))]
+    plain = call(PROMPT, **kwargs)
+    controlled = call(PROMPT, controls=control, **kwargs)
+    assert np.abs(plain.frames.astype(int) - controlled.frames.astype(int)).max() > 2
+    steps = 4 * (2 if extra.get("free_init") else 1)
+    assert len(runs) >= (steps if "image" not in extra else 1)
