@@ -147,3 +147,16 @@ def test_sparsectrl_from_the_command_line_and_its_sidecar(tmp_path, models, tiny
     late = ("--sparsectrl", sparse, "--sparse-at", f"8:{first}")
     outside = assert_user_error(invoke("render", "x", *models, *SIZE, *late, "-o", tmp_path / "o.gif"))
     assert "8" in outside and not (tmp_path / "o.gif").exists()
+
+
+def test_prompt_file_items_carry_their_own_controls(tmp_path, models, controlnet, maps):
+    prompts = tmp_path / "p.yaml"
+    prompts.write_text(json.dumps([
+        {"prompt": "a", "output": "with.gif", "controls": [{"controlnet": str(controlnet), "maps": str(maps)}]},
+        {"prompt": "a", "output": "without.gif"},
+    ]))  # fmt: skip
+    ok(invoke("render", *models, *SIZE, "--prompt-file", prompts, "-o", tmp_path / "batch"))
+    with_, without = (read_json(sidecar_path(tmp_path / "batch" / n)) for n in ("with.gif", "without.gif"))
+    assert len(with_["controls"]) == 1 and without["controls"] == []
+    a, b = (read_video(tmp_path / "batch" / n, frames=None)[0] for n in ("with.gif", "without.gif"))
+    assert not np.array_equal(a, b)

@@ -54,6 +54,7 @@ __all__ = [
 ITEM_KEYS = (
     *(f.name for f in fields(SampleSettings)),
     *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")),
+    "controls",  # ControlNets load when first used, once per pipeline: each item may have its own
 )
 FORMATS = OUTPUT_FORMATS  # --format names and their suffixes (png: a folder of frames)
 YAML_SUFFIXES = (".yaml", ".yml")
