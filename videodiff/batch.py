@@ -53,8 +53,7 @@ __all__ = [
 # load (model, LoRAs, device...) is shared: the model is loaded once per process.
 ITEM_KEYS = (
     *(f.name for f in fields(SampleSettings)),
-    *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")),
-    "controls",  # ControlNets load when first used, once per pipeline: each item may have its own
+    *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")), "controls",  # loaded when used
 )
 FORMATS = OUTPUT_FORMATS  # --format names and their suffixes (png: a folder of frames)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -409,7 +408,7 @@ def run_batch(
     plain render does; a skipped one too). Returns the outputs this process wrote.
     """
     from videodiff.media.video import check_output, check_sidecar
-    from videodiff.render import check_frame_limit, render
+    from videodiff.render import check_frame_limit, check_inputs, render
 
     echo = echo or (lambda line: print(line, flush=True))
     state = state if state is not None else launch_state()
@@ -419,6 +418,7 @@ def run_batch(
     for config in todo:  # type, crf, folder, and what an existing output or sidecar is (never a user's folder)
         check_output(config.output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
         check_sidecar(config.output, overwrite=config.overwrite)
+        check_inputs(config)  # each item's own control maps, before the load
     for config in {(c.frames, c.window, c.overlap, c.scheduler, c.steps): c for c in todo}.values():
         check_frame_limit(config)  # windows and lcm steps before the load, once per distinct setting
     written: list[Path] = []
