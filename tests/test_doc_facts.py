@@ -77,7 +77,11 @@ FACTS = [
             checks.MAX_SETTINGS_BYTES >> 20,
         ),
     ),
-    Fact("video file limits", r"frames over ([\d,]+) pixels a side or (\d+) megapixels", lambda: _video_limits()),
+    Fact(
+        "video file limits",
+        r"a video frame at most (\d+) a side and (\d+)x\d+ pixels, a video file at most ([\d,]+) frames",
+        lambda: _video_limits(),
+    ),
     Fact("frames limit", r"`--frames N` \|[^|]*\| frames, at most ([\d,]+)", lambda: (checks.MAX_FRAMES,)),
     Fact("lcm steps limit", r"`lcm` \(\d+-\d+ steps, at most (\d+)\)", lambda: (checks.LCM_MAX_STEPS,)),
     Fact("cache limit", r"every N-th step only, 1 to (\d+)", lambda: (checks.MAX_CACHE,)),
@@ -141,10 +145,11 @@ def _fields(*names: str) -> tuple[Any, ...]:
     return tuple(defaults[n] for n in names)
 
 
-def _video_limits() -> tuple[int, int]:
-    from videodiff.media import clips
+def _video_limits() -> tuple[int, int, int]:
+    from videodiff.media import budget
 
-    return clips.MAX_VIDEO_SIDE, clips.MAX_VIDEO_PIXELS >> 20
+    side = int(budget.MAX_DECODE_PIXELS**0.5)
+    return budget.MAX_VIDEO_SIDE, side, budget.MAX_VIDEO_FRAMES
 
 
 def _prior() -> tuple[float, int, int]:
