@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.cli_helpers import assert_user_error, invoke
 from tests.test_serve_app import ROOT, need_gradio
-from tests.test_serve_browser import free_port
+from tests.test_serve_browser import WAIT, browser, free_port  # noqa: F401 (browser: the fixture)
 from videodiff.tiny import build_tiny_controlnet
 
 NET = "control_v11p_sd15_canny"  # the served folder's name, as docs/guides/web-app.md's example names it
@@ -94,6 +94,32 @@ def test_a_render_with_a_served_controlnet_and_uploaded_maps(served, controlnet,
     assert scratch_of(app) == []  # the request's maps are removed after its render
 
 
+def test_the_pages_render_reads_the_control_section(served, frames, tmp_path, monkeypatch):
+    """The page's render buttons read both controls from the form (its inputs hold their components); the maps are
+    staged for the render, and removed with a request that fails its checks."""
+    import asyncio
+
+    _, _, app, _ = served
+    on = app.videodiff_handlers
+    page = on.page
+    monkeypatch.setattr(on.served, "uploads", frames[0].parent.resolve())  # as if Gradio had put them there
+    data = {component: component.value for component in page.form_inputs}
+    data.update({page.prompt_text: "a red circle", page.settings["frames"]: 4, page.settings["width"]: 40})
+    data.update({page.settings["height"]: 32, page.settings["steps"]: 2, page.settings["seed"]: 1})
+    first = page.controls[0]
+    data.update({first.controlnet: NET, first.files: [str(p) for p in frames[:4]], first.scale: 0.5})
+    values, chosen = on.tab_values("text", data)
+    requests = on.control_requests(data)
+    assert [r.wanted for r in requests] == [True, False]
+    job = asyncio.run(on.queue("text", values, chosen, None, requests))
+    outcome = job.future.result(timeout=300)
+    assert json.loads(outcome.sidecar.read_text())["controls"][0]["scale"] == 0.5
+    data[first.files] = [str(p) for p in frames[:2]]  # too few for 4 frames: refused, nothing left behind
+    with pytest.raises(Exception, match="2 images"):
+        asyncio.run(on.queue("text", values, chosen, None, on.control_requests(data)))
+    assert scratch_of(app) == []
+
+
 def test_show_maps_returns_the_canny_maps_of_the_fitted_frames(served, frames):
     from videodiff.control.maps import canny
     from videodiff.media.images import fit_image, read_image
@@ -169,3 +195,51 @@ def test_serve_refuses_a_missing_controlnet_before_anything_loads(tmp_path):
     )
     assert "--controlnet" in message and "not found" in message
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.browser
+def test_control_section_in_a_browser(served, frames, browser):  # noqa: F811
+    """In headless Chromium: the Control section takes several pictures, Show maps shows one map per frame, and
+    a render with the chosen ControlNet records it (VIDEODIFF_SCREENSHOT_CONTROL=PATH saves the page there)."""
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, outputs, _, url = served
+    driver = browser
+    wait = WebDriverWait(driver, WAIT)
+
+    def css(selector: str):
+        return wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, selector)))
+
+    def type_into(selector: str, text: str) -> None:
+        box = css(selector)
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.DELETE)
+        box.send_keys(text + Keys.TAB)
+
+    driver.get(url)
+    css("#prompt-text textarea")
+    for name, value in (("frames", "4"), ("width", "40"), ("height", "32"), ("steps", "2"), ("seed", "1")):
+        type_into(f"#set-{name} input[type='number']", value)
+    driver.find_element(By.XPATH, "//button[contains(., 'Control (ControlNet)')]").click()
+    css("#control-1-maps input[type='file']").send_keys("\n".join(str(p) for p in frames[:4]))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#control-1-maps tbody tr")) == 4)
+    css("#control-1-detector").find_element(By.XPATH, ".//label[contains(., 'canny')]").click()
+    css("#control-1-show").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#control-1-shown img")) == 4)
+    css("#control-1-net input").click()
+    wait.until(lambda d: d.find_elements(By.XPATH, f"//li[contains(., '{NET}')]"))[0].click()
+    type_into("#prompt-text textarea", "a red circle moving right")
+    if os.environ.get("VIDEODIFF_SCREENSHOT_CONTROL"):
+        driver.save_screenshot(os.environ["VIDEODIFF_SCREENSHOT_CONTROL"])
+    before = set(outputs.glob("*.json"))
+    css("#render-text").click()
+    wait.until(lambda d: set(outputs.glob("*.json")) - before)
+    (sidecar,) = set(outputs.glob("*.json")) - before
+    (control,) = json.loads(sidecar.read_text())["controls"]
+    assert control["maps"].startswith("canny:") and Path(control["controlnet"]).name == NET

@@ -142,4 +142,5 @@ def build_app(
         )
     app.videodiff_renderer = renderer  # for tests and embedding: the warm pipeline's renderer
     app.videodiff_scratch = scratch  # removed with the app (or at exit)
+    app.videodiff_handlers = on  # for tests: what the page's events call
     return app

@@ -5,8 +5,9 @@ web user picks one by its name (:func:`served_names`: the folder's or file's nam
 model's own when the model records one, and uploads maps: never a path on the server. Uploads are taken from
 Gradio's upload folder only, checked by type and size, and copied into a folder of their own inside the
 server's temporary area (:class:`ServedControls`): several pictures become that folder's ``0000.png``,
-``0001.jpg``... (the frames, in upload order), one picture (every frame's map) or one video keeps its name. The render layer then checks and reads them exactly as it reads ``--control`` maps; the
-request's folder is removed when its render ends.
+``0001.jpg``... (the frames, in upload order); one picture (every frame's map) or one video keeps its name.
+The render layer then checks and reads them exactly as it reads ``--control`` maps; the request's folder is
+removed when its render ends.
 """
 
 from __future__ import annotations
