@@ -35,7 +35,7 @@ def finite(minutes: float) -> float:
     "controlnets",
     multiple=True,
     metavar="PATH",
-    help="A ControlNet the page offers by name (diffusers folder, hub id or single file); repeatable.",
+    help="A ControlNet the page offers, by its name (what render --controlnet takes); repeatable.",
 )
 @click.option(
     "--queue-per-client",
