@@ -84,11 +84,12 @@ def server(tmp_path_factory):
 
 
 def api_examples() -> list[tuple[str, str]]:
-    """The ``api_name="/render"`` examples of the README and the web app's guide, as written there."""
+    """The ``api_name="/render"`` examples of the README and the web app's guide, as written there (but those with
+    a ControlNet, which need a server that offers one: tests/test_serve_control.py runs them)."""
     found = []
     for page in (ROOT / "README.md", ROOT / "docs" / "guides" / "web-app.md"):
         for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
-            if 'api_name="/render"' in block:
+            if 'api_name="/render"' in block and "controlnet=" not in block:
                 found.append((page.name, textwrap.dedent(block)))
     return found
 

@@ -350,3 +350,81 @@ def test_vid2vid_and_prompt_travel_render_from_the_form(tiny_pipe, tmp_path):
     assert {r.mode for r in runs} == {"vid2vid", "travel"} and notices == []
     mode, values, notes = form.form_from_run(next(r for r in runs if r.mode == "vid2vid"), outputs)
     assert mode == "vid2vid" and values["video"] == str(kept.resolve()) and notes == []
+
+
+# ------------------------------------------------------------------------------------------- control
+
+
+def test_served_controlnets_are_offered_by_name_and_nothing_else_is_taken(tmp_path):
+    from videodiff.ui.controls import NONE, OWN, ServedControls, served_names
+
+    a, b = str(tmp_path / "x" / "canny"), str(tmp_path / "y" / "canny")
+    assert served_names([a, b, "org/depth"]) == {"canny": a, "canny-2": b, "org/depth": "org/depth"}
+    served = ServedControls([a, b], "/models/own-cn", tmp_path / "scratch", tmp_path / "uploads")
+    assert served.choices == [NONE, "canny", "canny-2", OWN]
+    assert served.source("canny-2") == b and served.source(OWN) is None
+    for name in (a, "depth", "../canny"):
+        with pytest.raises(UserError, match="unknown ControlNet"):
+            served.source(name)
+    none = ServedControls([], None, tmp_path / "scratch", tmp_path / "uploads")
+    assert not none.available and none.choices == [NONE]
+    with pytest.raises(UserError, match="--controlnet PATH"):
+        none.source(OWN)
+
+
+def test_uploaded_maps_are_staged_in_upload_order_from_the_upload_folder_only(tmp_path, monkeypatch):
+    from videodiff.ui import controls
+    from videodiff.ui.controls import ControlRequest, ServedControls
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    pictures = []
+    for i, name in enumerate(("b.png", "a.jpg", "c.png")):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(uploads / name)
+        pictures.append(str(uploads / name))
+    served = ServedControls([str(tmp_path / "cn")], None, tmp_path / "scratch", uploads)
+    folder = served.request_folder()
+    (control,) = served.controls([ControlRequest("cn", pictures, "canny", 10, 20, 0.5, 0.1, 0.9)], folder)
+    maps = control.parsed_maps
+    assert (maps.detector, maps.thresholds, control.scale, control.range) == ("canny", (10, 20), 0.5, (0.1, 0.9))
+    staged = sorted(Path(maps.path).iterdir())
+    assert [p.name for p in staged] == ["0000.png", "0001.jpg", "0002.png"]  # the upload order, not the names'
+    assert [p.read_bytes() for p in staged] == [Path(p).read_bytes() for p in pictures]
+    single = served.controls([ControlRequest("cn", {"path": pictures[1]})], served.request_folder())
+    assert Path(single[0].maps).name == "a.jpg"  # one picture: every frame's map, by its own name
+
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(Path(pictures[0]).read_bytes())
+    os.symlink(outside, uploads / "link.png")
+    clip = uploads / "clip.mp4"
+    clip.write_bytes(b"\x00" * 16)
+    for request, message in (
+        (ControlRequest("cn", [str(outside)]), "not a path on the server"),
+        (ControlRequest("cn", [str(uploads / "link.png")]), "not a path on the server"),
+        (ControlRequest("cn", [f"{uploads}/../elsewhere.png"]), "not a path on the server"),
+        (ControlRequest("cn", "/etc/passwd"), "not a path on the server"),
+        (ControlRequest("cn", [pictures[0], str(clip)]), "must all be pictures"),
+        (ControlRequest("cn", [pictures[0]], "sobel"), "unknown detector"),
+        (ControlRequest("cn", [pictures[0]], "canny", 1.5), "whole number"),
+        (ControlRequest("cn", [pictures[0]], scale="lots"), "scale must be a number"),
+        (ControlRequest("cn", [pictures[0]], scale=11), "from 0 to 10"),
+        (ControlRequest("cn", [pictures[0]], start=0.8, end=0.2), "START <= END"),
+    ):
+        with pytest.raises(UserError, match=message):
+            served.controls([request], served.request_folder())
+    two = [ControlRequest("cn", [pictures[0]]), ControlRequest("none", [pictures[1]])]
+    with pytest.raises(UserError, match="control 2: choose a ControlNet"):
+        served.controls(two, served.request_folder())
+    monkeypatch.setattr(controls, "MAX_IMAGE_BYTES", 10)
+    with pytest.raises(UserError, match="MiB"):
+        served.controls([ControlRequest("cn", [pictures[0]])], served.request_folder())
+
+
+def test_use_these_settings_of_a_controlled_run_asks_for_its_maps_again(tmp_path):
+    from videodiff.ui.gallery import Run
+
+    control = {"maps": "/tmp/gone/control-1", "controlnet": "/models/cn", "scale": 1.0, "range": [0, 1]}
+    run = Run(tmp_path / "r.mp4", tmp_path / "r.mp4.json", {"prompt": "x", "seed": 2, "controls": [control]})
+    mode, values, notices = form.form_from_run(run, tmp_path)
+    assert mode == "text" and values["seed"] == 2 and "controls" not in values
+    assert notices == ["this run was steered by a ControlNet: choose it and upload its maps again in Control"]

@@ -31,6 +31,13 @@ def finite(minutes: float) -> float:
 @click.option("--outputs", default="outputs", show_default=True, help="Folder the videos are written to and read from.")
 @click.option("--auth", help="USER:PASSWORD the page asks for (default: none).")
 @click.option(
+    "--controlnet",
+    "controlnets",
+    multiple=True,
+    metavar="PATH",
+    help="A ControlNet the page offers, by its name (what render --controlnet takes); repeatable.",
+)
+@click.option(
     "--queue-per-client",
     type=click.IntRange(*QUEUE_PER_CLIENT_RANGE),
     default=QUEUE_PER_CLIENT,
@@ -53,6 +60,7 @@ def serve(
     port: int,
     outputs: str,
     auth: str | None,
+    controlnets: tuple[str, ...],
     queue_per_client: int,
     job_time_limit: float,
     **_: Any,
@@ -65,18 +73,22 @@ def serve(
       videodiff serve                                   # the built-in shapes model, http://127.0.0.1:7860
       videodiff serve --model ./sd15 --motion-module ./motion-v2 --outputs renders/ --port 7861
       videodiff serve --host 0.0.0.0 --auth me:secret --queue-per-client 2 --job-time-limit 5
-    The model is loaded once; renders are checked, queued and run one at a time. Every video is written
+      videodiff serve --controlnet ./control_v11p_sd15_canny --controlnet ./control_v11f1p_sd15_depth
+    The model is loaded once; renders are checked, queued and run one at a time. Each --controlnet is
+    offered in the page's Control section by its folder's name; web users upload maps for it. Every video is written
     by the render layer with its sidecar, so `videodiff render --config OUTPUT.json` renders it again.
     Ctrl-C or SIGTERM stops a running render at its next step (nothing of it written) and exits.
     """
     from videodiff.log import setup_cli_logging
     from videodiff.ui import check_listen, check_outputs, parse_auth, require_gradio
     from videodiff.ui import serve as run_serve
+    from videodiff.ui.controls import check_controlnets
 
     credentials = parse_auth(auth)
     # before minutes of loading, each one line: the folder, the address and port, Gradio
     outputs_path = check_outputs(outputs)  # where the command was started, not wherever the process is later
     check_listen(host, port)  # bound once and closed: a port in use or an address not this machine's
+    served = check_controlnets(controlnets)  # each exists (folder, file or hub id)
     require_gradio()
     from videodiff.pipelines import VideoPipeline
     from videodiff.render import resolve_render_config
@@ -95,7 +107,8 @@ def serve(
         auth=credentials,
         queue_per_client=queue_per_client,
         time_limit_s=job_time_limit * 60,
+        controlnets=served,
     )
 
 
-SERVE_OPTIONS = ("host", "port", "outputs", "auth", "queue_per_client", "job_time_limit")
+SERVE_OPTIONS = ("host", "port", "outputs", "auth", "controlnets", "queue_per_client", "job_time_limit")

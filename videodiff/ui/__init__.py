@@ -7,6 +7,7 @@ imported only when an app is built, so the command line works without the extra.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +44,16 @@ def build_app(
     *,
     queue_per_client: int = QUEUE_PER_CLIENT,
     time_limit_s: float = JOB_MINUTES * 60,
+    controlnets: Sequence[str] = (),
 ) -> gr.Blocks:
-    """The Gradio Blocks of the web app for an already loaded ``pipe``, writing into ``outputs``."""
+    """The Gradio Blocks of the web app for an already loaded ``pipe``, writing into ``outputs``; ``controlnets``:
+    the ControlNets its Control section offers (``serve --controlnet``)."""
     require_gradio()
     from videodiff.ui.app import build_app as build
 
-    return build(pipe, outputs, base, queue_per_client=queue_per_client, time_limit_s=time_limit_s)
+    return build(
+        pipe, outputs, base, queue_per_client=queue_per_client, time_limit_s=time_limit_s, controlnets=controlnets
+    )
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -152,6 +157,7 @@ def serve(
     block: bool = True,
     queue_per_client: int = QUEUE_PER_CLIENT,
     time_limit_s: float = JOB_MINUTES * 60,
+    controlnets: Sequence[str] = (),
 ) -> Any:
     """Launch the app until interrupted (``block``) and return the Blocks, or return it at once to the caller.
 
@@ -167,7 +173,9 @@ def serve(
         outputs.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a folder the access check allowed but the file system refuses (/proc, ...)
         raise UserError(f"cannot create the outputs folder {outputs}: {exc.strerror or exc}") from None
-    app = build_app(pipe, outputs, base, queue_per_client=queue_per_client, time_limit_s=time_limit_s)
+    app = build_app(
+        pipe, outputs, base, queue_per_client=queue_per_client, time_limit_s=time_limit_s, controlnets=controlnets
+    )
     app.queue(default_concurrency_limit=1, max_size=64)
     try:
         app.launch(

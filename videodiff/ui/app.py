@@ -13,11 +13,14 @@ for it without holding a thread; the renderer's one thread renders in turn.
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from videodiff.config import RenderConfig, to_dict
 from videodiff.ui import JOB_MINUTES, QUEUE_PER_CLIENT, form
+from videodiff.ui.controls import ServedControls
 from videodiff.ui.handlers import Handlers, strip
 from videodiff.ui.jobs import Renderer
 from videodiff.ui.layout import CHOICES, HELP, INTEGERS, build_layout
@@ -40,12 +43,18 @@ def build_app(
     *,
     queue_per_client: int = QUEUE_PER_CLIENT,
     time_limit_s: float = JOB_MINUTES * 60,
+    controlnets: Sequence[str] = (),
 ) -> gr.Blocks:
     """The web app for ``pipe`` (kept loaded), writing into ``outputs``; ``base``: the settings the form starts
     from (the model's recorded defaults; what is loaded is the server's); ``queue_per_client``: renders one
-    client may have waiting; ``time_limit_s``: a render's budget. Launch it with ``.queue().launch()``,
-    or run ``videodiff serve``."""
+    client may have waiting; ``time_limit_s``: a render's budget; ``controlnets``: the ControlNets the page
+    offers (folders, files or hub ids; each is loaded here once and checked against the model). Launch it with
+    ``.queue().launch()``, or run ``videodiff serve``."""
     import gradio as gr
+    from gradio.utils import get_upload_folder
+
+    from videodiff.pipeline.denoisers import controlnet as load_controlnet
+    from videodiff.render import own_controlnet
 
     # resolved once: Gradio refuses a result under a relative folder, and a later chdir must not move the folder
     outputs = Path(outputs).resolve()
@@ -56,10 +65,16 @@ def build_app(
     start["height"], start["width"] = base.height or height, base.width or width
     start["seed"] = -1 if base.seed is None else base.seed
     model = base.model or "the built-in shapes model"
+    sources = [str(Path(c).resolve()) if Path(c).exists() else str(c) for c in dict.fromkeys(controlnets)]
+    for source in sources:  # loaded now (kept by the pipeline): a ControlNet for another model is one line at start
+        load_controlnet(pipe, source)
+    # the server's temporary area: each request's uploaded maps get a folder here, removed when its render ends
+    scratch = tempfile.TemporaryDirectory(prefix="videodiff-serve-")
+    served = ServedControls(sources, own_controlnet(base.model), scratch.name, get_upload_folder())
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        page = build_layout(gr, start, model, outputs)
-        on = Handlers(gr, page, renderer, outputs, base, start)
+        page = build_layout(gr, start, model, outputs, served.choices)
+        on = Handlers(gr, page, renderer, outputs, base, start, served)
 
         # uploads
         page.first_file.upload(
@@ -99,6 +114,17 @@ def build_app(
         page.dice.click(lambda: form.draw_seed(), None, page.settings["seed"], queue=False, api_name=False)
         gr.api(on.render_api, api_name="render", concurrency_id=RENDERS, concurrency_limit=None)
 
+        # control: the maps a render would read, shown before rendering (no model runs)
+        sizes = [page.settings[name] for name in ("frames", "height", "width", "fit")]
+        for n, control in enumerate(page.controls):
+            control.show.click(
+                on.show_maps,
+                [*control.inputs, *sizes],
+                control.shown,
+                concurrency_limit=2,
+                api_name="show_maps" if n == 0 else False,
+            )
+
         # past runs
         gallery_outputs = [page.gallery, page.names_state, page.gallery_note]
         app.load(on.show_gallery, None, gallery_outputs, api_name=False)
@@ -115,4 +141,6 @@ def build_app(
             api_name="render_again",
         )
     app.videodiff_renderer = renderer  # for tests and embedding: the warm pipeline's renderer
+    app.videodiff_scratch = scratch  # removed with the app (or at exit)
+    app.videodiff_handlers = on  # for tests: what the page's events call
     return app

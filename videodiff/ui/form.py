@@ -75,7 +75,8 @@ ADVANCED = (
 FORM_FIELDS = COMMON + ADVANCED
 TEXT_FIELDS = ("negative", "background")
 # Fields the page never sets: what is loaded is the server's, where it is written is the render layer's.
-_SERVER_ONLY = ("output", "overwrite", "quiet", "prompt", "prompt_at", "image_at", "video", "motion")
+# Controls come from the page's Control section (videodiff.ui.controls), never from the server's settings.
+_SERVER_ONLY = ("output", "overwrite", "quiet", "prompt", "prompt_at", "image_at", "video", "motion", "controls")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 UPLOAD_VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")  # what vid2vid reads (PyAV)
@@ -90,7 +91,7 @@ def draw_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def _value(name: str, value: Any) -> Any:
+def value_of(name: str, value: Any) -> Any:
     """A page value as the setting's type: empty is ``None`` (the default), whole floats are ints where needed."""
     if value is None or (isinstance(value, str) and not value.strip() and name not in ("negative",)):
         return None
@@ -159,7 +160,7 @@ def build_config(
     layer: dict[str, Any] = {}
     for name in FORM_FIELDS:
         if name in values:
-            layer[name] = _value(name, values[name])
+            layer[name] = value_of(name, values[name])
     if layer.get("seed") is None or layer["seed"] < 0:
         layer["seed"] = draw_seed()
     prompt = str(values.get("prompt") or "").strip()
@@ -230,6 +231,8 @@ def form_from_run(run: Run, outputs: str | Path) -> tuple[str, dict[str, Any], l
             values["video"] = str(picked)
         except UserError:
             notices.append("the input video is not in the outputs folder: upload it again")
+    if settings.get("controls"):  # uploaded maps live only as long as their render; a ControlNet is chosen anew
+        notices.append("this run was steered by a ControlNet: choose it and upload its maps again in Control")
     values["format"] = run.output.suffix.lstrip(".") if run.output.suffix.lstrip(".") in FORMATS else "mp4"
     return mode, values, notices
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,9 @@ import numpy as np
 from videodiff.config import RenderConfig
 from videodiff.errors import UserError
 from videodiff.render import summary
+from videodiff.settings.control import CANNY_THRESHOLDS
 from videodiff.ui import form
+from videodiff.ui.controls import NONE, ControlRequest, ServedControls
 from videodiff.ui.gallery import Run, inside, read_runs, thumbnail
 from videodiff.ui.jobs import Cancelled, Job, OverTime, Renderer, Stopping
 from videodiff.ui.layout import Page
@@ -69,9 +72,10 @@ class Handlers:
         outputs: Path,
         base: RenderConfig,
         start: dict[str, Any],
+        served: ServedControls,
     ) -> None:
         self.gr, self.page, self.renderer, self.outputs = gr, page, renderer, outputs
-        self.base, self.start = base, start
+        self.base, self.start, self.served = base, start, served
         # settings whose box is text because they have no value of their own: empty is the default
         self.optional = {name for name in page.settings if start[name] is None and name not in form.TEXT_FIELDS}
         hints(gr, self.stop_render, self.render_api, self.pick)
@@ -127,20 +131,57 @@ class Handlers:
         return str(kept), f"{info.num_frames} frames of {info.width}x{info.height} at {info.fps:g} fps"
 
     # ---------------------------------------------------------------- rendering
-    def checked(self, mode: str, values: dict[str, Any], chosen: str) -> RenderConfig:
+    def checked(
+        self, mode: str, values: dict[str, Any], chosen: str, requests: tuple[ControlRequest, ...] = ()
+    ) -> tuple[RenderConfig, Path | None]:
         """The form's settings, checked as the command line checks them before any work (run off the event loop:
-        the checks read input files)."""
-        return self.renderer.check(form.build_config(mode, values, self.base, self.outputs, chosen))
-
-    async def queue(self, mode: str, values: dict[str, Any], chosen: str, request: Any, **feeds: Any) -> Job:
-        """Check, then queue (a bad request or a full queue is a ``gr.Error`` at once, not after its turn)."""
+        the checks read input files), and the folder its uploaded maps were staged in (``None``: no control;
+        removed here when a check fails)."""
+        config = form.build_config(mode, values, self.base, self.outputs, chosen)
+        if not any(r.wanted for r in requests):
+            return self.renderer.check(config), None
+        folder = self.served.request_folder()
         try:
-            config = await asyncio.to_thread(self.checked, mode, values, chosen)
-            return self.renderer.submit(config, session_of(request), client=client_of(request), **feeds)
-        except UserError as exc:
-            raise self.refuse(str(exc)) from None
+            config = config.replace(controls=self.served.controls(requests, folder))
+            return self.renderer.check(config), folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
-    async def run_render(self, mode: str, values: dict[str, Any], chosen: str, request: gr.Request, progress: Any):
+    async def queue(
+        self,
+        mode: str,
+        values: dict[str, Any],
+        chosen: str,
+        request: Any,
+        requests: tuple[ControlRequest, ...] = (),
+        **feeds: Any,
+    ) -> Job:
+        """Check, then queue (a bad request or a full queue is a ``gr.Error`` at once, not after its turn). Uploaded
+        maps are removed when the render ends, however it ends."""
+        folder = None
+        try:
+            config, folder = await asyncio.to_thread(self.checked, mode, values, chosen, requests)
+            job = self.renderer.submit(config, session_of(request), client=client_of(request), **feeds)
+        except BaseException as exc:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, UserError):
+                raise self.refuse(str(exc)) from None
+            raise
+        if folder is not None:
+            job.future.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
+        return job
+
+    async def run_render(
+        self,
+        mode: str,
+        values: dict[str, Any],
+        chosen: str,
+        request: gr.Request,
+        progress: Any,
+        requests: tuple[ControlRequest, ...] = (),
+    ):
         gr, page = self.gr, self.page
         preview, status = page.preview, page.status
         loop = asyncio.get_running_loop()
@@ -157,6 +198,7 @@ class Handlers:
             values,
             chosen,
             request,
+            requests,
             progress=lambda n, total, what: put("progress", n, total, what),
             preview=lambda frames: put("preview", frames),
         )
@@ -214,13 +256,18 @@ class Handlers:
             values["keyframes"] = data[page.keyframes]
         return values, data[page.fmt]
 
+    def control_requests(self, data: dict[Any, Any]) -> tuple[ControlRequest, ...]:
+        """The Control section's controls as the page has them."""
+        return tuple(ControlRequest(*(data[c] for c in control.inputs)) for control in self.page.controls)
+
     def renderer_for(self, mode: str):
         """The handler of a render button (or the prompt's Enter) of the tab ``mode``."""
         gr = self.gr
 
         async def handler(data: dict[Any, Any], request: gr.Request, progress=gr.Progress()):  # noqa: B008
             values, chosen = self.tab_values(mode, data)
-            async for update in self.run_render(mode, values, chosen, request, progress):
+            requests = self.control_requests(data)
+            async for update in self.run_render(mode, values, chosen, request, progress, requests):
                 yield update
 
         hints(gr, handler)
@@ -237,13 +284,37 @@ class Handlers:
         steps: int = 0,
         seed: int = -1,
         settings_json: str = "{}",
-        format: str = "mp4",
+        format: str = "mp4",  # noqa: A002
+        controlnet: str = NONE,
+        maps: list[dict] | dict | None = None,
+        detector: str = NONE,
+        low: int = CANNY_THRESHOLDS[0],
+        high: int = CANNY_THRESHOLDS[1],
+        scale: float = 1.0,
+        start: float = 0.0,
+        end: float = 1.0,
+        controlnet_2: str = NONE,
+        maps_2: list[dict] | dict | None = None,
+        detector_2: str = NONE,
+        low_2: int = CANNY_THRESHOLDS[0],
+        high_2: int = CANNY_THRESHOLDS[1],
+        scale_2: float = 1.0,
+        start_2: float = 0.0,
+        end_2: float = 1.0,
         request: gr.Request = None,
-    ) -> str:  # noqa: A002
+    ) -> str:
         """Text-to-video for scripts (gradio_client): PROMPT with FRAMES, STEPS, SEED (0 or -1: the form's
         default, random) and any other form setting as JSON; returns the output's name in the outputs folder.
+        Control (the page's Control section): CONTROLNET by the name the page shows, MAPS uploaded files
+        (``gradio_client.handle_file``), DETECTOR ``none`` or ``canny`` with LOW, HIGH, SCALE, the step range
+        START to END; ``..._2`` for a second control.
         A cancelled call (gradio_client's ``job.cancel()``) stops the render at its next step: nothing is written."""
         import json
+
+        requests = (
+            ControlRequest(controlnet, maps, detector, low, high, scale, start, end),
+            ControlRequest(controlnet_2, maps_2, detector_2, low_2, high_2, scale_2, start_2, end_2),
+        )
 
         settings = self.page.settings
         try:
@@ -258,7 +329,7 @@ class Handlers:
             raise self.refuse(f"unknown settings {', '.join(unknown)}; known: {', '.join(settings)}")
         values.update(extra, prompt=prompt, seed=seed)
         values.update({k: v for k, v in (("frames", frames), ("steps", steps)) if v})
-        job = await self.queue("text", values, format, request)
+        job = await self.queue("text", values, format, request, requests)
         try:
             outcome = await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:  # the client cancelled: stop at the next step
@@ -269,6 +340,21 @@ class Handlers:
         except UserError as exc:
             raise self.refuse(str(exc)) from None
         return str(outcome.output.relative_to(self.outputs))
+
+    def show_maps(self, *inputs: Any) -> list[Any]:
+        """ "Show maps": the maps a render with the form's frames, size and fit would read (fitted, the detector
+        applied), read as the render reads them (text-to-video; vid2vid's ``--stride`` is not applied here)."""
+        *control, frames, height, width, fit = inputs
+        try:
+            request = ControlRequest(*control)
+            given = {"frames": frames, "height": height, "width": width, "fit": fit}
+            values = {k: form.value_of(k, v) for k, v in given.items()}
+            size = {k: self.start[k] if v is None else v for k, v in values.items()}
+            config = self.base.replace(**size).validate()
+            maps = self.served.preview(request, config.frames, config.height, config.width, config.fit)
+        except UserError as exc:
+            raise self.refuse(str(exc)) from None
+        return [(frame, f"frame {i}") for i, frame in enumerate(maps)]
 
     # ---------------------------------------------------------------- past runs
     def show_gallery(self):

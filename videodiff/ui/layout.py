@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from videodiff.config import RenderConfig
+from videodiff.settings.control import CANNY_THRESHOLDS
 from videodiff.settings.fields import choices_by_field, whole_number_fields
-from videodiff.ui import form
+from videodiff.ui import controls, form
 
 HELP = {
     "frames": "Frames of the video",
@@ -45,6 +46,65 @@ def _component(gr: Any, name: str, value: Any) -> Any:
     if value is None:  # an optional number: empty means the default (a Number would send 0)
         return gr.Textbox(value="", label=label, placeholder="default", elem_id=elem)
     return gr.Number(value=value, label=label, precision=0 if name in INTEGERS else None, elem_id=elem)
+
+
+@dataclass
+class ControlForm:
+    """One control's components in the Control section (a :class:`videodiff.ui.controls.ControlRequest`'s fields,
+    then the preview)."""
+
+    controlnet: Any
+    files: Any
+    detector: Any
+    low: Any
+    high: Any
+    scale: Any
+    start: Any
+    end: Any
+    show: Any  # the "Show maps" button
+    shown: Any  # the maps it shows
+
+    @property
+    def inputs(self) -> list[Any]:
+        """What a render and the preview read of this control, in ControlRequest's order."""
+        return [self.controlnet, self.files, self.detector, self.low, self.high, self.scale, self.start, self.end]
+
+
+def _control_form(gr: Any, number: int, choices: list[str]) -> ControlForm:
+    tag = f"control-{number}"
+    with gr.Group():
+        with gr.Row():
+            net = gr.Dropdown(choices, value=controls.NONE, label=f"ControlNet {number}", elem_id=f"{tag}-net")
+            detector = gr.Radio(
+                list(controls.DETECTOR_CHOICES), value=controls.NONE, label="Detector", elem_id=f"{tag}-detector"
+            )
+            low = gr.Slider(0, 255, value=CANNY_THRESHOLDS[0], step=1, label="canny low", elem_id=f"{tag}-low")
+            high = gr.Slider(0, 255, value=CANNY_THRESHOLDS[1], step=1, label="canny high", elem_id=f"{tag}-high")
+        with gr.Row():
+            scale = gr.Slider(
+                0, controls.MAX_CONTROL_SCALE, value=1.0, step=0.05, label="Scale", elem_id=f"{tag}-scale"
+            )
+            start = gr.Slider(0, 1, value=0.0, step=0.05, label="Steps from", elem_id=f"{tag}-start")
+            end = gr.Slider(0, 1, value=1.0, step=0.05, label="Steps to", elem_id=f"{tag}-end")
+        files = gr.File(
+            label="Maps: a video, a picture (every frame) or several pictures (the frames, in this order)",
+            file_count="multiple",
+            file_types=list(controls.MAP_SUFFIXES),
+            type="filepath",
+            allow_reordering=True,
+            elem_id=f"{tag}-maps",
+        )
+        show = gr.Button("Show maps", elem_id=f"{tag}-show", size="sm")
+        shown = gr.Gallery(
+            label="The maps the render reads",
+            columns=8,
+            height=160,
+            format="png",
+            object_fit="contain",
+            allow_preview=True,
+            elem_id=f"{tag}-shown",
+        )
+    return ControlForm(net, files, detector, low, high, scale, start, end, show, shown)
 
 
 @dataclass
@@ -92,6 +152,8 @@ class Page:
     image_state: Any
     last_state: Any
     video_state: Any
+    # the Control section: up to controls.FORM_CONTROLS ControlNets with their maps
+    controls: list[ControlForm]
 
     @property
     def result_outputs(self) -> list[Any]:
@@ -120,6 +182,7 @@ class Page:
             self.image_state,
             self.last_state,
             self.video_state,
+            *(component for control in self.controls for component in control.inputs),
         }
 
     @property
@@ -141,8 +204,9 @@ class Page:
         ]
 
 
-def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path) -> Page:
-    """The page's components, placed in the current ``gr.Blocks``; ``start``: the form's first values."""
+def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path, control_choices: list[str]) -> Page:
+    """The page's components, placed in the current ``gr.Blocks``; ``start``: the form's first values;
+    ``control_choices``: the Control section's dropdown ("none" first; the section is hidden when it is all)."""
     gr.Markdown(f"# videodiff\nModel: **{model}** · outputs: `{outputs}` · one render at a time, in turn.")
     with gr.Row():
         with gr.Column(scale=3):
@@ -208,6 +272,8 @@ def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path) -> P
                     with gr.Row():
                         for name in names[row : row + 4]:
                             settings[name] = _component(gr, name, start[name])
+            with gr.Accordion("Control (ControlNet)", open=False, visible=len(control_choices) > 1):
+                control_forms = [_control_form(gr, n, control_choices) for n in range(1, controls.FORM_CONTROLS + 1)]
         with gr.Column(scale=2):
             video_out = gr.Video(label="Video", elem_id="video-out", autoplay=True, loop=True)
             gif_out = gr.Image(label="GIF", visible=False, elem_id="gif-out")
@@ -274,4 +340,5 @@ def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path) -> P
         image_state=image_state,
         last_state=last_state,
         video_state=video_state,
+        controls=control_forms,
     )
