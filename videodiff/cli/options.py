@@ -111,7 +111,12 @@ def control_options(func):
     """``--controlnet``, ``--control``, ``--control-scale``, ``--control-range``: repeatable, the n-th of each for the
     n-th control (:func:`videodiff.settings.control.controls_from_flags` makes them ``controls``)."""
     options = (
-        ("--controlnet", str, "ControlNet: diffusers folder, hub id or single file; repeatable, one per --control."),
+        (
+            "--controlnet",
+            str,
+            "ControlNet: diffusers folder, hub id or original single file (.pth, .safetensors); repeatable, one "
+            "per --control.",
+        ),
         (
             "--control",
             str,
