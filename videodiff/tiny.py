@@ -234,23 +234,32 @@ def build_tiny_controlnet(folder: str | Path, model: str | Path, *, seed: int = 
     return Path(folder)
 
 
-def diffusers_controlnet_reference(model: str | Path, motion, scheduler, controlnets: list):
-    """diffusers' ``AnimateDiffControlNetPipeline`` on the same folders (one ``ControlNetModel`` or several)."""
-    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
+def _controlled_reference(pipeline_class: str, model: str | Path, motion, scheduler, controlnet):
+    """diffusers' AnimateDiff pipeline ``pipeline_class`` with ``controlnet`` on the same folders as
+    :func:`diffusers_reference`."""
+    import diffusers
 
     base = diffusers_reference(model, motion, scheduler)
-    nets = [ControlNetModel.from_pretrained(c) for c in controlnets]
-    pipe = AnimateDiffControlNetPipeline(
+    pipe = getattr(diffusers, pipeline_class)(
         vae=base.vae,
         text_encoder=base.text_encoder,
         tokenizer=base.tokenizer,
         unet=base.unet,
         motion_adapter=base.motion_adapter,
-        controlnet=nets[0] if len(nets) == 1 else nets,
+        controlnet=controlnet,
         scheduler=scheduler,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def diffusers_controlnet_reference(model: str | Path, motion, scheduler, controlnets: list):
+    """diffusers' ``AnimateDiffControlNetPipeline`` on the same folders (one ``ControlNetModel`` or several)."""
+    from diffusers import ControlNetModel
+
+    nets = [ControlNetModel.from_pretrained(c) for c in controlnets]
+    net = nets[0] if len(nets) == 1 else nets
+    return _controlled_reference("AnimateDiffControlNetPipeline", model, motion, scheduler, net)
 
 
 def build_tiny_sparsectrl(
@@ -295,35 +304,15 @@ def build_tiny_sparsectrl(
 
 def diffusers_sparsectrl_reference(model: str | Path, motion, scheduler, sparsectrl: str | Path):
     """diffusers' ``AnimateDiffSparseControlNetPipeline`` on the same folders."""
-    from diffusers import AnimateDiffSparseControlNetPipeline, SparseControlNetModel
+    from diffusers import SparseControlNetModel
 
-    base = diffusers_reference(model, motion, scheduler)
-    pipe = AnimateDiffSparseControlNetPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=base.unet,
-        motion_adapter=base.motion_adapter,
-        controlnet=SparseControlNetModel.from_pretrained(sparsectrl),
-        scheduler=scheduler,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    net = SparseControlNetModel.from_pretrained(sparsectrl)
+    return _controlled_reference("AnimateDiffSparseControlNetPipeline", model, motion, scheduler, net)
 
 
 def diffusers_vid2vid_controlnet_reference(model: str | Path, motion, scheduler, controlnet: str | Path):
     """diffusers' ``AnimateDiffVideoToVideoControlNetPipeline`` on the same folders (one ``ControlNetModel``)."""
-    from diffusers import AnimateDiffVideoToVideoControlNetPipeline, ControlNetModel
+    from diffusers import ControlNetModel
 
-    base = diffusers_reference(model, motion, scheduler)
-    pipe = AnimateDiffVideoToVideoControlNetPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=base.unet,
-        motion_adapter=base.motion_adapter,
-        controlnet=ControlNetModel.from_pretrained(controlnet),
-        scheduler=scheduler,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    net = ControlNetModel.from_pretrained(controlnet)
+    return _controlled_reference("AnimateDiffVideoToVideoControlNetPipeline", model, motion, scheduler, net)

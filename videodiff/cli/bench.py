@@ -24,6 +24,16 @@ def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> t
         raise click.BadParameter(f"{value!r} is not a comma-separated list of whole numbers") from None
 
 
+CACHE_OPTION = click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=BENCH_CACHE,
+    show_default=True,
+    help="Where the presets' random-weight models are built once.",
+)
+JSON_OPTION = click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results here.")
+
+
 @click.group("bench")
 def bench_group() -> None:
     """Speed and memory measurements (the tables in the docs' Benchmarks page)."""
@@ -36,14 +46,8 @@ def bench_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--guidance", type=float, help="Default: the preset's, else 7.5.")
 @click.option("--repeat", type=int, default=1, show_default=True, help="Alternate the two sides this many times each.")
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path),
-    default=BENCH_CACHE,
-    show_default=True,
-    help="Where the presets' random-weight models are built once.",
-)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results here.")
+@CACHE_OPTION
+@JSON_OPTION
 @click.option("--device", help="cpu or cuda (default: the preset's).")
 @click.option("--dtype", type=click.Choice(BENCH_DTYPES), help="Default: the preset's (fp32 on CPU).")
 @click.option("--tolerance", type=int, help="Largest allowed pixel difference (default 2, 8 in fp16/bf16).")
@@ -150,7 +154,7 @@ def bench_diffusers(
 @click.argument("every", type=int, nargs=-1, required=True)
 @click.option("--rounds", type=int, default=3, show_default=True, help="Rounds of every prompt at every N.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results here.")
+@JSON_OPTION
 def bench_cache(every: tuple[int, ...], rounds: int, seed: int, json_path: Path | None) -> None:
     """Feature caching (--cache N) on the built-in model: render seconds per N, interleaved in one process.
 
@@ -250,14 +254,8 @@ def bench_long(
 @click.option("--rounds", type=int, default=1, show_default=True, help="Rounds of the three renders.")
 @click.option("--long-frames", type=int, default=64, show_default=True, help="Frames of the long controlled render.")
 @click.option("--steps", type=int, help="Override the preset's denoising steps.")
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path),
-    default=BENCH_CACHE,
-    show_default=True,
-    help="Where the presets' random-weight models are built once.",
-)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results here.")
+@CACHE_OPTION
+@JSON_OPTION
 def bench_control(
     preset: str, rounds: int, long_frames: int, steps: int | None, cache: Path, json_path: Path | None
 ) -> None:
