@@ -188,6 +188,12 @@ def render_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
             "--motion-module": corpus_path(box),  # after the tiny one: this one wins
             "--motion-lora": corpus_path(box),
             "--motion-lora-trigger": corpus_path(box).map(lambda p: f"zoom={p}"),
+            "--controlnet": corpus_path(box),  # hostile pickles, broken safetensors, folders, devices
+            "--control": st.one_of(corpus_path(box), corpus_path(box).map(lambda p: f"canny:{p}")),
+            "--control-scale": st.sampled_from(["1", "nan", "-1", "11"]),
+            "--control-range": st.sampled_from(["0,1", "1,0", "x", "0,2"]),
+            "--sparsectrl": corpus_path(box),
+            "--sparse-at": st.sampled_from(["0:in/pic.png", "99:in/pic.png", "x:in/pic.png"]),
             "--overwrite": st.none(),
             "--skip-existing": st.none(),
         }
