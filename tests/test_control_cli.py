@@ -160,3 +160,30 @@ def test_prompt_file_items_carry_their_own_controls(tmp_path, models, controlnet
     assert len(with_["controls"]) == 1 and without["controls"] == []
     a, b = (read_video(tmp_path / "batch" / n, frames=None)[0] for n in ("with.gif", "without.gif"))
     assert not np.array_equal(a, b)
+
+
+def test_control_path_draws_a_blob_at_constant_speed():
+    from videodiff.control.maps import path_maps, path_positions
+    from videodiff.shapes.detect import objects_per_frame
+
+    points = [(8, 32), (40, 32), (40, 0)]  # 32 px right, then 32 px up: the corner at the middle frame
+    positions = path_positions(points, 9)
+    assert np.allclose(positions[[0, 4, 8]], [(8, 32), (40, 32), (40, 0)])
+    assert np.allclose(np.linalg.norm(np.diff(positions, axis=0), axis=1), 8)
+    maps = path_maps(points, 9, 64, 64)
+    assert maps.shape == (9, 64, 64, 3) and set(np.unique(maps)) == {0, 255}
+    for frame, (x, y) in zip(maps, positions):
+        ys, xs = np.nonzero(frame[:, :, 0])
+        assert abs(xs.mean() + 0.5 - x) < 1 and abs(min(y, 63) - ys.mean() - 0.5) < 4  # clipped at the top edge
+    assert list(objects_per_frame(maps)) == [1] * 9
+
+
+def test_control_path_from_the_command_line_is_recorded(tmp_path, models, controlnet):
+    out = tmp_path / "p.gif"
+    ok(invoke("render", "x", *models, *SIZE, "--controlnet", controlnet, "--control-path", "4,16:36,16", "-o", out))
+    sidecar = read_json(sidecar_path(out))
+    assert sidecar["controls"][0]["maps"] == "path:4,16:36,16"
+    assert sidecar["info"]["controls"][0] == {"detector": "path", "points": [[4.0, 16.0], [36.0, 16.0]]}
+    message = assert_user_error(invoke("render", "x", *models, *SIZE, "--controlnet", controlnet,
+                                       "--control-path", "4,16", "-o", tmp_path / "q.gif"))  # fmt: skip
+    assert "2 to 1000 points" in message

@@ -123,6 +123,12 @@ def control_options(func):
             "Maps for the n-th --controlnet: a video, a folder of images, an image, or canny:PATH "
             "(canny:LOW,HIGH:PATH) for edges computed here; alone: the model's own ControlNet.",
         ),
+        (
+            "--control-path",
+            str,
+            "X0,Y0:X1,Y1[:...]: maps drawn from a path, a blob moving along it at constant speed (pixels, x right, "
+            "y down), for blob-trained ControlNets; one more --control, after those given.",
+        ),
         ("--control-scale", float, "How strongly the n-th control steers (diffusers' conditioning scale) [default: 1]"),
         ("--control-range", str, "START,END: the part of the steps the n-th control acts on [default: 0,1]."),
     )

@@ -16,10 +16,10 @@ import numpy as np
 
 from videodiff.errors import UserError
 from videodiff.media.images import IMAGE_FORMATS, check_image, file_sha256, fit_image, read_image
-from videodiff.settings.control import Maps, parse_maps
+from videodiff.settings.control import PATH_SOURCE, Maps, parse_maps, parse_points
 from videodiff.settings.fields import shown
 
-__all__ = ["IMAGE_SUFFIXES", "canny", "check_maps", "map_source", "read_maps"]
+__all__ = ["IMAGE_SUFFIXES", "canny", "check_maps", "map_source", "path_maps", "path_positions", "read_maps"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # what a maps folder holds
 
@@ -46,6 +46,8 @@ def check_maps(spec: str | Maps, frames: int, stride: int = 1) -> None:
     """The maps' source exists, is pictures or a video, and holds ``frames`` frames at ``stride``; from headers,
     before any model loads. One-line :class:`UserError` otherwise."""
     maps = parse_maps(spec) if isinstance(spec, str) else spec
+    if maps.detector == PATH_SOURCE:
+        return  # drawn here, for any number of frames (parse_maps checked the points)
     path = Path(maps.path)
     if path.is_dir():
         available = len(_folder_images(path))
@@ -79,6 +81,8 @@ def read_maps(
 ) -> np.ndarray:
     """The control maps for a video of ``frames`` frames of ``height`` x ``width``: uint8 ``[frames h w 3]``."""
     maps = parse_maps(spec) if isinstance(spec, str) else spec
+    if maps.detector == PATH_SOURCE:
+        return path_maps(parse_points(maps.path), frames, height, width)
     check_maps(maps, frames, stride)
     path = Path(maps.path)
     side = max(height, width)
@@ -98,6 +102,31 @@ def read_maps(
     return np.stack(fitted)
 
 
+BLOB_RADIUS = 7 / 64  # of the short side: 7 px in the built-in world's 64, about its objects' size (10 to 18 across)
+
+
+def path_positions(points, frames: int) -> np.ndarray:
+    """``[frames 2]`` positions along the polyline ``points`` at constant speed, the first at the first point and the
+    last at the last."""
+    pts = np.asarray(points, dtype=np.float64)
+    lengths = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    along = np.concatenate([[0.0], np.cumsum(lengths)])
+    targets = np.linspace(0.0, along[-1], frames) if frames > 1 else np.zeros(1)
+    return np.stack([np.interp(targets, along, pts[:, 0]), np.interp(targets, along, pts[:, 1])], axis=1)
+
+
+def path_maps(points, frames: int, height: int, width: int, radius: float | None = None) -> np.ndarray:
+    """uint8 ``[frames h w 3]``: a white disc on black moving along ``points`` (pixels, x right, y down) at constant
+    speed; ``radius`` in pixels (default :data:`BLOB_RADIUS` of the short side). A disc outside the frame leaves it
+    black."""
+    r = BLOB_RADIUS * min(height, width) if radius is None else radius
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    out = np.zeros((frames, height, width, 3), np.uint8)
+    for i, (x, y) in enumerate(path_positions(points, frames)):
+        out[i][(xs - x) ** 2 + (ys - y) ** 2 <= r * r] = 255
+    return out
+
+
 def canny(picture: np.ndarray, low: int, high: int) -> np.ndarray:
     """Canny edges of an RGB picture ``[h w 3]`` uint8 as a white-on-black ``[h w 3]`` map: OpenCV's ``Canny`` on
     the colour picture (as the canny ControlNets' own detector, lllyasviel's ``apply_canny``, runs it)."""
@@ -113,6 +142,8 @@ def map_source(spec: str | Maps) -> dict[str, Any]:
     """What a sidecar records of one control's maps: the source's absolute path, the SHA-256 of each file read (a
     folder's by name) and the detector's parameters."""
     maps = parse_maps(spec) if isinstance(spec, str) else spec
+    if maps.detector == PATH_SOURCE:
+        return maps.record()
     path = Path(maps.path).resolve()
     record = {**maps.record(), "path": str(path)}
     if path.is_dir():

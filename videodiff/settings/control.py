@@ -8,6 +8,8 @@ Maps are named by one text, the same on the command line, in settings files and 
     PATH                      a video, a folder of images (sorted by name) or one image (every frame)
     canny:PATH                Canny edges of PATH's frames (OpenCV, thresholds 100 and 200)
     canny:LOW,HIGH:PATH       with other thresholds (0 to 255 each, LOW <= HIGH)
+    path:X0,Y0:X1,Y1[:...]    drawn here: a white blob moving along the polyline at constant speed, first frame to
+                              last (pixels of the video, x right and y down); for blob-trained ControlNets
 
 The step range follows diffusers' ``control_guidance_start``/``_end``: of the ``n`` steps a run takes (counted
 from where it starts: img2vid and vid2vid start part-way), step ``i`` is controlled when ``START <= i / n`` and
@@ -53,17 +55,45 @@ class Maps:
 
     def record(self) -> dict[str, Any]:
         """What a sidecar records of how the maps were made (besides the source's digest)."""
+        if self.detector == PATH_SOURCE:
+            return {"detector": PATH_SOURCE, "points": [list(p) for p in parse_points(self.path)]}
         out: dict[str, Any] = {"path": self.path}
         if self.detector == "canny":
             out.update(detector="canny", low=self.thresholds[0], high=self.thresholds[1])
         return out
 
 
+PATH_SOURCE = "path"  # maps drawn here: a blob moving along a polyline (--control-path)
+MAX_PATH_POINTS = 1000
+MAX_PATH_COORD = 100_000  # pixels; a path may leave the frame and come back, not go to infinity
+
+
+def parse_points(text: str) -> tuple[tuple[float, float], ...]:
+    """``X0,Y0:X1,Y1[:...]``: two or more points in the video's pixels (x right, y down, as ``--motion``)."""
+    items = text.split(":") if isinstance(text, str) else []
+    points = []
+    for item in items[: MAX_PATH_POINTS + 1]:
+        try:
+            x, y = (float(v) for v in item.split(","))
+        except ValueError:
+            raise UserError(f"--control-path must be X0,Y0:X1,Y1[:...] in pixels, got {shown(text)}") from None
+        if not (math.isfinite(x) and math.isfinite(y) and abs(x) <= MAX_PATH_COORD and abs(y) <= MAX_PATH_COORD):
+            raise UserError(f"--control-path points must be finite pixels within +-{MAX_PATH_COORD}, got {shown(item)}")
+        points.append((x, y))
+    if not 2 <= len(points) <= MAX_PATH_POINTS:
+        raise UserError(f"--control-path needs 2 to {MAX_PATH_POINTS} points X,Y separated by ':', got {shown(text)}")
+    return tuple(points)
+
+
 def parse_maps(text: str) -> Maps:
-    """``PATH``, ``canny:PATH`` or ``canny:LOW,HIGH:PATH`` (module docstring) as :class:`Maps`."""
+    """``PATH``, ``canny:PATH``, ``canny:LOW,HIGH:PATH`` or ``path:X0,Y0:X1,Y1[:...]`` (module docstring) as
+    :class:`Maps`."""
     if not isinstance(text, str) or not text:
         raise UserError(f"--control needs maps: a video, a folder of images or an image, got {shown(text)}")
     head, sep, rest = text.partition(":")
+    if head == PATH_SOURCE and sep and rest and not Path(text).exists():
+        parse_points(rest)
+        return Maps(rest, PATH_SOURCE)
     if not sep or head not in DETECTORS or not rest:
         return Maps(text)
     numbers, sep2, path = rest.partition(":")
@@ -309,7 +339,8 @@ def check_sparse(controls: Any, frames: int) -> None:
 
 CONTROLNET_FLAGS = ("controlnet", "control", "control_scale", "control_range")
 SPARSE_FLAGS = ("sparsectrl", "sparse_at", "sparse_scale", "sparse_range")
-CONTROL_FLAGS = CONTROLNET_FLAGS + SPARSE_FLAGS  # every flag flags_to_controls makes into controls
+PATH_FLAG = "control_path"  # --control-path SPEC: --control path:SPEC, after the --control ones
+CONTROL_FLAGS = CONTROLNET_FLAGS + SPARSE_FLAGS + (PATH_FLAG,)  # every flag flags_to_controls makes into controls
 
 
 def flags_to_controls(command_line: dict[str, Any]) -> dict[str, Any]:
@@ -317,6 +348,7 @@ def flags_to_controls(command_line: dict[str, Any]) -> dict[str, Any]:
     ControlNets' (:func:`controls_from_flags`), then SparseCtrl's (:func:`sparse_from_flags`); without any of
     them, as given."""
     given = {k: command_line.get(k) or () for k in CONTROLNET_FLAGS}
+    given["control"] = (*given["control"], *(f"{PATH_SOURCE}:{spec}" for spec in command_line.get(PATH_FLAG) or ()))
     sparse = [command_line.get(k) for k in SPARSE_FLAGS]
     rest = {k: v for k, v in command_line.items() if k not in CONTROL_FLAGS}
     if any(given.values()) or any(v not in (None, ()) for v in sparse):
@@ -332,7 +364,7 @@ def control_record(control: Control) -> dict[str, Any]:
     from pathlib import Path
 
     record = control.record()
-    if control.maps is not None:
+    if control.maps is not None and control.parsed_maps.detector != PATH_SOURCE:
         maps = control.parsed_maps
         record["maps"] = maps.text(str(Path(maps.path).resolve()))
     if control.sparse_at:
