@@ -29,6 +29,7 @@ from videodiff.cli.group import (
 from videodiff.cli.long_eval import eval_long, eval_sweep, eval_travel
 from videodiff.cli.models import convert, inspect
 from videodiff.cli.options import CONFIG_OPTION, given, options_from, parse_motion
+from videodiff.cli.postprocess import interpolate_command
 from videodiff.cli.rendering import img2vid, render, render_one, vid2vid
 from videodiff.cli.serving import SERVE_OPTIONS, serve
 from videodiff.cli.training import train
@@ -59,6 +60,7 @@ __all__ = [
     "given",
     "img2vid",
     "inspect",
+    "interpolate_command",
     "main",
     "options_from",
     "parse_motion",
@@ -72,6 +74,7 @@ __all__ = [
 
 for _command in (render, img2vid, vid2vid, train, convert, inspect, data, eval_group, bench_group, serve):
     cli.add_command(_command)
+cli.add_command(interpolate_command)
 for _command in (eval_long, eval_travel, eval_sweep):
     eval_group.add_command(_command)
 
