@@ -16,7 +16,7 @@ import click
 from videodiff import coldstart
 from videodiff.cli.bench import bench_cache, bench_coldstart, bench_diffusers, bench_group, bench_long
 from videodiff.cli.datasets import data, data_shapes
-from videodiff.cli.evaluation import eval_group, eval_shapes
+from videodiff.cli.evaluation import eval_group, eval_interp, eval_shapes
 from videodiff.cli.group import (
     EXIT_USER_ERROR,
     KEPT_ON_INTERRUPT,
@@ -53,6 +53,7 @@ __all__ = [
     "data",
     "data_shapes",
     "eval_group",
+    "eval_interp",
     "eval_long",
     "eval_shapes",
     "eval_sweep",
@@ -75,7 +76,7 @@ __all__ = [
 for _command in (render, img2vid, vid2vid, train, convert, inspect, data, eval_group, bench_group, serve):
     cli.add_command(_command)
 cli.add_command(interpolate_command)
-for _command in (eval_long, eval_travel, eval_sweep):
+for _command in (eval_long, eval_travel, eval_sweep, eval_interp):
     eval_group.add_command(_command)
 
 

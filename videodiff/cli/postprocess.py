@@ -24,7 +24,7 @@ def interpolate_command(video: str, output: str | None, quiet: bool, **settings:
       videodiff interpolate loop.gif -o smooth.gif --interpolate 3 --loop --interpolate-method blend
     """
     from videodiff.errors import UserError
-    from videodiff.post.interpolate import interpolate_video
+    from videodiff.post.files import interpolate_video
 
     if output is None:
         raise UserError("-o/--output is needed: the file to write (.mp4/.gif/.webm, or a folder of PNG frames)")
