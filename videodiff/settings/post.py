@@ -38,7 +38,11 @@ class PostSettings:
         choices=INTERPOLATE_METHODS,
     )
     # the sampler's --loop (the same field in a RenderConfig): a closed loop is also interpolated across its seam
-    loop: bool = setting(_LOOP.default, _LOOP.metadata["help"])
+    loop: bool = setting(
+        _LOOP.default,
+        "A closed loop: the windows wrap around the end (seamless GIFs), and --interpolate also makes frames "
+        "between the last frame and the first.",
+    )
 
     def validate(self) -> PostSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self.
