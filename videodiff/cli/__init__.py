@@ -16,7 +16,7 @@ import click
 from videodiff import coldstart
 from videodiff.cli.bench import bench_cache, bench_coldstart, bench_diffusers, bench_group, bench_long
 from videodiff.cli.datasets import data, data_shapes
-from videodiff.cli.evaluation import eval_group, eval_shapes
+from videodiff.cli.evaluation import eval_group, eval_interp, eval_shapes
 from videodiff.cli.group import (
     EXIT_USER_ERROR,
     KEPT_ON_INTERRUPT,
@@ -29,6 +29,7 @@ from videodiff.cli.group import (
 from videodiff.cli.long_eval import eval_long, eval_sweep, eval_travel
 from videodiff.cli.models import convert, inspect
 from videodiff.cli.options import CONFIG_OPTION, given, options_from, parse_motion
+from videodiff.cli.postprocess import interpolate_command
 from videodiff.cli.rendering import img2vid, render, render_one, vid2vid
 from videodiff.cli.serving import SERVE_OPTIONS, serve
 from videodiff.cli.training import train
@@ -52,6 +53,7 @@ __all__ = [
     "data",
     "data_shapes",
     "eval_group",
+    "eval_interp",
     "eval_long",
     "eval_shapes",
     "eval_sweep",
@@ -59,6 +61,7 @@ __all__ = [
     "given",
     "img2vid",
     "inspect",
+    "interpolate_command",
     "main",
     "options_from",
     "parse_motion",
@@ -72,7 +75,8 @@ __all__ = [
 
 for _command in (render, img2vid, vid2vid, train, convert, inspect, data, eval_group, bench_group, serve):
     cli.add_command(_command)
-for _command in (eval_long, eval_travel, eval_sweep):
+cli.add_command(interpolate_command)
+for _command in (eval_long, eval_travel, eval_sweep, eval_interp):
     eval_group.add_command(_command)
 
 

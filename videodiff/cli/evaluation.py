@@ -141,3 +141,27 @@ def eval_shapes(
     if target is not None:
         write_text_atomic(target, json.dumps(results, indent=2) + "\n")
         click.echo(str(target))
+
+
+# ---- eval interp: frame interpolation against the shapes world's ground truth (videodiff.shapes.interp_eval)
+@eval_group.command("interp")
+@click.option("--clips", type=click.IntRange(min=1), default=10, show_default=True, help="Held-out clips scored.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which clips (the world's clip seed).")
+@click.option("--factor", type=click.IntRange(2, 8), default=2, show_default=True, help="Keep every N-th frame.")
+@click.option("--size", type=click.IntRange(16, 1024), default=64, show_default=True, help="Frame size in pixels.")
+def eval_interp(clips: int, seed: int, factor: int, size: int) -> None:
+    """PSNR and centroid error of each --interpolate-method against the frames it replaces.
+
+    \b
+    Example:
+      videodiff eval interp --clips 10              # every other frame of 10 held-out clips
+      videodiff eval interp --factor 4 --size 128
+    """
+    from videodiff.shapes.interp_eval import run_interp_eval
+
+    click.echo("| method | PSNR (dB) | centroid error (px) | s per made frame |")
+    click.echo("|---|---|---|---|")
+    for row in run_interp_eval(clips, seed=seed, factor=factor, size=size):
+        click.echo(
+            f"| {row['method']} | {row['psnr']:.2f} | {row['centroid_error']:.3f} | {row['seconds_per_frame']:.4f} |"
+        )

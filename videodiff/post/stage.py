@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from videodiff.post.interpolate import Interpolate
 from videodiff.post.paste import Paste
 from videodiff.settings.post import PostSettings
 
@@ -42,11 +43,14 @@ class PostStep(Protocol):
 
 def steps_for(settings: PostSettings, clip: Clip) -> list[PostStep]:
     """The steps ``settings`` ask for, in their fixed order: paste first (it puts back the exact pictures the later
-    steps then work from). A step with nothing to work on (paste without pinned pictures) is left out."""
+    steps then work from), then interpolation. A step with nothing to work on (paste without pinned pictures,
+    interpolation of one frame without ``loop``) is left out."""
     settings.validate()
     steps: list[PostStep] = []
     if settings.paste and clip.pictures:
         steps.append(Paste())
+    if settings.interpolate and (clip.frames.shape[0] > 1 or settings.loop):
+        steps.append(Interpolate(settings.interpolate, settings.interpolate_method, settings.loop))
     return steps
 
 

@@ -1,0 +1,36 @@
+"""``videodiff interpolate``: post-processing steps on any video the user has."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from videodiff.cli.options import options_from
+from videodiff.settings.post import PostSettings
+from videodiff.settings.render import WriteSettings
+
+
+@click.command("interpolate")
+@click.argument("video", type=click.Path(dir_okay=False))
+@options_from(PostSettings, only=("interpolate", "interpolate_method", "loop"))
+@options_from(WriteSettings, only=("output", "overwrite", "crf", "quiet"))
+def interpolate_command(video: str, output: str | None, quiet: bool, **settings: Any) -> None:
+    """Make in-between frames for any video: N-1 between each pair, at N times its frame rate.
+
+    \b
+    Example:
+      videodiff interpolate clip.mp4 -o smooth.mp4 --interpolate 2                 # optical flow
+      videodiff interpolate loop.gif -o smooth.gif --interpolate 3 --loop --interpolate-method blend
+    """
+    from videodiff.errors import UserError
+    from videodiff.post.files import interpolate_video
+
+    if output is None:
+        raise UserError("-o/--output is needed: the file to write (.mp4/.gif/.webm, or a folder of PNG frames)")
+    written, clip = interpolate_video(
+        video, output, settings["interpolate"], settings["interpolate_method"], loop=settings["loop"],
+        crf=settings["crf"], overwrite=settings["overwrite"],
+    )  # fmt: skip
+    if not quiet:
+        click.echo(f"wrote {written}: {clip.frames.shape[0]} frames, {clip.fps:g} fps")
