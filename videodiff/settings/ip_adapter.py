@@ -1,0 +1,156 @@
+"""Image prompts (IP-Adapter, Ye et al. 2023): which adapters steer a render, from which pictures, how strongly.
+
+One :class:`ImagePrompt` per adapter; :class:`IPAdapterSettings` holds them (``ip_adapters``) as the stage of a
+render's settings. Torch-free: everything here is checked before any model loads.
+
+On the command line ``--ip-adapter FILE --ip-image PATH [--ip-scale S]``, repeated (the n-th ``--ip-image`` and
+``--ip-scale`` belong to the n-th ``--ip-adapter``), with ``--image-encoder FOLDER`` for every adapter that has no
+``image_encoder/`` beside it. In settings files and Python: ``ip_adapters: [{adapter, image, scale, image_encoder}]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from videodiff.errors import UserError
+from videodiff.settings.fields import setting, shown
+
+MAX_IP_ADAPTERS = 4  # each adapter adds one attention per cross-attention layer and step
+MAX_IP_SCALE = 10.0  # ten times the image tokens' trained weight is far past any use
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """One IP-Adapter and its picture. ``adapter``: the weights file (or a folder holding one); ``image``: the
+    picture; ``scale``: diffusers' ``set_ip_adapter_scale``; ``image_encoder``: the CLIP vision model folder
+    (``None``: ``image_encoder/`` beside the adapter)."""
+
+    adapter: str
+    image: str
+    scale: float = 1.0
+    image_encoder: str | None = None
+
+    KEYS = ("adapter", "image", "scale", "image_encoder")
+
+    @classmethod
+    def of(cls, value: Any) -> ImagePrompt:
+        """An :class:`ImagePrompt` from itself or a mapping with its keys (a settings file's ``ip_adapters:`` item)."""
+        if isinstance(value, ImagePrompt):
+            return value.checked()
+        if not isinstance(value, dict):
+            raise UserError(f"each of ip_adapters must be a mapping of {', '.join(cls.KEYS)}; got {shown(value)}")
+        unknown = [str(k) for k in value if k not in cls.KEYS]
+        if unknown:
+            raise UserError(f"ip_adapters: unknown key {shown(unknown[0])}; known: {', '.join(cls.KEYS)}")
+        for key in ("adapter", "image"):
+            if value.get(key) is None:
+                raise UserError(f"each of ip_adapters needs {key}")
+        return cls(**{k: value[k] for k in cls.KEYS if value.get(k) is not None}).checked()
+
+    def checked(self) -> ImagePrompt:
+        for flag, text in (("--ip-adapter", self.adapter), ("--ip-image", self.image), ("--image-encoder", None)):
+            text = self.image_encoder if flag == "--image-encoder" else text
+            if flag == "--image-encoder" and text is None:
+                continue
+            if not isinstance(text, str) or not text:
+                raise UserError(f"{flag} must be a path, got {shown(text)}")
+            if "\0" in text:
+                raise UserError(f"{flag} contains a NUL character")
+        scale = self.scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise UserError(f"--ip-scale must be a finite number, got {shown(scale)}")
+        if not 0 <= scale <= MAX_IP_SCALE:
+            raise UserError(f"--ip-scale must be from 0 to {MAX_IP_SCALE:g}, got {scale:g}")
+        return self
+
+    def record(self) -> dict[str, Any]:
+        """The image prompt as a settings file holds it, local paths made absolute (a sidecar's item)."""
+        out: dict[str, Any] = {"adapter": self.adapter, "image": self.image, "scale": self.scale}
+        if self.image_encoder is not None:
+            out["image_encoder"] = self.image_encoder
+        return {k: str(Path(v).resolve()) if k != "scale" and Path(v).exists() else v for k, v in out.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class IPAdapterSettings:
+    """The IP-Adapters steering a render (none: no image prompt)."""
+
+    ip_adapters: tuple[Any, ...] = setting(  # ImagePrompt items (mappings in settings files); the CLI builds them
+        (), "IP-Adapters and their pictures: a list of {adapter, image, scale, image_encoder}."
+    )
+
+    def validate(self) -> IPAdapterSettings:
+        """Raise :class:`UserError` (one line) for any image prompt that cannot work; return self."""
+        if not isinstance(self.ip_adapters, (tuple, list)):
+            raise UserError(f"ip_adapters must be a list of mappings, got {shown(self.ip_adapters)}")
+        if len(self.ip_adapters) > MAX_IP_ADAPTERS:
+            raise UserError(f"{len(self.ip_adapters)} IP-Adapters are too many: at most {MAX_IP_ADAPTERS}")
+        for p in self.ip_adapters:
+            ImagePrompt.of(p)
+        return self
+
+    def parsed(self) -> tuple[ImagePrompt, ...]:
+        return tuple(ImagePrompt.of(p) for p in self.ip_adapters)
+
+
+IP_ADAPTER_FIELDS = tuple(f.name for f in fields(IPAdapterSettings))
+IP_FLAGS = ("ip_adapter", "ip_image", "ip_scale", "image_encoder")
+
+
+def parse_image_prompts(value: Any) -> tuple[ImagePrompt, ...]:
+    """Image prompts as the Python API takes them: ``None``, :class:`IPAdapterSettings`, or a list of
+    :class:`ImagePrompt` s and mappings of its fields."""
+    if value is None:
+        return ()
+    if isinstance(value, IPAdapterSettings):
+        return value.validate().parsed()
+    if isinstance(value, (ImagePrompt, dict)):
+        value = (value,)
+    return IPAdapterSettings(ip_adapters=tuple(value)).validate().parsed()
+
+
+def image_prompts_from_flags(
+    adapters: tuple[str, ...], images: tuple[str, ...], scales: tuple[float, ...], encoder: str | None
+) -> tuple[ImagePrompt, ...]:
+    """``--ip-adapter``/``--ip-image``/``--ip-scale``/``--image-encoder`` as image prompts: the n-th of each for
+    the n-th adapter; scales given for none or for each."""
+    if not adapters:
+        if images or scales or encoder:
+            raise UserError("--ip-image, --ip-scale and --image-encoder need --ip-adapter FILE")
+        return ()
+    if len(images) != len(adapters):
+        raise UserError(f"{len(images)} --ip-image for {len(adapters)} --ip-adapter: give one picture per adapter")
+    if scales and len(scales) != len(adapters):
+        raise UserError(f"{len(scales)} --ip-scale for {len(adapters)} --ip-adapter: give none, or one per adapter")
+    return tuple(
+        ImagePrompt(a, images[i], scales[i] if scales else 1.0, encoder).checked() for i, a in enumerate(adapters)
+    )
+
+
+def flags_to_image_prompts(command_line: dict[str, Any]) -> dict[str, Any]:
+    """The command line's values with its IP-Adapter flags (:data:`IP_FLAGS`) made into ``ip_adapters``."""
+    given = [command_line.get(k) for k in IP_FLAGS]
+    rest = {k: v for k, v in command_line.items() if k not in IP_FLAGS}
+    if any(v not in (None, ()) for v in given):
+        adapters, images, scales, encoder = given
+        rest["ip_adapters"] = image_prompts_from_flags(
+            tuple(adapters or ()), tuple(images or ()), tuple(scales or ()), encoder or None
+        )
+    return rest
+
+
+def check_image_prompts(value: Any) -> None:
+    """Before any model loads: every adapter and picture a file (the picture one Pillow reads within the media
+    budgets), every image encoder a folder. One-line :class:`UserError` otherwise."""
+    from videodiff.media.images import check_image
+
+    for p in parse_image_prompts(value):
+        source = Path(p.adapter)
+        if not source.exists():
+            raise UserError(f"--ip-adapter {p.adapter}: no such file")
+        if p.image_encoder is not None and not Path(p.image_encoder).is_dir():
+            raise UserError(f"--image-encoder {p.image_encoder}: no such folder (a CLIPVisionModelWithProjection folder)")
+        check_image(p.image)
