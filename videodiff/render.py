@@ -38,6 +38,7 @@ from videodiff.log import notice
 from videodiff.media.images import file_sha256
 from videodiff.media.video import check_output, check_sidecar, save_video, sidecar_path
 from videodiff.settings.control import check_sparse, control_record, flags_to_controls, parse_controls
+from videodiff.settings.ip_adapter import check_image_prompts, flags_to_image_prompts, parse_image_prompts
 from videodiff.weights.hub import package_versions, read_model_defaults
 
 if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
@@ -65,6 +66,7 @@ def resolve_render_config(
     then what the input implies (``derived``: vid2vid's frame rate), then the recorded defaults (a motion-module
     folder's, then the model's), then built-ins."""
     command_line = flags_to_controls(command_line)  # --controlnet/--control... -> controls
+    command_line = flags_to_image_prompts(command_line)  # --ip-adapter/--ip-image... -> ip_adapters
     from_file = load_config_file(config_file) if config_file else {}
     environment = environment or {}
     model = command_line.get("model") or from_file.get("model") or environment.get("model")
@@ -192,7 +194,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
         source = input_from(config.inputs)
         result = pipe.generate(
             config.sample, source=source, progress=not config.quiet, on_step=on_step, post=config.post, fps=config.fps,
-            controls=config.control,
+            controls=config.control, ip_adapters=config.image_prompts,
         )
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; so is the MPS one
         if not is_out_of_memory(exc):
@@ -265,6 +267,7 @@ def check_inputs(config: RenderConfig) -> None:
             check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
         if control.controlnet is None and own_controlnet(config.model) is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
+    check_image_prompts(config.ip_adapters)  # adapters, pictures and encoders exist; the pictures read
 
 
 def control_source(control, frames: int) -> dict[str, Any]:
@@ -285,8 +288,10 @@ def own_controlnet(model: str | None) -> str | None:
 
 
 def input_paths(config: RenderConfig) -> list[str]:
-    """The picture and video files a render reads (img2vid's ``image_at``, vid2vid's ``video``)."""
-    return [path for _, path in map(parse_image_at, config.image_at)] + ([config.video] if config.video else [])
+    """The picture and video files a render reads (img2vid's ``image_at``, vid2vid's ``video``, image prompts)."""
+    pictures = [path for _, path in map(parse_image_at, config.image_at)]
+    prompts = [p.image for p in parse_image_prompts(config.ip_adapters)]
+    return pictures + ([config.video] if config.video else []) + prompts
 
 
 def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipeline, output: Path) -> dict[str, Any]:
@@ -301,6 +306,7 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
         settings["video"] = str(Path(config.video).resolve())
     controls = parse_controls(config.controls)
     settings["controls"] = [control_record(c) for c in controls]
+    settings["ip_adapters"] = [p.record() for p in parse_image_prompts(config.ip_adapters)]
     settings[INFO_KEY] = {
         "controls": [control_source(c, int(result.frames.shape[0])) for c in controls],
         "output": str(output),

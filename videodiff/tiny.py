@@ -395,7 +395,9 @@ def build_tiny_ip_adapter(
         proj = {"proj.weight": torch.randn(4 * width, vision.projection_dim) * 0.3, "proj.bias": torch.randn(4 * width)}
         proj.update({"norm.weight": 1 + 0.1 * torch.randn(width), "norm.bias": 0.1 * torch.randn(width)})
     elif layout == "plus":
-        module = IPAdapterPlusImageProjection(embed_dims=hidden, output_dims=width, hidden_dims=64, heads=1, num_queries=8)
+        module = IPAdapterPlusImageProjection(
+            embed_dims=hidden, output_dims=width, hidden_dims=64, heads=1, num_queries=8
+        )
         with torch.no_grad():
             for p in module.parameters():
                 p.add_(torch.randn_like(p) * 0.1)

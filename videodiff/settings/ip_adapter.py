@@ -152,5 +152,5 @@ def check_image_prompts(value: Any) -> None:
         if not source.exists():
             raise UserError(f"--ip-adapter {p.adapter}: no such file")
         if p.image_encoder is not None and not Path(p.image_encoder).is_dir():
-            raise UserError(f"--image-encoder {p.image_encoder}: no such folder (a CLIPVisionModelWithProjection folder)")
+            raise UserError(f"--image-encoder {p.image_encoder}: no such folder (a CLIP vision model folder)")
         check_image(p.image)

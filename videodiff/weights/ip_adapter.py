@@ -3,7 +3,7 @@
 The layouts people have, told apart by the keys of ``image_proj`` (diffusers' own rule,
 ``UNet2DConditionModel._convert_ip_adapter_image_proj_to_diffusers``, which also builds the projection here):
 
-- plain (``ip-adapter_sd15``): ``image_proj.proj``, ``image_proj.norm``: the image encoder's pooled embedding to 4 tokens;
+- plain (``ip-adapter_sd15``): ``image_proj.proj``, ``image_proj.norm``: the encoder's pooled embedding to 4 tokens;
 - Plus (``ip-adapter-plus_sd15``, ``ip-adapter-plus-face_sd15``): ``image_proj.latents``, ``proj_in``, ``proj_out``,
   ``norm_out``, ``layers.N...``: a resampler over the encoder's penultimate hidden states;
 - full-face (``ip-adapter-full-face_sd15``): ``image_proj.proj.0``, ``proj.2``, ``proj.3`` (an MLP over the hidden
@@ -39,7 +39,7 @@ def adapter_file(source: str | Path) -> Path:
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
         if len(found) != 1:
             raise UserError(
-                f"--ip-adapter {source}: a folder must hold exactly one weights file, it holds {len(found)}; name the file"
+                f"--ip-adapter {source}: a folder must hold one weights file, it holds {len(found)}; name the file"
             )
         return found[0]
     if not path.is_file():
@@ -141,5 +141,6 @@ def load_ip_adapter(source: str | Path, unet: Any) -> IPAdapter:
     try:
         projection = unet._convert_ip_adapter_image_proj_to_diffusers(proj, low_cpu_mem_usage=False)
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise UserError(f"--ip-adapter {source}: its image projection does not load ({str(exc).splitlines()[0]})")
+        first = str(exc).splitlines()[0]
+        raise UserError(f"--ip-adapter {source}: its image projection does not load ({first})") from None
     return IPAdapter(str(source), layout, projection.eval(), projections)
