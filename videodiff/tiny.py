@@ -414,8 +414,12 @@ def build_tiny_ip_adapter(
             state[f"ip_adapter.{2 * i + 1}.to_{kv}_ip.weight"] = torch.randn(attn.to_k.out_features, width) * 0.3
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".bin":
-        torch.save(state, path)
+    if path.suffix == ".bin":  # as the original .bin files hold it: {"image_proj": {...}, "ip_adapter": {...}}
+        nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            nested[head][rest] = value
+        torch.save(nested, path)
     else:
         from safetensors.torch import save_file
 

@@ -20,6 +20,8 @@ from videodiff.settings.fields import setting, shown
 
 MAX_IP_ADAPTERS = 4  # each adapter adds one attention per cross-attention layer and step
 MAX_IP_SCALE = 10.0  # ten times the image tokens' trained weight is far past any use
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+ENCODER_FOLDER = "image_encoder"  # where the peers (h94/IP-Adapter's models/, diffusers) keep the CLIP vision model
 
 
 @dataclass(frozen=True)
@@ -142,15 +144,42 @@ def flags_to_image_prompts(command_line: dict[str, Any]) -> dict[str, Any]:
     return rest
 
 
+def adapter_file(source: str | Path) -> Path:
+    """The weights file ``source`` names: the file, or the one IP-Adapter weights file in a folder."""
+    path = Path(source)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+        if len(found) != 1:
+            raise UserError(
+                f"--ip-adapter {source}: a folder must hold one weights file, it holds {len(found)}; name the file"
+            )
+        return found[0]
+    if not path.is_file():
+        raise UserError(f"--ip-adapter {source}: no such file")
+    return path
+
+
+def find_image_encoder(source: str | Path, given: str | None) -> str:
+    """The image encoder folder: ``given`` (``--image-encoder``), else ``image_encoder/`` beside the adapter file (or
+    in its folder), as h94/IP-Adapter lays it out. Neither: a one-line :class:`UserError`."""
+    if given is not None:
+        if not Path(given).is_dir():
+            raise UserError(f"--image-encoder {given}: no such folder (a CLIPVisionModelWithProjection folder)")
+        return str(given)
+    path = Path(source)
+    for folder in (path / ENCODER_FOLDER, path.parent / ENCODER_FOLDER):
+        if folder.is_dir():
+            return str(folder)
+    raise UserError(
+        f"--ip-adapter {source}: no image encoder found beside it ({ENCODER_FOLDER}/); name one with --image-encoder"
+    )
+
+
 def check_image_prompts(value: Any) -> None:
     """Before any model loads: every adapter and picture a file (the picture one Pillow reads within the media
     budgets), every image encoder a folder. One-line :class:`UserError` otherwise."""
     from videodiff.media.images import check_image
 
     for p in parse_image_prompts(value):
-        source = Path(p.adapter)
-        if not source.exists():
-            raise UserError(f"--ip-adapter {p.adapter}: no such file")
-        if p.image_encoder is not None and not Path(p.image_encoder).is_dir():
-            raise UserError(f"--image-encoder {p.image_encoder}: no such folder (a CLIP vision model folder)")
+        find_image_encoder(adapter_file(p.adapter), p.image_encoder)
         check_image(p.image)

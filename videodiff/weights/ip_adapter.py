@@ -24,27 +24,24 @@ from typing import Any
 import torch
 
 from videodiff.errors import UserError
-from videodiff.weights.checkpoints import read_state_dict
+from videodiff.settings.ip_adapter import adapter_file, find_image_encoder
+from videodiff.weights.checkpoints import _load_pickle, read_state_dict
 
 __all__ = ["IPAdapter", "adapter_file", "find_image_encoder", "layout_of", "load_ip_adapter", "split_state_dict"]
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-ENCODER_FOLDER = "image_encoder"  # where the peers (h94/IP-Adapter's models/, diffusers) keep the CLIP vision model
-
-
-def adapter_file(source: str | Path) -> Path:
-    """The weights file ``source`` names: the file, or the one IP-Adapter weights file in a folder."""
-    path = Path(source)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
-        if len(found) != 1:
-            raise UserError(
-                f"--ip-adapter {source}: a folder must hold one weights file, it holds {len(found)}; name the file"
-            )
-        return found[0]
-    if not path.is_file():
-        raise UserError(f"--ip-adapter {source}: no such file")
-    return path
+def read_adapter(path: Path) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, flat (``image_proj.…``, ``ip_adapter.…``): a ``.safetensors`` file, or a weights-only
+    pickle, flat or nested as the original ``.bin`` files are (``{"image_proj": {...}, "ip_adapter": {...}}``)."""
+    try:
+        return read_state_dict(path)
+    except UserError as exc:
+        if "does not hold a state dict of tensors" not in str(exc):
+            raise
+    data = _load_pickle(path, False)  # read weights-only once already: only its nesting was refused
+    flat = {f"{k}.{n}": t for k, v in data.items() if isinstance(v, dict) for n, t in v.items()}
+    if not flat or not all(isinstance(t, torch.Tensor) for t in flat.values()):
+        raise UserError(f"{path}: does not hold IP-Adapter tensors")
+    return flat
 
 
 def split_state_dict(state: dict[str, torch.Tensor], source: Any) -> tuple[dict, dict]:
@@ -76,22 +73,6 @@ def layout_of(proj: dict[str, torch.Tensor], layers: dict[str, torch.Tensor], so
     raise UserError(f"--ip-adapter {source}: unknown IP-Adapter layout (image_proj keys {sorted(proj)[:4]}...)")
 
 
-def find_image_encoder(source: str | Path, given: str | None) -> str:
-    """The image encoder folder: ``given`` (``--image-encoder``), else ``image_encoder/`` beside the adapter file (or
-    in its folder), as h94/IP-Adapter lays it out. Neither: a one-line :class:`UserError`."""
-    if given is not None:
-        if not Path(given).is_dir():
-            raise UserError(f"--image-encoder {given}: no such folder (a CLIPVisionModelWithProjection folder)")
-        return str(given)
-    path = Path(source)
-    for folder in (path / ENCODER_FOLDER, path.parent / ENCODER_FOLDER):
-        if folder.is_dir():
-            return str(folder)
-    raise UserError(
-        f"--ip-adapter {source}: no image encoder found beside it ({ENCODER_FOLDER}/); name one with --image-encoder"
-    )
-
-
 @dataclass
 class IPAdapter:
     """A loaded adapter: its ``layout``, the image ``projection`` (diffusers' module), the key/value
@@ -115,7 +96,7 @@ def load_ip_adapter(source: str | Path, unet: Any) -> IPAdapter:
     from videodiff.unet.inflate import TokenProjections, cross_attentions
 
     path = adapter_file(source)
-    proj, layers = split_state_dict(read_state_dict(path), source)
+    proj, layers = split_state_dict(read_adapter(path), source)
     layout = layout_of(proj, layers, source)
     width = unet.config.cross_attention_dim
     attentions = cross_attentions(unet)
