@@ -38,7 +38,7 @@ from videodiff.log import notice
 from videodiff.media.images import file_sha256
 from videodiff.media.video import check_output, check_sidecar, save_video, sidecar_path
 from videodiff.settings.control import check_sparse, control_record, flags_to_controls, parse_controls
-from videodiff.settings.ip_adapter import check_image_prompts, flags_to_image_prompts, parse_image_prompts
+from videodiff.settings.ip_adapter import adapter_file, find_image_encoder, flags_to_image_prompts, parse_image_prompts
 from videodiff.weights.hub import package_versions, read_model_defaults
 
 if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
@@ -245,8 +245,8 @@ def summary(outcome: RenderOutcome, fps: float) -> str:
 
 
 def check_inputs(config: RenderConfig) -> None:
-    """img2vid's pictures, vid2vid's clip and the controls' maps checked from their headers, and pinned frames
-    inside the video, before minutes of loading."""
+    """img2vid's pictures, vid2vid's clip, the controls' maps and image prompts checked from their headers, and
+    pinned frames inside the video, before minutes of loading."""
     from videodiff.control.maps import check_maps
     from videodiff.media.clips import check_moving_video
     from videodiff.media.images import check_image
@@ -267,7 +267,9 @@ def check_inputs(config: RenderConfig) -> None:
             check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
         if control.controlnet is None and own_controlnet(config.model) is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
-    check_image_prompts(config.ip_adapters)  # adapters, pictures and encoders exist; the pictures read
+    for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, a picture
+        find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
+        check_image(prompt.image)
 
 
 def control_source(control, frames: int) -> dict[str, Any]:

@@ -385,8 +385,6 @@ def build_tiny_ip_adapter(
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
     from transformers import CLIPVisionConfig
 
-    from videodiff.unet.inflate import cross_attentions
-
     unet = UNet2DConditionModel.from_pretrained(Path(model) / "unet")
     vision = CLIPVisionConfig.from_pretrained(encoder)
     width, hidden = unet.config.cross_attention_dim, vision.hidden_size
@@ -409,7 +407,8 @@ def build_tiny_ip_adapter(
     else:
         raise ValueError(f"unknown layout {layout!r}")
     state = {f"image_proj.{k}": v.contiguous() for k, v in proj.items()}
-    for i, attn in enumerate(cross_attentions(unet).values()):
+    names = [n.removesuffix(".processor") for n in unet.attn_processors if n.endswith("attn2.processor")]
+    for i, attn in enumerate(unet.get_submodule(n) for n in names):  # diffusers' processor order
         for kv in "kv":
             state[f"ip_adapter.{2 * i + 1}.to_{kv}_ip.weight"] = torch.randn(attn.to_k.out_features, width) * 0.3
     path = Path(path)

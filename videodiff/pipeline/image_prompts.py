@@ -4,7 +4,8 @@ added to the conditioning as its ``token_sets`` field (:class:`videodiff.samplin
 As diffusers' ``AnimateDiffPipeline.encode_image`` computes them: the picture through ``CLIPImageProcessor`` at the
 encoder's size; a plain adapter reads the pooled ``image_embeds``, its negative tokens are those of zero embeddings;
 Plus and full-face adapters read the penultimate hidden states, their negative tokens are those of a zero
-(normalized) picture's hidden states. The encoder runs once per distinct picture and encoder.
+(normalized) picture's hidden states. The encoder runs once per distinct picture and encoder, and with ``--offload``
+it is released before sampling.
 """
 
 from __future__ import annotations
@@ -102,4 +103,6 @@ def with_image_prompts(pipe, cond: Cond, ip_adapters: Any) -> Cond:
         raise UserError("an IP-Adapter is named twice; give each adapter once")
     cache: dict = {}
     sets = tuple(image_tokens(pipe, p, cache) for p in prompts)
+    if pipe.offload:  # the encoders' memory goes back before sampling; they load again for the next render
+        pipe.__dict__.pop("_image_encoders", None)
     return cond.with_fields(**{TOKEN_SETS: TokenSets(sets)})

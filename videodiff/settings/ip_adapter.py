@@ -173,13 +173,3 @@ def find_image_encoder(source: str | Path, given: str | None) -> str:
     raise UserError(
         f"--ip-adapter {source}: no image encoder found beside it ({ENCODER_FOLDER}/); name one with --image-encoder"
     )
-
-
-def check_image_prompts(value: Any) -> None:
-    """Before any model loads: every adapter and picture a file (the picture one Pillow reads within the media
-    budgets), every image encoder a folder. One-line :class:`UserError` otherwise."""
-    from videodiff.media.images import check_image
-
-    for p in parse_image_prompts(value):
-        find_image_encoder(adapter_file(p.adapter), p.image_encoder)
-        check_image(p.image)
