@@ -166,3 +166,66 @@ def test_bad_ip_adapter_input_is_one_line_and_writes_nothing(tmp_path, models, i
     message = assert_user_error(invoke("render", "x", *models, *SIZE, "-q", *args, "-o", out))
     assert named in message
     assert not out.exists() and not sidecar_path(out).exists()
+
+
+def test_image_keyframes_blend_as_prompt_travel(one_thread, tiny_pipe, ip):
+    """``image_at`` keyframes: each keyframe's own tokens at its frame, the linear blend between, the last held after
+    it; the negative tokens one for every frame."""
+    from videodiff.pipeline.image_prompts import image_tokens
+    from videodiff.settings.ip_adapter import ImagePrompt
+
+    adapters, (a, b), _ = ip
+    adapter = str(adapters["plus"])
+    alone_a = image_tokens(tiny_pipe, ImagePrompt(adapter, str(a)), 8).tokens[0]
+    alone_b = image_tokens(tiny_pipe, ImagePrompt(adapter, str(b)), 8).tokens[0]
+    moving = image_tokens(tiny_pipe, ImagePrompt(adapter, str(a), 0.5, image_at=(f"4:{b}",)), 8)
+    assert moving.tokens.shape == (1, 8, *alone_a.shape) and moving.uncond.shape == (1, *alone_a.shape)
+    got = moving.tokens[0]
+    torch.testing.assert_close(got[0], alone_a)
+    torch.testing.assert_close(got[2], 0.5 * alone_a + 0.5 * alone_b)
+    torch.testing.assert_close(got[1], 0.75 * alone_a + 0.25 * alone_b)
+    for f in (4, 5, 7):
+        torch.testing.assert_close(got[f], alone_b)
+    assert not torch.allclose(alone_a, alone_b)
+
+
+def test_each_window_gets_its_own_frames_image_tokens(one_thread, tiny_pipe, ip, monkeypatch):
+    """A spy on the attention processors: in a 24-frame render in two windows (frames 0-15 and 8-23) with keyframes
+    at 0 and 23, every cross-attention call gets, for its window, exactly those frames' interpolated tokens (and the
+    negative tokens in the unconditional half)."""
+    from videodiff.pipeline.image_prompts import image_tokens
+    from videodiff.settings.ip_adapter import ImagePrompt
+    from videodiff.unet import inflate
+
+    adapters, (a, b), _ = ip
+    prompt = ImagePrompt(str(adapters["plain"]), image_at=(f"0:{a}", f"-1:{b}"))
+    expected = image_tokens(tiny_pipe, prompt, 24)
+    seen: list[torch.Tensor] = []
+    original = inflate.FrameAttention.__call__
+
+    def spy(self, attn, hidden_states, encoder_hidden_states=None, *args, token_sets=None, **kwargs):
+        if token_sets and encoder_hidden_states is not None:
+            seen.append(token_sets[0][1].detach().clone())
+        return original(self, attn, hidden_states, encoder_hidden_states, *args, token_sets=token_sets, **kwargs)
+
+    monkeypatch.setattr(inflate.FrameAttention, "__call__", spy)
+    tiny_pipe("a red circle moving right", negative_prompt="cat", num_frames=24, height=32, width=40,
+              num_inference_steps=1, seed=1, window=16, overlap=8, ip_adapters=[prompt])  # fmt: skip
+    assert seen
+    starts = set()
+    for tokens in seen:
+        halves = tokens.reshape(2, -1, *tokens.shape[1:])  # [uncond, cond] each [f m d]
+        assert halves.shape[1] == 16
+        torch.testing.assert_close(halves[0], expected.uncond.expand(16, -1, -1))
+        match = [s for s in range(0, 9) if torch.allclose(halves[1], expected.tokens[0, s : s + 16])]
+        assert len(match) == 1
+        starts.add(match[0])
+    assert starts == {0, 8}
+
+
+def test_ip_image_at_outside_the_video_is_one_line(tmp_path, models, ip):
+    adapters, (picture, _), _ = ip
+    out = tmp_path / "out.gif"
+    args = ("--ip-adapter", adapters["plain"], "--ip-image", picture, "--ip-image-at", f"8:{picture}")
+    message = assert_user_error(invoke("render", "x", *models, *SIZE, "-q", *args, "-o", out))
+    assert "outside the video" in message and not out.exists()

@@ -324,7 +324,7 @@ class VideoPipeline:
             notice(windows.describe(plan, self.train_frames))
         # 1. the prompts (and the MotionLoRAs their words trigger), and the controls
         cond = self.conditioning(settings)
-        cond.cond = image_prompts.with_image_prompts(self, cond.cond, ip_adapters)  # IP-Adapters' image tokens
+        cond.cond = image_prompts.with_image_prompts(self, cond.cond, ip_adapters, settings.frames, settings.travel)
         cond.cond, nets = denoisers.with_controls(
             self, cond.cond, parse_controls(controls), settings.frames, settings.height, settings.width, stride, fit
         )

@@ -267,9 +267,10 @@ def check_inputs(config: RenderConfig) -> None:
             check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
         if control.controlnet is None and own_controlnet(config.model) is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
-    for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, a picture
+    for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, pictures in the video
         find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
-        check_image(prompt.image)
+        for path in prompt.pictures(frames).values():
+            check_image(path)
 
 
 def control_source(control, frames: int) -> dict[str, Any]:
@@ -292,7 +293,7 @@ def own_controlnet(model: str | None) -> str | None:
 def input_paths(config: RenderConfig) -> list[str]:
     """The picture and video files a render reads (img2vid's ``image_at``, vid2vid's ``video``, image prompts)."""
     pictures = [path for _, path in map(parse_image_at, config.image_at)]
-    prompts = [p.image for p in parse_image_prompts(config.ip_adapters)]
+    prompts = [path for p in parse_image_prompts(config.ip_adapters) for path in p.paths()]
     return pictures + ([config.video] if config.video else []) + prompts
 
 

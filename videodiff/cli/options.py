@@ -142,6 +142,7 @@ def ip_adapter_options(func):
     options = (
         ("--ip-adapter", str, True, "IP-Adapter weights (plain, Plus or full-face; .safetensors or .bin); repeatable."),
         ("--ip-image", str, True, "The picture for the n-th --ip-adapter (an image prompt); one per --ip-adapter."),
+        ("--ip-image-at", str, True, "FRAME:PATH: a keyframe picture (-1 the last), blended between keyframes."),
         ("--ip-scale", float, True, "How strongly the n-th image prompt steers [default: 1]"),
         ("--image-encoder", str, False, "CLIP vision model folder, when none is beside the adapter (image_encoder/)."),
     )

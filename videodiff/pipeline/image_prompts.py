@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from videodiff import text
 from videodiff.errors import UserError
 from videodiff.sampling.cond import TOKEN_SETS, Cond, TokenSet, TokenSets
 from videodiff.settings.ip_adapter import ImagePrompt, parse_image_prompts
@@ -73,28 +74,35 @@ def _embeddings(pipe, encoder, processor, image: Any, hidden: bool) -> tuple[tor
     return cond, torch.zeros_like(cond)
 
 
-def image_tokens(pipe, prompt: ImagePrompt, cache: dict | None = None) -> TokenSet:
-    """One image prompt's :class:`TokenSet`: tokens ``[1 m d]`` and the negative's, at the prompt's scale."""
+def image_tokens(pipe, prompt: ImagePrompt, frames: int, travel: str = "linear", cache: dict | None = None) -> TokenSet:
+    """One image prompt's :class:`TokenSet` at the prompt's scale: tokens ``[1 m d]`` for one picture, or ``[1 f m d]``
+    for keyframes (``image_at``): each keyframe's tokens at its frame, blended in between as prompt travel blends
+    text (:func:`videodiff.text.travel`, ``travel`` ``linear`` or ``slerp``), held before the first and after the last.
+    The negative tokens do not depend on the picture: ``[1 m d]``, one for every frame."""
     ip = adapter(pipe, prompt.adapter)
     folder = find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
     encoder, processor = image_encoder(pipe, folder)
-    key = (folder, ip.hidden_states, prompt.image if isinstance(prompt.image, str) else id(prompt.image))
     cache = {} if cache is None else cache
-    if key not in cache:
-        cache[key] = _embeddings(pipe, encoder, processor, prompt.image, ip.hidden_states)
-    cond, uncond = cache[key]
-    try:
-        tokens, negative = ip.projection(cond), ip.projection(uncond)
-    except RuntimeError:
-        raise UserError(
-            f"--image-encoder {folder} does not fit --ip-adapter {prompt.adapter}: its outputs are "
-            f"{cond.shape[-1]} wide, the adapter reads another width"
-        ) from None
+    keyed: dict[int, torch.Tensor] = {}
+    negative = None
+    for frame, path in prompt.pictures(frames).items():
+        key = (folder, ip.hidden_states, path)
+        if key not in cache:
+            cache[key] = _embeddings(pipe, encoder, processor, path, ip.hidden_states)
+        cond, uncond = cache[key]
+        try:
+            keyed[frame], negative = ip.projection(cond), ip.projection(uncond)
+        except RuntimeError:
+            raise UserError(
+                f"--image-encoder {folder} does not fit --ip-adapter {prompt.adapter}: its outputs are "
+                f"{cond.shape[-1]} wide, the adapter reads another width"
+            ) from None
+    tokens = keyed[0] if list(keyed) == [0] and not prompt.image_at else text.travel(keyed, frames, travel)
     return TokenSet(token_name(prompt.adapter), tokens, negative, float(prompt.scale))
 
 
-def with_image_prompts(pipe, cond: Cond, ip_adapters: Any) -> Cond:
-    """``cond`` with the image prompts' token sets (none given: ``cond`` as is)."""
+def with_image_prompts(pipe, cond: Cond, ip_adapters: Any, frames: int, travel: str = "linear") -> Cond:
+    """``cond`` with the image prompts' token sets for a video of ``frames`` frames (none given: ``cond`` as is)."""
     prompts = parse_image_prompts(ip_adapters)
     if not prompts:
         return cond
@@ -102,7 +110,7 @@ def with_image_prompts(pipe, cond: Cond, ip_adapters: Any) -> Cond:
     if len(set(names)) != len(names):
         raise UserError("an IP-Adapter is named twice; give each adapter once")
     cache: dict = {}
-    sets = tuple(image_tokens(pipe, p, cache) for p in prompts)
+    sets = tuple(image_tokens(pipe, p, frames, travel, cache) for p in prompts)
     if pipe.offload:  # the encoders' memory goes back before sampling; they load again for the next render
         pipe.__dict__.pop("_image_encoders", None)
     return cond.with_fields(**{TOKEN_SETS: TokenSets(sets)})

@@ -24,18 +24,35 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 ENCODER_FOLDER = "image_encoder"  # where the peers (h94/IP-Adapter's models/, diffusers) keep the CLIP vision model
 
 
+def parse_ip_image_at(spec: Any) -> tuple[int, str]:
+    """``FRAME:PATH`` (``--ip-image-at``): the frame (negative counts from the end) and the picture's path."""
+    frame, sep, path = str(spec).partition(":")
+    try:
+        index = int(frame)
+    except ValueError:
+        index = None
+    if not isinstance(spec, str) or not sep or index is None or not path:
+        raise UserError(f"--ip-image-at must be FRAME:PATH, e.g. 0:first.png or -1:last.png; got {shown(spec)}")
+    if "\0" in path:
+        raise UserError("--ip-image-at contains a NUL character")
+    return index, path
+
+
 @dataclass(frozen=True)
 class ImagePrompt:
     """One IP-Adapter and its picture. ``adapter``: the weights file (or a folder holding one); ``image``: the
-    picture; ``scale``: diffusers' ``set_ip_adapter_scale``; ``image_encoder``: the CLIP vision model folder
-    (``None``: ``image_encoder/`` beside the adapter)."""
+    picture (for every frame; with ``image_at``, the picture at frame 0); ``image_at``: ``FRAME:PATH`` keyframes,
+    their image tokens blended between keyframes as prompt travel blends text (``travel``); ``scale``: diffusers'
+    ``set_ip_adapter_scale``; ``image_encoder``: the CLIP vision model folder (``None``: ``image_encoder/`` beside
+    the adapter)."""
 
     adapter: str
-    image: str
+    image: str | None = None
     scale: float = 1.0
     image_encoder: str | None = None
+    image_at: tuple[str, ...] = ()
 
-    KEYS = ("adapter", "image", "scale", "image_encoder")
+    KEYS = ("adapter", "image", "scale", "image_encoder", "image_at")
 
     @classmethod
     def of(cls, value: Any) -> ImagePrompt:
@@ -47,15 +64,27 @@ class ImagePrompt:
         unknown = [str(k) for k in value if k not in cls.KEYS]
         if unknown:
             raise UserError(f"ip_adapters: unknown key {shown(unknown[0])}; known: {', '.join(cls.KEYS)}")
-        for key in ("adapter", "image"):
-            if value.get(key) is None:
-                raise UserError(f"each of ip_adapters needs {key}")
-        return cls(**{k: value[k] for k in cls.KEYS if value.get(k) is not None}).checked()
+        if value.get("adapter") is None:
+            raise UserError("each of ip_adapters needs adapter")
+        given = {k: value[k] for k in cls.KEYS if value.get(k) is not None}
+        if "image_at" in given:
+            items = given["image_at"]
+            items = (items,) if isinstance(items, str) else items
+            if not isinstance(items, (list, tuple)):
+                raise UserError(f"ip_adapters: image_at must be a list of FRAME:PATH, got {shown(items)}")
+            given["image_at"] = tuple(items)
+        return cls(**given).checked()
 
     def checked(self) -> ImagePrompt:
+        if self.image is None and not self.image_at:
+            raise UserError("each IP-Adapter needs a picture: --ip-image PATH or --ip-image-at FRAME:PATH")
+        if not isinstance(self.image_at, tuple):
+            raise UserError(f"--ip-image-at must be a list of FRAME:PATH, got {shown(self.image_at)}")
+        for spec in self.image_at:
+            parse_ip_image_at(spec)
         for flag, text in (("--ip-adapter", self.adapter), ("--ip-image", self.image), ("--image-encoder", None)):
             text = self.image_encoder if flag == "--image-encoder" else text
-            if flag == "--image-encoder" and text is None:
+            if flag != "--ip-adapter" and text is None:
                 continue
             if not isinstance(text, str) or not text:
                 raise UserError(f"{flag} must be a path, got {shown(text)}")
@@ -68,12 +97,38 @@ class ImagePrompt:
             raise UserError(f"--ip-scale must be from 0 to {MAX_IP_SCALE:g}, got {scale:g}")
         return self
 
+    def pictures(self, frames: int) -> dict[int, str]:
+        """``{frame: path}`` for a video of ``frames`` frames: ``image`` at frame 0 (every frame when alone) and the
+        ``image_at`` keyframes; a frame outside the video or given twice is a one-line :class:`UserError`."""
+        out: dict[int, str] = {} if self.image is None else {0: self.image}
+        for spec in self.image_at:
+            frame, path = parse_ip_image_at(spec)
+            if not -frames <= frame < frames:
+                last = frames - 1
+                raise UserError(f"--ip-image-at frame {frame} is outside the video's {frames} frames (0 to {last})")
+            index = frame % frames
+            if index in out:
+                raise UserError(f"--ip-image-at gives frame {index} a second picture ({out[index]} and {path})")
+            out[index] = path
+        return out
+
+    def paths(self) -> list[str]:
+        """Every picture this prompt reads."""
+        return ([self.image] if self.image is not None else []) + [parse_ip_image_at(s)[1] for s in self.image_at]
+
     def record(self) -> dict[str, Any]:
         """The image prompt as a settings file holds it, local paths made absolute (a sidecar's item)."""
-        out: dict[str, Any] = {"adapter": self.adapter, "image": self.image, "scale": self.scale}
+        def pinned(path: str) -> str:
+            return str(Path(path).resolve()) if Path(path).exists() else path
+
+        out: dict[str, Any] = {"adapter": pinned(self.adapter), "scale": self.scale}
+        if self.image is not None:
+            out["image"] = pinned(self.image)
         if self.image_encoder is not None:
-            out["image_encoder"] = self.image_encoder
-        return {k: str(Path(v).resolve()) if k != "scale" and Path(v).exists() else v for k, v in out.items()}
+            out["image_encoder"] = pinned(self.image_encoder)
+        if self.image_at:
+            out["image_at"] = [f"{f}:{pinned(p)}" for f, p in map(parse_ip_image_at, self.image_at)]
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,7 +154,7 @@ class IPAdapterSettings:
 
 
 IP_ADAPTER_FIELDS = tuple(f.name for f in fields(IPAdapterSettings))
-IP_FLAGS = ("ip_adapter", "ip_image", "ip_scale", "image_encoder")
+IP_FLAGS = ("ip_adapter", "ip_image", "ip_scale", "image_encoder", "ip_image_at")
 
 
 def parse_image_prompts(value: Any) -> tuple[ImagePrompt, ...]:
@@ -115,20 +170,28 @@ def parse_image_prompts(value: Any) -> tuple[ImagePrompt, ...]:
 
 
 def image_prompts_from_flags(
-    adapters: tuple[str, ...], images: tuple[str, ...], scales: tuple[float, ...], encoder: str | None
+    adapters: tuple[str, ...],
+    images: tuple[str, ...],
+    scales: tuple[float, ...],
+    encoder: str | None,
+    image_at: tuple[str, ...] = (),
 ) -> tuple[ImagePrompt, ...]:
-    """``--ip-adapter``/``--ip-image``/``--ip-scale``/``--image-encoder`` as image prompts: the n-th of each for
-    the n-th adapter; scales given for none or for each."""
+    """``--ip-adapter``/``--ip-image``/``--ip-scale``/``--image-encoder``/``--ip-image-at`` as image prompts: the
+    n-th of each for the n-th adapter; scales given for none or for each; ``--ip-image-at`` keyframes for one
+    adapter only (several adapters with keyframes: a settings file's ``ip_adapters``)."""
     if not adapters:
-        if images or scales or encoder:
-            raise UserError("--ip-image, --ip-scale and --image-encoder need --ip-adapter FILE")
+        if images or scales or encoder or image_at:
+            raise UserError("--ip-image, --ip-image-at, --ip-scale and --image-encoder need --ip-adapter FILE")
         return ()
-    if len(images) != len(adapters):
+    if image_at and len(adapters) > 1:
+        raise UserError("--ip-image-at takes one --ip-adapter; give several adapters' keyframes in a settings file")
+    if len(images) != len(adapters) and not (image_at and not images):
         raise UserError(f"{len(images)} --ip-image for {len(adapters)} --ip-adapter: give one picture per adapter")
     if scales and len(scales) != len(adapters):
         raise UserError(f"{len(scales)} --ip-scale for {len(adapters)} --ip-adapter: give none, or one per adapter")
     return tuple(
-        ImagePrompt(a, images[i], scales[i] if scales else 1.0, encoder).checked() for i, a in enumerate(adapters)
+        ImagePrompt(a, images[i] if images else None, scales[i] if scales else 1.0, encoder, tuple(image_at)).checked()
+        for i, a in enumerate(adapters)
     )
 
 
@@ -137,9 +200,9 @@ def flags_to_image_prompts(command_line: dict[str, Any]) -> dict[str, Any]:
     given = [command_line.get(k) for k in IP_FLAGS]
     rest = {k: v for k, v in command_line.items() if k not in IP_FLAGS}
     if any(v not in (None, ()) for v in given):
-        adapters, images, scales, encoder = given
+        adapters, images, scales, encoder, image_at = given
         rest["ip_adapters"] = image_prompts_from_flags(
-            tuple(adapters or ()), tuple(images or ()), tuple(scales or ()), encoder or None
+            tuple(adapters or ()), tuple(images or ()), tuple(scales or ()), encoder or None, tuple(image_at or ())
         )
     return rest
 
