@@ -229,3 +229,18 @@ def test_ip_image_at_outside_the_video_is_one_line(tmp_path, models, ip):
     args = ("--ip-adapter", adapters["plain"], "--ip-image", picture, "--ip-image-at", f"8:{picture}")
     message = assert_user_error(invoke("render", "x", *models, *SIZE, "-q", *args, "-o", out))
     assert "outside the video" in message and not out.exists()
+
+
+def test_settings_file_ip_adapters_with_keyframes_render_and_record(tmp_path, models, ip):
+    """``ip_adapters:`` in a settings file, with ``image_at`` keyframes: rendered, recorded by absolute path."""
+    adapters, (a, b), encoder = ip
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"ip_adapters:\n  - adapter: {adapters['plain']}\n    image_encoder: {encoder}\n    scale: 0.5\n"
+        f"    image_at: ['0:{a}', '-1:{b}']\n"
+    )
+    out = tmp_path / "k.gif"
+    ok(invoke("render", "x", *models, *SIZE, "-q", "--config", config, "-o", out))
+    (item,) = read_json(sidecar_path(out))["ip_adapters"]
+    assert item["image_at"] == [f"0:{a.resolve()}", f"-1:{b.resolve()}"] and item["scale"] == 0.5
+    assert item["image_encoder"] == str(encoder.resolve())
