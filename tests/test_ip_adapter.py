@@ -244,3 +244,20 @@ def test_settings_file_ip_adapters_with_keyframes_render_and_record(tmp_path, mo
     (item,) = read_json(sidecar_path(out))["ip_adapters"]
     assert item["image_at"] == [f"0:{a.resolve()}", f"-1:{b.resolve()}"] and item["scale"] == 0.5
     assert item["image_encoder"] == str(encoder.resolve())
+
+
+def test_prompt_file_items_carry_their_own_ip_adapters(tmp_path, models, ip, monkeypatch):
+    """A prompt-file item's ``ip_adapters`` apply to it alone; an item's missing picture stops the batch before the
+    model loads, with nothing written."""
+    adapters, (a, _), _ = ip
+    monkeypatch.chdir(tmp_path)
+    item = f"  ip_adapters: [{{adapter: '{adapters['plain']}', image: '{a}', scale: 0.6}}]\n"
+    shots = f"- prompt: a red circle\n  output: ip.gif\n{item}- prompt: a cat\n  output: plain.gif\n"
+    (tmp_path / "shots.yaml").write_text(shots)
+    ok(invoke("render", "--prompt-file", "shots.yaml", *models, *SIZE, "-q"))
+    folder = tmp_path / "outputs" / "batch-shots"
+    assert read_json(folder / "ip.gif.json")["ip_adapters"][0]["image"] == str(a.resolve())
+    assert read_json(folder / "plain.gif.json")["ip_adapters"] == []
+    (tmp_path / "bad.yaml").write_text(f"- a cat\n- prompt: a dog\n{item.replace(str(a), str(tmp_path / 'no.png'))}")
+    message = assert_user_error(invoke("render", "--prompt-file", "bad.yaml", *models, *SIZE, "-q"))
+    assert "no.png" in message and not (tmp_path / "outputs" / "batch-bad").exists()
