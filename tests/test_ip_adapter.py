@@ -140,7 +140,8 @@ def _wide_adapter(tmp_path, adapters):
     "case", ["another width", "missing encoder", "not a picture", "scale not finite", "scale too big", "no picture",
              "missing adapter", "encoder not a folder"],
 )  # fmt: skip
-def test_bad_ip_adapter_input_is_one_line_and_writes_nothing(tmp_path, models, ip, case):
+def test_bad_ip_adapter_input_is_one_line_and_writes_nothing(tmp_path, models, ip, case, monkeypatch):
+    """Each is one line and exit 2 before the model loads, with nothing written."""
     adapters, (picture, _), encoder = ip
     lone = tmp_path / "lone"
     lone.mkdir()
@@ -163,8 +164,11 @@ def test_bad_ip_adapter_input_is_one_line_and_writes_nothing(tmp_path, models, i
         "encoder not a folder": ((*plain, "--ip-image", picture, "--image-encoder", picture), "no such folder"),
     }[case]
     out = tmp_path / "out.gif"
+    loads = []
+    monkeypatch.setattr("videodiff.pipelines.VideoPipeline.load", lambda *a, **k: loads.append(a))
     message = assert_user_error(invoke("render", "x", *models, *SIZE, "-q", *args, "-o", out))
     assert named in message
+    assert not loads  # before the model loads
     assert not out.exists() and not sidecar_path(out).exists()
 
 

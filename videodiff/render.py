@@ -269,8 +269,30 @@ def check_inputs(config: RenderConfig) -> None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
     for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, pictures in the video
         find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
+        check_adapter_width(adapter_file(prompt.adapter), config.model)
         for path in prompt.pictures(frames).values():
             check_image(path)
+
+
+def check_adapter_width(adapter: Path, model: str | None) -> None:
+    """A ``.safetensors`` IP-Adapter made for another cross-attention width than a local model folder's
+    (``unet/config.json``), told from the headers before anything loads; other cases are checked as it loads."""
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
+    from videodiff.weights.safetensors_header import read_header
+
+    config = (BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model)) / "unet" / "config.json"
+    if adapter.suffix.lower() != ".safetensors" or not config.is_file():
+        return
+    try:
+        width = json.loads(config.read_text(encoding="utf-8")).get("cross_attention_dim")
+    except (OSError, ValueError, AttributeError):
+        return  # the model's own load reports it
+    shape = read_header(adapter).shapes.get("ip_adapter.1.to_k_ip.weight")
+    if isinstance(width, int) and shape is not None and len(shape) == 2 and shape[1] != width:
+        raise UserError(
+            f"--ip-adapter {adapter}: made for {shape[1]}-wide text, the model's is {width}; "
+            "an adapter for another model family"
+        )
 
 
 def control_source(control, frames: int) -> dict[str, Any]:
