@@ -426,10 +426,10 @@ def build_tiny_ip_adapter(
     return path
 
 
-def diffusers_ip_adapter_reference(model: str | Path, motion, scheduler, adapters: list[Path]):
-    """diffusers' ``AnimateDiffPipeline`` with ``load_ip_adapter`` of ``adapters`` (files with ``image_encoder/``
-    beside the first), offline."""
-    base = diffusers_reference(model, motion, scheduler)
+def diffusers_ip_adapter_reference(model: str | Path, motion, scheduler, adapters: list[Path], base=None):
+    """diffusers' ``AnimateDiffPipeline`` (or ``base``, another AnimateDiff pipeline on the same folders) with
+    ``load_ip_adapter`` of ``adapters`` (files with ``image_encoder/`` beside the first), offline."""
+    base = diffusers_reference(model, motion, scheduler) if base is None else base
     first = Path(adapters[0])
     base.load_ip_adapter(
         str(first.parent.parent), subfolder=[Path(a).parent.name for a in adapters],
