@@ -53,7 +53,7 @@ __all__ = [
 # load (model, LoRAs, device...) is shared: the model is loaded once per process.
 ITEM_KEYS = (
     *(f.name for f in fields(SampleSettings)),
-    *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")), "controls",  # loaded when used
+    *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")), "controls", "ip_adapters",
 )
 FORMATS = OUTPUT_FORMATS  # --format names and their suffixes (png: a folder of frames)
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -35,7 +35,7 @@ from videodiff.config import (
 from videodiff.errors import UserError
 from videodiff.log import gathering, notice, say_held
 from videodiff.motion_prior import PixelCodec
-from videodiff.pipeline import denoisers, prompts, starting
+from videodiff.pipeline import denoisers, image_prompts, prompts, starting
 from videodiff.pipeline.devices import (
     DTYPES,
     enable_memory_savers,
@@ -72,13 +72,8 @@ class VideoPipeline:
     """An SD1.5-family model inflated with motion modules; call it with a prompt to get frames."""
 
     def __init__(
-        self,
-        parts: ModelParts,
-        device: torch.device,
-        dtype: torch.dtype,
-        attention: str = "sdpa",
-        clip_skip: int | None = None,
-        offload: str | None = None,
+        self, parts: ModelParts, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
+        clip_skip: int | None = None, offload: str | None = None,
     ) -> None:
         self.parts = parts
         self.device, self.dtype = device, dtype
@@ -298,14 +293,15 @@ class VideoPipeline:
         post: PostSettings | None = None,
         fps: float | None = None,
         controls: Any = (),
+        ip_adapters: Any = (),
     ) -> VideoResult:
         """Render resolved ``settings`` (:meth:`settings`) through the stages: text-to-video, or img2vid /
         vid2vid with a ``source``. ``latents`` (``[1 C F h w]``, unit variance) replace the seeded initial noise.
         ``post``: the post-processing steps run on the decoded frames (:mod:`videodiff.post`; ``fps``, the rate
         the frames are meant for, is what they start from). ``controls``: ControlNets and their maps
-        (:class:`~videodiff.settings.control.Control` s or mappings of its fields, or :class:`ControlSettings`).
-        :class:`videodiff.sampling.Cancelled` raised by
-        ``on_step`` stops the render and propagates (nothing is decoded)."""
+        (:class:`~videodiff.settings.control.Control` s or mappings of its fields, or :class:`ControlSettings`);
+        ``ip_adapters``: image prompts (:mod:`videodiff.pipeline.image_prompts`). :class:`videodiff.sampling.Cancelled`
+        raised by ``on_step`` stops the render and propagates (nothing is decoded)."""
         settings.validate()
         if not settings.prompt and not settings.prompt_at:
             raise UserError("no prompt given")
@@ -328,6 +324,7 @@ class VideoPipeline:
             notice(windows.describe(plan, self.train_frames))
         # 1. the prompts (and the MotionLoRAs their words trigger), and the controls
         cond = self.conditioning(settings)
+        cond.cond = image_prompts.with_image_prompts(self, cond.cond, ip_adapters, settings.frames, settings.travel)
         cond.cond, nets = denoisers.with_controls(
             self, cond.cond, parse_controls(controls), settings.frames, settings.height, settings.width, stride, fit
         )
@@ -435,7 +432,7 @@ class VideoPipeline:
         return self._run(prompt, VideoInput(video, inputs.strength, inputs.stride, inputs.fit), settings)
 
     def _run(self, prompt: str | None, source: ImageInput | VideoInput, given: dict[str, Any]) -> VideoResult:
-        keys = ("latents", "output_type", "progress", "on_step", "post", "fps", "controls")
+        keys = ("latents", "output_type", "progress", "on_step", "post", "fps", "controls", "ip_adapters")
         run = {k: given.pop(k) for k in keys if k in given}
         return self.generate(self.settings(prompt, **given), source=source, **run)
 
@@ -453,6 +450,7 @@ class VideoPipeline:
         on_step: sampling.OnStep | None = None,
         post: PostSettings | None = None,
         controls: Any = (),
+        ip_adapters: Any = (),
         **settings: Any,
     ) -> VideoResult:
         """Render ``prompt`` to frames; returns a :class:`VideoResult` (``.frames`` uint8 ``[F H W 3]``).
@@ -472,12 +470,12 @@ class VideoPipeline:
         ``free_init=N`` adds FreeInit passes; ``prompt_at={frame: prompt}`` (``prompt`` may then be ``None``) and
         ``travel`` for prompt travel. ``post``: post-processing after decoding (:mod:`videodiff.post`).
         ``controls``: ControlNets with their maps, ``[{"controlnet": ..., "maps": ..., "scale": ..., "range": ...}]``
-        (:class:`~videodiff.settings.control.Control`).
-        """
+        (:class:`~videodiff.settings.control.Control`). ``ip_adapters``: image prompts (IP-Adapter),
+        ``[{"adapter": FILE, "image": PICTURE, "scale": ..., "image_encoder": FOLDER}]``."""
         resolved = self.settings(prompt, **settings)
         return self.generate(
             resolved, latents=latents, output_type=output_type, progress=progress, on_step=on_step, post=post,
-            controls=controls,
+            controls=controls, ip_adapters=ip_adapters,
         )
 
 

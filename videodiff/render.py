@@ -38,6 +38,7 @@ from videodiff.log import notice
 from videodiff.media.images import file_sha256
 from videodiff.media.video import check_output, check_sidecar, save_video, sidecar_path
 from videodiff.settings.control import check_sparse, control_record, flags_to_controls, parse_controls
+from videodiff.settings.ip_adapter import adapter_file, find_image_encoder, flags_to_image_prompts, parse_image_prompts
 from videodiff.weights.hub import package_versions, read_model_defaults
 
 if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
@@ -65,6 +66,7 @@ def resolve_render_config(
     then what the input implies (``derived``: vid2vid's frame rate), then the recorded defaults (a motion-module
     folder's, then the model's), then built-ins."""
     command_line = flags_to_controls(command_line)  # --controlnet/--control... -> controls
+    command_line = flags_to_image_prompts(command_line)  # --ip-adapter/--ip-image... -> ip_adapters
     from_file = load_config_file(config_file) if config_file else {}
     environment = environment or {}
     model = command_line.get("model") or from_file.get("model") or environment.get("model")
@@ -192,7 +194,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
         source = input_from(config.inputs)
         result = pipe.generate(
             config.sample, source=source, progress=not config.quiet, on_step=on_step, post=config.post, fps=config.fps,
-            controls=config.control,
+            controls=config.control, ip_adapters=config.image_prompts,
         )
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; so is the MPS one
         if not is_out_of_memory(exc):
@@ -243,8 +245,8 @@ def summary(outcome: RenderOutcome, fps: float) -> str:
 
 
 def check_inputs(config: RenderConfig) -> None:
-    """img2vid's pictures, vid2vid's clip and the controls' maps checked from their headers, and pinned frames
-    inside the video, before minutes of loading."""
+    """img2vid's pictures, vid2vid's clip, the controls' maps and image prompts checked from their headers, and
+    pinned frames inside the video, before minutes of loading."""
     from videodiff.control.maps import check_maps
     from videodiff.media.clips import check_moving_video
     from videodiff.media.images import check_image
@@ -265,6 +267,32 @@ def check_inputs(config: RenderConfig) -> None:
             check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
         if control.controlnet is None and own_controlnet(config.model) is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
+    for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, pictures in the video
+        find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
+        check_adapter_width(adapter_file(prompt.adapter), config.model)
+        for path in prompt.pictures(frames).values():
+            check_image(path)
+
+
+def check_adapter_width(adapter: Path, model: str | None) -> None:
+    """A ``.safetensors`` IP-Adapter made for another cross-attention width than a local model folder's
+    (``unet/config.json``), told from the headers before anything loads; other cases are checked as it loads."""
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
+    from videodiff.weights.safetensors_header import read_header
+
+    config = (BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model)) / "unet" / "config.json"
+    if adapter.suffix.lower() != ".safetensors" or not config.is_file():
+        return
+    try:
+        width = json.loads(config.read_text(encoding="utf-8")).get("cross_attention_dim")
+    except (OSError, ValueError, AttributeError):
+        return  # the model's own load reports it
+    shape = read_header(adapter).shapes.get("ip_adapter.1.to_k_ip.weight")
+    if isinstance(width, int) and shape is not None and len(shape) == 2 and shape[1] != width:
+        raise UserError(
+            f"--ip-adapter {adapter}: made for {shape[1]}-wide text, the model's is {width}; "
+            "an adapter for another model family"
+        )
 
 
 def control_source(control, frames: int) -> dict[str, Any]:
@@ -285,8 +313,10 @@ def own_controlnet(model: str | None) -> str | None:
 
 
 def input_paths(config: RenderConfig) -> list[str]:
-    """The picture and video files a render reads (img2vid's ``image_at``, vid2vid's ``video``)."""
-    return [path for _, path in map(parse_image_at, config.image_at)] + ([config.video] if config.video else [])
+    """The picture and video files a render reads (img2vid's ``image_at``, vid2vid's ``video``, image prompts)."""
+    pictures = [path for _, path in map(parse_image_at, config.image_at)]
+    prompts = [path for p in parse_image_prompts(config.ip_adapters) for path in p.paths()]
+    return pictures + ([config.video] if config.video else []) + prompts
 
 
 def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipeline, output: Path) -> dict[str, Any]:
@@ -301,6 +331,7 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
         settings["video"] = str(Path(config.video).resolve())
     controls = parse_controls(config.controls)
     settings["controls"] = [control_record(c) for c in controls]
+    settings["ip_adapters"] = [p.record() for p in parse_image_prompts(config.ip_adapters)]
     settings[INFO_KEY] = {
         "controls": [control_source(c, int(result.frames.shape[0])) for c in controls],
         "output": str(output),

@@ -316,3 +316,113 @@ def diffusers_vid2vid_controlnet_reference(model: str | Path, motion, scheduler,
 
     net = ControlNetModel.from_pretrained(controlnet)
     return _controlled_reference("AnimateDiffVideoToVideoControlNetPipeline", model, motion, scheduler, net)
+
+
+def build_tiny_image_encoder(folder: str | Path, *, seed: int = 5, hidden: int = 32, projection: int = 24) -> Path:
+    """A random ``CLIPVisionModelWithProjection`` folder (32 x 32 pictures in 8 x 8 patches): IP-Adapter's image
+    encoder in the tests."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=hidden, intermediate_size=64, projection_dim=projection, num_hidden_layers=2,
+        num_attention_heads=4, image_size=32, patch_size=8,
+    )  # fmt: skip
+    CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    return Path(folder)
+
+
+def _plus_original_keys(module) -> dict[str, torch.Tensor]:
+    """diffusers' ``IPAdapterPlusImageProjection`` weights under the original Resampler's names (the inverse of
+    ``_convert_ip_adapter_image_proj_to_diffusers``)."""
+    out: dict[str, torch.Tensor] = {}
+    state = module.state_dict()
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "layers":
+            out[key] = value
+            continue
+        head, rest = f"layers.{parts[1]}", ".".join(parts[2:])
+        if rest.startswith("ln0."):
+            out[f"{head}.0.norm1.{parts[-1]}"] = value
+        elif rest.startswith("ln1."):
+            out[f"{head}.0.norm2.{parts[-1]}"] = value
+        elif rest == "attn.to_q.weight":
+            out[f"{head}.0.to_q.weight"] = value
+        elif rest == "attn.to_k.weight":
+            out[f"{head}.0.to_kv.weight"] = torch.cat([value, state[f"{head}.attn.to_v.weight"]])
+        elif rest == "attn.to_out.0.weight":
+            out[f"{head}.0.to_out.weight"] = value
+        elif rest.startswith("ff.0."):
+            out[f"{head}.1.0.{parts[-1]}"] = value
+        elif rest == "ff.1.net.0.proj.weight":
+            out[f"{head}.1.1.weight"] = value
+        elif rest == "ff.1.net.2.weight":
+            out[f"{head}.1.3.weight"] = value
+        elif rest != "attn.to_v.weight":
+            raise KeyError(key)
+    return out
+
+
+def build_tiny_ip_adapter(
+    path: str | Path, model: str | Path, encoder: str | Path, *, layout: str = "plain", seed: int = 6
+) -> Path:
+    """A random IP-Adapter for ``model`` (a tiny model's folder) reading ``encoder`` (:func:`build_tiny_image_encoder`),
+    saved in the original key layout (``image_proj.*``, ``ip_adapter.N.to_k_ip/to_v_ip``) as ``path``
+    (``.safetensors``, or ``.bin``: a plain pickle of tensors). ``layout``: ``plain``, ``plus`` or ``full-face``."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+    from transformers import CLIPVisionConfig
+
+    unet = UNet2DConditionModel.from_pretrained(Path(model) / "unet")
+    vision = CLIPVisionConfig.from_pretrained(encoder)
+    width, hidden = unet.config.cross_attention_dim, vision.hidden_size
+    torch.manual_seed(seed)
+    if layout == "plain":
+        proj = {"proj.weight": torch.randn(4 * width, vision.projection_dim) * 0.3, "proj.bias": torch.randn(4 * width)}
+        proj.update({"norm.weight": 1 + 0.1 * torch.randn(width), "norm.bias": 0.1 * torch.randn(width)})
+    elif layout == "plus":
+        module = IPAdapterPlusImageProjection(
+            embed_dims=hidden, output_dims=width, hidden_dims=64, heads=1, num_queries=8
+        )
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        proj = _plus_original_keys(module)
+    elif layout == "full-face":
+        proj = {"proj.0.weight": torch.randn(hidden, hidden) * 0.2, "proj.0.bias": torch.randn(hidden) * 0.1}
+        proj.update({"proj.2.weight": torch.randn(width, hidden) * 0.2, "proj.2.bias": torch.randn(width) * 0.1})
+        proj.update({"proj.3.weight": 1 + 0.1 * torch.randn(width), "proj.3.bias": 0.1 * torch.randn(width)})
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    state = {f"image_proj.{k}": v.contiguous() for k, v in proj.items()}
+    names = [n.removesuffix(".processor") for n in unet.attn_processors if n.endswith("attn2.processor")]
+    for i, attn in enumerate(unet.get_submodule(n) for n in names):  # diffusers' processor order
+        for kv in "kv":
+            state[f"ip_adapter.{2 * i + 1}.to_{kv}_ip.weight"] = torch.randn(attn.to_k.out_features, width) * 0.3
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".bin":  # as the original .bin files hold it: {"image_proj": {...}, "ip_adapter": {...}}
+        nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            nested[head][rest] = value
+        torch.save(nested, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    return path
+
+
+def diffusers_ip_adapter_reference(model: str | Path, motion, scheduler, adapters: list[Path], base=None):
+    """diffusers' ``AnimateDiffPipeline`` (or ``base``, another AnimateDiff pipeline on the same folders) with
+    ``load_ip_adapter`` of ``adapters`` (files with ``image_encoder/`` beside the first), offline."""
+    base = diffusers_reference(model, motion, scheduler) if base is None else base
+    first = Path(adapters[0])
+    base.load_ip_adapter(
+        str(first.parent.parent), subfolder=[Path(a).parent.name for a in adapters],
+        weight_name=[Path(a).name for a in adapters], image_encoder_folder=str(first.parent / "image_encoder"),
+        local_files_only=True,
+    )  # fmt: skip
+    return base

@@ -74,6 +74,8 @@ def options_from(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | 
             extra: dict[str, Any] = {"help": help_text, "envvar": envvar}
             if f.name == "controls":  # one composite field, given on the command line as grouped flags
                 func = control_options(func)
+            elif f.name == "ip_adapters":  # likewise: --ip-adapter/--ip-image/--ip-scale/--image-encoder
+                func = ip_adapter_options(func)
             elif kind.startswith("bool"):
                 func = click.option(*names, is_flag=True, default=f.default, **extra)(func)
             elif kind.startswith("dict[int, str]"):  # KEY:TEXT, repeatable
@@ -142,6 +144,21 @@ def control_options(func):
         func = click.option(name, type=typ, multiple=multiple, default=() if multiple else None, help=help_text)(func)
     for name, typ, help_text in reversed(options):
         func = click.option(name, type=typ, multiple=True, help=help_text)(func)
+    return func
+
+
+def ip_adapter_options(func):
+    """``--ip-adapter``, ``--ip-image``, ``--ip-scale`` (repeatable, the n-th of each for the n-th adapter) and
+    ``--image-encoder`` (:func:`videodiff.settings.ip_adapter.image_prompts_from_flags` makes them ``ip_adapters``)."""
+    options = (
+        ("--ip-adapter", str, True, "IP-Adapter weights (plain, Plus or full-face; .safetensors or .bin); repeatable."),
+        ("--ip-image", str, True, "The picture for the n-th --ip-adapter (an image prompt); one per --ip-adapter."),
+        ("--ip-image-at", str, True, "FRAME:PATH: a keyframe picture (-1 the last), blended between keyframes."),
+        ("--ip-scale", float, True, "How strongly the n-th image prompt steers [default: 1]"),
+        ("--image-encoder", str, False, "CLIP vision model folder, when none is beside the adapter (image_encoder/)."),
+    )
+    for name, typ, multiple, help_text in reversed(options):
+        func = click.option(name, type=typ, multiple=multiple, default=() if multiple else None, help=help_text)(func)
     return func
 
 

@@ -17,6 +17,7 @@ from videodiff.errors import UserError
 from videodiff.settings.checks import MAX_FPS, MAX_STRIDE, MIN_FPS, check_types
 from videodiff.settings.control import ControlSettings
 from videodiff.settings.fields import check_bounds, check_choices, setting, shown
+from videodiff.settings.ip_adapter import IPAdapterSettings
 from videodiff.settings.parse import parse_image_at, parse_rgb, parse_trigger
 from videodiff.settings.post import PostSettings
 from videodiff.settings.sample import SampleSettings
@@ -196,13 +197,16 @@ class WriteSettings:
         return self
 
 
-STAGES = (SampleSettings, InputSettings, ControlSettings, PostSettings, LoadSettings, WriteSettings)
+STAGES = (SampleSettings, InputSettings, ControlSettings, IPAdapterSettings, PostSettings, LoadSettings, WriteSettings)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RenderConfig(WriteSettings, LoadSettings, PostSettings, ControlSettings, InputSettings, SampleSettings):
+class RenderConfig(
+    WriteSettings, LoadSettings, PostSettings, IPAdapterSettings, ControlSettings, InputSettings, SampleSettings
+):
     """Every render setting, flat: the stages' fields, as YAML files, sidecars and the command line hold them.
-    ``.sample``, ``.inputs``, ``.control``, ``.post``, ``.load`` and ``.write`` give each stage its typed settings."""
+    ``.sample``, ``.inputs``, ``.control``, ``.image_prompts``, ``.post``, ``.load`` and ``.write`` give each stage its
+    typed settings."""
 
     def replace(self, **changes: Any) -> RenderConfig:
         return dataclasses.replace(self, **changes)
@@ -218,6 +222,10 @@ class RenderConfig(WriteSettings, LoadSettings, PostSettings, ControlSettings, I
     @property
     def control(self) -> ControlSettings:
         return stage_of(self, ControlSettings)
+
+    @property
+    def image_prompts(self) -> IPAdapterSettings:
+        return stage_of(self, IPAdapterSettings)
 
     @property
     def post(self) -> PostSettings:
