@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from videodiff.errors import UserError
-from videodiff.settings.fields import setting, shown
+from videodiff.settings.fields import composite_items, setting, shown
 
 DETECTORS = ("canny",)  # maps computed here from pictures; detectors that need weights (depth, pose) are not
 CANNY_THRESHOLDS = (100, 200)  # controlnet_aux's CannyDetector defaults, which the canny ControlNets were shown
@@ -248,16 +248,11 @@ class ControlSettings:
 
     def validate(self) -> ControlSettings:
         """Raise :class:`UserError` (one line) for any control that cannot work; return self."""
-        if not isinstance(self.controls, (tuple, list)):
-            raise UserError(f"controls must be a list of mappings, got {shown(self.controls)}")
-        if len(self.controls) > MAX_CONTROLS:
-            raise UserError(f"{len(self.controls)} controls are too many: at most {MAX_CONTROLS}")
-        for c in self.controls:
-            Control.of(c)
+        self.parsed()
         return self
 
     def parsed(self) -> tuple[Control, ...]:
-        return tuple(Control.of(c) for c in self.controls)
+        return composite_items(self.controls, "controls", "controls", MAX_CONTROLS, Control.of)
 
 
 def controls_from_flags(

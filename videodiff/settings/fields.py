@@ -207,3 +207,13 @@ def check_choices(config: Any, *names: str) -> None:
             continue
         if value not in allowed:
             raise UserError(f"unknown --{flag(name)} {shown(value)}; choose one of: {', '.join(allowed)}")
+
+
+def composite_items(value: Any, key: str, noun: str, limit: int, parse: Any) -> tuple:
+    """The items of a composite setting (a list of mappings: ``controls``, ``ip_adapters``), each read by ``parse``;
+    a one-line :class:`UserError` for anything but a list, or for more than ``limit`` items."""
+    if not isinstance(value, (tuple, list)):
+        raise UserError(f"{key} must be a list of mappings, got {shown(value)}")
+    if len(value) > limit:
+        raise UserError(f"{len(value)} {noun} are too many: at most {limit}")
+    return tuple(parse(v) for v in value)

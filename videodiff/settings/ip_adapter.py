@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from videodiff.errors import UserError
-from videodiff.settings.fields import setting, shown
+from videodiff.settings.fields import composite_items, setting, shown
 
 MAX_IP_ADAPTERS = 4  # each adapter adds one attention per cross-attention layer and step
 MAX_IP_SCALE = 10.0  # ten times the image tokens' trained weight is far past any use
@@ -141,16 +141,11 @@ class IPAdapterSettings:
 
     def validate(self) -> IPAdapterSettings:
         """Raise :class:`UserError` (one line) for any image prompt that cannot work; return self."""
-        if not isinstance(self.ip_adapters, (tuple, list)):
-            raise UserError(f"ip_adapters must be a list of mappings, got {shown(self.ip_adapters)}")
-        if len(self.ip_adapters) > MAX_IP_ADAPTERS:
-            raise UserError(f"{len(self.ip_adapters)} IP-Adapters are too many: at most {MAX_IP_ADAPTERS}")
-        for p in self.ip_adapters:
-            ImagePrompt.of(p)
+        self.parsed()
         return self
 
     def parsed(self) -> tuple[ImagePrompt, ...]:
-        return tuple(ImagePrompt.of(p) for p in self.ip_adapters)
+        return composite_items(self.ip_adapters, "ip_adapters", "IP-Adapters", MAX_IP_ADAPTERS, ImagePrompt.of)
 
 
 IP_ADAPTER_FIELDS = tuple(f.name for f in fields(IPAdapterSettings))
