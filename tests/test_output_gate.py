@@ -118,6 +118,18 @@ def targets(models: tuple[str, ...], tiny_motion: Path, clips: Path) -> dict[str
             receipt=(".videodiff-written.json", "shapes dataset"),
         ),
         "convert": Target("mm", ("convert", str(tiny_motion), "mm", "--to", "diffusers", "--overwrite"), named=True),
+        "convert diffusers-looking": Target(
+            "mm",
+            ("convert", str(tiny_motion), "mm", "--to", "diffusers", "--overwrite"),
+            named=True,
+            user_files={"config.json": b'{"_class_name": "MotionAdapter"}', DIFFUSERS_WEIGHTS: safetensors_like},
+            receipt=(".videodiff-written.json", "motion-module folder"),
+        ),
+        "convert --to original": Target(
+            "mm.safetensors",
+            ("convert", str(tiny_motion), "mm.safetensors", "--to", "original", "--overwrite"),
+            named=True,
+        ),
         "eval --out": Target(
             "report.json",
             ("eval", "shapes", "--ground-truth-only", "--seeds", 1, "--combos", "heldout", "--roundtrip", "none",
@@ -169,8 +181,9 @@ def place(tmp_path: Path, target: Target, state: str) -> None:
 STATES = ["user file", "user folder", "fifo", "link to a file", "link to a folder", "forged receipt"]
 NAMES = [
     "render -o", "render frames", "sidecar", "img2vid", "batch item", "train --output", "train --latent-cache",
-    "data shapes --out", "convert", "eval --out",
+    "data shapes --out", "convert", "convert diffusers-looking", "convert --to original", "eval --out",
 ]  # fmt: skip
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def kept(before: dict, after: dict) -> list[str]:
@@ -328,3 +341,19 @@ def test_a_receipt_never_reaches_outside_its_folder(tmp_path):
     remove_owned(folder, "shapes dataset")
     assert outside.read_text() == "the user's" and (tmp_path / "elsewhere" / "kept.txt").exists()
     assert not (folder / "ours.txt").exists() and (folder / "link").is_symlink()
+
+
+def test_convert_never_replaces_a_users_diffusers_folder(tmp_path, tiny_motion):
+    """A folder that merely looks like a diffusers model (a real MotionAdapter: ``config.json`` and
+    ``diffusion_pytorch_model.safetensors``, nothing else) is the user's, whatever the flags; the folder convert
+    wrote (its receipt lists each file) is replaced with --overwrite."""
+    import shutil
+
+    shutil.copytree(tiny_motion, tmp_path / "theirs")
+    before = snapshot(tmp_path)
+    for flags in ((), ("--overwrite",)):
+        result = invoke("convert", str(tiny_motion), "theirs", "--to", "diffusers", *flags)
+        assert "not a videodiff motion-module folder" in assert_user_error(result)
+    assert snapshot(tmp_path) == before
+    ok(invoke("convert", str(tiny_motion), "ours", "--to", "diffusers"))
+    ok(invoke("convert", str(tiny_motion), "ours", "--to", "diffusers", "--overwrite"))
