@@ -1,9 +1,9 @@
 """The output gate (issue 30, "Data loss"): every command's output options against what may already be there.
 
-For each output (render -o, a PNG-frames folder, a sidecar, img2vid, a batch item, train --output,
-train --latent-cache, data shapes --out, convert, eval --out) and each thing in its place (a user's file,
-a user's folder, a FIFO, a symbolic link to elsewhere, a folder with a forged receipt), the command is refused
-in one line and every path under the test folder keeps its type and bytes (hashed before and after, links
+For each output (render -o, a PNG-frames folder, a sidecar, img2vid, vid2vid, a batch item, train --output,
+train --latent-cache, data shapes --out, convert to a folder and to a file, eval --out) and each thing in its place
+(a user's file, a user's folder, a FIFO, a symbolic link to elsewhere, a folder with a forged receipt), the command
+is refused in one line and every path under the test folder keeps its type and bytes (hashed before and after, links
 not followed). Videodiff's own earlier output is replaced with --overwrite (or continued with --resume).
 Rules: videodiff/media/gate.py.
 """
@@ -91,6 +91,9 @@ def targets(models: tuple[str, ...], tiny_motion: Path, clips: Path) -> dict[str
         "img2vid": Target(
             "moving.gif", ("img2vid", "pic.png", PROMPT, *models, *SMALL, "-o", "moving.gif"), named=True
         ),
+        "vid2vid": Target(
+            "restyled.gif", ("vid2vid", "clip.gif", PROMPT, *models, *SMALL, "-o", "restyled.gif"), named=True
+        ),
         "batch item": Target(
             "batch/one.gif",
             ("render", "--prompt-file", "p.yaml", *models, *SMALL, "-o", "batch"),
@@ -143,6 +146,8 @@ def prepare(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "pic.png")
+    frames = [Image.new("RGB", (16, 16), (40 * i, 30, 30)) for i in range(4)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=125)
     (tmp_path / "p.yaml").write_text(f"- prompt: {PROMPT}\n  output: one.gif\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -180,8 +185,9 @@ def place(tmp_path: Path, target: Target, state: str) -> None:
 
 STATES = ["user file", "user folder", "fifo", "link to a file", "link to a folder", "forged receipt"]
 NAMES = [
-    "render -o", "render frames", "sidecar", "img2vid", "batch item", "train --output", "train --latent-cache",
-    "data shapes --out", "convert", "convert diffusers-looking", "convert --to original", "eval --out",
+    "render -o", "render frames", "sidecar", "img2vid", "vid2vid", "batch item", "train --output",
+    "train --latent-cache", "data shapes --out", "convert", "convert diffusers-looking", "convert --to original",
+    "eval --out",
 ]  # fmt: skip
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
