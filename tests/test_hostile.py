@@ -288,11 +288,11 @@ def test_convert_of_a_broken_input_creates_no_folders(tmp_path):
 
 
 def test_convert_refuses_to_replace_a_users_folder(tmp_path, models):
-    from videodiff.weights.motion_formats import _is_adapter_folder
+    from videodiff.weights.motion_formats import _written_here
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"cat")
-    assert not _is_adapter_folder(tmp_path / "photos")
+    assert not _written_here(tmp_path / "photos")
     motion = Path(models[3])
     message = assert_user_error(invoke("convert", motion, "photos", "--to", "diffusers", "--overwrite"))
     assert "photos" in message
