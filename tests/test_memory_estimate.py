@@ -193,6 +193,8 @@ def test_a_loaded_pipeline_is_not_counted_twice_and_a_gpu_is_checked_after_loadi
     need = memory_needed(config, "cpu")
     cpu = SimpleNamespace(device=SimpleNamespace(type="cpu"), dtype=SimpleNamespace(itemsize=4))
     check_memory(config, need.total - need.runtime - need.weights + 1, pipe=cpu)  # the weights are resident
+    with pytest.raises(UserError, match="of memory is available"):  # after loading, with the device it got
+        check_device_memory(config, cpu, free=need.total - need.runtime - need.weights - 1)
     with pytest.raises(UserError, match="of memory is available"):
         check_memory(config.replace(device="cpu"), need.total - 1)
     # CUDA: before loading the host's part only (runtime, weights, frames); after, the GPU's free memory

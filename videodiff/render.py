@@ -286,10 +286,12 @@ def check_memory(config: RenderConfig, available: int | None = None, *, pipe: Vi
 
 
 def check_device_memory(config: RenderConfig, pipe: VideoPipeline, free: int | None = None) -> None:
-    """On a CUDA device, after loading: refuse a render whose sampling or VAE decode could not fit in the GPU's free
-    memory (``torch.cuda.mem_get_info`` plus what torch's allocator holds unused), before sampling starts. What
-    is counted is a lower bound (:func:`videodiff.heap.estimate` with ``lower``): only what cannot fit is refused."""
+    """After loading, before sampling: on a CUDA device, refuse a render whose sampling or VAE decode could not fit
+    in the GPU's free memory (``torch.cuda.mem_get_info`` plus what torch's allocator holds unused), counting a lower
+    bound (:func:`videodiff.heap.estimate` with ``lower``): only what cannot fit is refused. Elsewhere
+    :func:`check_memory` again, with the device the pipeline got (``--device auto`` was a guess before loading)."""
     if pipe.device.type != "cuda":
+        check_memory(config, free, pipe=pipe)
         return
     need = memory_needed(config, "cuda", getattr(pipe.dtype, "itemsize", None), lower=True)
     if free is None:
