@@ -257,11 +257,80 @@ def test_convert_refuses_overwrite_and_odd_targets(files, tmp_path):
         convert_motion_module(str(files["v1-diffusers"]), str(tmp_path / "x.ckpt"), to="original")
     with pytest.raises(UserError, match="cannot convert"):
         convert_motion_module(str(files["v1-diffusers"]), str(tmp_path / "y"), to="onnx")  # type: ignore[arg-type]
-    folder = save_motion_folder(load_motion_folder(files["v1-diffusers"]), tmp_path / "saved")
+    folder = save_motion_folder(load_motion_folder(files["v1-diffusers"]), tmp_path / "saved", receipt=True)
     with pytest.raises(UserError, match="already exists"):
         save_motion_folder(load_motion_folder(files["v1-diffusers"]), folder)
     assert _equal_state(load_motion_folder(folder), load_motion_folder(files["v1-diffusers"]))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left behind
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_convert_replaces_only_a_folder_it_wrote(files, tmp_path):
+    """Issue 30: a user's folder that merely looks like a diffusers model (``config.json`` and
+    ``diffusion_pytorch_model.safetensors``, a real MotionAdapter even) is never replaced, whatever the flags; a folder
+    convert wrote carries a receipt and is replaced with --overwrite until the user changes or adds a file."""
+    import shutil
+
+    src = str(files["v2-original"])
+    theirs = tmp_path / "theirs"
+    shutil.copytree(files["v3-diffusers"], theirs)
+    before = _tree(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="not a videodiff motion-module folder"):
+            convert_motion_module(src, str(theirs), to="diffusers", overwrite=overwrite)
+    assert _tree(tmp_path) == before
+
+    ours = convert_motion_module(src, str(tmp_path / "ours"), to="diffusers")
+    with pytest.raises(UserError, match="already exists"):
+        convert_motion_module(src, str(ours), to="diffusers")
+    convert_motion_module(str(files["v1-diffusers"]), str(ours), to="diffusers", overwrite=True)
+    assert describe_motion_module(ours)["version"] == "v1"
+    for change in ("add", "edit"):
+        if change == "add":
+            (ours / "notes.txt").write_text("the user's notes")
+        else:
+            (ours / "notes.txt").unlink()
+            (ours / "config.json").write_text((ours / "config.json").read_text() + " ")
+        before = _tree(tmp_path)
+        with pytest.raises(UserError, match="not a videodiff motion-module folder"):
+            convert_motion_module(src, str(ours), to="diffusers", overwrite=True)
+        assert _tree(tmp_path) == before
+
+    # a file where a folder would go, and a file that is not safetensors where one would: never replaced
+    (tmp_path / "a-file").write_bytes(b"the user's")
+    (tmp_path / "notes.safetensors").write_bytes(b"the user's text")
+    before = _tree(tmp_path)
+    with pytest.raises(UserError, match="is not a motion-module folder"):
+        convert_motion_module(src, str(tmp_path / "a-file"), to="diffusers", overwrite=True)
+    with pytest.raises(UserError, match="is not a safetensors file"):
+        convert_motion_module(src, str(tmp_path / "notes.safetensors"), to="original", overwrite=True)
+    assert _tree(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left behind
+
+
+def test_convert_carries_companions_without_replacing_a_users_file(files, tmp_path):
+    """The motion prior beside an original-layout output (``mm.motion_prior.safetensors``) is derived: it replaces
+    an earlier one videodiff wrote (with --overwrite), never a user's file of that name."""
+    import shutil
+
+    from videodiff.motion_prior import PRIOR_FILE
+
+    src = tmp_path / "src"
+    shutil.copytree(files["v2-diffusers"], src)
+    save_file({"x": torch.zeros(2)}, src / PRIOR_FILE, metadata={"format": "videodiff-motion-prior"})
+    out = tmp_path / "mm.safetensors"
+    companion = tmp_path / f"mm.{PRIOR_FILE}"
+    convert_motion_module(str(src), str(out), to="original")
+    assert companion.read_bytes() == (src / PRIOR_FILE).read_bytes()
+    convert_motion_module(str(src), str(out), to="original", overwrite=True)  # our own: replaced
+    companion.write_bytes(b"the user's file of that name")
+    before = _tree(tmp_path)
+    with pytest.raises(UserError, match="not written by videodiff"):
+        convert_motion_module(str(src), str(out), to="original", overwrite=True)
+    assert _tree(tmp_path) == before
 
 
 def test_wrapped_pickle_checkpoint_with_module_prefix(files, tmp_path):

@@ -1,9 +1,9 @@
 """The output gate (issue 30, "Data loss"): every command's output options against what may already be there.
 
-For each output (render -o, a PNG-frames folder, a sidecar, img2vid, a batch item, train --output,
-train --latent-cache, data shapes --out, convert, eval --out) and each thing in its place (a user's file,
-a user's folder, a FIFO, a symbolic link to elsewhere, a folder with a forged receipt), the command is refused
-in one line and every path under the test folder keeps its type and bytes (hashed before and after, links
+For each output (render -o, a PNG-frames folder, a sidecar, img2vid, vid2vid, a batch item, train --output,
+train --latent-cache, data shapes --out, convert to a folder and to a file, eval --out) and each thing in its place
+(a user's file, a user's folder, a FIFO, a symbolic link to elsewhere, a folder with a forged receipt), the command
+is refused in one line and every path under the test folder keeps its type and bytes (hashed before and after, links
 not followed). Videodiff's own earlier output is replaced with --overwrite (or continued with --resume).
 Rules: videodiff/media/gate.py.
 """
@@ -91,6 +91,9 @@ def targets(models: tuple[str, ...], tiny_motion: Path, clips: Path) -> dict[str
         "img2vid": Target(
             "moving.gif", ("img2vid", "pic.png", PROMPT, *models, *SMALL, "-o", "moving.gif"), named=True
         ),
+        "vid2vid": Target(
+            "restyled.gif", ("vid2vid", "clip.gif", PROMPT, *models, *SMALL, "-o", "restyled.gif"), named=True
+        ),
         "batch item": Target(
             "batch/one.gif",
             ("render", "--prompt-file", "p.yaml", *models, *SMALL, "-o", "batch"),
@@ -118,6 +121,18 @@ def targets(models: tuple[str, ...], tiny_motion: Path, clips: Path) -> dict[str
             receipt=(".videodiff-written.json", "shapes dataset"),
         ),
         "convert": Target("mm", ("convert", str(tiny_motion), "mm", "--to", "diffusers", "--overwrite"), named=True),
+        "convert diffusers-looking": Target(
+            "mm",
+            ("convert", str(tiny_motion), "mm", "--to", "diffusers", "--overwrite"),
+            named=True,
+            user_files={"config.json": b'{"_class_name": "MotionAdapter"}', DIFFUSERS_WEIGHTS: safetensors_like},
+            receipt=(".videodiff-written.json", "motion-module folder"),
+        ),
+        "convert --to original": Target(
+            "mm.safetensors",
+            ("convert", str(tiny_motion), "mm.safetensors", "--to", "original", "--overwrite"),
+            named=True,
+        ),
         "eval --out": Target(
             "report.json",
             ("eval", "shapes", "--ground-truth-only", "--seeds", 1, "--combos", "heldout", "--roundtrip", "none",
@@ -131,6 +146,8 @@ def prepare(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "pic.png")
+    frames = [Image.new("RGB", (16, 16), (40 * i, 30, 30)) for i in range(4)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=125)
     (tmp_path / "p.yaml").write_text(f"- prompt: {PROMPT}\n  output: one.gif\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -168,9 +185,11 @@ def place(tmp_path: Path, target: Target, state: str) -> None:
 
 STATES = ["user file", "user folder", "fifo", "link to a file", "link to a folder", "forged receipt"]
 NAMES = [
-    "render -o", "render frames", "sidecar", "img2vid", "batch item", "train --output", "train --latent-cache",
-    "data shapes --out", "convert", "eval --out",
+    "render -o", "render frames", "sidecar", "img2vid", "vid2vid", "batch item", "train --output",
+    "train --latent-cache", "data shapes --out", "convert", "convert diffusers-looking", "convert --to original",
+    "eval --out",
 ]  # fmt: skip
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def kept(before: dict, after: dict) -> list[str]:
@@ -328,3 +347,19 @@ def test_a_receipt_never_reaches_outside_its_folder(tmp_path):
     remove_owned(folder, "shapes dataset")
     assert outside.read_text() == "the user's" and (tmp_path / "elsewhere" / "kept.txt").exists()
     assert not (folder / "ours.txt").exists() and (folder / "link").is_symlink()
+
+
+def test_convert_never_replaces_a_users_diffusers_folder(tmp_path, tiny_motion):
+    """A folder that merely looks like a diffusers model (a real MotionAdapter: ``config.json`` and
+    ``diffusion_pytorch_model.safetensors``, nothing else) is the user's, whatever the flags; the folder convert
+    wrote (its receipt lists each file) is replaced with --overwrite."""
+    import shutil
+
+    shutil.copytree(tiny_motion, tmp_path / "theirs")
+    before = snapshot(tmp_path)
+    for flags in ((), ("--overwrite",)):
+        result = invoke("convert", str(tiny_motion), "theirs", "--to", "diffusers", *flags)
+        assert "not a videodiff motion-module folder" in assert_user_error(result)
+    assert snapshot(tmp_path) == before
+    ok(invoke("convert", str(tiny_motion), "ours", "--to", "diffusers"))
+    ok(invoke("convert", str(tiny_motion), "ours", "--to", "diffusers", "--overwrite"))

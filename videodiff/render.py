@@ -10,13 +10,13 @@ and arrays only.
 from __future__ import annotations
 
 import json
-import os
+import math
 import re
 import secrets
 import sys
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,13 +32,14 @@ from videodiff.config import (
     to_dict,
     too_many_frames,
 )
-from videodiff.control.maps import map_source
 from videodiff.errors import UserError
+from videodiff.heap import Architecture, Footprint, available_memory, estimate, likely_device
 from videodiff.log import notice
 from videodiff.media.images import file_sha256
 from videodiff.media.video import check_output, check_sidecar, save_video, sidecar_path
-from videodiff.settings.control import check_sparse, control_record, flags_to_controls, parse_controls
-from videodiff.settings.ip_adapter import adapter_file, find_image_encoder, flags_to_image_prompts, parse_image_prompts
+from videodiff.settings.control import control_record, flags_to_controls, parse_controls
+from videodiff.settings.ip_adapter import flags_to_image_prompts, parse_image_prompts
+from videodiff.sources import check_inputs, control_source, input_paths
 from videodiff.weights.hub import package_versions, read_model_defaults
 
 if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
@@ -130,8 +131,10 @@ def check_frame_limit(config: RenderConfig) -> None:
         )
 
 
-def check_render(config: RenderConfig) -> tuple[RenderConfig, Path, bool]:
-    """Every check that needs no model, before torch is imported: settings, prompt, output and sidecar.
+def check_render(config: RenderConfig, pipe: VideoPipeline | None = None) -> tuple[RenderConfig, Path, bool]:
+    """Every check that needs no model, before torch is imported: settings, prompt, output and sidecar, the memory
+    the render needs against the memory available (:func:`check_memory`; ``pipe``: the pipeline already loaded, so
+    its weights are not counted again), the inputs' headers.
 
     Returns the config with its seed set, the output path and whether the seed was drawn.
     """
@@ -145,30 +148,187 @@ def check_render(config: RenderConfig) -> tuple[RenderConfig, Path, bool]:
     # fail before the work, and create no folder until there is something to write
     output = check_output(output, fps=config.fps, crf=config.crf, overwrite=config.overwrite, create=False)
     check_sidecar(output, overwrite=config.overwrite)
-    check_memory(config)
+    check_memory(config, pipe=pipe)
     check_inputs(config)
     return config, output, drawn
 
 
-# Bytes per output pixel that a render holds at least once: the decoded float32 frames and the uint8 video.
-_BYTES_PER_PIXEL = 3 * 4 + 3
-
-
-def check_memory(config: RenderConfig, total: int | None = None) -> None:
-    """Refuse a video whose decoded frames alone would not fit in this machine's memory (before any work)."""
-    if config.height is None or config.width is None:
-        return  # the model's own size
-    needed = config.frames * config.height * config.width * _BYTES_PER_PIXEL
-    if total is None:
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return
-    if needed > total:
-        raise UserError(
-            f"{config.frames} frames of {config.width}x{config.height} need about {needed / 2**30:.1f} GiB for the "
-            f"decoded video alone; this machine has {total / 2**30:.1f} GiB: use fewer frames or a smaller size"
+def model_architecture(config: RenderConfig) -> Architecture:
+    """What :func:`videodiff.heap.estimate` needs of the model and motion modules ``config`` names, read from their
+    config files and safetensors headers (no torch, no download); SD1.5's figures where a model is not a local
+    folder (a hub id, a single file) or its files cannot be read (loading reports those)."""
+    model, motion = _local_paths(config)
+    defaults = Architecture()
+    motion_config = _small_json(motion / "config.json") if motion.is_dir() else {}
+    motion_heads = motion_config.get("motion_num_attention_heads", defaults.motion_heads)
+    motion_params = _parameters(motion) if motion.exists() else _SD15_MOTION_PARAMETERS
+    if not model.is_dir():
+        params = _parameters(model) if model.is_file() else defaults.parameters - _SD15_MOTION_PARAMETERS
+        return replace(defaults, parameters=params + motion_params, motion_heads=_first_int(motion_heads, 8))
+    unet, vae = _small_json(model / "unet" / "config.json"), _small_json(model / "vae" / "config.json")
+    try:
+        vae_channels = [int(c) for c in vae.get("block_out_channels", (128, 256, 512, 512))]
+        unet_channels = [int(c) for c in unet.get("block_out_channels", (320, 640, 1280, 1280))]
+        kinds = [str(k) for k in unet.get("down_block_types", ["CrossAttnDownBlock2D"])]
+        level = next((i for i, kind in enumerate(kinds) if kind.startswith("CrossAttn")), None)
+        heads = unet.get("num_attention_heads") or unet.get("attention_head_dim", 8)
+        if isinstance(heads, list) and level is not None:
+            heads = heads[min(level, len(heads) - 1)]
+        scale = 2 ** (len(vae_channels) - 1)
+        return Architecture(
+            vae_scale=scale,
+            vae_width=vae_channels[min(1, len(vae_channels) - 1)],
+            vae_tile=_first_int(vae.get("sample_size"), 512),
+            unet_width=unet_channels[0],
+            attention_level=level,
+            attention_heads=_first_int(heads, 8),
+            motion_heads=_first_int(motion_heads, 8),
+            parameters=sum(_parameters(model / part) for part in ("unet", "vae", "text_encoder")) + motion_params,
+            size=_first_int(unet.get("sample_size"), 64) * scale,
         )
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return defaults  # a broken config: loading says what is wrong with it
+
+
+_SD15_MOTION_PARAMETERS = 453_209_280  # AnimateDiff's SD1.5 motion modules (v2, with the mid block)
+
+
+def _local_paths(config: RenderConfig) -> tuple[Path, Path]:
+    """Where the model and its motion modules would be, were they local (a hub id names no local path)."""
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, OWN_MOTION_FOLDER
+
+    model = BUILTIN_MODEL if config.model in (None, BUILTIN_NAME) else Path(config.model).expanduser()
+    motion = Path(config.motion_module).expanduser() if config.motion_module else model / OWN_MOTION_FOLDER
+    return model, motion
+
+
+def _first_int(value: Any, default: int) -> int:
+    value = value[0] if isinstance(value, list) and value else value
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def _small_json(path: Path) -> dict[str, Any]:
+    """A config file as a dict; ``{}`` for anything that is not a small regular JSON file."""
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _parameters(path: Path) -> int:
+    """The parameters of the weights at ``path`` (a file, or the largest weights file in a folder): counted from a
+    safetensors header, else the file's size over 2 (as if fp16: pickles cannot be read without torch)."""
+    from videodiff.weights.safetensors_header import read_header
+
+    files = [path] if path.is_file() else [p for p in path.glob("*") if p.suffix in _WEIGHT_SUFFIXES and p.is_file()]
+    counts = [0]
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                counts.append(sum(math.prod(shape) for shape in read_header(file).shapes.values()))
+                continue
+        except UserError:
+            pass
+        counts.append(file.stat().st_size // 2)
+    return max(counts)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def memory_needed(
+    config: RenderConfig, device: str, value_bytes: int | None = None, *, lower: bool = False
+) -> Footprint:
+    """:func:`videodiff.heap.estimate` for ``config`` on a ``device`` type (``cpu``, ``cuda``, ``mps``); ``lower``:
+    its lower bound (for a GPU) instead of its upper bound."""
+    from videodiff.weights.hub import recorded_train_frames
+
+    arch = model_architecture(config)
+    height, width = config.height or arch.size, config.width or arch.size
+    model, motion = _local_paths(config)
+    # frames per U-Net call: one window (the motion modules' training length by default), or every frame
+    size = config.window or recorded_train_frames(motion if motion.is_dir() else None, model)
+    window = min(config.frames, size)
+    per_call = config.frames if config.window_layers == "temporal" else window
+    guided = 2 if config.guidance > 1 else 1
+    default_chunk = 2 if device == "cpu" else 16  # videodiff.vae.default_chunk
+    if value_bytes is None:
+        value_bytes = 4 if config.dtype == "fp32" or (config.dtype == "auto" and device == "cpu") else 2
+    return estimate(
+        arch,
+        frames=config.frames,
+        height=height,
+        width=width,
+        unet_frames=per_call * guided,
+        window=window,
+        chunk=min(config.frames, config.decode_chunk or default_chunk),
+        encode=min(config.frames, default_chunk) if config.video or config.image_at else 0,
+        attention=config.attention,
+        sliced=config.attention_slicing,
+        tiling=config.vae_tiling,
+        value_bytes=value_bytes,
+        lower=lower,
+    )
+
+
+def check_memory(config: RenderConfig, available: int | None = None, *, pipe: VideoPipeline | None = None) -> None:
+    """Refuse, before any work, a render that would not fit in the memory available (``available`` bytes; default:
+    :func:`videodiff.heap.available_memory`): on the CPU (and Apple's unified memory) everything
+    :func:`memory_needed` counts, less the weights of an already loaded ``pipe``; with a CUDA GPU the host's part
+    only (:func:`check_device_memory` checks the GPU's after loading)."""
+    device = pipe.device.type if pipe is not None else config.device.split(":")[0]
+    device = likely_device() if device == "auto" else device
+    need = memory_needed(config, device, getattr(pipe.dtype, "itemsize", None) if pipe is not None else None)
+    needed = need.total if device in ("cpu", "mps") else need.host
+    if pipe is not None:
+        needed -= need.runtime + need.weights  # resident already
+    free = available_memory() if available is None else available
+    if free is not None and needed > free:
+        raise _too_big(config, need, needed, free)
+
+
+def check_device_memory(config: RenderConfig, pipe: VideoPipeline, free: int | None = None) -> None:
+    """After loading, before sampling: on a CUDA device, refuse a render whose sampling or VAE decode could not fit
+    in the GPU's free memory (``torch.cuda.mem_get_info`` plus what torch's allocator holds unused), counting a lower
+    bound (:func:`videodiff.heap.estimate` with ``lower``): only what cannot fit is refused. Elsewhere
+    :func:`check_memory` again, with the device the pipeline got (``--device auto`` was a guess before loading)."""
+    if pipe.device.type != "cuda":
+        check_memory(config, free, pipe=pipe)
+        return
+    need = memory_needed(config, "cuda", getattr(pipe.dtype, "itemsize", None), lower=True)
+    if free is None:
+        import torch
+
+        free = torch.cuda.mem_get_info(pipe.device)[0]
+        free += torch.cuda.memory_reserved(pipe.device) - torch.cuda.memory_allocated(pipe.device)
+    if need.device > free:
+        raise _too_big(config, need, need.device, free, gpu=True)
+
+
+def _too_big(config: RenderConfig, need: Footprint, needed: int, free: int, *, gpu: bool = False) -> UserError:
+    """The one line saying what a render needs (``gpu``: at least, on the GPU) and what would make it fit."""
+    size = f"{config.width}x{config.height}" if config.height and config.width else "the model's size"
+    stages = {"sampling": need.sampling, "decoding": need.decoding, "converting": need.converting}
+    stage = max(stages, key=stages.__getitem__)
+    advice = []
+    if stage == "decoding" and (config.decode_chunk or 2) > 1:
+        advice.append("--decode-chunk 1")
+    if stage == "decoding" and not config.vae_tiling:
+        advice.append("--vae-tiling")
+    if stage == "sampling" and (config.attention == "math" or config.attention_slicing):
+        advice.append("--attention sdpa without --attention-slicing")
+    if stage == "converting" or config.frames > 16:
+        advice.append("fewer --frames")
+    advice.append("a smaller --height/--width")
+    amount = f"{'at least' if gpu else 'about'} {needed / 2**30:.1f} GiB ({need.parts(gpu)})"
+    where = "GPU memory" if gpu else "memory"
+    return UserError(
+        f"{config.frames} frames of {size} need {amount}; {free / 2**30:.1f} GiB of {where} is available: "
+        f"try {', '.join(advice)}"
+    )
 
 
 def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnStep | None = None) -> RenderOutcome:
@@ -178,7 +338,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     (progress, previews; raising :class:`videodiff.sampling.Cancelled` stops before anything is written).
     """
     started = time.monotonic()
-    config, output, drawn = check_render(config)
+    config, output, drawn = check_render(config, pipe)
     seed = config.seed
     try:
         if pipe is None:
@@ -187,6 +347,7 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
 
             pipe = VideoPipeline.load(config.load)
         pipe.check_frames(config.frames, config.window)
+        check_device_memory(config, pipe)
         if drawn:
             notice(f"seed {seed} (pass --seed {seed} to render this video again)")
         from videodiff.pipelines import input_from
@@ -242,81 +403,6 @@ def summary(outcome: RenderOutcome, fps: float) -> str:
         f"wrote {outcome.output}: {frames} frames, {width}x{height}, {fps:g} fps, "
         f"{frames / fps:.2f} s of video, in {outcome.seconds:.1f} s"
     )
-
-
-def check_inputs(config: RenderConfig) -> None:
-    """img2vid's pictures, vid2vid's clip, the controls' maps and image prompts checked from their headers, and
-    pinned frames inside the video, before minutes of loading."""
-    from videodiff.control.maps import check_maps
-    from videodiff.media.clips import check_moving_video
-    from videodiff.media.images import check_image
-
-    for frame, path in map(parse_image_at, config.image_at):
-        if not -config.frames <= frame < config.frames:
-            last = config.frames - 1
-            raise UserError(f"--image-at frame {frame} is outside the video's {config.frames} frames (0 to {last})")
-        check_image(path)
-    frames = config.frames
-    if config.video:  # the frames vid2vid will read, budgeted from the file's header (videodiff.media.budget)
-        size = (config.height, config.width) if config.height and config.width else None
-        available = check_moving_video(config.video, frames=config.frames, stride=config.stride, size=size).num_frames
-        frames = min(frames, len(range(0, available, config.stride)))  # a shorter clip makes a shorter video
-    check_sparse(config.controls, frames)  # SparseCtrl's pictures: frames inside the video, files that exist
-    for control in parse_controls(config.controls):
-        if control.maps is not None:
-            check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
-        if control.controlnet is None and own_controlnet(config.model) is None:
-            raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
-    for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, pictures in the video
-        find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
-        check_adapter_width(adapter_file(prompt.adapter), config.model)
-        for path in prompt.pictures(frames).values():
-            check_image(path)
-
-
-def check_adapter_width(adapter: Path, model: str | None) -> None:
-    """A ``.safetensors`` IP-Adapter made for another cross-attention width than a local model folder's
-    (``unet/config.json``), told from the headers before anything loads; other cases are checked as it loads."""
-    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
-    from videodiff.weights.safetensors_header import read_header
-
-    config = (BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model)) / "unet" / "config.json"
-    if adapter.suffix.lower() != ".safetensors" or not config.is_file():
-        return
-    try:
-        width = json.loads(config.read_text(encoding="utf-8")).get("cross_attention_dim")
-    except (OSError, ValueError, AttributeError):
-        return  # the model's own load reports it
-    shape = read_header(adapter).shapes.get("ip_adapter.1.to_k_ip.weight")
-    if isinstance(width, int) and shape is not None and len(shape) == 2 and shape[1] != width:
-        raise UserError(
-            f"--ip-adapter {adapter}: made for {shape[1]}-wide text, the model's is {width}; "
-            "an adapter for another model family"
-        )
-
-
-def control_source(control, frames: int) -> dict[str, Any]:
-    """What a sidecar records of where a control's maps (or SparseCtrl's pictures) came from, with digests."""
-    if control.maps is not None:
-        return map_source(control.parsed_maps)
-    from videodiff.control.sparse import picture_sources
-
-    return {"pictures": picture_sources(control, frames)}
-
-
-def own_controlnet(model: str | None) -> str | None:
-    """The ControlNet a local model folder records as its own (``videodiff.json``), from its files alone."""
-    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, recorded_controlnet
-
-    root = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model)
-    return recorded_controlnet(root) if root.is_dir() else None
-
-
-def input_paths(config: RenderConfig) -> list[str]:
-    """The picture and video files a render reads (img2vid's ``image_at``, vid2vid's ``video``, image prompts)."""
-    pictures = [path for _, path in map(parse_image_at, config.image_at)]
-    prompts = [path for p in parse_image_prompts(config.ip_adapters) for path in p.paths()]
-    return pictures + ([config.video] if config.video else []) + prompts
 
 
 def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipeline, output: Path) -> dict[str, Any]:

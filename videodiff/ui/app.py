@@ -54,7 +54,7 @@ def build_app(
     from gradio.utils import get_upload_folder
 
     from videodiff.pipeline.denoisers import controlnet as load_controlnet
-    from videodiff.render import own_controlnet
+    from videodiff.sources import own_controlnet
 
     # resolved once: Gradio refuses a result under a relative folder, and a later chdir must not move the folder
     outputs = Path(outputs).resolve()

@@ -18,6 +18,8 @@ description, a safetensors header), so no checkpoint ever runs code.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +27,9 @@ import torch
 
 from videodiff.errors import UserError
 from videodiff.log import notice
-from videodiff.media.atomic import atomic_dir, atomic_file, prepare_output
+from videodiff.media.atomic import atomic_dir, atomic_file, check_replaceable, prepare_output
+from videodiff.media.gate import file_digest, folder_is_ours, owned_files, write_receipt
+from videodiff.motion_prior import FORMAT as PRIOR_FORMAT
 from videodiff.motion_prior import PRIOR_FILE
 from videodiff.unet.temporal import MotionStack
 from videodiff.weights.checkpoints import load_strict, read_state_dict
@@ -49,6 +53,7 @@ from videodiff.weights.motion_headers import (  # detection, torch-free; the pub
     to_original_state_dict,
     weights_and_config,
 )
+from videodiff.weights.safetensors_header import read_header
 
 __all__ = [
     "detect_motion_state_dict",
@@ -145,31 +150,57 @@ def _write_folder(tensors: dict[str, torch.Tensor], config: dict[str, Any], fold
     save_file(tensors, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
 
-# What a MotionAdapter folder videodiff (or diffusers) writes holds; --overwrite replaces nothing else.
-# What a motion-module folder videodiff writes may hold: the MotionAdapter, and videodiff's own files beside it
-# (the motion prior, trained image-U-Net tensors, videodiff.json with train_frames).
-_ADAPTER_FILES = frozenset(
-    {
-        "config.json",
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.bin",
-        "motion_prior.safetensors",
-        "spatial.safetensors",
-        "videodiff.json",
-    }
-)
+MOTION_KIND = "motion-module folder"  # the receipt (videodiff.media.gate) in every MotionAdapter folder written here
+RUN_KIND = "training run"  # a training run's receipt (videodiff.training.export) lists its motion_module folder
 
 
-def _is_adapter_folder(folder: Path) -> bool:
-    entries = list(folder.iterdir())
-    return all(e.name in _ADAPTER_FILES and e.is_file() and not e.is_symlink() for e in entries)
+def _written_here(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but files videodiff wrote, unchanged: its own receipt says so, or (a training
+    run's ``motion_module``) the run folder's receipt lists every file in it. A folder that merely looks like a
+    diffusers model (``config.json`` and ``diffusion_pytorch_model.safetensors``) is the user's."""
+    if folder_is_ours(folder, MOTION_KIND):
+        return True
+    listed = owned_files(folder.parent, RUN_KIND)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if any(os.path.islink(os.path.join(dirpath, d)) for d in dirnames):
+            return False
+        found += [Path(dirpath, name) for name in filenames]
+    return bool(found) and all(p.relative_to(folder.parent).as_posix() in listed for p in found)
 
 
-def save_motion_folder(stack: MotionStack, folder: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``stack`` as a diffusers ``MotionAdapter`` folder (``config.json`` + safetensors), atomically."""
-    out = prepare_output(folder, overwrite=overwrite, folder_ok=_is_adapter_folder, kind="motion-module folder")
+def _is_safetensors(path: Path) -> bool:
+    try:
+        read_header(path)
+    except UserError:
+        return False
+    return True
+
+
+def _write_adapter(
+    out: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any], extra=None, *, receipt: bool = True
+) -> None:
+    """The MotionAdapter folder ``out``, written whole (atomically), with its receipt; ``extra(tmp)`` adds files."""
     with atomic_dir(out) as tmp:
-        _write_folder(_stack_tensors(stack), dict(stack.config), tmp)
+        _write_folder(tensors, config, tmp)
+        if extra is not None:
+            extra(tmp)
+        if receipt:
+            write_receipt(tmp, MOTION_KIND, [p.name for p in tmp.iterdir()])
+
+
+def save_motion_folder(
+    stack: MotionStack, folder: str | Path, *, overwrite: bool = False, receipt: bool = False
+) -> Path:
+    """Write ``stack`` as a diffusers ``MotionAdapter`` folder (``config.json`` + safetensors), atomically.
+
+    An existing ``folder`` is replaced (with ``overwrite``) only when videodiff wrote everything in it: its own
+    receipt (written with ``receipt=True``) or a training run's receipt in the folder above (a run's
+    ``motion_module``, which training writes without one) lists every file, unchanged."""
+    out = prepare_output(
+        folder, overwrite=overwrite, folder_ok=_written_here, file_ok=lambda p: False, kind=MOTION_KIND
+    )
+    _write_adapter(out, _stack_tensors(stack), dict(stack.config), receipt=receipt)
     return out
 
 
@@ -193,6 +224,24 @@ def companion_files(location: str | Path) -> dict[str, Path]:
     return {name: path for name, path in found.items() if path.is_file()}
 
 
+def _check_companion(target: Path, source: Path, overwrite: bool) -> None:
+    """A companion beside an original-layout file is derived, not named: with ``overwrite`` it may replace only a
+    file of the same bytes, or a motion prior by its header's ``format`` key; anything else there is the user's."""
+    if not check_replaceable(target, kind="companion file"):
+        return
+    if not overwrite:
+        raise UserError(f"{target} already exists; pass --overwrite to replace it")
+    if file_digest(target) == file_digest(source):
+        return
+    if target.name.endswith(PRIOR_FILE) and _is_safetensors(target):
+        if read_header(target).metadata.get("format") == PRIOR_FORMAT:
+            return
+    raise UserError(
+        f"{target} exists and was not written by videodiff (it would receive the {source.name} carried along); "
+        "refusing to replace it: move it away or choose another output name"
+    )
+
+
 def convert_motion_module(
     src: str,
     dst: str,
@@ -212,35 +261,39 @@ def convert_motion_module(
     into the folder, or beside an original file as ``<name>.motion_prior.safetensors`` (the original
     layout is one file that AnimateDiff's loaders read strictly, so it cannot hold them itself).
     """
-    import shutil
-
     if to not in ("diffusers", "original"):
         raise UserError(f"cannot convert to {to!r}: choose 'diffusers' or 'original'")
     if to == "original" and Path(dst).suffix.lower() != ".safetensors":
         raise UserError(f"{dst}: original-layout motion modules are written as .safetensors only")
     if defaults and to != "diffusers":
         raise UserError("recorded defaults live in a folder's videodiff.json: convert --to diffusers")
-    rules = {"folder_ok": _is_adapter_folder, "kind": "motion-module folder or file"}
+    if to == "diffusers":  # a folder replaces only a folder videodiff wrote, never a file
+        rules: dict[str, Any] = {"folder_ok": _written_here, "file_ok": lambda p: False, "kind": MOTION_KIND}
+    else:  # the file named, when it is a safetensors file; never a folder
+        rules = {"file_ok": _is_safetensors, "kind": "safetensors file"}
     prepare_output(dst, overwrite=overwrite, create=False, **rules)  # no folders made for an input that fails
     source = Path(src).expanduser()
     carried = companion_files(source) if source.exists() else {}
+    if to == "original":
+        for name, path in carried.items():
+            _check_companion(companion_path(Path(dst).expanduser(), name), path, overwrite)
     stack, info = load_any_motion_module(src, motion_config)
     out = prepare_output(dst, overwrite=overwrite, **rules)
-    if to == "original":
-        for name in carried:
-            prepare_output(companion_path(out, name), overwrite=overwrite)
     tensors = _stack_tensors(stack, getattr(torch, info.dtype, None))
     if to == "diffusers":
-        with atomic_dir(out) as tmp:
-            _write_folder(tensors, dict(stack.config), tmp)
+
+        def extra(tmp: Path) -> None:
             for name, path in carried.items():
                 shutil.copyfile(path, tmp / name)
             if defaults:
                 (tmp / DEFAULTS_FILE).write_text(json.dumps({"defaults": defaults}, indent=2) + "\n")
+
+        _write_adapter(out, tensors, dict(stack.config), extra)
     else:
         from safetensors.torch import save_file
 
         for name, path in carried.items():
+            _check_companion(companion_path(out, name), path, overwrite)
             with atomic_file(companion_path(out, name)) as tmp:
                 shutil.copyfile(path, tmp)
         with atomic_file(out) as tmp:

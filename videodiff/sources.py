@@ -1,0 +1,90 @@
+"""The files a render reads besides its model: checked from their headers before any model loads, and recorded in
+the sidecar. img2vid's pictures, vid2vid's clip, the controls' maps (or SparseCtrl's pictures) and image prompts.
+Torch-free."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from videodiff.config import RenderConfig, parse_image_at
+from videodiff.control.maps import map_source
+from videodiff.errors import UserError
+from videodiff.settings.control import check_sparse, parse_controls
+from videodiff.settings.ip_adapter import adapter_file, find_image_encoder, parse_image_prompts
+
+
+def check_inputs(config: RenderConfig) -> None:
+    """img2vid's pictures, vid2vid's clip, the controls' maps and image prompts checked from their headers, and
+    pinned frames inside the video, before minutes of loading."""
+    from videodiff.control.maps import check_maps
+    from videodiff.media.clips import check_moving_video
+    from videodiff.media.images import check_image
+
+    for frame, path in map(parse_image_at, config.image_at):
+        if not -config.frames <= frame < config.frames:
+            last = config.frames - 1
+            raise UserError(f"--image-at frame {frame} is outside the video's {config.frames} frames (0 to {last})")
+        check_image(path)
+    frames = config.frames
+    if config.video:  # the frames vid2vid will read, budgeted from the file's header (videodiff.media.budget)
+        size = (config.height, config.width) if config.height and config.width else None
+        available = check_moving_video(config.video, frames=config.frames, stride=config.stride, size=size).num_frames
+        frames = min(frames, len(range(0, available, config.stride)))  # a shorter clip makes a shorter video
+    check_sparse(config.controls, frames)  # SparseCtrl's pictures: frames inside the video, files that exist
+    for control in parse_controls(config.controls):
+        if control.maps is not None:
+            check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
+        if control.controlnet is None and own_controlnet(config.model) is None:
+            raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
+    for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, pictures in the video
+        find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
+        check_adapter_width(adapter_file(prompt.adapter), config.model)
+        for path in prompt.pictures(frames).values():
+            check_image(path)
+
+
+def check_adapter_width(adapter: Path, model: str | None) -> None:
+    """A ``.safetensors`` IP-Adapter made for another cross-attention width than a local model folder's
+    (``unet/config.json``), told from the headers before anything loads; other cases are checked as it loads."""
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
+    from videodiff.weights.safetensors_header import read_header
+
+    config = (BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model)) / "unet" / "config.json"
+    if adapter.suffix.lower() != ".safetensors" or not config.is_file():
+        return
+    try:
+        width = json.loads(config.read_text(encoding="utf-8")).get("cross_attention_dim")
+    except (OSError, ValueError, AttributeError):
+        return  # the model's own load reports it
+    shape = read_header(adapter).shapes.get("ip_adapter.1.to_k_ip.weight")
+    if isinstance(width, int) and shape is not None and len(shape) == 2 and shape[1] != width:
+        raise UserError(
+            f"--ip-adapter {adapter}: made for {shape[1]}-wide text, the model's is {width}; "
+            "an adapter for another model family"
+        )
+
+
+def control_source(control, frames: int) -> dict[str, Any]:
+    """What a sidecar records of where a control's maps (or SparseCtrl's pictures) came from, with digests."""
+    if control.maps is not None:
+        return map_source(control.parsed_maps)
+    from videodiff.control.sparse import picture_sources
+
+    return {"pictures": picture_sources(control, frames)}
+
+
+def own_controlnet(model: str | None) -> str | None:
+    """The ControlNet a local model folder records as its own (``videodiff.json``), from its files alone."""
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, recorded_controlnet
+
+    root = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model)
+    return recorded_controlnet(root) if root.is_dir() else None
+
+
+def input_paths(config: RenderConfig) -> list[str]:
+    """The picture and video files a render reads (img2vid's ``image_at``, vid2vid's ``video``, image prompts)."""
+    pictures = [path for _, path in map(parse_image_at, config.image_at)]
+    prompts = [path for p in parse_image_prompts(config.ip_adapters) for path in p.paths()]
+    return pictures + ([config.video] if config.video else []) + prompts
