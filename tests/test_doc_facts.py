@@ -67,13 +67,19 @@ FACTS = [
     # limits (videodiff.settings.checks, videodiff.media.clips)
     Fact(
         "limits",
-        r"at most ([\d,]+) steps, ([\d,]+) pixels a side, ([\d,]+) frames, ([\d,]+) prompt "
-        r"characters, (\d+) MiB settings",
+        r"at most ([\d,]+) steps, ([\d,]+) pixels a side, ([\d,]+) frames, ([\d,]+) prompt characters(?: \([^)]*\))?, "
+        rf"fps from {N} to {N}, `--stride` ([\d,]+), ([\d,]+) videos a batch(?: \([^)]*\))?, `--free-init` (\d+), "
+        r"(\d+) MiB settings",
         lambda: (
             checks.MAX_STEPS,
             checks.MAX_SIDE,
             checks.MAX_FRAMES,
             checks.MAX_PROMPT_CHARS,
+            checks.MIN_FPS,
+            checks.MAX_FPS,
+            checks.MAX_STRIDE,
+            _max_videos(),
+            checks.MAX_FREE_INIT,
             checks.MAX_SETTINGS_BYTES >> 20,
         ),
     ),
@@ -143,6 +149,12 @@ def _default_of(func: Callable[..., Any], name: str) -> Any:
 def _fields(*names: str) -> tuple[Any, ...]:
     defaults = {f.name: f.default for stage in STAGES for f in dataclasses.fields(stage)}
     return tuple(defaults[n] for n in names)
+
+
+def _max_videos() -> int:
+    from videodiff.batch import MAX_VIDEOS
+
+    return MAX_VIDEOS
 
 
 def _video_limits() -> tuple[int, int, int]:
@@ -314,7 +326,8 @@ def test_every_fact_is_stated_somewhere():
         "| flag | default | meaning |\n| --- | --- | --- |\n| `--paste` | on | exact pictures |",
         "the motion prior's start (1 minus its `motion_prior`: 0.67 for the built-in model), else 0.85 (img2vid) / "
         "0.6 (vid2vid)",
-        "limits: at most 1000 steps, 2048 pixels a side, 1024 frames, 10,000 prompt characters, 1 MiB settings",
+        "limits: at most 1000 steps, 2048 pixels a side, 1024 frames, 10,000 prompt characters, fps from 0.1 to 240, "
+        "`--stride` 1000, 10,000 videos a batch, `--free-init` 10, 1 MiB settings",
         "with `--distill-ema`, default 0.9) as the target",
         "a fresh clone (the built-in model: 0.33, so 8 of its 12 steps run)",
     ],
