@@ -427,3 +427,35 @@ def test_training_with_a_prior_needs_captions_and_says_so_before_training(tiny_m
     with pytest.raises(UserError, match="fewer than two clips"):
         train(config)
     assert not (tmp_path / "run" / "motion_module").exists()
+
+
+def test_along_centres_the_prompts_object_on_each_frames_point():
+    feats, clips, _ = synthetic_set()
+    prior, _ = MotionPrior.fit(feats, clips, patch=5)
+    guess = prior.predict(feats[0])
+    block, drawn = BlockCodec(), []
+    codec = PixelCodec(block.decode, lambda pixels: drawn.append(pixels) or torch.zeros(1, 4, 4, 16, 16), 4)
+    centres = torch.tensor([[20.0, 12.5], [21.3, 18.0], [30.0, 40.2], [44.7, 50.0]])  # pixels (y, x), not a line
+    assert prior.along(feats[0][None, None], (1, 4, 4, 16, 16), centres, codec).shape == (1, 4, 4, 16, 16)
+    (drawn,) = drawn
+    assert torch.allclose(pixel_centres(drawn, guess.background[:3] / 4), centres, atol=0.3)
+
+
+def test_vid2vid_starts_from_the_prompts_object_on_the_clips_track_only_with_a_prior_and_one_object(
+    tiny_model, tiny_motion, prior_motion
+):
+    from clips import moving_square
+
+    pipe, plain = load_pipeline(str(tiny_model), str(prior_motion)), load_pipeline(str(tiny_model), str(tiny_motion))
+    square = moving_square(4, 16, square=4, step=2)  # one red square on grey
+    noise = torch.Generator().manual_seed(0)
+    scene = torch.randint(0, 256, (4, 16, 16, 3), generator=noise, dtype=torch.uint8).numpy()  # no one object
+    args = dict(seed=1, strength=0.6, **RENDER)
+    on = pipe.vid2vid(square, "a square moving right", motion_prior=0.5, **args)
+    assert on.settings["track"] == "clip" and on.settings["motion_prior"] == 0.5
+    reference = plain.vid2vid(square, "a square moving right", **args).latents
+    assert not torch.equal(on.latents, reference)
+    for clip, prior in ((square, 0.0), (scene, 0.5)):  # the prior off, or no track to follow: the clip's own start
+        off = pipe.vid2vid(clip, "a square moving right", motion_prior=prior, **args)
+        assert "track" not in off.settings and off.settings["motion_prior"] == 0.0
+        assert torch.equal(off.latents, plain.vid2vid(clip, "a square moving right", **args).latents)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from videodiff.errors import UserError
-from videodiff.keyframes import shift_frames
+from videodiff.keyframes import object_centre, shift_frames
 from videodiff.log import notice
 
 PRIOR_FILE = "motion_prior.safetensors"
@@ -49,6 +49,16 @@ RIDGE = 1e-5  # ridge strength per sample on standardised features: direction wo
 def prompt_features(context: torch.Tensor) -> torch.Tensor:
     """What the prior reads from a text embedding ``[b n d]``: the mean over its tokens, ``[b d]``."""
     return context.detach().double().cpu().mean(1)
+
+
+def clip_track(frames) -> torch.Tensor | None:
+    """``[f 2]``: the centre (pixels, ``(y, x)``) of the one object in each of a clip's frames (uint8
+    ``[f h w 3]``, :func:`videodiff.keyframes.object_centre`); ``None`` unless every frame shows one object on a
+    plain background."""
+    centres = [object_centre(frame) for frame in frames]
+    if not centres or any(c is None for c in centres):
+        return None
+    return torch.tensor(centres, dtype=torch.float32)
 
 
 def object_tracks(
@@ -354,6 +364,25 @@ class MotionPrior:
         frames = pixels.decode(self.paint(guess, shape, whole)).float()  # [1 3 f H W]
         rest = (track - whole) * pixels.scale  # [f 2] pixels, each under half a cell
         return pixels.encode(shift_frames(frames, rest).clamp(-1, 1)).float()
+
+    def along(
+        self, context: torch.Tensor, shape: tuple[int, int, int, int, int], centres: torch.Tensor, pixels: PixelCodec
+    ) -> torch.Tensor:
+        """``[1 c f h w]``: the prompt's (``context`` ``[1 n d]``) guessed object over its background, drawn in pixels
+        with its centre at ``centres`` (``[f 2]``, pixels, ``(y, x)``) in each frame, and encoded by the VAE.
+
+        vid2vid's start on a model with a prior: a clip's object in another colour or shape than the prompt's does
+        not read as the prompt's object to a model that takes its layout from the noisy start, so it draws its own
+        wherever the noise suggests and changes its mind between frames; the clip's track in the prompt's object
+        is what it follows (:func:`clip_track`)."""
+        guess = self.predict(prompt_features(context))
+        _, c, f, h, w = shape
+        middle = torch.tensor([[float((h - 1) // 2), float((w - 1) // 2)]])
+        picture = pixels.decode(self.paint(guess, (1, c, 1, h, w), middle)).float()  # [1 3 1 H W]
+        drawn = object_centre(((picture[0, :, 0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).numpy())
+        at = torch.tensor(drawn) if drawn is not None else (middle[0] + 0.5) * pixels.scale - 0.5
+        video = shift_frames(picture.expand(-1, -1, f, -1, -1), centres.float() - at)
+        return pixels.encode(video.clamp(-1, 1)).float()
 
     def save(self, path: Path, info: dict | None = None) -> Path:
         from safetensors.torch import save_file
