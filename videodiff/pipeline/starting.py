@@ -16,6 +16,7 @@ from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.motion_prior import PixelCodec, clip_track
 from videodiff.motion_prior import prompt_features as motion_prior_features
+from videodiff.pipeline.familiar import tell_unfamiliar
 from videodiff.pipeline.inputs import Conditioning, ImageInput, VideoInput
 
 
@@ -103,6 +104,8 @@ def image_start(
             image, settings.height, settings.width, fit=source.fit, background=source.background
         )
     latents = pipe.encode_pictures(np.stack(list(pictures.values())))
+    names = ["the picture"] if len(pictures) == 1 else [f"the picture at frame {frame}" for frame in pictures]
+    tell_unfamiliar(pipe, np.stack(list(pictures.values())), latents, names)
     keys = {frame: latents[:, :, k] for k, frame in enumerate(pictures)}
     # with a motion prior the pictures take the place of its guessed object and the prompt sets the motion
     fraction = pipe.prior_fraction(settings)
@@ -136,6 +139,7 @@ def video_start(pipe, settings: SampleSettings, source: VideoInput, noise: torch
     only where it already looks like the prompt's."""
     strength = source.strength if source.strength is not None else VID2VID_STRENGTH
     clean = pipe.encode_pictures(source.video).float()
+    tell_unfamiliar(pipe, source.video, clean, [f"the clip's frame {k}" for k in range(len(source.video))])
     record = {"strength": strength, "motion_prior": 0.0}
     track = clip_track(source.video) if pipe.prior_fraction(settings) > 0 else None
     if track is not None:
