@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -427,6 +428,35 @@ def test_training_with_a_prior_needs_captions_and_says_so_before_training(tiny_m
     with pytest.raises(UserError, match="fewer than two clips"):
         train(config)
     assert not (tmp_path / "run" / "motion_module").exists()
+
+
+def test_training_from_motion_modules_with_a_prior_keeps_it_unasked(tiny_model, prior_motion, tmp_path, caplog):
+    """Without --motion-prior the teacher's prior is kept as it is, with the teacher's recorded start, and the result
+    renders from it with no 'does not apply'; with --motion-prior it is refitted to the clips."""
+    from clips import write_dataset
+
+    from videodiff.config import TrainConfig
+    from videodiff.training.loop import train
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    start = {"motion_prior": 0.5, "motion_prior_space": "latent"}
+    (model / "videodiff.json").write_text(json.dumps({"defaults": start}))
+    config = TrainConfig(
+        model=str(model), motion_module=str(prior_motion), data=str(write_dataset(tmp_path / "clips", count=3)),
+        output=str(tmp_path / "run"), frames=4, stride=2, resolution=16, steps=1, cache_latents=True,
+        num_workers=0, quiet=True,
+    )  # fmt: skip
+    folder = train(config) / "motion_module"
+    teacher = (prior_motion / PRIOR_FILE).read_bytes()
+    assert (folder / PRIOR_FILE).read_bytes() == teacher
+    assert read_json(folder / "videodiff.json")["defaults"] == start
+    with caplog.at_level("WARNING", logger="videodiff"):
+        result = load_pipeline(str(model), str(folder))("a square moving right", seed=0, **RENDER)
+    assert "does not apply" not in caplog.text
+    assert result.settings["motion_prior"] == 0.5 and result.settings["motion"][0] > 1.0
+    refit = train(config.replace(output=str(tmp_path / "refit"), motion_prior=True)) / "motion_module"
+    assert (refit / PRIOR_FILE).read_bytes() != teacher and read_json(refit / "videodiff.json")["defaults"] == start
 
 
 def test_along_centres_the_prompts_object_on_each_frames_point():
