@@ -489,3 +489,45 @@ def test_vid2vid_starts_from_the_prompts_object_on_the_clips_track_only_with_a_p
         off = pipe.vid2vid(clip, "a square moving right", motion_prior=prior, **args)
         assert "track" not in off.settings and off.settings["motion_prior"] == 0.0
         assert torch.equal(off.latents, plain.vid2vid(clip, "a square moving right", **args).latents)
+
+
+def test_a_loops_track_swings_out_the_velocitys_way_and_back_in_view():
+    feats, clips, _ = synthetic_set()
+    prior, _ = MotionPrior.fit(feats, clips, patch=5)
+    shape, velocity = (1, 4, 48, 16, 16), (0.1, -0.4)  # cells per frame: mostly left
+    track = prior.track(velocity, shape, torch.Generator().manual_seed(0), loop=True)
+    around = torch.cat([track, track[:1]])  # frame 48 would be frame 0
+    steps = (around[1:] - around[:-1]).norm(dim=-1)
+    assert steps.max() <= torch.pi / 2 * steps.mean() + 1e-4  # eased at the turns, no jump at the seam
+    assert torch.allclose(steps.mean(), torch.tensor(velocity).norm(), rtol=0.02)  # the asked mean speed
+    assert ((track >= 2) & (track <= 13)).all()  # the 5-cell patch stays in view
+    assert track[24, 1] < track[0, 1] - 8 and track[24, 0] > track[0, 0]  # out along the velocity first
+    assert prior.in_view((0.0, -0.6), shape, loop=True)[1] == pytest.approx(-11 / 24)  # out and back: 24 frames
+
+
+def test_free_init_after_a_part_way_start_keeps_the_result_whole_and_renews_only_the_noise(tiny_pipe):
+    """From pure noise FreeInit is the paper's (the result's high frequencies go with the noise's); from a start
+    part-way (the motion prior, pictures, a clip) the result is kept whole and only its noise is renewed."""
+    from videodiff.config import SampleSettings
+    from videodiff.pipeline.freeinit import free_init_start
+    from videodiff.starts import Start
+
+    settings = SampleSettings(prompt="x", steps=8)
+    scheduler = make_scheduler("ddim", tiny_pipe.parts.scheduler_config, "linspace")
+    noise = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    results = [torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
+
+    def residuals(step: int) -> list[torch.Tensor]:
+        schedule = sampling.Schedule(scheduler, 8, step)
+        signal = scheduler.alphas_cumprod[int(schedule.timesteps[0])].sqrt()
+        out = []
+        for result in results:
+            begin = Start(torch.zeros_like(noise), step)
+            start = free_init_start(settings, result, begin, noise, scheduler, torch.Generator().manual_seed(4),
+                                    None, torch.device("cpu"), torch.float32)  # fmt: skip
+            out.append(start.latents - signal * result)
+        return out
+
+    part_way = residuals(3)
+    assert torch.allclose(*part_way, atol=1e-5)  # what is not the result does not depend on it: renewed noise
+    assert not torch.allclose(*residuals(0), atol=1e-3)  # the paper's: the result's high frequencies replaced

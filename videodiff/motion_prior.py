@@ -271,31 +271,39 @@ class MotionPrior:
         scale: int,
         motion: tuple[float, float] | None = None,
         pixels: PixelCodec | None = None,
+        loop: bool = False,
     ) -> tuple[torch.Tensor, tuple[float, float]]:
         """The clean latent video ``shape`` a prompt's ``context`` (``[1 n d]``) starts from, and its velocity in
         pixels per frame ``(dx, dy)``: ``motion`` (pixels per frame; the VAE downsamples by ``scale``) or the
-        prompt's predicted one. With ``pixels`` the video is drawn through the VAE (:meth:`paint_in_pixels`)."""
+        prompt's predicted one. With ``pixels`` the video is drawn through the VAE (:meth:`paint_in_pixels`).
+        ``loop`` (a video whose last frame runs on into its first): the object swings out along the velocity and
+        back, once over the video (:meth:`track`), so the start closes on itself; a straight track would jump back
+        at the seam."""
         guess = self.predict(prompt_features(context))
         cells = None if motion is None else (motion[1] / scale, motion[0] / scale)
-        if cells is None and (fitted := self.in_view(guess.velocity, shape)) != tuple(guess.velocity):
+        if cells is None and (fitted := self.in_view(guess.velocity, shape, loop)) != tuple(guess.velocity):
             cells = fitted  # a long video, or a prompt without a direction (whose predicted speed is no speed at all)
             before, after = (math.hypot(*v) * scale for v in (guess.velocity, fitted))
             notice(
                 f"the motion prior's predicted motion ({before:.2f} px a frame) would carry the object out of view "
-                f"over {shape[2]} frames; slowed to {after:.2f} px a frame (--motion DX,DY sets it)"
+                f"over {shape[2]} frames{' and back' if loop else ''}; slowed to {after:.2f} px a frame "
+                "(--motion DX,DY sets it)"
             )
-        clean = self.video(guess, shape, generator, cells, pixels)
+        clean = self.video(guess, shape, generator, cells, pixels, loop)
         vy, vx = cells if cells is not None else guess.velocity
         return clean, (round(vx * scale, 4), round(vy * scale, 4))
 
-    def in_view(self, velocity: tuple[float, float], shape: tuple[int, int, int, int, int]) -> tuple[float, float]:
+    def in_view(
+        self, velocity: tuple[float, float], shape: tuple[int, int, int, int, int], loop: bool = False
+    ) -> tuple[float, float]:
         """``velocity`` (cells per frame, ``(dy, dx)``) slowed, its direction kept, just enough that the patch's whole
-        track over the ``shape`` video's frames fits in view; as it is when it fits (or no track could)."""
+        track over the ``shape`` video's frames (with ``loop`` out and back: half as far) fits in view; as it is when
+        it fits (or no track could)."""
         _, _, f, h, w = shape
         margin = (self.patch - 1) / 2
         factor = 1.0
         for v, n in zip(velocity, (h, w)):
-            span, room = abs(v) * (f - 1), n - 1 - 2 * margin
+            span, room = abs(v) * (f / 2 if loop else f - 1), n - 1 - 2 * margin
             if span > room > 0:
                 factor = min(factor, room / span)
         return (velocity[0] * factor, velocity[1] * factor) if factor < 1 else tuple(velocity)
@@ -307,33 +315,45 @@ class MotionPrior:
         generator: torch.Generator | None = None,
         velocity: tuple[float, float] | None = None,
         pixels: PixelCodec | None = None,
+        loop: bool = False,
     ) -> torch.Tensor:
         """A clean latent video ``shape`` (``[1 c f h w]``): ``guess``'s patch over its background moving at
         ``velocity`` (cells per frame, ``(dy, dx)``; default the guess's) from a start drawn from ``generator``,
-        the whole track in view where it fits (else centred). Drawn in latents, or with ``pixels`` through the
-        model's VAE (:meth:`paint_in_pixels`)."""
+        the whole track in view where it fits (else centred); with ``loop`` out and back (:meth:`track`). Drawn in
+        latents, or with ``pixels`` through the model's VAE (:meth:`paint_in_pixels`)."""
         _, c, f, h, w = shape
         if c != self.channels:
             raise UserError(f"the motion prior is for {self.channels}-channel latents, this model's have {c}")
-        track = self.track(velocity if velocity is not None else guess.velocity, shape, generator)
+        track = self.track(velocity if velocity is not None else guess.velocity, shape, generator, loop)
         return self.paint(guess, shape, track) if pixels is None else self.paint_in_pixels(guess, shape, track, pixels)
 
     def track(
-        self, velocity: tuple[float, float], shape: tuple[int, int, int, int, int], generator: torch.Generator | None
+        self,
+        velocity: tuple[float, float],
+        shape: tuple[int, int, int, int, int],
+        generator: torch.Generator | None,
+        loop: bool = False,
     ) -> torch.Tensor:
         """``[f 2]``: the patch centre in each frame (cells, ``(y, x)``), moving at ``velocity`` (cells per frame,
-        ``(dy, dx)``) from a start drawn from ``generator``, in view where the track fits (else centred)."""
+        ``(dy, dx)``) from a start drawn from ``generator``, in view where the track fits (else centred). With
+        ``loop`` a swing that closes on itself: out along ``velocity`` and back over the ``f`` frames, at that mean
+        speed, easing at the turns (a cosine, whose peak speed is pi/2 times the mean); frame ``f`` would be frame 0.
+        """
         _, _, f, h, w = shape
         margin = (self.patch - 1) / 2
-        starts = []
+        t = torch.arange(f, dtype=torch.float32)
+        axes = []
         for v, n in zip(velocity, (h, w)):
-            span = abs(v) * (f - 1)
+            span = abs(v) * (f / 2 if loop else f - 1)
             room = (n - 1 - 2 * margin) - span
             u = float(torch.rand((), generator=generator))
             first = margin + u * room if room > 0 else (n - 1) / 2 - span / 2
-            starts.append(first + (span if v < 0 else 0.0))
-        t = torch.arange(f, dtype=torch.float32)
-        return torch.stack([starts[0] + velocity[0] * t, starts[1] + velocity[1] * t], -1)
+            if loop:  # half-way it is span along the velocity, and back at the start by frame f
+                swing = (1 - torch.cos(2 * math.pi * t / f)) / 2
+                axes.append(first + (span if v < 0 else 0.0) + math.copysign(span, v) * swing)
+            else:
+                axes.append(first + (span if v < 0 else 0.0) + v * t)
+        return torch.stack(axes, -1)
 
     def paint(self, guess: Guess, shape: tuple[int, int, int, int, int], track: torch.Tensor) -> torch.Tensor:
         """``[1 c f h w]``: ``guess``'s patch centred on ``track`` (``[f 2]`` cells) over its background, resampled

@@ -39,8 +39,9 @@ def text_start(
         return begin
     shape, scale = tuple(noise.shape), pipe.vae_scale
     codec = pipe.pixel_codec(settings.decode_chunk) if settings.motion_prior_space == "pixels" else None
+    loop = settings.loop and pipe.windows_for(settings) is not None  # the windows run on into frame 0
     clean, velocity = pipe.parts.motion_prior.start_video(
-        cond.first, shape, generator, scale, settings.motion, pixels=codec
+        cond.first, shape, generator, scale, settings.motion, pixels=codec, loop=loop
     )
     noise = noise.float().to(pipe.device)
     begin = starts.from_clean(clean.to(pipe.device), noise, scheduler, settings.steps, fraction)
