@@ -30,8 +30,12 @@ def errors_of(pipe, pictures: np.ndarray) -> np.ndarray:
     return familiar.roundtrip_errors(pipe, pictures, pipe.encode_pictures(pictures))
 
 
-def test_the_builtin_model_states_its_rule(builtin):
-    assert familiar.threshold(builtin) == 20.0
+def test_the_builtin_model_states_its_rule_and_the_docs_say_the_same(builtin):
+    from pathlib import Path
+
+    limit = familiar.threshold(builtin)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "builtin-model.md").read_text()
+    assert f'"pictures": {{"roundtrip_error": {limit:g}}}' in page and f"The threshold, {limit:g}," in page
 
 
 def test_the_192_ground_truth_first_frames_pass_silently(builtin, caplog):

@@ -19,7 +19,9 @@ chance, 1 in 4, whatever the direction word). The prior supplies what the leak w
    pixels and encoded by the model's VAE (:meth:`MotionPrior.paint_in_pixels`).
 3. The pipeline noises that guess to the timestep a fraction ``--motion-prior`` into the
    schedule and runs the remaining steps, as SDEdit / img2img do with an image. The guess
-   sets the track; the model draws the object.
+   sets the track; the model draws the object. A loop's guess swings out and back
+   (:meth:`MotionPrior.track`); vid2vid's is the prompt's object on the clip's track
+   (:meth:`MotionPrior.along`).
 
 Units: the public unit is pixels per frame ``(dx, dy)``, x to the right and y down; inside,
 latent cells per frame ``(dy, dx)`` (pixels / the VAE's scale factor).

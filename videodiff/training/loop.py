@@ -431,7 +431,7 @@ class Trainer:
             self.record_few_step(folder)
         elif self.distiller is not None:  # a motion LoRA file records no defaults: say what to render it with
             notice("render the distilled motion LoRA with --scheduler lcm --steps 4 --guidance 1")
-        if folder is not None and self.distiller is None:
+        if folder is not None and (self.distiller is None or self.config.motion_prior):  # a student copies its own
             self.save_motion_prior(folder)
 
     def save_motion_prior(self, folder: Path) -> None:
