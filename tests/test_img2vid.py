@@ -310,6 +310,48 @@ def test_frame_zero_matches_the_picture_as_well_as_the_vae_does(builtin):
     assert max(gaps) <= 1.0, gaps
 
 
+# ---------------------------------------------------------------- vid2vid on the built-in model
+
+VID2VID_PAIRS = {  # a ground-truth clip, and a prompt asking for another colour (and keeping the shape and motion)
+    "green-to-purple": ("a green square moving down", "a purple square moving down"),
+    "orange-to-green": ("a orange square moving right", "a green square moving right"),
+}
+
+
+def check_vid2vid_follows(builtin, source: np.ndarray, prompt: str, seed: int) -> None:
+    """The clip's track: one object in every frame, the prompt's colour, its centroid within 4 px of the clip's."""
+    result = builtin.vid2vid(source, prompt, strength=0.6, seed=seed)
+    found = detect(result.frames)
+    error = np.linalg.norm(found.centroids - detect(source).centroids, axis=1)
+    assert objects_per_frame(result.frames) == [1] * len(source)
+    assert not np.isnan(error).any() and error.max() <= 4, np.round(error, 1).tolist()
+    assert found.color == prompt.split()[1] and result.settings["track"] == "clip"
+
+
+def test_builtin_vid2vid_follows_the_clip(builtin):
+    source, prompt = VID2VID_PAIRS["green-to-purple"]
+    check_vid2vid_follows(builtin, ground_truth_render_fn(0)(source, 0), prompt, seed=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("pair", sorted(VID2VID_PAIRS))
+def test_builtin_vid2vid_follows_the_clip_every_pair_and_seed(builtin, pair, seed):
+    source, prompt = VID2VID_PAIRS[pair]
+    check_vid2vid_follows(builtin, ground_truth_render_fn(0)(source, 0), prompt, seed)
+
+
+@pytest.mark.slow  # three renders
+def test_the_readme_vid2vid_example_follows_its_source(builtin, tmp_path):
+    """The README's chain: render circle.gif, img2vid it to moving.gif, vid2vid that to blue.gif (GIFs between)."""
+    from videodiff.media.clips import read_video
+
+    save_video(builtin("a red circle moving right", seed=1).frames, tmp_path / "circle.gif", fps=8)
+    moving = builtin.img2vid(tmp_path / "circle.gif", "a red circle moving right", seed=1).frames
+    save_video(moving, tmp_path / "moving.gif", fps=8)
+    check_vid2vid_follows(builtin, read_video(tmp_path / "moving.gif")[0], "a blue circle moving right", seed=1)
+
+
 # ---------------------------------------------------------------- real media (../shared/data)
 
 

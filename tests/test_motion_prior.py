@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -427,3 +428,106 @@ def test_training_with_a_prior_needs_captions_and_says_so_before_training(tiny_m
     with pytest.raises(UserError, match="fewer than two clips"):
         train(config)
     assert not (tmp_path / "run" / "motion_module").exists()
+
+
+def test_training_from_motion_modules_with_a_prior_keeps_it_unasked(tiny_model, prior_motion, tmp_path, caplog):
+    """Without --motion-prior the teacher's prior is kept as it is, with the teacher's recorded start, and the result
+    renders from it with no 'does not apply'; with --motion-prior it is refitted to the clips."""
+    from clips import write_dataset
+
+    from videodiff.config import TrainConfig
+    from videodiff.training.loop import train
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    start = {"motion_prior": 0.5, "motion_prior_space": "latent"}
+    (model / "videodiff.json").write_text(json.dumps({"defaults": start}))
+    config = TrainConfig(
+        model=str(model), motion_module=str(prior_motion), data=str(write_dataset(tmp_path / "clips", count=3)),
+        output=str(tmp_path / "run"), frames=4, stride=2, resolution=16, steps=1, cache_latents=True,
+        num_workers=0, quiet=True,
+    )  # fmt: skip
+    folder = train(config) / "motion_module"
+    teacher = (prior_motion / PRIOR_FILE).read_bytes()
+    assert (folder / PRIOR_FILE).read_bytes() == teacher
+    assert read_json(folder / "videodiff.json")["defaults"] == start
+    with caplog.at_level("WARNING", logger="videodiff"):
+        result = load_pipeline(str(model), str(folder))("a square moving right", seed=0, **RENDER)
+    assert "does not apply" not in caplog.text
+    assert result.settings["motion_prior"] == 0.5 and result.settings["motion"][0] > 1.0
+    refit = train(config.replace(output=str(tmp_path / "refit"), motion_prior=True)) / "motion_module"
+    assert (refit / PRIOR_FILE).read_bytes() != teacher and read_json(refit / "videodiff.json")["defaults"] == start
+
+
+def test_along_centres_the_prompts_object_on_each_frames_point():
+    feats, clips, _ = synthetic_set()
+    prior, _ = MotionPrior.fit(feats, clips, patch=5)
+    guess = prior.predict(feats[0])
+    block, drawn = BlockCodec(), []
+    codec = PixelCodec(block.decode, lambda pixels: drawn.append(pixels) or torch.zeros(1, 4, 4, 16, 16), 4)
+    centres = torch.tensor([[20.0, 12.5], [21.3, 18.0], [30.0, 40.2], [44.7, 50.0]])  # pixels (y, x), not a line
+    assert prior.along(feats[0][None, None], (1, 4, 4, 16, 16), centres, codec).shape == (1, 4, 4, 16, 16)
+    (drawn,) = drawn
+    assert torch.allclose(pixel_centres(drawn, guess.background[:3] / 4), centres, atol=0.3)
+
+
+def test_vid2vid_starts_from_the_prompts_object_on_the_clips_track_only_with_a_prior_and_one_object(
+    tiny_model, tiny_motion, prior_motion
+):
+    from clips import moving_square
+
+    pipe, plain = load_pipeline(str(tiny_model), str(prior_motion)), load_pipeline(str(tiny_model), str(tiny_motion))
+    square = moving_square(4, 16, square=4, step=2)  # one red square on grey
+    noise = torch.Generator().manual_seed(0)
+    scene = torch.randint(0, 256, (4, 16, 16, 3), generator=noise, dtype=torch.uint8).numpy()  # no one object
+    args = dict(seed=1, strength=0.6, **RENDER)
+    on = pipe.vid2vid(square, "a square moving right", motion_prior=0.5, **args)
+    assert on.settings["track"] == "clip" and on.settings["motion_prior"] == 0.5
+    reference = plain.vid2vid(square, "a square moving right", **args).latents
+    assert not torch.equal(on.latents, reference)
+    for clip, prior in ((square, 0.0), (scene, 0.5)):  # the prior off, or no track to follow: the clip's own start
+        off = pipe.vid2vid(clip, "a square moving right", motion_prior=prior, **args)
+        assert "track" not in off.settings and off.settings["motion_prior"] == 0.0
+        assert torch.equal(off.latents, plain.vid2vid(clip, "a square moving right", **args).latents)
+
+
+def test_a_loops_track_swings_out_the_velocitys_way_and_back_in_view():
+    feats, clips, _ = synthetic_set()
+    prior, _ = MotionPrior.fit(feats, clips, patch=5)
+    shape, velocity = (1, 4, 48, 16, 16), (0.1, -0.4)  # cells per frame: mostly left
+    track = prior.track(velocity, shape, torch.Generator().manual_seed(0), loop=True)
+    around = torch.cat([track, track[:1]])  # frame 48 would be frame 0
+    steps = (around[1:] - around[:-1]).norm(dim=-1)
+    assert steps.max() <= torch.pi / 2 * steps.mean() + 1e-4  # eased at the turns, no jump at the seam
+    assert torch.allclose(steps.mean(), torch.tensor(velocity).norm(), rtol=0.02)  # the asked mean speed
+    assert ((track >= 2) & (track <= 13)).all()  # the 5-cell patch stays in view
+    assert track[24, 1] < track[0, 1] - 8 and track[24, 0] > track[0, 0]  # out along the velocity first
+    assert prior.in_view((0.0, -0.6), shape, loop=True)[1] == pytest.approx(-11 / 24)  # out and back: 24 frames
+
+
+def test_free_init_after_a_part_way_start_keeps_the_result_whole_and_renews_only_the_noise(tiny_pipe):
+    """From pure noise FreeInit is the paper's (the result's high frequencies go with the noise's); from a start
+    part-way (the motion prior, pictures, a clip) the result is kept whole and only its noise is renewed."""
+    from videodiff.config import SampleSettings
+    from videodiff.pipeline.freeinit import free_init_start
+    from videodiff.starts import Start
+
+    settings = SampleSettings(prompt="x", steps=8)
+    scheduler = make_scheduler("ddim", tiny_pipe.parts.scheduler_config, "linspace")
+    noise = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    results = [torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
+
+    def residuals(step: int) -> list[torch.Tensor]:
+        schedule = sampling.Schedule(scheduler, 8, step)
+        signal = scheduler.alphas_cumprod[int(schedule.timesteps[0])].sqrt()
+        out = []
+        for result in results:
+            begin = Start(torch.zeros_like(noise), step)
+            start = free_init_start(settings, result, begin, noise, scheduler, torch.Generator().manual_seed(4),
+                                    None, torch.device("cpu"), torch.float32)  # fmt: skip
+            out.append(start.latents - signal * result)
+        return out
+
+    part_way = residuals(3)
+    assert torch.allclose(*part_way, atol=1e-5)  # what is not the result does not depend on it: renewed noise
+    assert not torch.allclose(*residuals(0), atol=1e-3)  # the paper's: the result's high frequencies replaced

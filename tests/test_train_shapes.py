@@ -57,3 +57,25 @@ def test_vae_stage_resumes_exactly(tmp_path, train_shapes, monkeypatch):
     straight, resumed = vae_weights(tmp_path / "straight"), vae_weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.slow  # about a minute on a 2-core CPU; tests/test_motion_prior.py checks the same on the tiny model
+def test_fine_tuning_the_builtin_model_keeps_its_motion_prior(tmp_path, monkeypatch):
+    """`train --help`'s built-in example, a few steps: the result renders from the kept motion prior (no 'does not
+    apply'), and a direction word still sets the direction."""
+    from cli_helpers import invoke, ok, read_json
+
+    from videodiff.media.clips import read_video
+    from videodiff.motion_prior import PRIOR_FILE
+    from videodiff.shapes.evaluate import detect
+
+    monkeypatch.chdir(tmp_path)
+    ok(invoke("data", "shapes", "--out", "data/shapes", "--count", 4))
+    train = ("--data", "data/shapes", "--output", "runs/shapes", "--resolution", 64, "--frames", 16, "--steps", 2)
+    ok(invoke("train", *train, "--cache-latents", "--num-workers", 0, "--quiet"))
+    assert (tmp_path / "runs/shapes/motion_module" / PRIOR_FILE).is_file()
+    result = ok(invoke("render", "a cyan triangle moving up", "--motion-module", "runs/shapes/motion_module",
+                       "--seed", 0, "-o", "trained.gif"))  # fmt: skip
+    assert "does not apply" not in result.stderr
+    assert read_json(tmp_path / "trained.gif.json")["motion_prior"] == 0.375
+    assert detect(read_video(tmp_path / "trained.gif")[0]).direction == "up"

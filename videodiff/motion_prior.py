@@ -19,7 +19,9 @@ chance, 1 in 4, whatever the direction word). The prior supplies what the leak w
    pixels and encoded by the model's VAE (:meth:`MotionPrior.paint_in_pixels`).
 3. The pipeline noises that guess to the timestep a fraction ``--motion-prior`` into the
    schedule and runs the remaining steps, as SDEdit / img2img do with an image. The guess
-   sets the track; the model draws the object.
+   sets the track; the model draws the object. A loop's guess swings out and back
+   (:meth:`MotionPrior.track`); vid2vid's is the prompt's object on the clip's track
+   (:meth:`MotionPrior.along`).
 
 Units: the public unit is pixels per frame ``(dx, dy)``, x to the right and y down; inside,
 latent cells per frame ``(dy, dx)`` (pixels / the VAE's scale factor).
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from videodiff.errors import UserError
-from videodiff.keyframes import shift_frames
+from videodiff.keyframes import object_centre, shift_frames
 from videodiff.log import notice
 
 PRIOR_FILE = "motion_prior.safetensors"
@@ -49,6 +51,16 @@ RIDGE = 1e-5  # ridge strength per sample on standardised features: direction wo
 def prompt_features(context: torch.Tensor) -> torch.Tensor:
     """What the prior reads from a text embedding ``[b n d]``: the mean over its tokens, ``[b d]``."""
     return context.detach().double().cpu().mean(1)
+
+
+def clip_track(frames) -> torch.Tensor | None:
+    """``[f 2]``: the centre (pixels, ``(y, x)``) of the one object in each of a clip's frames (uint8
+    ``[f h w 3]``, :func:`videodiff.keyframes.object_centre`); ``None`` unless every frame shows one object on a
+    plain background."""
+    centres = [object_centre(frame) for frame in frames]
+    if not centres or any(c is None for c in centres):
+        return None
+    return torch.tensor(centres, dtype=torch.float32)
 
 
 def object_tracks(
@@ -261,32 +273,40 @@ class MotionPrior:
         scale: int,
         motion: tuple[float, float] | None = None,
         pixels: PixelCodec | None = None,
+        loop: bool = False,
     ) -> tuple[torch.Tensor, tuple[float, float]]:
         """The clean latent video ``shape`` a prompt's ``context`` (``[1 n d]``) starts from, and its velocity in
         pixels per frame ``(dx, dy)``: ``motion`` (pixels per frame; the VAE downsamples by ``scale``) or the
-        prompt's predicted one. With ``pixels`` the video is drawn through the VAE (:meth:`paint_in_pixels`)."""
+        prompt's predicted one. With ``pixels`` the video is drawn through the VAE (:meth:`paint_in_pixels`).
+        ``loop`` (a video whose last frame runs on into its first): the object swings out along the velocity and
+        back, once over the video (:meth:`track`), so the start closes on itself; a straight track would jump back
+        at the seam."""
         guess = self.predict(prompt_features(context))
         cells = None if motion is None else (motion[1] / scale, motion[0] / scale)
-        if cells is None and (fitted := self.in_view(guess.velocity, shape)) != tuple(guess.velocity):
+        if cells is None and (fitted := self.in_view(guess.velocity, shape, loop)) != tuple(guess.velocity):
             cells = fitted  # a long video, or a prompt without a direction (whose predicted speed is no speed at all)
             before, after = (math.hypot(*v) * scale for v in (guess.velocity, fitted))
             notice(
                 f"the motion prior's predicted motion ({before:.2f} px a frame) would carry the object out of view "
-                f"over {shape[2]} frames; slowed to {after:.2f} px a frame (--motion DX,DY sets it)",
+                f"over {shape[2]} frames{' and back' if loop else ''}; slowed to {after:.2f} px a frame "
+                "(--motion DX,DY sets it)",
                 about="the prompt",
             )
-        clean = self.video(guess, shape, generator, cells, pixels)
+        clean = self.video(guess, shape, generator, cells, pixels, loop)
         vy, vx = cells if cells is not None else guess.velocity
         return clean, (round(vx * scale, 4), round(vy * scale, 4))
 
-    def in_view(self, velocity: tuple[float, float], shape: tuple[int, int, int, int, int]) -> tuple[float, float]:
+    def in_view(
+        self, velocity: tuple[float, float], shape: tuple[int, int, int, int, int], loop: bool = False
+    ) -> tuple[float, float]:
         """``velocity`` (cells per frame, ``(dy, dx)``) slowed, its direction kept, just enough that the patch's whole
-        track over the ``shape`` video's frames fits in view; as it is when it fits (or no track could)."""
+        track over the ``shape`` video's frames (with ``loop`` out and back: half as far) fits in view; as it is when
+        it fits (or no track could)."""
         _, _, f, h, w = shape
         margin = (self.patch - 1) / 2
         factor = 1.0
         for v, n in zip(velocity, (h, w)):
-            span, room = abs(v) * (f - 1), n - 1 - 2 * margin
+            span, room = abs(v) * (f / 2 if loop else f - 1), n - 1 - 2 * margin
             if span > room > 0:
                 factor = min(factor, room / span)
         return (velocity[0] * factor, velocity[1] * factor) if factor < 1 else tuple(velocity)
@@ -298,33 +318,45 @@ class MotionPrior:
         generator: torch.Generator | None = None,
         velocity: tuple[float, float] | None = None,
         pixels: PixelCodec | None = None,
+        loop: bool = False,
     ) -> torch.Tensor:
         """A clean latent video ``shape`` (``[1 c f h w]``): ``guess``'s patch over its background moving at
         ``velocity`` (cells per frame, ``(dy, dx)``; default the guess's) from a start drawn from ``generator``,
-        the whole track in view where it fits (else centred). Drawn in latents, or with ``pixels`` through the
-        model's VAE (:meth:`paint_in_pixels`)."""
+        the whole track in view where it fits (else centred); with ``loop`` out and back (:meth:`track`). Drawn in
+        latents, or with ``pixels`` through the model's VAE (:meth:`paint_in_pixels`)."""
         _, c, f, h, w = shape
         if c != self.channels:
             raise UserError(f"the motion prior is for {self.channels}-channel latents, this model's have {c}")
-        track = self.track(velocity if velocity is not None else guess.velocity, shape, generator)
+        track = self.track(velocity if velocity is not None else guess.velocity, shape, generator, loop)
         return self.paint(guess, shape, track) if pixels is None else self.paint_in_pixels(guess, shape, track, pixels)
 
     def track(
-        self, velocity: tuple[float, float], shape: tuple[int, int, int, int, int], generator: torch.Generator | None
+        self,
+        velocity: tuple[float, float],
+        shape: tuple[int, int, int, int, int],
+        generator: torch.Generator | None,
+        loop: bool = False,
     ) -> torch.Tensor:
         """``[f 2]``: the patch centre in each frame (cells, ``(y, x)``), moving at ``velocity`` (cells per frame,
-        ``(dy, dx)``) from a start drawn from ``generator``, in view where the track fits (else centred)."""
+        ``(dy, dx)``) from a start drawn from ``generator``, in view where the track fits (else centred). With
+        ``loop`` a swing that closes on itself: out along ``velocity`` and back over the ``f`` frames, at that mean
+        speed, easing at the turns (a cosine, whose peak speed is pi/2 times the mean); frame ``f`` would be frame 0.
+        """
         _, _, f, h, w = shape
         margin = (self.patch - 1) / 2
-        starts = []
+        t = torch.arange(f, dtype=torch.float32)
+        axes = []
         for v, n in zip(velocity, (h, w)):
-            span = abs(v) * (f - 1)
+            span = abs(v) * (f / 2 if loop else f - 1)
             room = (n - 1 - 2 * margin) - span
             u = float(torch.rand((), generator=generator))
             first = margin + u * room if room > 0 else (n - 1) / 2 - span / 2
-            starts.append(first + (span if v < 0 else 0.0))
-        t = torch.arange(f, dtype=torch.float32)
-        return torch.stack([starts[0] + velocity[0] * t, starts[1] + velocity[1] * t], -1)
+            if loop:  # half-way it is span along the velocity, and back at the start by frame f
+                swing = (1 - torch.cos(2 * math.pi * t / f)) / 2
+                axes.append(first + (span if v < 0 else 0.0) + math.copysign(span, v) * swing)
+            else:
+                axes.append(first + (span if v < 0 else 0.0) + v * t)
+        return torch.stack(axes, -1)
 
     def paint(self, guess: Guess, shape: tuple[int, int, int, int, int], track: torch.Tensor) -> torch.Tensor:
         """``[1 c f h w]``: ``guess``'s patch centred on ``track`` (``[f 2]`` cells) over its background, resampled
@@ -355,6 +387,25 @@ class MotionPrior:
         frames = pixels.decode(self.paint(guess, shape, whole)).float()  # [1 3 f H W]
         rest = (track - whole) * pixels.scale  # [f 2] pixels, each under half a cell
         return pixels.encode(shift_frames(frames, rest).clamp(-1, 1)).float()
+
+    def along(
+        self, context: torch.Tensor, shape: tuple[int, int, int, int, int], centres: torch.Tensor, pixels: PixelCodec
+    ) -> torch.Tensor:
+        """``[1 c f h w]``: the prompt's (``context`` ``[1 n d]``) guessed object over its background, drawn in pixels
+        with its centre at ``centres`` (``[f 2]``, pixels, ``(y, x)``) in each frame, and encoded by the VAE.
+
+        vid2vid's start on a model with a prior: a clip's object in another colour or shape than the prompt's does
+        not read as the prompt's object to a model that takes its layout from the noisy start, so it draws its own
+        wherever the noise suggests and changes its mind between frames; the clip's track in the prompt's object
+        is what it follows (:func:`clip_track`)."""
+        guess = self.predict(prompt_features(context))
+        _, c, f, h, w = shape
+        middle = torch.tensor([[float((h - 1) // 2), float((w - 1) // 2)]])
+        picture = pixels.decode(self.paint(guess, (1, c, 1, h, w), middle)).float()  # [1 3 1 H W]
+        drawn = object_centre(((picture[0, :, 0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).numpy())
+        at = torch.tensor(drawn) if drawn is not None else (middle[0] + 0.5) * pixels.scale - 0.5
+        video = shift_frames(picture.expand(-1, -1, f, -1, -1), centres.float() - at)
+        return pixels.encode(video.clamp(-1, 1)).float()
 
     def save(self, path: Path, info: dict | None = None) -> Path:
         from safetensors.torch import save_file

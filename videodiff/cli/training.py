@@ -29,6 +29,7 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
       videodiff train --model ./sd15 --motion-module ./motion-v2 --data clips/ --output runs/waves \\
           --frames 16 --stride 4 --resolution 256 --steps 2000 --trainable motion
       videodiff train --data data/shapes --output runs/shapes --resolution 64 --steps 200   # the built-in model
+      # (keeps its motion prior: render with --motion-module runs/shapes/motion_module)
       videodiff train --distill lcm --data data/shapes --output runs/lcm --resolution 64 --stride 1   # 4-step student
     Several GPUs: accelerate launch -m videodiff train ...
     """

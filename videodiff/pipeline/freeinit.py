@@ -30,11 +30,14 @@ def free_init_start(
     if plan is not None and settings.window_noise == "freenoise":
         fresh = noise_priors.reschedule(fresh, plan.window, plan.stride, generator)
     result = result.float()
-    low = schedule.add_noise(result, noise.float().to(result.device))
-    high = schedule.add_noise(torch.zeros_like(result), fresh.to(result.device))
     lowpass = noise_priors.lowpass_filter(
         result.shape, settings.free_init_filter, settings.free_init_spatial, settings.free_init_temporal
     )
+    if begin.step > 0:  # a start part-way (motion prior, pictures, a clip): the result whole, the noise renewed
+        renewed = noise_priors.mix_frequencies(noise.float().to(result.device), fresh.to(result.device), lowpass)
+        return starts.Start(schedule.add_noise(result, renewed).to(device, dtype), begin.step, begin.record)
+    low = schedule.add_noise(result, noise.float().to(result.device))
+    high = schedule.add_noise(torch.zeros_like(result), fresh.to(result.device))
     mixed = noise_priors.mix_frequencies(low, high, lowpass)
     return starts.Start(mixed.to(device, dtype), begin.step, begin.record)
 

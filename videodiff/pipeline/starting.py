@@ -14,8 +14,9 @@ from videodiff import keyframes, starts, vae
 from videodiff.config import IMG2VID_STRENGTH, VID2VID_STRENGTH, SampleSettings
 from videodiff.errors import UserError
 from videodiff.log import notice
-from videodiff.motion_prior import PixelCodec
+from videodiff.motion_prior import PixelCodec, clip_track
 from videodiff.motion_prior import prompt_features as motion_prior_features
+from videodiff.pipeline.familiar import tell_unfamiliar
 from videodiff.pipeline.inputs import Conditioning, ImageInput, VideoInput
 
 
@@ -38,8 +39,9 @@ def text_start(
         return begin
     shape, scale = tuple(noise.shape), pipe.vae_scale
     codec = pipe.pixel_codec(settings.decode_chunk) if settings.motion_prior_space == "pixels" else None
+    loop = settings.loop and pipe.windows_for(settings) is not None  # the windows run on into frame 0
     clean, velocity = pipe.parts.motion_prior.start_video(
-        cond.first, shape, generator, scale, settings.motion, pixels=codec
+        cond.first, shape, generator, scale, settings.motion, pixels=codec, loop=loop
     )
     noise = noise.float().to(pipe.device)
     begin = starts.from_clean(clean.to(pipe.device), noise, scheduler, settings.steps, fraction)
@@ -103,6 +105,8 @@ def image_start(
             image, settings.height, settings.width, fit=source.fit, background=source.background
         )
     latents = pipe.encode_pictures(np.stack(list(pictures.values())))
+    names = ["the picture"] if len(pictures) == 1 else [f"the picture at frame {frame}" for frame in pictures]
+    tell_unfamiliar(pipe, np.stack(list(pictures.values())), latents, names)
     keys = {frame: latents[:, :, k] for k, frame in enumerate(pictures)}
     # with a motion prior the pictures take the place of its guessed object and the prompt sets the motion
     fraction = pipe.prior_fraction(settings)
@@ -128,15 +132,25 @@ def image_start(
     pipe.tell_start(settings.steps, begin.step, "from the pictures")
     return begin, keys, pictures
 
-def video_start(
-    pipe, settings: SampleSettings, source: VideoInput, noise: torch.Tensor, scheduler
-) -> starts.Start:
+def video_start(pipe, settings: SampleSettings, source: VideoInput, noise: torch.Tensor, scheduler) -> starts.Start:
     """Stage 3 of vid2vid: the clip's frames (already fitted, ``settings.frames`` of them) encoded and noised
-    ``strength`` of the way back into the schedule."""
+    ``strength`` of the way back into the schedule. On motion modules with a motion prior (``motion_prior`` above
+    0) and a clip of one object on a plain background, the start is the prompt's object drawn along the clip's
+    track instead (:meth:`videodiff.motion_prior.MotionPrior.along`): such a model follows the clip's object
+    only where it already looks like the prompt's."""
     strength = source.strength if source.strength is not None else VID2VID_STRENGTH
     clean = pipe.encode_pictures(source.video).float()
-    begin = starts.from_clean(clean, noise.float().to(pipe.device), scheduler, settings.steps, 1 - strength)
+    tell_unfamiliar(pipe, source.video, clean, [f"the clip's frame {k}" for k in range(len(source.video))])
+    record = {"strength": strength, "motion_prior": 0.0}
+    track = clip_track(source.video) if pipe.prior_fraction(settings) > 0 else None
+    if track is not None:
+        prompts = settings.keyframes()  # the first frame's prompt (prompt travel's too), as the text start reads it
+        codec = pipe.pixel_codec(settings.decode_chunk)
+        clean = pipe.parts.motion_prior.along(pipe.encode(prompts[min(prompts)]), tuple(clean.shape), track, codec)
+        record.update(motion_prior=settings.motion_prior, track="clip")
+    noise = noise.float().to(pipe.device)
+    begin = starts.from_clean(clean.to(pipe.device), noise, scheduler, settings.steps, 1 - strength)
     begin.latents = begin.latents.to(pipe.device, pipe.dtype)
-    begin.record.update(strength=strength, motion_prior=0.0)
+    begin.record.update(record)
     pipe.tell_start(settings.steps, begin.step, "from the clip")
     return begin

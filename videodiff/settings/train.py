@@ -123,7 +123,8 @@ class TrainConfig:
     motion_prior: bool = setting(  # prompt -> moving object's track, fitted at the end
         False,
         "At the end, fit a motion prior beside the motion modules (the prompt's guess of the moving "
-        "object's track, which `render --motion-prior` starts from); for clips of one moving object.",
+        "object's track, which `render --motion-prior` starts from); for clips of one moving object. Without it, "
+        "motion modules trained from ones with a prior (the built-in model's) keep that prior as it is.",
     )
     max_nan_steps: int = setting(5, "Consecutive NaN/inf losses before the run stops.", min=1)
     quiet: bool = setting(False, "No progress bar or notices.")

@@ -431,9 +431,26 @@ class Trainer:
             self.record_few_step(folder)
         elif self.distiller is not None:  # a motion LoRA file records no defaults: say what to render it with
             notice("render the distilled motion LoRA with --scheduler lcm --steps 4 --guidance 1")
-        if folder is not None and self.config.motion_prior:
+        if folder is not None and (self.distiller is None or self.config.motion_prior):  # a student copies its own
+            self.save_motion_prior(folder)
+
+    def save_motion_prior(self, folder: Path) -> None:
+        """``--motion-prior`` fits a motion prior to the clips. Without it, motion modules trained from ones that
+        have a prior keep that prior as it is (it reads the text encoder and the VAE, which training leaves alone; a
+        refit to a few clips would guess worse than one fitted to the teacher's data), with the start the teacher
+        recorded (``motion_prior``, ``motion_prior_space``), so the result renders as the teacher did."""
+        from videodiff.motion_prior import PRIOR_FILE
+
+        kept = self.parts.motion_prior is not None
+        if self.config.motion_prior:
             clips = clip_latents(self.dataset, self.encoder, "fitting the motion prior", self.skipped)
             fit_motion_prior(clips, self.caption_context, folder)
+        elif kept:
+            copy_companions(self.motion_location(), folder, (PRIOR_FILE,))
+            notice(f"kept the motion modules' motion prior in {folder} (--motion-prior refits it to these clips)")
+        starts = {k: self.parts.defaults[k] for k in ("motion_prior", "motion_prior_space") if k in self.parts.defaults}
+        if kept and starts:
+            record(folder, {}, starts)
 
     def record_few_step(self, folder: Path) -> None:
         """A distilled folder renders with LCM's few-step defaults unasked; it keeps the teacher's motion prior
