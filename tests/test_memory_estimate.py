@@ -104,15 +104,20 @@ MEASURE = textwrap.dedent(
             "output": f"out-{size}.gif", "quiet": True,
         })
         pipe = pipe or VideoPipeline.load(config.load)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         render(config, pipe)
-        print(json.dumps({"size": size, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"size": size, "peak": peak, "base": base}))
     """
 )
 
 
 def assert_peaks_under_the_estimate(tmp_path: Path, model: str, motion: str | None, sizes: list[int]) -> None:
-    """Renders of ``model`` at growing ``sizes`` (2 frames, 1 step) in a fresh process: the peak resident memory after
-    each stays under its estimate (a bound checked against the process's own peak, not a timing)."""
+    """Renders of ``model`` at growing ``sizes`` (2 frames, 1 step) in a fresh process: what each render adds to the
+    process's peak resident memory (above the peak after imports and loading) stays under the estimate of its largest
+    stage, sampling, decoding or converting (a bound checked against the process's own peak, not a timing). The
+    interpreter and libraries (``heap.RUNTIME``) are left out: what they hold varies with what else is installed and
+    with the allocator, and is not what the estimate is for."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "VIDEODIFF_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-c", MEASURE, model, motion or "", json.dumps(sizes)],
@@ -123,14 +128,15 @@ def assert_peaks_under_the_estimate(tmp_path: Path, model: str, motion: str | No
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    peaks = {row["size"]: row["peak"] for row in map(json.loads, done.stdout.splitlines())}
-    assert sorted(peaks) == sizes
-    for size, peak in peaks.items():
+    rows = {row["size"]: row for row in map(json.loads, done.stdout.splitlines())}
+    assert sorted(rows) == sizes
+    for size, row in rows.items():
         config = RenderConfig(
             model=model, motion_module=motion, height=size, width=size, frames=2, steps=1, guidance=1.0, device="cpu"
         )
-        bound = memory_needed(config, "cpu").total
-        assert peak <= bound, f"{size}x{size}: peak {peak / 2**20:.0f} MiB over the estimate {bound / 2**20:.0f} MiB"
+        need = memory_needed(config, "cpu")
+        added, bound = row["peak"] - row["base"], max(need.sampling, need.decoding, need.converting)
+        assert added <= bound, f"{size}x{size}: a render added {added / 2**20:.0f} MiB, over {bound / 2**20:.0f} MiB"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux's")
