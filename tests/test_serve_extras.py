@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.cli_helpers import assert_user_error, invoke
 from tests.test_serve_app import ROOT, need_gradio
-from tests.test_serve_browser import free_port
+from tests.test_serve_browser import browser, free_port  # noqa: F401 (browser: the fixture)
 from tests.test_serve_control import scratch_of, video_frames
 from videodiff.tiny import build_tiny_image_encoder, build_tiny_ip_adapter
 
@@ -152,3 +152,58 @@ def test_serve_refuses_a_missing_adapter_or_encoder_before_anything_loads(tmp_pa
     assert "no such folder" in message
     assert "needs --ip-adapter" in assert_user_error(invoke(*port, "--image-encoder", tmp_path))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.browser
+def test_post_processing_and_image_prompt_sections_in_a_browser(served, picture, browser):  # noqa: F811
+    """In headless Chromium: interpolation chosen in Post-processing and an image prompt in its section (a served
+    adapter picked by name, a picture uploaded) reach the render's sidecar (VIDEODIFF_SCREENSHOT_EXTRAS=PATH saves
+    the page there)."""
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_serve_browser import WAIT
+
+    _, outputs, _, url = served
+    driver = browser
+    wait = WebDriverWait(driver, WAIT)
+
+    def css(selector: str):
+        return wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, selector)))
+
+    def type_into(selector: str, text: str) -> None:
+        box = css(selector)
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.DELETE)
+        box.send_keys(text + Keys.TAB)
+
+    def pick(selector: str, choice: str) -> None:
+        css(f"{selector} input").click()
+        wait.until(lambda d: d.find_elements(By.XPATH, f"//li[contains(., '{choice}')]"))[0].click()
+
+    driver.get(url)
+    css("#prompt-text textarea")
+    for name, value in (("frames", "4"), ("width", "40"), ("height", "32"), ("steps", "2"), ("seed", "1")):
+        type_into(f"#set-{name} input[type='number']", value)
+    driver.find_element(By.XPATH, "//button[contains(., 'Post-processing')]").click()
+    pick("#set-interpolate", "2")
+    pick("#set-interpolate-method", "blend")
+    driver.find_element(By.XPATH, "//button[contains(., 'Image prompt (IP-Adapter)')]").click()
+    css("#ip-image input[type='file']").send_keys(str(picture))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#ip-image tbody tr, #ip-image a"))
+    pick("#ip-adapter", ADAPTER)
+    type_into("#prompt-text textarea", PROMPT)
+    if os.environ.get("VIDEODIFF_SCREENSHOT_EXTRAS"):
+        driver.save_screenshot(os.environ["VIDEODIFF_SCREENSHOT_EXTRAS"])
+    before = set(outputs.glob("*.json"))
+    css("#render-text").click()
+    wait.until(lambda d: set(outputs.glob("*.json")) - before)
+    (written,) = set(outputs.glob("*.json")) - before
+    recorded = json.loads(written.read_text())
+    assert (recorded["interpolate"], recorded["interpolate_method"]) == (2, "blend")
+    assert [Path(p["adapter"]).name for p in recorded["ip_adapters"]] == [ADAPTER]

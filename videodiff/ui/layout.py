@@ -29,7 +29,7 @@ HELP = {
     "window": "Window (frames; empty: the motion modules')",
     "overlap": "Window overlap (empty: a quarter)",
     "loop": "Loop (windows wrap around)",
-    "interpolate": "Interpolate (frames made per frame: off, 2 to 8)",
+    "interpolate": "Interpolate (off, or N: N-1 frames between each pair)",
     "interpolate_method": "Interpolation method",
 }
 # Dropdowns and whole-number boxes of the form, from the settings' own fields (videodiff.settings.fields)
