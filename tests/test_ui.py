@@ -428,3 +428,23 @@ def test_use_these_settings_of_a_controlled_run_asks_for_its_maps_again(tmp_path
     mode, values, notices = form.form_from_run(run, tmp_path)
     assert mode == "text" and values["seed"] == 2 and "controls" not in values
     assert notices == ["this run was steered by a ControlNet: choose it and upload its maps again in Control"]
+
+
+def test_the_post_processing_section_sets_interpolation_and_use_these_settings_shows_it(tmp_path):
+    """The form's "off" is no interpolation; a factor (text, as the dropdown sends it) and a method reach the
+    settings; a run's recorded image prompt is a notice in "Use these settings" (its picture was the request's)."""
+    from videodiff.config import to_dict
+    from videodiff.ui.gallery import Run
+
+    values = {"prompt": "x", "frames": 4, "interpolate": "off", "interpolate_method": "blend"}
+    assert form.build_config("text", values, RenderConfig(), tmp_path).interpolate is None
+    config = form.build_config("text", {**values, "interpolate": "3"}, RenderConfig(), tmp_path)
+    assert (config.interpolate, config.interpolate_method) == (3, "blend")
+    with pytest.raises(UserError, match="interpolate"):
+        form.build_config("text", {**values, "interpolate": "9"}, RenderConfig(), tmp_path)
+    settings = {**json.loads(json.dumps(to_dict(config))), "ip_adapters": [{"adapter": "a.bin", "image": "/x.png"}]}
+    mode, got, notices = form.form_from_run(Run(Path(config.output), Path(config.output + ".json"), settings), tmp_path)
+    assert (got["interpolate"], got["interpolate_method"]) == (3, "blend")
+    assert any("IP-Adapter" in n for n in notices)
+    again = form.build_config(mode, got, RenderConfig(ip_adapters=({"adapter": "a.bin", "image": "a.png"},)), tmp_path)
+    assert again.ip_adapters == ()  # an image prompt comes from the page's section, never the server's settings

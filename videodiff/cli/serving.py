@@ -38,6 +38,18 @@ def finite(minutes: float) -> float:
     help="A ControlNet the page offers, by its name (what render --controlnet takes); repeatable.",
 )
 @click.option(
+    "--ip-adapter",
+    "ip_adapters",
+    multiple=True,
+    metavar="PATH",
+    help="An IP-Adapter (weights file, or a folder holding one) the page offers by its name; repeatable.",
+)
+@click.option(
+    "--image-encoder",
+    metavar="FOLDER",
+    help="CLIP vision model folder for the served IP-Adapters that have no image_encoder/ beside them.",
+)
+@click.option(
     "--queue-per-client",
     type=click.IntRange(*QUEUE_PER_CLIENT_RANGE),
     default=QUEUE_PER_CLIENT,
@@ -61,6 +73,8 @@ def serve(
     outputs: str,
     auth: str | None,
     controlnets: tuple[str, ...],
+    ip_adapters: tuple[str, ...],
+    image_encoder: str | None,
     queue_per_client: int,
     job_time_limit: float,
     **_: Any,
@@ -74,21 +88,26 @@ def serve(
       videodiff serve --model ./sd15 --motion-module ./motion-v2 --outputs renders/ --port 7861
       videodiff serve --host 0.0.0.0 --auth me:secret --queue-per-client 2 --job-time-limit 5
       videodiff serve --controlnet ./control_v11p_sd15_canny --controlnet ./control_v11f1p_sd15_depth
+      videodiff serve --ip-adapter ./IP-Adapter/models/ip-adapter_sd15.safetensors
     The model is loaded once; renders are checked, queued and run one at a time. Each --controlnet is
-    offered in the page's Control section by its folder's name; web users upload maps for it. Every video is written
-    by the render layer with its sidecar, so `videodiff render --config OUTPUT.json` renders it again.
+    offered in the page's Control section by its folder's name; web users upload maps for it. Each
+    --ip-adapter is offered in the Image prompt section by its file's name; web users upload a picture for it.
+    Every video is written by the render layer with its sidecar, so `videodiff render --config OUTPUT.json`
+    renders it again.
     Ctrl-C or SIGTERM stops a running render at its next step (nothing of it written) and exits.
     """
     from videodiff.log import setup_cli_logging
     from videodiff.ui import check_listen, check_outputs, parse_auth, require_gradio
     from videodiff.ui import serve as run_serve
     from videodiff.ui.controls import check_controlnets
+    from videodiff.ui.prompts import check_ip_adapters
 
     credentials = parse_auth(auth)
     # before minutes of loading, each one line: the folder, the address and port, Gradio
     outputs_path = check_outputs(outputs)  # where the command was started, not wherever the process is later
     check_listen(host, port)  # bound once and closed: a port in use or an address not this machine's
     served = check_controlnets(controlnets)  # each exists (folder, file or hub id)
+    adapters, encoder = check_ip_adapters(ip_adapters, image_encoder)  # each a weights file with its encoder
     require_gradio()
     from videodiff.pipelines import VideoPipeline
     from videodiff.render import resolve_render_config
@@ -108,7 +127,19 @@ def serve(
         queue_per_client=queue_per_client,
         time_limit_s=job_time_limit * 60,
         controlnets=served,
+        ip_adapters=adapters,
+        image_encoder=encoder,
     )
 
 
-SERVE_OPTIONS = ("host", "port", "outputs", "auth", "controlnets", "queue_per_client", "job_time_limit")
+SERVE_OPTIONS = (
+    "host",
+    "port",
+    "outputs",
+    "auth",
+    "controlnets",
+    "ip_adapters",
+    "image_encoder",
+    "queue_per_client",
+    "job_time_limit",
+)

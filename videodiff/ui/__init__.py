@@ -45,14 +45,24 @@ def build_app(
     queue_per_client: int = QUEUE_PER_CLIENT,
     time_limit_s: float = JOB_MINUTES * 60,
     controlnets: Sequence[str] = (),
+    ip_adapters: Sequence[str] = (),
+    image_encoder: str | None = None,
 ) -> gr.Blocks:
     """The Gradio Blocks of the web app for an already loaded ``pipe``, writing into ``outputs``; ``controlnets``:
-    the ControlNets its Control section offers (``serve --controlnet``)."""
+    the ControlNets its Control section offers (``serve --controlnet``); ``ip_adapters``, ``image_encoder``: the
+    IP-Adapters its Image prompt section offers (``serve --ip-adapter``, ``--image-encoder``)."""
     require_gradio()
     from videodiff.ui.app import build_app as build
 
     return build(
-        pipe, outputs, base, queue_per_client=queue_per_client, time_limit_s=time_limit_s, controlnets=controlnets
+        pipe,
+        outputs,
+        base,
+        queue_per_client=queue_per_client,
+        time_limit_s=time_limit_s,
+        controlnets=controlnets,
+        ip_adapters=ip_adapters,
+        image_encoder=image_encoder,
     )
 
 
@@ -158,6 +168,8 @@ def serve(
     queue_per_client: int = QUEUE_PER_CLIENT,
     time_limit_s: float = JOB_MINUTES * 60,
     controlnets: Sequence[str] = (),
+    ip_adapters: Sequence[str] = (),
+    image_encoder: str | None = None,
 ) -> Any:
     """Launch the app until interrupted (``block``) and return the Blocks, or return it at once to the caller.
 
@@ -174,7 +186,14 @@ def serve(
     except OSError as exc:  # a folder the access check allowed but the file system refuses (/proc, ...)
         raise UserError(f"cannot create the outputs folder {outputs}: {exc.strerror or exc}") from None
     app = build_app(
-        pipe, outputs, base, queue_per_client=queue_per_client, time_limit_s=time_limit_s, controlnets=controlnets
+        pipe,
+        outputs,
+        base,
+        queue_per_client=queue_per_client,
+        time_limit_s=time_limit_s,
+        controlnets=controlnets,
+        ip_adapters=ip_adapters,
+        image_encoder=image_encoder,
     )
     app.queue(default_concurrency_limit=1, max_size=64)
     try:

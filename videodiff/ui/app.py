@@ -24,6 +24,7 @@ from videodiff.ui.controls import ServedControls
 from videodiff.ui.handlers import Handlers, strip
 from videodiff.ui.jobs import Renderer
 from videodiff.ui.layout import CHOICES, HELP, INTEGERS, build_layout
+from videodiff.ui.prompts import ServedAdapters, check_ip_adapters
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -44,11 +45,15 @@ def build_app(
     queue_per_client: int = QUEUE_PER_CLIENT,
     time_limit_s: float = JOB_MINUTES * 60,
     controlnets: Sequence[str] = (),
+    ip_adapters: Sequence[str] = (),
+    image_encoder: str | None = None,
 ) -> gr.Blocks:
     """The web app for ``pipe`` (kept loaded), writing into ``outputs``; ``base``: the settings the form starts
     from (the model's recorded defaults; what is loaded is the server's); ``queue_per_client``: renders one
     client may have waiting; ``time_limit_s``: a render's budget; ``controlnets``: the ControlNets the page
-    offers (folders, files or hub ids; each is loaded here once and checked against the model). Launch it with
+    offers (folders, files or hub ids; each is loaded here once and checked against the model); ``ip_adapters``
+    (with ``image_encoder`` for those with no ``image_encoder/`` beside them): the IP-Adapters its Image prompt
+    section offers. Launch it with
     ``.queue().launch()``, or run ``videodiff serve``."""
     import gradio as gr
     from gradio.utils import get_upload_folder
@@ -71,10 +76,11 @@ def build_app(
     # the server's temporary area: each request's uploaded maps get a folder here, removed when its render ends
     scratch = tempfile.TemporaryDirectory(prefix="videodiff-serve-")
     served = ServedControls(sources, own_controlnet(base.model), scratch.name, get_upload_folder())
+    adapters = ServedAdapters(*check_ip_adapters(ip_adapters, image_encoder), served)
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        page = build_layout(gr, start, model, outputs, served.choices)
-        on = Handlers(gr, page, renderer, outputs, base, start, served)
+        page = build_layout(gr, start, model, outputs, served.choices, adapters.choices)
+        on = Handlers(gr, page, renderer, outputs, base, start, served, adapters)
 
         # uploads
         page.first_file.upload(

@@ -154,21 +154,21 @@ class ServedControls:
         raise UserError(f"unknown ControlNet {name!r}: this server offers {offered}")
 
     # ---------------------------------------------------------------- uploads
-    def uploaded(self, value: Any) -> Path:
+    def uploaded(self, value: Any, what: str = "maps") -> Path:
         """An uploaded file's path: a page's file path or an API file dict (``gradio_client.handle_file``) naming
         a regular file inside Gradio's upload folder; anything else (a path on the server) is refused."""
         path = value.get("path") if isinstance(value, dict) else value
         if not isinstance(path, str) or not path or "\0" in path:
-            raise UserError("maps must be uploaded files (gradio_client.handle_file(PATH) in the API)")
+            raise UserError(f"{what} must be uploaded files (gradio_client.handle_file(PATH) in the API)")
         resolved = Path(path).resolve()
         if self.uploads not in resolved.parents:
             raise UserError(
-                f"maps must be uploaded files, not a path on the server ({Path(path).name}): "
+                f"{what} must be uploaded files, not a path on the server ({Path(path).name}): "
                 "use gradio_client.handle_file(PATH) in the API"
             )
         from videodiff.media.images import check_file
 
-        check_file(resolved, "maps file")
+        check_file(resolved, f"{what} file")
         return resolved
 
     def stage(self, request: ControlRequest, folder: Path) -> str:

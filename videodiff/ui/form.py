@@ -72,11 +72,25 @@ ADVANCED = (
     "fps",
     "crf",
 )
-FORM_FIELDS = COMMON + ADVANCED
+POST = ("interpolate", "interpolate_method")  # the Post-processing section
+FORM_FIELDS = COMMON + ADVANCED + POST
+OFF = "off"  # interpolate's choice for none (the frames as decoded)
 TEXT_FIELDS = ("negative", "background")
 # Fields the page never sets: what is loaded is the server's, where it is written is the render layer's.
-# Controls come from the page's Control section (videodiff.ui.controls), never from the server's settings.
-_SERVER_ONLY = ("output", "overwrite", "quiet", "prompt", "prompt_at", "image_at", "video", "motion", "controls")
+# Controls and image prompts come from the page's Control and Image prompt sections (videodiff.ui.controls,
+# videodiff.ui.prompts), never from the server's settings.
+_SERVER_ONLY = (
+    "output",
+    "overwrite",
+    "quiet",
+    "prompt",
+    "prompt_at",
+    "image_at",
+    "video",
+    "motion",
+    "controls",
+    "ip_adapters",
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 UPLOAD_VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")  # what vid2vid reads (PyAV)
@@ -94,6 +108,8 @@ def draw_seed() -> int:
 def value_of(name: str, value: Any) -> Any:
     """A page value as the setting's type: empty is ``None`` (the default), whole floats are ints where needed."""
     if value is None or (isinstance(value, str) and not value.strip() and name not in ("negative",)):
+        return None
+    if name == "interpolate" and isinstance(value, str) and value.strip().lower() == OFF:
         return None
     kind = _KINDS[name]
     if isinstance(value, str) and kind.startswith(("int", "float")):  # an optional number's text box
@@ -233,6 +249,8 @@ def form_from_run(run: Run, outputs: str | Path) -> tuple[str, dict[str, Any], l
             notices.append("the input video is not in the outputs folder: upload it again")
     if settings.get("controls"):  # uploaded maps live only as long as their render; a ControlNet is chosen anew
         notices.append("this run was steered by a ControlNet: choose it and upload its maps again in Control")
+    if settings.get("ip_adapters"):  # likewise the image prompt's picture
+        notices.append("this run had an image prompt: choose its IP-Adapter and upload its picture again")
     values["format"] = run.output.suffix.lstrip(".") if run.output.suffix.lstrip(".") in FORMATS else "mp4"
     return mode, values, notices
 

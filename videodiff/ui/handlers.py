@@ -24,6 +24,7 @@ from videodiff.ui.controls import NONE, ControlRequest, ServedControls
 from videodiff.ui.gallery import Run, inside, read_runs, thumbnail
 from videodiff.ui.jobs import Cancelled, Job, OverTime, Renderer, Stopping
 from videodiff.ui.layout import Page
+from videodiff.ui.prompts import IP_SCALE, ImagePromptRequest, ServedAdapters
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -73,11 +74,13 @@ class Handlers:
         base: RenderConfig,
         start: dict[str, Any],
         served: ServedControls,
+        adapters: ServedAdapters,
     ) -> None:
         self.gr, self.page, self.renderer, self.outputs = gr, page, renderer, outputs
-        self.base, self.start, self.served = base, start, served
+        self.base, self.start, self.served, self.adapters = base, start, served, adapters
         # settings whose box is text because they have no value of their own: empty is the default
-        self.optional = {name for name in page.settings if start[name] is None and name not in form.TEXT_FIELDS}
+        text = (*form.TEXT_FIELDS, "interpolate")  # (interpolate: a dropdown whose "off" is its default)
+        self.optional = {name for name in page.settings if start[name] is None and name not in text}
         hints(gr, self.stop_render, self.render_api, self.pick)
 
     def refuse(self, message: str) -> Exception:
@@ -132,17 +135,25 @@ class Handlers:
 
     # ---------------------------------------------------------------- rendering
     def checked(
-        self, mode: str, values: dict[str, Any], chosen: str, requests: tuple[ControlRequest, ...] = ()
+        self,
+        mode: str,
+        values: dict[str, Any],
+        chosen: str,
+        requests: tuple[ControlRequest, ...] = (),
+        image_prompt: ImagePromptRequest | None = None,
     ) -> tuple[RenderConfig, Path | None]:
         """The form's settings, checked as the command line checks them before any work (run off the event loop:
-        the checks read input files), and the folder its uploaded maps were staged in (``None``: no control;
-        removed here when a check fails)."""
+        the checks read input files), and the folder its uploaded maps and picture were staged in (``None``: no
+        control nor image prompt; removed here when a check fails)."""
         config = form.build_config(mode, values, self.base, self.outputs, chosen)
-        if not any(r.wanted for r in requests):
+        prompted = image_prompt is not None and image_prompt.wanted
+        if not any(r.wanted for r in requests) and not prompted:
             return self.renderer.check(config), None
         folder = self.served.request_folder()
         try:
             config = config.replace(controls=self.served.controls(requests, folder))
+            if prompted:
+                config = config.replace(ip_adapters=(self.adapters.prompt(image_prompt, folder / "image-prompt"),))
             return self.renderer.check(config), folder
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -155,13 +166,14 @@ class Handlers:
         chosen: str,
         request: Any,
         requests: tuple[ControlRequest, ...] = (),
+        image_prompt: ImagePromptRequest | None = None,
         **feeds: Any,
     ) -> Job:
         """Check, then queue (a bad request or a full queue is a ``gr.Error`` at once, not after its turn). Uploaded
-        maps are removed when the render ends, however it ends."""
+        maps and pictures are removed when the render ends, however it ends."""
         folder = None
         try:
-            config, folder = await asyncio.to_thread(self.checked, mode, values, chosen, requests)
+            config, folder = await asyncio.to_thread(self.checked, mode, values, chosen, requests, image_prompt)
             job = self.renderer.submit(config, session_of(request), client=client_of(request), **feeds)
         except BaseException as exc:
             if folder is not None:
@@ -181,6 +193,7 @@ class Handlers:
         request: gr.Request,
         progress: Any,
         requests: tuple[ControlRequest, ...] = (),
+        image_prompt: ImagePromptRequest | None = None,
     ):
         gr, page = self.gr, self.page
         preview, status = page.preview, page.status
@@ -199,6 +212,7 @@ class Handlers:
             chosen,
             request,
             requests,
+            image_prompt,
             progress=lambda n, total, what: put("progress", n, total, what),
             preview=lambda frames: put("preview", frames),
         )
@@ -267,7 +281,8 @@ class Handlers:
         async def handler(data: dict[Any, Any], request: gr.Request, progress=gr.Progress()):  # noqa: B008
             values, chosen = self.tab_values(mode, data)
             requests = self.control_requests(data)
-            async for update in self.run_render(mode, values, chosen, request, progress, requests):
+            image_prompt = ImagePromptRequest(*(data[c] for c in self.page.ip_inputs))
+            async for update in self.run_render(mode, values, chosen, request, progress, requests, image_prompt):
                 yield update
 
         hints(gr, handler)
@@ -301,13 +316,20 @@ class Handlers:
         scale_2: float = 1.0,
         start_2: float = 0.0,
         end_2: float = 1.0,
+        interpolate: int = 0,
+        interpolate_method: str = "",
+        ip_adapter: str = NONE,
+        ip_image: dict | None = None,
+        ip_scale: float = IP_SCALE,
         request: gr.Request = None,
     ) -> str:
         """Text-to-video for scripts (gradio_client): PROMPT with FRAMES, STEPS, SEED (0 or -1: the form's
         default, random) and any other form setting as JSON; returns the output's name in the outputs folder.
         Control (the page's Control section): CONTROLNET by the name the page shows, MAPS uploaded files
         (``gradio_client.handle_file``), DETECTOR ``none`` or ``canny`` with LOW, HIGH, SCALE, the step range
-        START to END; ``..._2`` for a second control.
+        START to END; ``..._2`` for a second control. INTERPOLATE (0: off, or 2 to 8) and INTERPOLATE_METHOD
+        (empty: the form's) when given stand over settings_json's. Image prompt: IP_ADAPTER by the name the page
+        shows, IP_IMAGE an uploaded picture, IP_SCALE.
         A cancelled call (gradio_client's ``job.cancel()``) stops the render at its next step: nothing is written."""
         import json
 
@@ -329,7 +351,10 @@ class Handlers:
             raise self.refuse(f"unknown settings {', '.join(unknown)}; known: {', '.join(settings)}")
         values.update(extra, prompt=prompt, seed=seed)
         values.update({k: v for k, v in (("frames", frames), ("steps", steps)) if v})
-        job = await self.queue("text", values, format, request, requests)
+        given = (("interpolate", interpolate), ("interpolate_method", interpolate_method))
+        values.update({k: v for k, v in given if v not in (0, None, "")})
+        image_prompt = ImagePromptRequest(ip_adapter, ip_image, ip_scale)
+        job = await self.queue("text", values, format, request, requests, image_prompt)
         try:
             outcome = await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:  # the client cancelled: stop at the next step
@@ -390,6 +415,8 @@ class Handlers:
                 value = values[key]
                 if key in self.optional:  # a text box: empty is the default
                     value = "" if value is None else str(value)
+                if key == "interpolate":  # a dropdown of text: off or the factor
+                    value = form.OFF if value is None else str(value)
                 changes[component] = -1 if key == "seed" and value is None else value
         changes[page.fmt] = values.get("format", "mp4")
         prompt_box = {"text": page.prompt_text, "img2vid": page.prompt_img, "vid2vid": page.prompt_vid}.get(mode)

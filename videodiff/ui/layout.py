@@ -13,7 +13,8 @@ from typing import Any
 from videodiff.config import RenderConfig
 from videodiff.settings.control import CANNY_THRESHOLDS
 from videodiff.settings.fields import choices_by_field, whole_number_fields
-from videodiff.ui import controls, form
+from videodiff.settings.post import MAX_INTERPOLATE
+from videodiff.ui import controls, form, prompts
 
 HELP = {
     "frames": "Frames of the video",
@@ -28,6 +29,8 @@ HELP = {
     "window": "Window (frames; empty: the motion modules')",
     "overlap": "Window overlap (empty: a quarter)",
     "loop": "Loop (windows wrap around)",
+    "interpolate": "Interpolate (off, or N: N-1 frames between each pair)",
+    "interpolate_method": "Interpolation method",
 }
 # Dropdowns and whole-number boxes of the form, from the settings' own fields (videodiff.settings.fields)
 CHOICES = {k: v for k, v in choices_by_field(RenderConfig).items() if k in form.FORM_FIELDS}
@@ -37,6 +40,9 @@ INTEGERS = tuple(n for n in whole_number_fields(RenderConfig) if n in form.FORM_
 def _component(gr: Any, name: str, value: Any) -> Any:
     label = HELP.get(name, name.replace("_", " "))
     elem = f"set-{name.replace('_', '-')}"
+    if name == "interpolate":  # off, or the factor: a dropdown of text (its value_of reads it)
+        choices = [form.OFF, *map(str, range(2, MAX_INTERPOLATE + 1))]
+        return gr.Dropdown(choices, value=form.OFF if value is None else str(value), label=label, elem_id=elem)
     if name in CHOICES:
         return gr.Dropdown(list(CHOICES[name]), value=value, label=label, elem_id=elem)
     if isinstance(value, bool) or name in ("loop", "paste"):
@@ -154,6 +160,8 @@ class Page:
     video_state: Any
     # the Control section: up to controls.FORM_CONTROLS ControlNets with their maps
     controls: list[ControlForm]
+    # the Image prompt section: a served IP-Adapter, its picture, its scale (a prompts.ImagePromptRequest's fields)
+    ip_inputs: list[Any]
 
     @property
     def result_outputs(self) -> list[Any]:
@@ -183,6 +191,7 @@ class Page:
             self.last_state,
             self.video_state,
             *(component for control in self.controls for component in control.inputs),
+            *self.ip_inputs,
         }
 
     @property
@@ -204,9 +213,12 @@ class Page:
         ]
 
 
-def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path, control_choices: list[str]) -> Page:
+def build_layout(
+    gr: Any, start: dict[str, Any], model: str, outputs: Path, control_choices: list[str], ip_choices: list[str]
+) -> Page:
     """The page's components, placed in the current ``gr.Blocks``; ``start``: the form's first values;
-    ``control_choices``: the Control section's dropdown ("none" first; the section is hidden when it is all)."""
+    ``control_choices``, ``ip_choices``: the Control and Image prompt sections' dropdowns ("none" first; a section
+    is hidden when it is all)."""
     gr.Markdown(f"# videodiff\nModel: **{model}** · outputs: `{outputs}` · one render at a time, in turn.")
     with gr.Row():
         with gr.Column(scale=3):
@@ -272,8 +284,24 @@ def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path, cont
                     with gr.Row():
                         for name in names[row : row + 4]:
                             settings[name] = _component(gr, name, start[name])
+            with gr.Accordion("Post-processing", open=False):
+                with gr.Row():
+                    for name in form.POST:
+                        settings[name] = _component(gr, name, start[name])
             with gr.Accordion("Control (ControlNet)", open=False, visible=len(control_choices) > 1):
                 control_forms = [_control_form(gr, n, control_choices) for n in range(1, controls.FORM_CONTROLS + 1)]
+            with gr.Accordion("Image prompt (IP-Adapter)", open=False, visible=len(ip_choices) > 1):
+                with gr.Row():
+                    ip_adapter = gr.Dropdown(ip_choices, value=controls.NONE, label="IP-Adapter", elem_id="ip-adapter")
+                    ip_scale = gr.Slider(
+                        0, prompts.MAX_IP_SCALE, value=prompts.IP_SCALE, step=0.05, label="Scale", elem_id="ip-scale"
+                    )
+                ip_image = gr.File(
+                    label="Picture (the image prompt)",
+                    type="filepath",
+                    file_types=list(form.IMAGE_SUFFIXES),
+                    elem_id="ip-image",
+                )
         with gr.Column(scale=2):
             video_out = gr.Video(label="Video", elem_id="video-out", autoplay=True, loop=True)
             gif_out = gr.Image(label="GIF", visible=False, elem_id="gif-out")
@@ -341,4 +369,5 @@ def build_layout(gr: Any, start: dict[str, Any], model: str, outputs: Path, cont
         last_state=last_state,
         video_state=video_state,
         controls=control_forms,
+        ip_inputs=[ip_adapter, ip_image, ip_scale],
     )
