@@ -363,3 +363,29 @@ def test_convert_never_replaces_a_users_diffusers_folder(tmp_path, tiny_motion):
     assert snapshot(tmp_path) == before
     ok(invoke("convert", str(tiny_motion), "ours", "--to", "diffusers"))
     ok(invoke("convert", str(tiny_motion), "ours", "--to", "diffusers", "--overwrite"))
+
+
+@pytest.mark.parametrize("command", ["long", "sweep"])
+def test_eval_out_appends_only_to_its_own_json_lines(tmp_path, command):
+    """eval long/sweep --out append JSON lines: a user's other file, a link or a FIFO is refused in one line before
+    any work, and left as it was."""
+    import os
+
+    from cli_helpers import assert_user_error, invoke
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(notes)
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    for target in (notes, link, fifo):
+        settings = ["default"] if command == "sweep" else []
+        message = assert_user_error(invoke("eval", command, *settings, "--seeds", "1", "--out", target))
+        assert str(target.name) in message
+    assert notes.read_text() == "my notes\n" and link.is_symlink()
+    from videodiff.media.atomic import check_appendable
+
+    ours = tmp_path / "ours.jsonl"
+    ours.write_text('{"seed": 1}\n{"seed": 2}\n')
+    assert check_appendable(ours) == ours and check_appendable(tmp_path / "new.jsonl").name == "new.jsonl"

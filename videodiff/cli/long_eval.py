@@ -55,8 +55,11 @@ def eval_long(settings: tuple[str, ...], seeds: tuple[int, ...], frames: int, pr
       OMP_NUM_THREADS=1 videodiff eval long default free_init=1 noise=mixed --seeds 1,2,3 --frames 64
       videodiff eval long default window_layers=temporal --seeds 1,2,3,4,5,6,7,8
     """
+    from videodiff.media.atomic import check_appendable
     from videodiff.shapes.long import run_long_eval
 
+    if out is not None:
+        check_appendable(out)
     settings = settings or ("default",)
     with _video_lines("eval long", len(settings) * len(seeds)) as echo:
         run_long_eval(settings, seeds=seeds, frames=frames, prompt=prompt, out=out, echo=echo)
@@ -134,8 +137,11 @@ def eval_sweep(
       videodiff eval sweep --seeds 8 --motion-module run/motion_module --against base.jsonl default
     """
     from videodiff.log import setup_cli_logging
+    from videodiff.media.atomic import check_appendable
     from videodiff.shapes.sweep import run_sweep
 
+    if out is not None:
+        check_appendable(out)
     setup_cli_logging()  # notices, and each setting's progress (videodiff.shapes.evaluate.evaluate_model)
     run_sweep(
         settings,

@@ -126,6 +126,29 @@ def _plain_name(path: str | os.PathLike[str]) -> bool:
     return name not in ("", ".", "..", os.sep)
 
 
+def check_appendable(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """A JSON-lines file that results are appended to (``eval long``/``sweep --out``): a new file, or a regular file
+    (not a link, device, FIFO, socket or folder) whose lines so far are JSON (one an earlier run wrote), so that
+    appending never touches a user's other file. One-line :class:`UserError` otherwise; nothing is created."""
+    import json
+
+    out = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if not check_replaceable(out, kind="JSON-lines file", shown=path):
+        return out
+    with open(out, "rb") as fh:
+        head = fh.read(1 << 16)
+    lines = [line for line in head.splitlines()[: -1 if len(head) == 1 << 16 else None] if line.strip()]
+    try:
+        for line in lines:
+            json.loads(line)
+    except ValueError:
+        raise UserError(
+            f"{flag} {path} is a file that is not JSON lines; results are appended only to a file an earlier "
+            "run wrote: choose another name"
+        ) from None
+    return out
+
+
 def prepare_output(
     path: str | os.PathLike[str],
     *,
