@@ -6,6 +6,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -31,12 +32,20 @@ def make_clip(frames: int = 10, height: int = 48, width: int = 64) -> np.ndarray
     return clip.round().astype(np.uint8)
 
 
-def decode_av(path: Path) -> tuple[av.video.stream.VideoStream, list[av.VideoFrame], np.ndarray]:
+def decode_av(path: Path) -> tuple[SimpleNamespace, list[av.VideoFrame], np.ndarray]:
+    """The video stream's codec, size and rate (read while the file is open: PyAV 18.1.1 refuses a closed
+    container's stream), its frames and their RGB pixels."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        info = SimpleNamespace(
+            codec_context=SimpleNamespace(name=stream.codec_context.name),
+            width=stream.width,
+            height=stream.height,
+            average_rate=stream.average_rate,
+        )
         frames = list(container.decode(stream))
         rgb = np.stack([f.to_ndarray(format="rgb24") for f in frames])
-    return stream, frames, rgb
+    return info, frames, rgb
 
 
 def mae(a: np.ndarray, b: np.ndarray) -> float:
