@@ -181,6 +181,9 @@ class Trainer:
             num_workers=workers,
             collate_fn=collate_any,
             persistent_workers=workers > 0,
+            # spawned, not forked: a fork copies locks other threads (FFmpeg's, OpenCV's, OpenMP's) hold at that
+            # moment, and a worker that needs one then waits forever
+            multiprocessing_context="spawn" if workers > 0 else None,
         )
         self.batches = iter(loader)
         self.position = position
