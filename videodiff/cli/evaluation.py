@@ -53,6 +53,12 @@ def eval_group() -> None:
 )
 @options_from(InputSettings, only=("strength", "anchor"))  # img2vid's
 @click.option(
+    "--controlled",
+    is_flag=True,
+    help="Score control: each colour and shape along held-out paths, controlled by the path's blob maps.",
+)
+@click.option("--controlnet", help="With --controlled: the ControlNet (default: the model's own).")
+@click.option(
     "--set",
     "settings",
     multiple=True,
@@ -81,6 +87,8 @@ def eval_shapes(
     keyframes: bool,
     strength: float | None,
     anchor: float | None,
+    controlled: bool,
+    controlnet: str | None,
     settings: tuple[str, ...],
     device: str,
     dtype: str,
@@ -102,6 +110,7 @@ def eval_shapes(
       videodiff eval shapes --cache 2 --seeds 2                  # with feature caching
       videodiff eval shapes --set scheduler=ddim --set steps=20  # any render setting
       videodiff eval shapes --img2vid --set paste=true           # a post-processing step, evaluated
+      videodiff eval shapes --controlled --seeds 1               # the object follows a drawn path
     """
     # the settings' own options show their defaults; what was not typed stays the model's (None), as render does
     typed = given(ctx, ParameterSource.COMMANDLINE)
@@ -116,31 +125,65 @@ def eval_shapes(
 
     setup_cli_logging(quiet)
     target = prepare_output(out, overwrite=overwrite, file_ok=is_eval_report, kind="evaluation report") if out else None
-    results = run_shapes_eval(
-        model=model,
-        motion_module=motion_module,
-        seeds=seeds,
-        combos=combos,
-        ground_truth_only=ground_truth_only,
-        roundtrip_suffix=None if roundtrip == "none" else f".{roundtrip}",
-        device=device,
-        dtype=dtype,
-        steps=steps,
-        guidance=guidance,
-        motion_prior=motion_prior,
-        cache=cache,
-        img2vid={
-            **{k: v for k, v in (("strength", strength), ("anchor", anchor)) if v is not None},
-            **({"keyframes": True} if keyframes else {}),
-        }
-        if img2vid or keyframes
-        else None,
-        echo=click.echo,
-        settings=settings,
-    )
+    if controlled or controlnet:
+        if img2vid or keyframes or ground_truth_only or cache is not None:
+            raise click.UsageError(
+                "--controlled scores text-to-video: not with --img2vid, --keyframes, --cache or --ground-truth-only"
+            )
+        results = _controlled(
+            model, motion_module, seeds, controlnet, steps, guidance, motion_prior, settings, device, dtype
+        )
+    else:
+        results = run_shapes_eval(
+            model=model,
+            motion_module=motion_module,
+            seeds=seeds,
+            combos=combos,
+            ground_truth_only=ground_truth_only,
+            roundtrip_suffix=None if roundtrip == "none" else f".{roundtrip}",
+            device=device,
+            dtype=dtype,
+            steps=steps,
+            guidance=guidance,
+            motion_prior=motion_prior,
+            cache=cache,
+            img2vid={
+                **{k: v for k, v in (("strength", strength), ("anchor", anchor)) if v is not None},
+                **({"keyframes": True} if keyframes else {}),
+            }
+            if img2vid or keyframes
+            else None,
+            echo=click.echo,
+            settings=settings,
+        )
     if target is not None:
         write_text_atomic(target, json.dumps(results, indent=2) + "\n")
         click.echo(str(target))
+
+
+def _controlled(model, motion_module, seeds, controlnet, steps, guidance, motion_prior, settings, device, dtype):
+    """``eval shapes --controlled`` (:func:`videodiff.shapes.controlled.run_controlled_eval`)."""
+    from videodiff.errors import UserError
+    from videodiff.settings.files import parse_settings
+    from videodiff.settings.sample import SampleSettings as Sample
+    from videodiff.shapes.controlled import run_controlled_eval
+
+    (overrides,) = parse_settings(settings, Sample)
+    for fixed in ("prompt", "prompt_at", "seed", "frames", "height", "width"):  # the evaluation's own
+        if fixed in overrides:
+            raise UserError(f"--set {fixed}: the evaluation sets the {fixed.replace('_', ' ')} itself")
+    given = dict(num_inference_steps=steps, guidance_scale=guidance, motion_prior=motion_prior)
+    given = {k: v for k, v in given.items() if v is not None} | overrides
+    return run_controlled_eval(
+        model,
+        motion_module,
+        seeds=seeds,
+        controlnet=controlnet,
+        given=given,
+        echo=click.echo,
+        device=device,
+        dtype=dtype,
+    )
 
 
 # ---- eval interp: frame interpolation against the shapes world's ground truth (videodiff.shapes.interp_eval)

@@ -85,13 +85,21 @@ def parse_points(text: str) -> tuple[tuple[float, float], ...]:
     return tuple(points)
 
 
+def _exists(text: str) -> bool:
+    """Whether ``text`` names an existing file or folder (a name too long for the system names none)."""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_maps(text: str) -> Maps:
     """``PATH``, ``canny:PATH``, ``canny:LOW,HIGH:PATH`` or ``path:X0,Y0:X1,Y1[:...]`` (module docstring) as
     :class:`Maps`."""
     if not isinstance(text, str) or not text:
         raise UserError(f"--control needs maps: a video, a folder of images or an image, got {shown(text)}")
     head, sep, rest = text.partition(":")
-    if head == PATH_SOURCE and sep and rest and not Path(text).exists():
+    if head == PATH_SOURCE and sep and rest and not _exists(text):
         parse_points(rest)
         return Maps(rest, PATH_SOURCE)
     if not sep or head not in DETECTORS or not rest:
