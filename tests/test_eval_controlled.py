@@ -85,3 +85,29 @@ def test_cli_refuses_without_a_controlnet_and_with_img2vid(tiny_model, tiny_moti
     assert "needs --controlnet" in assert_user_error(invoke(*base))
     assert "text-to-video" in assert_user_error(invoke(*base, "--img2vid"))
     assert "sets the frames itself" in assert_user_error(invoke(*base, "--set", "frames=8", "--controlnet", "x"))
+
+
+def _cond_with_maps(maps):
+    import torch
+
+    from videodiff.control.controlnet import CONTROLS, ControlInput, ControlInputs
+    from videodiff.sampling import Cond
+
+    tensor = torch.from_numpy(maps).permute(3, 0, 1, 2)[None].float() / 255
+    return Cond.text(torch.zeros(1, 3, 4)).with_fields(**{CONTROLS: ControlInputs((ControlInput(0, tensor),))})
+
+
+def test_the_motion_prior_track_follows_the_blob_and_runs_on_where_it_leaves_the_frame():
+    import torch
+
+    from videodiff.pipeline.starting import control_track
+    from videodiff.sampling import Cond
+
+    points = ((10.0, 32.0), (110.0, 32.0))  # leaves the right edge half-way
+    track = control_track(_cond_with_maps(path_maps(points, 16, 64, 64))).numpy()
+    truth = np.linspace(10, 110, 16) - 0.5  # pixel indices, as object_centre has them
+    inside = truth < 50
+    assert np.allclose(track[inside, 1], truth[inside], atol=0.6) and np.allclose(track[:, 0], 31.5, atol=0.6)
+    assert (np.diff(track[:, 1]) > 0).all() and track[-1, 1] > 64  # on out of the frame, not held at the edge
+    assert control_track(Cond.text(torch.zeros(1, 3, 4))) is None
+    assert control_track(_cond_with_maps(np.zeros((16, 64, 64, 3), np.uint8))) is None

@@ -40,15 +40,56 @@ def text_start(
     shape, scale = tuple(noise.shape), pipe.vae_scale
     codec = pipe.pixel_codec(settings.decode_chunk) if settings.motion_prior_space == "pixels" else None
     loop = settings.loop and pipe.windows_for(settings) is not None  # the windows run on into frame 0
-    clean, velocity = pipe.parts.motion_prior.start_video(
-        cond.first, shape, generator, scale, settings.motion, pixels=codec, loop=loop
-    )
+    track = control_track(cond.cond)
+    if track is not None:  # a control map says where the object is: the prior draws it there
+        if settings.motion is not None:
+            notice("--motion has no effect with a control: the object starts along the control's maps")
+        codec = codec or pipe.pixel_codec(settings.decode_chunk)
+        clean = pipe.parts.motion_prior.along(cond.first, shape, track, codec)
+        velocity = None
+    else:
+        clean, velocity = pipe.parts.motion_prior.start_video(
+            cond.first, shape, generator, scale, settings.motion, pixels=codec, loop=loop
+        )
     noise = noise.float().to(pipe.device)
     begin = starts.from_clean(clean.to(pipe.device), noise, scheduler, settings.steps, fraction)
     begin.latents = begin.latents.to(pipe.device, pipe.dtype)
     pipe.tell_start(settings.steps, begin.step, "from the motion prior")
-    begin.record["motion"] = velocity
+    begin.record["motion"] = velocity if track is None else "along the control"
     return begin
+
+
+def control_track(cond) -> torch.Tensor | None:
+    """``[f 2]``: where the first control map of ``cond`` puts its blob in each frame (pixels, ``(y, x)``: the centroid
+    of the map's bright pixels); between frames without one, the line between the frames around them, and after
+    the last (before the first) seen, on at the pace of the last (first) two; ``None`` without a control map or
+    with fewer than two frames showing a blob."""
+    from videodiff.control.controlnet import CONTROLS
+
+    if CONTROLS not in cond:
+        return None
+    item = next((c for c in cond.fields[CONTROLS].items if c.mask is None and c.maps.shape[1] == 3), None)
+    if item is None:
+        return None
+    bright = item.maps[0].float().mean(0) > 0.5  # [f H W]
+    h, w = bright.shape[1:]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    count = bright.sum((1, 2)).float()
+    seen = (count > 0).nonzero().flatten()
+    if len(seen) < 2:
+        return None
+    centres = torch.stack([(bright * ys).sum((1, 2)), (bright * xs).sum((1, 2))], -1) / count.clamp(min=1)[:, None]
+    frames = torch.arange(bright.shape[0], dtype=torch.float32)
+    known = seen.float()
+    out = [np.interp(frames.numpy(), known.numpy(), centres[seen, k].numpy()) for k in range(2)]
+    track = torch.tensor(np.stack(out, -1), dtype=torch.float32)
+    first, second, last, before = (int(seen[i]) for i in (0, 1, -1, -2))
+    for end, near, span in ((first, second, range(first)), (last, before, range(last + 1, len(frames)))):
+        pace = (centres[near] - centres[end]) / (near - end)  # on past the ends at their pace
+        for i in span:
+            track[i] = centres[end] + pace * (i - end)
+    return track
+
 
 def pixel_codec(pipe, chunk: int | None = None) -> PixelCodec:
     """This model's VAE as the motion prior draws through it (``motion_prior_space="pixels"``), in float32 on
@@ -71,8 +112,7 @@ def prior_fraction(pipe, settings: SampleSettings) -> float:
     if fraction > 0 and pipe.parts.motion_prior is None:
         if fraction != pipe.parts.defaults.get("motion_prior"):
             raise UserError(
-                "--motion-prior needs motion modules with a motion prior "
-                "(fitted by `videodiff train --motion-prior`)"
+                "--motion-prior needs motion modules with a motion prior (fitted by `videodiff train --motion-prior`)"
             )
         # the model recommends a start for its own motion modules; these have no prior to start from
         notice(f"the model's motion_prior {fraction:g} does not apply: these motion modules have no motion prior")
@@ -131,6 +171,7 @@ def image_start(
     begin.record.update(record, strength=strength)
     pipe.tell_start(settings.steps, begin.step, "from the pictures")
     return begin, keys, pictures
+
 
 def video_start(pipe, settings: SampleSettings, source: VideoInput, noise: torch.Tensor, scheduler) -> starts.Start:
     """Stage 3 of vid2vid: the clip's frames (already fitted, ``settings.frames`` of them) encoded and noised
