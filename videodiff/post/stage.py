@@ -44,13 +44,15 @@ class PostStep(Protocol):
 def steps_for(settings: PostSettings, clip: Clip) -> list[PostStep]:
     """The steps ``settings`` ask for, in their fixed order: paste first (it puts back the exact pictures the later
     steps then work from), then interpolation. A step with nothing to work on (paste without pinned pictures,
-    interpolation of one frame without ``loop``) is left out."""
+    interpolation of one frame without ``loop``) is left out, and so is ``interpolate_method="model"``, whose
+    in-betweens the render layer has the video model make (:func:`videodiff.render.model_inbetweens`)."""
     settings.validate()
     steps: list[PostStep] = []
     if settings.paste and clip.pictures:
         steps.append(Paste())
-    if settings.interpolate and (clip.frames.shape[0] > 1 or settings.loop):
-        steps.append(Interpolate(settings.interpolate, settings.interpolate_method, settings.loop))
+    if settings.interpolate and settings.interpolate_method != "model" and (clip.frames.shape[0] > 1 or settings.loop):
+        method, model = settings.interpolate_method, settings.interpolate_model
+        steps.append(Interpolate(settings.interpolate, method, settings.loop, model))
     return steps
 
 

@@ -10,8 +10,10 @@ from videodiff.settings.checks import MAX_FPS, check_types
 from videodiff.settings.fields import check_bounds, check_choices, setting
 from videodiff.settings.sample import SampleSettings
 
-# flow: OpenCV optical flow, warp and blend; blend: cross-fade; repeat: the earlier frame again (the floor)
-INTERPOLATE_METHODS = ("flow", "blend", "repeat")
+# flow: OpenCV optical flow, warp and blend; blend: cross-fade; repeat: the earlier frame again (the floor);
+# rife: a RIFE v4.x file (--interpolate-model); model: the video model renders the in-betweens (render commands)
+INTERPOLATE_METHODS = ("flow", "blend", "repeat", "rife", "model")
+RIFE_SUFFIXES = (".safetensors", ".pkl", ".pth", ".pt", ".ckpt")  # videodiff.post.rife reads these
 MAX_INTERPOLATE = 8
 GIF_MAX_FPS = 50  # GIF delays are whole centiseconds and browsers slow any under 2 cs: 50 fps is the fastest
 _LOOP = next(f for f in fields(SampleSettings) if f.name == "loop")
@@ -34,8 +36,12 @@ class PostSettings:
     )
     interpolate_method: str = setting(
         "flow",
-        "How --interpolate makes frames: flow (optical flow, warped and blended), blend (cross-fade), repeat.",
+        "How --interpolate makes frames: flow (optical flow, warped and blended), blend (cross-fade), repeat, "
+        "rife (a RIFE v4.x file, --interpolate-model), model (the video model renders them; render commands).",
         choices=INTERPOLATE_METHODS,
+    )
+    interpolate_model: str | None = setting(  # None: no learned interpolator
+        None, "The RIFE v4.x file (flownet.pkl or .safetensors) that --interpolate-method rife uses."
     )
     # the sampler's --loop (the same field in a RenderConfig): a closed loop is also interpolated across its seam
     loop: bool = setting(
@@ -52,8 +58,26 @@ class PostSettings:
         check_types(self, PostSettings)
         check_bounds(self, "interpolate")
         check_choices(self, "interpolate_method")
+        check_model(self.interpolate_method, self.interpolate_model)
         check_rate(self.interpolate, getattr(self, "fps", None), getattr(self, "output", None))
         return self
+
+
+def check_model(method: str, model: str | None) -> None:
+    """Refuse (one line) ``rife`` without a model file, a model with another method, or a file that is missing
+    or of a type no RIFE release uses; what the file holds is checked when it loads (:mod:`videodiff.post.rife`)."""
+    if method == "rife" and not model:
+        raise UserError(
+            "--interpolate-method rife needs --interpolate-model FILE (a RIFE v4.x flownet.pkl or .safetensors)"
+        )
+    if model and method != "rife":
+        raise UserError(f"--interpolate-model is read by --interpolate-method rife only, not {method}")
+    if model:
+        path = Path(str(model))
+        if path.suffix.lower() not in RIFE_SUFFIXES:
+            raise UserError(f"--interpolate-model {model}: a RIFE model is a {'/'.join(RIFE_SUFFIXES)} file")
+        if not path.is_file():
+            raise UserError(f"--interpolate-model {model}: no such file")
 
 
 def check_rate(factor: int | None, fps: float | None, output: str | None) -> None:
