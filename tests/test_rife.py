@@ -198,3 +198,37 @@ def test_files_that_are_not_interpolators_are_refused_before_any_frame_is_writte
         got = assert_user_error(invoke("interpolate", video, "-o", tmp_path / "o.mp4", "--interpolate", 2,
                                        "--interpolate-method", "rife", "--interpolate-model", model))  # fmt: skip
         assert message in got and sorted(tmp_path.iterdir()) == before
+
+
+def test_render_with_rife_and_with_the_model_s_own_inbetweens(tmp_path, models):
+    """A render interpolated by RIFE records the file's SHA-256; the model's own in-betweens keep every rendered
+    frame at i * N (pasted back exactly) and render the frames between; a file that is not RIFE is refused
+    before anything renders."""
+    import json
+
+    import imageio.v3 as iio
+
+    small = ("--frames", 3, "--height", 16, "--width", 16, "--steps", 2, "--seed", 1, "-q", "--fps", 8)
+    model = _saved(tmp_path, released_state("4.6"))
+    out = tmp_path / "rife.mp4"
+    ok(invoke("render", "a red circle", *models, *small, "--interpolate", 2, "--interpolate-method", "rife",
+              "--interpolate-model", model, "-o", out))  # fmt: skip
+    step = json.loads((tmp_path / "rife.mp4.json").read_text())["info"]["post"][0]
+    assert step["method"] == "rife" and step["frames"] == 5 and len(step["sha256"]) == 64
+    plain, filled = tmp_path / "plain", tmp_path / "filled"
+    ok(invoke("render", "a red circle", *models, *small, "-o", plain))
+    ok(invoke("render", "a red circle", *models, *small, "--interpolate", 2, "--interpolate-method", "model",
+              "-o", filled))  # fmt: skip
+    kept = np.stack([iio.imread(plain / f"{i:04d}.png") for i in range(3)])
+    made = np.stack([iio.imread(filled / f"{i:04d}.png") for i in range(5)])
+    assert not (filled / "0005.png").exists()
+    assert np.array_equal(made[::2], kept)  # every rendered frame kept, exactly, at i * N
+    record = json.loads((tmp_path / "filled.json").read_text())
+    assert [s["step"] for s in record["info"]["post"]] == ["interpolate", "paste"]
+    assert record["info"]["post"][0]["method"] == "model" and record["info"]["fps_written"] == 16.0
+    before = sorted(tmp_path.iterdir())
+    got = assert_user_error(invoke("render", "a red circle", *models, *small, "--interpolate", 2,
+                                   "--interpolate-method", "rife", "--interpolate-model", _not_rife(tmp_path),
+                                   "-o", tmp_path / "no.mp4"))  # fmt: skip
+    assert "not a RIFE v4.x IFNet" in got
+    assert sorted(p for p in tmp_path.iterdir() if p.name != "esrgan.safetensors") == before

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from videodiff.errors import UserError
-from videodiff.post.stage import Clip, run_post, steps_for
+from videodiff.post.stage import MODEL_ON_RENDERS_ONLY, Clip, run_post, steps_for
 from videodiff.settings.post import GIF_MAX_FPS, MAX_INTERPOLATE, PostSettings, check_rate
 from videodiff.settings.render import INFO_KEY, WriteSettings
 
@@ -37,13 +37,10 @@ def interpolate_video(
 
     if factor is None:
         raise UserError(f"--interpolate N is needed: the frames to make per pair plus one (2 to {MAX_INTERPOLATE})")
-    if method == "model":
-        raise UserError(
-            "--interpolate-method model: the video model renders the in-betweens on render commands only "
-            "(render/img2vid/vid2vid); for any video use flow, blend, repeat or rife"
-        )
     settings = PostSettings(interpolate=factor, interpolate_method=method, loop=loop, interpolate_model=model)
     settings.validate()
+    if method == "model":
+        raise UserError(MODEL_ON_RENDERS_ONLY)
     if fps is not None:
         WriteSettings(fps=fps).validate()
     if method == "rife":

@@ -74,7 +74,7 @@ def between(
     if method == "blend":
         return [_to_uint8((1 - t) * fa + t * fb) for t in times]
     if method != "flow":
-        raise ValueError(f"interpolation method {method!r} is not one of flow, blend, repeat, rife")
+        raise ValueError(f"interpolation method {method!r} is not flow, blend, repeat or rife (model: a render's)")
     f01, f10 = pair_flows(a, b)
     out = []
     for t in times:

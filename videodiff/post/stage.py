@@ -8,9 +8,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from videodiff.errors import UserError
 from videodiff.post.interpolate import Interpolate
 from videodiff.post.paste import Paste
 from videodiff.settings.post import PostSettings
+
+MODEL_ON_RENDERS_ONLY = (
+    "--interpolate-method model: the video model renders the in-betweens on render commands only "
+    "(render/img2vid/vid2vid, batches, the web app); for a video file use flow, blend, repeat or rife"
+)
 
 
 @dataclass(frozen=True)
@@ -44,13 +50,15 @@ class PostStep(Protocol):
 def steps_for(settings: PostSettings, clip: Clip) -> list[PostStep]:
     """The steps ``settings`` ask for, in their fixed order: paste first (it puts back the exact pictures the later
     steps then work from), then interpolation. A step with nothing to work on (paste without pinned pictures,
-    interpolation of one frame without ``loop``) is left out, and so is ``interpolate_method="model"``, whose
-    in-betweens the render layer has the video model make (:func:`videodiff.render.model_inbetweens`)."""
+    interpolation of one frame without ``loop``) is left out. ``interpolate_method="model"`` needs the pipeline
+    (:func:`videodiff.pipeline.inbetweens.model_inbetweens`, which ``render()`` runs): refused here."""
     settings.validate()
+    if settings.interpolate and settings.interpolate_method == "model":
+        raise UserError(MODEL_ON_RENDERS_ONLY)
     steps: list[PostStep] = []
     if settings.paste and clip.pictures:
         steps.append(Paste())
-    if settings.interpolate and settings.interpolate_method != "model" and (clip.frames.shape[0] > 1 or settings.loop):
+    if settings.interpolate and (clip.frames.shape[0] > 1 or settings.loop):
         method, model = settings.interpolate_method, settings.interpolate_model
         steps.append(Interpolate(settings.interpolate, method, settings.loop, model))
     return steps
