@@ -232,3 +232,17 @@ def test_render_with_rife_and_with_the_model_s_own_inbetweens(tmp_path, models):
                                    "-o", tmp_path / "no.mp4"))  # fmt: skip
     assert "not a RIFE v4.x IFNet" in got
     assert sorted(p for p in tmp_path.iterdir() if p.name != "esrgan.safetensors") == before
+
+
+def test_eval_interp_scores_rife_and_the_model_s_own_inbetweens_when_asked(tmp_path, tiny_model, tiny_motion):
+    from videodiff.pipelines import load_pipeline
+    from videodiff.shapes.interp_eval import model_fill, run_interp_eval
+
+    model = _saved(tmp_path, released_state("4.6"))
+    fill = model_fill(load_pipeline(str(tiny_model), str(tiny_motion)), steps=2)
+    rows = {r["method"]: r for r in run_interp_eval(1, size=32, rife=str(model), fill=fill)}
+    assert set(rows) == {"flow", "blend", "repeat", "rife", "model"}
+    assert all(np.isfinite(r["psnr"]) and r["centroid_error"] >= 0 for r in rows.values())
+    result = ok(invoke("eval", "interp", "--clips", 1, "--size", 32, "--rife", model))
+    assert [line.split("|")[1].strip() for line in result.output.splitlines()[2:]].count("rife") == 1
+    assert "no such file" in assert_user_error(invoke("eval", "interp", "--rife", tmp_path / "none.pkl"))
