@@ -3,6 +3,7 @@ refusals, and that optical flow puts the object where the world's ground truth h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 
@@ -54,14 +55,19 @@ def test_the_step_multiplies_the_rate_and_moves_pinned_pictures():
     assert Interpolate(2)(replace(clip, fps=None)).fps is None  # no rate given: none made up
     one = Clip(frames(1), 8.0)
     assert steps_for(PostSettings(interpolate=2), one) == []  # nothing between
-    assert steps_for(PostSettings(interpolate=2, loop=True), one)[0](one).frames.shape[0] == 2
+    looping = replace(one, loop=True)
+    assert steps_for(PostSettings(interpolate=2), looping)[0](looping).frames.shape[0] == 2
 
 
-def test_a_render_s_loop_reaches_the_post_stage():
-    config = RenderConfig(prompt=PROMPT, loop=True, interpolate=2)
-    assert config.post.loop is True and config.sample.loop is True
-    out, _ = run_post(Clip(frames(4), 8.0), steps_for(config.post, Clip(frames(4), 8.0)))
-    assert out.frames.shape[0] == 8
+def test_a_render_s_loop_reaches_the_post_stage(tmp_path, models):
+    """The sampler's --loop is the clip's (one setting, read by the post stage from the clip): 4 looping frames
+    interpolated 2x are 8, the last two leading back to the first."""
+    out = tmp_path / "loop.gif"
+    ok(invoke("render", PROMPT, *models, *SMALL, "--loop", "--interpolate", 2, "-o", out))
+    record = json.loads((tmp_path / "loop.gif.json").read_text())
+    assert record["loop"] is True and record["info"]["frames_written"] == 8
+    assert record["info"]["post"][0]["loop"] is True
+    assert "loop" not in {f.name for f in dataclasses.fields(PostSettings)}
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ property that holds for any weights: with the flow and mask heads zeroed, the ne
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -124,15 +125,26 @@ def _saved(tmp_path, state, name="flownet.pkl"):
 
 
 class Payload:
+    """Unpickling this would create the file ``sentinel`` (what a hostile flownet.pkl does)."""
+
+    sentinel = "/nonexistent"
+
     def __reduce__(self):
-        return (print, ("code ran",))
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def hostile(path, sentinel):
+    payload = Payload()
+    payload.sentinel = str(sentinel)
+    path.write_bytes(pickle.dumps({"block0.conv0.0.0.weight": payload}))
+    return path
 
 
 def test_bad_files_are_refused_in_one_line(tmp_path):
-    code = tmp_path / "code.pkl"
-    code.write_bytes(pickle.dumps({"block0.conv0.0.0.weight": Payload()}))
+    sentinel = tmp_path / "ran"
     with pytest.raises(UserError, match="refused, it needs arbitrary code"):
-        load_rife(code)
+        load_rife(hostile(tmp_path / "code.pkl", sentinel))
+    assert not sentinel.exists()
     state = {k.removeprefix("module."): v for k, v in released_state("4.6").items()}
     del state["block2.convblock.3.beta"]
     with pytest.raises(UserError, match="1 missing .block2.convblock.3.beta"):
@@ -191,8 +203,7 @@ def test_interpolate_command_refuses_in_one_line_and_writes_nothing(video, tmp_p
 
 
 def test_files_that_are_not_interpolators_are_refused_before_any_frame_is_written(video, tmp_path):
-    code = tmp_path / "code.pkl"
-    code.write_bytes(pickle.dumps({"x": Payload()}))
+    code = hostile(tmp_path / "code.pkl", tmp_path / "ran")
     for model, message in ((_not_rife(tmp_path), "not a RIFE v4.x IFNet"), (code, "needs arbitrary code")):
         before = sorted(tmp_path.iterdir())
         got = assert_user_error(invoke("interpolate", video, "-o", tmp_path / "o.mp4", "--interpolate", 2,
@@ -213,8 +224,10 @@ def test_render_with_rife_and_with_the_model_s_own_inbetweens(tmp_path, models):
     out = tmp_path / "rife.mp4"
     ok(invoke("render", "a red circle", *models, *small, "--interpolate", 2, "--interpolate-method", "rife",
               "--interpolate-model", model, "-o", out))  # fmt: skip
-    step = json.loads((tmp_path / "rife.mp4.json").read_text())["info"]["post"][0]
+    record = json.loads((tmp_path / "rife.mp4.json").read_text())
+    step = record["info"]["post"][0]
     assert step["method"] == "rife" and step["frames"] == 5 and len(step["sha256"]) == 64
+    assert record["interpolate_model"] == str(model.resolve())
     plain, filled = tmp_path / "plain", tmp_path / "filled"
     ok(invoke("render", "a red circle", *models, *small, "-o", plain))
     ok(invoke("render", "a red circle", *models, *small, "--interpolate", 2, "--interpolate-method", "model",
@@ -224,6 +237,7 @@ def test_render_with_rife_and_with_the_model_s_own_inbetweens(tmp_path, models):
     assert not (filled / "0005.png").exists()
     assert np.array_equal(made[::2], kept)  # every rendered frame kept, exactly, at i * N
     record = json.loads((tmp_path / "filled.json").read_text())
+    assert record["frames"] == 3 and record["info"]["frames_written"] == 5  # the sidecar renders it again
     assert [s["step"] for s in record["info"]["post"]] == ["interpolate", "paste"]
     assert record["info"]["post"][0]["method"] == "model" and record["info"]["fps_written"] == 16.0
     before = sorted(tmp_path.iterdir())

@@ -430,6 +430,8 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
     settings["image_at"] = [f"{frame}:{Path(path).resolve()}" for frame, path in map(parse_image_at, config.image_at)]
     if config.video:
         settings["video"] = str(Path(config.video).resolve())
+    if config.interpolate_model:
+        settings["interpolate_model"] = str(Path(config.interpolate_model).resolve())
     controls = parse_controls(config.controls)
     settings["controls"] = [control_record(c) for c in controls]
     settings["ip_adapters"] = [p.record() for p in parse_image_prompts(config.ip_adapters)]

@@ -13,12 +13,15 @@ from videodiff.settings.render import WriteSettings
 
 @click.command("interpolate")
 @click.argument("video", type=click.Path(dir_okay=False))
-@options_from(PostSettings, only=("interpolate", "interpolate_method", "interpolate_model", "loop"))
-@options_from(WriteSettings, only=("output", "overwrite", "crf", "quiet"))
+@options_from(PostSettings, only=("interpolate", "interpolate_method", "interpolate_model"))
 @click.option(
-    "--fps", type=float, default=None, help="Frames per second written (default: the video's times N)."
+    "--loop", is_flag=True, help="The video is a closed loop: also make frames between the last and the first."
 )
-def interpolate_command(video: str, output: str | None, quiet: bool, fps: float | None, **settings: Any) -> None:
+@options_from(WriteSettings, only=("output", "overwrite", "crf", "quiet"))
+@click.option("--fps", type=float, default=None, help="Frames per second written (default: the video's times N).")
+def interpolate_command(
+    video: str, output: str | None, quiet: bool, fps: float | None, loop: bool, **settings: Any
+) -> None:
     """Make in-between frames for any video: N-1 between each pair, at N times its frame rate.
 
     \b
@@ -34,7 +37,7 @@ def interpolate_command(video: str, output: str | None, quiet: bool, fps: float 
     if output is None:
         raise UserError("-o/--output is needed: the file to write (.mp4/.gif/.webm, or a folder of PNG frames)")
     written, clip = interpolate_video(
-        video, output, settings["interpolate"], settings["interpolate_method"], loop=settings["loop"],
+        video, output, settings["interpolate"], settings["interpolate_method"], loop=loop,
         model=settings["interpolate_model"], fps=fps, crf=settings["crf"], overwrite=settings["overwrite"],
     )  # fmt: skip
     if not quiet:

@@ -53,7 +53,7 @@ def model_inbetweens(
 ) -> VideoResult:
     """``first``'s frames with ``factor - 1`` frames between each pair rendered by ``pipe`` (the same
     :class:`~videodiff.pipelines.VideoPipeline`); the result's ``post`` lists the first pass's steps, then this
-    step, then the second pass's paste."""
+    step, then the second pass's paste; its ``settings`` are the first pass's (what renders it again)."""
     if first.frames is None:
         raise ValueError("model in-betweens need the first pass's decoded frames")
     again = inbetween_settings(settings, factor)
@@ -70,4 +70,5 @@ def model_inbetweens(
         "frames": int(second.frames.shape[0]),
         "fps": rate,
     }
-    return replace(second, post=[*first.post, step, *second.post], fps=rate)
+    # the first pass's settings are what reproduces the video (its frame count, strength, seed)
+    return replace(second, settings=first.settings, post=[*first.post, step, *second.post], fps=rate)

@@ -37,7 +37,7 @@ def interpolate_video(
 
     if factor is None:
         raise UserError(f"--interpolate N is needed: the frames to make per pair plus one (2 to {MAX_INTERPOLATE})")
-    settings = PostSettings(interpolate=factor, interpolate_method=method, loop=loop, interpolate_model=model)
+    settings = PostSettings(interpolate=factor, interpolate_method=method, interpolate_model=model)
     settings.validate()
     if method == "model":
         raise UserError(MODEL_ON_RENDERS_ONLY)
@@ -55,13 +55,14 @@ def interpolate_video(
     out = check_output(output, fps=fps or info.fps * factor, crf=crf, overwrite=overwrite, create=False)
     check_sidecar(out, overwrite=overwrite)
     frames, fps_read = read_video(video, frames=None)
-    clip = Clip(frames, fps_read)
+    clip = Clip(frames, fps_read, loop=loop)
     clip, records = run_post(clip, steps_for(settings, clip))
     if fps is not None:
         clip = replace(clip, fps=fps)
     record = {
         "video": str(Path(video).resolve()),
-        **{k: getattr(settings, k) for k in ("interpolate", "interpolate_method", "interpolate_model", "loop")},
+        **{k: getattr(settings, k) for k in ("interpolate", "interpolate_method", "interpolate_model")},
+        "loop": loop,
         "fps": fps,
         "crf": crf,
         INFO_KEY: {

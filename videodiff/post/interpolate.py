@@ -113,13 +113,13 @@ def interpolate(
 
 class Interpolate:
     """The post step of :func:`interpolate`: more frames, the fps times ``factor`` (``None`` stays ``None``);
-    pinned pictures move to their frames' new indices. ``model``: the RIFE file for ``method="rife"``, loaded
-    (and so checked) when the step is made, before it runs."""
+    pinned pictures move to their frames' new indices; a looping clip (``clip.loop``) is also interpolated across
+    its seam. ``model``: the RIFE file for ``method="rife"``, loaded (and so checked) when the step is made."""
 
     name = "interpolate"
 
-    def __init__(self, factor: int, method: str = "flow", loop: bool = False, model: str | None = None) -> None:
-        self.factor, self.method, self.loop, self.model = factor, method, loop, model
+    def __init__(self, factor: int, method: str = "flow", model: str | None = None) -> None:
+        self.factor, self.method, self.model, self.loop = factor, method, model, False
         self.net, self.sha256 = None, None
         if method == "rife":
             from videodiff.media.images import file_sha256
@@ -129,7 +129,8 @@ class Interpolate:
             self.sha256 = file_sha256(str(model))
 
     def __call__(self, clip: Clip) -> Clip:
-        frames = interpolate(clip.frames, self.factor, self.method, loop=self.loop, net=self.net)
+        self.loop = clip.loop  # what record() reports
+        frames = interpolate(clip.frames, self.factor, self.method, loop=clip.loop, net=self.net)
         fps = None if clip.fps is None else clip.fps * self.factor
         count = clip.frames.shape[0]
         pictures = {(f % count) * self.factor: p for f, p in clip.pictures.items()}
