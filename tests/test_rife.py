@@ -16,6 +16,7 @@ import torch
 from cli_helpers import assert_user_error, invoke, ok
 
 from videodiff.errors import UserError
+from videodiff.post.interpolate import interpolate
 from videodiff.post.rife import interpolate_pair, layout_of, load_rife, read_weights
 
 # (block inputs, widths c, lastconv channels after any shuffle, PReLU, ResConv, pixel shuffle, encoder)
@@ -102,9 +103,13 @@ def test_with_zeroed_heads_it_is_a_cross_fade_at_any_size(version, tmp_path):
     path = tmp_path / "zeroed.safetensors"
     save_file(state, str(path))
     a, b = frames(37, 70)
-    made = interpolate_pair(load_rife(path), a, b, [0.5])[0]
+    net = load_rife(path)
+    made = interpolate_pair(net, a, b, [0.5])[0]
     fade = (a.astype(np.float32) + b) / 2
     assert np.abs(made.astype(np.float32) - fade).max() <= 1
+    out = interpolate(np.stack([a, b]), 2, "rife", net=net)  # the post step's function: originals kept at i * N
+    assert out.shape == (3, 37, 70, 3) and np.array_equal(out[0], a) and np.array_equal(out[2], b)
+    assert np.array_equal(out[1], made)
 
 
 def test_version_is_read_from_shapes_and_unknown_layouts_are_named(tmp_path):
@@ -253,7 +258,7 @@ def test_eval_interp_scores_rife_and_the_model_s_own_inbetweens_when_asked(tmp_p
     from videodiff.shapes.interp_eval import model_fill, run_interp_eval
 
     model = _saved(tmp_path, released_state("4.6"))
-    fill = model_fill(load_pipeline(str(tiny_model), str(tiny_motion)), steps=2)
+    fill = model_fill(load_pipeline(str(tiny_model), str(tiny_motion)), steps=1)
     rows = {r["method"]: r for r in run_interp_eval(1, size=32, rife=str(model), fill=fill)}
     assert set(rows) == {"flow", "blend", "repeat", "rife", "model"}
     assert all(np.isfinite(r["psnr"]) and r["centroid_error"] >= 0 for r in rows.values())
