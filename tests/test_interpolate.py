@@ -3,6 +3,7 @@ refusals, and that optical flow puts the object where the world's ground truth h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 
@@ -13,8 +14,9 @@ from cli_helpers import assert_user_error, invoke, ok
 from videodiff.config import RenderConfig
 from videodiff.errors import UserError
 from videodiff.post import Clip, run_post, steps_for
-from videodiff.post.interpolate import METHODS, Interpolate, frames_after, interpolate
+from videodiff.post.interpolate import Interpolate, frames_after, interpolate
 from videodiff.settings.post import PostSettings
+from videodiff.shapes.interp_eval import WEIGHT_FREE
 
 PROMPT = "a red circle moving right"
 SMALL = ("--frames", 4, "--height", 16, "--width", 16, "--steps", 2, "--seed", 1, "-q")
@@ -24,7 +26,7 @@ def frames(n: int = 4, size: int = 16) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", WEIGHT_FREE)
 @pytest.mark.parametrize("loop", [False, True])
 def test_every_frame_is_kept_with_n_minus_1_between(method, loop):
     given = frames(4)
@@ -53,14 +55,19 @@ def test_the_step_multiplies_the_rate_and_moves_pinned_pictures():
     assert Interpolate(2)(replace(clip, fps=None)).fps is None  # no rate given: none made up
     one = Clip(frames(1), 8.0)
     assert steps_for(PostSettings(interpolate=2), one) == []  # nothing between
-    assert steps_for(PostSettings(interpolate=2, loop=True), one)[0](one).frames.shape[0] == 2
+    looping = replace(one, loop=True)
+    assert steps_for(PostSettings(interpolate=2), looping)[0](looping).frames.shape[0] == 2
 
 
-def test_a_render_s_loop_reaches_the_post_stage():
-    config = RenderConfig(prompt=PROMPT, loop=True, interpolate=2)
-    assert config.post.loop is True and config.sample.loop is True
-    out, _ = run_post(Clip(frames(4), 8.0), steps_for(config.post, Clip(frames(4), 8.0)))
-    assert out.frames.shape[0] == 8
+def test_a_render_s_loop_reaches_the_post_stage(tmp_path, models):
+    """The sampler's --loop is the clip's (one setting, read by the post stage from the clip): 4 looping frames
+    interpolated 2x are 8, the last two leading back to the first."""
+    out = tmp_path / "loop.gif"
+    ok(invoke("render", PROMPT, *models, *SMALL, "--loop", "--interpolate", 2, "-o", out))
+    record = json.loads((tmp_path / "loop.gif.json").read_text())
+    assert record["loop"] is True and record["info"]["frames_written"] == 8
+    assert record["info"]["post"][0]["loop"] is True
+    assert "loop" not in {f.name for f in dataclasses.fields(PostSettings)}
 
 
 @pytest.mark.parametrize(
@@ -68,7 +75,9 @@ def test_a_render_s_loop_reaches_the_post_stage():
     [
         ({"interpolate": 1}, "from 2 to 8"),
         ({"interpolate": 9}, "from 2 to 8"),
-        ({"interpolate": 2, "interpolate_method": "rife"}, "choose one of: flow, blend, repeat"),
+        ({"interpolate": 2, "interpolate_method": "warp"}, "choose one of: flow, blend, repeat, rife, model"),
+        ({"interpolate": 2, "interpolate_method": "rife"}, "rife needs --interpolate-model FILE"),
+        ({"interpolate": 2, "interpolate_model": "f.pkl"}, "read by --interpolate-method rife only"),
         ({"interpolate": 8, "fps": 8.0, "output": "x.gif"}, "a GIF plays at most 50 fps; use --interpolate 6"),
         ({"interpolate": 8, "fps": 60.0, "output": "x.mp4"}, "at most at 240 fps; use --interpolate 4"),
     ],
@@ -91,7 +100,7 @@ def test_flow_puts_the_object_where_the_ground_truth_has_it():
 def test_eval_interp_prints_a_row_per_method():
     result = ok(invoke("eval", "interp", "--clips", 1))
     assert [line.split("|")[1].strip() for line in result.output.splitlines()[2:]].count("flow") == 1
-    assert len(result.output.splitlines()) == 2 + len(METHODS)
+    assert len(result.output.splitlines()) == 2 + len(WEIGHT_FREE)
 
 
 @pytest.fixture
@@ -154,3 +163,27 @@ def test_render_interpolates_records_and_renders_again_from_the_sidecar(tmp_path
     again = tmp_path / "again.gif"
     ok(invoke("render", "--config", tmp_path / "v.gif.json", *models, "-q", "-o", again))
     assert np.array_equal(iio.imread(again), iio.imread(out))
+
+
+def gif_delays(path) -> list[int]:
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        return [gif.seek(i) or gif.info["duration"] for i in range(gif.n_frames)]
+
+
+def test_fps_sets_the_written_rate_and_a_gif_gets_whole_centiseconds_without_drift(video, tmp_path):
+    """8 fps times 4 is 32 fps, 3.125 cs a frame: the delays are 3 and 4 cs, summing to the exact duration; with
+    --fps 8 the same 17 frames play at 8 fps (slow motion), 12 and 13 cs alternating."""
+    fast, slow = tmp_path / "fast.gif", tmp_path / "slow.gif"
+    ok(invoke("interpolate", video, "-o", fast, "--interpolate", 4, "--interpolate-method", "blend"))
+    ok(invoke("interpolate", video, "-o", slow, "--interpolate", 4, "--interpolate-method", "blend", "--fps", 8))
+    for path, rate, allowed in ((fast, 32, {30, 40}), (slow, 8, {120, 130})):
+        delays = gif_delays(path)
+        assert len(delays) == 17 and set(delays) <= allowed
+        ends = np.cumsum(delays)
+        assert np.abs(ends - np.arange(1, 18) * 1000 / rate).max() <= 5  # every frame within half a cs
+        assert json.loads(path.with_name(path.name + ".json").read_text())["info"]["fps_written"] == rate
+    assert "a GIF plays at most 50 fps" in assert_user_error(
+        invoke("interpolate", video, "-o", tmp_path / "x.gif", "--interpolate", 2, "--fps", 60)
+    )

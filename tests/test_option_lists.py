@@ -44,7 +44,10 @@ def test_output_formats_are_named_once():
 def test_the_web_forms_dropdowns_and_whole_numbers_come_from_the_fields():
     from videodiff.ui import form, layout
 
-    assert layout.CHOICES == {k: v for k, v in choices_by_field(RenderConfig).items() if k in form.FORM_FIELDS}
+    fields_choices = {k: v for k, v in choices_by_field(RenderConfig).items() if k in form.FORM_FIELDS}
+    # the one exception: rife needs a file on the server (--interpolate-model), which the page never names
+    fields_choices["interpolate_method"] = tuple(m for m in fields_choices["interpolate_method"] if m != "rife")
+    assert layout.CHOICES == fields_choices
     assert set(layout.INTEGERS) == set(whole_number_fields(RenderConfig)) & set(form.FORM_FIELDS)
     names = {f.name for f in dataclasses.fields(RenderConfig)}
     assert set(form.FORM_FIELDS) <= names

@@ -375,7 +375,7 @@ class VideoPipeline:
         # 6. post-process
         steps: list[dict[str, Any]] = []
         if frames is not None:
-            clip = Clip(frames, fps, pinned)
+            clip = Clip(frames, fps, pinned, loop=settings.loop)
             clip, steps = run_post(clip, steps_for(post or PostSettings(), clip))
             frames, fps = clip.frames, clip.fps
         recorded = {**to_dict(settings), **begin.record, **record}

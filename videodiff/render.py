@@ -37,6 +37,7 @@ from videodiff.heap import Architecture, Footprint, available_memory, estimate, 
 from videodiff.log import notice
 from videodiff.media.images import file_sha256
 from videodiff.media.video import check_output, check_sidecar, save_video, sidecar_path
+from videodiff.post.interpolate import frames_after
 from videodiff.settings.control import control_record, flags_to_controls, parse_controls
 from videodiff.settings.ip_adapter import flags_to_image_prompts, parse_image_prompts
 from videodiff.sources import check_inputs, control_source, input_paths
@@ -340,6 +341,10 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
     started = time.monotonic()
     config, output, drawn = check_render(config, pipe)
     seed = config.seed
+    if config.interpolate and config.interpolate_method == "rife":  # what the file holds, before the model loads
+        from videodiff.post.rife import load_rife
+
+        load_rife(str(config.interpolate_model))
     try:
         if pipe is None:
             check_frame_limit(config)
@@ -347,16 +352,26 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
 
             pipe = VideoPipeline.load(config.load)
         pipe.check_frames(config.frames, config.window)
+        inbetweens = config.interpolate if config.interpolate_method == "model" else None
+        if inbetweens:  # the second pass (videodiff.pipeline.inbetweens) renders this many frames
+            pipe.check_frames(frames_after(config.frames, inbetweens, loop=config.loop), config.window)
         check_device_memory(config, pipe)
         if drawn:
             notice(f"seed {seed} (pass --seed {seed} to render this video again)")
         from videodiff.pipelines import input_from
 
         source = input_from(config.inputs)
+        post = replace(config.post, interpolate=None) if inbetweens else config.post  # the first pass's
         result = pipe.generate(
-            config.sample, source=source, progress=not config.quiet, on_step=on_step, post=config.post, fps=config.fps,
+            config.sample, source=source, progress=not config.quiet, on_step=on_step, post=post, fps=config.fps,
             controls=config.control, ip_adapters=config.image_prompts,
         )
+        if inbetweens and result.frames is not None and (result.frames.shape[0] > 1 or config.loop):
+            from videodiff.pipeline.inbetweens import model_inbetweens
+
+            result = model_inbetweens(
+                pipe, config.sample, result, inbetweens, fps=config.fps, progress=not config.quiet, on_step=on_step
+            )
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; so is the MPS one
         if not is_out_of_memory(exc):
             raise
@@ -415,6 +430,8 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
     settings["image_at"] = [f"{frame}:{Path(path).resolve()}" for frame, path in map(parse_image_at, config.image_at)]
     if config.video:
         settings["video"] = str(Path(config.video).resolve())
+    if config.interpolate_model:
+        settings["interpolate_model"] = str(Path(config.interpolate_model).resolve())
     controls = parse_controls(config.controls)
     settings["controls"] = [control_record(c) for c in controls]
     settings["ip_adapters"] = [p.record() for p in parse_image_prompts(config.ip_adapters)]

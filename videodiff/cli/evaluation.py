@@ -192,19 +192,35 @@ def _controlled(model, motion_module, seeds, controlnet, steps, guidance, motion
 @click.option("--seed", type=int, default=0, show_default=True, help="Which clips (the world's clip seed).")
 @click.option("--factor", type=click.IntRange(2, 8), default=2, show_default=True, help="Keep every N-th frame.")
 @click.option("--size", type=click.IntRange(16, 1024), default=64, show_default=True, help="Frame size in pixels.")
-def eval_interp(clips: int, seed: int, factor: int, size: int) -> None:
+@click.option("--rife", "rife", default=None, help="Also score this RIFE v4.x file (flownet.pkl or .safetensors).")
+@click.option("--with-model", is_flag=True, help="Also score the built-in model's own in-betweens (loads it; slower).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps for --with-model.")
+def eval_interp(
+    clips: int, seed: int, factor: int, size: int, rife: str | None, with_model: bool, steps: int | None
+) -> None:
     """PSNR and centroid error of each --interpolate-method against the frames it replaces.
 
     \b
     Example:
       videodiff eval interp --clips 10              # every other frame of 10 held-out clips
       videodiff eval interp --factor 4 --size 128
+      videodiff eval interp --clips 4 --with-model --rife flownet.pkl
     """
-    from videodiff.shapes.interp_eval import run_interp_eval
+    from videodiff.shapes.interp_eval import model_fill, run_interp_eval
 
+    fill = None
+    if rife:
+        from videodiff.settings.post import check_model
+
+        check_model("rife", rife)
+    if with_model:
+        from videodiff.pipelines import load_pipeline
+
+        fill = model_fill(load_pipeline(None), steps=steps, seed=seed)
+    rows = run_interp_eval(clips, seed=seed, factor=factor, size=size, rife=rife, fill=fill)
     click.echo("| method | PSNR (dB) | centroid error (px) | s per made frame |")
     click.echo("|---|---|---|---|")
-    for row in run_interp_eval(clips, seed=seed, factor=factor, size=size):
+    for row in rows:
         click.echo(
             f"| {row['method']} | {row['psnr']:.2f} | {row['centroid_error']:.3f} | {row['seconds_per_frame']:.4f} |"
         )

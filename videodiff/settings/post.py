@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from videodiff.errors import UserError
 from videodiff.settings.checks import MAX_FPS, check_types
 from videodiff.settings.fields import check_bounds, check_choices, setting
-from videodiff.settings.sample import SampleSettings
 
-# flow: OpenCV optical flow, warp and blend; blend: cross-fade; repeat: the earlier frame again (the floor)
-INTERPOLATE_METHODS = ("flow", "blend", "repeat")
+# flow: OpenCV optical flow, warp and blend; blend: cross-fade; repeat: the earlier frame again (the floor);
+# rife: a RIFE v4.x file (--interpolate-model); model: the video model renders the in-betweens (render commands)
+INTERPOLATE_METHODS = ("flow", "blend", "repeat", "rife", "model")
+RIFE_SUFFIXES = (".safetensors", ".pkl", ".pth", ".pt", ".ckpt")  # videodiff.post.rife reads these
 MAX_INTERPOLATE = 8
 GIF_MAX_FPS = 50  # GIF delays are whole centiseconds and browsers slow any under 2 cs: 50 fps is the fastest
-_LOOP = next(f for f in fields(SampleSettings) if f.name == "loop")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,14 +34,12 @@ class PostSettings:
     )
     interpolate_method: str = setting(
         "flow",
-        "How --interpolate makes frames: flow (optical flow, warped and blended), blend (cross-fade), repeat.",
+        "How --interpolate makes frames: flow (optical flow, warped and blended), blend (cross-fade), repeat, "
+        "rife (a RIFE v4.x file, --interpolate-model), model (the video model renders them; render commands).",
         choices=INTERPOLATE_METHODS,
     )
-    # the sampler's --loop (the same field in a RenderConfig): a closed loop is also interpolated across its seam
-    loop: bool = setting(
-        _LOOP.default,
-        "A closed loop: the windows wrap around the end (seamless GIFs), and --interpolate also makes frames "
-        "between the last frame and the first.",
+    interpolate_model: str | None = setting(  # None: no learned interpolator
+        None, "The RIFE v4.x file (flownet.pkl or .safetensors) that --interpolate-method rife uses."
     )
 
     def validate(self) -> PostSettings:
@@ -52,8 +50,29 @@ class PostSettings:
         check_types(self, PostSettings)
         check_bounds(self, "interpolate")
         check_choices(self, "interpolate_method")
+        check_model(self.interpolate_method, self.interpolate_model, self.interpolate)
         check_rate(self.interpolate, getattr(self, "fps", None), getattr(self, "output", None))
         return self
+
+
+def check_model(method: str, model: str | None, factor: int | None = 2) -> None:
+    """Refuse (one line) ``rife`` without a model file (when there is a ``factor`` to interpolate by), a model
+    with another method, or a file that is missing or of a type no RIFE release uses; what the file holds is
+    checked when it loads (:mod:`videodiff.post.rife`)."""
+    if method == "rife" and not model and factor:
+        raise UserError(
+            "--interpolate-method rife needs --interpolate-model FILE (a RIFE v4.x flownet.pkl or .safetensors)"
+        )
+    if model and method != "rife":
+        raise UserError(f"--interpolate-model is read by --interpolate-method rife only, not {method}")
+    if model:
+        path = Path(str(model))
+        if path.suffix.lower() not in RIFE_SUFFIXES:
+            raise UserError(f"--interpolate-model {model}: a RIFE model is a {'/'.join(RIFE_SUFFIXES)} file")
+        if not path.exists():
+            raise UserError(f"--interpolate-model {model}: no such file")
+        if not path.is_file():
+            raise UserError(f"--interpolate-model {model}: not a regular file")
 
 
 def check_rate(factor: int | None, fps: float | None, output: str | None) -> None:

@@ -90,6 +90,7 @@ _SERVER_ONLY = (
     "motion",
     "controls",
     "ip_adapters",
+    "interpolate_model",  # a file on the server: the page offers the weight-free methods and the model's own
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")

@@ -34,6 +34,8 @@ HELP = {
 }
 # Dropdowns and whole-number boxes of the form, from the settings' own fields (videodiff.settings.fields)
 CHOICES = {k: v for k, v in choices_by_field(RenderConfig).items() if k in form.FORM_FIELDS}
+# rife needs a file on the server (--interpolate-model), which the page does not name
+CHOICES["interpolate_method"] = tuple(m for m in CHOICES["interpolate_method"] if m != "rife")
 INTEGERS = tuple(n for n in whole_number_fields(RenderConfig) if n in form.FORM_FIELDS)
 
 
