@@ -211,16 +211,15 @@ def check_encoder_fits(source: str | Path, folder: str) -> None:
     config = Path(folder) / "config.json"
     if path.suffix.lower() != ".safetensors" or not config.is_file():
         return
-    shapes = dict(read_header(path).shapes)
-    proj = {k[len("image_proj.") :]: v for k, v in shapes.items() if k.startswith("image_proj.")}
-    layers = {k[len("ip_adapter.") :]: v for k, v in shapes.items() if k.startswith("ip_adapter.")}
+    proj, layers = split_state_dict(dict(read_header(path).shapes), source)  # keys only; one line if none fit
+    layout = layout_of(proj, layers, source)  # FaceID and unknown layouts: one line, before the model loads
     try:
+        width, pooled = encoder_width(layout, proj)
         settings = json.loads(config.read_text(encoding="utf-8"))
         vision = settings.get("vision_config") or settings
-        width, pooled = encoder_width(layout_of(proj, layers, source), proj)  # type: ignore[arg-type]
+        has = (settings.get("projection_dim") or vision.get("projection_dim")) if pooled else vision.get("hidden_size")
     except (OSError, ValueError, AttributeError, KeyError, IndexError, TypeError):
-        return  # the load itself says what is wrong
-    has = (settings.get("projection_dim") or vision.get("projection_dim")) if pooled else vision.get("hidden_size")
+        return  # the adapter's or the encoder's own load says what is wrong
     if isinstance(has, int) and has != width:
         what = "pooled image embeddings" if pooled else "hidden states"
         raise UserError(
@@ -252,15 +251,19 @@ def describe_ip_adapter(path: Path, shapes: dict[str, tuple[int, ...]] | None = 
     if key is not None and len(layers[key]) == 2:
         info["cross_attention_width"] = layers[key][1]
     info["cross_attention_layers"] = len({k.split(".")[0] for k in layers})
-    width, pooled = encoder_width(layout, proj)
-    if layout == "plain":
-        info["image_tokens"] = proj["proj.weight"][0] // max(1, proj.get("norm.weight", (1,))[0])
-    elif layout == "plus":
-        info["image_tokens"] = proj["latents"][1] if len(proj["latents"]) == 3 else None
+    try:
+        width, pooled = encoder_width(layout, proj)
+        if layout == "plain":
+            info["image_tokens"] = proj["proj.weight"][0] // max(1, proj.get("norm.weight", (1,))[0])
+        elif layout == "plus":
+            info["image_tokens"] = proj["latents"][1] if len(proj["latents"]) == 3 else None
+        else:
+            info["image_tokens"] = "one per encoder hidden state"
+    except (KeyError, IndexError, TypeError):
+        return {**info, "layout": layout, "use": "not usable: its image projection's shapes do not fit its layout"}
+    if layout == "plus":
         face = "face" in path.name.lower()
         layout = "Plus face (by its file name; the layout is Plus's)" if face else "Plus"
-    else:
-        info["image_tokens"] = "one per encoder hidden state"
     info["layout"] = layout
     name = (POOLED_ENCODERS if pooled else HIDDEN_ENCODERS).get(width, "a CLIP vision model")
     what = "pooled image embedding" if pooled else "penultimate hidden states"
