@@ -107,9 +107,10 @@ def test_hub_ids_that_cannot_be_found_are_one_line_before_the_model_loads(
     message = assert_user_error(
         invoke("render", "x", *models, *SIZE, "-q", "--ip-adapter", adapter, "--ip-image", picture, *extra, "-o", out)
     )
-    expected = {"adapter not cached": "offline", "no encoder in the repository": "--image-encoder",
+    expected = {"adapter not cached": "offline", "no encoder in the repository": "no image encoder beside it",
                 "encoder id not cached": "someone/clip-vision"}[case]  # fmt: skip
     assert expected in message and not loads and not out.exists()
+    assert message.startswith("--image-encoder" if case == "encoder id not cached" else "--ip-adapter")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

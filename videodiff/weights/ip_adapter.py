@@ -72,6 +72,7 @@ def locate_image_encoder(source: str | Path, given: str | None) -> str:
     hub = _on_hub(source)
     if hub is None:
         return find_image_encoder(locate_adapter(source), None)
+    locate_adapter(source)  # the adapter first: a message about it, not its encoder, when it cannot be had
     repo, filename = hub
     parent = posixpath.dirname(filename)
     for folder in dict.fromkeys((posixpath.join(parent, ENCODER_FOLDER), ENCODER_FOLDER)):
