@@ -193,17 +193,21 @@ def test_image_keyframes_blend_as_prompt_travel(one_thread, tiny_pipe, ip):
     assert not torch.allclose(alone_a, alone_b)
 
 
-def test_each_window_gets_its_own_frames_image_tokens(one_thread, tiny_pipe, ip, monkeypatch):
-    """A spy on the attention processors: in a 24-frame render in two windows (frames 0-15 and 8-23) with keyframes
-    at 0 and 23, every cross-attention call gets, for its window, exactly those frames' interpolated tokens (and the
-    negative tokens in the unconditional half)."""
+@pytest.mark.parametrize(("layers", "overlap"), [("unet", 0), ("temporal", 16)])
+def test_each_window_gets_its_own_frames_image_tokens(one_thread, tiny_pipe, ip, monkeypatch, layers, overlap):
+    """A spy on the attention processors: in a 64-frame render in two windows (frames 0-31 and 32-63, FreeNoise's
+    initial noise) with keyframes at 0 and 63, every cross-attention call gets exactly its frames' interpolated
+    tokens (and the negative tokens in the unconditional half): a window's frames when the whole U-Net runs per
+    window, every frame when only the motion modules do (``window_layers: temporal``, FreeNoise's way; its windows
+    overlap by 16 frames)."""
     from videodiff.pipeline.image_prompts import image_tokens
     from videodiff.settings.ip_adapter import ImagePrompt
     from videodiff.unet import inflate
 
     adapters, (a, b), _ = ip
+    frames, window = 64, 32
     prompt = ImagePrompt(str(adapters["plain"]), image_at=(f"0:{a}", f"-1:{b}"))
-    expected = image_tokens(tiny_pipe, prompt, 24)
+    expected = image_tokens(tiny_pipe, prompt, frames)
     seen: list[torch.Tensor] = []
     original = inflate.FrameAttention.__call__
 
@@ -213,18 +217,20 @@ def test_each_window_gets_its_own_frames_image_tokens(one_thread, tiny_pipe, ip,
         return original(self, attn, hidden_states, encoder_hidden_states, *args, token_sets=token_sets, **kwargs)
 
     monkeypatch.setattr(inflate.FrameAttention, "__call__", spy)
-    tiny_pipe("a red circle moving right", negative_prompt="cat", num_frames=24, height=32, width=40,
-              num_inference_steps=1, seed=1, window=16, overlap=8, ip_adapters=[prompt])  # fmt: skip
+    tiny_pipe("a red circle moving right", negative_prompt="cat", num_frames=frames, height=32, width=40,
+              num_inference_steps=1, seed=1, window=window, overlap=overlap, window_noise="freenoise",
+              window_layers=layers, ip_adapters=[prompt])  # fmt: skip
     assert seen
+    width = window if layers == "unet" else frames
     starts = set()
     for tokens in seen:
         halves = tokens.reshape(2, -1, *tokens.shape[1:])  # [uncond, cond] each [f m d]
-        assert halves.shape[1] == 16
-        torch.testing.assert_close(halves[0], expected.uncond.expand(16, -1, -1))
-        match = [s for s in range(0, 9) if torch.allclose(halves[1], expected.tokens[0, s : s + 16])]
+        assert halves.shape[1] == width
+        torch.testing.assert_close(halves[0], expected.uncond.expand(width, -1, -1))
+        match = [s for s in range(frames - width + 1) if torch.allclose(halves[1], expected.tokens[0, s : s + width])]
         assert len(match) == 1
         starts.add(match[0])
-    assert starts == {0, 8}
+    assert starts == ({0, 32} if layers == "unet" else {0})
 
 
 def test_ip_image_at_outside_the_video_is_one_line(tmp_path, models, ip):

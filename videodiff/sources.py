@@ -12,7 +12,7 @@ from videodiff.config import RenderConfig, parse_image_at
 from videodiff.control.maps import map_source
 from videodiff.errors import UserError
 from videodiff.settings.control import check_sparse, parse_controls
-from videodiff.settings.ip_adapter import adapter_file, find_image_encoder, parse_image_prompts
+from videodiff.settings.ip_adapter import parse_image_prompts
 
 
 def check_inputs(config: RenderConfig) -> None:
@@ -20,7 +20,7 @@ def check_inputs(config: RenderConfig) -> None:
     pinned frames inside the video, before minutes of loading."""
     from videodiff.control.maps import check_maps
     from videodiff.media.clips import check_moving_video
-    from videodiff.media.images import check_image
+    from videodiff.media.images import check_image, read_image
 
     for frame, path in map(parse_image_at, config.image_at):
         if not -config.frames <= frame < config.frames:
@@ -38,11 +38,14 @@ def check_inputs(config: RenderConfig) -> None:
             check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
         if control.controlnet is None and own_controlnet(config.model) is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
+    from videodiff.weights.ip_adapter import check_encoder_fits, locate_adapter, locate_image_encoder
+
     for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, pictures in the video
-        find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
-        check_adapter_width(adapter_file(prompt.adapter), config.model)
-        for path in prompt.pictures(frames).values():
-            check_image(path)
+        folder = locate_image_encoder(prompt.adapter, prompt.image_encoder)  # local, or on the hub (downloaded alone)
+        check_encoder_fits(prompt.adapter, folder)
+        check_adapter_width(locate_adapter(prompt.adapter), config.model)
+        for picture in prompt.pictures(frames).values():
+            check_image(picture) if isinstance(picture, str) else read_image(picture)  # Python: in memory
 
 
 def check_adapter_width(adapter: Path, model: str | None) -> None:

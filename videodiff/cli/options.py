@@ -151,11 +151,11 @@ def ip_adapter_options(func):
     """``--ip-adapter``, ``--ip-image``, ``--ip-scale`` (repeatable, the n-th of each for the n-th adapter) and
     ``--image-encoder`` (:func:`videodiff.settings.ip_adapter.image_prompts_from_flags` makes them ``ip_adapters``)."""
     options = (
-        ("--ip-adapter", str, True, "IP-Adapter weights (plain, Plus or full-face; .safetensors or .bin); repeatable."),
+        ("--ip-adapter", str, True, "IP-Adapter weights (.safetensors or .bin), or ORG/NAME/PATH/FILE on the hub."),
         ("--ip-image", str, True, "The picture for the n-th --ip-adapter (an image prompt); one per --ip-adapter."),
         ("--ip-image-at", str, True, "FRAME:PATH: a keyframe picture (-1 the last), blended between keyframes."),
         ("--ip-scale", float, True, "How strongly the n-th image prompt steers [default: 1]"),
-        ("--image-encoder", str, False, "CLIP vision model folder, when none is beside the adapter (image_encoder/)."),
+        ("--image-encoder", str, False, "CLIP vision folder or hub id, if none is beside the adapter."),
     )
     for name, typ, multiple, help_text in reversed(options):
         func = click.option(name, type=typ, multiple=multiple, default=() if multiple else None, help=help_text)(func)

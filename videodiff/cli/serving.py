@@ -42,12 +42,13 @@ def finite(minutes: float) -> float:
     "ip_adapters",
     multiple=True,
     metavar="PATH",
-    help="An IP-Adapter (weights file, or a folder holding one) the page offers by its name; repeatable.",
+    help="An IP-Adapter (weights file, a folder holding one, or ORG/NAME/PATH/FILE on the hub) the page offers by its "
+    "name; repeatable.",
 )
 @click.option(
     "--image-encoder",
     metavar="FOLDER",
-    help="CLIP vision model folder for the served IP-Adapters that have no image_encoder/ beside them.",
+    help="CLIP vision model folder (or hub id) for the served IP-Adapters that have no image_encoder/ beside them.",
 )
 @click.option(
     "--queue-per-client",

@@ -19,7 +19,7 @@ from videodiff import text
 from videodiff.errors import UserError
 from videodiff.sampling.cond import TOKEN_SETS, Cond, TokenSet, TokenSets
 from videodiff.settings.ip_adapter import ImagePrompt, parse_image_prompts
-from videodiff.weights.ip_adapter import IPAdapter, adapter_file, find_image_encoder, load_ip_adapter
+from videodiff.weights.ip_adapter import IPAdapter, load_ip_adapter, locate_image_encoder
 
 __all__ = ["adapter", "image_encoder", "image_tokens", "token_name", "with_image_prompts"]
 
@@ -57,39 +57,58 @@ def image_encoder(pipe, folder: str) -> tuple[Any, Any]:
     return loaded[folder]
 
 
-def _embeddings(pipe, encoder, processor, image: Any, hidden: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cond, uncond)`` encoder outputs for one picture: pooled ``[1 e]`` (plain) or hidden states ``[1 s e]``,
-    with diffusers' negatives (zeros; the hidden states of a zero picture)."""
-    from PIL import Image
+def _pixels(picture: Any) -> tuple[Any, str]:
+    """A picture (a path, PIL image or array) as uint8 ``[h w 3]`` RGB, and the SHA-256 of those pixels: equal
+    pictures, however given, share one encoder run."""
+    import numpy as np
 
     from videodiff.media.images import read_image
 
-    picture = Image.fromarray(read_image(image))
-    pixels = processor(picture, return_tensors="pt").pixel_values.to(pipe.device, pipe.dtype)
-    if hidden:
-        cond = encoder(pixels, output_hidden_states=True).hidden_states[-2]
-        uncond = encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
-        return cond, uncond
-    cond = encoder(pixels).image_embeds
-    return cond, torch.zeros_like(cond)
+    pixels = np.ascontiguousarray(read_image(picture))
+    digest = hashlib.sha256(f"{pixels.shape}".encode())
+    digest.update(pixels.tobytes())
+    return pixels, digest.hexdigest()
+
+
+def _embeddings(pipe, encoder, processor, pixels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """One encoder run for one picture (uint8 ``[h w 3]``): its pooled ``image_embeds`` ``[1 e]`` (plain adapters) and
+    penultimate hidden states ``[1 s e]`` (Plus, full-face)."""
+    from PIL import Image
+
+    values = processor(Image.fromarray(pixels), return_tensors="pt").pixel_values.to(pipe.device, pipe.dtype)
+    out = encoder(values, output_hidden_states=True)
+    return out.image_embeds, out.hidden_states[-2]
+
+
+def _zero_picture(pipe, encoder, processor, cache: dict, folder: str) -> torch.Tensor:
+    """The hidden states of a zero (normalised) picture: diffusers' negative for Plus and full-face adapters, computed
+    once per encoder (a plain adapter's negative is zeros like the pooled embedding)."""
+    if (folder, "zeros") not in cache:
+        size = processor.crop_size
+        zeros = torch.zeros(1, 3, size["height"], size["width"], device=pipe.device, dtype=pipe.dtype)
+        cache[folder, "zeros"] = encoder(zeros, output_hidden_states=True).hidden_states[-2]
+    return cache[folder, "zeros"]
 
 
 def image_tokens(pipe, prompt: ImagePrompt, frames: int, travel: str = "linear", cache: dict | None = None) -> TokenSet:
     """One image prompt's :class:`TokenSet` at the prompt's scale: tokens ``[1 m d]`` for one picture, or ``[1 f m d]``
     for keyframes (``image_at``): each keyframe's tokens at its frame, blended in between as prompt travel blends
     text (:func:`videodiff.text.travel`, ``travel`` ``linear`` or ``slerp``), held before the first and after the last.
-    The negative tokens do not depend on the picture: ``[1 m d]``, one for every frame."""
+    The negative tokens do not depend on the picture: ``[1 m d]``, one for every frame. ``cache`` (shared by a
+    render's image prompts): encoder outputs by encoder and pixels, so that each distinct picture is encoded once."""
     ip = adapter(pipe, prompt.adapter)
-    folder = find_image_encoder(adapter_file(prompt.adapter), prompt.image_encoder)
+    folder = locate_image_encoder(prompt.adapter, prompt.image_encoder)
     encoder, processor = image_encoder(pipe, folder)
     cache = {} if cache is None else cache
     keyed: dict[int, torch.Tensor] = {}
     negative = None
-    for frame, path in prompt.pictures(frames).items():
-        key = (folder, ip.hidden_states, path)
-        if key not in cache:
-            cache[key] = _embeddings(pipe, encoder, processor, path, ip.hidden_states)
-        cond, uncond = cache[key]
+    for frame, picture in prompt.pictures(frames).items():
+        pixels, digest = _pixels(picture)
+        if (folder, digest) not in cache:
+            cache[folder, digest] = _embeddings(pipe, encoder, processor, pixels)
+        pooled, hidden = cache[folder, digest]
+        cond = hidden if ip.hidden_states else pooled
+        uncond = _zero_picture(pipe, encoder, processor, cache, folder) if ip.hidden_states else torch.zeros_like(cond)
         try:
             keyed[frame], negative = ip.projection(cond), ip.projection(uncond)
         except RuntimeError:
@@ -112,5 +131,10 @@ def with_image_prompts(pipe, cond: Cond, ip_adapters: Any, frames: int, travel: 
     cache: dict = {}
     sets = tuple(image_tokens(pipe, p, frames, travel, cache) for p in prompts)
     if pipe.offload:  # the encoders' memory goes back before sampling; they load again for the next render
+        import gc
+
         pipe.__dict__.pop("_image_encoders", None)
+        gc.collect()
+        if pipe.device.type == "cuda":
+            torch.cuda.empty_cache()
     return cond.with_fields(**{TOKEN_SETS: TokenSets(sets)})

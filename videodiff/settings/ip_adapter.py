@@ -10,8 +10,10 @@ On the command line ``--ip-adapter FILE --ip-image PATH [--ip-scale S]``, repeat
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, fields
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,33 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 ENCODER_FOLDER = "image_encoder"  # where the peers (h94/IP-Adapter's models/, diffusers) keep the CLIP vision model
 
 
-def parse_ip_image_at(spec: Any) -> tuple[int, str]:
-    """``FRAME:PATH`` (``--ip-image-at``): the frame (negative counts from the end) and the picture's path."""
+MEMORY = "memory:sha256="  # how a sidecar records a picture given in memory: the SHA-256 of its pixels
+
+
+def in_memory(picture: Any) -> bool:
+    """Whether ``picture`` is a picture in memory (a PIL image or an array: anything numpy reads), not a path."""
+    return not isinstance(picture, (str, bytes, PathLike)) and (
+        hasattr(picture, "__array_interface__") or hasattr(picture, "__array__")
+    )
+
+
+def pixels_sha256(picture: Any) -> str:
+    """SHA-256 of a picture's pixels as given (``numpy.asarray``: a PIL image in its own mode), over its shape and
+    dtype, then its bytes in C order."""
+    import numpy as np
+
+    array = np.ascontiguousarray(np.asarray(picture))
+    digest = hashlib.sha256(f"{array.shape} {array.dtype.str}\n".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def parse_ip_image_at(spec: Any) -> tuple[int, Any]:
+    """``FRAME:PATH`` (``--ip-image-at``), or ``(FRAME, PICTURE)`` in Python (a path, PIL image or array): the frame
+    (negative counts from the end) and the picture."""
+    if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[0], bool) and isinstance(spec[0], int):
+        if in_memory(spec[1]) or (isinstance(spec[1], str) and spec[1] and "\0" not in spec[1]):
+            return spec
     frame, sep, path = str(spec).partition(":")
     try:
         index = int(frame)
@@ -47,10 +74,10 @@ class ImagePrompt:
     the adapter)."""
 
     adapter: str
-    image: str | None = None
+    image: Any = None  # a path; in Python also a PIL image or an array (numpy.asarray reads it)
     scale: float = 1.0
     image_encoder: str | None = None
-    image_at: tuple[str, ...] = ()
+    image_at: tuple[Any, ...] = ()  # "FRAME:PATH"; in Python also (FRAME, PICTURE)
 
     KEYS = ("adapter", "image", "scale", "image_encoder", "image_at")
 
@@ -84,12 +111,18 @@ class ImagePrompt:
             parse_ip_image_at(spec)
         for flag, text in (("--ip-adapter", self.adapter), ("--ip-image", self.image), ("--image-encoder", None)):
             text = self.image_encoder if flag == "--image-encoder" else text
-            if flag != "--ip-adapter" and text is None:
+            if (flag != "--ip-adapter" and text is None) or (flag == "--ip-image" and in_memory(text)):
                 continue
             if not isinstance(text, str) or not text:
-                raise UserError(f"{flag} must be a path, got {shown(text)}")
+                also = " (in Python also a PIL image or an array)" if flag == "--ip-image" else ""
+                raise UserError(f"{flag} must be a path{also}, got {shown(text)}")
             if "\0" in text:
                 raise UserError(f"{flag} contains a NUL character")
+            if flag == "--ip-image" and text.startswith(MEMORY) and not Path(text).exists():
+                raise UserError(
+                    f"--ip-image {text[:32]}...: a picture that was given in memory (Python), recorded by the SHA-256 "
+                    "of its pixels; name a picture file to render it again"
+                )
         scale = self.scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise UserError(f"--ip-scale must be a finite number, got {shown(scale)}")
@@ -97,10 +130,11 @@ class ImagePrompt:
             raise UserError(f"--ip-scale must be from 0 to {MAX_IP_SCALE:g}, got {scale:g}")
         return self
 
-    def pictures(self, frames: int) -> dict[int, str]:
-        """``{frame: path}`` for a video of ``frames`` frames: ``image`` at frame 0 (every frame when alone) and the
-        ``image_at`` keyframes; a frame outside the video or given twice is a one-line :class:`UserError`."""
-        out: dict[int, str] = {} if self.image is None else {0: self.image}
+    def pictures(self, frames: int) -> dict[int, Any]:
+        """``{frame: picture}`` (a path, or a picture in memory) for a video of ``frames`` frames: ``image`` at frame 0
+        (every frame when alone) and the ``image_at`` keyframes; a frame outside the video or given twice is a one-line
+        :class:`UserError`."""
+        out: dict[int, Any] = {} if self.image is None else {0: self.image}
         for spec in self.image_at:
             frame, path = parse_ip_image_at(spec)
             if not -frames <= frame < frames:
@@ -108,17 +142,22 @@ class ImagePrompt:
                 raise UserError(f"--ip-image-at frame {frame} is outside the video's {frames} frames (0 to {last})")
             index = frame % frames
             if index in out:
-                raise UserError(f"--ip-image-at gives frame {index} a second picture ({out[index]} and {path})")
+                first, second = (p if isinstance(p, str) else "a picture in memory" for p in (out[index], path))
+                raise UserError(f"--ip-image-at gives frame {index} a second picture ({first} and {second})")
             out[index] = path
         return out
 
     def paths(self) -> list[str]:
-        """Every picture this prompt reads."""
-        return ([self.image] if self.image is not None else []) + [parse_ip_image_at(s)[1] for s in self.image_at]
+        """Every picture file this prompt reads (pictures in memory are not files)."""
+        every = [self.image] + [parse_ip_image_at(s)[1] for s in self.image_at]
+        return [p for p in every if isinstance(p, str)]
 
     def record(self) -> dict[str, Any]:
-        """The image prompt as a settings file holds it, local paths made absolute (a sidecar's item)."""
-        def pinned(path: str) -> str:
+        """The image prompt as a settings file holds it, local paths made absolute (a sidecar's item); a picture
+        given in memory as ``memory:sha256=HEX``, the SHA-256 of its pixels (:func:`pixels_sha256`)."""
+        def pinned(path: Any) -> str:
+            if in_memory(path):
+                return MEMORY + pixels_sha256(path)
             return str(Path(path).resolve()) if Path(path).exists() else path
 
         out: dict[str, Any] = {"adapter": pinned(self.adapter), "scale": self.scale}

@@ -321,6 +321,7 @@ class Handlers:
         ip_adapter: str = NONE,
         ip_image: dict | None = None,
         ip_scale: float = IP_SCALE,
+        ip_image_end: dict | None = None,
         request: gr.Request = None,
     ) -> str:
         """Text-to-video for scripts (gradio_client): PROMPT with FRAMES, STEPS, SEED (0 or -1: the form's
@@ -329,7 +330,7 @@ class Handlers:
         (``gradio_client.handle_file``), DETECTOR ``none`` or ``canny`` with LOW, HIGH, SCALE, the step range
         START to END; ``..._2`` for a second control. INTERPOLATE (0: off, or 2 to 8) and INTERPOLATE_METHOD
         (empty: the form's) when given stand over settings_json's. Image prompt: IP_ADAPTER by the name the page
-        shows, IP_IMAGE an uploaded picture, IP_SCALE.
+        shows, IP_IMAGE an uploaded picture, IP_SCALE, IP_IMAGE_END a picture for the last frame (optional).
         A cancelled call (gradio_client's ``job.cancel()``) stops the render at its next step: nothing is written."""
         import json
 
@@ -353,7 +354,7 @@ class Handlers:
         values.update({k: v for k, v in (("frames", frames), ("steps", steps)) if v})
         given = (("interpolate", interpolate), ("interpolate_method", interpolate_method))
         values.update({k: v for k, v in given if v not in (0, None, "")})
-        image_prompt = ImagePromptRequest(ip_adapter, ip_image, ip_scale)
+        image_prompt = ImagePromptRequest(ip_adapter, ip_image, ip_scale, ip_image_end)
         job = await self.queue("text", values, format, request, requests, image_prompt)
         try:
             outcome = await asyncio.wrap_future(job.future)

@@ -162,7 +162,8 @@ class Page:
     video_state: Any
     # the Control section: up to controls.FORM_CONTROLS ControlNets with their maps
     controls: list[ControlForm]
-    # the Image prompt section: a served IP-Adapter, its picture, its scale (a prompts.ImagePromptRequest's fields)
+    # the Image prompt section: a served IP-Adapter, its picture, its scale, the last frame's picture (a
+    # prompts.ImagePromptRequest's fields)
     ip_inputs: list[Any]
 
     @property
@@ -304,6 +305,12 @@ def build_layout(
                     file_types=list(form.IMAGE_SUFFIXES),
                     elem_id="ip-image",
                 )
+                ip_image_end = gr.File(
+                    label="Picture at the last frame (optional: the image prompt moves to it over the video)",
+                    type="filepath",
+                    file_types=list(form.IMAGE_SUFFIXES),
+                    elem_id="ip-image-end",
+                )
         with gr.Column(scale=2):
             video_out = gr.Video(label="Video", elem_id="video-out", autoplay=True, loop=True)
             gif_out = gr.Image(label="GIF", visible=False, elem_id="gif-out")
@@ -371,5 +378,5 @@ def build_layout(
         last_state=last_state,
         video_state=video_state,
         controls=control_forms,
-        ip_inputs=[ip_adapter, ip_image, ip_scale],
+        ip_inputs=[ip_adapter, ip_image, ip_scale, ip_image_end],
     )

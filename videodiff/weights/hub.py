@@ -87,14 +87,27 @@ def hub_file(source: str) -> tuple[str, str] | None:
     return (repo, filename) if is_hub_id(repo) else None
 
 
-def locate(source: str, what: str) -> Path:
+def hub_folder(source: str) -> tuple[str, str] | None:
+    """``org/name/path/to/folder`` -> ``("org/name", "path/to/folder")``: one folder of a hub repository
+    (``h94/IP-Adapter/models/image_encoder``); None for a weights file (:func:`hub_file`) or anything else."""
+    parts = str(source).split("/")
+    if len(parts) < 3 or hub_file(source) is not None or any(p in ("", ".", "..") for p in parts[2:]):
+        return None
+    repo = "/".join(parts[:2])
+    return (repo, "/".join(parts[2:])) if is_hub_id(repo) else None
+
+
+def locate(source: str, what: str, *, folders: bool = False) -> Path:
     """A local path for ``source``: the file or folder itself, a hub id's snapshot in the local cache, or one
-    file of a hub repository (``org/name/file.safetensors``, :func:`hub_file`), downloaded alone."""
+    file of a hub repository (``org/name/file.safetensors``, :func:`hub_file`), downloaded alone; with ``folders``,
+    also one folder of a hub repository (:func:`hub_folder`, downloaded alone; the path may not exist when the
+    repository has no such folder)."""
     path = Path(source).expanduser()
     if path.exists():
         return path
     single = hub_file(source)
-    if not is_hub_id(source) and single is None:
+    folder = hub_folder(source) if folders else None
+    if not is_hub_id(source) and single is None and folder is None:
         raise UserError(f"{what} {source!r} not found: no such file or folder (a hub id looks like 'org/name')")
     from huggingface_hub import constants, hf_hub_download, snapshot_download
 
@@ -102,11 +115,16 @@ def locate(source: str, what: str) -> Path:
     try:
         if single is not None:
             return Path(hf_hub_download(single[0], single[1], local_files_only=local_only))
+        if folder is not None:
+            snapshot = snapshot_download(folder[0], local_files_only=local_only, allow_patterns=[f"{folder[1]}/*"])
+            return Path(snapshot) / folder[1]
         return Path(snapshot_download(source, local_files_only=local_only, ignore_patterns=HUB_SKIP))
     except Exception as exc:  # noqa: BLE001 - hub errors become one line
         label = repr(source)
         if single is not None:  # a mistyped local path reads like a file of a hub repository
             label += f" (no such local file; read as file {single[1]} of hub repository {single[0]})"
+        elif folder is not None:
+            label += f" (no such local folder; read as folder {folder[1]} of hub repository {folder[0]})"
         if local_only:
             why = "offline (VIDEODIFF_OFFLINE=1)" if offline() else "the Hugging Face hub cannot be reached"
             raise UserError(

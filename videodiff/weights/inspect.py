@@ -20,6 +20,7 @@ from videodiff.weights.checkpoints import read_state_dict
 from videodiff.weights.controlnets import CONTROLNET_CLASSES, describe_controlnet, is_controlnet
 from videodiff.weights.embeddings import describe_embedding
 from videodiff.weights.hub import DEFAULTS_FILE, describe_vocabulary, model_triggers, model_vocabulary
+from videodiff.weights.ip_adapter import describe_ip_adapter
 from videodiff.weights.lora import describe_lora
 from videodiff.weights.motion_formats import SPATIAL_FILE, companion_files, describe_motion_module
 from videodiff.weights.safetensors_header import read_header
@@ -247,7 +248,14 @@ def describe(path: str) -> dict[str, Any]:
                 "tensors": len(header.shapes),
                 "use": "loaded with the motion module folder it sits in",
             }
+        found = describe_ip_adapter(p, dict(header.shapes))  # from the header: nothing loaded
+        if found is not None:
+            return found
     keys = _keys(p)
+    if suffix != ".safetensors" and (not keys or any(k.startswith("image_proj.") for k in keys)):
+        found = describe_ip_adapter(p)  # before LoRAs: FaceID adapters hold LoRA keys; .bin files may be nested
+        if found is not None:
+            return found
     if is_controlnet(keys):  # before checkpoints: ControlNet 1.0 files hold a whole SD model beside their own
         return describe_controlnet(p)
     if any(

@@ -17,21 +17,80 @@ FaceID variants (insightface embeddings and a LoRA) are refused. Weights are rea
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from videodiff.errors import UserError
-from videodiff.settings.ip_adapter import adapter_file, find_image_encoder
-from videodiff.weights.checkpoints import _load_pickle, read_state_dict
+from videodiff.settings.ip_adapter import ENCODER_FOLDER, adapter_file, find_image_encoder
+from videodiff.weights.hub import hub_file, hub_folder, is_hub_id, locate
 
-__all__ = ["IPAdapter", "adapter_file", "find_image_encoder", "layout_of", "load_ip_adapter", "split_state_dict"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "IPAdapter",
+    "adapter_file",
+    "check_encoder_fits",
+    "describe_ip_adapter",
+    "encoder_width",
+    "find_image_encoder",
+    "layout_of",
+    "load_ip_adapter",
+    "locate_adapter",
+    "locate_image_encoder",
+    "split_state_dict",
+]
+
+
+def _on_hub(source: str | Path) -> tuple[str, str] | None:
+    """``(repo, file)`` when ``source`` is no local path but a file of a hub repository (:func:`hub_file`)."""
+    return None if Path(source).expanduser().exists() else hub_file(str(source))
+
+
+def locate_adapter(source: str | Path) -> Path:
+    """The weights file ``source`` names: a local file, a folder holding one, or a file of a hub repository
+    (``h94/IP-Adapter/models/ip-adapter_sd15.safetensors``: that file alone, from the local cache or downloaded)."""
+    if _on_hub(source) is not None:
+        return locate(str(source), "--ip-adapter")
+    return adapter_file(Path(source).expanduser())
+
+
+def locate_image_encoder(source: str | Path, given: str | None) -> str:
+    """The image encoder's folder: ``given`` (a local folder, a hub id ``org/name`` or a hub folder
+    ``org/name/path``), else ``image_encoder/`` beside the adapter: beside the local file (or in its folder), or, for
+    an adapter on the hub, in the same repository folder as the file, then at the repository's top (as
+    h94/IP-Adapter lays out ``models/`` and ``sdxl_models/``). Neither: a one-line :class:`UserError`."""
+    if given is not None:
+        if Path(given).expanduser().exists() or not (is_hub_id(given) or hub_folder(given)):
+            return find_image_encoder(source, str(Path(given).expanduser()))
+        folder = locate(given, "--image-encoder", folders=True)
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--image-encoder {given}: no CLIP vision model there (no config.json)")
+        return str(folder)
+    hub = _on_hub(source)
+    if hub is None:
+        return find_image_encoder(locate_adapter(source), None)
+    locate_adapter(source)  # the adapter first: a message about it, not its encoder, when it cannot be had
+    repo, filename = hub
+    parent = posixpath.dirname(filename)
+    for folder in dict.fromkeys((posixpath.join(parent, ENCODER_FOLDER), ENCODER_FOLDER)):
+        found = locate(f"{repo}/{folder}", "--image-encoder", folders=True)
+        if (found / "config.json").is_file():
+            return str(found)
+    raise UserError(
+        f"--ip-adapter {source}: no image encoder beside it in hub repository {repo} ({ENCODER_FOLDER}/ in "
+        f"{parent or 'its top folder'} or at its top, downloaded or in the local cache); name one with --image-encoder"
+    )
 
 def read_adapter(path: Path) -> dict[str, torch.Tensor]:
     """The adapter's tensors, flat (``image_proj.…``, ``ip_adapter.…``): a ``.safetensors`` file, or a weights-only
     pickle, flat or nested as the original ``.bin`` files are (``{"image_proj": {...}, "ip_adapter": {...}}``)."""
+    import torch
+
+    from videodiff.weights.checkpoints import _load_pickle, read_state_dict
+
     try:
         return read_state_dict(path)
     except UserError as exc:
@@ -95,7 +154,7 @@ def load_ip_adapter(source: str | Path, unet: Any) -> IPAdapter:
     cross-attention width or layer count that does not fit is a one-line :class:`UserError`."""
     from videodiff.unet.inflate import TokenProjections, cross_attentions
 
-    path = adapter_file(source)
+    path = locate_adapter(source)
     proj, layers = split_state_dict(read_adapter(path), source)
     layout = layout_of(proj, layers, source)
     width = unet.config.cross_attention_dim
@@ -125,3 +184,94 @@ def load_ip_adapter(source: str | Path, unet: Any) -> IPAdapter:
         first = str(exc).splitlines()[0]
         raise UserError(f"--ip-adapter {source}: its image projection does not load ({first})") from None
     return IPAdapter(str(source), layout, projection.eval(), projections)
+
+
+# CLIP vision encoders by the width the projection reads: the pooled image embedding (plain) or the penultimate
+# hidden states (Plus, full-face). h94/IP-Adapter keeps ViT-H/14 in models/image_encoder, ViT-bigG/14 in
+# sdxl_models/image_encoder.
+POOLED_ENCODERS = {768: "CLIP ViT-L/14", 1024: "CLIP ViT-H/14", 1280: "CLIP ViT-bigG/14"}
+HIDDEN_ENCODERS = {1024: "CLIP ViT-L/14", 1280: "CLIP ViT-H/14", 1664: "CLIP ViT-bigG/14"}
+
+
+def encoder_width(layout: str, proj: dict[str, Any]) -> tuple[int, bool]:
+    """``(width, pooled)``: how wide the encoder output is that the image projection ``proj`` (shapes or tensors by
+    key, ``image_proj.`` removed) reads, and whether it is the pooled image embedding (plain) or the hidden states."""
+    key = {"plain": "proj.weight", "plus": "proj_in.weight"}.get(layout, "proj.0.weight")
+    return int(tuple(getattr(proj[key], "shape", proj[key]))[1]), layout == "plain"
+
+
+def check_encoder_fits(source: str | Path, folder: str) -> None:
+    """A ``.safetensors`` adapter's input width (from its header) against the image encoder's ``config.json``
+    (``projection_dim`` for a plain adapter, ``hidden_size`` otherwise), before anything loads: one line when they
+    differ. Other files, and configs that do not say, are checked as the encoder runs."""
+    import json
+
+    from videodiff.weights.safetensors_header import read_header
+
+    path = locate_adapter(source)
+    config = Path(folder) / "config.json"
+    if path.suffix.lower() != ".safetensors" or not config.is_file():
+        return
+    proj, layers = split_state_dict(dict(read_header(path).shapes), source)  # keys only; one line if none fit
+    layout = layout_of(proj, layers, source)  # FaceID and unknown layouts: one line, before the model loads
+    try:
+        width, pooled = encoder_width(layout, proj)
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        vision = settings.get("vision_config") or settings
+        has = (settings.get("projection_dim") or vision.get("projection_dim")) if pooled else vision.get("hidden_size")
+    except (OSError, ValueError, AttributeError, KeyError, IndexError, TypeError):
+        return  # the adapter's or the encoder's own load says what is wrong
+    if isinstance(has, int) and has != width:
+        what = "pooled image embeddings" if pooled else "hidden states"
+        raise UserError(
+            f"--image-encoder {folder} does not fit --ip-adapter {source}: the adapter reads {width}-wide {what}, "
+            f"the encoder gives {has}-wide ones (another CLIP vision model; see videodiff inspect on the adapter)"
+        )
+
+
+def describe_ip_adapter(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any] | None:
+    """What ``videodiff inspect`` says of an IP-Adapter file: its layout, image tokens, the cross-attention it fits
+    and the image encoder it needs (named from the width its projection reads); ``None`` when ``path`` is no
+    IP-Adapter. ``shapes``: a ``.safetensors`` header's (nothing loaded); otherwise the file is read weights-only."""
+    if shapes is None:
+        try:
+            shapes = {k: tuple(v.shape) for k, v in read_adapter(path).items()}
+        except UserError:
+            return None
+    proj = {k[len("image_proj.") :]: v for k, v in shapes.items() if k.startswith("image_proj.")}
+    layers = {k[len("ip_adapter.") :]: v for k, v in shapes.items() if k.startswith("ip_adapter.")}
+    if not proj or not layers:
+        return None
+    info: dict[str, Any] = {"kind": "IP-Adapter (image prompts)", "path": str(path)}
+    try:
+        layout = layout_of(proj, layers, path)  # type: ignore[arg-type]  # shapes stand in for tensors: keys only
+    except UserError as exc:
+        return {**info, "layout": "FaceID" if "FaceID" in str(exc) else "unknown", "use": f"not supported: {exc}"}
+    info["layout"] = layout  # named in full below; first in the listing
+    key = next((k for k in sorted(layers) if k.endswith("to_k_ip.weight")), None)
+    if key is not None and len(layers[key]) == 2:
+        info["cross_attention_width"] = layers[key][1]
+    info["cross_attention_layers"] = len({k.split(".")[0] for k in layers})
+    try:
+        width, pooled = encoder_width(layout, proj)
+        if layout == "plain":
+            info["image_tokens"] = proj["proj.weight"][0] // max(1, proj.get("norm.weight", (1,))[0])
+        elif layout == "plus":
+            info["image_tokens"] = proj["latents"][1] if len(proj["latents"]) == 3 else None
+        else:
+            info["image_tokens"] = "one per encoder hidden state"
+    except (KeyError, IndexError, TypeError):
+        return {**info, "layout": layout, "use": "not usable: its image projection's shapes do not fit its layout"}
+    if layout == "plus":
+        face = "face" in path.name.lower()
+        layout = "Plus face (by its file name; the layout is Plus's)" if face else "Plus"
+    info["layout"] = layout
+    name = (POOLED_ENCODERS if pooled else HIDDEN_ENCODERS).get(width, "a CLIP vision model")
+    what = "pooled image embedding" if pooled else "penultimate hidden states"
+    info["image_encoder"] = f"{name} ({what} {width} wide)"
+    try:
+        info["image_encoder_found"] = find_image_encoder(path, None)
+    except UserError:
+        info["image_encoder_found"] = f"none beside it ({ENCODER_FOLDER}/): name one with --image-encoder"
+    info["use"] = f"videodiff render PROMPT --ip-adapter {path} --ip-image PICTURE [--ip-scale S]"
+    return info
