@@ -19,7 +19,10 @@ words also appears in training.
 
 :func:`write_dataset` writes the layout ``videodiff train --data`` reads: ``00000.gif``
 with its caption in ``00000.txt``, plus ``manifest.jsonl`` (also a valid ``--data``
-manifest) listing each clip's colour, shape, direction, split and geometry.
+manifest) listing each clip's colour, shape, direction, split and geometry. With ``maps``, each clip's
+control maps beside it (``00000.maps.gif``: a white disc of :data:`~videodiff.control.maps.BLOB_RADIUS` on
+the object's centre in each frame, what ``videodiff train --controlnet`` learns from); with ``paths``, objects
+that follow random drawn paths (:func:`videodiff.shapes.paths.training_path`) instead of straight lines.
 
 GIF is the default format because H.264's 4:2:0 chroma (half resolution: 32x32 for these
 frames) smears colour across the object's edge, whatever the crf: measured on generated
@@ -297,6 +300,8 @@ def write_dataset(
     fps: float = 8,
     overwrite: bool = False,
     shape: str | None = None,
+    maps: bool = False,
+    paths: bool = False,
 ) -> list[Path]:
     """Write ``count`` clips of ``split`` (only ``shape``'s, if given) to ``out``; return the clip paths.
 
@@ -307,6 +312,12 @@ def write_dataset(
     colours (see the module notes); MP4 (H.264 4:2:0 at ``crf``) is smaller but blurs colour
     edges; PNG folders are lossless but only the manifest points at them (``videodiff
     train`` reads video files). Frames are played at ``fps``.
+
+    ``maps``: each clip's control maps too, ``out/00000.maps.gif`` (same format; the manifest's ``maps``): a white
+    disc of radius :data:`~videodiff.control.maps.BLOB_RADIUS` centred on the object's centre in each frame, on
+    black (:func:`~videodiff.control.maps.blob_maps`, the drawing ``--control-path`` uses). ``paths``: the object
+    follows a random training path (:func:`~videodiff.shapes.paths.training_path`, never a held-out kind) whose net
+    direction is the clip's direction; the manifest records its ``points``.
     """
     from videodiff.media.video import save_video  # imports PyAV lazily
 
@@ -320,6 +331,7 @@ def write_dataset(
     digits = max(5, len(str(count - 1)))
     suffix = "" if format == "png" else f".{format}"
     names = [f"{i:0{digits}d}" for i in range(len(combos))]
+    maps_names = [n + ".maps" + suffix for n in names] if maps else []
     # never a link, a file, a device; a folder with anything in it only with --overwrite and videodiff's receipt
     if check_replaceable(folder, file_ok=lambda p: False, folder_ok=lambda p: True, kind="data folder", shown=out):
         if any(folder.iterdir()):
@@ -330,21 +342,30 @@ def write_dataset(
                     f"{out} is not empty and holds no receipt of a shapes dataset videodiff wrote; choose a new folder"
                 )
             # every name this run writes must be free once videodiff's own files are gone: checked before any removal
-            targets = ["manifest.jsonl", *(n + suffix for n in names), *(n + ".txt" for n in names)]
+            targets = ["manifest.jsonl", *(n + suffix for n in names), *(n + ".txt" for n in names), *maps_names]
             check_owned(folder, targets, DATA_KIND, what=" into this data folder")
             remove_owned(folder, DATA_KIND)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
-    paths, rows, written = [], [], []
+    clip_paths, rows, written = [], [], []
+    drawn_paths = paths
     for i, (color, shape, direction) in enumerate(combos):
-        clip = draw_clip(color, shape, direction, rng=clip_rng(seed, i))
+        clip, points = _draw(color, shape, direction, clip_rng(seed, i), paths=drawn_paths)
         name = names[i]
         path = save_video(clip.frames, folder / f"{name}{suffix}", fps, crf=crf)
         (folder / f"{name}.txt").write_text(clip.prompt + "\n", encoding="utf-8")
         written += [path.name, f"{name}.txt"]
-        paths.append(path)
+        extra: dict = {} if points is None else {"points": [[round(x, 3), round(y, 3)] for x, y in points]}
+        if maps:
+            from videodiff.control.maps import blob_maps
+
+            blobs = blob_maps(clip.centers, *clip.frames.shape[1:3])
+            maps_path = save_video(blobs, folder / maps_names[i], fps, crf=crf)
+            written.append(maps_path.name)
+            extra["maps"] = maps_path.name
+        clip_paths.append(path)
         rows.append(
             {
                 "path": path.name,
@@ -357,8 +378,22 @@ def write_dataset(
                 "index": i,
                 "object_size": round(clip.object_size, 3),
                 "travel": round(clip.travel, 3),
+                **extra,
             }
         )
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     write_receipt(folder, DATA_KIND, [*written, manifest.name])  # what a later --overwrite may remove
-    return paths
+    return clip_paths
+
+
+def _draw(color: str, shape: str, direction: str, rng: np.random.Generator, *, paths: bool):
+    """A clip of the combination, and the path its object follows (``None``: a straight line). A drawn path is a
+    training path (:func:`~videodiff.shapes.paths.training_path`) whose net direction is ``direction``."""
+    if not paths:
+        return draw_clip(color, shape, direction, rng=rng), None
+    from videodiff.shapes.paths import draw_path_clip, net_direction, training_path
+
+    points = training_path(rng)
+    while net_direction(points) != direction:  # about one in four has it
+        points = training_path(rng)
+    return draw_path_clip(color, shape, points, rng=rng)[0], points
