@@ -31,6 +31,9 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
       videodiff train --data data/shapes --output runs/shapes --resolution 64 --steps 200   # the built-in model
       # (keeps its motion prior: render with --motion-module runs/shapes/motion_module)
       videodiff train --distill lcm --data data/shapes --output runs/lcm --resolution 64 --stride 1   # 4-step student
+      videodiff data shapes --out data/blobs --count 200 --maps --paths   # clips with blob maps beside them
+      videodiff train --controlnet --data data/blobs/manifest.jsonl --output runs/blobs --resolution 64 \\
+          --stride 1 --cache-latents   # a ControlNet: render --controlnet runs/blobs/controlnet --control MAPS
     Several GPUs: accelerate launch -m videodiff train ...
     """
     from videodiff.config import TRAIN_FIELD_NAMES, load_config_file, merge

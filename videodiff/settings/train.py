@@ -153,6 +153,7 @@ class TrainConfig:
         "beside each clip): alone, a new one made from the image U-Net's encoder; with a folder, continue that "
         "ControlNet. Saved as OUTPUT/controlnet (render --controlnet OUTPUT/controlnet --control MAPS).",
         optional_value=NEW_CONTROLNET,
+        metavar="[FOLDER]",
     )
 
     def replace(self, **changes: Any) -> TrainConfig:
