@@ -172,6 +172,10 @@ def test_a_clip_without_maps_is_refused_before_any_model_loads(tiny_model, blob_
     assert "nowhere.gif: no such file" in message and "clip1.gif" in message
     message = assert_user_error(invoke("train", "--controlnet", "--distill", "lcm", "--data", blob_clips, *common))
     assert "--distill does not apply to --controlnet" in message
+    (tmp_path / "not-a-controlnet").mkdir()
+    message = assert_user_error(invoke("train", "--controlnet", tmp_path / "not-a-controlnet", "--data", blob_clips,
+                                       *common))  # fmt: skip
+    assert "no readable config.json" in message
     assert not (tmp_path / "run").exists()
 
 
@@ -203,6 +207,24 @@ def test_a_maps_blob_lands_on_its_frames_object_after_the_crop(tmp_path, flip):
         white = item["maps"][0].float()
         assert item["maps"].dtype == torch.uint8 and item["maps"].shape == (3, 4, 16, 16)
         assert torch.abs(_centroids(red) - _centroids(white)).max() < 0.5
+
+
+def test_maps_of_another_frame_count_skip_their_clip(tmp_path):
+    """One map a frame: maps with a frame fewer (a GIF that merged two equal frames) would misalign every later one."""
+    write_clip(tmp_path / "c.gif", moving_square(12, 32), "a red square moving right")
+    write_clip(tmp_path / "c.maps.gif", blob_maps(square_centres(11, 0), 32, 32))
+    item = ClipDataset(find_clips(tmp_path), frames=4, stride=2, height=16, width=16, maps=True)[0]
+    assert "c.maps.gif have 11 frames, the clip 12" in item["reason"]
+
+
+def test_data_shapes_writes_maps_that_repeat_a_frame_as_pngs(tmp_path, monkeypatch):
+    import videodiff.control.maps as maps_module
+
+    still = lambda positions, height, width: blob_maps(positions[:1].repeat(len(positions), 0), height, width)  # noqa: E731
+    monkeypatch.setattr(maps_module, "blob_maps", still)
+    write_dataset(tmp_path / "d", 2, maps=True)
+    (source, _) = find_clips(tmp_path / "d" / "manifest.jsonl")
+    assert source.maps == tmp_path / "d" / "00000.maps" and len(list(source.maps.glob("*.png"))) == 16
 
 
 def _centroids(weights: torch.Tensor) -> torch.Tensor:

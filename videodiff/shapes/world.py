@@ -343,6 +343,7 @@ def write_dataset(
                 )
             # every name this run writes must be free once videodiff's own files are gone: checked before any removal
             targets = ["manifest.jsonl", *(n + suffix for n in names), *(n + ".txt" for n in names), *maps_names]
+            targets += [n.removesuffix(suffix) for n in maps_names if suffix]  # a maps folder in place of a GIF
             check_owned(folder, targets, DATA_KIND, what=" into this data folder")
             remove_owned(folder, DATA_KIND)
     try:
@@ -362,7 +363,10 @@ def write_dataset(
             from videodiff.control.maps import blob_maps
 
             blobs = blob_maps(clip.centers, *clip.frames.shape[1:3])
-            maps_path = save_video(blobs, folder / maps_names[i], fps, crf=crf)
+            # a GIF merges a frame equal to the one before (Pillow), and maps must keep one frame per frame
+            repeats = format == "gif" and any(np.array_equal(a, b) for a, b in zip(blobs, blobs[1:]))
+            name = maps_names[i].removesuffix(suffix) if repeats else maps_names[i]
+            maps_path = _save_maps(blobs, folder / name, fps, crf)
             written.append(maps_path.name)
             extra["maps"] = maps_path.name
         clip_paths.append(path)
@@ -384,6 +388,22 @@ def write_dataset(
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     write_receipt(folder, DATA_KIND, [*written, manifest.name])  # what a later --overwrite may remove
     return clip_paths
+
+
+def _save_maps(blobs: np.ndarray, path: Path, fps: float, crf: int) -> Path:
+    """Maps as a video, or (``NAME.maps``) a folder of PNG frames, written whole under a temporary name."""
+    from videodiff.media.video import save_video
+
+    if path.suffix != ".maps":
+        return save_video(blobs, path, fps, crf=crf)
+    from PIL import Image
+
+    from videodiff.media.atomic import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        for k, frame in enumerate(blobs):
+            Image.fromarray(frame).save(tmp / f"{k:04d}.png")
+    return path
 
 
 def _draw(color: str, shape: str, direction: str, rng: np.random.Generator, *, paths: bool):

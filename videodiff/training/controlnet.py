@@ -56,7 +56,13 @@ class ControlNetTrainer(Trainer):
     uses_maps = True
 
     def check_data(self, sources: list) -> None:
-        check_maps_given(sources)  # a clip without maps: one line, before any model loads
+        """Before any model loads: every clip has maps, and a ControlNet to continue is an image ControlNet."""
+        from videodiff.weights.controlnets import local_controlnet_kind
+
+        check_maps_given(sources)
+        source = self.config.controlnet
+        if source != NEW_CONTROLNET and local_controlnet_kind(source) == "sparsectrl":
+            raise UserError(f"--controlnet {source}: a SparseCtrl model; only image ControlNets train")
 
     def build_models(self) -> None:
         c = self.config

@@ -157,7 +157,7 @@ class ClipDataset(torch.utils.data.Dataset):
             if self.maps:
                 if source.maps is None:
                     raise UnreadableMaps("no control maps")
-                maps = read_clip_maps(source.maps, indices, (info.width, info.height))
+                maps = read_clip_maps(source.maps, indices, info.num_frames, (info.width, info.height))
         except (UnreadableVideo, UnreadableMaps, OSError) as exc:
             reason = str(exc).splitlines()[0].removeprefix(f"{source.path}: ")
             return {"skipped": str(source.path), "reason": reason}

@@ -1,10 +1,11 @@
 """Control maps beside training clips, for ``videodiff train --controlnet``: where they are, and their frames.
 
 A clip's maps are a video or a folder of pictures (sorted by name, one a frame), of the clip's own frame size and
-at least its frame count. A manifest names them in its ``maps`` column (relative to the manifest); in a folder of
-videos, ``NAME.maps.EXT`` (a video) or ``NAME.maps/`` (pictures) beside ``NAME.EXT`` are that clip's maps (and not a
-clip of their own). The frames a training clip takes (start, stride) are taken from its maps too, and both go
-through the same resize and crop (:func:`videodiff.training.data.resize_crop`), so map and frame stay aligned.
+frame count (a map per frame: a count that differs means frames were merged or dropped, and would misalign). A
+manifest names them in its ``maps`` column (relative to the manifest); in a folder of videos, ``NAME.maps.EXT`` (a
+video) or ``NAME.maps/`` (pictures) beside ``NAME.EXT`` are that clip's maps (and not a clip of their own). The
+frames a training clip takes (start, stride) are taken from its maps too, and both go through the same resize and
+crop (:func:`videodiff.training.data.resize_crop`), so map and frame stay aligned.
 """
 
 from __future__ import annotations
@@ -66,18 +67,18 @@ def _pictures(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def read_clip_maps(maps: Path, indices: list[int], size: tuple[int, int]) -> np.ndarray:
-    """The maps of the frames ``indices`` of a clip whose frames are ``size`` (width, height): uint8 ``[n H W 3]``.
+def read_clip_maps(maps: Path, indices: list[int], frames: int, size: tuple[int, int]) -> np.ndarray:
+    """The maps of the frames ``indices`` of a clip of ``frames`` frames of ``size`` (width, height): uint8
+    ``[n H W 3]``.
 
-    Raises :class:`UnreadableMaps` (one line) when the maps are unreadable, fewer or of another size."""
+    Raises :class:`UnreadableMaps` (one line) when the maps are unreadable, of another count or of another size."""
     from videodiff.media.images import check_image, read_image
 
-    needed = max(indices) + 1
     try:
         if maps.is_dir():
             files = _pictures(maps)
-            if len(files) < needed:
-                raise UnreadableMaps(f"maps {maps} hold {len(files)} pictures, the clip needs {needed}")
+            if len(files) != frames:
+                raise UnreadableMaps(f"maps {maps} hold {len(files)} pictures, the clip has {frames} frames")
             for p in (files[i] for i in indices):
                 found = check_image(p)
                 if found != size:
@@ -85,8 +86,8 @@ def read_clip_maps(maps: Path, indices: list[int], size: tuple[int, int]) -> np.
             frames = np.stack([read_image(files[i]) for i in indices])
         else:
             info = probe(maps)
-            if info.num_frames < needed:
-                raise UnreadableMaps(f"maps {maps} have {info.num_frames} frames, the clip needs {needed}")
+            if info.num_frames != frames:
+                raise UnreadableMaps(f"maps {maps} have {info.num_frames} frames, the clip {frames}")
             if (info.width, info.height) != size:
                 raise UnreadableMaps(f"maps {maps} are {info.width}x{info.height}, the clip {size[0]}x{size[1]}")
             frames = read_frames(maps, indices, info)
