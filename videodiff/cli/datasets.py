@@ -58,7 +58,9 @@ def data_shapes(
           --frames 16 --stride 1 --cache-latents
     """
     from videodiff.shapes import write_dataset
+    from videodiff.shapes.blobs import along_training_path
 
-    written = write_dataset(out, count, seed=seed, split=split, format=fmt, overwrite=overwrite, maps=maps, paths=paths)
+    draw = along_training_path if paths else None
+    written = write_dataset(out, count, seed=seed, split=split, format=fmt, overwrite=overwrite, maps=maps, draw=draw)
     also = ", control maps" if maps else ""
     click.echo(f"{out}: {len(written)} clips ({split} combinations){also}, captions and manifest.jsonl")

@@ -44,7 +44,7 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     command_line.pop("config_file", None)
     config = merge(given(ctx, ParameterSource.ENVIRONMENT), from_file, command_line, cls=TrainConfig).validate()
     setup_cli_logging(config.quiet)
-    from videodiff.training.loop import train as run_train  # torch (seconds, 300 MB): only once the flags are valid
+    from videodiff.training.run import train as run_train  # torch (seconds, 300 MB): only once the flags are valid
 
     run = run_train(config)
     click.echo(str(Path(run).resolve()))  # absolute, as render prints its output

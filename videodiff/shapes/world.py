@@ -21,8 +21,8 @@ words also appears in training.
 with its caption in ``00000.txt``, plus ``manifest.jsonl`` (also a valid ``--data``
 manifest) listing each clip's colour, shape, direction, split and geometry. With ``maps``, each clip's
 control maps beside it (``00000.maps.gif``: a white disc of :data:`~videodiff.control.maps.BLOB_RADIUS` on
-the object's centre in each frame, what ``videodiff train --controlnet`` learns from); with ``paths``, objects
-that follow random drawn paths (:func:`videodiff.shapes.paths.training_path`) instead of straight lines.
+the object's centre in each frame, what ``videodiff train --controlnet`` learns from); with ``draw``, clips
+drawn otherwise (:func:`videodiff.shapes.blobs.along_training_path`: objects that follow drawn paths).
 
 GIF is the default format because H.264's 4:2:0 chroma (half resolution: 32x32 for these
 frames) smears colour across the object's edge, whatever the crf: measured on generated
@@ -37,8 +37,10 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -301,7 +303,7 @@ def write_dataset(
     overwrite: bool = False,
     shape: str | None = None,
     maps: bool = False,
-    paths: bool = False,
+    draw: Callable[..., tuple[Clip, Any]] | None = None,
 ) -> list[Path]:
     """Write ``count`` clips of ``split`` (only ``shape``'s, if given) to ``out``; return the clip paths.
 
@@ -315,9 +317,10 @@ def write_dataset(
 
     ``maps``: each clip's control maps too, ``out/00000.maps.gif`` (same format; the manifest's ``maps``): a white
     disc of radius :data:`~videodiff.control.maps.BLOB_RADIUS` centred on the object's centre in each frame, on
-    black (:func:`~videodiff.control.maps.blob_maps`, the drawing ``--control-path`` uses). ``paths``: the object
-    follows a random training path (:func:`~videodiff.shapes.paths.training_path`, never a held-out kind) whose net
-    direction is the clip's direction; the manifest records its ``points``.
+    black (:func:`~videodiff.control.maps.blob_maps`, the drawing ``--control-path`` uses). ``draw(color, shape,
+    direction, rng)``: each clip and the path its object follows, recorded as the manifest's ``points`` (default:
+    :func:`draw_clip`'s straight line, no path; :func:`videodiff.shapes.blobs.along_training_path`: a training
+    path).
     """
     from videodiff.media.video import save_video  # imports PyAV lazily
 
@@ -351,9 +354,8 @@ def write_dataset(
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
     clip_paths, rows, written = [], [], []
-    drawn_paths = paths
     for i, (color, shape, direction) in enumerate(combos):
-        clip, points = _draw(color, shape, direction, clip_rng(seed, i), paths=drawn_paths)
+        clip, points = (draw or _straight)(color, shape, direction, clip_rng(seed, i))
         name = names[i]
         path = save_video(clip.frames, folder / f"{name}{suffix}", fps, crf=crf)
         (folder / f"{name}.txt").write_text(clip.prompt + "\n", encoding="utf-8")
@@ -406,14 +408,5 @@ def _save_maps(blobs: np.ndarray, path: Path, fps: float, crf: int) -> Path:
     return path
 
 
-def _draw(color: str, shape: str, direction: str, rng: np.random.Generator, *, paths: bool):
-    """A clip of the combination, and the path its object follows (``None``: a straight line). A drawn path is a
-    training path (:func:`~videodiff.shapes.paths.training_path`) whose net direction is ``direction``."""
-    if not paths:
-        return draw_clip(color, shape, direction, rng=rng), None
-    from videodiff.shapes.paths import draw_path_clip, net_direction, training_path
-
-    points = training_path(rng)
-    while net_direction(points) != direction:  # about one in four has it
-        points = training_path(rng)
-    return draw_path_clip(color, shape, points, rng=rng)[0], points
+def _straight(color: str, shape: str, direction: str, rng: np.random.Generator) -> tuple[Clip, None]:
+    return draw_clip(color, shape, direction, rng=rng), None

@@ -267,8 +267,7 @@ class Trainer:
     # 4. the loop
     def train(self) -> Path:
         c, acc = self.config, self.accelerator
-        # a missing or empty dataset fails before minutes of model loading; so do clips that cannot serve this run
-        self.check_data(find_clips(c.data, c.data_root))
+        self.check_data(find_clips(c.data, c.data_root))  # an empty dataset fails before minutes of model loading
         check_run_folder(self.run)  # a file, a link, a device, or a user's files where the run writes: refused
         if c.cache_latents:
             check_cache_path(Path(c.latent_cache) if c.latent_cache else self.run / "latents.safetensors")
@@ -376,7 +375,9 @@ class Trainer:
         close(self.accelerator.state)
         return self.run
 
-    def check_data(self, sources: list) -> None:
+    def check_data(self, sources: list) -> None:  # clips that cannot serve this run fail before model loading
+        if self.config.controlnet and not self.uses_maps:
+            raise ValueError("a --controlnet run is ControlNetTrainer's (videodiff.training.run.train picks it)")
         if self.config.motion_prior:  # a motion prior needs captions to fit
             check_motion_prior_data(sources)
 
@@ -485,11 +486,10 @@ class Trainer:
         return locate(source, "motion module")
 
 
-def train(config: TrainConfig) -> Path:
-    """Train as ``config`` says; returns the run folder. Launch with ``accelerate launch`` for several processes."""
-    from videodiff.training.controlnet import ControlNetTrainer  # its subclass: imported here, as it imports this
-
-    trainer = (ControlNetTrainer if config.controlnet else Trainer)(config)
+def train(config: TrainConfig, trainer_class: type[Trainer] = Trainer) -> Path:
+    """Train as ``config`` says with ``trainer_class`` (:func:`videodiff.training.run.train` picks it, for
+    ``--controlnet`` too); returns the run folder. Launch with ``accelerate launch`` for several processes."""
+    trainer = trainer_class(config)
     try:
         return trainer.train()
     finally:  # closed before an error is printed, so the error is the last line (not a redrawn bar)
