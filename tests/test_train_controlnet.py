@@ -179,6 +179,19 @@ def test_a_clip_without_maps_is_refused_before_any_model_loads(tiny_model, blob_
     assert not (tmp_path / "run").exists()
 
 
+def test_a_users_controlnet_folder_in_the_run_folder_is_never_replaced(tiny_model, blob_clips, tmp_path, monkeypatch):
+    import videodiff.training.controlnet as module
+
+    monkeypatch.setattr(module, "load_model_parts", lambda *a, **k: pytest.fail("the model was loaded"))
+    mine = tmp_path / "run" / "controlnet" / "config.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("{}")
+    common = ("--model", tiny_model, "--output", tmp_path / "run", "--resolution", 16, "--frames", 4)
+    message = assert_user_error(invoke("train", "--controlnet", "--data", blob_clips, *common))
+    assert "controlnet" in message
+    assert mine.read_text() == "{}"
+
+
 def test_maps_beside_clips_in_a_folder_are_found_and_not_clips(blob_clips):
     found = find_clips(blob_clips.parent)
     assert [s.path.name for s in found] == ["clip0.gif", "clip1.gif", "clip2.gif"]
