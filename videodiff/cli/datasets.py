@@ -30,8 +30,22 @@ def data() -> None:
     help="gif (keeps the colours), mp4 (H.264 crf 10: smaller, blurs colour edges), or PNG folders "
     "(lossless; listed in the manifest only, videodiff train reads video files).",
 )
+@click.option(
+    "--maps",
+    is_flag=True,
+    help="Also write each clip's control maps beside it (NAME.maps.gif): a white disc on the object's centre in "
+    "each frame, on black; what `videodiff train --controlnet` learns from.",
+)
+@click.option(
+    "--paths",
+    is_flag=True,
+    help="Objects follow random drawn paths (2 to 4 points; never the held-out kinds of `eval shapes "
+    "--controlled`) instead of straight lines; the prompt names the path's net direction.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the clips of an earlier dataset in --out.")
-def data_shapes(out: str, count: int, seed: int, split: str, fmt: str, overwrite: bool) -> None:
+def data_shapes(
+    out: str, count: int, seed: int, split: str, fmt: str, maps: bool, paths: bool, overwrite: bool
+) -> None:
     """Clips of the shapes world: "a {color} {shape} moving {direction}", 16 frames of 64x64.
 
     \b
@@ -39,8 +53,14 @@ def data_shapes(out: str, count: int, seed: int, split: str, fmt: str, overwrite
       videodiff data shapes --out data/shapes --count 2000 --seed 0
       videodiff train --data data/shapes --output runs/shapes --resolution 64 --frames 16 --steps 200 --cache-latents
     (no --model: train on top of the built-in shapes model; --model ./sd15 for another)
+      videodiff data shapes --out data/blobs --count 2000 --maps --paths
+      videodiff train --controlnet --data data/blobs/manifest.jsonl --output runs/blobs --resolution 64 \\
+          --frames 16 --stride 1 --cache-latents
     """
     from videodiff.shapes import write_dataset
+    from videodiff.shapes.blobs import along_training_path
 
-    paths = write_dataset(out, count, seed=seed, split=split, format=fmt, overwrite=overwrite)
-    click.echo(f"{out}: {len(paths)} clips ({split} combinations), captions and manifest.jsonl")
+    draw = along_training_path if paths else None
+    written = write_dataset(out, count, seed=seed, split=split, format=fmt, overwrite=overwrite, maps=maps, draw=draw)
+    also = ", control maps" if maps else ""
+    click.echo(f"{out}: {len(written)} clips ({split} combinations){also}, captions and manifest.jsonl")

@@ -78,6 +78,10 @@ def options_from(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | 
                 func = ip_adapter_options(func)
             elif kind.startswith("bool"):
                 func = click.option(*names, is_flag=True, default=f.default, **extra)(func)
+            elif "optional_value" in f.metadata:  # --flag alone, or --flag VALUE
+                value = f.metadata["optional_value"]
+                meta = f.metadata.get("metavar")
+                func = click.option(*names, is_flag=False, flag_value=value, default=None, metavar=meta, **extra)(func)
             elif kind.startswith("dict[int, str]"):  # KEY:TEXT, repeatable
                 func = click.option(*names, multiple=True, callback=_keyed_texts, **extra)(func)
             elif kind.startswith("tuple[str"):

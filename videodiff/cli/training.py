@@ -31,6 +31,9 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
       videodiff train --data data/shapes --output runs/shapes --resolution 64 --steps 200   # the built-in model
       # (keeps its motion prior: render with --motion-module runs/shapes/motion_module)
       videodiff train --distill lcm --data data/shapes --output runs/lcm --resolution 64 --stride 1   # 4-step student
+      videodiff data shapes --out data/blobs --count 200 --maps --paths   # clips with blob maps beside them
+      videodiff train --controlnet --data data/blobs/manifest.jsonl --output runs/blobs --resolution 64 \\
+          --stride 1 --cache-latents   # a ControlNet: render --controlnet runs/blobs/controlnet --control MAPS
     Several GPUs: accelerate launch -m videodiff train ...
     """
     from videodiff.config import TRAIN_FIELD_NAMES, load_config_file, merge
@@ -41,7 +44,7 @@ def train(ctx: click.Context, config_file: str | None, **_: Any) -> None:
     command_line.pop("config_file", None)
     config = merge(given(ctx, ParameterSource.ENVIRONMENT), from_file, command_line, cls=TrainConfig).validate()
     setup_cli_logging(config.quiet)
-    from videodiff.training.loop import train as run_train  # torch (seconds, 300 MB): only once the flags are valid
+    from videodiff.training.run import train as run_train  # torch (seconds, 300 MB): only once the flags are valid
 
     run = run_train(config)
     click.echo(str(Path(run).resolve()))  # absolute, as render prints its output

@@ -19,7 +19,17 @@ from videodiff.media.images import IMAGE_FORMATS, check_image, file_sha256, fit_
 from videodiff.settings.control import PATH_SOURCE, Maps, parse_maps, parse_points
 from videodiff.settings.fields import shown
 
-__all__ = ["IMAGE_SUFFIXES", "canny", "check_maps", "map_source", "path_maps", "path_positions", "read_maps"]
+__all__ = [
+    "BLOB_RADIUS",
+    "IMAGE_SUFFIXES",
+    "blob_maps",
+    "canny",
+    "check_maps",
+    "map_source",
+    "path_maps",
+    "path_positions",
+    "read_maps",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # what a maps folder holds
 
@@ -119,10 +129,16 @@ def path_maps(points, frames: int, height: int, width: int, radius: float | None
     """uint8 ``[frames h w 3]``: a white disc on black moving along ``points`` (pixels, x right, y down) at constant
     speed; ``radius`` in pixels (default :data:`BLOB_RADIUS` of the short side). A disc outside the frame leaves it
     black."""
+    return blob_maps(path_positions(points, frames), height, width, radius)
+
+
+def blob_maps(positions, height: int, width: int, radius: float | None = None) -> np.ndarray:
+    """uint8 ``[frames h w 3]``: a white disc on black centred on each frame's position (``[frames 2]``, pixels, x
+    right, y down; pixel i spans [i, i+1)); ``radius`` as :func:`path_maps` takes it."""
     r = BLOB_RADIUS * min(height, width) if radius is None else radius
     ys, xs = np.mgrid[0:height, 0:width] + 0.5
-    out = np.zeros((frames, height, width, 3), np.uint8)
-    for i, (x, y) in enumerate(path_positions(points, frames)):
+    out = np.zeros((len(positions), height, width, 3), np.uint8)
+    for i, (x, y) in enumerate(np.asarray(positions, np.float64)):
         out[i][(xs - x) ** 2 + (ys - y) ** 2 <= r * r] = 255
     return out
 

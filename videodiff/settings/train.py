@@ -20,6 +20,7 @@ TRAINABLE = ("motion", "motion+attn", "lora", "all")
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 DISTILL_KINDS = ("lcm",)  # videodiff.training.distill: latent consistency distillation
+NEW_CONTROLNET = "new"  # --controlnet with no folder: a new ControlNet made from the image U-Net's encoder
 
 _TOO_LARGE = "--{flag} {value} is too large: at most {max} pixels"
 _SIDE = {"min": 1, "max": MAX_SIDE, "step": 8, "must": "a positive multiple of 8", "too_large": _TOO_LARGE}
@@ -146,6 +147,14 @@ class TrainConfig:
         None, "The teacher's classifier-free guidance [default: the model's, else 4].", min=1, must="a number >= 1"
     )
     distill_ema: float = setting(0.95, "Decay of the target network (an EMA of the student).", **_DECAY)
+    controlnet: str | None = setting(  # videodiff.training.controlnet: the image U-Net frozen, frame by frame
+        None,
+        "Train a ControlNet on the clips' control maps instead (a 'maps' column in the manifest, or NAME.maps.EXT "
+        "beside each clip): alone, a new one made from the image U-Net's encoder; with a folder, continue that "
+        "ControlNet. Saved as OUTPUT/controlnet (render --controlnet OUTPUT/controlnet --control MAPS).",
+        optional_value=NEW_CONTROLNET,
+        metavar="[FOLDER]",
+    )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -176,7 +185,24 @@ class TrainConfig:
         if self.latent_cache and not self.cache_latents:
             raise UserError("--latent-cache needs --cache-latents (without it, clips are encoded at every step)")
         self._validate_distill()
+        self._validate_controlnet()
         return self
+
+    def _validate_controlnet(self) -> None:
+        if self.controlnet is None:
+            return
+        if not self.controlnet.strip():
+            raise UserError("--controlnet FOLDER: the folder name is empty (give --controlnet alone for a new one)")
+        clashes = {
+            "distill": "--distill",
+            "motion_prior": "--motion-prior",
+            "validate_every": "--validate-every",
+        }
+        for name, flag in clashes.items():
+            if getattr(self, name):
+                raise UserError(f"{flag} does not apply to --controlnet (it trains a ControlNet on the image U-Net)")
+        if self.trainable != "motion":
+            raise UserError("--trainable does not apply to --controlnet (the whole ControlNet trains, nothing else)")
 
     def _validate_distill(self) -> None:
         check_choices(self, "distill")

@@ -19,7 +19,10 @@ words also appears in training.
 
 :func:`write_dataset` writes the layout ``videodiff train --data`` reads: ``00000.gif``
 with its caption in ``00000.txt``, plus ``manifest.jsonl`` (also a valid ``--data``
-manifest) listing each clip's colour, shape, direction, split and geometry.
+manifest) listing each clip's colour, shape, direction, split and geometry. With ``maps``, each clip's
+control maps beside it (``00000.maps.gif``: a white disc of :data:`~videodiff.control.maps.BLOB_RADIUS` on
+the object's centre in each frame, what ``videodiff train --controlnet`` learns from); with ``draw``, clips
+drawn otherwise (:func:`videodiff.shapes.blobs.along_training_path`: objects that follow drawn paths).
 
 GIF is the default format because H.264's 4:2:0 chroma (half resolution: 32x32 for these
 frames) smears colour across the object's edge, whatever the crf: measured on generated
@@ -34,8 +37,10 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -297,6 +302,8 @@ def write_dataset(
     fps: float = 8,
     overwrite: bool = False,
     shape: str | None = None,
+    maps: bool = False,
+    draw: Callable[..., tuple[Clip, Any]] | None = None,
 ) -> list[Path]:
     """Write ``count`` clips of ``split`` (only ``shape``'s, if given) to ``out``; return the clip paths.
 
@@ -307,6 +314,13 @@ def write_dataset(
     colours (see the module notes); MP4 (H.264 4:2:0 at ``crf``) is smaller but blurs colour
     edges; PNG folders are lossless but only the manifest points at them (``videodiff
     train`` reads video files). Frames are played at ``fps``.
+
+    ``maps``: each clip's control maps too, ``out/00000.maps.gif`` (same format; the manifest's ``maps``): a white
+    disc of radius :data:`~videodiff.control.maps.BLOB_RADIUS` centred on the object's centre in each frame, on
+    black (:func:`~videodiff.control.maps.blob_maps`, the drawing ``--control-path`` uses). ``draw(color, shape,
+    direction, rng)``: each clip and the path its object follows, recorded as the manifest's ``points`` (default:
+    :func:`draw_clip`'s straight line, no path; :func:`videodiff.shapes.blobs.along_training_path`: a training
+    path).
     """
     from videodiff.media.video import save_video  # imports PyAV lazily
 
@@ -320,6 +334,7 @@ def write_dataset(
     digits = max(5, len(str(count - 1)))
     suffix = "" if format == "png" else f".{format}"
     names = [f"{i:0{digits}d}" for i in range(len(combos))]
+    maps_names = [n + ".maps" + suffix for n in names] if maps else []
     # never a link, a file, a device; a folder with anything in it only with --overwrite and videodiff's receipt
     if check_replaceable(folder, file_ok=lambda p: False, folder_ok=lambda p: True, kind="data folder", shown=out):
         if any(folder.iterdir()):
@@ -330,21 +345,33 @@ def write_dataset(
                     f"{out} is not empty and holds no receipt of a shapes dataset videodiff wrote; choose a new folder"
                 )
             # every name this run writes must be free once videodiff's own files are gone: checked before any removal
-            targets = ["manifest.jsonl", *(n + suffix for n in names), *(n + ".txt" for n in names)]
+            targets = ["manifest.jsonl", *(n + suffix for n in names), *(n + ".txt" for n in names), *maps_names]
+            targets += [n.removesuffix(suffix) for n in maps_names if suffix]  # a maps folder in place of a GIF
             check_owned(folder, targets, DATA_KIND, what=" into this data folder")
             remove_owned(folder, DATA_KIND)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
-    paths, rows, written = [], [], []
+    clip_paths, rows, written = [], [], []
     for i, (color, shape, direction) in enumerate(combos):
-        clip = draw_clip(color, shape, direction, rng=clip_rng(seed, i))
+        clip, points = (draw or _straight)(color, shape, direction, clip_rng(seed, i))
         name = names[i]
         path = save_video(clip.frames, folder / f"{name}{suffix}", fps, crf=crf)
         (folder / f"{name}.txt").write_text(clip.prompt + "\n", encoding="utf-8")
         written += [path.name, f"{name}.txt"]
-        paths.append(path)
+        extra: dict = {} if points is None else {"points": [[round(x, 3), round(y, 3)] for x, y in points]}
+        if maps:
+            from videodiff.control.maps import blob_maps
+
+            blobs = blob_maps(clip.centers, *clip.frames.shape[1:3])
+            # a GIF merges a frame equal to the one before (Pillow), and maps must keep one frame per frame
+            repeats = format == "gif" and any(np.array_equal(a, b) for a, b in zip(blobs, blobs[1:]))
+            name = maps_names[i].removesuffix(suffix) if repeats else maps_names[i]
+            maps_path = _save_maps(blobs, folder / name, fps, crf)
+            written.append(maps_path.name)
+            extra["maps"] = maps_path.name
+        clip_paths.append(path)
         rows.append(
             {
                 "path": path.name,
@@ -357,8 +384,29 @@ def write_dataset(
                 "index": i,
                 "object_size": round(clip.object_size, 3),
                 "travel": round(clip.travel, 3),
+                **extra,
             }
         )
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     write_receipt(folder, DATA_KIND, [*written, manifest.name])  # what a later --overwrite may remove
-    return paths
+    return clip_paths
+
+
+def _save_maps(blobs: np.ndarray, path: Path, fps: float, crf: int) -> Path:
+    """Maps as a video, or (``NAME.maps``) a folder of PNG frames, written whole under a temporary name."""
+    from videodiff.media.video import save_video
+
+    if path.suffix != ".maps":
+        return save_video(blobs, path, fps, crf=crf)
+    from PIL import Image
+
+    from videodiff.media.atomic import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        for k, frame in enumerate(blobs):
+            Image.fromarray(frame).save(tmp / f"{k:04d}.png")
+    return path
+
+
+def _straight(color: str, shape: str, direction: str, rng: np.random.Generator) -> tuple[Clip, None]:
+    return draw_clip(color, shape, direction, rng=rng), None

@@ -1,11 +1,12 @@
 """Training clips: find videos and captions, decode random clips, resize and crop.
 
 Layouts: a folder of videos with same-stem ``.txt`` captions; a CSV or JSONL manifest
-with ``path,caption`` (paths relative to the manifest); a WebVid-style CSV
+with ``path,caption`` and optionally ``maps`` (paths relative to the manifest); a WebVid-style CSV
 (``videoid,name,page_dir``: caption from ``name``, file ``<page_dir>/<videoid>.mp4``
-under ``--data-root``). Every random choice of an item is seeded by (seed, epoch,
-index), so data order and clips are the same after a resume, in any worker; a training
-step's noise by (seed, micro-step, process) (:func:`step_generator`).
+under ``--data-root``). Control maps beside clips (``--controlnet``): :mod:`videodiff.training.maps`.
+Every random choice of an item is seeded by (seed, epoch, index), so data order and clips are the
+same after a resume, in any worker; a training step's noise by (seed, micro-step, process)
+(:func:`step_generator`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from einops import rearrange
 
 from videodiff.errors import UserError
 from videodiff.media.clips import VIDEO_EXTENSIONS, UnreadableVideo, fit_stride, probe, read_frames
+from videodiff.training.maps import UnreadableMaps, is_maps_video, maps_beside, read_clip_maps
 
 
 @dataclass(frozen=True)
 class ClipSource:
     path: Path
     caption: str
+    maps: Path | None = None  # the clip's control maps (a video or a folder of pictures), if any
 
 
 def _read_manifest_rows(path: Path) -> list[dict[str, str]]:
@@ -55,11 +58,14 @@ def find_clips(data: str | Path, data_root: str | Path | None = None) -> list[Cl
     data = Path(data)
     if data.is_dir():
         videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        every = set(videos)
         found = []
         for video in videos:
+            if is_maps_video(video, every):  # NAME.maps.EXT: the maps of NAME.EXT
+                continue
             caption_file = video.with_suffix(".txt")
             caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
-            found.append(ClipSource(video, caption))
+            found.append(ClipSource(video, caption, maps_beside(video)))
         if not found:
             raise UserError(f"{data}: no videos ({' '.join(VIDEO_EXTENSIONS)}) found")
         if not any(c.caption for c in found):
@@ -87,7 +93,14 @@ def find_clips(data: str | Path, data_root: str | Path | None = None) -> list[Cl
             for n, r in enumerate(rows, 1)
         ]
     if {"path", "caption"} <= columns:
-        return [ClipSource(data.parent / field(r, n, "path"), field(r, n, "caption")) for n, r in enumerate(rows, 1)]
+        return [
+            ClipSource(
+                data.parent / field(r, n, "path"),
+                field(r, n, "caption"),
+                data.parent / str(r["maps"]).strip() if str(r.get("maps") or "").strip() else None,
+            )
+            for n, r in enumerate(rows, 1)
+        ]
     raise UserError(f"{data}: expected columns path,caption (or WebVid's videoid,name,page_dir), got {sorted(columns)}")
 
 
@@ -116,15 +129,19 @@ class ClipDataset(torch.utils.data.Dataset):
         width: int,
         flip: bool = False,
         seed: int = 0,
+        maps: bool = False,
     ) -> None:
         self.sources, self.frames, self.stride = sources, frames, stride
         self.height, self.width, self.flip, self.seed = height, width, flip, seed
+        self.maps = maps  # read each clip's control maps too, at the same frames, resized and cropped alike
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """``key`` is an index, or ``(index, epoch)`` from :class:`ResumableBatches` (workers cannot see epochs)."""
+        """``key`` is an index, or ``(index, epoch)`` from :class:`ResumableBatches` (workers cannot see epochs).
+
+        ``pixels`` float ``[3 f h w]`` in [-1, 1]; with ``maps``, ``maps`` uint8 ``[3 f h w]`` of the same frames."""
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         source = self.sources[index]
         rng = random.Random(f"{self.seed}/{epoch}/{index}")
@@ -135,14 +152,22 @@ class ClipDataset(torch.utils.data.Dataset):
                 return {"skipped": str(source.path), "reason": f"too short ({info.num_frames} frames)"}
             span = (self.frames - 1) * stride + 1
             start = rng.randrange(0, info.num_frames - span + 1)
-            frames = read_frames(source.path, [start + i * stride for i in range(self.frames)], info)
-        except (UnreadableVideo, OSError) as exc:
+            indices = [start + i * stride for i in range(self.frames)]
+            frames = read_frames(source.path, indices, info)
+            if self.maps:
+                if source.maps is None:
+                    raise UnreadableMaps("no control maps")
+                maps = read_clip_maps(source.maps, indices, info.num_frames, (info.width, info.height))
+        except (UnreadableVideo, UnreadableMaps, OSError) as exc:
             reason = str(exc).splitlines()[0].removeprefix(f"{source.path}: ")
             return {"skipped": str(source.path), "reason": reason}
         pixels = resize_crop(frames, self.height, self.width)
-        if self.flip and rng.random() < 0.5:
-            pixels = pixels.flip(-1)
-        return {"pixels": pixels, "caption": source.caption, "index": index}
+        flip = self.flip and rng.random() < 0.5
+        item = {"pixels": pixels.flip(-1) if flip else pixels, "caption": source.caption, "index": index}
+        if self.maps:  # the same resize and crop (and flip) as the frames: a map's blob stays on its object
+            fitted = ((resize_crop(maps, self.height, self.width) + 1) * 127.5).round().to(torch.uint8)
+            item["maps"] = fitted.flip(-1) if flip else fitted
+        return item
 
 
 def collate(items: list[dict]) -> dict:
@@ -153,6 +178,8 @@ def collate(items: list[dict]) -> dict:
         batch["pixels"] = torch.stack([i["pixels"] for i in good])
         batch["captions"] = [i["caption"] for i in good]
         batch["indices"] = [i["index"] for i in good]
+        if "maps" in good[0]:
+            batch["maps"] = torch.stack([i["maps"] for i in good])
     return batch
 
 

@@ -7,7 +7,8 @@ In the run folder:
 - ``validation/step-N.gif``: validation renders (:func:`render_validation`);
 - ``motion_module/`` (a diffusers ``MotionAdapter`` folder, with ``spatial.safetensors`` when image
   U-Net weights were trained too) or ``motion_lora.safetensors`` (:func:`save_trained`);
-- ``motion_module/motion_prior.safetensors`` with ``--motion-prior`` (:func:`fit_motion_prior`).
+- ``motion_module/motion_prior.safetensors`` with ``--motion-prior`` (:func:`fit_motion_prior`);
+- ``controlnet/`` (a diffusers ``ControlNetModel`` folder) with ``--controlnet`` (:mod:`.controlnet`).
 
 Each function takes what it needs explicitly and knows nothing of the training loop.
 """
@@ -37,7 +38,7 @@ PRIOR_CAPTIONS = "--motion-prior fits the clips' captions, and fewer than two cl
 RUN_KIND = "training run"  # the receipt a run's folder carries (videodiff.media.gate)
 # what a run replaces in its folder; metrics.jsonl is appended to (and refused without --resume), checkpoints/
 # and tensorboard/ get new names
-RUN_FILES = ("train_config.json", "motion_lora.safetensors", "motion_module", "validation")
+RUN_FILES = ("train_config.json", "motion_lora.safetensors", "motion_module", "controlnet", "validation")
 
 
 def check_run_folder(run: Path) -> None:

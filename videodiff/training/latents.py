@@ -4,7 +4,9 @@ One clip per video (the clip of epoch 0) is encoded with a generator seeded per 
 in memory as a dataset (:class:`CachedLatents`). :class:`LatentCache` keeps them in a safetensors
 file (default ``<run>/latents.safetensors``, ``--latent-cache``) under a key that fingerprints
 what they depend on: the VAE's weights, every clip file (path, size, mtime, caption) and the clip
-settings. A later run, or a resume, whose key matches reads them instead of encoding again.
+settings. A later run, or a resume, whose key matches reads them instead of encoding again. With control maps
+(``--controlnet``) the file keeps each clip's maps too (uint8 ``[3 f H W]``, fitted as its frames are), and the key
+covers the maps' files.
 """
 
 from __future__ import annotations
@@ -29,25 +31,33 @@ from videodiff.training.data import ClipDataset, collate, step_generator
 class CachedLatents(torch.utils.data.Dataset):
     """Latents encoded once per video (the clip of epoch 0), for runs where the VAE would dominate."""
 
-    def __init__(self, latents: list[torch.Tensor], captions: list[str]) -> None:
-        self.latents, self.captions = latents, captions
+    def __init__(
+        self, latents: list[torch.Tensor], captions: list[str], maps: list[torch.Tensor] | None = None
+    ) -> None:
+        self.latents, self.captions, self.maps = latents, captions, maps
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def __getitem__(self, key) -> dict:
         index = key[0] if isinstance(key, tuple) else key
-        return {"latents": self.latents[index], "caption": self.captions[index], "index": index}
+        item = {"latents": self.latents[index], "caption": self.captions[index], "index": index}
+        if self.maps is not None:
+            item["maps"] = self.maps[index]
+        return item
 
 
 def collate_any(items: list[dict]) -> dict:
     """Batches of cached latents (``latents [b c f h w]``), or of clips as :func:`collate` makes them."""
     if items and "latents" in items[0]:
-        return {
+        batch = {
             "latents": torch.stack([i["latents"] for i in items]),
             "captions": [i["caption"] for i in items],
             "skipped": [],
         }
+        if "maps" in items[0]:
+            batch["maps"] = torch.stack([i["maps"] for i in items])
+        return batch
     return collate(items)
 
 
@@ -61,8 +71,9 @@ class ClipEncoder:
     progress: bool = True  # show a progress bar
 
     @torch.no_grad()
-    def clips(self, dataset: ClipDataset, desc: str, skipped: dict[str, str]) -> Iterator[tuple[torch.Tensor, str]]:
-        """``(latents [c f h w], caption)`` of one clip per video, one at a time; unreadable ones go to ``skipped``."""
+    def items(self, dataset: ClipDataset, desc: str, skipped: dict[str, str]) -> Iterator[tuple[torch.Tensor, dict]]:
+        """``(latents [c f h w], item)`` of one clip per video (the dataset's item: caption, maps), one at a time;
+        unreadable ones go to ``skipped``."""
         for index in tqdm(range(len(dataset)), desc=desc, disable=not self.progress):
             item = dataset[(index, 0)]
             if "skipped" in item:
@@ -70,17 +81,25 @@ class ClipEncoder:
                 continue
             pixels = item["pixels"][None].to(self.device, self.vae.dtype)
             gen = step_generator(self.seed, -1 - index, 0)
-            yield vae.encode(self.vae, pixels, sample=True, generator=gen)[0].cpu(), item["caption"]
+            yield vae.encode(self.vae, pixels, sample=True, generator=gen)[0].cpu(), item
+
+    def clips(self, dataset: ClipDataset, desc: str, skipped: dict[str, str]) -> Iterator[tuple[torch.Tensor, str]]:
+        """``(latents [c f h w], caption)`` of one clip per video, one at a time; unreadable ones go to ``skipped``."""
+        for latents, item in self.items(dataset, desc, skipped):
+            yield latents, item["caption"]
 
     def encode(self, dataset: ClipDataset, skipped: dict[str, str], data: str) -> CachedLatents:
-        """The latents of one clip per video of ``dataset`` (``data`` names it in the error when none is readable)."""
-        latents, captions = [], []
-        for clip, caption in self.clips(dataset, "caching latents", skipped):
+        """The latents (and maps) of one clip per video of ``dataset`` (``data`` names it in the error when none is
+        readable)."""
+        latents, captions, maps = [], [], []
+        for clip, item in self.items(dataset, "caching latents", skipped):
             latents.append(clip)
-            captions.append(caption)
+            captions.append(item["caption"])
+            if "maps" in item:
+                maps.append(item["maps"])
         if not latents:
             raise UserError(f"no readable clips in {data} ({len(skipped)} unreadable or too short)")
-        return CachedLatents(latents, captions)
+        return CachedLatents(latents, captions, maps if getattr(dataset, "maps", False) else None)
 
 
 def clip_latents(
@@ -148,13 +167,14 @@ class LatentCache:
                     self.tell(f"{path} holds latents of other clips, settings or VAE: encoding the clips again")
                     return None
                 latents = fh.get_tensor("latents")
+                maps = fh.get_tensor("maps") if "maps" in fh.keys() else None
                 captions, skipped_there = json.loads(meta["captions"]), json.loads(meta["skipped"])
         except (OSError, SafetensorError, KeyError, ValueError) as exc:
             self.tell(f"{path} is not a readable latent cache ({exc}): encoding the clips again")
             return None
         skipped.update(skipped_there)
         self.tell(f"reusing the latents cached in {path}")
-        return CachedLatents(list(latents.unbind()), captions)
+        return CachedLatents(list(latents.unbind()), captions, None if maps is None else list(maps.unbind()))
 
     def write(self, cached: CachedLatents, skipped: dict[str, str]) -> None:
         from safetensors.torch import save_file
@@ -165,7 +185,10 @@ class LatentCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"key": self.key, "captions": json.dumps(cached.captions), "skipped": json.dumps(skipped)}
         with atomic_file(self.path) as tmp:
-            save_file({"latents": torch.stack(cached.latents).contiguous()}, str(tmp), metadata=meta)
+            tensors = {"latents": torch.stack(cached.latents).contiguous()}
+            if cached.maps is not None:
+                tensors["maps"] = torch.stack(cached.maps).contiguous()
+            save_file(tensors, str(tmp), metadata=meta)
 
     @torch.no_grad()
     def encode_or_load(
@@ -197,6 +220,8 @@ def fingerprint(vae_model: torch.nn.Module, dataset: ClipDataset) -> str:
     for source in dataset.sources:
         stat = source.path.stat()
         clips.append([str(source.path.resolve()), stat.st_size, stat.st_mtime_ns, source.caption])
+        if dataset.maps:  # the maps' files (a folder's pictures by name) are part of what is cached
+            clips[-1].append(_files_stat(source.maps))
     settings = {
         "frames": dataset.frames,
         "stride": dataset.stride,
@@ -204,5 +229,15 @@ def fingerprint(vae_model: torch.nn.Module, dataset: ClipDataset) -> str:
         "flip": dataset.flip,
         "seed": dataset.seed,
     }
+    if dataset.maps:
+        settings["maps"] = True
     digest.update(json.dumps({"clips": clips, "settings": settings}).encode())
     return digest.hexdigest()
+
+
+def _files_stat(path: Path | None) -> list:
+    """(name, size, mtime) of a file, or of each file in a folder; nothing for no path."""
+    if path is None:
+        return []
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]

@@ -95,6 +95,8 @@ def sample_timesteps(n: int, total: int, late: float, generator: torch.Generator
 
 
 class Trainer:
+    uses_maps = False  # whether the clips' control maps are read (ControlNet training, :mod:`.controlnet`)
+
     def __init__(self, config: TrainConfig) -> None:
         from accelerate import Accelerator
 
@@ -116,7 +118,7 @@ class Trainer:
         if not c.model or c.model == BUILTIN_NAME:
             notice(f"training on the built-in shapes model ({builtin_model()}); pass --model for another")
         self.parts: ModelParts = load_model_parts(c.model, c.motion_module, new_motion=True)
-        self.video_unet = VideoUNet(self.parts.unet, self.parts.motion)
+        self.video_unet = self.trained_module = VideoUNet(self.parts.unet, self.parts.motion)
         teacher = frozen_copy(self.video_unet) if c.distill else None  # the model as loaded, before any LoRA
         self.trained_names = select_trainable(self.video_unet, c.trainable, c.lora_rank)
         self.video_unet.gradient_checkpointing = c.gradient_checkpointing
@@ -163,8 +165,9 @@ class Trainer:
         height, width = c.size
         sources = find_clips(c.data, c.data_root)
         self.dataset: torch.utils.data.Dataset = ClipDataset(
-            sources, frames=c.frames, stride=c.stride, height=height, width=width, flip=c.flip, seed=c.seed
-        )
+            sources, frames=c.frames, stride=c.stride, height=height, width=width, flip=c.flip, seed=c.seed,
+            maps=self.uses_maps,
+        )  # fmt: skip
         workers = c.num_workers
         self.encoder = ClipEncoder(self.parts.vae, self.device, c.seed, progress=self.is_main and not c.quiet)
         if c.cache_latents:
@@ -264,9 +267,7 @@ class Trainer:
     # 4. the loop
     def train(self) -> Path:
         c, acc = self.config, self.accelerator
-        sources = find_clips(c.data, c.data_root)  # a missing or empty dataset fails before minutes of model loading
-        if c.motion_prior:  # so does a motion prior without captions to fit
-            check_motion_prior_data(sources)
+        self.check_data(find_clips(c.data, c.data_root))  # an empty dataset fails before minutes of model loading
         check_run_folder(self.run)  # a file, a link, a device, or a user's files where the run writes: refused
         if c.cache_latents:
             check_cache_path(Path(c.latent_cache) if c.latent_cache else self.run / "latents.safetensors")
@@ -279,14 +280,14 @@ class Trainer:
         state = load_checkpoint(resume) if resume else None
         if state:  # weights before the optimizer is built, so it holds the resumed tensors
             self.load_trained(state["tensors"])
-        params = [p for p in self.video_unet.parameters() if p.requires_grad]
+        params = [p for p in self.trained_module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         from diffusers.optimization import get_scheduler
 
         # diffusers' "constant" ignores warm-up; "constant_with_warmup" is the same schedule with it
         name = "constant_with_warmup" if c.lr_schedule == "constant" and c.warmup else c.lr_schedule
         lr_schedule = get_scheduler(name, optimizer, num_warmup_steps=c.warmup, num_training_steps=c.steps)
-        self.model, self.optimizer = acc.prepare(self.video_unet, optimizer)
+        self.model, self.optimizer = acc.prepare(self.trained_module, optimizer)
         self.ema = EMA(self.trained_params(), c.ema_decay) if c.ema_decay else None
         start, position = 0, 0
         if state:
@@ -374,9 +375,15 @@ class Trainer:
         close(self.accelerator.state)
         return self.run
 
+    def check_data(self, sources: list) -> None:  # clips that cannot serve this run fail before model loading
+        if self.config.controlnet and not self.uses_maps:
+            raise ValueError("a --controlnet run is ControlNetTrainer's (videodiff.training.run.train picks it)")
+        if self.config.motion_prior:  # a motion prior needs captions to fit
+            check_motion_prior_data(sources)
+
     # 5. saving
     def load_trained(self, tensors: dict[str, torch.Tensor]) -> None:
-        trained = self.trained_params(self.video_unet)
+        trained = self.trained_params(self.trained_module)
         weights = {k: v for k, v in tensors.items() if not k.startswith(("ema.", TARGET_PREFIX))}
         if self.distiller is None and any(k.startswith(TARGET_PREFIX) for k in tensors):
             raise UserError("the checkpoint is of a --distill run; resume it with the same --distill")
@@ -479,9 +486,10 @@ class Trainer:
         return locate(source, "motion module")
 
 
-def train(config: TrainConfig) -> Path:
-    """Train as ``config`` says; returns the run folder. Launch with ``accelerate launch`` for several processes."""
-    trainer = Trainer(config)
+def train(config: TrainConfig, trainer_class: type[Trainer] = Trainer) -> Path:
+    """Train as ``config`` says with ``trainer_class`` (:func:`videodiff.training.run.train` picks it, for
+    ``--controlnet`` too); returns the run folder. Launch with ``accelerate launch`` for several processes."""
+    trainer = trainer_class(config)
     try:
         return trainer.train()
     finally:  # closed before an error is printed, so the error is the last line (not a redrawn bar)
