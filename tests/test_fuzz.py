@@ -194,6 +194,8 @@ def render_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
             "--control-range": st.sampled_from(["0,1", "1,0", "x", "0,2"]),
             "--sparsectrl": corpus_path(box),
             "--sparse-at": st.sampled_from(["0:in/pic.png", "99:in/pic.png", "x:in/pic.png"]),
+            "--upscale": corpus_path(box),  # hostile pickles, broken safetensors, a non-upscaler, devices
+            "--upscale-factor": st.sampled_from(["2", "1.5", "0", "1", "9", "nan", "x"]),
             "--overwrite": st.none(),
             "--skip-existing": st.none(),
         }
@@ -361,6 +363,18 @@ def eval_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
     )
 
 
+def upscale_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
+    flags = options(
+        {
+            "--upscale": corpus_path(box),
+            "--upscale-factor": st.sampled_from(["2", "1.5", "0", "1", "9", "nan", "x"]),
+            "--overwrite": st.none(),
+        }
+    )
+    videos = st.one_of(corpus_path(box), st.just("in/clips/a.gif"))
+    return st.tuples(videos, flags, st.sampled_from(OUTPUTS)).map(lambda t: ["upscale", t[0], "-q", *t[1], "-o", t[2]])
+
+
 def data_args(box: Sandbox) -> st.SearchStrategy[list[str]]:
     flags = options(
         {
@@ -385,6 +399,7 @@ COMMANDS: dict[str, Callable[[Sandbox], st.SearchStrategy[list[str]]]] = {
     "inspect": inspect_args,
     "eval": eval_args,
     "data": data_args,
+    "upscale": upscale_args,
 }
 # What a successful run may create: the requested output, its sidecar, a batch folder, a run folder...
 MAY_CREATE = ("out", "frames", "sub", "mm", "new1", "run", "data", "report.json", "outputs")

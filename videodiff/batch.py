@@ -22,6 +22,7 @@ from typing import Any
 from videodiff.config import (
     FIELD_NAMES,
     OUTPUT_FORMATS,
+    PostSettings,
     RenderConfig,
     SampleSettings,
     WriteSettings,
@@ -49,12 +50,10 @@ __all__ = [
     "run_batch",
 ]
 
-# Settings one item of a prompt file may set for itself: what to sample and how to write it. What to
-# load (model, LoRAs, device...) is shared: the model is loaded once per process.
-ITEM_KEYS = (
-    *(f.name for f in fields(SampleSettings)),
-    *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")), "controls", "ip_adapters",
-)
+# Settings one item of a prompt file may set for itself: what to sample, what to do after decoding and how to
+# write it. What to load (model, LoRAs, device...) is shared: the model is loaded once per process.
+ITEM_KEYS = (*(f.name for s in (SampleSettings, PostSettings) for f in fields(s)), "controls", "ip_adapters",
+             *(f.name for f in fields(WriteSettings) if f.name not in ("overwrite", "quiet")))  # fmt: skip
 FORMATS = OUTPUT_FORMATS  # --format names and their suffixes (png: a folder of frames)
 YAML_SUFFIXES = (".yaml", ".yml")
 SEED_LIMIT = 2**32  # drawn seeds, as a single render draws them

@@ -361,7 +361,8 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
         from videodiff.pipelines import input_from
 
         source = input_from(config.inputs)
-        post = replace(config.post, interpolate=None) if inbetweens else config.post  # the first pass's
+        # the first pass's post stage: without interpolation, and upscaling comes after the in-betweens
+        post = replace(config.post, interpolate=None, upscale=None, upscale_factor=None) if inbetweens else config.post
         result = pipe.generate(
             config.sample, source=source, progress=not config.quiet, on_step=on_step, post=post, fps=config.fps,
             controls=config.control, ip_adapters=config.image_prompts,
@@ -372,6 +373,12 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
             result = model_inbetweens(
                 pipe, config.sample, result, inbetweens, fps=config.fps, progress=not config.quiet, on_step=on_step
             )
+        if inbetweens and result.frames is not None and (config.upscale or config.upscale_factor):
+            from videodiff.post import Clip, run_post
+            from videodiff.post.upscale import Upscale
+
+            clip, steps = run_post(Clip(result.frames, result.fps), [Upscale(config.upscale, config.upscale_factor)])
+            result = replace(result, frames=clip.frames, post=[*result.post, *steps])
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; so is the MPS one
         if not is_out_of_memory(exc):
             raise
@@ -432,6 +439,8 @@ def sidecar_record(config: RenderConfig, result: VideoResult, pipe: VideoPipelin
         settings["video"] = str(Path(config.video).resolve())
     if config.interpolate_model:
         settings["interpolate_model"] = str(Path(config.interpolate_model).resolve())
+    if config.upscale:
+        settings["upscale"] = str(Path(config.upscale).resolve())
     controls = parse_controls(config.controls)
     settings["controls"] = [control_record(c) for c in controls]
     settings["ip_adapters"] = [p.record() for p in parse_image_prompts(config.ip_adapters)]

@@ -1,6 +1,7 @@
 """The files a render reads besides its model: checked from their headers before any model loads, and recorded in
-the sidecar. img2vid's pictures, vid2vid's clip, the controls' maps (or SparseCtrl's pictures) and image prompts.
-Torch-free."""
+the sidecar. img2vid's pictures, vid2vid's clip, the controls' maps (or SparseCtrl's pictures), image prompts and
+the upscaler.
+Torch-free (but for the shapes of a pickled upscaler, read by torch's weights-only loader)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ def check_inputs(config: RenderConfig) -> None:
         check_adapter_width(locate_adapter(prompt.adapter), config.model)
         for picture in prompt.pictures(frames).values():
             check_image(picture) if isinstance(picture, str) else read_image(picture)  # Python: in memory
+    if config.upscale is not None or config.upscale_factor is not None:  # the upscaler's names and shapes, the size
+        from videodiff.post.upscale import check_size, check_upscaler
+
+        scale = check_upscaler(config.upscale).scale if config.upscale is not None else None
+        if config.height and config.width:  # else the model's default size, a few hundred pixels
+            check_size(frames * (config.interpolate or 1), config.height, config.width, config.upscale_factor or scale)
 
 
 def check_adapter_width(adapter: Path, model: str | None) -> None:

@@ -16,7 +16,7 @@ import click
 from videodiff import coldstart
 from videodiff.cli.bench import bench_cache, bench_coldstart, bench_diffusers, bench_group, bench_long
 from videodiff.cli.datasets import data, data_shapes
-from videodiff.cli.evaluation import eval_group, eval_interp, eval_shapes
+from videodiff.cli.evaluation import eval_group, eval_interp, eval_shapes, eval_upscale
 from videodiff.cli.group import (
     EXIT_USER_ERROR,
     KEPT_ON_INTERRUPT,
@@ -29,7 +29,7 @@ from videodiff.cli.group import (
 from videodiff.cli.long_eval import eval_long, eval_sweep, eval_travel
 from videodiff.cli.models import convert, inspect
 from videodiff.cli.options import CONFIG_OPTION, given, options_from, parse_motion
-from videodiff.cli.postprocess import interpolate_command
+from videodiff.cli.postprocess import interpolate_command, upscale_command
 from videodiff.cli.rendering import img2vid, render, render_one, vid2vid
 from videodiff.cli.serving import SERVE_OPTIONS, serve
 from videodiff.cli.training import train
@@ -58,6 +58,7 @@ __all__ = [
     "eval_shapes",
     "eval_sweep",
     "eval_travel",
+    "eval_upscale",
     "given",
     "img2vid",
     "inspect",
@@ -70,12 +71,14 @@ __all__ = [
     "serve",
     "sigterm_as_interrupt",
     "train",
+    "upscale_command",
     "vid2vid",
 ]
 
 for _command in (render, img2vid, vid2vid, train, convert, inspect, data, eval_group, bench_group, serve):
     cli.add_command(_command)
 cli.add_command(interpolate_command)
+cli.add_command(upscale_command)
 for _command in (eval_long, eval_travel, eval_sweep, eval_interp):
     eval_group.add_command(_command)
 

@@ -277,3 +277,22 @@ def bench_control(
     click.echo(json.dumps(results, indent=2))
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
+
+
+@bench_group.command("upscale")
+@click.option("--frames", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--size", type=click.IntRange(16, 2048), default=512, show_default=True, help="Input frames' side (px).")
+@click.option("--convs", type=click.IntRange(1, 64), default=16, show_default=True, help="Compact's body convs.")
+@click.option("--tile", type=click.IntRange(16, 4096), default=None, help="Input pixels per tile (default: 128).")
+def bench_upscale(frames: int, size: int, convs: int, tile: int | None) -> None:
+    """Peak resident memory of upscaling FRAMES frames of SIZE x SIZE 4x with a random-weight Compact, tiled.
+
+    \b
+    Example:
+      OMP_NUM_THREADS=1 videodiff bench upscale                 # 16 frames of 512x512 -> 2048x2048
+    """
+    import json
+
+    from videodiff.bench.upscale import run_upscale_bench
+
+    click.echo(json.dumps(run_upscale_bench(frames, size, convs=convs, tile=tile), indent=2))

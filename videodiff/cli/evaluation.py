@@ -224,3 +224,29 @@ def eval_interp(
         click.echo(
             f"| {row['method']} | {row['psnr']:.2f} | {row['centroid_error']:.3f} | {row['seconds_per_frame']:.4f} |"
         )
+
+
+# ---- eval upscale: upscaling against the shapes world's ground truth (videodiff.shapes.upscale_eval)
+@eval_group.command("upscale")
+@click.option("--clips", type=click.IntRange(min=1), default=10, show_default=True, help="Held-out clips scored.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which clips (the world's clip seed).")
+@click.option("--factor", type=click.IntRange(2, 8), default=2, show_default=True, help="How many times larger.")
+@click.option("--size", type=click.IntRange(16, 512), default=64, show_default=True, help="Small frames' size (px).")
+@click.option("--upscale", "models", multiple=True, help="Also score this upscaler model file (repeatable).")
+def eval_upscale(clips: int, seed: int, factor: int, size: int, models: tuple[str, ...]) -> None:
+    """PSNR of Lanczos (and bicubic, nearest, any --upscale model) against the world's true large frames.
+
+    \b
+    Example:
+      videodiff eval upscale --clips 10             # 64 -> 128 pixels, 10 held-out clips
+      videodiff eval upscale --factor 4 --upscale realesr-general-x4v3.pth
+    """
+    from videodiff.post.upscale import check_upscaler
+    from videodiff.shapes.upscale_eval import run_upscale_eval
+
+    for model in models:
+        check_upscaler(model)
+    click.echo(f"| method | PSNR (dB) vs true {size * factor} px | s per frame |")
+    click.echo("|---|---|---|")
+    for row in run_upscale_eval(clips, seed=seed, size=size, factor=factor, models=models):
+        click.echo(f"| {row['method']} | {row['psnr']:.2f} | {row['seconds_per_frame']:.4f} |")

@@ -1,4 +1,4 @@
-"""``videodiff interpolate``: post-processing steps on any video the user has."""
+"""``videodiff interpolate`` and ``videodiff upscale``: post-processing steps on any video the user has."""
 
 from __future__ import annotations
 
@@ -42,3 +42,30 @@ def interpolate_command(
     )  # fmt: skip
     if not quiet:
         click.echo(f"wrote {written}: {clip.frames.shape[0]} frames, {clip.fps:g} fps")
+
+
+@click.command("upscale")
+@click.argument("video", type=click.Path(dir_okay=False))
+@options_from(PostSettings, only=("upscale", "upscale_factor"))
+@options_from(WriteSettings, only=("output", "overwrite", "crf", "quiet"))
+def upscale_command(video: str, output: str | None, quiet: bool, **settings: Any) -> None:
+    """Make every frame of any video larger: with an upscaler model file (tiled), or Lanczos.
+
+    \b
+    Example:
+      videodiff upscale clip.mp4 -o big.mp4 --upscale-factor 2                      # Lanczos
+      videodiff upscale clip.mp4 -o big.mp4 --upscale realesr-general-x4v3.pth       # the model's 4x
+      videodiff upscale clip.mp4 -o big.mp4 --upscale RealESRGAN_x4plus.pth --upscale-factor 2
+    """
+    from videodiff.errors import UserError
+    from videodiff.post.files import upscale_video
+
+    if output is None:
+        raise UserError("-o/--output is needed: the file to write (.mp4/.gif/.webm, or a folder of PNG frames)")
+    written, clip = upscale_video(
+        video, output, settings["upscale"], settings["upscale_factor"], crf=settings["crf"],
+        overwrite=settings["overwrite"],
+    )  # fmt: skip
+    if not quiet:
+        frames, height, width = clip.frames.shape[:3]
+        click.echo(f"wrote {written}: {frames} frames, {width}x{height}")

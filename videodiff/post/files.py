@@ -12,7 +12,7 @@ from videodiff.post.stage import MODEL_ON_RENDERS_ONLY, Clip, run_post, steps_fo
 from videodiff.settings.post import GIF_MAX_FPS, MAX_INTERPOLATE, PostSettings, check_rate
 from videodiff.settings.render import INFO_KEY, WriteSettings
 
-__all__ = ["interpolate_video"]
+__all__ = ["interpolate_video", "upscale_video"]
 
 
 def interpolate_video(
@@ -78,6 +78,55 @@ def interpolate_video(
     }
     sidecar = json.dumps(record, indent=2) + "\n"
     written = save_video(clip.frames, out, fps=clip.fps or fps_read, crf=crf, overwrite=overwrite, sidecar=sidecar)
+    return written, clip
+
+
+def upscale_video(
+    video: str | Path,
+    output: str | Path,
+    model: str | None = None,
+    factor: float | None = None,
+    *,
+    crf: int = 18,
+    overwrite: bool = False,
+) -> tuple[Path, Clip]:
+    """``videodiff upscale``: any video read, every frame upscaled (:class:`~videodiff.post.upscale.Upscale`: the
+    model, or Lanczos), written with a sidecar. The factor, the model file (names and shapes), the video's header,
+    the output and its sidecar are refused in one line before any frame is decoded."""
+    from videodiff.media.clips import check_video, read_video
+    from videodiff.media.images import file_sha256
+    from videodiff.media.video import check_output, check_sidecar, save_video
+    from videodiff.post.upscale import check_size, check_upscaler
+
+    if model is None and factor is None:
+        raise UserError("--upscale MODEL_FILE or --upscale-factor S is needed (no model: Lanczos)")
+    settings = PostSettings(upscale=model, upscale_factor=factor).validate()
+    scale = check_upscaler(model).scale if model is not None else None
+    info = check_video(video)
+    check_size(info.num_frames, info.height, info.width, factor or scale)
+    out = check_output(output, fps=info.fps, crf=crf, overwrite=overwrite, create=False)
+    check_sidecar(out, overwrite=overwrite)
+    frames, fps = read_video(video, frames=None)
+    clip, records = run_post(Clip(frames, fps), steps_for(settings, Clip(frames, fps)))
+    inputs = {str(Path(video).resolve()): file_sha256(video)}
+    record = {
+        "video": str(Path(video).resolve()),
+        "upscale": str(Path(model).resolve()) if model is not None else None,
+        "upscale_factor": factor,
+        "crf": crf,
+        INFO_KEY: {
+            "inputs": inputs,
+            "fps_read": fps,
+            "frames_read": int(frames.shape[0]),
+            "size_written": [int(clip.frames.shape[2]), int(clip.frames.shape[1])],
+            "post": records,
+            "versions": _versions(),
+            "created": datetime.now().isoformat(timespec="seconds"),
+        },
+    }
+    written = save_video(
+        clip.frames, out, fps=clip.fps or fps, crf=crf, overwrite=overwrite, sidecar=json.dumps(record, indent=2) + "\n"
+    )
     return written, clip
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from videodiff.errors import UserError
 from videodiff.post.interpolate import Interpolate
 from videodiff.post.paste import Paste
+from videodiff.post.upscale import Upscale
 from videodiff.settings.post import PostSettings
 
 MODEL_ON_RENDERS_ONLY = (
@@ -51,9 +52,10 @@ class PostStep(Protocol):
 
 def steps_for(settings: PostSettings, clip: Clip) -> list[PostStep]:
     """The steps ``settings`` ask for, in their fixed order: paste first (it puts back the exact pictures the later
-    steps then work from), then interpolation. A step with nothing to work on (paste without pinned pictures,
-    interpolation of one frame of a clip that is not a loop) is left out. ``interpolate_method="model"`` needs
-    the pipeline (:func:`videodiff.pipeline.inbetweens.model_inbetweens`, which ``render()`` runs): refused."""
+    steps then work from), then interpolation, then upscaling (interpolation works on the smaller frames). A step
+    with nothing to work on (paste without pinned pictures, interpolation of one frame of a clip that is not a
+    loop) is left out. ``interpolate_method="model"`` needs the pipeline
+    (:func:`videodiff.pipeline.inbetweens.model_inbetweens`, which ``render()`` runs): refused."""
     settings.validate()
     if settings.interpolate and settings.interpolate_method == "model":
         raise UserError(MODEL_ON_RENDERS_ONLY)
@@ -63,6 +65,8 @@ def steps_for(settings: PostSettings, clip: Clip) -> list[PostStep]:
     if settings.interpolate and (clip.frames.shape[0] > 1 or clip.loop):
         method, model = settings.interpolate_method, settings.interpolate_model
         steps.append(Interpolate(settings.interpolate, method, model))
+    if settings.upscale is not None or settings.upscale_factor is not None:
+        steps.append(Upscale(settings.upscale, settings.upscale_factor))
     return steps
 
 

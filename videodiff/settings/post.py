@@ -14,6 +14,7 @@ from videodiff.settings.fields import check_bounds, check_choices, setting
 INTERPOLATE_METHODS = ("flow", "blend", "repeat", "rife", "model")
 RIFE_SUFFIXES = (".safetensors", ".pkl", ".pth", ".pt", ".ckpt")  # videodiff.post.rife reads these
 MAX_INTERPOLATE = 8
+MAX_UPSCALE = 8  # a 512-pixel render becomes 4096 pixels a side
 GIF_MAX_FPS = 50  # GIF delays are whole centiseconds and browsers slow any under 2 cs: 50 fps is the fastest
 
 
@@ -42,6 +43,21 @@ class PostSettings:
         None, "The RIFE v4.x file (flownet.pkl or .safetensors) that --interpolate-method rife uses."
     )
 
+    upscale: str | None = setting(  # None: Lanczos when --upscale-factor is given, else the frames as decoded
+        None,
+        "Upscale every frame with this model file (.safetensors/.pth: ESRGAN/RRDBNet or Real-ESRGAN Compact), "
+        "after any interpolation; its scale unless --upscale-factor says otherwise.",
+    )
+    upscale_factor: float | None = setting(  # None: the model's scale (no model: no upscaling)
+        None,
+        f"Make frames S times larger (above 1, at most {MAX_UPSCALE}): with --upscale, the model then Lanczos to "
+        "this size; alone, Lanczos.",
+        min=1,
+        min_open=True,
+        max=MAX_UPSCALE,
+        must=f"a number above 1 and at most {MAX_UPSCALE}",
+    )
+
     def validate(self) -> PostSettings:
         """Raise :class:`UserError` (one line) for any of these settings that cannot work; return self.
 
@@ -51,6 +67,9 @@ class PostSettings:
         check_bounds(self, "interpolate")
         check_choices(self, "interpolate_method")
         check_model(self.interpolate_method, self.interpolate_model, self.interpolate)
+        check_bounds(self, "upscale_factor")
+        if self.upscale is not None and not (isinstance(self.upscale, str) and self.upscale.strip()):
+            raise UserError("--upscale must name a model file (.safetensors, .pth or .pt)")
         check_rate(self.interpolate, getattr(self, "fps", None), getattr(self, "output", None))
         return self
 

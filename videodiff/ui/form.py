@@ -72,9 +72,10 @@ ADVANCED = (
     "fps",
     "crf",
 )
-POST = ("interpolate", "interpolate_method")  # the Post-processing section
+POST = ("interpolate", "interpolate_method", "upscale_factor")  # the Post-processing section
 FORM_FIELDS = COMMON + ADVANCED + POST
-OFF = "off"  # interpolate's choice for none (the frames as decoded)
+OFF = "off"  # interpolate's and upscale_factor's choice for none (the frames as decoded)
+UPSCALE_CHOICES = ("1.5", "2", "3", "4")  # the page's upscale factors (Lanczos, or after the server's --upscale)
 TEXT_FIELDS = ("negative", "background")
 # Fields the page never sets: what is loaded is the server's, where it is written is the render layer's.
 # Controls and image prompts come from the page's Control and Image prompt sections (videodiff.ui.controls,
@@ -91,6 +92,7 @@ _SERVER_ONLY = (
     "controls",
     "ip_adapters",
     "interpolate_model",  # a file on the server: the page offers the weight-free methods and the model's own
+    "upscale",  # a model file on the server: never named by a page
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -110,7 +112,7 @@ def value_of(name: str, value: Any) -> Any:
     """A page value as the setting's type: empty is ``None`` (the default), whole floats are ints where needed."""
     if value is None or (isinstance(value, str) and not value.strip() and name not in ("negative",)):
         return None
-    if name == "interpolate" and isinstance(value, str) and value.strip().lower() == OFF:
+    if name in ("interpolate", "upscale_factor") and isinstance(value, str) and value.strip().lower() == OFF:
         return None
     kind = _KINDS[name]
     if isinstance(value, str) and kind.startswith(("int", "float")):  # an optional number's text box

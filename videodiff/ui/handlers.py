@@ -79,7 +79,7 @@ class Handlers:
         self.gr, self.page, self.renderer, self.outputs = gr, page, renderer, outputs
         self.base, self.start, self.served, self.adapters = base, start, served, adapters
         # settings whose box is text because they have no value of their own: empty is the default
-        text = (*form.TEXT_FIELDS, "interpolate")  # (interpolate: a dropdown whose "off" is its default)
+        text = (*form.TEXT_FIELDS, "interpolate", "upscale_factor")  # (dropdowns whose "off" is their default)
         self.optional = {name for name in page.settings if start[name] is None and name not in text}
         hints(gr, self.stop_render, self.render_api, self.pick)
 
@@ -416,8 +416,8 @@ class Handlers:
                 value = values[key]
                 if key in self.optional:  # a text box: empty is the default
                     value = "" if value is None else str(value)
-                if key == "interpolate":  # a dropdown of text: off or the factor
-                    value = form.OFF if value is None else str(value)
+                if key in ("interpolate", "upscale_factor"):  # a dropdown of text: off or the factor
+                    value = form.OFF if value is None else f"{value:g}"
                 changes[component] = -1 if key == "seed" and value is None else value
         changes[page.fmt] = values.get("format", "mp4")
         prompt_box = {"text": page.prompt_text, "img2vid": page.prompt_img, "vid2vid": page.prompt_vid}.get(mode)

@@ -31,6 +31,7 @@ HELP = {
     "loop": "Loop (windows wrap around)",
     "interpolate": "Interpolate (off, or N: N-1 frames between each pair)",
     "interpolate_method": "Interpolation method",
+    "upscale_factor": "Upscale (off, or S times larger, Lanczos)",
 }
 # Dropdowns and whole-number boxes of the form, from the settings' own fields (videodiff.settings.fields)
 CHOICES = {k: v for k, v in choices_by_field(RenderConfig).items() if k in form.FORM_FIELDS}
@@ -45,6 +46,10 @@ def _component(gr: Any, name: str, value: Any) -> Any:
     if name == "interpolate":  # off, or the factor: a dropdown of text (its value_of reads it)
         choices = [form.OFF, *map(str, range(2, MAX_INTERPOLATE + 1))]
         return gr.Dropdown(choices, value=form.OFF if value is None else str(value), label=label, elem_id=elem)
+    if name == "upscale_factor":  # off, or a factor (value_of reads the text)
+        choices = [form.OFF, *form.UPSCALE_CHOICES]
+        shown = form.OFF if value is None else f"{value:g}"
+        return gr.Dropdown(choices, value=shown, label=label, elem_id=elem, allow_custom_value=shown not in choices)
     if name in CHOICES:
         return gr.Dropdown(list(CHOICES[name]), value=value, label=label, elem_id=elem)
     if isinstance(value, bool) or name in ("loop", "paste"):
