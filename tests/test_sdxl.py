@@ -17,25 +17,19 @@ PROMPT = "a red circle moving right"
 SMALL = dict(num_frames=4, height=32, width=40, num_inference_steps=3)
 
 
-@pytest.fixture(scope="module")
-def sdxl_model(tmp_path_factory):
-    from videodiff.tiny_sdxl import build_tiny_sdxl_model
-
-    return build_tiny_sdxl_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+@pytest.fixture
+def sdxl_model(tiny_sdxl_model):
+    return tiny_sdxl_model
 
 
-@pytest.fixture(scope="module")
-def sdxl_motion(tmp_path_factory):
-    from videodiff.tiny_sdxl import build_tiny_sdxl_motion_adapter
-
-    return build_tiny_sdxl_motion_adapter(tmp_path_factory.mktemp("models") / "tiny-sdxl-motion")
+@pytest.fixture
+def sdxl_motion(tiny_sdxl_motion):
+    return tiny_sdxl_motion
 
 
 @pytest.fixture(scope="module")
-def sdxl_pipe(sdxl_model, sdxl_motion, one_thread):
-    from videodiff import load_pipeline
-
-    return load_pipeline(str(sdxl_model), str(sdxl_motion), device="cpu")
+def sdxl_pipe(tiny_sdxl_pipe, one_thread):
+    return tiny_sdxl_pipe
 
 
 def reference_frames(pipe, model, motion, scheduler: str, **kwargs) -> np.ndarray:
@@ -65,8 +59,8 @@ def test_same_frames_as_diffusers_animatediff_sdxl(sdxl_pipe, sdxl_model, sdxl_m
 
 
 @pytest.fixture(scope="module")
-def small_reference(sdxl_pipe, sdxl_model, sdxl_motion):
-    return reference_frames(sdxl_pipe, sdxl_model, sdxl_motion, "ddim", negative_prompt="cat", **SMALL)
+def small_reference(sdxl_pipe, tiny_sdxl_model, tiny_sdxl_motion):
+    return reference_frames(sdxl_pipe, tiny_sdxl_model, tiny_sdxl_motion, "ddim", negative_prompt="cat", **SMALL)
 
 
 def render_small(pipe) -> np.ndarray:
@@ -143,9 +137,9 @@ def test_a_motion_module_for_another_family_is_refused_in_one_line(sdxl_model, s
     from cli_helpers import assert_user_error, invoke
 
     message = assert_user_error(invoke("render", "a cat", "--model", sdxl_model, "--motion-module", tiny_motion, "-q"))
-    assert "motion modules are for U-Net channels [32, 64]" in message
+    assert "the motion modules are for SD1.5 (2 blocks), but the image model is SDXL" in message
     message = assert_user_error(invoke("render", "a cat", "--model", tiny_model, "--motion-module", sdxl_motion, "-q"))
-    assert "motion modules are for U-Net channels [32, 64, 64]" in message
+    assert "the motion modules are for SDXL (3 blocks), but the image model is SD1.5" in message
 
 
 def test_loras_on_sdxl_are_refused_in_one_line(sdxl_model, sdxl_motion, tmp_path):

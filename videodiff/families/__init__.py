@@ -40,8 +40,8 @@ def of_unet(config: Mapping[str, Any]) -> Family:
 
 def of_motion_channels(channels: Sequence[int]) -> Family:
     """The family motion modules were made for, from their blocks' channels (the one trace their weights keep):
-    SDXL's motion modules have three blocks of (320, 640, 1280); anything else is taken for SD1.5's layout."""
-    return SDXL if list(channels) == list(SDXL.motion_channels) else SD15
+    SDXL's motion modules have three blocks (320, 640, 1280), SD1.5's four (320, 640, 1280, 1280)."""
+    return SDXL if len(channels) == len(SDXL.motion_channels) else SD15
 
 
 def require_supported(family: Family, what: str) -> Family:
