@@ -142,10 +142,35 @@ def test_a_motion_module_for_another_family_is_refused_in_one_line(sdxl_model, s
     assert "the motion modules are for SDXL (3 blocks), but the image model is SD1.5" in message
 
 
-def test_loras_on_sdxl_are_refused_in_one_line(sdxl_model, sdxl_motion, tmp_path):
+def test_loras_and_embeddings_on_sdxl_are_refused_in_one_line(sdxl_model, sdxl_motion, tmp_path):
     from videodiff.weights.models import load_model_parts
 
-    lora = tmp_path / "x.safetensors"
-    lora.write_bytes(b"")
-    with pytest.raises(UserError, match="two text encoders are not supported yet"):
-        load_model_parts(str(sdxl_model), str(sdxl_motion), loras=(str(lora),))
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"")
+    with pytest.raises(UserError, match="^LoRA is not supported for SDXL models yet$"):
+        load_model_parts(str(sdxl_model), str(sdxl_motion), loras=(str(path),))
+    with pytest.raises(UserError, match="^textual-inversion embedding is not supported for SDXL models yet$"):
+        load_model_parts(str(sdxl_model), str(sdxl_motion), embeddings=(str(path),))
+
+
+@pytest.mark.parametrize(
+    ("keyword", "feature"),
+    [("controls", "ControlNet"), ("ip_adapters", "IP-Adapter")],
+)
+def test_sd15_add_ons_on_sdxl_are_refused_in_one_line(sdxl_pipe, tmp_path, keyword, feature):
+    """SD1.5's ControlNets (SparseCtrl too) and IP-Adapters do not fit an SDXL U-Net: refused by name before any
+    file of theirs is read."""
+    given = {"controls": [{"controlnet": str(tmp_path / "net"), "maps": str(tmp_path / "maps")}],
+             "ip_adapters": [{"adapter": str(tmp_path / "a.bin"), "image": str(tmp_path / "p.png")}]}  # fmt: skip
+    with pytest.raises(UserError, match=f"^{feature} is not supported for SDXL models yet$"):
+        sdxl_pipe(PROMPT, seed=1, **{keyword: given[keyword]}, **SMALL)
+
+
+def test_training_an_sdxl_model_is_refused_in_one_line(sdxl_model, tmp_path):
+    from videodiff.config import TrainConfig
+    from videodiff.training.loop import Trainer
+
+    (tmp_path / "data").mkdir()
+    config = TrainConfig(model=str(sdxl_model), data=str(tmp_path / "data"), output=str(tmp_path / "run"), quiet=True)
+    with pytest.raises(UserError, match="^training is not supported for SDXL models yet$"):
+        Trainer(config).build_models()

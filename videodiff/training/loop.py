@@ -116,6 +116,7 @@ class Trainer:
         if not c.model or c.model == BUILTIN_NAME:
             notice(f"training on the built-in shapes model ({builtin_model()}); pass --model for another")
         self.parts: ModelParts = load_model_parts(c.model, c.motion_module, new_motion=True)
+        self.parts.family.require("training")
         self.video_unet = VideoUNet(self.parts.unet, self.parts.motion)
         teacher = frozen_copy(self.video_unet) if c.distill else None  # the model as loaded, before any LoRA
         self.trained_names = select_trainable(self.video_unet, c.trainable, c.lora_rank)

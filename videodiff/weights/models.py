@@ -226,10 +226,14 @@ def load_model_parts(
         if SPATIAL_FILE in companions:
             apply_spatial_weights(c["unet"], companions[SPATIAL_FILE])
         if PRIOR_FILE in companions:
+            families.of_unet(c["unet"].config).require("motion prior")
             motion_prior = load_motion_prior(companions[PRIOR_FILE], c)
     second = c.get("text_encoder_2")
-    if second is not None and (loras or embeddings):
-        raise UserError(f"{model}: LoRAs and embeddings for a model with two text encoders are not supported yet")
+    family = families.of_unet(c["unet"].config)
+    if loras:
+        family.require("LoRA")
+    if embeddings:
+        family.require("textual-inversion embedding")
     for spec in loras:
         path, scale = parse_scaled_path(spec)
         local = local_file(path, "LoRA")
