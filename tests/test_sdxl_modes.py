@@ -4,6 +4,7 @@ called with the SDXL pipeline, so both families are held to the same properties.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import test_cache as cache
 import test_img2vid as img2vid
@@ -92,3 +93,15 @@ def test_few_step_schedulers_on_sdxl(pipe, scheduler):
     result = pipe("a red circle", scheduler=scheduler, timestep_spacing="trailing", num_inference_steps=2,
                   guidance_scale=1.0, num_frames=4, height=16, width=16, seed=1)  # fmt: skip
     assert result.frames.shape == (4, 16, 16, 3) and result.frames.std() > 1
+
+
+def test_memory_savers_on_sdxl(pipe, tiny_sdxl_model, tiny_sdxl_motion):
+    """Attention slicing and VAE tiling apply to the SDXL pipeline as to SD1.5's, and change nothing beyond float
+    rounding (decode chunking too: one frame per VAE call)."""
+    from videodiff import load_pipeline
+
+    saver = load_pipeline(str(tiny_sdxl_model), str(tiny_sdxl_motion), device="cpu", attention_slicing=True,
+                          vae_tiling=True)  # fmt: skip
+    kw = {**KW, "output_type": "np"}
+    plain, saved = pipe(PROMPT, **kw).frames, saver(PROMPT, decode_chunk=1, **kw).frames
+    assert np.abs(plain.astype(int) - saved.astype(int)).max() <= 1

@@ -35,7 +35,7 @@ def of_unet(config: Mapping[str, Any]) -> Family:
                 return family
     kinds = {k: config.get(k) for k in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")}
     described = ", ".join(f"{k}={v!r}" for k, v in kinds.items() if v)
-    raise UserError(f"an image U-Net of no known model family ({described}); videodiff inflates SD1.5-family models")
+    raise UserError(f"an image U-Net of no known model family ({described}); videodiff inflates {_supported()} models")
 
 
 def of_motion_channels(channels: Sequence[int]) -> Family:
