@@ -142,13 +142,11 @@ def test_a_motion_module_for_another_family_is_refused_in_one_line(sdxl_model, s
     assert "the motion modules are for SDXL (3 blocks), but the image model is SD1.5" in message
 
 
-def test_loras_and_embeddings_on_sdxl_are_refused_in_one_line(sdxl_model, sdxl_motion, tmp_path):
+def test_embeddings_on_sdxl_are_refused_in_one_line(sdxl_model, sdxl_motion, tmp_path):
     from videodiff.weights.models import load_model_parts
 
     path = tmp_path / "x.safetensors"
     path.write_bytes(b"")
-    with pytest.raises(UserError, match="^LoRA is not supported for SDXL models yet$"):
-        load_model_parts(str(sdxl_model), str(sdxl_motion), loras=(str(path),))
     with pytest.raises(UserError, match="^textual-inversion embedding is not supported for SDXL models yet$"):
         load_model_parts(str(sdxl_model), str(sdxl_motion), embeddings=(str(path),))
 
@@ -166,11 +164,14 @@ def test_sd15_add_ons_on_sdxl_are_refused_in_one_line(sdxl_pipe, tmp_path, keywo
         sdxl_pipe(PROMPT, seed=1, **{keyword: given[keyword]}, **SMALL)
 
 
-def test_training_an_sdxl_model_is_refused_in_one_line(sdxl_model, tmp_path):
+@pytest.mark.parametrize(("changes", "feature"), [({"distill": "lcm"}, "consistency distillation"),
+                                               ({"motion_prior": True}, "motion prior")])  # fmt: skip
+def test_distilling_or_fitting_a_motion_prior_on_sdxl_is_refused_in_one_line(sdxl_model, tmp_path, changes, feature):
     from videodiff.config import TrainConfig
     from videodiff.training.loop import Trainer
 
     (tmp_path / "data").mkdir()
-    config = TrainConfig(model=str(sdxl_model), data=str(tmp_path / "data"), output=str(tmp_path / "run"), quiet=True)
-    with pytest.raises(UserError, match="^training is not supported for SDXL models yet$"):
+    config = TrainConfig(model=str(sdxl_model), data=str(tmp_path / "data"), output=str(tmp_path / "run"), quiet=True,
+                         **changes)  # fmt: skip
+    with pytest.raises(UserError, match=f"^{feature} is not supported for SDXL models yet$"):
         Trainer(config).build_models()

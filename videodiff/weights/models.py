@@ -230,14 +230,12 @@ def load_model_parts(
             motion_prior = load_motion_prior(companions[PRIOR_FILE], c)
     second = c.get("text_encoder_2")
     family = families.of_unet(c["unet"].config)
-    if loras:
-        family.require("LoRA")
     if embeddings:
         family.require("textual-inversion embedding")
     for spec in loras:
         path, scale = parse_scaled_path(spec)
         local = local_file(path, "LoRA")
-        apply_lora(c["unet"], c["text_encoder"], local, scale)
+        apply_lora(c["unet"], c["text_encoder"], local, scale, text_encoder_2=second)
         sources.setdefault("lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(local)})
     for path in embeddings:
         tokens = load_embedding(c["tokenizer"], c["text_encoder"], path)
