@@ -175,3 +175,17 @@ def test_distilling_or_fitting_a_motion_prior_on_sdxl_is_refused_in_one_line(sdx
                          **changes)  # fmt: skip
     with pytest.raises(UserError, match=f"^{feature} is not supported for SDXL models yet$"):
         Trainer(config).build_models()
+
+
+def test_half_precision_keeps_the_sdxl_vae_in_float32_through_every_start(tiny_sdxl_model, tiny_sdxl_motion):
+    """``--dtype fp16``: the U-Net and text encoders in half precision, the ``force_upcast`` VAE in float32, and
+    text-to-video, img2vid and vid2vid (which encode through that VAE) render (on the CPU here)."""
+    from videodiff import load_pipeline
+
+    pipe = load_pipeline(str(tiny_sdxl_model), str(tiny_sdxl_motion), device="cpu", dtype="fp16")
+    assert (pipe.unet.dtype, pipe.text_encoders[1].dtype, pipe.vae.dtype) == (torch.float16,) * 2 + (torch.float32,)
+    picture = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    kw = dict(num_frames=4, num_inference_steps=2, seed=1)
+    clip = np.stack([picture] * 4)
+    for result in (pipe(PROMPT, **kw), pipe.img2vid(picture, PROMPT, **kw), pipe.vid2vid(clip, PROMPT, **kw)):
+        assert result.frames.shape == (4, 32, 32, 3) and result.frames.std() > 5
