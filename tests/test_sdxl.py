@@ -142,15 +142,6 @@ def test_a_motion_module_for_another_family_is_refused_in_one_line(sdxl_model, s
     assert "the motion modules are for SDXL (3 blocks), but the image model is SD1.5" in message
 
 
-def test_embeddings_on_sdxl_are_refused_in_one_line(sdxl_model, sdxl_motion, tmp_path):
-    from videodiff.weights.models import load_model_parts
-
-    path = tmp_path / "x.safetensors"
-    path.write_bytes(b"")
-    with pytest.raises(UserError, match="^textual-inversion embedding is not supported for SDXL models yet$"):
-        load_model_parts(str(sdxl_model), str(sdxl_motion), embeddings=(str(path),))
-
-
 @pytest.mark.parametrize(
     ("keyword", "feature"),
     [("controls", "ControlNet"), ("ip_adapters", "IP-Adapter")],

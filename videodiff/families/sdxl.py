@@ -19,6 +19,6 @@ SDXL = Family(
     zero_empty_negative=True,
     vae_upcast=True,
     # SD1.5's ControlNets, SparseCtrl and IP-Adapters do not fit its U-Net, nor its LoRAs and embeddings its encoders
-    not_yet=("ControlNet", "IP-Adapter", "textual-inversion embedding", "consistency distillation",
+    not_yet=("ControlNet", "IP-Adapter", "consistency distillation",
              "motion prior"),  # fmt: skip
 )

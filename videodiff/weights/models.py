@@ -229,16 +229,14 @@ def load_model_parts(
             families.of_unet(c["unet"].config).require("motion prior")
             motion_prior = load_motion_prior(companions[PRIOR_FILE], c)
     second = c.get("text_encoder_2")
-    family = families.of_unet(c["unet"].config)
-    if embeddings:
-        family.require("textual-inversion embedding")
     for spec in loras:
         path, scale = parse_scaled_path(spec)
         local = local_file(path, "LoRA")
         apply_lora(c["unet"], c["text_encoder"], local, scale, text_encoder_2=second)
         sources.setdefault("lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(local)})
     for path in embeddings:
-        tokens = load_embedding(c["tokenizer"], c["text_encoder"], path)
+        pair = (c["tokenizer_2"], second) if second is not None else None  # SDXL's: clip_l and clip_g vectors
+        tokens = load_embedding(c["tokenizer"], c["text_encoder"], path, second=pair)
         sources.setdefault("embedding", []).append({"id": path, "tokens": tokens, "sha256": fingerprint(path)})
     for spec in motion_loras:
         path, scale = parse_scaled_path(spec)
