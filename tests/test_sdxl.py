@@ -180,3 +180,27 @@ def test_half_precision_keeps_the_sdxl_vae_in_float32_through_every_start(tiny_s
     clip = np.stack([picture] * 4)
     for result in (pipe(PROMPT, **kw), pipe.img2vid(picture, PROMPT, **kw), pipe.vid2vid(clip, PROMPT, **kw)):
         assert result.frames.shape == (4, 32, 32, 3) and result.frames.std() > 5
+
+
+@pytest.mark.parametrize(
+    ("args", "feature"),
+    [(("--controlnet", "NET", "--control", "PIC"), "ControlNet"), (("--ip-adapter", "NET", "--ip-image", "PIC"),
+                                                                    "IP-Adapter")],
+)  # fmt: skip
+def test_sd15_add_ons_on_an_sdxl_folder_are_refused_before_it_loads(sdxl_model, sdxl_motion, tmp_path, monkeypatch,
+                                                                     args, feature):  # fmt: skip
+    from cli_helpers import assert_user_error, invoke
+    from PIL import Image
+
+    from videodiff.pipelines import VideoPipeline
+
+    def load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(VideoPipeline, "load", load)
+    Image.new("RGB", (32, 32)).save(tmp_path / "pic.png")
+    (tmp_path / "net").mkdir()
+    given = [str(tmp_path / "net") if a == "NET" else str(tmp_path / "pic.png") if a == "PIC" else a for a in args]
+    message = assert_user_error(invoke("render", PROMPT, "--model", sdxl_model, "--motion-module", sdxl_motion, *given,
+                                       "-o", tmp_path / "x.gif", "-q"))  # fmt: skip
+    assert message == f"{feature} is not supported for SDXL models yet"

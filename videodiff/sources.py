@@ -22,6 +22,7 @@ def check_inputs(config: RenderConfig) -> None:
     from videodiff.media.clips import check_moving_video
     from videodiff.media.images import check_image
 
+    check_family_features(config)
     for frame, path in map(parse_image_at, config.image_at):
         if not -config.frames <= frame < config.frames:
             last = config.frames - 1
@@ -43,6 +44,24 @@ def check_inputs(config: RenderConfig) -> None:
         check_adapter_width(adapter_file(prompt.adapter), config.model)
         for path in prompt.pictures(frames).values():
             check_image(path)
+
+
+def check_family_features(config: RenderConfig) -> None:
+    """What a local model folder's family cannot do yet (:meth:`videodiff.families.Family.require`), from its
+    ``unet/config.json`` before anything loads; a hub id, a single file or an unreadable config is checked as it
+    loads."""
+    from videodiff import families
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
+
+    folder = BUILTIN_MODEL if config.model in (None, BUILTIN_NAME) else Path(config.model).expanduser()
+    try:
+        family = families.of_unet(json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError, UserError):
+        return
+    if config.controls:
+        family.require("ControlNet")
+    if config.ip_adapters:
+        family.require("IP-Adapter")
 
 
 def check_adapter_width(adapter: Path, model: str | None) -> None:
