@@ -53,6 +53,29 @@ def models(tiny_model, tiny_motion) -> tuple[str, ...]:
     return ("--model", str(tiny_model), "--motion-module", str(tiny_motion))
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory) -> Path:
+    """A random SDXL-layout diffusers folder (two text encoders, ``text_time``, U-Net channels (32, 64, 64))."""
+    from videodiff.tiny_sdxl import build_tiny_sdxl_model
+
+    return build_tiny_sdxl_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_motion(tmp_path_factory) -> Path:
+    """A diffusers SDXL MotionAdapter folder (three blocks, no mid block) matching ``tiny_sdxl_model``."""
+    from videodiff.tiny_sdxl import build_tiny_sdxl_motion_adapter
+
+    return build_tiny_sdxl_motion_adapter(tmp_path_factory.mktemp("models") / "tiny-sdxl-motion")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_pipe(tiny_sdxl_model, tiny_sdxl_motion):
+    from videodiff import load_pipeline
+
+    return load_pipeline(str(tiny_sdxl_model), str(tiny_sdxl_motion), device="cpu")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real media in ../shared/data; tests using it skip where it is absent (a user's clone)."""

@@ -3,6 +3,7 @@ time embedding takes besides the timestep reaching the inflated U-Net through th
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -48,10 +49,17 @@ def test_families_are_decided_from_the_unet_config():
     assert families.SD15.folders == ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
 
-def test_an_unsupported_family_is_refused_once_by_name():
+@pytest.fixture
+def sdxl_unsupported(monkeypatch):
+    """SDXL as a family videodiff recognises but does not render (what every new family starts as)."""
+    monkeypatch.setitem(families.FAMILIES, "sdxl", dataclasses.replace(families.SDXL, supported=False))
+
+
+def test_an_unsupported_family_is_refused_once_by_name(sdxl_unsupported):
     with pytest.raises(UserError, match=r"the image model is SDXL, which videodiff cannot render yet"):
         VideoUNet(tiny_xl_unet(), MotionStack(block_out_channels=(32, 64), motion_norm_num_groups=32))
     assert families.require_supported(families.SD15, "x") is families.SD15
+    assert families.SDXL.supported  # the family itself renders (tests/test_sdxl.py)
 
 
 def test_added_conditioning_reaches_the_time_embedding():
@@ -81,7 +89,7 @@ def test_the_families_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_a_model_folder_of_an_unsupported_family_is_refused_by_name_before_loading(tmp_path, models):
+def test_a_model_folder_of_an_unsupported_family_is_refused_by_name_before_loading(tmp_path, models, sdxl_unsupported):
     import json
 
     from cli_helpers import assert_user_error, invoke

@@ -213,11 +213,12 @@ def test_full_size_original_layout_detection(version):
     assert detect_motion_state_dict(ours).format == "diffusers"
 
 
-def test_sdxl_motion_module_is_refused():
+def test_full_size_sdxl_motion_module_is_detected_as_sdxl():
     with torch.device("meta"):
         stack = MotionStack(block_out_channels=(320, 640, 1280), motion_max_seq_length=32, use_motion_mid_block=False)
-    with pytest.raises(UserError, match="SDXL"):
-        detect_motion_state_dict(to_original(stack.state_dict()), "mm_sdxl_v10_beta.ckpt")
+    info = detect_motion_state_dict(to_original(stack.state_dict()), "mm_sdxl_v10_beta.ckpt")
+    assert (info.format, info.version, info.has_mid_block) == ("original", "sdxl", False)
+    assert info.config["block_out_channels"] == [320, 640, 1280]
 
 
 # --- conversion --------------------------------------------------------------------------------------------------

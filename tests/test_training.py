@@ -337,9 +337,9 @@ def test_validation_and_checkpointing_do_not_change_training(trained, tiny_model
 
 
 def test_caption_dropout_trains_the_empty_caption(tiny_model, three_clips, tmp_path, trained):
-    assert set(trained("motion").context_cache) == {"a red square moving right"}
+    assert set(trained("motion").captions.cache) == {"a red square moving right"}
     trainer = run(tiny_model, three_clips, tmp_path / "run", steps=2, caption_dropout=1.0)
-    assert set(trainer.context_cache) == {""}
+    assert set(trainer.captions.cache) == {""}
 
 
 def test_warmup_applies_to_the_constant_schedule(tiny_model, three_clips, tmp_path):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from videodiff import heap, keyframes, sampling, starts, text, vae, windows
+from videodiff import heap, keyframes, sampling, starts, vae, windows
 from videodiff import noise as noise_priors
 from videodiff.config import (
     IMG2VID_ANCHOR,
@@ -69,7 +69,7 @@ __all__ = [  # the pipeline's public names, some defined in videodiff.pipeline a
 
 
 class VideoPipeline:
-    """An SD1.5-family model inflated with motion modules; call it with a prompt to get frames."""
+    """An image model (SD1.5 or SDXL family) inflated with motion modules; call it with a prompt to get frames."""
 
     def __init__(
         self, parts: ModelParts, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
@@ -81,8 +81,10 @@ class VideoPipeline:
         self.offload = offload
         # with offloading the weights stay on the CPU and accelerate's hooks move them in when used
         home = torch.device("cpu") if offload else device
-        self.text_encoder = parts.text_encoder.to(home, dtype)
-        self.vae = parts.vae.to(home, dtype)
+        self.family = parts.family
+        self.text_encoders = tuple(e.to(home, dtype) for e in parts.text_encoders)
+        self.text_encoder = self.text_encoders[0]
+        self.vae = parts.vae.to(home, prompts.vae_dtype(parts.family, parts.vae, dtype))
         self.unet = VideoUNet(parts.unet, parts.motion).to(home, dtype).eval()
         if offload == "sequential" and parts.triggers:
             raise UserError("motion LoRA triggers cannot switch weights with --offload sequential; use model")
@@ -94,7 +96,7 @@ class VideoPipeline:
         self.unet.set_attention_backend(self.attention)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.clip_skip = clip_skip
-        self._context_cache: dict[str, torch.Tensor] = {}
+        self._context_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # prompts.encode's
         self._told_unknown: set[str] = set()  # prompts whose unknown words were named already
         self._told_start: set[tuple[int, int, str]] = set()  # the part-way starts already told
 
@@ -181,12 +183,8 @@ class VideoPipeline:
     # ------------------------------------------------------------ stages
 
     def encode(self, prompt: str) -> torch.Tensor:
-        """``[1 n d]`` text context, cached per prompt (the empty prompt is reused every call)."""
-        if prompt not in self._context_cache:
-            self._context_cache[prompt] = text.encode_prompts(
-                self.tokenizer, self.text_encoder, [prompt], self.device, clip_skip=self.clip_skip
-            )
-        return self._context_cache[prompt]
+        """``[1 n d]`` text context, cached per prompt (:func:`videodiff.pipeline.prompts.encode`)."""
+        return prompts.encode(self, prompt)[0]
 
     def tell_unknown_words(self, prompt: str) -> None:
         """Name the words a closed-vocabulary model never saw, once (:mod:`videodiff.pipeline.prompts`)."""
@@ -480,7 +478,7 @@ class VideoPipeline:
 
 
 def load_pipeline(model: str | None = None, motion_module: str | None = None, **options: Any) -> VideoPipeline:
-    """Load an SD1.5-family model (diffusers folder, hub id or single file) inflated with motion modules.
+    """Load an SD1.5- or SDXL-family model (diffusers folder, hub id or single file) inflated with motion modules.
 
     With no ``model``, the built-in shapes model (``a {color} {shape} moving {direction}``).
     With ``motion_module=None`` the model's own motion modules are used, if it ships them.

@@ -184,7 +184,8 @@ def model_architecture(config: RenderConfig) -> Architecture:
             attention_level=level,
             attention_heads=_first_int(heads, 8),
             motion_heads=_first_int(motion_heads, 8),
-            parameters=sum(_parameters(model / part) for part in ("unet", "vae", "text_encoder")) + motion_params,
+            parameters=sum(_parameters(model / part) for part in ("unet", "vae", "text_encoder", "text_encoder_2"))
+            + motion_params,
             size=_first_int(unet.get("sample_size"), 64) * scale,
         )
     except (TypeError, ValueError, IndexError, AttributeError):

@@ -23,6 +23,7 @@ def check_inputs(config: RenderConfig) -> None:
     from videodiff.media.clips import check_moving_video
     from videodiff.media.images import check_image, read_image
 
+    check_family_features(config)
     for frame, path in map(parse_image_at, config.image_at):
         if not -config.frames <= frame < config.frames:
             last = config.frames - 1
@@ -53,6 +54,24 @@ def check_inputs(config: RenderConfig) -> None:
         scale = check_upscaler(config.upscale).scale if config.upscale is not None else None
         if config.height and config.width:  # else the model's default size, a few hundred pixels
             check_size(frames * (config.interpolate or 1), config.height, config.width, config.upscale_factor or scale)
+
+
+def check_family_features(config: RenderConfig) -> None:
+    """What a local model folder's family cannot do yet (:meth:`videodiff.families.Family.require`), from its
+    ``unet/config.json`` before anything loads; a hub id, a single file or an unreadable config is checked as it
+    loads."""
+    from videodiff import families
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
+
+    folder = BUILTIN_MODEL if config.model in (None, BUILTIN_NAME) else Path(config.model).expanduser()
+    try:
+        family = families.of_unet(json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError, UserError):
+        return
+    if config.controls:
+        family.require("ControlNet")
+    if config.ip_adapters:
+        family.require("IP-Adapter")
 
 
 def check_adapter_width(adapter: Path, model: str | None) -> None:

@@ -47,16 +47,9 @@ def cut_words(tokenizer, prompt: str, max_length: int) -> str:
     return " ".join(words[low:])
 
 
-@torch.no_grad()
-def encode_prompts(
-    tokenizer, text_encoder, prompts: list[str], device: torch.device | str, clip_skip: int | None = None
-) -> torch.Tensor:
-    """Encode ``prompts`` to ``[b n d]`` (n = the tokenizer's max length, 77 for CLIP).
-
-    Text past the encoder's limit is cut, with a notice that quotes what was cut.
-    ``clip_skip`` uses an earlier hidden layer (1 = the penultimate), through the final
-    layer norm, as diffusers does.
-    """
+def _token_ids(tokenizer, prompts: list[str], device: torch.device | str) -> torch.Tensor:
+    """``[b n]`` token ids padded to the tokenizer's max length; text past it is cut, with a notice that quotes
+    what was cut."""
     expand = getattr(tokenizer, "videodiff_expand_prompt", None)
     if expand is not None:  # multi-vector textual-inversion tokens expand to all their vectors (set where they load)
         prompts = [expand(p) for p in prompts]
@@ -70,8 +63,21 @@ def encode_prompts(
                 f"prompt is longer than the text encoder's {max_length} tokens; these words were cut: {cut!r}",
                 about="the prompt",
             )
-    ids = batch.input_ids.to(device)
-    mask = batch.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    return batch.input_ids.to(device), batch.attention_mask.to(device)
+
+
+@torch.no_grad()
+def encode_prompts(
+    tokenizer, text_encoder, prompts: list[str], device: torch.device | str, clip_skip: int | None = None
+) -> torch.Tensor:
+    """Encode ``prompts`` to ``[b n d]`` (n = the tokenizer's max length, 77 for CLIP).
+
+    Text past the encoder's limit is cut, with a notice that quotes what was cut.
+    ``clip_skip`` uses an earlier hidden layer (1 = the penultimate), through the final
+    layer norm, as diffusers does.
+    """
+    ids, mask = _token_ids(tokenizer, prompts, device)
+    mask = mask if getattr(text_encoder.config, "use_attention_mask", False) else None
     if clip_skip:
         out = text_encoder(ids, attention_mask=mask, output_hidden_states=True)
         hidden = out.hidden_states[-(clip_skip + 1)]
@@ -80,6 +86,29 @@ def encode_prompts(
     else:
         hidden = text_encoder(ids, attention_mask=mask)[0]
     return hidden.to(dtype=text_encoder.dtype)
+
+
+@torch.no_grad()
+def encode_penultimate(
+    tokenizers: list, text_encoders: list, prompts: list[str], device: torch.device | str, clip_skip: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's text: ``(context [b n d], pooled [b p])``.
+
+    ``context``: each encoder's hidden states before its last layer (``clip_skip`` N: N layers further back),
+    without the final layer norm, concatenated over the width in the encoders' order; ``pooled``: the last
+    encoder's projected pooled output (``CLIPTextModelWithProjection.text_embeds``), as diffusers'
+    ``StableDiffusionXLPipeline.encode_prompt`` computes them.
+    """
+    hidden, pooled = [], None
+    for tokenizer, encoder in zip(tokenizers, text_encoders):
+        ids, _ = _token_ids(tokenizer, prompts, device)
+        out = encoder(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-((clip_skip or 0) + 2)])
+        pooled = out[0]  # the last encoder's wins: text_embeds of a CLIPTextModelWithProjection
+    if pooled is None or pooled.ndim != 2:
+        raise ValueError("the last text encoder gives no pooled projection (it must be a CLIPTextModelWithProjection)")
+    dtype = text_encoders[-1].dtype
+    return torch.cat(hidden, dim=-1).to(dtype=dtype), pooled.to(dtype=dtype)
 
 
 def travel(keyframes: dict[int, torch.Tensor], frames: int, mode: str = "linear") -> torch.Tensor:

@@ -35,13 +35,13 @@ def of_unet(config: Mapping[str, Any]) -> Family:
                 return family
     kinds = {k: config.get(k) for k in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")}
     described = ", ".join(f"{k}={v!r}" for k, v in kinds.items() if v)
-    raise UserError(f"an image U-Net of no known model family ({described}); videodiff inflates SD1.5-family models")
+    raise UserError(f"an image U-Net of no known model family ({described}); videodiff inflates {_supported()} models")
 
 
 def of_motion_channels(channels: Sequence[int]) -> Family:
     """The family motion modules were made for, from their blocks' channels (the one trace their weights keep):
-    SDXL's motion modules have three blocks of (320, 640, 1280); anything else is taken for SD1.5's layout."""
-    return SDXL if list(channels) == list(SDXL.motion_channels) else SD15
+    SDXL's motion modules have three blocks (320, 640, 1280), SD1.5's four (320, 640, 1280, 1280)."""
+    return SDXL if len(channels) == len(SDXL.motion_channels) else SD15
 
 
 def require_supported(family: Family, what: str) -> Family:

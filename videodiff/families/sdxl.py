@@ -1,13 +1,13 @@
 """Stable Diffusion XL: two text encoders (CLIP ViT-L and OpenCLIP bigG, tokens concatenated), pooled text and
 size ids added to the time embedding (``text_time``), 1024 pixels, AnimateDiff-SDXL / Hotshot-XL motion modules
-(three blocks, 320 to 1280 channels). Recognised, so that it is refused by name; not rendered yet."""
+(three blocks, 320 to 1280 channels)."""
 
 from videodiff.families.family import Family
 
 SDXL = Family(
     name="sdxl",
     title="SDXL",
-    supported=False,
+    supported=True,
     text_encoders=("text_encoder", "text_encoder_2"),
     tokenizers=("tokenizer", "tokenizer_2"),
     addition_embed_type="text_time",
@@ -15,4 +15,10 @@ SDXL = Family(
     default_size=1024,
     motion_channels=(320, 640, 1280),
     motion_layout="AnimateDiff-SDXL and Hotshot-XL motion modules (three blocks)",
+    text_layer="penultimate",
+    zero_empty_negative=True,
+    vae_upcast=True,
+    # SD1.5's ControlNets, SparseCtrl and IP-Adapters do not fit its U-Net, nor its LoRAs and embeddings its encoders
+    not_yet=("ControlNet", "IP-Adapter", "consistency distillation",
+             "motion prior"),  # fmt: skip
 )

@@ -67,6 +67,8 @@ def with_controls(
     (:func:`videodiff.control.sparse.sparse_conditioning`: RGB ones through the VAE)."""
     nets: list[Any] = []
     items = []
+    if controls:
+        pipe.family.require("ControlNet")
     for c in controls:
         source = c.controlnet or pipe.parts.controlnet
         if source is None:

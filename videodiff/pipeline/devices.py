@@ -58,13 +58,13 @@ def install_offload(pipe, mode: str) -> None:
     from accelerate import cpu_offload, cpu_offload_with_hook
 
     if mode == "sequential":
-        for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+        for module in (*pipe.text_encoders, pipe.unet, pipe.vae):
             cpu_offload(module, execution_device=pipe.device)
         return
     if mode != "model":
         raise UserError(f"unknown --offload {mode!r}; choose one of: model, sequential")
     hook = None
-    for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+    for module in (*pipe.text_encoders, pipe.unet, pipe.vae):
         _, hook = cpu_offload_with_hook(module, execution_device=pipe.device, prev_module_hook=hook)
 
 def enable_memory_savers(pipe, *, vae_tiling: bool = False, attention_slicing: bool = False) -> None:

@@ -125,6 +125,7 @@ def with_image_prompts(pipe, cond: Cond, ip_adapters: Any, frames: int, travel: 
     prompts = parse_image_prompts(ip_adapters)
     if not prompts:
         return cond
+    pipe.family.require("IP-Adapter")
     names = [p.adapter for p in prompts]
     if len(set(names)) != len(names):
         raise UserError("an IP-Adapter is named twice; give each adapter once")

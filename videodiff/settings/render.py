@@ -73,7 +73,10 @@ class LoadSettings:
     attention: str = setting("sdpa", "|".join(ATTENTION), choices=ATTENTION)  # xformers: optional extra, CUDA only
     vae: str | None = setting(None, "Swap the VAE: a VAE file (LDM or diffusers layout) or folder.")
     # use an earlier text-encoder layer, as many SD1.5 finetunes expect
-    clip_skip: int | None = setting(None, "Use an earlier text-encoder layer (1 = penultimate).", min=0)
+    clip_skip: int | None = setting(
+        None, "Use an earlier text-encoder layer (1 = penultimate; SDXL, which reads the penultimate: the one before).",
+        min=0,
+    )
     lora: tuple[str, ...] = setting((), "Image-model LoRA PATH[:SCALE] (kohya or diffusers/PEFT); repeatable.")
     embedding: tuple[str, ...] = setting((), "Textual-inversion embedding file; repeatable.")  # token from file/name
     motion_lora: tuple[str, ...] = setting((), "MotionLoRA PATH[:SCALE]; repeatable, scales add up.")

@@ -11,7 +11,6 @@ randomness derives from (seed, micro-step, process), so a resumed run is exact.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from videodiff import noise as noise_priors
-from videodiff import text, vae
+from videodiff import vae
 from videodiff.config import TrainConfig
 from videodiff.errors import UserError
 from videodiff.launch import CPU_FLAG_ADVICE, check_launch, close
 from videodiff.log import notice
+from videodiff.sampling.cond import Cond
 from videodiff.schedulers import ANIMATEDIFF_SCHEDULE
+from videodiff.training.captions import Captions
 from videodiff.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from videodiff.training.data import ClipDataset, ResumableBatches, find_clips, step_generator
 from videodiff.training.distill import FEW_STEP_DEFAULTS, TARGET_PREFIX, Distiller, frozen_copy
@@ -118,15 +119,20 @@ class Trainer:
         if not c.model or c.model == BUILTIN_NAME:
             notice(f"training on the built-in shapes model ({builtin_model()}); pass --model for another")
         self.parts: ModelParts = load_model_parts(c.model, c.motion_module, new_motion=True)
+        if c.distill:
+            self.parts.family.require("consistency distillation")
+        if c.motion_prior:
+            self.parts.family.require("motion prior")
         self.video_unet = self.trained_module = VideoUNet(self.parts.unet, self.parts.motion)
         teacher = frozen_copy(self.video_unet) if c.distill else None  # the model as loaded, before any LoRA
         self.trained_names = select_trainable(self.video_unet, c.trainable, c.lora_rank)
         self.video_unet.gradient_checkpointing = c.gradient_checkpointing
         self.video_unet.train()
         self.parts.vae.to(self.device)
-        self.parts.text_encoder.to(self.device)
+        for encoder in self.parts.text_encoders:
+            encoder.to(self.device)
         self.scheduler = training_scheduler(self.parts.scheduler_config)
-        self.context_cache: dict[str, torch.Tensor] = {}
+        self.captions = Captions(self.parts, self.device)
         self.distiller = self.build_distiller(teacher) if teacher is not None else None
 
     def build_distiller(self, teacher: VideoUNet) -> Distiller:
@@ -208,21 +214,14 @@ class Trainer:
 
     # 3. one micro-step
     def caption_context(self, caption: str) -> torch.Tensor:
-        """The text context ``[n d]`` of ``caption``, encoded once per run."""
-        if caption not in self.context_cache:
-            self.context_cache[caption] = text.encode_prompts(
-                self.parts.tokenizer, self.parts.text_encoder, [caption], self.device
-            )[0]
-        return self.context_cache[caption]
+        """The text context ``[n d]`` of ``caption``, encoded once per run (:class:`.captions.Captions`)."""
+        return self.captions.context(caption)
 
-    def encode_captions(self, captions: list[str], gen_seed: str) -> torch.Tensor:
-        rng = random.Random(gen_seed)
-        rows = []
-        for caption in captions:
-            if rng.random() < self.config.caption_dropout:
-                caption = ""  # trains the unconditional branch that guidance needs
-            rows.append(self.caption_context(caption))
-        return torch.stack(rows)
+    def encode_captions(self, captions: list[str], gen_seed: str, latents: torch.Tensor) -> Cond:
+        """The micro-batch's conditioning; a dropped caption trains the unconditional branch guidance needs."""
+        scale = 2 ** (len(self.parts.vae.config.block_out_channels) - 1)  # the clips' pixel size, for size ids
+        height, width = (scale * s for s in latents.shape[-2:])
+        return self.captions.cond(captions, self.config.caption_dropout, gen_seed, height, width)
 
     def latents_and_noise(self, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A micro-batch's clean latents (cached, or encoded from its pixels) and the noise prior's draw for them,
@@ -247,10 +246,10 @@ class Trainer:
             t = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, c.late_timesteps, gen)
             t = t.to(self.device)
             noisy = self.scheduler.add_noise(latents, eps, t)
-            context = self.encode_captions(batch["captions"], f"{self.config.seed}/{micro_step}/{self.rank}/captions")
+            cond = self.encode_captions(batch["captions"], f"{c.seed}/{micro_step}/{self.rank}/captions", latents)
             target = target_for(self.scheduler, latents, eps, t)
         with self.accelerator.autocast():
-            pred = self.model(noisy, t, context)
+            pred = self.model(noisy, t, cond)
         return F.mse_loss(pred.float(), target.float())
 
     def distill_loss(self, batch: dict, micro_step: int) -> torch.Tensor:
@@ -260,7 +259,8 @@ class Trainer:
         gen = step_generator(c.seed, micro_step, self.rank)
         with torch.no_grad():
             latents, eps = self.latents_and_noise(batch, gen)
-            context = self.encode_captions(batch["captions"], f"{c.seed}/{micro_step}/{self.rank}/captions")
+            seed = f"{c.seed}/{micro_step}/{self.rank}/captions"
+            context = self.encode_captions(batch["captions"], seed, latents).context  # SD1.5's: SDXL's is refused
             uncond = self.caption_context("")
         return self.distiller.loss(self.model, latents, eps, context, uncond, gen, self.accelerator.autocast)
 

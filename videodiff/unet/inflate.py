@@ -39,6 +39,10 @@ def check_compatible(unet: UNet2DConditionModel, motion: MotionStack, *, support
     if supported_only:
         families.require_supported(family, "the image model is")
     got, want = list(motion.config["block_out_channels"]), list(cfg.block_out_channels)
+    made_for = families.of_motion_channels(got)
+    if made_for is not family and len(got) != len(want):  # the blocks do not line up: say whose they are
+        what = f"{made_for.title} ({len(got)} blocks)"
+        raise UserError(f"the motion modules are for {what}, but the image model is {family.title}")
     if got != want:
         raise UserError(f"motion modules are for U-Net channels {got}, but the image model has {want}")
     for i, block in enumerate(unet.down_blocks):
@@ -360,7 +364,7 @@ class VideoUNet(nn.Module):
             context = rearrange(context, "b f n d -> (b f) n d")
         else:
             raise ValueError(f"context must be [b n d] or [b f n d], got shape {tuple(context.shape)}")
-        emb = repeat(self._time_embedding(timestep, cond, b, sample.device), "b d -> (b f) d", f=num_frames)
+        emb = self._time_embedding(timestep, cond, b, num_frames, sample.device)
         # force the upsampled size when h, w are not multiples of 2^levels
         odd_size = any(s % (2**unet.num_upsamplers) for s in (h, w))
         x = unet.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
@@ -371,19 +375,19 @@ class VideoUNet(nn.Module):
         run.token_sets = self._token_sets(cond.get(TOKEN_SETS), num_frames)
         return x, run
 
-    def _time_embedding(self, timestep, cond: Cond, b: int, device: torch.device) -> torch.Tensor:
-        """The time embedding ``[b d]`` of each video: the timestep's, plus the added conditioning the image U-Net
-        takes (SDXL's ``text_time``: pooled text ``text_embeds`` and size ``time_ids`` from ``cond``), as diffusers'
-        ``UNet2DConditionModel`` adds it."""
+    def _time_embedding(self, timestep, cond: Cond, b: int, f: int, device: torch.device) -> torch.Tensor:
+        """The time embedding ``[(b f) d]`` of each frame: the timestep's, plus the added conditioning the image U-Net
+        takes (SDXL's ``text_time``: pooled text ``text_embeds`` and size ``time_ids`` from ``cond``, each ``[b d]``,
+        or ``[b f d]`` when it changes over frames), as diffusers' ``UNet2DConditionModel`` adds it."""
         unet = self.unet
         t = torch.as_tensor(timestep, device=device)
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
-        emb = unet.time_embedding(unet.time_proj(t).to(dtype=self.dtype), None)
+        emb = repeat(unet.time_embedding(unet.time_proj(t).to(dtype=self.dtype), None), "b d -> (b f) d", f=f)
         if self.family.added_conditioning:
             missing = [name for name in self.family.added_conditioning if name not in cond]
             if missing:
                 raise ValueError(f"a {self.family.title} U-Net's time embedding needs {missing} in the conditioning")
-            added = {name: cond[name] for name in self.family.added_conditioning}
+            added = {name: _per_frame_rows(cond[name], f) for name in self.family.added_conditioning}
             emb = emb + unet.get_aug_embed(emb=emb, encoder_hidden_states=cond.context, added_cond_kwargs=added)
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
@@ -460,6 +464,11 @@ class VideoUNet(nn.Module):
             x = unet.conv_act(norm_out(x))
         x = unet.conv_out(x)
         return rearrange(x, "(b f) c h w -> b c f h w", f=run.num_frames)
+
+
+def _per_frame_rows(x: torch.Tensor, f: int) -> torch.Tensor:
+    """A per-video ``[b d]`` or per-frame ``[b f d]`` input as one row per frame, ``[(b f) d]``."""
+    return rearrange(x, "b f d -> (b f) d") if x.ndim == 3 else repeat(x, "b d -> (b f) d", f=f)
 
 
 def _frames_folded(residuals) -> list[torch.Tensor] | None:

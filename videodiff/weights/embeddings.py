@@ -75,8 +75,9 @@ def _vectors(path: Path, tensor: Any, what: str) -> torch.Tensor:
     return tensor.detach()
 
 
-def _read_embedding(path: Path) -> tuple[str, list[tuple[str | None, torch.Tensor]], dict[str, Any]]:
-    """``(format, [(token from the file or None, vectors [n, d])], extra info)``."""
+def _read_embedding(path: Path, pair: bool = False) -> tuple[str, list[tuple[str | None, torch.Tensor]], dict]:
+    """``(format, [(token from the file or None, vectors [n, d])], extra info)``; ``pair``: an SDXL embedding,
+    ``[("clip_l", vectors), ("clip_g", vectors)]`` for the first and second text encoder."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         data = _read_pickle(path)
         if isinstance(data, dict) and "string_to_param" in data:
@@ -95,6 +96,10 @@ def _read_embedding(path: Path) -> tuple[str, list[tuple[str | None, torch.Tenso
         state = data
     else:
         state = read_state_dict(path)
+    if pair:
+        if set(state) != set(_SDXL_KEYS):
+            raise UserError(f"{path}: not an SDXL embedding (clip_l and clip_g tensors); this model is SDXL")
+        return "sdxl", [(k, _vectors(path, state[k], k)) for k in _SDXL_KEYS], {}
     if any(k in state for k in _SDXL_KEYS):
         raise UserError(f"{path}: an SDXL embedding (clip_l/clip_g); this model is SD1.5-family")
     if "emb_params" in state:
@@ -121,15 +126,28 @@ def _in_vocab(tokenizer, token: str) -> bool:
     return any(t in vocab for t in (token, lowered, token + "</w>", lowered + "</w>"))
 
 
-def load_embedding(tokenizer, text_encoder, path: str | Path, token: str | None = None) -> list[str]:
+def load_embedding(
+    tokenizer, text_encoder, path: str | Path, token: str | None = None, second: tuple | None = None
+) -> list[str]:
     """Add the embedding at ``path`` to ``tokenizer`` and ``text_encoder``; returns the new tokens.
 
     ``token`` overrides the token the file or its name gives (see the module docstring).
     A multi-vector embedding adds ``token``, ``token_1``, ...; its mapping is recorded on
-    ``tokenizer.videodiff_multi_tokens`` for :func:`expand_prompt`.
+    ``tokenizer.videodiff_multi_tokens`` for :func:`expand_prompt`. ``second``: SDXL's second
+    ``(tokenizer, text_encoder)``; the file must then hold ``clip_l`` vectors (for the first) and
+    ``clip_g`` ones (for the second), added under the same token names.
     """
     path = Path(path).expanduser()
-    fmt, items, _ = _read_embedding(path)
+    fmt, items, _ = _read_embedding(path, pair=second is not None)
+    if second is not None:
+        tokens = _add(tokenizer, text_encoder, path, fmt, [(None, items[0][1])], token)
+        _add(*second, path, fmt, [(None, items[1][1])], token)
+        return tokens
+    return _add(tokenizer, text_encoder, path, fmt, items, token)
+
+
+def _add(tokenizer, text_encoder, path: Path, fmt: str, items: list, token: str | None) -> list[str]:
+    """:func:`load_embedding` for one tokenizer and text encoder."""
     if token is not None:
         token = token.strip()
         if not token:

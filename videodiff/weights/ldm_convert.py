@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 def _check_family(shapes: Shapes, source: str) -> None:
     kind, description = classify(shapes)
-    if kind in ("sd2", "sdxl"):
+    if kind == "sdxl":  # SDXL renders from diffusers folders; its single files are not converted yet
+        raise UserError(f"{source}: {description}; SDXL single files are not supported yet: use a diffusers folder")
+    if kind == "sd2":
         raise UserError(f"{source}: {description}, {NOT_SD15}")
     if kind == "vae":
         raise UserError(f"{source}: holds only a VAE ({description}); pass it with --vae")

@@ -39,6 +39,7 @@ from videodiff.log import notice
 from videodiff.weights.checkpoints import read_state_dict
 from videodiff.weights.lora_pairs import (
     TEXT,
+    TEXT2,
     UNET,
     LoraEntry,
     component_of,
@@ -57,7 +58,7 @@ LORA_FILE_NAMES = (
     "pytorch_lora_weights.bin",
     "adapter_model.bin",
 )
-_COMPONENT_WORDS = {UNET: "U-Net", TEXT: "text encoder"}
+_COMPONENT_WORDS = {UNET: "U-Net", TEXT: "text encoder", TEXT2: "second text encoder"}
 # LDM (original Stable Diffusion) ResBlock parts -> diffusers ResnetBlock2D names (underscored).
 _LDM_RESNET = {
     "in_layers_0": "norm1",
@@ -160,7 +161,7 @@ class _Index:
             if not name:
                 continue
             aliases = [name]
-            if kind == TEXT:  # transformers 4.x names CLIPTextModel's modules text_model.*, 5.x does not
+            if kind in (TEXT, TEXT2):  # transformers 4.x names CLIPTextModel's modules text_model.*, 5.x does not
                 short = name.removeprefix("text_model.")
                 aliases.append(short if short != name else f"text_model.{name}")
             for alias in aliases:
@@ -225,9 +226,9 @@ def _check_shapes(path: Path, entry: LoraEntry, name: str, module: nn.Module, do
         raise UserError(f"{path}: {entry.keys['down']} has shape {d_shape}, {name} has {w_shape}{hint}")
 
 
-def _plan(path: Path, state: dict[str, torch.Tensor], unet, text_encoder) -> tuple[str, list[_Patch]]:
+def _plan(path: Path, state: dict, unet, text_encoder, text_encoder_2=None) -> tuple[str, list[_Patch]]:
     entries, unknown, sdxl = parse_lora_keys(list(state))
-    if sdxl:
+    if sdxl and text_encoder_2 is None:
         raise UserError(f"{path}: an SDXL LoRA (e.g. key {sdxl[0]}); this model is SD1.5-family")
     for key in unknown:
         kind = unsupported_kind(key)
@@ -237,7 +238,7 @@ def _plan(path: Path, state: dict[str, torch.Tensor], unet, text_encoder) -> tup
         raise UserError(f"{path}: {len(unknown)} keys are not LoRA keys videodiff knows (e.g. {unknown[0]})")
     if not entries:
         raise UserError(f"{path}: holds no LoRA weights")
-    indexes = {UNET: _Index(unet, UNET), TEXT: _Index(text_encoder, TEXT)}
+    indexes = {UNET: _Index(unet, UNET), TEXT: _Index(text_encoder, TEXT), TEXT2: _Index(text_encoder_2, TEXT2)}
     configs = peft_configs(path) if any(e.style == "dotted" for e in entries.values()) else {}
     fmt = format_name(entries.values())
     patches: list[_Patch] = []
@@ -285,8 +286,9 @@ def _merge(patch: _Patch, scale: float) -> None:
     weight.copy_(merged.to(weight.dtype))
 
 
-def apply_lora(unet, text_encoder, path: str | Path, scale: float = 1.0) -> LoraReport:
-    """Merge the LoRA at ``path`` (a file, or a folder holding one) into ``unet`` and ``text_encoder`` in place.
+def apply_lora(unet, text_encoder, path: str | Path, scale: float = 1.0, text_encoder_2=None) -> LoraReport:
+    """Merge the LoRA at ``path`` (a file, or a folder holding one) into ``unet`` and ``text_encoder`` (and SDXL's
+    ``text_encoder_2``: kohya's ``lora_te1_``/``lora_te2_``, PEFT's ``text_encoder_2.``) in place.
 
     Checks every key and shape before changing anything; raises :class:`UserError` if the
     file does not fit this model.
@@ -296,7 +298,7 @@ def apply_lora(unet, text_encoder, path: str | Path, scale: float = 1.0) -> Lora
     if not math.isfinite(scale):
         raise UserError(f"{path}: LoRA scale must be a finite number, got {scale}")
     state = read_state_dict(path)
-    fmt, patches = _plan(path, state, unet, text_encoder)
+    fmt, patches = _plan(path, state, unet, text_encoder, text_encoder_2)
     for patch in patches:
         _merge(patch, scale)
     report = LoraReport(
@@ -304,7 +306,7 @@ def apply_lora(unet, text_encoder, path: str | Path, scale: float = 1.0) -> Lora
         format=fmt,
         scale=scale,
         unet_modules=sum(p.component == UNET for p in patches),
-        text_encoder_modules=sum(p.component == TEXT for p in patches),
+        text_encoder_modules=sum(p.component in (TEXT, TEXT2) for p in patches),
         ranks=sorted({int(p.down.shape[0]) for p in patches}),
     )
     notice(

@@ -20,7 +20,7 @@ from typing import Any
 from videodiff.errors import UserError
 from videodiff.weights.safetensors_header import read_header
 
-UNET, TEXT = "unet", "text_encoder"  # the components a key prefix can name
+UNET, TEXT, TEXT2 = "unet", "text_encoder", "text_encoder_2"  # the components a key prefix can name
 
 _KOHYA_SUFFIXES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
 _DIFFUSERS_SUFFIXES = (
@@ -43,6 +43,8 @@ _PROCESSOR_TARGETS = {
     UNET: {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
     TEXT: {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
 }
+_PROCESSOR_TARGETS[TEXT2] = _PROCESSOR_TARGETS[TEXT]
+_KOHYA_PREFIXES = (("lora_unet_", UNET), ("lora_te1_", TEXT), ("lora_te2_", TEXT2), ("lora_te_", TEXT))
 # Key parts of LoRA variants that are not plain low-rank pairs.
 _UNSUPPORTED = (
     (re.compile(r"\.hada_"), "a LyCORIS LoHa"),
@@ -73,7 +75,7 @@ def unsupported_kind(key: str) -> str | None:
 
 
 def parse_lora_keys(keys: list[str]) -> tuple[dict[tuple, LoraEntry], list[str], list[str]]:
-    """Group keys by the module they target: ``(entries, unknown keys, SDXL-only keys)``. Names only.
+    """Group keys by the module they target: ``(entries, unknown keys, keys for a second text encoder)``. Names only.
 
     Entries are keyed ``(component, name, style)``; a tensor named twice (two spellings of
     the same part) is reported as unknown, so it is never silently dropped.
@@ -92,12 +94,11 @@ def parse_lora_keys(keys: list[str]) -> tuple[dict[tuple, LoraEntry], list[str],
 
     for key in keys:
         if key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")):
-            sdxl.append(key)
-            continue
-        if key.startswith(("lora_unet_", "lora_te_")):
-            component = UNET if key.startswith("lora_unet_") else TEXT
-            body = key[len("lora_unet_") :] if component == UNET else key[len("lora_te_") :]
-            name, _, suffix = body.partition(".")
+            sdxl.append(key)  # SDXL's two text encoders (kohya numbers both, PEFT the second)
+        kohya = next(((p, c) for p, c in _KOHYA_PREFIXES if key.startswith(p)), None)
+        if kohya is not None:
+            prefix, component = kohya
+            name, _, suffix = key[len(prefix) :].partition(".")
             part = _KOHYA_SUFFIXES.get(suffix)
             if part is None or not name:
                 unknown.append(key)
@@ -106,7 +107,8 @@ def parse_lora_keys(keys: list[str]) -> tuple[dict[tuple, LoraEntry], list[str],
             continue
         component: str | None = None
         rest = key
-        for prefix, comp in (("unet.", UNET), ("text_encoder.", TEXT), ("base_model.model.", None)):
+        dotted = (("unet.", UNET), ("text_encoder.", TEXT), ("text_encoder_2.", TEXT2), ("base_model.model.", None))
+        for prefix, comp in dotted:
             if rest.startswith(prefix):
                 component, rest = comp, rest[len(prefix) :]
                 break
@@ -153,7 +155,7 @@ def peft_configs(path: Path) -> dict[str | None, dict[str, Any]]:
             meta = {}
         for key, value in meta.items() if isinstance(meta, dict) else ():
             comp, _, setting = key.partition(".")
-            if comp in (UNET, TEXT) and setting:
+            if comp in (UNET, TEXT, TEXT2) and setting:
                 configs.setdefault(comp, {})[setting] = value
     config_path = path.parent / "adapter_config.json"
     if not configs and config_path.is_file():

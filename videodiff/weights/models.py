@@ -92,6 +92,18 @@ class ModelParts:
     train_frames: int = 16  # the clip length the motion modules were trained on (videodiff.json's train_frames)
     family: families.Family = families.SD15  # the model family, decided once at load (videodiff.families)
     controlnet: str | None = None  # its own ControlNet folder (videodiff.json's controlnet): --control alone uses it
+    tokenizer_2: Any = None  # a second tokenizer and text encoder (SDXL's, with projection), else None
+    text_encoder_2: Any = None
+
+    @property
+    def tokenizers(self) -> tuple:
+        """Every tokenizer, in the order the family's text encoders concatenate."""
+        return (self.tokenizer,) if self.tokenizer_2 is None else (self.tokenizer, self.tokenizer_2)
+
+    @property
+    def text_encoders(self) -> tuple:
+        """Every text encoder, in the family's order (the last one pools, where the family pools)."""
+        return (self.text_encoder,) if self.text_encoder_2 is None else (self.text_encoder, self.text_encoder_2)
 
 
 def folder_family(root: Path) -> families.Family:
@@ -108,10 +120,25 @@ def folder_family(root: Path) -> families.Family:
     return families.require_supported(families.of_unet(config), f"{root}: the model is")
 
 
+def _text_encoder(folder: Path):
+    """A ``CLIPTextModel``, or the ``CLIPTextModelWithProjection`` its config names (SDXL's second encoder)."""
+    import json
+
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    try:
+        names = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or ()
+    except (OSError, ValueError, AttributeError):
+        names = ()
+    cls = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in names else CLIPTextModel
+    return cls.from_pretrained(folder)
+
+
 def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
-    """A diffusers folder or hub id, or a single-file SD1.5 checkpoint, as components."""
+    """A diffusers folder or hub id, or a single-file SD1.5 checkpoint, as components (a family with two text
+    encoders also gives ``tokenizer_2`` and ``text_encoder_2``)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     root = locate(model, "model")
     if root.is_file():
@@ -122,8 +149,8 @@ def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
             raise UserError(f"{root}: not a diffusers {family.title} model folder (no {sub}/ inside)")
     try:
         return root, {
-            "tokenizer": CLIPTokenizer.from_pretrained(root / "tokenizer"),
-            "text_encoder": CLIPTextModel.from_pretrained(root / "text_encoder"),
+            **{sub: CLIPTokenizer.from_pretrained(root / sub) for sub in family.tokenizers},
+            **{sub: _text_encoder(root / sub) for sub in family.text_encoders},
             "vae": AutoencoderKL.from_pretrained(root / "vae"),
             "unet": UNet2DConditionModel.from_pretrained(root / "unet"),
             "scheduler_config": dict(DDIMScheduler.load_config(root / "scheduler")),
@@ -199,14 +226,17 @@ def load_model_parts(
         if SPATIAL_FILE in companions:
             apply_spatial_weights(c["unet"], companions[SPATIAL_FILE])
         if PRIOR_FILE in companions:
+            families.of_unet(c["unet"].config).require("motion prior")
             motion_prior = load_motion_prior(companions[PRIOR_FILE], c)
+    second = c.get("text_encoder_2")
     for spec in loras:
         path, scale = parse_scaled_path(spec)
         local = local_file(path, "LoRA")
-        apply_lora(c["unet"], c["text_encoder"], local, scale)
+        apply_lora(c["unet"], c["text_encoder"], local, scale, text_encoder_2=second)
         sources.setdefault("lora", []).append({"id": path, "scale": scale, "sha256": fingerprint(local)})
     for path in embeddings:
-        tokens = load_embedding(c["tokenizer"], c["text_encoder"], path)
+        pair = (c["tokenizer_2"], second) if second is not None else None  # SDXL's: clip_l and clip_g vectors
+        tokens = load_embedding(c["tokenizer"], c["text_encoder"], path, second=pair)
         sources.setdefault("embedding", []).append({"id": path, "tokens": tokens, "sha256": fingerprint(path)})
     for spec in motion_loras:
         path, scale = parse_scaled_path(spec)
@@ -216,7 +246,7 @@ def load_model_parts(
     lcm_steps = recorded_lcm_steps(motion_folder)
     if lcm_steps is not None:  # distilled on that grid of timesteps: the lcm sampler picks its steps from it
         c["scheduler_config"] = {**c["scheduler_config"], "original_inference_steps": lcm_steps}
-    for module in (c["text_encoder"], c["vae"], c["unet"], motion):
+    for module in (c["text_encoder"], *([second] if second is not None else []), c["vae"], c["unet"], motion):
         module.requires_grad_(False).eval()
     return ModelParts(
         c["tokenizer"],
@@ -236,6 +266,8 @@ def load_model_parts(
         recorded_train_frames(motion_folder, root if own_motion else None),
         families.require_supported(families.of_unet(c["unet"].config), f"{model}: the model is"),
         recorded_controlnet(root) if root.is_dir() else None,
+        c.get("tokenizer_2"),
+        second,
     )
 
 

@@ -38,6 +38,7 @@ from videodiff.weights.lora_pairs import UNET, LoraEntry, component_of, lora_fac
 from videodiff.weights.motion_headers import (  # detection, torch-free; the public names re-exported
     POS_EMBED,
     TEMPORAL_PREFIX,
+    VERSION_NAMES,
     WRAPPER_PREFIXES,
     MotionInfo,
     describe_motion_module,
@@ -91,7 +92,8 @@ def _load_into(stack: MotionStack, ours: dict[str, torch.Tensor], source: str) -
 def _describe_detected(info: MotionInfo, assumed: bool) -> None:
     mid = "with" if info.has_mid_block else "without"
     text = (
-        f"{info.source}: {info.format}-format AnimateDiff {info.version} motion module "
+        f"{info.source}: {info.format}-format {VERSION_NAMES.get(info.version, f'AnimateDiff {info.version}')} "
+        "motion module "
         f"({info.max_frames} frames, {mid} mid block, {info.params / 1e6:.1f}M parameters, {info.dtype})"
     )
     if info.norm_over_frames:

@@ -24,8 +24,9 @@ from videodiff.weights.safetensors_header import read_header
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same as videodiff.weights.checkpoints'
 
-Format = Literal["original", "diffusers"]
-Version = Literal["v1", "v2", "v3", "custom"]
+Format = Literal["original", "diffusers", "hotshot"]
+Version = Literal["v1", "v2", "v3", "custom", "sdxl", "hotshot-xl"]
+VERSION_NAMES = {"sdxl": "AnimateDiff-SDXL", "hotshot-xl": "Hotshot-XL"}  # the rest: "AnimateDiff <version>"
 
 # What tells the released SD1.5 motion modules apart: positional length and a mid block.
 VERSION_CONFIGS: dict[str, dict[str, Any]] = {
@@ -43,6 +44,9 @@ _BLOCK_RE = re.compile(
 _TRANSFORMER_RE = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
 TEMPORAL_PREFIX = "temporal_transformer."
 POS_EMBED = "pos_embed.pe"
+# Hotshot-XL's U-Net (hotshot_xl/models/unet_blocks.py) holds its temporal transformers as ``temporal_attentions.N``
+# of each block, laid out inside as AnimateDiff's, its sinusoidal table a buffer ``pos_encoder.positional_encoding``
+_HOTSHOT_RE = re.compile(r"^((?:down_blocks|up_blocks)\.\d+)\.temporal_attentions\.(\d+)\.(.+)$")
 WRAPPER_PREFIXES = re.compile(r"^(?:module\.|base_model\.model\.|unet\.)+")
 
 
@@ -89,6 +93,17 @@ def original_key_to_ours(key: str) -> tuple[str, int | None] | None:
     return f"{head}transformer_blocks.{n}.{inner}", None
 
 
+def hotshot_key_to_original(key: str) -> str | None:
+    """The original-AnimateDiff-layout key of a Hotshot-XL key (``down_blocks.0.temporal_attentions.1.norm.weight``
+    -> ``down_blocks.0.motion_modules.1.temporal_transformer.norm.weight``); None: not a Hotshot-XL key."""
+    match = _HOTSHOT_RE.match(key)
+    if match is None:
+        return None
+    block, index, rest = match.groups()
+    rest = re.sub(r"\.pos_encoder\.positional_encoding$", ".pos_encoder.pe", rest)
+    return f"{block}.motion_modules.{index}.{TEMPORAL_PREFIX}{rest}"
+
+
 def _ours_to_original(key: str) -> list[str]:
     """The original-layout key(s) for one of ours (``pos_embed.pe`` becomes one per attention block)."""
     match = _BLOCK_RE.match(key)
@@ -132,6 +147,10 @@ def entries_to_ours(entries: Mapping[str, Any], source: str) -> tuple[Format, di
         raise UserError(f"{source}: holds no tensors")
     if _looks_like_lora(keys):
         raise UserError(f"{source}: is a LoRA, not a motion module; pass it as a MotionLoRA (e.g. --motion-lora)")
+    hotshot = any(".temporal_attentions." in k for k in keys)
+    if hotshot:
+        renamed = {hotshot_key_to_original(k) or k: v for k, v in entries.items()}
+        return "hotshot", entries_to_ours(renamed, source)[1]
     original = any(TEMPORAL_PREFIX in k for k in keys)
     if not original:
         stray = [k for k in keys if _BLOCK_RE.match(k) is None]
@@ -246,7 +265,11 @@ def infer_structure(shapes: Mapping[str, tuple[int, ...]], source: str) -> tuple
     return config, pe_len
 
 
-def version_of(has_mid_block: bool, max_frames: int) -> Version:
+def version_of(has_mid_block: bool, max_frames: int, fmt: Format = "original", channels=()) -> Version:
+    """The release a motion module looks like: an SDXL family's (three blocks) by its layout, an SD1.5 one's by its
+    positional length and mid block."""
+    if families.of_motion_channels(channels) is families.SDXL:
+        return "hotshot-xl" if fmt == "hotshot" else "sdxl"
     for name, cfg in VERSION_CONFIGS.items():
         if (cfg["use_motion_mid_block"], cfg["motion_max_seq_length"]) == (has_mid_block, max_frames):
             return name  # type: ignore[return-value]
@@ -323,7 +346,8 @@ def detect_layout(
     has_mid = bool(config.get("use_motion_mid_block", True))
     max_frames = int(config.get("motion_max_seq_length", 32))
     assumed = pe_len is None and not motion_config and not has_mid and base is None
-    return _Detected(fmt, config, pe_len, version_of(has_mid, max_frames), assumed)
+    version = version_of(has_mid, max_frames, fmt, config.get("block_out_channels", ()))
+    return _Detected(fmt, config, pe_len, version, assumed)
 
 
 def motion_info(det: _Detected, shapes: Mapping[str, tuple[int, ...]], dtypes: list[str], source: str) -> MotionInfo:
@@ -420,6 +444,8 @@ def describe_motion_module(path: str | Path) -> dict[str, Any]:
         "path": str(path),
         "format": info.format,
         "version": info.version,
+        "name": VERSION_NAMES.get(info.version, f"AnimateDiff {info.version}"),
+        "family": families.of_motion_channels(det.config["block_out_channels"]).title,
         "parameters": info.params,
         "dtype": info.dtype,
         "positional_length": det.pe_len,
