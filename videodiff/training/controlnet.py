@@ -25,6 +25,7 @@ from einops import rearrange, repeat
 from videodiff.errors import UserError
 from videodiff.log import notice
 from videodiff.settings.train import NEW_CONTROLNET
+from videodiff.training.captions import Captions
 from videodiff.training.data import step_generator
 from videodiff.training.export import note_written
 from videodiff.training.loop import Trainer, sample_timesteps, target_for, training_scheduler
@@ -70,6 +71,7 @@ class ControlNetTrainer(Trainer):
         if not c.model or c.model == BUILTIN_NAME:
             notice(f"training a ControlNet for the built-in shapes model ({builtin_model()}); pass --model for another")
         self.parts = load_model_parts(c.model, c.motion_module, new_motion=True)
+        self.parts.family.require("ControlNet")  # an SD1.5 image ControlNet; SDXL ones are not built yet
         self.unet = self.parts.unet.to(self.device)  # frozen (requires_grad off, eval), with the motion's spatial
         if c.controlnet == NEW_CONTROLNET:
             net = new_controlnet(self.parts.unet, self.parts.vae.config)
@@ -89,7 +91,7 @@ class ControlNetTrainer(Trainer):
         self.parts.vae.to(self.device)
         self.parts.text_encoder.to(self.device)
         self.scheduler = training_scheduler(self.parts.scheduler_config)
-        self.context_cache: dict[str, torch.Tensor] = {}
+        self.captions = Captions(self.parts, self.device)
         self.distiller = None
 
     def loss(self, batch: dict, micro_step: int) -> torch.Tensor:
@@ -103,7 +105,8 @@ class ControlNetTrainer(Trainer):
             b, f = latents.shape[0], latents.shape[2]
             t = sample_timesteps(b, self.scheduler.config.num_train_timesteps, c.late_timesteps, gen).to(self.device)
             noisy = self.scheduler.add_noise(latents, eps, t)
-            context = self.encode_captions(batch["captions"], f"{c.seed}/{micro_step}/{self.rank}/captions")
+            cond = self.encode_captions(batch["captions"], f"{c.seed}/{micro_step}/{self.rank}/captions", latents)
+            context = cond.context
             target = rearrange(target_for(self.scheduler, latents, eps, t), "b c f h w -> (b f) c h w")
             x = rearrange(noisy, "b c f h w -> (b f) c h w")
             frame_t = repeat(t, "b -> (b f)", f=f)
