@@ -154,11 +154,11 @@ def test_render_interpolates_records_and_renders_again_from_the_sidecar(tmp_path
     import imageio.v3 as iio
 
     out = tmp_path / "v.gif"
-    ok(invoke("render", PROMPT, *models, *SMALL, "--fps", 8, "--interpolate", 2, "-o", out))
+    ok(invoke("render", PROMPT, *models, *SMALL, "--fps", 16, "--interpolate", 2, "-o", out))  # --fps: written
     record = json.loads((tmp_path / "v.gif.json").read_text())
     assert record["interpolate"] == 2 and record["interpolate_method"] == "flow"
     info = record["info"]
-    assert info["frames_written"] == 7 and info["fps_written"] == 16.0
+    assert info["frames_written"] == 7 and info["fps_written"] == 16.0 and record["fps"] == 8.0
     assert [s["step"] for s in info["post"]] == ["interpolate"]
     again = tmp_path / "again.gif"
     ok(invoke("render", "--config", tmp_path / "v.gif.json", *models, "-q", "-o", again))

@@ -73,7 +73,11 @@ def resolve_render_config(
     environment = environment or {}
     model = command_line.get("model") or from_file.get("model") or environment.get("model")
     motion = command_line.get("motion_module") or from_file.get("motion_module") or environment.get("motion_module")
-    return resolve(read_model_defaults(model, motion), derived or {}, environment, from_file, command_line)
+    config = resolve(read_model_defaults(model, motion), derived or {}, environment, from_file, command_line)
+    factor = config.interpolate or 1
+    if command_line.get("fps") is not None and factor > 1:  # --fps names the written rate: the frames play at 1/N
+        config = replace(config, fps=config.fps / factor)
+    return config
 
 
 @dataclass
@@ -365,8 +369,14 @@ def render(config: RenderConfig, pipe: VideoPipeline | None = None, on_step: OnS
         # the first pass's post stage: without interpolation, and upscaling comes after the in-betweens
         post = replace(config.post, interpolate=None, upscale=None, upscale_factor=None) if inbetweens else config.post
         result = pipe.generate(
-            config.sample, source=source, progress=not config.quiet, on_step=on_step, post=post, fps=config.fps,
-            controls=config.control, ip_adapters=config.image_prompts,
+            config.sample,
+            source=source,
+            progress=not config.quiet,
+            on_step=on_step,
+            post=post,
+            fps=config.fps,
+            controls=config.control,
+            ip_adapters=config.image_prompts,
         )
         if inbetweens and result.frames is not None and (result.frames.shape[0] > 1 or config.loop):
             from videodiff.pipeline.inbetweens import model_inbetweens

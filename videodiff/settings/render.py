@@ -184,7 +184,7 @@ class WriteSettings:
     overwrite: bool = setting(False, "Replace an existing output.")  # never replace one unless asked
     fps: float = setting(  # AnimateDiff clips play at 8 fps; the writers store fps as a fraction of denominator <= 1001
         8.0,
-        "Frames per second of the output.",
+        "Frames per second of the output (with --interpolate N, the written video's: the rendered frames play at 1/N).",
         min=MIN_FPS,
         max=MAX_FPS,
         must=f"a number from {MIN_FPS:g} to {MAX_FPS:g}",
