@@ -442,6 +442,44 @@ def distill(out: Path, config: str, extra: list[str]) -> Path:
     return out / "distill" / "motion_module"
 
 
+CONTROL_STEPS = 1500  # what the shipped ControlNet was trained for (its row in docs/guides/builtin-model.md)
+
+
+def control(out: Path, extra: list[str], target: Path, steps: int = CONTROL_STEPS) -> None:
+    """The built-in model's ControlNet: 2000 clips along random training paths with their blob maps
+    (``videodiff data shapes --maps --paths``), ``videodiff train --controlnet`` on the packaged model (resumable),
+    and the result in fp16 as ``target/controlnet``, recorded in ``videodiff.json`` (what ``--control`` alone uses)."""
+    from safetensors.torch import load_file, save_file
+
+    data = out / "data-control"
+    if not (data / "manifest.jsonl").is_file():
+        cmd = [sys.executable, "-m", "videodiff", "data", "shapes", "--out", str(data), "--count", "2000",
+               "--seed", "0", "--maps", "--paths", "--overwrite"]  # fmt: skip
+        log("running " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+    run = out / "control"
+    if not (run / "controlnet" / "config.json").is_file():
+        cmd = [sys.executable, "-m", "videodiff", "train", "--controlnet", "--model", str(target),
+               "--data", str(data / "manifest.jsonl"), "--output", str(run), "--resolution", "64", "--stride", "1",
+               "--frames", "16", "--cache-latents", "--steps", str(steps), "--save-every", "250", "--keep", "2",
+               "--num-workers", "0", "--lr", "2e-4", "--warmup", "20", "--seed", "0", "--resume", "latest",
+               *extra]  # fmt: skip
+        log("running " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+    staging = target / "controlnet.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    shutil.copy(run / "controlnet" / "config.json", staging / "config.json")
+    weights = load_file(run / "controlnet" / "diffusion_pytorch_model.safetensors")
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, staging / "diffusion_pytorch_model.safetensors")
+    shutil.rmtree(target / "controlnet", ignore_errors=True)
+    staging.replace(target / "controlnet")
+    record = json.loads((target / "videodiff.json").read_text())
+    record["controlnet"] = "controlnet"
+    (target / "videodiff.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"control: {target / 'controlnet'} installed")
+
+
 def package(out: Path, target: Path) -> None:
     """fp16 safetensors of the base model plus the motion modules, into ``target`` (the package's model folder)."""
     staging = target.with_name(target.name + ".tmp")
@@ -538,7 +576,7 @@ def refit_prior(out: Path, target: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stages = ["base", "data", "motion", "package", "finetune", "all", "distill", "prior", "squares"]
+    stages = ["base", "data", "motion", "package", "finetune", "all", "distill", "prior", "squares", "control"]
     parser.add_argument("stage", choices=stages)
     parser.add_argument("--out", type=Path, default=Path("build/shapes"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -586,6 +624,8 @@ def main() -> None:
     if args.stage in ("squares", "all"):
         write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
         squares(args.out, args.squares_config, extra, args.target)
+    if args.stage in ("control", "all"):
+        control(args.out, extra, args.target)
     if args.stage == "prior":
         refit_prior(args.out, args.target)
     if args.stage == "distill":

@@ -111,3 +111,18 @@ def test_the_motion_prior_track_follows_the_blob_and_runs_on_where_it_leaves_the
     assert (np.diff(track[:, 1]) > 0).all() and track[-1, 1] > 64  # on out of the frame, not held at the edge
     assert control_track(Cond.text(torch.zeros(1, 3, 4))) is None
     assert control_track(_cond_with_maps(np.zeros((16, 64, 64, 3), np.uint8))) is None
+
+
+def test_without_a_control_the_built_in_model_renders_as_if_it_had_no_controlnet():
+    """The built-in model records its own ControlNet; a render that gives no control is the same, bit for bit, as
+    one of the model without it (so its scores on the 192 and 80 videos stay those of the model without it)."""
+    import dataclasses
+
+    from videodiff.pipelines import load_pipeline
+
+    pipe = load_pipeline(None, None)
+    assert pipe.parts.controlnet is not None
+    args = dict(seed=3, num_frames=8, num_inference_steps=4)
+    with_it = pipe("a red circle moving right", **args).frames
+    pipe.parts = dataclasses.replace(pipe.parts, controlnet=None)
+    assert np.array_equal(with_it, pipe("a red circle moving right", **args).frames)
