@@ -11,6 +11,7 @@ from videodiff import sampling, text
 from videodiff.config import SampleSettings
 from videodiff.log import notice
 from videodiff.pipeline.inputs import Conditioning
+from videodiff.settings.ip_adapter import parse_image_prompts
 from videodiff.weights.hub import describe_vocabulary, unknown_words, vocabulary_words
 
 
@@ -43,3 +44,13 @@ def conditioning(pipe, settings: SampleSettings) -> Conditioning:
         context = pipe.encode(settings.prompt)
     uncond = pipe.encode(settings.negative or "") if guided else None
     return Conditioning(sampling.Cond.text(context, uncond), triggered)
+
+
+def with_image_prompts(pipe, cond: sampling.Cond, ip_adapters, frames: int, travel: str) -> sampling.Cond:
+    """``cond`` with IP-Adapter's image prompts (:mod:`videodiff.pipeline.image_prompts`, imported only when some
+    are given, so a render without them loads none of IP-Adapter's code: tests/test_imports.py)."""
+    if not parse_image_prompts(ip_adapters):
+        return cond
+    from videodiff.pipeline import image_prompts
+
+    return image_prompts.with_image_prompts(pipe, cond, ip_adapters, frames, travel)
