@@ -10,6 +10,8 @@ import json
 import pytest
 from cli_helpers import invoke, ok
 
+from videodiff.bench.coldstart import PHASES
+
 
 def test_bench_help_names_match_the_package():
     """The CLI keeps the preset and dtype names torch-free; they are the package's."""
@@ -59,9 +61,13 @@ def test_bench_coldstart_one_run():
     """Three fresh processes each rendering the built-in model (about 10 s each on a 2-core CPU)."""
     lines = ok(invoke("bench", "coldstart", "--runs", "1")).stdout.splitlines()
     assert lines[0].startswith("median of 1 fresh processes")
-    assert lines[1].split() == ["imports", "import", "load", "render", "total"]
+    header = lines[1].split()
+    assert header[0] == "imports" and header[1:] == list(PHASES)
     assert [line.split()[0] for line in lines[2:]] == ["deferred", "eager"]
-    assert all(len(line.split()) == 5 for line in lines[2:])
+    for line in lines[2:]:
+        seconds = dict(zip(PHASES, map(float, line.split()[1:])))
+        assert all(v >= 0 for k, v in seconds.items() if k != "exit") and seconds["sampling"] > 0
+        assert sum(v for k, v in seconds.items() if k != "total") == pytest.approx(seconds["total"], abs=0.1)
 
 
 HELP_LOADS_NO_TORCH = """

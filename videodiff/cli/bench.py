@@ -179,12 +179,15 @@ def bench_cache(every: tuple[int, ...], rounds: int, seed: int, json_path: Path 
 
 @bench_group.command("coldstart")
 @click.option("--runs", type=int, default=5, show_default=True, help="Fresh processes per mode.")
-def bench_coldstart(runs: int) -> None:
-    """Cold start of `videodiff render` on the built-in model: import, load, render and total seconds.
+@click.option("--eager/--no-eager", default=True, show_default=True,
+              help="Also measure with VIDEODIFF_EAGER_IMPORTS=1.")
+def bench_coldstart(runs: int, eager: bool) -> None:
+    """Cold start of `videodiff render` on the built-in model, split by phase, in seconds.
 
     Runs fresh processes alternately with the CLI's deferred imports on (the default) and off
     (VIDEODIFF_EAGER_IMPORTS=1), each `render "a red circle moving right" --seed 1`, after one warm-up
-    process; prints the median of each phase.
+    process; prints the median of each phase: interpreter start, the imports of torch, transformers,
+    diffusers and videodiff, the CLI's checks, load, sampling, decode, write, exit, total.
 
     \b
     Example:
@@ -192,7 +195,7 @@ def bench_coldstart(runs: int) -> None:
     """
     from videodiff.bench.coldstart import format_coldstart, run_coldstart
 
-    for line in format_coldstart(run_coldstart(runs), runs):
+    for line in format_coldstart(run_coldstart(runs, eager), runs):
         click.echo(line)
 
 
