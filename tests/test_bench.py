@@ -16,11 +16,26 @@ from videodiff.bench.coldstart import PHASES
 def test_bench_help_names_match_the_package():
     """The CLI keeps the preset and dtype names torch-free; they are the package's."""
     from videodiff.bench.parity import DTYPES, PRESETS
-    from videodiff.cli.bench import BENCH_DTYPES, PRESET_NAMES
+    from videodiff.cli.bench import BENCH_DTYPES, LEVER_NAMES, PRESET_NAMES
+    from videodiff.unet.levers import LEVERS
 
-    assert set(PRESET_NAMES) == set(PRESETS) and set(BENCH_DTYPES) == set(DTYPES)
-    for command in ("diffusers", "cache", "coldstart", "long"):
+    assert set(PRESET_NAMES) == set(PRESETS) and set(BENCH_DTYPES) == set(DTYPES) and LEVER_NAMES == LEVERS
+    for command in ("diffusers", "cache", "coldstart", "long", "levers"):
         assert "Example:" in ok(invoke("bench", command, "--help")).output
+
+
+def test_bench_levers_tiny(tmp_path):
+    """The plain path and one lever, one fresh process each on the tiny preset: the table and every key."""
+    out = tmp_path / "levers.json"
+    args = ("bench", "levers", "channels-last", "--preset", "tiny", "--repeat", "1", "--calls", "2")
+    result = ok(invoke(*args, "--cache", tmp_path / "models", "--json", out, env={"OMP_NUM_THREADS": "1"}))
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tiny: one guided U-Net call") and "OMP_NUM_THREADS=1" in lines[0]
+    assert [line.split()[0] for line in lines[2:]] == ["plain", "channels-last"]
+    printed = json.loads(out.read_text())
+    assert printed["plain"]["max_eps_diff"] == 0.0 and printed["plain"]["first_wall_speedup"] == 1.0
+    assert printed["channels-last"]["max_eps_diff"] < 1e-3
+    assert len(printed["channels-last"]["runs_wall_s"]) == 1 and len(printed["channels-last"]["runs_wall_s"][0]) == 2
 
 
 def test_bench_diffusers_tiny(tmp_path):

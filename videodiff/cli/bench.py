@@ -12,6 +12,7 @@ from videodiff.bench import BENCH_CACHE
 # (tests/test_bench.py checks they match)
 PRESET_NAMES = ("cpu-small", "cpu-small-lcm", "cpu-small-lightning", "gpu-sd15", "tiny", "tiny-lcm", "tiny-lightning")
 BENCH_DTYPES = ("bf16", "fp16", "fp32")
+LEVER_NAMES = ("channels-last", "sdpa-math", "onednn-off", "compile")  # videodiff.unet.levers.LEVERS
 
 
 def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -278,5 +279,37 @@ def bench_control(
 
     results = run_control_bench(preset, cache, rounds=rounds, long_frames=long_frames, steps=steps)
     click.echo(json.dumps(results, indent=2))
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
+
+
+@bench_group.command("levers")
+@click.argument("levers", nargs=-1, type=click.Choice(LEVER_NAMES))
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="cpu-small", show_default=True)
+@click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Fresh processes per variant.")
+@click.option("--calls", type=click.IntRange(1), default=3, show_default=True, help="Guided U-Net calls per process.")
+@CACHE_OPTION
+@JSON_OPTION
+def bench_levers(levers: tuple[str, ...], preset: str, repeat: int, calls: int, cache: Path,
+                 json_path: Path | None) -> None:
+    """Each speed lever alone against the plain path: one guided U-Net call, in fresh processes.
+
+    One process per variant and round, the order alternating between rounds; prints the median wall and CPU
+    seconds of the first call and of the later ones, the speed-up over the plain path, and how far the U-Net's
+    output moved (no levers named: all of them but compile).
+
+    \b
+    Example:
+      OMP_NUM_THREADS=2 videodiff bench levers --preset cpu-small --repeat 3
+      videodiff bench levers compile --calls 4
+    """
+    import json
+
+    from videodiff.bench.levers import format_levers, run_levers
+
+    chosen = list(levers) or [name for name in LEVER_NAMES if name != "compile"]
+    results = run_levers(chosen, preset=preset, repeat=repeat, calls=calls, cache=cache)
+    for line in format_levers(results):
+        click.echo(line)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
