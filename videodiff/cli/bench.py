@@ -86,6 +86,9 @@ def bench_group() -> None:
     help="Renders per process: the first is timed as usual, the later ones (same pipeline, same process) "
     "are reported as repeat_s, and the pipeline's load time as load_s.",
 )
+@click.option("--variants", help="Further sides, comma-separated: diffusers-compile, diffusers-xformers, "
+              "videodiff-xformers (default: the preset's; gpu-sd15 has all three). 'none': no further sides.")
+@click.option("--table", is_flag=True, help="Print the side-by-side table (medians) instead of the JSON.")
 def bench_diffusers(
     preset: str,
     steps: int | None,
@@ -104,6 +107,8 @@ def bench_diffusers(
     lossy_dtype: str | None,
     feature_cache: tuple[int, ...],
     renders: int,
+    variants: str | None,
+    table: bool,
 ) -> None:
     """videodiff against diffusers' AnimateDiffPipeline on identical random weights, each side in a fresh process.
 
@@ -120,12 +125,16 @@ def bench_diffusers(
       videodiff bench diffusers --preset cpu-small --repeat 2
       videodiff bench diffusers --preset gpu-sd15
       videodiff bench diffusers --preset cpu-small --feature-cache 2,3,5
-      videodiff bench diffusers --preset cpu-small --repeat 3 --renders 2
+      videodiff bench diffusers --preset cpu-small --repeat 3 --renders 2 --table
     """
     import json
 
-    from videodiff.bench.parity import run_parity, tolerance_of
+    from videodiff.bench.parity import VARIANTS, run_parity, tolerance_of
 
+    chosen = None if variants is None else tuple(v for v in variants.split(",") if v and v != "none")
+    for name in chosen or ():
+        if name not in VARIANTS:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(VARIANTS)}", param_hint="--variants")
     results = run_parity(
         preset=preset,
         steps=steps,
@@ -142,8 +151,14 @@ def bench_diffusers(
         lossy_dtype=lossy_dtype,
         feature_cache=feature_cache,
         renders=renders,
+        variants=chosen,
     )
-    click.echo(json.dumps(results, indent=2))
+    if table:
+        from videodiff.bench.table import side_by_side
+
+        click.echo("\n".join(side_by_side(results)))
+    else:
+        click.echo(json.dumps(results, indent=2))
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
     allowed = tolerance_of(results["dtype"], tolerance)
