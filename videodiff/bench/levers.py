@@ -102,7 +102,7 @@ def run_levers(levers: list[str], preset: str = "cpu-small", repeat: int = 3, ca
 def format_levers(results: dict[str, Any]) -> list[str]:
     """The table the command prints: one row per variant."""
     later = results["calls"] > 1
-    head = f"{'variant':14} {'first wall':>10} {'first cpu':>9}" + (f" {'later wall':>10} {'later cpu':>9}" * later)
+    head = f"{'variant':14} {'first wall':>15} {'first cpu':>15}" + (f" {'later wall':>15} {'later cpu':>15}" * later)
     lines = [f"{results['preset']}: one guided U-Net call, median of {results['repeat']} fresh processes per variant"
              f" (OMP_NUM_THREADS={results['threads']}); seconds (speed-up over plain); max |eps - plain eps|",
              head + f" {'max diff':>9}"]
@@ -110,7 +110,7 @@ def format_levers(results: dict[str, Any]) -> list[str]:
         row = results[variant]
         cells = [f"{row[f'{p}_{c}_s']:6.2f} ({row[f'{p}_{c}_speedup']:.2f}x)"
                  for p in ("first", "later")[: 1 + later] for c in ("wall", "cpu")]
-        lines.append(f"{variant:14} " + " ".join(f"{c:>10}" for c in cells) + f" {row['max_eps_diff']:9.2e}")
+        lines.append(f"{variant:14} " + " ".join(f"{c:>15}" for c in cells) + f" {row['max_eps_diff']:9.2e}")
     return lines
 
 
