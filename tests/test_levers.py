@@ -12,7 +12,7 @@ import torch
 
 from videodiff.unet.levers import LEVERS, applied
 
-RENDER = dict(num_frames=8, height=64, width=64, num_inference_steps=3, guidance_scale=7.5, seed=5)
+RENDER = dict(num_frames=6, height=32, width=32, num_inference_steps=2, guidance_scale=7.5, seed=5)
 
 
 def frames(pipe) -> np.ndarray:
