@@ -5,7 +5,9 @@ family (``diffusers.models.transformers`` alone imports about sixty transformer 
 ``unets`` and ``autoencoders`` the same for theirs), and ``torch._dynamo``, the compiler's
 frontend, is imported by decorators at class-definition time (``torch._dynamo.allow_in_graph``,
 ``torch.compiler.disable``) although nothing in a videodiff process compiles. Together they are
-about half of the import time of ``videodiff render`` (``python -X importtime``).
+about half of the import time of ``videodiff render`` (``python -X importtime``). ``transformers.models``'s
+``__init__`` scans the folder of every model transformers has to build its lazy module; the CLIP classes
+are imported as submodules without it.
 
 :func:`install` puts a finder on ``sys.meta_path`` that imports these packages *deferred*: the package object exists
 (with its real ``__path__``, so ``import diffusers.models.unets.unet_2d_condition`` finds its
@@ -35,6 +37,9 @@ DEFERRED_PACKAGES = (
     "diffusers.models.transformers",
     "diffusers.models.unets",
     "diffusers.models.autoencoders",
+    # its __init__ reads every model folder of transformers to build a lazy module (about 0.3 s of CPU time
+    # on the development machine); CLIP's modules import as submodules without it
+    "transformers.models",
 )
 
 

@@ -35,7 +35,7 @@ from videodiff.config import (
 from videodiff.errors import UserError
 from videodiff.log import gathering, notice, say_held
 from videodiff.motion_prior import PixelCodec
-from videodiff.pipeline import denoisers, image_prompts, prompts, starting
+from videodiff.pipeline import denoisers, prompts, starting
 from videodiff.pipeline.devices import (
     DTYPES,
     enable_memory_savers,
@@ -322,7 +322,7 @@ class VideoPipeline:
             notice(windows.describe(plan, self.train_frames))
         # 1. the prompts (and the MotionLoRAs their words trigger), and the controls
         cond = self.conditioning(settings)
-        cond.cond = image_prompts.with_image_prompts(self, cond.cond, ip_adapters, settings.frames, settings.travel)
+        cond.cond = prompts.with_image_prompts(self, cond.cond, ip_adapters, settings.frames, settings.travel)
         cond.cond, nets = denoisers.with_controls(
             self, cond.cond, parse_controls(controls), settings.frames, settings.height, settings.width, stride, fit
         )

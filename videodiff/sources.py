@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from videodiff.config import RenderConfig, parse_image_at
-from videodiff.control.maps import map_source
 from videodiff.errors import UserError
 from videodiff.settings.control import check_sparse, parse_controls
 from videodiff.settings.ip_adapter import parse_image_prompts
@@ -19,7 +18,6 @@ from videodiff.settings.ip_adapter import parse_image_prompts
 def check_inputs(config: RenderConfig) -> None:
     """img2vid's pictures, vid2vid's clip, the controls' maps and image prompts checked from their headers, and
     pinned frames inside the video, before minutes of loading."""
-    from videodiff.control.maps import check_maps
     from videodiff.media.clips import check_moving_video
     from videodiff.media.images import check_image, read_image
 
@@ -37,6 +35,8 @@ def check_inputs(config: RenderConfig) -> None:
     check_sparse(config.controls, frames)  # SparseCtrl's pictures: frames inside the video, files that exist
     for control in parse_controls(config.controls):
         if control.maps is not None:
+            from videodiff.control.maps import check_maps  # imported only when a control is given
+
             check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
         if control.controlnet is None and own_controlnet(config.model) is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
@@ -98,6 +98,8 @@ def check_adapter_width(adapter: Path, model: str | None) -> None:
 def control_source(control, frames: int) -> dict[str, Any]:
     """What a sidecar records of where a control's maps (or SparseCtrl's pictures) came from, with digests."""
     if control.maps is not None:
+        from videodiff.control.maps import map_source
+
         return map_source(control.parsed_maps)
     from videodiff.control.sparse import picture_sources
 

@@ -39,9 +39,12 @@ import numpy as np
 import torch
 
 from videodiff.bench import BENCH_CACHE
+from videodiff.bench.measure import PeakMemory, count_flops
 
 # SD1.5's attention layout: CLIP ViT-L context, 8 heads in spatial and temporal attention
 SD15_ATTENTION = dict(cross_attention_dim=768, attention_head_dim=8, motion_heads=8)
+
+VARIANTS_GPU = ("diffusers-compile", "diffusers-xformers", "videodiff-xformers")  # gpu-sd15's further sides
 
 PRESETS = {
     # name: model layout, render settings
@@ -88,6 +91,7 @@ PRESETS = {
         render=dict(num_frames=16, height=512, width=512, num_inference_steps=25),
         device="cuda",
         dtype="fp16",
+        variants=VARIANTS_GPU,
     ),
 }
 
@@ -121,11 +125,16 @@ def run_diffusers(
     dtype: str = "fp32",
     tuned: bool = False,
     renders: int = 1,
+    variant: str = "",
 ):
     from videodiff.tiny import diffusers_reference
 
     loading = time.perf_counter()
     pipe = diffusers_reference(model, motion, scheduler).to(device, DTYPES[dtype])
+    if "xformers" in variant:
+        pipe.enable_xformers_memory_efficient_attention()
+    if "compile" in variant:  # as diffusers' docs show it; compiled on the first call (timed)
+        pipe.unet = torch.compile(pipe.unet)
     load_s = time.perf_counter() - loading
     extra = {}
     if tuned and device == "cpu":  # videodiff's CPU heap policy and VAE chunk, given to diffusers too
@@ -189,11 +198,14 @@ def run_videodiff(
     sampler: dict | None = None,
     cache: int = 1,
     renders: int = 1,
+    variant: str = "",
 ):
     from videodiff.pipelines import load_pipeline
 
     loading = time.perf_counter()
     pipe = load_pipeline(str(model), str(motion), device=device, dtype=dtype)
+    if "xformers" in variant:
+        pipe.unet.set_attention_backend("xformers")
     load_s = time.perf_counter() - loading
     marks = []
 
@@ -233,60 +245,6 @@ def per_step(marks: list[float], start: float) -> float:
     return (marks[-1] - start) / len(marks) if marks else float("nan")
 
 
-class PeakMemory:
-    """Peak memory of the code inside: ``max_memory_allocated`` on GPU, else the highest RSS a sampling
-    thread sees above the RSS before (a process's own peak RSS cannot be reset)."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.peak = device, 0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            return self
-        import threading
-
-        import psutil
-
-        proc = psutil.Process()
-        self.base, self._stop = proc.memory_info().rss, threading.Event()
-
-        def sample() -> None:
-            while not self._stop.wait(0.01):
-                self.peak = max(self.peak, proc.memory_info().rss - self.base)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.startswith("cuda"):
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._thread.join()
-
-
-def count_flops(model: Path, motion: Path, render: dict, device: str, dtype: str, batch: int = 2) -> dict:
-    """FLOPs of one U-Net call (``batch`` 2: guided) and of the VAE decode of all frames (torch's FlopCounterMode)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from videodiff.pipelines import load_pipeline
-
-    pipe = load_pipeline(str(model), str(motion), device=device, dtype=dtype)
-    f, h, w = render["num_frames"], render["height"], render["width"]
-    latents = torch.randn(pipe.latent_shape(f, h, w), device=device, dtype=pipe.dtype)
-    context = pipe.encode("a red circle moving right")
-    with torch.no_grad():
-        with FlopCounterMode(display=False) as unet_count:
-            pipe.unet(torch.cat([latents] * batch), torch.tensor(500, device=device), torch.cat([context] * batch))
-        with FlopCounterMode(display=False) as vae_count:
-            from videodiff import vae
-
-            vae.decode(pipe.vae, latents, chunk=f)
-    return {"unet_tflop_per_step": unet_count.get_total_flops() / 1e12, "vae_tflop": vae_count.get_total_flops() / 1e12}
-
-
 def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
     """One pipeline's frames, timings and peak memory, in this process."""
     from diffusers import DDIMScheduler
@@ -298,6 +256,7 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
     from videodiff.schedulers import make_scheduler
     from videodiff.tiny import diffusers_reference  # noqa: F401
 
+    side, _, variant = side.partition("-")  # "diffusers-compile": diffusers with a variant (VARIANTS)
     with PeakMemory(args.device) as memory:
         if side == "diffusers":
             sampler = PRESETS[args.preset].get("sampler")
@@ -314,6 +273,7 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
                 args.dtype,
                 args.diffusers_tuned,
                 args.renders,
+                variant,
             )
         else:
             frames, totals, marks, start, load_s = run_videodiff(
@@ -327,6 +287,7 @@ def measure(side: str, args, model: Path, motion: Path, render: dict) -> dict:
                 PRESETS[args.preset].get("sampler"),
                 args.cache_every,
                 args.renders,
+                variant,
             )
     return {
         "frames": frames,
@@ -388,8 +349,12 @@ def run_parity(
     lossy_dtype: str | None = None,
     feature_cache: tuple[int, ...] = (),
     renders: int = 1,
+    variants: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Both sides ``repeat`` times each (alternating which starts), each in a fresh process; the results.
+
+    ``variants`` (names from :data:`VARIANTS`; None: the preset's) run as further sides in the same rotation; those
+    that cannot run here (xformers not installed, or not on CUDA) are listed under ``"skipped_variants"``.
 
     ``results["max_pixel_diff"]`` is to be checked against :func:`tolerance_of` by the caller.
     """
@@ -411,10 +376,13 @@ def run_parity(
     quiet_libraries()
     render = render_of(args)
     model, motion = build(args.preset, args.cache / args.preset)
-    runs: dict[str, list[dict]] = {"diffusers": [], "videodiff": []}
+    wanted = PRESETS[preset].get("variants", ()) if variants is None else variants
+    usable, skipped = runnable_variants(wanted, args.device)
+    sides = ("diffusers", "videodiff", *usable)
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     cached: dict[int, list[dict]] = {n: [] for n in feature_cache}
-    for i in range(args.repeat):  # alternate which side starts, so drift on the machine hits both
-        for side in ("diffusers", "videodiff") if i % 2 == 0 else ("videodiff", "diffusers"):
+    for i in range(args.repeat):  # alternate the order, so drift on the machine hits every side
+        for side in sides if i % 2 == 0 else sides[::-1]:
             runs[side].append(in_subprocess(side, args))
         for n in feature_cache if i % 2 == 0 else feature_cache[::-1]:
             cached[n].append(in_subprocess("videodiff", argparse.Namespace(**{**vars(args), "cache_every": n})))
@@ -432,14 +400,21 @@ def run_parity(
         "each side in a fresh process, first call included": True,
         "diffusers_tuned": args.diffusers_tuned,
         "sampler": PRESETS[args.preset].get("sampler", {"scheduler": "ddim"}),
+        "sides": list(sides),
+        "skipped_variants": skipped,
     }
-    for side in ("diffusers", "videodiff"):
+    for side in sides:
         results[f"{side}_s_per_step"] = [round(r["s_per_step"], 3) for r in runs[side]]
         results[f"{side}_total_s"] = [round(r["total_s"], 2) for r in runs[side]]
         results[f"{side}_peak_mib"] = [round(r["peak_bytes"] / 2**20) for r in runs[side]]
         results[f"{side}_load_s"] = [round(r["load_s"], 2) for r in runs[side]]
+        results[f"{side}_total_median_s"] = round(float(np.median([r["total_s"] for r in runs[side]])), 2)
         if args.renders > 1:
             results[f"{side}_repeat_s"] = [[round(float(x), 2) for x in r["repeat_s"]] for r in runs[side]]
+            repeated = [x for r in runs[side] for x in r["repeat_s"]]
+            results[f"{side}_repeat_median_s"] = round(float(np.median(repeated)), 2)
+        moved = np.abs(runs[side][0]["frames"].astype(int) - runs["diffusers"][0]["frames"].astype(int))
+        results[f"{side}_max_pixel_diff"] = int(moved.max())
     results["speedup_per_step_best_of_runs"] = round(best["diffusers"] / best["videodiff"], 3)
     fastest = {side: min(r["total_s"] for r in rs) for side, rs in runs.items()}
     results["speedup_end_to_end_best_of_runs"] = round(fastest["diffusers"] / fastest["videodiff"], 3)
@@ -471,12 +446,34 @@ def run_parity(
     if args.device.startswith("cuda"):
         flops = count_flops(model, motion, render, args.device, args.dtype, 2 if args.guidance > 1 else 1)
         steps_run = render["num_inference_steps"]
-        for side in ("diffusers", "videodiff"):
+        for side in sides:
             seconds = min(r["total_s"] for r in runs[side])
             work = flops["unet_tflop_per_step"] * steps_run + flops["vae_tflop"]
             results[f"{side}_fraction_of_peak"] = round(work / seconds / peak_tflops, 3)
         results.update({k: round(v, 2) for k, v in flops.items()})
     return results
+
+
+# further sides: a library with a variant. diffusers' own speed-ups as its docs show them (torch.compile of the
+# U-Net; xformers' attention), and videodiff with xformers' attention.
+VARIANTS = ("diffusers-compile", "diffusers-xformers", "videodiff-xformers")
+
+
+def runnable_variants(names: tuple[str, ...], device: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The variants among ``names`` that can run on ``device`` here, and why each other one cannot."""
+    import importlib.util
+
+    usable, skipped = [], {}
+    for name in names:
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        if "xformers" in name and not device.startswith("cuda"):
+            skipped[name] = "xformers runs on CUDA only"
+        elif "xformers" in name and importlib.util.find_spec("xformers") is None:
+            skipped[name] = "xformers is not installed"
+        else:
+            usable.append(name)
+    return tuple(usable), skipped
 
 
 def tolerance_of(dtype: str, tolerance: int | None = None) -> int:

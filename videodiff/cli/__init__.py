@@ -14,7 +14,7 @@ import sys
 import click
 
 from videodiff import coldstart
-from videodiff.cli.bench import bench_cache, bench_coldstart, bench_diffusers, bench_group, bench_long
+from videodiff.cli.bench import bench_cache, bench_coldstart, bench_diffusers, bench_group, bench_levers, bench_long
 from videodiff.cli.datasets import data, data_shapes
 from videodiff.cli.evaluation import eval_group, eval_interp, eval_shapes, eval_upscale
 from videodiff.cli.group import (
@@ -44,6 +44,7 @@ __all__ = [
     "bench_coldstart",
     "bench_diffusers",
     "bench_group",
+    "bench_levers",
     "bench_long",
     "Group",
     "Interrupted",

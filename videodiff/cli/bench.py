@@ -12,6 +12,7 @@ from videodiff.bench import BENCH_CACHE
 # (tests/test_bench.py checks they match)
 PRESET_NAMES = ("cpu-small", "cpu-small-lcm", "cpu-small-lightning", "gpu-sd15", "tiny", "tiny-lcm", "tiny-lightning")
 BENCH_DTYPES = ("bf16", "fp16", "fp32")
+LEVER_NAMES = ("channels-last", "sdpa-math", "onednn-off", "compile")  # videodiff.unet.levers.LEVERS
 
 
 def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -85,6 +86,12 @@ def bench_group() -> None:
     help="Renders per process: the first is timed as usual, the later ones (same pipeline, same process) "
     "are reported as repeat_s, and the pipeline's load time as load_s.",
 )
+@click.option(
+    "--variants",
+    help="Further sides, comma-separated: diffusers-compile, diffusers-xformers, "
+    "videodiff-xformers (default: the preset's; gpu-sd15 has all three). 'none': no further sides.",
+)
+@click.option("--table", is_flag=True, help="Print the side-by-side table (medians) instead of the JSON.")
 def bench_diffusers(
     preset: str,
     steps: int | None,
@@ -103,6 +110,8 @@ def bench_diffusers(
     lossy_dtype: str | None,
     feature_cache: tuple[int, ...],
     renders: int,
+    variants: str | None,
+    table: bool,
 ) -> None:
     """videodiff against diffusers' AnimateDiffPipeline on identical random weights, each side in a fresh process.
 
@@ -119,12 +128,16 @@ def bench_diffusers(
       videodiff bench diffusers --preset cpu-small --repeat 2
       videodiff bench diffusers --preset gpu-sd15
       videodiff bench diffusers --preset cpu-small --feature-cache 2,3,5
-      videodiff bench diffusers --preset cpu-small --repeat 3 --renders 2
+      videodiff bench diffusers --preset cpu-small --repeat 3 --renders 2 --table
     """
     import json
 
-    from videodiff.bench.parity import run_parity, tolerance_of
+    from videodiff.bench.parity import VARIANTS, run_parity, tolerance_of
 
+    chosen = None if variants is None else tuple(v for v in variants.split(",") if v and v != "none")
+    for name in chosen or ():
+        if name not in VARIANTS:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(VARIANTS)}", param_hint="--variants")
     results = run_parity(
         preset=preset,
         steps=steps,
@@ -141,8 +154,14 @@ def bench_diffusers(
         lossy_dtype=lossy_dtype,
         feature_cache=feature_cache,
         renders=renders,
+        variants=chosen,
     )
-    click.echo(json.dumps(results, indent=2))
+    if table:
+        from videodiff.bench.table import side_by_side
+
+        click.echo("\n".join(side_by_side(results)))
+    else:
+        click.echo(json.dumps(results, indent=2))
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
     allowed = tolerance_of(results["dtype"], tolerance)
@@ -179,12 +198,16 @@ def bench_cache(every: tuple[int, ...], rounds: int, seed: int, json_path: Path 
 
 @bench_group.command("coldstart")
 @click.option("--runs", type=int, default=5, show_default=True, help="Fresh processes per mode.")
-def bench_coldstart(runs: int) -> None:
-    """Cold start of `videodiff render` on the built-in model: import, load, render and total seconds.
+@click.option(
+    "--eager/--no-eager", default=True, show_default=True, help="Also measure with VIDEODIFF_EAGER_IMPORTS=1."
+)
+def bench_coldstart(runs: int, eager: bool) -> None:
+    """Cold start of `videodiff render` on the built-in model, split by phase, in seconds.
 
     Runs fresh processes alternately with the CLI's deferred imports on (the default) and off
     (VIDEODIFF_EAGER_IMPORTS=1), each `render "a red circle moving right" --seed 1`, after one warm-up
-    process; prints the median of each phase.
+    process; prints the median of each phase: interpreter start, the imports of torch, transformers,
+    diffusers and videodiff, the CLI's checks, load, sampling, decode, write, exit, total.
 
     \b
     Example:
@@ -192,7 +215,7 @@ def bench_coldstart(runs: int) -> None:
     """
     from videodiff.bench.coldstart import format_coldstart, run_coldstart
 
-    for line in format_coldstart(run_coldstart(runs), runs):
+    for line in format_coldstart(run_coldstart(runs, eager), runs):
         click.echo(line)
 
 
@@ -296,3 +319,36 @@ def bench_upscale(frames: int, size: int, convs: int, tile: int | None) -> None:
     from videodiff.bench.upscale import run_upscale_bench
 
     click.echo(json.dumps(run_upscale_bench(frames, size, convs=convs, tile=tile), indent=2))
+
+
+@bench_group.command("levers")
+@click.argument("levers", nargs=-1, type=click.Choice(LEVER_NAMES))
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="cpu-small", show_default=True)
+@click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Fresh processes per variant.")
+@click.option("--calls", type=click.IntRange(1), default=3, show_default=True, help="Guided U-Net calls per process.")
+@CACHE_OPTION
+@JSON_OPTION
+def bench_levers(
+    levers: tuple[str, ...], preset: str, repeat: int, calls: int, cache: Path, json_path: Path | None
+) -> None:
+    """Each speed lever alone against the plain path: one guided U-Net call, in fresh processes.
+
+    One process per variant and round, the order alternating between rounds; prints the median wall and CPU
+    seconds of the first call and of the later ones, the speed-up over the plain path, and how far the U-Net's
+    output moved (no levers named: all of them but compile).
+
+    \b
+    Example:
+      OMP_NUM_THREADS=2 videodiff bench levers --preset cpu-small --repeat 3
+      videodiff bench levers compile --calls 4
+    """
+    import json
+
+    from videodiff.bench.levers import format_levers, run_levers
+
+    chosen = list(levers) or [name for name in LEVER_NAMES if name != "compile"]
+    results = run_levers(chosen, preset=preset, repeat=repeat, calls=calls, cache=cache)
+    for line in format_levers(results):
+        click.echo(line)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))

@@ -16,13 +16,12 @@ import torch
 
 from videodiff import cache as feature_cache
 from videodiff import windows as sliding
-from videodiff.control.controlnet import CONTROLS, ControlInput, ControlInputs, Controlled
-from videodiff.control.maps import read_maps
-from videodiff.control.sparse import check_kind, sparse_conditioning
 from videodiff.errors import UserError
 from videodiff.sampling import Cond, OnStep
 from videodiff.settings.control import Control
-from videodiff.weights.controlnets import CONTROLNET_CLASSES, check_fits, load_controlnet
+
+# Control's modules (videodiff.control.*, videodiff.weights.controlnets) are imported where a control is given:
+# a render without one imports none of them (tests/test_imports.py).
 
 
 def assemble(pipe, plan: sliding.WindowPlan | None, cache: int, on_step: OnStep | None, nets: tuple, timesteps):
@@ -35,6 +34,8 @@ def assemble(pipe, plan: sliding.WindowPlan | None, cache: int, on_step: OnStep 
         denoiser = features = feature_cache.FeatureCache(pipe.unet, cache)
         on_step = features.hook(on_step)
     if nets:
+        from videodiff.control.controlnet import Controlled
+
         denoiser = Controlled(denoiser, nets, timesteps)
     temporal = plan is not None and plan.layers == "temporal"
     if plan is not None and not temporal:
@@ -49,6 +50,8 @@ def assemble(pipe, plan: sliding.WindowPlan | None, cache: int, on_step: OnStep 
 
 def controlnet(pipe, source: str) -> Any:
     """The ControlNet ``source`` names, loaded once per pipeline, checked against its U-Net, on its device."""
+    from videodiff.weights.controlnets import check_fits, load_controlnet
+
     loaded = pipe.__dict__.setdefault("_controlnets", {})
     if source not in loaded:
         net = load_controlnet(source)
@@ -65,6 +68,13 @@ def with_controls(
     a control without a ControlNet uses the model's own (``videodiff.json``'s ``controlnet``). A SparseCtrl control
     (``sparse_at``) reads its pictures at their frames, with the mask of the frames given
     (:func:`videodiff.control.sparse.sparse_conditioning`: RGB ones through the VAE)."""
+    if not controls:
+        return cond, ()
+    from videodiff.control.controlnet import CONTROLS, ControlInput, ControlInputs
+    from videodiff.control.maps import read_maps
+    from videodiff.control.sparse import check_kind, sparse_conditioning
+    from videodiff.weights.controlnets import CONTROLNET_CLASSES
+
     nets: list[Any] = []
     items = []
     if controls:

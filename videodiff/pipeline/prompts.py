@@ -16,6 +16,7 @@ from videodiff.config import SampleSettings
 from videodiff.log import notice
 from videodiff.pipeline.inputs import Conditioning
 from videodiff.sampling.cond import TEXT_EMBEDS, TIME_IDS, TensorField
+from videodiff.settings.ip_adapter import parse_image_prompts
 from videodiff.weights.hub import describe_vocabulary, unknown_words, vocabulary_words
 
 
@@ -27,6 +28,7 @@ def tell_unknown_words(pipe, prompt: str) -> None:
         pipe._told_unknown.add(prompt)
         knows = describe_vocabulary(vocabulary, heldout=False)
         notice(text.unknown_words_notice(prompt, unknown, vocabulary_words(vocabulary), knows), about="the prompt")
+
 
 def vae_dtype(family, vae, dtype: torch.dtype) -> torch.dtype:
     """The dtype the VAE runs in: float32 for a half-precision render of a family whose VAEs overflow in float16
@@ -102,3 +104,13 @@ def conditioning(pipe, settings: SampleSettings) -> Conditioning:
     uncond = _negative(pipe, settings, 0) if guided else None
     cond = sampling.Cond.text(context, uncond)
     return Conditioning(cond.with_fields(**added_fields(pipe, settings, guided, context)), triggered)
+
+
+def with_image_prompts(pipe, cond: sampling.Cond, ip_adapters, frames: int, travel: str) -> sampling.Cond:
+    """``cond`` with IP-Adapter's image prompts (:mod:`videodiff.pipeline.image_prompts`, imported only when some
+    are given, so a render without them loads none of IP-Adapter's code: tests/test_imports.py)."""
+    if not parse_image_prompts(ip_adapters):
+        return cond
+    from videodiff.pipeline import image_prompts
+
+    return image_prompts.with_image_prompts(pipe, cond, ip_adapters, frames, travel)
