@@ -40,9 +40,10 @@ def check_inputs(config: RenderConfig) -> None:
             check_maps(control.parsed_maps, frames, config.stride if config.video else 1)
         if control.controlnet is None and own_controlnet(config.model) is None:
             raise UserError("--control without --controlnet needs a model that records its own ControlNet; name one")
-    from videodiff.weights.ip_adapter import check_encoder_fits, locate_adapter, locate_image_encoder
-
-    for prompt in parse_image_prompts(config.ip_adapters):  # IP-Adapters: weights, an encoder, pictures in the video
+    image_prompts = parse_image_prompts(config.ip_adapters)
+    if image_prompts:  # imported only when some are given (tests/test_imports.py)
+        from videodiff.weights.ip_adapter import check_encoder_fits, locate_adapter, locate_image_encoder
+    for prompt in image_prompts:  # IP-Adapters: weights, an encoder, pictures in the video
         folder = locate_image_encoder(prompt.adapter, prompt.image_encoder)  # local, or on the hub (downloaded alone)
         check_encoder_fits(prompt.adapter, folder)
         check_adapter_width(locate_adapter(prompt.adapter), config.model)

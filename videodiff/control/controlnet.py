@@ -26,10 +26,9 @@ from einops import rearrange, repeat
 
 from videodiff.errors import UserError
 from videodiff.sampling.cond import DOWN_RESIDUALS, MID_RESIDUAL, Cond, Residuals, TensorField, as_cond
+from videodiff.settings.control import CONTROLS
 
 __all__ = ["CONTROLS", "ControlInput", "ControlInputs", "Controlled", "in_range"]
-
-CONTROLS = "controls"
 
 
 def in_range(step: int, steps: int, start: float, end: float) -> bool:
@@ -72,9 +71,7 @@ class ControlInputs:
         return ControlInputs(tuple(c._map(lambda m: m.index_select(2, index.to(m.device))) for c in self.items))
 
     def to(self, device=None, dtype=None) -> ControlInputs:
-        return ControlInputs(
-            tuple(c._map(lambda m: m.to(device=device, dtype=dtype or m.dtype)) for c in self.items)
-        )
+        return ControlInputs(tuple(c._map(lambda m: m.to(device=device, dtype=dtype or m.dtype)) for c in self.items))
 
 
 def _per_frame_context(context: torch.Tensor, frames: int) -> torch.Tensor:
@@ -164,7 +161,5 @@ class Controlled:
             if DOWN_RESIDUALS in cond:  # residuals given by the caller too: they add
                 down = (cond[DOWN_RESIDUALS] + Residuals(down)).values
                 mid = mid + cond[MID_RESIDUAL]
-            cond = cond.with_fields(
-                **{DOWN_RESIDUALS: Residuals(down), MID_RESIDUAL: TensorField(mid, frame_axis=2)}
-            )
+            cond = cond.with_fields(**{DOWN_RESIDUALS: Residuals(down), MID_RESIDUAL: TensorField(mid, frame_axis=2)})
         return self.denoiser(x, t, cond)

@@ -64,7 +64,7 @@ def control_track(cond) -> torch.Tensor | None:
     of the map's bright pixels); between frames without one, the line between the frames around them, and after
     the last (before the first) seen, on at the pace of the last (first) two; ``None`` without a control map or
     with fewer than two frames showing a blob."""
-    from videodiff.control.controlnet import CONTROLS
+    from videodiff.settings.control import CONTROLS
 
     if CONTROLS not in cond:
         return None

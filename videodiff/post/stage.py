@@ -11,7 +11,6 @@ import numpy as np
 from videodiff.errors import UserError
 from videodiff.post.interpolate import Interpolate
 from videodiff.post.paste import Paste
-from videodiff.post.upscale import Upscale
 from videodiff.settings.post import PostSettings
 
 MODEL_ON_RENDERS_ONLY = (
@@ -66,6 +65,8 @@ def steps_for(settings: PostSettings, clip: Clip) -> list[PostStep]:
         method, model = settings.interpolate_method, settings.interpolate_model
         steps.append(Interpolate(settings.interpolate, method, model))
     if settings.upscale is not None or settings.upscale_factor is not None:
+        from videodiff.post.upscale import Upscale  # only when asked: a render loads no upscaler code otherwise
+
         steps.append(Upscale(settings.upscale, settings.upscale_factor))
     return steps
 

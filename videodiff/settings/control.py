@@ -35,6 +35,7 @@ from videodiff.settings.fields import composite_items, setting, shown
 DETECTORS = ("canny",)  # maps computed here from pictures; detectors that need weights (depth, pose) are not
 CANNY_THRESHOLDS = (100, 200)  # controlnet_aux's CannyDetector defaults, which the canny ControlNets were shown
 MAX_CONTROL_SCALE = 10.0  # a residual ten times what the ControlNet was trained to add is far past any use
+CONTROLS = "controls"  # the conditioning field the controls are (videodiff.sampling.Cond; read by videodiff.control)
 MAX_CONTROLS = 8  # each ControlNet is a second encoder run every step: eight is already eight times the cost
 
 
