@@ -244,7 +244,7 @@ def test_render_with_rife_and_with_the_model_s_own_inbetweens(tmp_path, models):
     record = json.loads((tmp_path / "filled.json").read_text())
     assert record["frames"] == 3 and record["info"]["frames_written"] == 5  # the sidecar renders it again
     assert [s["step"] for s in record["info"]["post"]] == ["interpolate", "paste"]
-    assert record["info"]["post"][0]["method"] == "model" and record["info"]["fps_written"] == 16.0
+    assert record["info"]["post"][0]["method"] == "model" and record["info"]["fps_written"] == 8.0  # --fps: written
     before = sorted(tmp_path.iterdir())
     got = assert_user_error(invoke("render", "a red circle", *models, *small, "--interpolate", 2,
                                    "--interpolate-method", "rife", "--interpolate-model", _not_rife(tmp_path),
