@@ -104,3 +104,14 @@ def test_a_model_folder_of_an_unsupported_family_is_refused_by_name_before_loadi
 
 def test_a_loaded_pipeline_knows_its_family(tiny_pipe):
     assert tiny_pipe.parts.family is families.SD15 and tiny_pipe.unet.family is families.SD15
+
+
+def test_three_motion_blocks_with_a_middle_block_are_sd15_not_sdxl():
+    """SDXL motion modules have three blocks and no middle block; the built-in model's (64, 128, 128) has one."""
+    from videodiff.weights.hub import BUILTIN_MODEL
+    from videodiff.weights.motion_headers import describe_motion_module
+
+    assert families.of_motion_channels([320, 640, 1280], mid_block=False) is families.SDXL
+    assert families.of_motion_channels([64, 128, 128], mid_block=True) is families.SD15
+    info = describe_motion_module(BUILTIN_MODEL / "motion_adapter")
+    assert info["family"] == "SD1.5" and info["version"] == "v2"

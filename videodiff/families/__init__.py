@@ -38,10 +38,12 @@ def of_unet(config: Mapping[str, Any]) -> Family:
     raise UserError(f"an image U-Net of no known model family ({described}); videodiff inflates {_supported()} models")
 
 
-def of_motion_channels(channels: Sequence[int]) -> Family:
-    """The family motion modules were made for, from their blocks' channels (the one trace their weights keep):
-    SDXL's motion modules have three blocks (320, 640, 1280), SD1.5's four (320, 640, 1280, 1280)."""
-    return SDXL if len(channels) == len(SDXL.motion_channels) else SD15
+def of_motion_channels(channels: Sequence[int], mid_block: bool | None = None) -> Family:
+    """The family motion modules were made for, from their blocks' channels and middle block (the traces their
+    weights keep): SDXL's motion modules (AnimateDiff-SDXL, Hotshot-XL) have three blocks (320, 640, 1280) and no
+    middle block, SD1.5's four (320, 640, 1280, 1280). Three blocks with a middle block are an SD1.5-family model's
+    smaller U-Net (the built-in shapes model's: 64, 128, 128); ``mid_block=None`` (not known): by the count."""
+    return SDXL if len(channels) == len(SDXL.motion_channels) and not mid_block else SD15
 
 
 def require_supported(family: Family, what: str) -> Family:

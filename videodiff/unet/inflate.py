@@ -39,7 +39,7 @@ def check_compatible(unet: UNet2DConditionModel, motion: MotionStack, *, support
     if supported_only:
         families.require_supported(family, "the image model is")
     got, want = list(motion.config["block_out_channels"]), list(cfg.block_out_channels)
-    made_for = families.of_motion_channels(got)
+    made_for = families.of_motion_channels(got, motion.mid_block is not None)
     if made_for is not family and len(got) != len(want):  # the blocks do not line up: say whose they are
         what = f"{made_for.title} ({len(got)} blocks)"
         raise UserError(f"the motion modules are for {what}, but the image model is {family.title}")

@@ -246,7 +246,7 @@ def infer_structure(shapes: Mapping[str, tuple[int, ...]], source: str) -> tuple
         raise UserError(f"{source}: no down-block motion modules; not a motion module")
     if n_up != n_down:
         raise UserError(f"{source}: {n_down} down blocks but {n_up} up blocks of motion modules")
-    families.require_supported(families.of_motion_channels(channels), f"{source}: a motion module for")
+    families.require_supported(families.of_motion_channels(channels, mid_layers > 0), f"{source}: a motion module for")
     lengths = {s[1] for k, s in shapes.items() if k.endswith(POS_EMBED) and len(s) == 3}
     if len(lengths) > 1:
         raise UserError(f"{source}: positional encodings of different lengths {sorted(lengths)}")
@@ -268,7 +268,7 @@ def infer_structure(shapes: Mapping[str, tuple[int, ...]], source: str) -> tuple
 def version_of(has_mid_block: bool, max_frames: int, fmt: Format = "original", channels=()) -> Version:
     """The release a motion module looks like: an SDXL family's (three blocks) by its layout, an SD1.5 one's by its
     positional length and mid block."""
-    if families.of_motion_channels(channels) is families.SDXL:
+    if families.of_motion_channels(channels, has_mid_block) is families.SDXL:
         return "hotshot-xl" if fmt == "hotshot" else "sdxl"
     for name, cfg in VERSION_CONFIGS.items():
         if (cfg["use_motion_mid_block"], cfg["motion_max_seq_length"]) == (has_mid_block, max_frames):
@@ -298,7 +298,8 @@ def read_motion_config(motion_config: str) -> dict[str, Any]:
 
 def _check_config(config: dict[str, Any], source: str) -> None:
     channels = list(config.get("block_out_channels", []))
-    families.require_supported(families.of_motion_channels(channels), f"{source}: a motion module for")
+    mid = config.get("use_motion_mid_block", True)  # diffusers' MotionAdapter default
+    families.require_supported(families.of_motion_channels(channels, mid), f"{source}: a motion module for")
     heads = config.get("motion_num_attention_heads", DEFAULT_HEADS)
     heads = [heads] * len(channels) if isinstance(heads, int) else list(heads)
     groups = config.get("motion_norm_num_groups", DEFAULT_GROUPS)
@@ -445,7 +446,9 @@ def describe_motion_module(path: str | Path) -> dict[str, Any]:
         "format": info.format,
         "version": info.version,
         "name": VERSION_NAMES.get(info.version, f"AnimateDiff {info.version}"),
-        "family": families.of_motion_channels(det.config["block_out_channels"]).title,
+        "family": families.of_motion_channels(
+            det.config["block_out_channels"], det.config.get("use_motion_mid_block", True)
+        ).title,
         "parameters": info.params,
         "dtype": info.dtype,
         "positional_length": det.pe_len,
