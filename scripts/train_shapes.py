@@ -442,7 +442,7 @@ def distill(out: Path, config: str, extra: list[str]) -> Path:
     return out / "distill" / "motion_module"
 
 
-CONTROL_STEPS = 1500  # what the shipped ControlNet was trained for (its row in docs/guides/builtin-model.md)
+CONTROL_STEPS = 1000  # what the shipped ControlNet was trained for (its row in docs/guides/builtin-model.md)
 
 
 def control(out: Path, extra: list[str], target: Path, steps: int = CONTROL_STEPS) -> None:

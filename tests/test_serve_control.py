@@ -125,16 +125,36 @@ def test_show_maps_returns_the_canny_maps_of_the_fitted_frames(served, frames):
     from videodiff.media.images import fit_image, read_image
 
     client, _, app, _ = served
-    shown = client.predict(NET, uploads(frames[:6]), "canny", 50, 150, 1.0, 0.0, 1.0, 6, 32, 40, "crop",
+    shown = client.predict(NET, uploads(frames[:6]), "canny", 50, 150, 1.0, 0.0, 1.0, "", 6, 32, 40, "crop",
                            api_name="/show_maps")  # fmt: skip
     got = [np.asarray(Image.open(item["image"]).convert("RGB")) for item in shown]
     expected = [canny(fit_image(read_image(p), 32, 40), 50, 150) for p in frames[:6]]
     assert len(got) == 6 and all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
     assert any(e.any() for e in expected)  # edges, not blank maps
-    one = client.predict(NET, uploads(frames[:1]), "none", 100, 200, 1.0, 0.0, 1.0, 3, 32, 40, "pad",
+    one = client.predict(NET, uploads(frames[:1]), "none", 100, 200, 1.0, 0.0, 1.0, "", 3, 32, 40, "pad",
                          api_name="/show_maps")  # fmt: skip
     picture = fit_image(read_image(frames[0]), 32, 40, fit="pad")
     assert [np.array_equal(np.asarray(Image.open(i["image"]).convert("RGB")), picture) for i in one] == [True] * 3
+    assert scratch_of(app) == []
+
+
+def test_a_drawn_path_in_place_of_maps(served, frames):
+    """The Control section's path: the blob maps --control-path draws, previewed and rendered; maps and a path at
+    once, or a path that is not points, are one line."""
+    from videodiff.control.maps import path_maps
+
+    client, outputs, app, _ = served
+    shown = client.predict(NET, None, "none", 100, 200, 1.0, 0.0, 1.0, "4,16:36,16", 5, 32, 40, "crop",
+                           api_name="/show_maps")  # fmt: skip
+    got = np.stack([np.asarray(Image.open(item["image"]).convert("RGB")) for item in shown])
+    assert np.array_equal(got, path_maps(((4, 16), (36, 16)), 5, 32, 40))
+    common = ("a red circle moving right", 8, 2, 3, SIZE, "gif")
+    name = client.predict(*common, controlnet=NET, path="4,16:36,16", api_name="/render")
+    (control,) = json.loads((outputs / (name + ".json")).read_text())["controls"]
+    assert control["maps"] == "path:4,16:36,16"
+    for maps, path, message in ((uploads(frames[:8]), "4,16:36,16", "not both"), (None, "4,16", "needs 2 to 1000 points")):
+        with pytest.raises(Exception, match=re.escape(message)):
+            client.predict(*common, controlnet=NET, maps=maps, path=path, api_name="/render")
     assert scratch_of(app) == []
 
 
@@ -165,7 +185,7 @@ def test_bad_maps_are_one_line_and_no_traceback(served, frames, tmp_path, capfd)
             client.predict(*common, controlnet=NET, maps=uploads(maps), api_name="/render")
         assert "\n" not in str(raised.value).strip()
         with pytest.raises(Exception, match=message):
-            client.predict(NET, uploads(maps), "canny", 100, 200, 1.0, 0.0, 1.0, 8, 32, 40, "crop",
+            client.predict(NET, uploads(maps), "canny", 100, 200, 1.0, 0.0, 1.0, "", 8, 32, 40, "crop",
                            api_name="/show_maps")  # fmt: skip
     with pytest.raises(Exception, match="LOW <= HIGH"):
         client.predict(*common, controlnet=NET, maps=uploads(frames[:8]), detector="canny", low=200, high=10,

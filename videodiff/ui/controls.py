@@ -24,7 +24,14 @@ import numpy as np
 
 from videodiff.errors import UserError
 from videodiff.settings.checks import MAX_FRAMES
-from videodiff.settings.control import CANNY_THRESHOLDS, DETECTORS, MAX_CONTROL_SCALE, Control
+from videodiff.settings.control import (
+    CANNY_THRESHOLDS,
+    DETECTORS,
+    MAX_CONTROL_SCALE,
+    PATH_SOURCE,
+    Control,
+    parse_points,
+)
 from videodiff.ui.form import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, UPLOAD_VIDEO_SUFFIXES
 
 __all__ = [
@@ -82,7 +89,8 @@ def served_names(sources: Sequence[str]) -> dict[str, str]:
 @dataclass(frozen=True)
 class ControlRequest:
     """One control as the page or the API sends it: a ControlNet's name, the uploaded maps (Gradio file paths, or
-    the API's file dicts), the detector and its thresholds, the scale and the step range."""
+    the API's file dicts), the detector and its thresholds, the scale, the step range, and a drawn path in place of
+    maps (``X0,Y0:X1,Y1[:...]``, as ``--control-path``: a blob moving along it)."""
 
     controlnet: Any = NONE
     files: Any = None
@@ -92,6 +100,7 @@ class ControlRequest:
     scale: Any = 1.0
     start: Any = 0.0
     end: Any = 1.0
+    path: Any = ""
 
     @property
     def net(self) -> str:
@@ -107,7 +116,12 @@ class ControlRequest:
     @property
     def wanted(self) -> bool:
         """Whether this control was asked for at all (a ControlNet chosen or maps uploaded)."""
-        return self.net != NONE or bool(self.uploads)
+        return self.net != NONE or bool(self.uploads) or bool(self.drawn)
+
+    @property
+    def drawn(self) -> str:
+        """The path given in place of maps, stripped ("" for none)."""
+        return self.path.strip() if isinstance(self.path, str) else ""
 
 
 def _number(what: str, value: Any, whole: bool = False) -> float:
@@ -210,6 +224,11 @@ class ServedControls:
     # ---------------------------------------------------------------- controls
     def maps_text(self, request: ControlRequest, folder: Path) -> str:
         """The staged maps as the CLI's ``--control`` text (``canny:LOW,HIGH:PATH`` with the detector)."""
+        if request.drawn:
+            if request.uploads:
+                raise UserError("give maps or a path, not both")
+            parse_points(request.drawn)  # one line for a bad path
+            return f"{PATH_SOURCE}:{request.drawn}"
         detector = str(request.detector or NONE)
         if detector not in DETECTOR_CHOICES:
             raise UserError(f"unknown detector {detector!r}; choose one of: {', '.join(DETECTOR_CHOICES)}")
@@ -231,8 +250,8 @@ class ServedControls:
                 if request.net == NONE:
                     raise UserError("choose a ControlNet for the uploaded maps")
                 source = self.source(request.net)
-                if not request.uploads:
-                    raise UserError(f"upload maps for ControlNet {request.net!r}: a video or pictures")
+                if not request.uploads and not request.drawn:
+                    raise UserError(f"upload maps for ControlNet {request.net!r}: a video or pictures, or draw a path")
                 scale = _number("scale", request.scale)
                 steps = (_number("step range start", request.start), _number("step range end", request.end))
                 text = self.maps_text(request, folder / f"control-{i}")

@@ -322,6 +322,8 @@ class Handlers:
         ip_image: dict | None = None,
         ip_scale: float = IP_SCALE,
         ip_image_end: dict | None = None,
+        path: str = "",
+        path_2: str = "",
         request: gr.Request = None,
     ) -> str:
         """Text-to-video for scripts (gradio_client): PROMPT with FRAMES, STEPS, SEED (0 or -1: the form's
@@ -331,12 +333,13 @@ class Handlers:
         START to END; ``..._2`` for a second control. INTERPOLATE (0: off, or 2 to 8) and INTERPOLATE_METHOD
         (empty: the form's) when given stand over settings_json's. Image prompt: IP_ADAPTER by the name the page
         shows, IP_IMAGE an uploaded picture, IP_SCALE, IP_IMAGE_END a picture for the last frame (optional).
+        PATH (PATH_2): ``X0,Y0:X1,Y1[:...]`` in place of MAPS (MAPS_2), as ``--control-path`` draws it.
         A cancelled call (gradio_client's ``job.cancel()``) stops the render at its next step: nothing is written."""
         import json
 
         requests = (
-            ControlRequest(controlnet, maps, detector, low, high, scale, start, end),
-            ControlRequest(controlnet_2, maps_2, detector_2, low_2, high_2, scale_2, start_2, end_2),
+            ControlRequest(controlnet, maps, detector, low, high, scale, start, end, path),
+            ControlRequest(controlnet_2, maps_2, detector_2, low_2, high_2, scale_2, start_2, end_2, path_2),
         )
 
         settings = self.page.settings

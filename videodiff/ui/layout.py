@@ -74,13 +74,24 @@ class ControlForm:
     scale: Any
     start: Any
     end: Any
+    path: Any  # a path drawn as points, in place of maps
     show: Any  # the "Show maps" button
     shown: Any  # the maps it shows
 
     @property
     def inputs(self) -> list[Any]:
         """What a render and the preview read of this control, in ControlRequest's order."""
-        return [self.controlnet, self.files, self.detector, self.low, self.high, self.scale, self.start, self.end]
+        return [
+            self.controlnet,
+            self.files,
+            self.detector,
+            self.low,
+            self.high,
+            self.scale,
+            self.start,
+            self.end,
+            self.path,
+        ]
 
 
 def _control_form(gr: Any, number: int, choices: list[str]) -> ControlForm:
@@ -107,6 +118,12 @@ def _control_form(gr: Any, number: int, choices: list[str]) -> ControlForm:
             allow_reordering=True,
             elem_id=f"{tag}-maps",
         )
+        path = gr.Textbox(
+            value="",
+            label="Or a path instead of maps: X0,Y0:X1,Y1:... in the video's pixels (a blob moves along it)",
+            placeholder="6,52:20,12:34,52:48,12:58,40",
+            elem_id=f"{tag}-path",
+        )
         show = gr.Button("Show maps", elem_id=f"{tag}-show", size="sm")
         shown = gr.Gallery(
             label="The maps the render reads",
@@ -117,7 +134,7 @@ def _control_form(gr: Any, number: int, choices: list[str]) -> ControlForm:
             allow_preview=True,
             elem_id=f"{tag}-shown",
         )
-    return ControlForm(net, files, detector, low, high, scale, start, end, show, shown)
+    return ControlForm(net, files, detector, low, high, scale, start, end, path, show, shown)
 
 
 @dataclass
