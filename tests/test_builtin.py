@@ -158,19 +158,22 @@ def test_model_shapes_means_the_builtin_model_everywhere():
 
 
 def test_data_shapes_help_example_trains_the_builtin_model(tmp_path, monkeypatch):
-    """The two commands `videodiff data shapes --help` shows run as printed (smaller: 4 clips, 1 step)."""
+    """The commands `videodiff data shapes --help` shows run as printed (smaller: 4 clips, 1 step): motion modules,
+    and a ControlNet on blob maps."""
     import shlex
 
     monkeypatch.chdir(tmp_path)
-    lines = [line.strip() for line in ok(invoke("data", "shapes", "--help")).stdout.splitlines()]
+    text = ok(invoke("data", "shapes", "--help")).stdout.replace("\\\n", " ")  # a command continued on the next line
+    lines = [line.strip() for line in text.splitlines()]
     commands = [shlex.split(line) for line in lines if line.startswith(("videodiff data shapes", "videodiff train"))]
-    assert [c[1] for c in commands] == ["data", "train"] and "--model" not in commands[1]
+    assert [c[1] for c in commands] == ["data", "train", "data", "train"] and "--model" not in commands[1]
     small = {"--count": "4", "--steps": "1"}
     for command in commands:
         args = [small.get(prev, arg) for prev, arg in zip(["", *command[1:]], command[1:])]
         result = ok(invoke(*args))
     assert "built-in shapes model" in result.stderr
     assert (tmp_path / "runs" / "shapes" / "motion_module" / "config.json").is_file()
+    assert (tmp_path / "runs" / "blobs" / "controlnet" / "config.json").is_file()
 
 
 def test_truncation_notice_names_whole_words(builtin_pipe, caplog):

@@ -55,7 +55,7 @@ def data_shapes(
     (no --model: train on top of the built-in shapes model; --model ./sd15 for another)
       videodiff data shapes --out data/blobs --count 2000 --maps --paths
       videodiff train --controlnet --data data/blobs/manifest.jsonl --output runs/blobs --resolution 64 \\
-          --frames 16 --stride 1 --cache-latents
+          --frames 16 --stride 1 --steps 1000 --lr 2e-4 --cache-latents
     """
     from videodiff.shapes import write_dataset
     from videodiff.shapes.blobs import along_training_path
