@@ -152,7 +152,8 @@ def test_a_drawn_path_in_place_of_maps(served, frames):
     name = client.predict(*common, controlnet=NET, path="4,16:36,16", api_name="/render")
     (control,) = json.loads((outputs / (name + ".json")).read_text())["controls"]
     assert control["maps"] == "path:4,16:36,16"
-    for maps, path, message in ((uploads(frames[:8]), "4,16:36,16", "not both"), (None, "4,16", "needs 2 to 1000 points")):
+    bad = ((uploads(frames[:8]), "4,16:36,16", "not both"), (None, "4,16", "needs 2 to 1000 points"))
+    for maps, path, message in bad:
         with pytest.raises(Exception, match=re.escape(message)):
             client.predict(*common, controlnet=NET, maps=maps, path=path, api_name="/render")
     assert scratch_of(app) == []
