@@ -27,7 +27,8 @@ def builtin_pipe():
 
 def test_builtin_model_is_small_fp16_safetensors():
     files = [p for p in models.BUILTIN_MODEL.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= 25 * 1024**2
+    # 20.5 MB of model and 5.7 MB of its ControlNet (docs/guides/builtin-model.md): small enough to ship in the wheel
+    assert sum(p.stat().st_size for p in files) <= 30 * 1024**2
     weights = [p for p in files if p.suffix not in (".json", ".txt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
     for path in weights:
