@@ -5,10 +5,13 @@ Each check runs in a fresh interpreter: what a process has imported cannot be un
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import imageio.v3 as iio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +90,51 @@ def test_the_cli_renders_the_same_bytes_with_and_without_deferral(tmp_path):
         assert done.returncode == 0, done.stderr
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+EXIT_SCRIPT = """
+import atexit, os, sys
+record = sys.argv[1]
+real_exit = os._exit
+def spy(code):
+    with open(record, "a") as f:
+        f.write(f"os._exit {code}\\n")
+    real_exit(code)
+os._exit = spy
+def handler():
+    with open(record, "a") as f:
+        f.write("atexit\\n")
+atexit.register(handler)
+sys.argv = ["videodiff", *sys.argv[2:]]
+from videodiff.cli import run
+run()
+"""
+
+
+def run_cli(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    record = tmp_path / "record.txt"
+    record.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(record), *args], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    return done, record.read_text().splitlines() if record.exists() else []
+
+
+def test_the_program_ends_without_teardown_after_its_atexit_handlers_and_keeps_its_exit_status(tmp_path, models):
+    args = ["render", "a cat", *models, "--height", "16", "--width", "16", "--frames", "3", "--steps", "2",
+            "--seed", "1", "-o", "x.gif"]
+    done, record = run_cli(tmp_path, *args)
+    assert done.returncode == 0, done.stderr
+    assert record == ["atexit", "os._exit 0"]  # the handlers first, then the quick exit
+    assert done.stdout.strip().endswith("x.gif")  # what was printed is flushed, not lost
+    assert iio.imread(tmp_path / "x.gif", index=None).shape[0] == 3  # the video is whole
+    assert json.loads((tmp_path / "x.gif.json").read_text())["seed"] == 1  # and its sidecar
+    done, record = run_cli(tmp_path, *args)  # refused: x.gif exists
+    assert done.returncode == 2 and record == ["atexit", "os._exit 2"]
+    assert done.stderr.strip().splitlines()[-1].startswith("videodiff: error: ")
+
+
+def test_with_eager_imports_the_program_exits_as_python_does(tmp_path):
+    done, record = run_cli(tmp_path, "--version", VIDEODIFF_EAGER_IMPORTS="1")
+    assert done.returncode == 0 and record == ["atexit"]  # the handlers, no quick exit
+    done, record = run_cli(tmp_path, "--version")
+    assert done.returncode == 0 and record == ["atexit", "os._exit 0"]

@@ -1,3 +1,3 @@
-from videodiff.cli import main
+from videodiff.cli import run
 
-main()
+run()

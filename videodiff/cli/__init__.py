@@ -69,6 +69,7 @@ __all__ = [
     "parse_motion",
     "render",
     "render_one",
+    "run",
     "serve",
     "sigterm_as_interrupt",
     "train",
@@ -93,5 +94,16 @@ def main() -> None:
         sys.exit(EXIT_USER_ERROR)
 
 
+def run() -> None:
+    """The ``videodiff`` program: :func:`main`, then the process ends without the interpreter's teardown
+    (:func:`videodiff.coldstart.exit_now`) once the command has returned. :func:`main` alone (for a
+    caller in its own process) exits through ``SystemExit`` as usual."""
+    try:
+        main()
+    except SystemExit as exc:
+        coldstart.exit_now(exc.code)  # returns only where the usual exit is needed
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -107,6 +107,13 @@ def eval_travel(seeds: tuple[int, ...], keys: tuple[str, ...], frames: int, trav
 @click.option("--model", envvar="VIDEODIFF_MODEL", help="The model (default: the built-in one) [env VIDEODIFF_MODEL].")
 @click.option("--motion-module", help="Other motion modules (e.g. a `videodiff train` run's).")
 @click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Weights and activations: auto is fp16 on a GPU, fp32 on the CPU; bf16 is lossy (see the Benchmarks page).",
+)
+@click.option(
     "--against",
     help="A JSON-lines --out file of an earlier run: list the videos whose colour, shape, direction or "
     "steadiness changed from its first setting.",
@@ -120,6 +127,7 @@ def eval_sweep(
     diff: bool,
     model: str | None,
     motion_module: str | None,
+    dtype: str,
     against: str | None,
 ) -> None:
     """Score the shapes world under several sampling settings, one model load, one line per setting.
@@ -135,6 +143,7 @@ def eval_sweep(
       videodiff eval sweep --combos all --seeds 1 --diff default cache=2 cache=3 cache=5
       videodiff eval sweep --seeds 8 --out base.jsonl default
       videodiff eval sweep --seeds 8 --motion-module run/motion_module --against base.jsonl default
+      videodiff eval sweep --combos all --seeds 2 --dtype bf16 --against base.jsonl default
     """
     from videodiff.log import setup_cli_logging
     from videodiff.media.atomic import check_appendable
@@ -152,6 +161,7 @@ def eval_sweep(
         diff=diff,
         model=model,
         motion_module=motion_module,
+        dtype=dtype,
         against=against,
         echo=click.echo,
     )

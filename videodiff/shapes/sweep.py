@@ -52,12 +52,13 @@ def run_sweep(
     model: str | None = None,
     motion_module: str | None = None,
     against: str | None = None,
+    dtype: str = "auto",
     echo: Callable[[str], Any] = print,
 ) -> list[dict]:
     """Render and score ``combos`` x seeds ``first_seed..first_seed+seeds-1`` per setting; the summaries."""
     from videodiff.pipelines import load_pipeline
 
-    pipe = load_pipeline(model, motion_module)
+    pipe = load_pipeline(model, motion_module, dtype=dtype)
     before = {}
     if against:
         with open(against) as fh:
