@@ -61,17 +61,22 @@ def check_family_features(config: RenderConfig) -> None:
     """What a local model folder's family cannot do yet (:meth:`videodiff.families.Family.require`), from its
     ``unet/config.json`` before anything loads; a hub id, a single file or an unreadable config is checked as it
     loads."""
+    check_family_offers(config.model, controlnets=bool(config.controls), ip_adapters=bool(config.ip_adapters))
+
+
+def check_family_offers(model: str | None, *, controlnets: bool, ip_adapters: bool) -> None:
+    """:func:`check_family_features` for add-ons named apart from one render (``serve --controlnet/--ip-adapter``)."""
     from videodiff import families
     from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
 
-    folder = BUILTIN_MODEL if config.model in (None, BUILTIN_NAME) else Path(config.model).expanduser()
+    folder = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model).expanduser()
     try:
         family = families.of_unet(json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, AttributeError, UserError):
         return
-    if config.controls:
+    if controlnets:
         family.require("ControlNet")
-    if config.ip_adapters:
+    if ip_adapters:
         family.require("IP-Adapter")
 
 

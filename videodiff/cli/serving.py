@@ -112,12 +112,17 @@ def serve(
     require_gradio()
     from videodiff.pipelines import VideoPipeline
     from videodiff.render import resolve_render_config
+    from videodiff.sources import check_family_offers
 
     command_line = {k: v for k, v in given(ctx, ParameterSource.COMMANDLINE).items() if k not in SERVE_OPTIONS}
     environment = {k: v for k, v in given(ctx, ParameterSource.ENVIRONMENT).items() if k not in SERVE_OPTIONS}
     base = resolve_render_config(command_line, None, environment)
+    check_family_offers(base.model, controlnets=bool(served), ip_adapters=bool(adapters))  # a local folder's
     setup_cli_logging(False)
     pipe = VideoPipeline.load(base.load)
+    for feature, offered in (("ControlNet", served), ("IP-Adapter", adapters)):
+        if offered:
+            pipe.family.require(feature)  # a hub id's or a single file's family, known once loaded
     run_serve(
         pipe,
         outputs_path,
