@@ -126,21 +126,11 @@ class ControlNetTrainer(Trainer):
         return F.mse_loss(pred.float(), target.float())
 
     def finish(self) -> None:
-        """Report skipped videos; on the main process, save the ControlNet (the EMA weights when averaged) as
-        ``OUTPUT/controlnet``."""
+        """On the main process, save the ControlNet (:meth:`Trainer.finished_model`) as ``OUTPUT/controlnet``."""
         from videodiff.media.atomic import atomic_dir, user_mode
 
-        self.accelerator.wait_for_everyone()
-        if self.skipped and self.is_main:
-            example = next(iter(self.skipped.items()))
-            notice(f"skipped {len(self.skipped)} unreadable or too-short videos (e.g. {example[0]}: {example[1]})")
-        if not self.is_main:
+        if (net := self.finished_model()) is None:
             return
-        net = self.accelerator.unwrap_model(self.model)
-        if self.ema is not None:
-            with torch.no_grad():
-                for k, p in self.trained_params(net).items():
-                    p.copy_(self.ema.shadow[k].to(p.dtype))
         folder = Path(self.run) / CONTROLNET_FOLDER
         with atomic_dir(folder) as tmp:
             net.save_pretrained(tmp, safe_serialization=True)

@@ -203,8 +203,7 @@ class Trainer:
         for _ in range(2 * max(1, self.sampler.per_epoch) + 1):
             batch = next(self.batches)
             self.position += 1
-            for path, reason in batch["skipped"]:
-                self.skipped[path] = reason
+            self.skipped.update(dict(batch["skipped"]))
             if "latents" in batch or "pixels" in batch:
                 return batch
         raise UserError(
@@ -421,19 +420,25 @@ class Trainer:
             )
         acc.wait_for_everyone()
 
-    def finish(self) -> None:
-        """Report skipped videos; on the main process, save the result (the EMA weights when averaged)."""
+    def finished_model(self) -> torch.nn.Module | None:
+        """Report skipped videos; the trained model with its final (EMA) weights on the main process, else None."""
         self.accelerator.wait_for_everyone()
         if self.skipped and self.is_main:
             example = next(iter(self.skipped.items()))
             notice(f"skipped {len(self.skipped)} unreadable or too-short videos (e.g. {example[0]}: {example[1]})")
         if not self.is_main:
-            return
-        unet = self.accelerator.unwrap_model(self.model)
+            return None
+        model = self.accelerator.unwrap_model(self.model)
         if self.ema is not None:  # the averaged weights are the result
             with torch.no_grad():
-                for k, p in self.trained_params(unet).items():
+                for k, p in self.trained_params(model).items():
                     p.copy_(self.ema.shadow[k].to(p.dtype))
+        return model
+
+    def finish(self) -> None:
+        """Save the result on the main process (:meth:`finished_model`)."""
+        if (unet := self.finished_model()) is None:
+            return
         folder = save_trained(
             unet, self.run, self.config.trainable, self.trained_params(unet), train_frames=self.config.frames
         )
@@ -481,9 +486,7 @@ class Trainer:
         from videodiff.weights.hub import locate
 
         source = self.parts.sources.get("motion_module", {}).get("id", "")
-        if not source or source.startswith("new "):
-            return None
-        return locate(source, "motion module")
+        return None if not source or source.startswith("new ") else locate(source, "motion module")
 
 
 def train(config: TrainConfig, trainer_class: type[Trainer] = Trainer) -> Path:
@@ -493,6 +496,5 @@ def train(config: TrainConfig, trainer_class: type[Trainer] = Trainer) -> Path:
     try:
         return trainer.train()
     finally:  # closed before an error is printed, so the error is the last line (not a redrawn bar)
-        bar = getattr(trainer, "bar", None)
-        if bar is not None:
+        if (bar := getattr(trainer, "bar", None)) is not None:
             bar.close()
