@@ -85,13 +85,14 @@ def test_bench_long_builtin(one_thread):
 
 @pytest.mark.slow
 def test_bench_cache_builtin(tmp_path, one_thread):
-    """One warm-up and three renders of the built-in model at its 16 steps."""
+    """One warm-up and three renders of the built-in model at its 16 steps, in fp32 and in bf16."""
     out = tmp_path / "cache.json"
-    result = ok(invoke("bench", "cache", "--rounds", "1", "--json", out, "1"))
+    result = ok(invoke("bench", "cache", "--rounds", "1", "--json", out, "--dtype", "bf16", "1"))
     printed = json.loads(result.stdout)
     assert printed == json.loads(out.read_text())
-    assert printed["renders_per_n"] == 3 and len(printed["cache_1"]["all_s"]) == 3
+    assert printed["renders_per_variant"] == 3 and len(printed["cache_1"]["all_s"]) == 3
     assert printed["cache_1"]["speedup"] == 1.0 and printed["cache_1"]["frame_diff_from_first"] == 0.0
+    assert len(printed["dtype_bf16"]["all_s"]) == 3 and printed["dtype_bf16"]["frame_diff_from_first"] > 0  # lossy
 
 
 @pytest.mark.slow

@@ -18,29 +18,36 @@ import numpy as np
 PROMPTS = ("a red circle moving right", "a blue square moving up", "a green triangle moving left")
 
 
-def run_cache_bench(every: Sequence[int], rounds: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Time every N in ``every`` (1: uncached) on the built-in model; the results as a dict."""
+def run_cache_bench(
+    every: Sequence[int], rounds: int = 3, seed: int = 0, dtypes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Time every N in ``every`` (1: uncached) on the built-in model, and the uncached render in each of
+    ``dtypes`` (e.g. ``bf16``: a second load in that dtype, in the same rotation); the results as a dict."""
     from videodiff.pipelines import load_pipeline
 
     pipe = load_pipeline(device="cpu")
-    pipe(PROMPTS[0], seed=seed)  # warm-up: the first render pays for oneDNN's kernels and the heap
-    seconds: dict[int, list[float]] = {n: [] for n in every}
+    lossy = {dtype: load_pipeline(device="cpu", dtype=dtype) for dtype in dtypes}
+    for each in (pipe, *lossy.values()):  # a warm-up per loaded model: oneDNN's kernels, the heap
+        each(PROMPTS[0], seed=seed)
+    variants: list[tuple[str, Any, dict[str, Any]]] = [(f"cache_{n}", pipe, {"cache": n}) for n in every]
+    variants += [(f"dtype_{dtype}", each, {}) for dtype, each in lossy.items()]
+    seconds: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     frames = {}
     for r in range(rounds):
-        for n in every if r % 2 == 0 else every[::-1]:
+        for label, each, kw in variants if r % 2 == 0 else variants[::-1]:
             for prompt in PROMPTS:
                 start = time.perf_counter()
-                out = pipe(prompt, seed=seed, cache=n).frames
-                seconds[n].append(time.perf_counter() - start)
-                frames[n, prompt] = out
-    base = every[0]
-    results: dict[str, Any] = {"renders_per_n": rounds * len(PROMPTS), "prompts": PROMPTS, "seed": seed}
-    for n in every:
-        median = statistics.median(seconds[n])
-        diff = np.mean([np.abs(frames[n, p].astype(int) - frames[base, p]).mean() for p in PROMPTS])
-        results[f"cache_{n}"] = {
+                out = each(prompt, seed=seed, **kw).frames
+                seconds[label].append(time.perf_counter() - start)
+                frames[label, prompt] = out
+    base = variants[0][0]
+    results: dict[str, Any] = {"renders_per_variant": rounds * len(PROMPTS), "prompts": PROMPTS, "seed": seed}
+    for label, _, _ in variants:
+        median = statistics.median(seconds[label])
+        diff = np.mean([np.abs(frames[label, p].astype(int) - frames[base, p]).mean() for p in PROMPTS])
+        results[label] = {
             "median_s": round(median, 3),
-            "all_s": [round(s, 2) for s in seconds[n]],
+            "all_s": [round(s, 2) for s in seconds[label]],
             "speedup": round(statistics.median(seconds[base]) / median, 3),
             "frame_diff_from_first": round(float(diff), 2),
         }

@@ -173,8 +173,17 @@ def bench_diffusers(
 @click.argument("every", type=int, nargs=-1, required=True)
 @click.option("--rounds", type=int, default=3, show_default=True, help="Rounds of every prompt at every N.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--dtype",
+    "dtypes",
+    type=click.Choice(["bf16", "fp16"]),
+    multiple=True,
+    help="Also time the uncached render with the model loaded in this dtype (lossy; repeatable).",
+)
 @JSON_OPTION
-def bench_cache(every: tuple[int, ...], rounds: int, seed: int, json_path: Path | None) -> None:
+def bench_cache(
+    every: tuple[int, ...], rounds: int, seed: int, dtypes: tuple[str, ...], json_path: Path | None
+) -> None:
     """Feature caching (--cache N) on the built-in model: render seconds per N, interleaved in one process.
 
     EVERY are the Ns to time (1: uncached; the first is the baseline). One model load and one warm-up
@@ -185,12 +194,13 @@ def bench_cache(every: tuple[int, ...], rounds: int, seed: int, json_path: Path 
     \b
     Example:
       videodiff bench cache --rounds 3 1 2 3 5
+      videodiff bench cache --rounds 3 --dtype bf16 1 2
     """
     import json
 
     from videodiff.bench.feature_cache import run_cache_bench
 
-    results = run_cache_bench(list(every), rounds=rounds, seed=seed)
+    results = run_cache_bench(list(every), rounds=rounds, seed=seed, dtypes=dtypes)
     click.echo(json.dumps(results, indent=2))
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
