@@ -130,3 +130,30 @@ def test_an_sdxl_module_on_an_sd15_model_is_refused_in_one_line(tmp_path, tiny_m
     save_file(tensors, str(path))
     message = assert_user_error(invoke("render", "a cat", "--model", tiny_model, "--motion-module", path, "-q"))
     assert "the motion modules are for SDXL (3 blocks), but the image model is SD1.5" in message
+
+
+def test_a_hotshot_xl_module_renders_at_the_size_and_length_it_was_trained_at(tmp_path, tiny_sdxl_model):
+    """Hotshot-XL's defaults (512x512, 8 frames at 8 fps, its README) stand in for SDXL's 1024 and 16 frames;
+    a diffusers SDXL adapter keeps the family's; what the user asks for wins."""
+    from safetensors.torch import save_file
+
+    from videodiff import load_pipeline
+    from videodiff.render import resolve_render_config
+    from videodiff.tiny_sdxl import build_tiny_sdxl_motion_adapter
+
+    tensors, _ = written("hotshot", 24, pe_name="positional_encoding", pe=hotshot_table)
+    path = tmp_path / "hsxl_temporal_layers.safetensors"
+    save_file(tensors, str(path))
+    pipe = load_pipeline(str(tiny_sdxl_model), str(path), device="cpu")  # the Python API
+    assert pipe.default_size() == (512, 512) and pipe.settings("a cat").frames == 8
+    assert pipe.settings("a cat", num_frames=4).frames == 4
+    adapter = str(build_tiny_sdxl_motion_adapter(tmp_path / "ad"))
+    other = load_pipeline(str(tiny_sdxl_model), adapter, device="cpu")
+    assert other.default_size() != (512, 512) and other.settings("a cat").frames == 16
+    config = resolve_render_config({"prompt": "a cat", "model": str(tiny_sdxl_model), "motion_module": str(path)})
+    assert (config.height, config.width, config.frames, config.fps) == (512, 512, 8, 8)  # the command line
+    config = resolve_render_config({"prompt": "a cat", "model": str(tiny_sdxl_model), "motion_module": str(path),
+                                    "frames": 12, "fps": 10})  # fmt: skip
+    assert (config.frames, config.fps) == (12, 10)
+    config = resolve_render_config({"prompt": "a cat", "model": str(tiny_sdxl_model), "motion_module": adapter})
+    assert config.frames == 16 and config.height != 512

@@ -42,6 +42,7 @@ from videodiff.settings.control import control_record, flags_to_controls, parse_
 from videodiff.settings.ip_adapter import flags_to_image_prompts, parse_image_prompts
 from videodiff.sources import check_inputs, control_source, input_paths
 from videodiff.weights.hub import package_versions, read_model_defaults
+from videodiff.weights.motion_headers import trained_at
 
 if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
     from videodiff.pipelines import VideoPipeline, VideoResult
@@ -73,7 +74,8 @@ def resolve_render_config(
     environment = environment or {}
     model = command_line.get("model") or from_file.get("model") or environment.get("model")
     motion = command_line.get("motion_module") or from_file.get("motion_module") or environment.get("motion_module")
-    config = resolve(read_model_defaults(model, motion), derived or {}, environment, from_file, command_line)
+    recorded = {**trained_at(motion), **read_model_defaults(model, motion)}  # a model's own videodiff.json wins
+    config = resolve(recorded, derived or {}, environment, from_file, command_line)
     factor = config.interpolate or 1
     if command_line.get("fps") is not None and factor > 1:  # --fps names the written rate: the frames play at 1/N
         config = replace(config, fps=config.fps / factor)

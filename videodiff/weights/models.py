@@ -43,6 +43,7 @@ from videodiff.weights.motion_formats import (
     load_any_motion_module,
     motion_lora_deltas,
 )
+from videodiff.weights.motion_headers import TRAINED_AT
 from videodiff.weights.single_file import load_single_file, load_vae_file
 
 
@@ -255,8 +256,13 @@ def load_model_parts(
         c["unet"],
         motion,
         c["scheduler_config"],
-        # a few-step motion module's recorded steps, scheduler... win over the image model's
-        {**(read_model_defaults(str(root)) if root.is_dir() else {}), **motion_module_defaults(given_motion)},
+        # a few-step motion module's recorded steps, scheduler... win over the image model's, and both over the
+        # size and length the motion module was trained at
+        {
+            **TRAINED_AT.get(sources["motion_module"].get("version", ""), {}),
+            **(read_model_defaults(str(root)) if root.is_dir() else {}),
+            **motion_module_defaults(given_motion),
+        },
         sources,
         norm_over_frames,
         triggers,

@@ -460,3 +460,21 @@ def describe_motion_module(path: str | Path) -> dict[str, Any]:
     if det.assumed:
         result["note"] = "no positional encodings: v1 and v3 look alike; v3 assumed"
     return result
+
+
+#: render defaults of motion modules trained at another size or length than their family's default: Hotshot-XL
+#: "was trained at various aspect ratios around 512x512 resolution" to make "1 second GIFs at 8 FPS" (its README)
+TRAINED_AT: dict[str, dict[str, int]] = {"hotshot-xl": {"height": 512, "width": 512, "frames": 8, "fps": 8}}
+
+
+def trained_at(motion_module: str | None) -> dict[str, int]:
+    """The render defaults :data:`TRAINED_AT` gives a local ``.safetensors`` motion module, from its header
+    (``{}`` otherwise: folders, hub ids and pickles get them once loaded, in ``ModelParts.defaults``)."""
+    path = Path(motion_module).expanduser() if motion_module else None
+    if path is None or path.suffix.lower() != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        return dict(TRAINED_AT.get(describe_motion_module(path)["version"], {}))
+    except UserError:  # loading says what is wrong with it
+        return {}
+
