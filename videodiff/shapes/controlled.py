@@ -153,15 +153,19 @@ def ground_truth(video: Video) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score(
-    videos: list[Video], render: Callable[[Video], np.ndarray], label: str, floors: dict | None = None, stage=None
+    truths: dict[Video, tuple[np.ndarray, np.ndarray]],
+    render: Callable[[Video], np.ndarray],
+    label: str,
+    floors: dict | None = None,
+    stage=None,
 ) -> tuple[ControlledReport, dict]:
-    """``render(video) -> frames`` scored on each video; returns the report and each video's per-frame errors."""
+    """``render(video) -> frames`` scored on each video of ``truths`` (:func:`ground_truth` of each, drawn once);
+    returns the report and each video's per-frame errors."""
     from videodiff.log import Progress
 
     report, errors, start = ControlledReport(label), {}, time.perf_counter()
-    with Progress(stage or f"scoring {label}", len(videos)) as shown:
-        for video in videos:
-            _, maps = ground_truth(video)
+    with Progress(stage or f"scoring {label}", len(truths)) as shown:
+        for video, (_, maps) in truths.items():
             error, found = frame_errors(render(video), map_centroids(maps))
             report.add(video, error, found, None if floors is None else floors[video])
             errors[video] = error
@@ -197,10 +201,11 @@ def run_controlled_eval(
     videos = controlled_videos(seeds)
     results: dict[str, Any] = {"settings": {"seeds": list(range(seeds)), "paths": list(HELDOUT_PATHS)}}
 
-    truth, _ = score(videos, lambda v: ground_truth(v)[0], "ground truth along the paths")
+    truths = {video: ground_truth(video) for video in videos}
+    truth, _ = score(truths, lambda v: truths[v][0], "ground truth along the paths")
     echo(truth.table() + "\n")
     results["ground_truth"] = truth.to_dict()
-    trip, floors = score(videos, lambda v: vae_roundtrip(pipe, ground_truth(v)[0]), "ground truth after the VAE")
+    trip, floors = score(truths, lambda v: vae_roundtrip(pipe, truths[v][0]), "ground truth after the VAE")
     echo(trip.table() + "\n")
     results["ground_truth_vae"] = trip.to_dict()
 
@@ -219,7 +224,7 @@ def run_controlled_eval(
         return result.frames
 
     label = f"model {name} controlled"
-    model, _ = score(videos, render, label, floors, stage=f"rendering and scoring {name} controlled")
+    model, _ = score(truths, render, label, floors, stage=f"rendering and scoring {name} controlled")
     results["settings"]["model"] = {"model": name, "controlnet": controlnet, **settings}
     results["model"] = model.to_dict()
     echo(model.table())
