@@ -276,3 +276,16 @@ def test_a_missing_or_renamed_key_fails_strictly_in_one_line(sgm, tiny_sdxl_moti
         line = assert_user_error(invoke("render", "a cat", "--model", path, "--motion-module", tiny_sdxl_motion,
                                         "-o", tmp_path / "out.gif", "-q"))  # fmt: skip
         assert line.startswith(f"{path}: keys do not match the model") and not (tmp_path / "out.gif").exists()
+
+
+def test_sdxl_assets_ship_settings_and_reuse_the_sd15_vocabulary():
+    from videodiff.weights.ldm_layout import ASSETS, SDXL_ASSETS
+
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert (SDXL_ASSETS / name / "config.json").is_file(), name
+    assert (SDXL_ASSETS / "scheduler" / "scheduler_config.json").is_file()
+    for name in ("tokenizer", "tokenizer_2"):  # settings only: the BPE files are sd15's, not a second copy
+        assert (SDXL_ASSETS / name / "tokenizer_config.json").is_file()
+        assert not (SDXL_ASSETS / name / "vocab.json").exists() and not (SDXL_ASSETS / name / "merges.txt").exists()
+    assert shipped_tokenizer("tokenizer", "sdxl").get_vocab() == shipped_tokenizer().get_vocab()
+    assert (ASSETS / "tokenizer" / "vocab.json").is_file()

@@ -28,7 +28,7 @@ SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."  # OpenCLIP ViT-bigG (O
 REFINER_PREFIX = "conditioner.embedders.0.model."  # the SDXL refiner: OpenCLIP only, no CLIP ViT-L
 EMA_PREFIX = "model_ema."
 
-NOT_SD15 = "not an SD1.5-family checkpoint; videodiff supports Stable Diffusion 1.x models only"
+NOT_SD15 = "not an SD1.5-family checkpoint; videodiff supports Stable Diffusion 1.x and SDXL models"
 
 Shapes = Mapping[str, Sequence[int]]
 
