@@ -289,3 +289,28 @@ def test_sdxl_assets_ship_settings_and_reuse_the_sd15_vocabulary():
         assert not (SDXL_ASSETS / name / "vocab.json").exists() and not (SDXL_ASSETS / name / "merges.txt").exists()
     assert shipped_tokenizer("tokenizer", "sdxl").get_vocab() == shipped_tokenizer().get_vocab()
     assert (ASSETS / "tokenizer" / "vocab.json").is_file()
+
+
+def test_ema_weights_are_used_when_present(sgm, originals, tmp_path):
+    state = dict(sgm)
+    for key, tensor in sgm.items():
+        if key.startswith(UNET):
+            state["model_ema." + "".join(key.split(".")[1:])] = tensor + 0.01
+    parts = load_single_file(_save(state, tmp_path / "ema.safetensors"))
+    torch.testing.assert_close(parts["unet"].conv_in.weight, originals["unet"].conv_in.weight + 0.01)
+    torch.testing.assert_close(
+        parts["unet"].add_embedding.linear_2.bias, originals["unet"].add_embedding.linear_2.bias + 0.01
+    )
+
+
+def test_an_ldm_vae_file_for_an_sdxl_model_takes_the_sdxl_vae_settings(xl_file, tiny_sdxl_motion, sgm, tmp_path):
+    """``--vae`` with an LDM-layout VAE file (no config of its own) on an SDXL model: SDXL's scaling factor and
+    ``force_upcast``, not SD1.5's."""
+    from videodiff.weights.models import load_model_parts
+
+    vae = _save(
+        {k.removeprefix(VAE): v for k, v in sgm.items() if k.startswith(VAE)}, tmp_path / "sdxl_vae.safetensors"
+    )
+    parts = load_model_parts(str(xl_file), str(tiny_sdxl_motion), vae=str(vae))
+    assert parts.family.name == "sdxl" and parts.text_encoder_2 is not None
+    assert (parts.vae.config.scaling_factor, parts.vae.config.force_upcast) == (0.13025, True)

@@ -194,7 +194,7 @@ def load_model_parts(
     root, c = _load_image_model(model)
     sources: dict[str, Any] = {"model": {"id": model, "sha256": fingerprint(root)}}
     if vae:
-        c["vae"] = load_vae_file(vae)
+        c["vae"] = load_vae_file(vae, family=families.of_unet(c["unet"].config).name)
         sources["vae"] = {"id": vae, "sha256": fingerprint(vae)}
     own = root / OWN_MOTION_FOLDER if root.is_dir() else None
     norm_over_frames, motion_prior = False, None

@@ -177,10 +177,10 @@ def load_single_file(path: str | Path, *, dtype: torch.dtype = torch.float32) ->
 # Standalone VAEs (--vae)
 
 
-def _diffusers_vae_config(folder: Path, state: Shapes, source: str) -> dict[str, Any]:
+def _diffusers_vae_config(folder: Path, state: Shapes, source: str, family: str) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
-        return vae_config(state, source)
+        return vae_config(state, source, family)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -190,13 +190,14 @@ def _diffusers_vae_config(folder: Path, state: Shapes, source: str) -> dict[str,
     return config
 
 
-def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
+def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32, family: str = "sd15"):
     """An ``AutoencoderKL`` from ``--vae PATH``, with no network access.
 
     ``PATH`` is an LDM-layout VAE file (``encoder.*``, ``decoder.*``, ``quant_conv.*``, maybe under
-    ``first_stage_model.``; a full SD1.5 checkpoint gives its own VAE), a diffusers-layout VAE
+    ``first_stage_model.``; a full SD1.5 or SDXL checkpoint gives its own VAE), a diffusers-layout VAE
     weights file (its ``config.json`` beside it is used where present, else the config is inferred),
-    or a diffusers VAE folder (or a model folder with ``vae/`` inside).
+    or a diffusers VAE folder (or a model folder with ``vae/`` inside). An inferred config starts from
+    ``family``'s (``sdxl``: scaling factor 0.13025 and ``force_upcast``, for the model it will decode for).
     """
     from diffusers import AutoencoderKL
 
@@ -213,10 +214,11 @@ def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
     source = str(path)
     state = _read(path)
     if vae_prefix(state.keys()) is not None:
-        config, converted = convert_vae(state, source)
+        config, converted = convert_vae(state, source, family)
     elif is_diffusers_vae(state.keys()):
         converted = modern_vae_keys(state)
-        config = _diffusers_vae_config(path.parent, {k: tuple(v.shape) for k, v in converted.items()}, source)
+        shapes = {k: tuple(v.shape) for k, v in converted.items()}
+        config = _diffusers_vae_config(path.parent, shapes, source, family)
     else:
         kind, description = classify({k: tuple(v.shape) for k, v in state.items()})
         raise UserError(f"{source}: not a VAE ({description})")
