@@ -314,3 +314,24 @@ def test_an_ldm_vae_file_for_an_sdxl_model_takes_the_sdxl_vae_settings(xl_file, 
     parts = load_model_parts(str(xl_file), str(tiny_sdxl_motion), vae=str(vae))
     assert parts.family.name == "sdxl" and parts.text_encoder_2 is not None
     assert (parts.vae.config.scaling_factor, parts.vae.config.force_upcast) == (0.13025, True)
+
+
+def test_the_memory_estimate_reads_an_sdxl_single_file_as_the_model_it_loads(xl_file, tiny_sdxl_motion, tmp_path):
+    """Before torch loads, the header and the shipped configs give the estimate what the loaded models' configs
+    give it in a folder (first attention level, widths, heads, the model's own size), not SD1.5's figures."""
+    from dataclasses import replace
+
+    from videodiff.config import RenderConfig
+    from videodiff.heap import Architecture
+    from videodiff.render import model_architecture
+
+    from_file = model_architecture(RenderConfig(model=str(xl_file), motion_module=str(tiny_sdxl_motion)))
+    parts = load_single_file(xl_file)
+    folder = tmp_path / "configs-only"
+    for name in ("unet", "vae"):
+        parts[name].save_config(folder / name)
+    from_folder = model_architecture(RenderConfig(model=str(folder), motion_module=str(tiny_sdxl_motion)))
+    assert replace(from_file, parameters=0) == replace(from_folder, parameters=0)
+    assert (from_file.attention_level, from_file.unet_width, from_file.size) == (1, 32, 256)  # 128 latents x 2
+    assert from_file != replace(Architecture(), parameters=from_file.parameters, motion_heads=from_file.motion_heads)
+    assert from_file.parameters > from_folder.parameters  # the file's own tensors, counted from its header

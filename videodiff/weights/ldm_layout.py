@@ -151,6 +151,11 @@ def _set(config: dict[str, Any], key: str, value: Any, default: Any = None) -> N
         config[key] = value
 
 
+def sdxl_heads(width: int) -> int:
+    """SDXL's attention heads at ``width`` channels: 64 wide (5, 10, 20 heads for 320, 640, 1280), else 8 wide."""
+    return width // 64 if width % 64 == 0 else max(1, width // 8)
+
+
 def unet_config(unet: Shapes, source: str, family: str = "sd15") -> dict[str, Any]:
     """The U-Net config: SD1.5's (or SDXL base's), with what the tensor shapes determine put in.
 
@@ -196,7 +201,7 @@ def unet_config(unet: Shapes, source: str, family: str = "sd15") -> dict[str, An
     depths = [len(indices(unet, rf"down_blocks\.{b}\.attentions\.0\.transformer_blocks\.(\d+)\.")) for b in levels]
     if family == "sdxl":
         config["transformer_layers_per_block"] = [max(1, d) for d in depths]  # one per level, attention or not
-        config["attention_head_dim"] = [c // 64 if c % 64 == 0 else max(1, c // 8) for c in channels]
+        config["attention_head_dim"] = [sdxl_heads(c) for c in channels]
         if "add_embedding.linear_1.weight" in unet:
             config["projection_class_embeddings_input_dim"] = int(unet["add_embedding.linear_1.weight"][1])
     depths = [d for d in depths if d]
@@ -256,3 +261,47 @@ def text_config(text: Shapes, source: str, part: str = "text_encoder", family: s
     elif hidden != shipped_width:
         config["projection_dim"] = hidden
     return config
+
+
+# ---------------------------------------------------------------------------------------------
+# The memory estimate of a single file (its header: no tensor read)
+
+
+def sdxl_file_architecture(path: Path):
+    """What :func:`videodiff.heap.estimate` reads of an SDXL single ``.safetensors`` file, from its header and the
+    shipped SDXL configs (what :func:`videodiff.weights.single_file.load_single_file` will build), with
+    ``parameters`` left at 0 for the caller; ``None`` for any other file or one whose header cannot be read."""
+    from videodiff.heap import Architecture
+    from videodiff.weights.safetensors_header import read_header
+
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        shapes = read_header(path).shapes
+    except UserError:
+        return None
+    if classify(shapes)[0] != "sdxl" or not any(k.startswith(SDXL_CLIP_PREFIX) for k in shapes):
+        return None
+    unet, vae = strip_prefix(shapes, UNET_PREFIX), strip_prefix(shapes, VAE_PREFIXES[0])
+    try:
+        levels, per_block = unet_layout(unet, str(path))
+        first = [1 + level * (per_block + 1) for level in range(levels)]  # each level's first input block
+        channels = [int(unet[f"input_blocks.{i}.0.out_layers.3.weight"][0]) for i in first]
+        vae_levels = indices(vae, r"encoder\.down\.(\d+)\.")
+        vae_channels = [int(vae[f"encoder.down.{i}.block.0.conv2.weight"][0]) for i in vae_levels]
+    except (UserError, KeyError, IndexError, TypeError, ValueError):
+        return None
+    if not vae_channels:
+        return None
+    level = next((n for n, i in enumerate(first) if any(k.startswith(f"input_blocks.{i}.1.") for k in unet)), None)
+    scale = 2 ** (len(vae_channels) - 1)
+    return Architecture(
+        vae_scale=scale,
+        vae_width=vae_channels[min(1, len(vae_channels) - 1)],
+        vae_tile=int(shipped_config("vae", "sdxl")["sample_size"]),
+        unet_width=channels[0],
+        attention_level=level,
+        attention_heads=sdxl_heads(channels[level]) if level is not None else 8,
+        parameters=0,
+        size=int(shipped_config("unet", "sdxl")["sample_size"]) * scale,
+    )
