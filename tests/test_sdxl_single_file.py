@@ -335,3 +335,29 @@ def test_the_memory_estimate_reads_an_sdxl_single_file_as_the_model_it_loads(xl_
     assert (from_file.attention_level, from_file.unet_width, from_file.size) == (1, 32, 256)  # 128 latents x 2
     assert from_file != replace(Architecture(), parameters=from_file.parameters, motion_heads=from_file.motion_heads)
     assert from_file.parameters > from_folder.parameters  # the file's own tensors, counted from its header
+
+
+@pytest.mark.parametrize(
+    ("args", "feature"),
+    [
+        (("--controlnet", "NET", "--control", "PIC"), "ControlNet"),
+        (("--ip-adapter", "NET", "--ip-image", "PIC"), "IP-Adapter"),
+    ],
+)
+def test_sd15_add_ons_on_an_sdxl_single_file_are_refused_before_it_loads(
+    xl_file, tiny_sdxl_motion, tmp_path, monkeypatch, args, feature
+):
+    from videodiff.pipelines import VideoPipeline
+
+    def load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(VideoPipeline, "load", load)
+    Image.new("RGB", (32, 32)).save(tmp_path / "pic.png")
+    (tmp_path / "net").mkdir()
+    given = [str(tmp_path / "net") if a == "NET" else str(tmp_path / "pic.png") if a == "PIC" else a for a in args]
+    command = ["render", "a cat", "--model", xl_file, "--motion-module", tiny_sdxl_motion, *given, "-q"]
+    assert (
+        assert_user_error(invoke(*command, "-o", tmp_path / "x.gif"))
+        == f"{feature} is not supported for SDXL models yet"
+    )
