@@ -18,6 +18,8 @@ CLIP = "cond_stage_model.transformer."
 _UNET_TOP = {
     "time_embedding.linear_1": "time_embed.0",
     "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's added projection (pooled text and size ids)
+    "add_embedding.linear_2": "label_emb.0.2",
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
@@ -128,4 +130,62 @@ def to_ldm(unet, vae, text_encoder, *, with_text_model: bool = True) -> dict[str
         **unet_to_ldm(u, per_block),
         **vae_to_ldm(v),
         **text_to_ldm(t, with_text_model),
+    }
+
+
+# --- SDXL (original SGM layout) ----------------------------------------------------------------------------------
+
+CLIP_L = "conditioner.embedders.0.transformer."  # CLIP ViT-L, transformers names under text_model.
+OPEN_CLIP = "conditioner.embedders.1.model."  # OpenCLIP ViT-bigG, OpenCLIP names
+_OPEN_CLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
+
+
+def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = OPEN_CLIP) -> dict[str, torch.Tensor]:
+    """A ``CLIPTextModelWithProjection`` state dict in OpenCLIP naming: q, k, v fused into ``in_proj`` (in that
+    order), the embeddings, final norm and projection (OpenCLIP's is ``width x projection``: the transpose)."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        key = key.removeprefix("text_model.")
+        if key == "embeddings.token_embedding.weight":
+            out[prefix + "token_embedding.weight"] = tensor
+        elif key == "embeddings.position_embedding.weight":
+            out[prefix + "positional_embedding"] = tensor
+        elif key.startswith("final_layer_norm."):
+            out[prefix + "ln_final." + key.rpartition(".")[2]] = tensor
+        elif key == "text_projection.weight":
+            out[prefix + "text_projection"] = tensor.T.contiguous()
+        elif key == "embeddings.position_ids":
+            continue
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", key):
+            fused.setdefault(f"{m[1]}.{m[3]}", {})[m[2]] = tensor
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", key):
+            out[f"{prefix}transformer.resblocks.{m[1]}.{_rename_first(m[2], _OPEN_CLIP_LAYER)}"] = tensor
+        else:
+            raise KeyError(key)
+    for name, qkv in fused.items():
+        layer, param = name.split(".")
+        out[f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{param}"] = torch.cat([qkv[c] for c in "qkv"])
+    return out
+
+
+def sdxl_to_ldm(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """A whole SDXL single-file state dict (SGM layout) from diffusers/transformers models (or state dicts)."""
+
+    def sd(m):
+        return m if isinstance(m, dict) else m.state_dict()
+
+    u = sd(unet)
+    per_block = len({k.split(".")[3] for k in u if k.startswith("down_blocks.0.resnets.")})
+    return {
+        **unet_to_ldm(u, per_block),
+        **vae_to_ldm(sd(vae)),
+        **text_to_ldm(sd(text_encoder), prefix=CLIP_L),
+        **open_clip_to_ldm(sd(text_encoder_2)),
     }

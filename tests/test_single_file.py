@@ -255,12 +255,13 @@ def test_vae_file_errors(single, ldm, tmp_path):
 # --- refusing what is not SD1.5, or not readable --------------------------------------------------------------------
 
 
-def test_sdxl_and_sd2_files_are_refused(ldm, tmp_path):
+def test_sdxl_refiner_and_sd2_files_are_refused(ldm, tmp_path):
+    """(SDXL base single files load: tests/test_sdxl_single_file.py.)"""
     sdxl = {
-        "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_proj.bias": torch.zeros(4),
+        "conditioner.embedders.0.model.transformer.resblocks.0.mlp.c_proj.bias": torch.zeros(4),
         "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3),
     }
-    with pytest.raises(UserError, match="SDXL single files are not supported yet: use a diffusers folder") as info:
+    with pytest.raises(UserError, match="SDXL refiner checkpoint.*not supported: use an SDXL base model") as info:
         load_single_file(_save(sdxl, tmp_path / "xl.safetensors"))
     assert "\n" not in str(info.value)
     sd2 = {k: v for k, v in ldm.items() if not k.startswith(CLIP)}
@@ -284,7 +285,7 @@ def test_inpainting_and_mismatched_files_are_refused(ldm, tmp_path):
         load_single_file(path)
     assert "\n" not in str(info.value)
 
-    with pytest.raises(UserError, match="not an SD1.5 single-file checkpoint"):
+    with pytest.raises(UserError, match="not an SD1.5 or SDXL single-file checkpoint"):
         load_single_file(_save({"foo.weight": torch.zeros(2)}, tmp_path / "other.safetensors"))
 
 

@@ -42,6 +42,7 @@ from videodiff.settings.control import control_record, flags_to_controls, parse_
 from videodiff.settings.ip_adapter import flags_to_image_prompts, parse_image_prompts
 from videodiff.sources import check_inputs, control_source, input_paths
 from videodiff.weights.hub import package_versions, read_model_defaults
+from videodiff.weights.ldm_layout import sdxl_file_architecture
 from videodiff.weights.motion_headers import trained_at
 
 if TYPE_CHECKING:  # torch loads only when there is something to render (every check runs before it)
@@ -163,7 +164,8 @@ def check_render(config: RenderConfig, pipe: VideoPipeline | None = None) -> tup
 def model_architecture(config: RenderConfig) -> Architecture:
     """What :func:`videodiff.heap.estimate` needs of the model and motion modules ``config`` names, read from their
     config files and safetensors headers (no torch, no download); SD1.5's figures where a model is not a local
-    folder (a hub id, a single file) or its files cannot be read (loading reports those)."""
+    folder or SDXL single file (a hub id, an SD1.5 single file) or its files cannot be read (loading reports
+    those)."""
     model, motion = _local_paths(config)
     defaults = Architecture()
     motion_config = _small_json(motion / "config.json") if motion.is_dir() else {}
@@ -171,7 +173,8 @@ def model_architecture(config: RenderConfig) -> Architecture:
     motion_params = _parameters(motion) if motion.exists() else _SD15_MOTION_PARAMETERS
     if not model.is_dir():
         params = _parameters(model) if model.is_file() else defaults.parameters - _SD15_MOTION_PARAMETERS
-        return replace(defaults, parameters=params + motion_params, motion_heads=_first_int(motion_heads, 8))
+        own = sdxl_file_architecture(model) if model.is_file() else None  # SD1.5's figures fit SD1.5 files
+        return replace(own or defaults, parameters=params + motion_params, motion_heads=_first_int(motion_heads, 8))
     unet, vae = _small_json(model / "unet" / "config.json"), _small_json(model / "vae" / "config.json")
     try:
         vae_channels = [int(c) for c in vae.get("block_out_channels", (128, 256, 512, 512))]

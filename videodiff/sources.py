@@ -59,8 +59,8 @@ def check_inputs(config: RenderConfig) -> None:
 
 def check_family_features(config: RenderConfig) -> None:
     """What a local model folder's family cannot do yet (:meth:`videodiff.families.Family.require`), from its
-    ``unet/config.json`` before anything loads; a hub id, a single file or an unreadable config is checked as it
-    loads."""
+    ``unet/config.json`` (an SDXL single ``.safetensors`` file: from its header) before anything loads; a hub id,
+    another single file or an unreadable config is checked as it loads."""
     check_family_offers(config.model, controlnets=bool(config.controls), ip_adapters=bool(config.ip_adapters))
 
 
@@ -68,10 +68,16 @@ def check_family_offers(model: str | None, *, controlnets: bool, ip_adapters: bo
     """:func:`check_family_features` for add-ons named apart from one render (``serve --controlnet/--ip-adapter``)."""
     from videodiff import families
     from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
+    from videodiff.weights.ldm_layout import sdxl_file_architecture
 
     folder = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model).expanduser()
     try:
-        family = families.of_unet(json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")))
+        if folder.is_file():
+            if sdxl_file_architecture(folder) is None:
+                return
+            family = families.SDXL
+        else:
+            family = families.of_unet(json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, AttributeError, UserError):
         return
     if controlnets:

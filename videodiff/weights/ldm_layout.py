@@ -2,7 +2,7 @@
 (SD1.5, SD2.x, SDXL, a standalone VAE) and each model's config (SD1.5's shipped config, changed where the
 shapes say otherwise). Works on shapes alone, so it imports no torch.
 
-Also the shipped SD1.5 configs and CLIP tokenizer (``videodiff/assets/sd15``).
+Also the shipped SD1.5 and SDXL configs and CLIP tokenizers (``videodiff/assets/sd15``, ``videodiff/assets/sdxl``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ from typing import Any
 from videodiff.errors import UserError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "sd15"
+SDXL_ASSETS = ASSETS.parent / "sdxl"  # its tokenizers read sd15's BPE files (the same CLIP vocabulary)
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 CLIP_PREFIX = "cond_stage_model.transformer."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD2.x (OpenCLIP ViT-H text encoder)
 SDXL_PREFIX = "conditioner.embedders."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # CLIP ViT-L (transformers names)
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."  # OpenCLIP ViT-bigG (OpenCLIP names)
+REFINER_PREFIX = "conditioner.embedders.0.model."  # the SDXL refiner: OpenCLIP only, no CLIP ViT-L
 EMA_PREFIX = "model_ema."
 
-NOT_SD15 = "not an SD1.5-family checkpoint; videodiff supports Stable Diffusion 1.x models only"
+NOT_SD15 = "not an SD1.5-family checkpoint; videodiff supports Stable Diffusion 1.x and SDXL models"
 
 Shapes = Mapping[str, Sequence[int]]
 
@@ -33,17 +37,27 @@ Shapes = Mapping[str, Sequence[int]]
 # Shipped configs
 
 
-def shipped_config(part: str) -> dict[str, Any]:
-    """The SD1.5 config of ``part`` (``unet``, ``vae``, ``text_encoder`` or ``scheduler``), a fresh dict."""
+def shipped_config(part: str, family: str = "sd15") -> dict[str, Any]:
+    """The SD1.5 (or ``family="sdxl"``: SDXL base 1.0) config of ``part`` (``unet``, ``vae``, ``text_encoder``,
+    ``scheduler``; SDXL also ``text_encoder_2``), a fresh dict."""
     name = "scheduler_config.json" if part == "scheduler" else "config.json"
-    return json.loads((ASSETS / part / name).read_text(encoding="utf-8"))
+    return json.loads(((SDXL_ASSETS if family == "sdxl" else ASSETS) / part / name).read_text(encoding="utf-8"))
 
 
-def shipped_tokenizer():
-    """The SD1.5 CLIP tokenizer (ViT-L/14 BPE, 49,408 tokens), read from the package: no network."""
+def shipped_tokenizer(name: str = "tokenizer", family: str = "sd15"):
+    """The CLIP tokenizer (ViT-L/14 BPE, 49,408 tokens), read from the package: no network. SDXL's ``tokenizer``
+    and ``tokenizer_2`` (which pads with ``!``) have their own settings over the same vocabulary."""
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(str(ASSETS / "tokenizer"), local_files_only=True)
+    if family != "sdxl":
+        return CLIPTokenizer.from_pretrained(str(ASSETS / "tokenizer"), local_files_only=True)
+    bpe = ASSETS / "tokenizer"
+    return CLIPTokenizer.from_pretrained(
+        str(SDXL_ASSETS / name),
+        vocab_file=str(bpe / "vocab.json"),
+        merges_file=str(bpe / "merges.txt"),
+        local_files_only=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +105,8 @@ def cross_attention_dim(unet: Shapes) -> int | None:
 def classify(shapes: Shapes) -> tuple[str, str]:
     """``(kind, description)``: kind is ``sd15``, ``sd2``, ``sdxl``, ``vae`` or ``unknown``."""
     keys = shapes.keys()
+    if any(k.startswith(REFINER_PREFIX) for k in keys) and not any(k.startswith(SDXL_CLIP_PREFIX) for k in keys):
+        return "sdxl", f"SDXL refiner checkpoint (OpenCLIP only, {REFINER_PREFIX}*)"
     if any(k.startswith(SDXL_PREFIX) for k in keys):
         return "sdxl", "SDXL checkpoint (conditioner.embedders.*)"
     unet = strip_prefix(shapes, UNET_PREFIX)
@@ -130,13 +146,25 @@ def unet_layout(ldm_unet: Shapes, source: str) -> tuple[int, int]:
 
 def _set(config: dict[str, Any], key: str, value: Any, default: Any = None) -> None:
     """Set ``key`` where it changes the model: keep configs minimal so SD1.5 gives the shipped one."""
-    if value != config.get(key, default):
+    current = config.get(key)
+    if value != (default if current is None else current):
         config[key] = value
 
 
-def unet_config(unet: Shapes, source: str) -> dict[str, Any]:
-    """The U-Net config: SD1.5's, with what the tensor shapes determine put in."""
-    config = shipped_config("unet")
+def sdxl_heads(width: int) -> int:
+    """SDXL's attention heads at ``width`` channels: 64 wide (5, 10, 20 heads for 320, 640, 1280), else 8 wide."""
+    return width // 64 if width % 64 == 0 else max(1, width // 8)
+
+
+def unet_config(unet: Shapes, source: str, family: str = "sd15") -> dict[str, Any]:
+    """The U-Net config: SD1.5's (or SDXL base's), with what the tensor shapes determine put in.
+
+    SDXL's head counts are not in the weights: its attention uses 64-wide heads (5, 10, 20 heads for 320, 640,
+    1280 channels); widths that are not a multiple of 64 (small test models) are taken to use 8-wide heads.
+    Its added projection's input width (``projection_class_embeddings_input_dim``) is set here; the size-id
+    width (``addition_time_embed_dim``) needs the pooled text's width too (:mod:`videodiff.weights.ldm_sdxl`).
+    """
+    config = shipped_config("unet", family)
     try:
         out_ch, in_ch = (int(x) for x in unet["conv_in.weight"][:2])
         levels = indices(unet, r"down_blocks\.(\d+)\.")
@@ -149,7 +177,7 @@ def unet_config(unet: Shapes, source: str) -> dict[str, Any]:
     if in_ch == 9:
         raise UserError(f"{source}: inpainting checkpoints are not supported (the U-Net takes 9 input channels)")
     if in_ch != 4:
-        raise UserError(f"{source}: U-Nets with {in_ch} input channels are not supported (SD1.5 text-to-image has 4)")
+        raise UserError(f"{source}: U-Nets with {in_ch} input channels are not supported (text-to-image has 4)")
     attention = [any(k.startswith(f"down_blocks.{b}.attentions.") for k in unet) for b in levels]
     up_attention = [any(k.startswith(f"up_blocks.{b}.attentions.") for k in unet) for b in levels]
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention]
@@ -171,17 +199,22 @@ def unet_config(unet: Shapes, source: str) -> dict[str, Any]:
     if not any(k.startswith("mid_block.attentions.") for k in unet):
         _set(config, "mid_block_type", "UNetMidBlock2D", "UNetMidBlock2DCrossAttn")
     depths = [len(indices(unet, rf"down_blocks\.{b}\.attentions\.0\.transformer_blocks\.(\d+)\.")) for b in levels]
+    if family == "sdxl":
+        config["transformer_layers_per_block"] = [max(1, d) for d in depths]  # one per level, attention or not
+        config["attention_head_dim"] = [sdxl_heads(c) for c in channels]
+        if "add_embedding.linear_1.weight" in unet:
+            config["projection_class_embeddings_input_dim"] = int(unet["add_embedding.linear_1.weight"][1])
     depths = [d for d in depths if d]
-    if depths and set(depths) != {1}:
+    if family != "sdxl" and depths and set(depths) != {1}:
         config["transformer_layers_per_block"] = depths[0] if len(set(depths)) == 1 else depths
     proj = next((s for k, s in unet.items() if k.endswith(".proj_in.weight")), None)
     _set(config, "use_linear_projection", proj is not None and len(proj) == 2, False)
     return config
 
 
-def vae_config(vae: Shapes, source: str) -> dict[str, Any]:
-    """The VAE config: SD1.5's, with channels, depth and latent size taken from the shapes."""
-    config = shipped_config("vae")
+def vae_config(vae: Shapes, source: str, family: str = "sd15") -> dict[str, Any]:
+    """The VAE config: SD1.5's (or SDXL base's), with channels, depth and latent size taken from the shapes."""
+    config = shipped_config("vae", family)
     try:
         levels = indices(vae, r"encoder\.down_blocks\.(\d+)\.")
         config.update(
@@ -201,14 +234,16 @@ def vae_config(vae: Shapes, source: str) -> dict[str, Any]:
     return config
 
 
-def text_config(text: Shapes, source: str) -> dict[str, Any]:
+def text_config(text: Shapes, source: str, part: str = "text_encoder", family: str = "sd15") -> dict[str, Any]:
     """The CLIP text config (keys without ``text_model.``): widths and depth from the shapes.
 
     The head count is not in the weights: CLIP's text encoders use 64-wide heads (ViT-L/14:
     768 / 64 = 12); widths that are not a multiple of 64 (small test models, as
-    :func:`videodiff.tiny.build_tiny_model` builds them) are taken to use 8-wide heads.
+    :func:`videodiff.tiny.build_tiny_model` builds them) are taken to use 8-wide heads. ``part`` and ``family``
+    name the shipped config to start from (SDXL's ``text_encoder_2`` has a projection: its width is read too).
     """
-    config = shipped_config("text_encoder")
+    config = shipped_config(part, family)
+    shipped_width = config["hidden_size"]
     try:
         vocab, hidden = (int(x) for x in text["embeddings.token_embedding.weight"])
         config.update(
@@ -221,6 +256,52 @@ def text_config(text: Shapes, source: str) -> dict[str, Any]:
         )
     except KeyError as exc:
         raise UserError(f"{source}: incomplete text encoder (no {exc.args[0]})") from None
-    if hidden != 768:
+    if "text_projection.weight" in text:
+        config["projection_dim"] = int(text["text_projection.weight"][0])
+    elif hidden != shipped_width:
         config["projection_dim"] = hidden
     return config
+
+
+# ---------------------------------------------------------------------------------------------
+# The memory estimate of a single file (its header: no tensor read)
+
+
+def sdxl_file_architecture(path: Path):
+    """What :func:`videodiff.heap.estimate` reads of an SDXL single ``.safetensors`` file, from its header and the
+    shipped SDXL configs (what :func:`videodiff.weights.single_file.load_single_file` will build), with
+    ``parameters`` left at 0 for the caller; ``None`` for any other file or one whose header cannot be read."""
+    from videodiff.heap import Architecture
+    from videodiff.weights.safetensors_header import read_header
+
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        shapes = read_header(path).shapes
+    except UserError:
+        return None
+    if classify(shapes)[0] != "sdxl" or not any(k.startswith(SDXL_CLIP_PREFIX) for k in shapes):
+        return None
+    unet, vae = strip_prefix(shapes, UNET_PREFIX), strip_prefix(shapes, VAE_PREFIXES[0])
+    try:
+        levels, per_block = unet_layout(unet, str(path))
+        first = [1 + level * (per_block + 1) for level in range(levels)]  # each level's first input block
+        channels = [int(unet[f"input_blocks.{i}.0.out_layers.3.weight"][0]) for i in first]
+        vae_levels = indices(vae, r"encoder\.down\.(\d+)\.")
+        vae_channels = [int(vae[f"encoder.down.{i}.block.0.conv2.weight"][0]) for i in vae_levels]
+    except (UserError, KeyError, IndexError, TypeError, ValueError):
+        return None
+    if not vae_channels:
+        return None
+    level = next((n for n, i in enumerate(first) if any(k.startswith(f"input_blocks.{i}.1.") for k in unet)), None)
+    scale = 2 ** (len(vae_channels) - 1)
+    return Architecture(
+        vae_scale=scale,
+        vae_width=vae_channels[min(1, len(vae_channels) - 1)],
+        vae_tile=int(shipped_config("vae", "sdxl")["sample_size"]),
+        unet_width=channels[0],
+        attention_level=level,
+        attention_heads=sdxl_heads(channels[level]) if level is not None else 8,
+        parameters=0,
+        size=int(shipped_config("unet", "sdxl")["sample_size"]) * scale,
+    )

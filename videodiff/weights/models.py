@@ -136,7 +136,7 @@ def _text_encoder(folder: Path):
 
 
 def _load_image_model(model: str) -> tuple[Path, dict[str, Any]]:
-    """A diffusers folder or hub id, or a single-file SD1.5 checkpoint, as components (a family with two text
+    """A diffusers folder or hub id, or a single-file SD1.5 or SDXL checkpoint, as components (a family with two text
     encoders also gives ``tokenizer_2`` and ``text_encoder_2``)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
@@ -181,7 +181,7 @@ def load_model_parts(
     motion_loras: tuple[str, ...] = (),
     motion_lora_triggers: tuple[str, ...] = (),
 ) -> ModelParts:
-    """Load an SD1.5-family model (diffusers folder, hub id or single file), its add-ons and motion modules.
+    """Load an SD1.5-family or SDXL model (diffusers folder, hub id or single file), its add-ons and motion modules.
 
     Motion modules come from ``motion_module`` (a MotionAdapter folder or hub id, or an
     original AnimateDiff file), else the model's own ``motion_adapter/``, else (only with
@@ -195,7 +195,7 @@ def load_model_parts(
     root, c = _load_image_model(model)
     sources: dict[str, Any] = {"model": {"id": model, "sha256": fingerprint(root)}}
     if vae:
-        c["vae"] = load_vae_file(vae)
+        c["vae"] = load_vae_file(vae, family=families.of_unet(c["unet"].config).name)
         sources["vae"] = {"id": vae, "sha256": fingerprint(vae)}
     own = root / OWN_MOTION_FOLDER if root.is_dir() else None
     norm_over_frames, motion_prior = False, None

@@ -1,11 +1,12 @@
-"""Single-file SD1.5 checkpoints (``.safetensors`` / ``.ckpt``, LDM key layout), converted with no network.
+"""Single-file SD1.5 and SDXL checkpoints (``.safetensors`` / ``.ckpt``, LDM key layout), converted with no network.
 
-A community checkpoint holds the U-Net under ``model.diffusion_model.``, the VAE under
-``first_stage_model.`` and the CLIP text model under ``cond_stage_model.transformer.``. The
-keys are renamed to the diffusers/transformers layout with diffusers' own conversion helpers
-(:mod:`diffusers.loaders.single_file_utils`); each model is built from the configs shipped in
-``videodiff/assets/sd15`` (changed only where the tensor shapes say otherwise, so small test
-models load too) and loaded strictly. The CLIP tokenizer ships with the package as well.
+A community SD1.5 checkpoint holds the U-Net under ``model.diffusion_model.``, the VAE under
+``first_stage_model.`` and the CLIP text model under ``cond_stage_model.transformer.``; an SDXL one holds its
+two text encoders under ``conditioner.embedders.0.transformer.`` (CLIP ViT-L) and ``conditioner.embedders.1.model.``
+(OpenCLIP ViT-bigG). The keys are renamed to the diffusers/transformers layout with diffusers' own conversion
+helpers (:mod:`diffusers.loaders.single_file_utils`); each model is built from the configs shipped in
+``videodiff/assets/sd15`` or ``videodiff/assets/sdxl`` (changed only where the tensor shapes say otherwise, so
+small test models load too) and loaded strictly. The CLIP tokenizers ship with the package as well.
 
 Weights are read only through :func:`videodiff.weights.checkpoints.read_state_dict` (safetensors,
 or pickle restricted to tensors). Models are built on the ``meta`` device and the file's
@@ -37,6 +38,8 @@ from videodiff.weights.ldm_layout import (
     CLIP_PREFIX,
     EMA_PREFIX,
     OPEN_CLIP_PREFIX,
+    SDXL_CLIP_PREFIX,
+    SDXL_OPEN_CLIP_PREFIX,
     UNET_PREFIX,
     VAE_PREFIXES,
     Shapes,
@@ -111,15 +114,18 @@ def _build(make: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], 
 
 
 def _text_model(config: dict[str, Any], state: dict[str, torch.Tensor], source: str, dtype):
-    """A ``CLIPTextModel``; transformers 4.x names its keys ``text_model.*``, 5.x does not: match the installed one."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """A ``CLIPTextModel`` (or the ``CLIPTextModelWithProjection`` the config names); transformers 4.x names their
+    keys ``text_model.*``, 5.x only the projection model's: match the installed one."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
+    cls = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in config.get("architectures", ()) else None
 
     def make():
-        model = CLIPTextModel(CLIPTextConfig(**cfg))
-        if next(iter(model.state_dict())).startswith("text_model."):
-            for key in list(state):
+        model = (cls or CLIPTextModel)(CLIPTextConfig(**cfg))
+        keys = set(model.state_dict())
+        for key in list(state):
+            if key not in keys and f"text_model.{key}" in keys:
                 state[f"text_model.{key}"] = state.pop(key)
         return model
 
@@ -127,12 +133,13 @@ def _text_model(config: dict[str, Any], state: dict[str, torch.Tensor], source: 
 
 
 def load_single_file(path: str | Path, *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Load an SD1.5-family single-file checkpoint with no network access.
+    """Load an SD1.5-family or SDXL single-file checkpoint with no network access.
 
-    Returns ``{"tokenizer", "text_encoder", "vae", "unet", "scheduler_config"}``, the objects
-    :class:`videodiff.weights.models.ModelParts` holds, on the CPU in ``dtype`` (float32 by default;
-    ``torch.float16`` keeps a float16 file's tensors without any copy). Raises :class:`UserError`
-    (one line) for SD2.x/SDXL files, inpainting U-Nets, unreadable files or keys that do not match.
+    Returns ``{"tokenizer", "text_encoder", "vae", "unet", "scheduler_config"}`` (SDXL: also ``tokenizer_2``
+    and ``text_encoder_2``), the objects :class:`videodiff.weights.models.ModelParts` holds, on the CPU in
+    ``dtype`` (float32 by default; ``torch.float16`` keeps a float16 file's tensors without any copy). Raises
+    :class:`UserError` (one line) for SD2.x files, SDXL refiners, inpainting U-Nets, unreadable files or keys
+    that do not match.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -144,23 +151,25 @@ def load_single_file(path: str | Path, *, dtype: torch.dtype = torch.float32) ->
     state = _read(path)
     parts = convert_ldm_checkpoint(state, source)
     del state  # the converted dicts hold the only references now; the rest (EMA, buffers) is freed
-    (unet_cfg, unet_sd), (vae_cfg, vae_sd), (text_cfg, text_sd) = parts["unet"], parts["vae"], parts["text_encoder"]
-    parts.clear()
+    family = "sdxl" if "text_encoder_2" in parts else "sd15"
+    (unet_cfg, unet_sd), (vae_cfg, vae_sd) = parts.pop("unet"), parts.pop("vae")
     unet = _build(lambda: UNet2DConditionModel.from_config(unet_cfg), unet_sd, source, dtype)
     vae = _build(lambda: AutoencoderKL.from_config(vae_cfg), vae_sd, source, dtype)
-    text_encoder = _text_model(text_cfg, text_sd, source, dtype)
-    tokenizer = shipped_tokenizer()
-    if text_encoder.config.vocab_size != len(tokenizer):
-        notice(
-            f"{source}: the text encoder knows {text_encoder.config.vocab_size} tokens, "
-            f"the SD1.5 CLIP tokenizer {len(tokenizer)}"
-        )
+    loaded: dict[str, Any] = {}
+    for name in ("text_encoder", "text_encoder_2") if family == "sdxl" else ("text_encoder",):
+        encoder = _text_model(*parts.pop(name), source, dtype)
+        tokenizer = shipped_tokenizer(name.replace("text_encoder", "tokenizer"), family)
+        if encoder.config.vocab_size != len(tokenizer):
+            notice(
+                f"{source}: the text encoder{name.removeprefix('text_encoder').replace('_', ' ')} knows "
+                f"{encoder.config.vocab_size} tokens, the CLIP tokenizer {len(tokenizer)}"
+            )
+        loaded[name], loaded[name.replace("text_encoder", "tokenizer")] = encoder, tokenizer
     return {
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
+        **loaded,
         "vae": vae,
         "unet": unet,
-        "scheduler_config": shipped_config("scheduler"),
+        "scheduler_config": shipped_config("scheduler", family),
     }
 
 
@@ -168,10 +177,10 @@ def load_single_file(path: str | Path, *, dtype: torch.dtype = torch.float32) ->
 # Standalone VAEs (--vae)
 
 
-def _diffusers_vae_config(folder: Path, state: Shapes, source: str) -> dict[str, Any]:
+def _diffusers_vae_config(folder: Path, state: Shapes, source: str, family: str) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
-        return vae_config(state, source)
+        return vae_config(state, source, family)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -181,13 +190,14 @@ def _diffusers_vae_config(folder: Path, state: Shapes, source: str) -> dict[str,
     return config
 
 
-def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
+def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32, family: str = "sd15"):
     """An ``AutoencoderKL`` from ``--vae PATH``, with no network access.
 
     ``PATH`` is an LDM-layout VAE file (``encoder.*``, ``decoder.*``, ``quant_conv.*``, maybe under
-    ``first_stage_model.``; a full SD1.5 checkpoint gives its own VAE), a diffusers-layout VAE
+    ``first_stage_model.``; a full SD1.5 or SDXL checkpoint gives its own VAE), a diffusers-layout VAE
     weights file (its ``config.json`` beside it is used where present, else the config is inferred),
-    or a diffusers VAE folder (or a model folder with ``vae/`` inside).
+    or a diffusers VAE folder (or a model folder with ``vae/`` inside). An inferred config starts from
+    ``family``'s (``sdxl``: scaling factor 0.13025 and ``force_upcast``, for the model it will decode for).
     """
     from diffusers import AutoencoderKL
 
@@ -204,10 +214,11 @@ def load_vae_file(path: str | Path, *, dtype: torch.dtype = torch.float32):
     source = str(path)
     state = _read(path)
     if vae_prefix(state.keys()) is not None:
-        config, converted = convert_vae(state, source)
+        config, converted = convert_vae(state, source, family)
     elif is_diffusers_vae(state.keys()):
         converted = modern_vae_keys(state)
-        config = _diffusers_vae_config(path.parent, {k: tuple(v.shape) for k, v in converted.items()}, source)
+        shapes = {k: tuple(v.shape) for k, v in converted.items()}
+        config = _diffusers_vae_config(path.parent, shapes, source, family)
     else:
         kind, description = classify({k: tuple(v.shape) for k, v in state.items()})
         raise UserError(f"{source}: not a VAE ({description})")
@@ -258,6 +269,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "text_encoder": CLIP_PREFIX if not any(k.startswith(OPEN_CLIP_PREFIX) for k in shapes) else OPEN_CLIP_PREFIX,
         "ema": EMA_PREFIX,
     }
+    if any(k.startswith(SDXL_CLIP_PREFIX) for k in shapes):
+        components.update(text_encoder=SDXL_CLIP_PREFIX, text_encoder_2=SDXL_OPEN_CLIP_PREFIX)
     counts = {name: sum(_numel(shapes[k]) for k in floats if k.startswith(p)) for name, p in components.items()}
     info: dict[str, Any] = {
         "path": str(path),
