@@ -77,8 +77,9 @@ def with_controls(
 
     nets: list[Any] = []
     items = []
-    if controls:
-        pipe.family.require("ControlNet")
+    pipe.family.require("ControlNet")
+    if any(c.sparse for c in controls):
+        pipe.family.require("SparseCtrl")
     for c in controls:
         source = c.controlnet or pipe.parts.controlnet
         if source is None:

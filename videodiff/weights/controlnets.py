@@ -290,8 +290,13 @@ def local_controlnet_kind(source: str) -> str | None:
 
 def check_fits(net: Any, unet_config: Any, source: str) -> None:
     """Refuse a ControlNet whose residuals cannot meet this U-Net's skips: other latent channels, text width or
-    block channels (another family, e.g. an SDXL ControlNet on an SD1.5 model)."""
+    block channels (another family, e.g. an SDXL ControlNet on an SD1.5 model). A ControlNet of the other family
+    (SD1.5's or SDXL's, told by its added time embedding) is named as such first."""
+    from videodiff import families
+
     mine, theirs = unet_config, net.config
+    its = families.of_unet(theirs)
+    families.require_same_controlnet_family(source, its, theirs.get("cross_attention_dim"), families.of_unet(mine))
     checks = (
         ("latent channels", mine.get("in_channels"), theirs.get("in_channels")),
         ("text width (cross_attention_dim)", mine.get("cross_attention_dim"), theirs.get("cross_attention_dim")),
@@ -310,6 +315,8 @@ FAMILIES = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}  # by text width (cross_a
 def _summary(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     width = config.get("cross_attention_dim")
     family = FAMILIES.get(width, "SD1.5-layout test model" if width and width < 768 else f"{width}-wide text")
+    if config.get("addition_embed_type") == "text_time":  # pooled text and size ids in its time embedding
+        family = "SDXL"
     channels = config.get("conditioning_channels")
     if kind == "sparsectrl":
         simple = config.get("use_simplified_condition_embedding", True)
