@@ -89,7 +89,8 @@ def reference(pipe, model, motion, controlnet, frames: np.ndarray, scale: float)
                 added_cond_kwargs={"text_embeds": per_frame(pooled), "time_ids": per_frame(ids)},
             )  # fmt: skip
             noise = base.unet(
-                x, t, encoder_hidden_states=per_frame(context), added_cond_kwargs={"text_embeds": pooled, "time_ids": ids},
+                x, t, encoder_hidden_states=per_frame(context),
+                added_cond_kwargs={"text_embeds": pooled, "time_ids": ids},
                 down_block_additional_residuals=down, mid_block_additional_residual=mid,
             ).sample  # fmt: skip
             uncond, cond = noise.chunk(2)
@@ -146,8 +147,16 @@ def test_scale_zero_is_no_control_and_prompt_travel_reaches_the_controlnet(pipe,
 
 
 def test_the_other_familys_controlnet_is_refused_in_one_line(
-    pipe, tiny_pipe, tiny_sdxl_model, tiny_sdxl_motion, tiny_model, tiny_motion, sdxl_controlnet, sd15_controlnet,
-    maps, tmp_path
+    pipe,
+    tiny_pipe,
+    tiny_sdxl_model,
+    tiny_sdxl_motion,
+    tiny_model,
+    tiny_motion,
+    sdxl_controlnet,
+    sd15_controlnet,
+    maps,
+    tmp_path,
 ):
     """From a local folder's config before the model loads (the CLI), and once loaded (a hub id's or a file's
     case: :func:`check_fits`), the same line naming both families."""
@@ -164,10 +173,12 @@ def test_the_other_familys_controlnet_is_refused_in_one_line(
     common = ("--control", maps[0], "--frames", FRAMES, "--steps", 1, "-o", tmp_path / "x.gif", "-q")
     message = assert_user_error(invoke("render", PROMPT, "--model", tiny_sdxl_model, "--motion-module",
                                        tiny_sdxl_motion, "--controlnet", sd15_controlnet, *common))  # fmt: skip
-    assert message == f"ControlNet {sd15_controlnet}: the ControlNet is for SD1.5 (cross-attention 32), the model is SDXL"
+    line = "the ControlNet is for SD1.5 (cross-attention 32), the model is SDXL"
+    assert message == f"ControlNet {sd15_controlnet}: {line}"
     message = assert_user_error(invoke("render", PROMPT, "--model", tiny_model, "--motion-module", tiny_motion,
                                        "--controlnet", sdxl_controlnet, *common))  # fmt: skip
-    assert message == f"ControlNet {sdxl_controlnet}: the ControlNet is for SDXL (cross-attention 64), the model is SD1.5"
+    line = "the ControlNet is for SDXL (cross-attention 64), the model is SD1.5"
+    assert message == f"ControlNet {sdxl_controlnet}: {line}"
     assert not (tmp_path / "x.gif").exists()
 
 

@@ -21,6 +21,7 @@ TEXT_WIDTH = (32, 32)  # hidden width of each text encoder; the U-Net's cross-at
 POOLED = 24  # the second encoder's projection: the pooled text SDXL adds to the time embedding
 TIME_ID_WIDTH = 8  # addition_time_embed_dim: each of the six size ids is embedded this wide
 CHANNELS = (32, 64, 64)  # three U-Net levels, as SDXL's (320, 640, 1280)
+ZERO_INITIALISED = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out")
 
 
 def write_sdxl_model_index(folder: str | Path) -> None:
@@ -160,7 +161,7 @@ def build_tiny_sdxl_controlnet(folder: str | Path, model: str | Path, *, seed: i
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
     with torch.no_grad():
         for name, p in net.named_parameters():
-            if name.startswith(("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out")):
+            if name.startswith(ZERO_INITIALISED):
                 p.normal_(0.0, scale)  # zero-initialised in a new ControlNet
             elif "time_emb_proj" in name or name.startswith("add_embedding."):
                 p.add_(torch.randn_like(p) * scale)

@@ -68,7 +68,8 @@ def require_same_controlnet_family(source: str, its: Family, width: object, mode
     ``cross_attention_dim``), before sampling; the same line whether told from its files or once loaded."""
     if its is not model:
         raise UserError(
-            f"ControlNet {source}: the ControlNet is for {its.title} (cross-attention {width}), the model is {model.title}"
+            f"ControlNet {source}: the ControlNet is for {its.title} (cross-attention {width}), "
+            f"the model is {model.title}"
         )
 
 
