@@ -135,15 +135,23 @@ def test_the_comparison_fails_when_the_controlnet_gets_wrong_added_conditioning(
     assert gap(ours(pipe, [Control(maps=str(maps[0]), controlnet=str(sdxl_controlnet), scale=0.8)]), expected) > 2
 
 
-def test_scale_zero_is_no_control_and_prompt_travel_reaches_the_controlnet(pipe, sdxl_controlnet, maps):
-    """Conditioning scale 0 renders the uncontrolled video exactly; with prompt travel (per-frame pooled text) and
-    two controls the render runs and differs from one control."""
+def test_scale_zero_is_no_control_and_prompt_travel_reaches_the_controlnet(pipe, sdxl_controlnet, maps, monkeypatch):
+    """Conditioning scale 0 renders the uncontrolled video exactly; with prompt travel the ControlNet gets each
+    frame's own pooled text (the negative prompt's in the unconditional half), and two controls differ from one."""
+    from videodiff.control import controlnet as control_module
+
     net = str(sdxl_controlnet)
     assert np.array_equal(ours(pipe, [Control(maps=str(maps[0]), controlnet=net, scale=0.0)]), ours(pipe, []))
     travel = dict(prompt_at={0: "a red circle", FRAMES - 1: "a cat"})
+    seen, real = [], control_module._added_conditioning
+    monkeypatch.setattr(control_module, "_added_conditioning", lambda *a: seen.append(real(*a)) or seen[-1])
     one = ours(pipe, [Control(maps=str(maps[0]), controlnet=net)], **travel)
     two = ours(pipe, [Control(maps=str(maps[0]), controlnet=net), Control(maps=str(maps[0]), controlnet=net)], **travel)
     assert one.shape == two.shape == (FRAMES, H, W, 3) and gap(one, two) > 2
+    pooled = seen[0]["text_embeds"]  # [(2 f) p]: the unconditional half's frames, then the conditional half's
+    assert pooled.shape[0] == 2 * FRAMES and seen[0]["time_ids"].shape == (2 * FRAMES, 6)
+    assert torch.equal(pooled[0], pooled[FRAMES - 1])  # one negative prompt
+    assert (pooled[FRAMES] - pooled[-1]).abs().max() > 1e-3  # "a red circle" at the first frame, "a cat" at the last
 
 
 def test_the_other_familys_controlnet_is_refused_in_one_line(
@@ -213,3 +221,38 @@ def test_inspect_names_an_sdxl_controlnets_family(sdxl_controlnet):
 
     described = describe_controlnet(sdxl_controlnet)
     assert (described["kind"], described["family"], described["text_width"]) == ("controlnet", "SDXL", 64)
+
+
+def test_serve_offers_an_sdxl_controlnet_and_renders_with_uploaded_maps(
+    tmp_path, pipe, tiny_sdxl_model, tiny_sdxl_motion, sdxl_controlnet, maps
+):
+    """``serve --controlnet`` with an SDXL ControlNet on the SDXL model: ``/render`` with uploaded maps renders
+    under the control (other frames than without), and the sidecar records it."""
+    import json
+
+    from tests.test_serve_app import need_gradio
+    from tests.test_serve_browser import free_port
+    from tests.test_serve_control import uploads, video_frames
+
+    need_gradio()
+    from gradio_client import Client
+
+    from videodiff.config import RenderConfig
+    from videodiff.ui import serve
+
+    outputs, port = tmp_path / "outputs", free_port()
+    base = RenderConfig().replace(model=str(tiny_sdxl_model), motion=str(tiny_sdxl_motion))
+    app = serve(pipe, outputs, base=base, port=port, block=False, controlnets=[str(sdxl_controlnet)])
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        common = (PROMPT, FRAMES, 2, 3, json.dumps({"width": W, "height": H, "guidance": 2.0}), "gif")
+        files = uploads(sorted(maps[0].iterdir()))
+        name = client.predict(*common, controlnet=sdxl_controlnet.name, maps=files, api_name="/render")
+        plain = client.predict(*common, api_name="/render")
+    finally:
+        app.close()
+    controlled = video_frames(outputs / name)
+    assert controlled.shape[:3] == (FRAMES, H, W)
+    assert not np.array_equal(controlled, video_frames(outputs / plain))
+    (control,) = json.loads((outputs / (name + ".json")).read_text())["controls"]
+    assert control["controlnet"] == str(sdxl_controlnet.resolve())
