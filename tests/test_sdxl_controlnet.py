@@ -256,3 +256,22 @@ def test_serve_offers_an_sdxl_controlnet_and_renders_with_uploaded_maps(
     assert not np.array_equal(controlled, video_frames(outputs / plain))
     (control,) = json.loads((outputs / (name + ".json")).read_text())["controls"]
     assert control["controlnet"] == str(sdxl_controlnet.resolve())
+
+
+def test_an_sdxl_controlnet_file_in_diffusers_keys_renders_as_its_folder(pipe, sdxl_controlnet, maps, tmp_path):
+    """The folder's weights alone (a ``.safetensors`` in diffusers' keys, as most SDXL ControlNet files are) load with
+    the attention heads and size-id width of the U-Net they steer, and render the folder's frames exactly;
+    ``inspect`` names the file's family."""
+    from videodiff.weights.controlnets import describe_controlnet, load_controlnet
+
+    alone = tmp_path / "canny_sdxl.safetensors"
+    alone.write_bytes((sdxl_controlnet / "diffusion_pytorch_model.safetensors").read_bytes())
+    net = load_controlnet(alone, unet_config=pipe.parts.unet.config)
+    folder = load_controlnet(sdxl_controlnet)
+    for key in ("addition_embed_type", "addition_time_embed_dim", "attention_head_dim", "transformer_layers_per_block"):
+        assert net.config[key] == folder.config[key], key
+    described = describe_controlnet(alone)
+    assert (described["layout"], described["family"], described["text_width"]) == ("diffusers layout", "SDXL", 64)
+    control = dict(maps=str(maps[0]), scale=0.8)
+    by_file = ours(pipe, [Control(controlnet=str(alone), **control)])
+    assert np.array_equal(by_file, ours(pipe, [Control(controlnet=str(sdxl_controlnet), **control)]))

@@ -94,7 +94,7 @@ def _added_conditioning(net, cond: Cond, frames: int, dtype: torch.dtype) -> dic
     """What an SDXL ControlNet's time embedding takes besides the timestep (``addition_embed_type="text_time"``):
     the pooled text and size ids of ``cond`` (``[b d]``, or ``[b f d]`` with prompt travel) as one row per frame,
     ``[(b f) d]``, the rows the SDXL U-Net's time embedding gets; ``None`` for a ControlNet without (SD1.5's)."""
-    if net.config.get("addition_embed_type") != "text_time":
+    if getattr(net, "config", {}).get("addition_embed_type") != "text_time":
         return None
     missing = [name for name in (TEXT_EMBEDS, TIME_IDS) if name not in cond]
     if missing:

@@ -54,7 +54,7 @@ def controlnet(pipe, source: str) -> Any:
 
     loaded = pipe.__dict__.setdefault("_controlnets", {})
     if source not in loaded:
-        net = load_controlnet(source)
+        net = load_controlnet(source, unet_config=pipe.parts.unet.config)
         check_fits(net, pipe.parts.unet.config, source)
         loaded[source] = net.to(pipe.device, pipe.dtype)
     return loaded[source]
