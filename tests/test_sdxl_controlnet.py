@@ -165,11 +165,13 @@ def test_the_other_familys_controlnet_is_refused_in_one_line(
     sd15_controlnet,
     maps,
     tmp_path,
+    monkeypatch,
 ):
     """From a local folder's config before the model loads (the CLI), and once loaded (a hub id's or a file's
     case: :func:`check_fits`), the same line naming both families."""
     from cli_helpers import assert_user_error, invoke
 
+    from videodiff.pipelines import VideoPipeline
     from videodiff.weights.controlnets import check_fits, load_controlnet
 
     for net, model, theirs, ours, width in ((sd15_controlnet, pipe, "SD1.5", "SDXL", 32),
@@ -178,6 +180,10 @@ def test_the_other_familys_controlnet_is_refused_in_one_line(
         with pytest.raises(UserError, match=f"^{re.escape(line)}$"):
             check_fits(load_controlnet(net), model.parts.unet.config, "x")
 
+    def load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(VideoPipeline, "load", load)
     common = ("--control", maps[0], "--frames", FRAMES, "--steps", 1, "-o", tmp_path / "x.gif", "-q")
     message = assert_user_error(invoke("render", PROMPT, "--model", tiny_sdxl_model, "--motion-module",
                                        tiny_sdxl_motion, "--controlnet", sd15_controlnet, *common))  # fmt: skip
