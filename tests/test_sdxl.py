@@ -144,12 +144,12 @@ def test_a_motion_module_for_another_family_is_refused_in_one_line(sdxl_model, s
 
 @pytest.mark.parametrize(
     ("keyword", "feature"),
-    [("controls", "ControlNet"), ("ip_adapters", "IP-Adapter")],
+    [("controls", "SparseCtrl"), ("ip_adapters", "IP-Adapter")],
 )
 def test_sd15_add_ons_on_sdxl_are_refused_in_one_line(sdxl_pipe, tmp_path, keyword, feature):
-    """SD1.5's ControlNets (SparseCtrl too) and IP-Adapters do not fit an SDXL U-Net: refused by name before any
-    file of theirs is read."""
-    given = {"controls": [{"controlnet": str(tmp_path / "net"), "maps": str(tmp_path / "maps")}],
+    """SparseCtrl (AnimateDiff v3's, SD1.5 only) and SD1.5's IP-Adapters do not fit an SDXL U-Net: refused by name
+    before any file of theirs is read (SDXL ControlNets render: tests/test_sdxl_controlnet.py)."""
+    given = {"controls": [{"controlnet": str(tmp_path / "net"), "sparse_at": [f"0:{tmp_path / 'p.png'}"]}],
              "ip_adapters": [{"adapter": str(tmp_path / "a.bin"), "image": str(tmp_path / "p.png")}]}  # fmt: skip
     with pytest.raises(UserError, match=f"^{feature} is not supported for SDXL models yet$"):
         sdxl_pipe(PROMPT, seed=1, **{keyword: given[keyword]}, **SMALL)
@@ -184,8 +184,8 @@ def test_half_precision_keeps_the_sdxl_vae_in_float32_through_every_start(tiny_s
 
 @pytest.mark.parametrize(
     ("args", "feature"),
-    [(("--controlnet", "NET", "--control", "PIC"), "ControlNet"), (("--ip-adapter", "NET", "--ip-image", "PIC"),
-                                                                    "IP-Adapter")],
+    [(("--sparsectrl", "NET", "--sparse-at", "AT"), "SparseCtrl"), (("--ip-adapter", "NET", "--ip-image", "PIC"),
+                                                                   "IP-Adapter")],
 )  # fmt: skip
 def test_sd15_add_ons_on_an_sdxl_folder_are_refused_before_it_loads(sdxl_model, sdxl_motion, tmp_path, monkeypatch,
                                                                      args, feature):  # fmt: skip
@@ -200,7 +200,8 @@ def test_sd15_add_ons_on_an_sdxl_folder_are_refused_before_it_loads(sdxl_model, 
     monkeypatch.setattr(VideoPipeline, "load", load)
     Image.new("RGB", (32, 32)).save(tmp_path / "pic.png")
     (tmp_path / "net").mkdir()
-    given = [str(tmp_path / "net") if a == "NET" else str(tmp_path / "pic.png") if a == "PIC" else a for a in args]
+    names = {"NET": str(tmp_path / "net"), "PIC": str(tmp_path / "pic.png"), "AT": f"0:{tmp_path / 'pic.png'}"}
+    given = [names.get(a, a) for a in args]
     message = assert_user_error(invoke("render", PROMPT, "--model", sdxl_model, "--motion-module", sdxl_motion, *given,
                                        "-o", tmp_path / "x.gif", "-q"))  # fmt: skip
     assert message == f"{feature} is not supported for SDXL models yet"

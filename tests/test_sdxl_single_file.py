@@ -340,7 +340,7 @@ def test_the_memory_estimate_reads_an_sdxl_single_file_as_the_model_it_loads(xl_
 @pytest.mark.parametrize(
     ("args", "feature"),
     [
-        (("--controlnet", "NET", "--control", "PIC"), "ControlNet"),
+        (("--sparsectrl", "NET", "--sparse-at", "AT"), "SparseCtrl"),
         (("--ip-adapter", "NET", "--ip-image", "PIC"), "IP-Adapter"),
     ],
 )
@@ -355,7 +355,8 @@ def test_sd15_add_ons_on_an_sdxl_single_file_are_refused_before_it_loads(
     monkeypatch.setattr(VideoPipeline, "load", load)
     Image.new("RGB", (32, 32)).save(tmp_path / "pic.png")
     (tmp_path / "net").mkdir()
-    given = [str(tmp_path / "net") if a == "NET" else str(tmp_path / "pic.png") if a == "PIC" else a for a in args]
+    names = {"NET": str(tmp_path / "net"), "PIC": str(tmp_path / "pic.png"), "AT": f"0:{tmp_path / 'pic.png'}"}
+    given = [names.get(a, a) for a in args]
     command = ["render", "a cat", "--model", xl_file, "--motion-module", tiny_sdxl_motion, *given, "-q"]
     assert (
         assert_user_error(invoke(*command, "-o", tmp_path / "x.gif"))

@@ -78,5 +78,6 @@ def test_serve_on_sdxl_refuses_sd15_add_ons_in_one_line(tmp_path, tiny_sdxl_mode
     net = build_tiny_controlnet(tmp_path / "cn", tiny_model)  # an SD1.5 ControlNet
     models = ("--model", tiny_sdxl_model, "--motion-module", tiny_sdxl_motion)
     args = ("serve", *models, "--port", str(free_port()), "--outputs", tmp_path / "o", "--controlnet", net)
-    assert assert_user_error(invoke(*args)) == "ControlNet is not supported for SDXL models yet"  # before loading
+    expected = f"ControlNet {net}: the ControlNet is for SD1.5 (cross-attention 32), the model is SDXL"
+    assert assert_user_error(invoke(*args)) == expected  # before loading
     assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@ Torch-free (but for the shapes of a pickled upscaler, read by torch's weights-on
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,27 @@ def check_family_features(config: RenderConfig) -> None:
     """What a local model folder's family cannot do yet (:meth:`videodiff.families.Family.require`), from its
     ``unet/config.json`` (an SDXL single ``.safetensors`` file: from its header) before anything loads; a hub id,
     another single file or an unreadable config is checked as it loads."""
-    check_family_offers(config.model, controlnets=bool(config.controls), ip_adapters=bool(config.ip_adapters))
+    controls = parse_controls(config.controls)
+    check_family_offers(
+        config.model,
+        controlnets=bool(config.controls),
+        ip_adapters=bool(config.ip_adapters),
+        sparsectrl=any(c.sparse for c in controls),
+        controlnet_sources=[str(c.controlnet) for c in controls if c.controlnet is not None and not c.sparse],
+    )
 
 
-def check_family_offers(model: str | None, *, controlnets: bool, ip_adapters: bool) -> None:
-    """:func:`check_family_features` for add-ons named apart from one render (``serve --controlnet/--ip-adapter``)."""
+def check_family_offers(
+    model: str | None,
+    *,
+    controlnets: bool,
+    ip_adapters: bool,
+    sparsectrl: bool = False,
+    controlnet_sources: Sequence[str] = (),
+) -> None:
+    """:func:`check_family_features` for add-ons named apart from one render (``serve --controlnet/--ip-adapter``);
+    ``controlnet_sources``: ControlNets whose family a local folder's config or ``.safetensors`` header tells, each
+    refused in one line when it is the other family's (:func:`videodiff.families.require_same_controlnet_family`)."""
     from videodiff import families
     from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
     from videodiff.weights.ldm_layout import sdxl_file_architecture
@@ -82,8 +99,44 @@ def check_family_offers(model: str | None, *, controlnets: bool, ip_adapters: bo
         return
     if controlnets:
         family.require("ControlNet")
+    if sparsectrl:
+        family.require("SparseCtrl")
+    for source in controlnet_sources:
+        told = _controlnet_family(source)
+        if told is not None:
+            families.require_same_controlnet_family(source, *told, family)
     if ip_adapters:
         family.require("IP-Adapter")
+
+
+def _controlnet_family(source: str) -> tuple[Any, int | None] | None:
+    """``(family, text width)`` of a local ControlNet folder (``config.json``) or ``.safetensors`` file (its keys:
+    added time embeddings are SDXL's), read without a tensor; ``None`` where neither tells it (a hub id, a pickle,
+    something not a ControlNet: its load says what it is)."""
+    from videodiff import families
+    from videodiff.weights.safetensors_header import read_header
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            if config.get("_class_name") != "ControlNetModel":
+                return None
+            return families.of_unet(config), config.get("cross_attention_dim")
+        except (OSError, ValueError, AttributeError, UserError):
+            return None
+    if not (path.is_file() and path.suffix.lower() == ".safetensors"):
+        return None
+    try:
+        shapes = read_header(path).shapes
+    except UserError:
+        return None
+    own = [k.removeprefix("control_model.") for k in shapes]
+    if not any(k.startswith(("controlnet_cond_embedding.", "input_hint_block.")) for k in own):
+        return None
+    width = next((int(s[1]) for k, s in shapes.items() if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
+    added = any(k.startswith(("add_embedding.", "label_emb.")) for k in own)
+    return (families.SDXL if added else families.SD15), width
 
 
 def check_adapter_width(adapter: Path, model: str | None) -> None:

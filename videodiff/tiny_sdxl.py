@@ -21,6 +21,7 @@ TEXT_WIDTH = (32, 32)  # hidden width of each text encoder; the U-Net's cross-at
 POOLED = 24  # the second encoder's projection: the pooled text SDXL adds to the time embedding
 TIME_ID_WIDTH = 8  # addition_time_embed_dim: each of the six size ids is embedded this wide
 CHANNELS = (32, 64, 64)  # three U-Net levels, as SDXL's (320, 640, 1280)
+ZERO_INITIALISED = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out")
 
 
 def write_sdxl_model_index(folder: str | Path) -> None:
@@ -144,3 +145,25 @@ def diffusers_sdxl_reference(model: str | Path, motion, scheduler):
     pipe.unet.add_embedding.load_state_dict(unet.add_embedding.state_dict())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_tiny_sdxl_controlnet(folder: str | Path, model: str | Path, *, seed: int = 2, scale: float = 0.2) -> Path:
+    """Save an SDXL ``ControlNetModel`` folder for :func:`build_tiny_sdxl_model`'s ``model``:
+    ``ControlNetModel.from_unet`` of its U-Net (``text_time``: pooled text and size ids in its time embedding), one
+    conditioning downsampling per VAE downsampling, random non-zero weights in its zero convolutions and
+    conditioning embedding's last convolution (``scale`` wide) so that its residuals steer a render, and its time
+    embedding's projections made ``scale`` wider so that what that embedding gets (timestep, pooled text, size
+    ids) shows in the residuals."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(model) / "unet")
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(ZERO_INITIALISED):
+                p.normal_(0.0, scale)  # zero-initialised in a new ControlNet
+            elif "time_emb_proj" in name or name.startswith("add_embedding."):
+                p.add_(torch.randn_like(p) * scale)
+    net.save_pretrained(folder)
+    return Path(folder)

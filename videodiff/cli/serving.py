@@ -117,7 +117,9 @@ def serve(
     command_line = {k: v for k, v in given(ctx, ParameterSource.COMMANDLINE).items() if k not in SERVE_OPTIONS}
     environment = {k: v for k, v in given(ctx, ParameterSource.ENVIRONMENT).items() if k not in SERVE_OPTIONS}
     base = resolve_render_config(command_line, None, environment)
-    check_family_offers(base.model, controlnets=bool(served), ip_adapters=bool(adapters))  # a local folder's
+    check_family_offers(  # a local model folder's family, and local ControlNets' (theirs must match)
+        base.model, controlnets=bool(served), ip_adapters=bool(adapters), controlnet_sources=served
+    )
     setup_cli_logging(False)
     pipe = VideoPipeline.load(base.load)
     for feature, offered in (("ControlNet", served), ("IP-Adapter", adapters)):

@@ -25,7 +25,16 @@ import torch
 from einops import rearrange, repeat
 
 from videodiff.errors import UserError
-from videodiff.sampling.cond import DOWN_RESIDUALS, MID_RESIDUAL, Cond, Residuals, TensorField, as_cond
+from videodiff.sampling.cond import (
+    DOWN_RESIDUALS,
+    MID_RESIDUAL,
+    TEXT_EMBEDS,
+    TIME_IDS,
+    Cond,
+    Residuals,
+    TensorField,
+    as_cond,
+)
 from videodiff.settings.control import CONTROLS
 
 __all__ = ["CONTROLS", "ControlInput", "ControlInputs", "Controlled", "in_range"]
@@ -81,12 +90,32 @@ def _per_frame_context(context: torch.Tensor, frames: int) -> torch.Tensor:
     return repeat(context, "b n d -> (b f) n d", f=frames)
 
 
-def run_controlnet(net, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, item: ControlInput):
+def _added_conditioning(net, cond: Cond, frames: int, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+    """What an SDXL ControlNet's time embedding takes besides the timestep (``addition_embed_type="text_time"``):
+    the pooled text and size ids of ``cond`` (``[b d]``, or ``[b f d]`` with prompt travel) as one row per frame,
+    ``[(b f) d]``, the rows the SDXL U-Net's time embedding gets; ``None`` for a ControlNet without (SD1.5's)."""
+    if getattr(net, "config", {}).get("addition_embed_type") != "text_time":
+        return None
+    missing = [name for name in (TEXT_EMBEDS, TIME_IDS) if name not in cond]
+    if missing:
+        raise ValueError(f"an SDXL ControlNet's time embedding needs {missing} in the conditioning")
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b f d -> (b f) d") if x.ndim == 3 else repeat(x, "b d -> (b f) d", f=frames)
+
+    return {name: rows(cond[name]).to(dtype) for name in (TEXT_EMBEDS, TIME_IDS)}
+
+
+def run_controlnet(net, x: torch.Tensor, t: torch.Tensor, cond: Cond | torch.Tensor, item: ControlInput):
     """One ControlNet on latents ``x`` ``[b c f h w]``: its residuals, each ``[b c f h w]`` (down) and the middle's.
 
     An image ControlNet (diffusers' ``ControlNetModel``) runs on the frames folded into the batch, as
-    ``AnimateDiffControlNetPipeline`` runs it; a SparseCtrl one (``SparseControlNetModel``, with its own motion
-    modules) takes the video whole, with the mask of the frames given."""
+    ``AnimateDiffControlNetPipeline`` runs it, an SDXL one with the pooled text and size ids of each frame
+    (``added_cond_kwargs``, as the SDXL U-Net gets them); a SparseCtrl one (``SparseControlNetModel``, with its own
+    motion modules) takes the video whole, with the mask of the frames given. ``cond``: the conditioning of the
+    call (a bare text context tensor for a ControlNet that reads only the text)."""
+    cond = as_cond(cond)
+    context = cond.context
     b, f = x.shape[0], x.shape[2]
     dtype = next(net.parameters()).dtype
     if item.mask is not None:
@@ -106,6 +135,7 @@ def run_controlnet(net, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
             return_dict=False,
         )
     else:
+        added = _added_conditioning(net, cond, f, dtype)
         down, mid = net(
             rearrange(x, "b c f h w -> (b f) c h w").to(dtype),
             t,
@@ -113,6 +143,7 @@ def run_controlnet(net, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
             controlnet_cond=rearrange(item.maps, "b c f h w -> (b f) c h w").to(dtype),
             conditioning_scale=item.scale,
             return_dict=False,
+            **({} if added is None else {"added_cond_kwargs": added}),
         )
     unfold = lambda r: rearrange(r, "(b f) c h w -> b c f h w", b=b).to(x.dtype)  # noqa: E731
     return tuple(unfold(r) for r in down), unfold(mid)
@@ -152,7 +183,7 @@ class Controlled:
         for item in cond[CONTROLS].items:
             if item.scale == 0 or not in_range(step, self.total, item.start, item.end):
                 continue  # diffusers multiplies these residuals by 0; adding nothing is the same sum
-            d, m = run_controlnet(self.nets[item.net], x, t, cond.context, item)
+            d, m = run_controlnet(self.nets[item.net], x, t, cond, item)
             self.runs += 1
             down = d if down is None else tuple(a + b for a, b in zip(down, d))
             mid = m if mid is None else mid + m

@@ -23,7 +23,16 @@ from videodiff.families.sdxl import SDXL
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL)}
 """Every family videodiff recognises, by name; ``supported`` says which it can render."""
 
-__all__ = ["FAMILIES", "SD15", "SDXL", "Family", "of_motion_channels", "of_unet", "require_supported"]
+__all__ = [
+    "FAMILIES",
+    "SD15",
+    "SDXL",
+    "Family",
+    "of_motion_channels",
+    "of_unet",
+    "require_same_controlnet_family",
+    "require_supported",
+]
 
 
 def of_unet(config: Mapping[str, Any]) -> Family:
@@ -52,6 +61,16 @@ def require_supported(family: Family, what: str) -> Family:
     if not family.supported:
         raise UserError(f"{what} {family.title}, which videodiff cannot render yet (it renders {_supported()} models)")
     return family
+
+
+def require_same_controlnet_family(source: str, its: Family, width: object, model: Family) -> None:
+    """The one refusal of a ControlNet made for the other family than the model's (``width``: its text width,
+    ``cross_attention_dim``), before sampling; the same line whether told from its files or once loaded."""
+    if its is not model:
+        raise UserError(
+            f"ControlNet {source}: the ControlNet is for {its.title} (cross-attention {width}), "
+            f"the model is {model.title}"
+        )
 
 
 def _supported() -> str:

@@ -18,7 +18,8 @@ SDXL = Family(
     text_layer="penultimate",
     zero_empty_negative=True,
     vae_upcast=True,
-    # SD1.5's ControlNets, SparseCtrl and IP-Adapters do not fit its U-Net, nor its LoRAs and embeddings its encoders
-    not_yet=("ControlNet", "IP-Adapter", "consistency distillation",
+    # SparseCtrl exists for SD1.5 only (AnimateDiff v3); SD1.5's IP-Adapters do not fit its U-Net; SDXL ControlNets
+    # render (diffusers' ControlNetModel with text_time) but do not train here
+    not_yet=("SparseCtrl", "ControlNet training", "IP-Adapter", "consistency distillation",
              "motion prior"),  # fmt: skip
 )

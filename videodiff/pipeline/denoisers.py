@@ -54,7 +54,7 @@ def controlnet(pipe, source: str) -> Any:
 
     loaded = pipe.__dict__.setdefault("_controlnets", {})
     if source not in loaded:
-        net = load_controlnet(source)
+        net = load_controlnet(source, unet_config=pipe.parts.unet.config)
         check_fits(net, pipe.parts.unet.config, source)
         loaded[source] = net.to(pipe.device, pipe.dtype)
     return loaded[source]
@@ -77,8 +77,9 @@ def with_controls(
 
     nets: list[Any] = []
     items = []
-    if controls:
-        pipe.family.require("ControlNet")
+    pipe.family.require("ControlNet")
+    if any(c.sparse for c in controls):
+        pipe.family.require("SparseCtrl")
     for c in controls:
         source = c.controlnet or pipe.parts.controlnet
         if source is None:

@@ -71,7 +71,7 @@ class ControlNetTrainer(Trainer):
         if not c.model or c.model == BUILTIN_NAME:
             notice(f"training a ControlNet for the built-in shapes model ({builtin_model()}); pass --model for another")
         self.parts = load_model_parts(c.model, c.motion_module, new_motion=True)
-        self.parts.family.require("ControlNet")  # an SD1.5 image ControlNet; SDXL ones are not built yet
+        self.parts.family.require("ControlNet training")  # an SD1.5 image ControlNet; SDXL ones render, not train
         self.unet = self.parts.unet.to(self.device)  # frozen (requires_grad off, eval), with the motion's spatial
         if c.controlnet == NEW_CONTROLNET:
             net = new_controlnet(self.parts.unet, self.parts.vae.config)

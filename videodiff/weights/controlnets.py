@@ -5,7 +5,9 @@ files, detected by their keys:
   ``input_blocks``, ``middle_block``, ``zero_convs``, ``input_hint_block``, ``middle_block_out``, ``time_embed``,
   with or without ``control_model.`` in front; a whole-model file keeps only those), renamed by diffusers' own
   ``convert_controlnet_checkpoint``;
-- a diffusers-layout ControlNet weights file on its own;
+- a diffusers-layout ControlNet weights file on its own, SD1.5's or SDXL's (``add_embedding`` keys: most SDXL
+  ControlNet files, e.g. diffusers/controlnet-canny-sdxl-1.0's weights); an SDXL ControlNet in the original layout
+  (``label_emb`` keys) is refused in one line (:func:`check_family`);
 - AnimateDiff v3's SparseCtrl files (``v3_sd15_sparsectrl_rgb.ckpt`` / ``_scribble.ckpt``): diffusers' key names
   outside the motion modules; inside them AnimateDiff's (``temporal_transformer``, ``attention_blocks.N``,
   ``norms.N``, ``ff_norm``, ``pos_encoder``), renamed here to diffusers' (``attnN+1``, ``normN+1``, ``norm3``,
@@ -13,10 +15,10 @@ files, detected by their keys:
 
 A file's model config comes from its tensor shapes (channels, depth, text width, conditioning channels and
 embedding, motion-module length); what the weights cannot say is SD1.5's (8 attention heads; SparseCtrl's 8
-motion heads; a conditioning mask concatenated to SparseCtrl's input, as both v3 files have). Pickles are read
-weights-only (as single-file models are: anything else is refused in one line), and every
-model is loaded strictly. A ControlNet made for another family or channel layout than the model it steers is
-refused in one line (:func:`check_family` for SDXL files, :func:`check_fits` against the U-Net).
+motion heads; a conditioning mask concatenated to SparseCtrl's input, as both v3 files have), for an SDXL file the
+U-Net's it steers (:func:`controlnet_config`). Pickles are read weights-only (as single-file models are: anything
+else is refused in one line), and every model is loaded strictly. A ControlNet made for another family or channel
+layout than the model it steers is refused in one line (:func:`check_fits` against the U-Net, naming both families).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ LDM_MARKERS = ("input_hint_block.0.weight", "zero_convs.0.0.weight")
 DIFFUSERS_MARKERS = ("controlnet_cond_embedding.conv_in.weight", "controlnet_down_blocks.0.weight")
 SPARSE_EMBEDDINGS = ("controlnet_cond_embedding.weight", "controlnet_cond_embedding.conv_in.weight")
 MOTION_LENGTH = 32  # SparseCtrl's positional encoding when a file leaves it out (AnimateDiff v3's length)
+SDXL_TIME_ID_WIDTH = 256  # SDXL's addition_time_embed_dim, when no U-Net config says it
 
 
 def controlnet_kind(folder: Path) -> str:
@@ -102,14 +105,18 @@ def is_controlnet(keys) -> bool:
 
 
 def check_family(shapes: Shapes, source: str) -> None:
-    """Refuse an SDXL ControlNet file (added time/class embeddings: ``label_emb`` / ``add_embedding`` keys) before
-    any model is built for it: videodiff's models are SD1.5-family."""
+    """Refuse, before any model is built for it, a file this module cannot build: an SDXL ControlNet in the original
+    layout (``label_emb`` keys: diffusers' converter reads SD1.5's only) or one with a class embedding. An SDXL
+    ControlNet in diffusers' keys (``add_embedding``) loads (:func:`controlnet_config`)."""
     own = _without_prefix(shapes)
-    if any(k.startswith(("label_emb.", "add_embedding.", "class_embedding.")) for k in own):
+    if any(k.startswith("label_emb.") for k in own):
         raise UserError(
-            f"ControlNet {source} was made for another model: an SDXL ControlNet (added time embeddings, "
-            f"{cross_attention_dim(own) or 'unknown'}-wide text); videodiff steers SD1.5-family models"
+            f"ControlNet {source}: an SDXL ControlNet in the original layout (label_emb keys, "
+            f"{cross_attention_dim(own) or 'unknown'}-wide text), which videodiff does not convert; give its "
+            "diffusers version (a folder, a hub id or a .safetensors file in diffusers' keys)"
         )
+    if any(k.startswith("class_embedding.") for k in own):
+        raise UserError(f"ControlNet {source}: a class embedding, which no model videodiff renders has")
 
 
 def _renamed_motion_key(key: str) -> str:
@@ -151,9 +158,14 @@ def _embedding_channels(shapes: Shapes) -> list[int]:
     return [first] + [int(shapes[f"controlnet_cond_embedding.blocks.{b}.weight"][0]) for b in blocks if b % 2]
 
 
-def controlnet_config(shapes: Shapes, kind: str, source: str) -> dict[str, Any]:
+def controlnet_config(
+    shapes: Shapes, kind: str, source: str, unet_config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The diffusers config of a ControlNet (``kind`` ``controlnet``) or SparseCtrl (``sparsectrl``) from its
-    tensors' shapes in diffusers' key names."""
+    tensors' shapes in diffusers' key names. An SDXL ControlNet (``add_embedding`` keys: pooled text and size ids in
+    its time embedding) takes what its weights cannot say from ``unet_config``, the SDXL U-Net it steers (a
+    ControlNet is made from its U-Net: the same attention heads and size-id width), else SDXL's (64-wide heads,
+    256-wide size ids)."""
     try:
         levels = indices(shapes, r"down_blocks\.(\d+)\.")
         channels = [int(shapes[f"down_blocks.{b}.resnets.0.conv2.weight"][0]) for b in levels]
@@ -194,6 +206,8 @@ def controlnet_config(shapes: Shapes, kind: str, source: str) -> dict[str, Any]:
             config["conditioning_embedding_out_channels"] = _embedding_channels(shapes)
             if not any(k.startswith("mid_block.attentions.") for k in shapes):
                 config["mid_block_type"] = "UNetMidBlock2D"
+            if "add_embedding.linear_1.weight" in shapes:
+                config.update(_sdxl_config(shapes, channels, unet_config))
     except KeyError as exc:
         raise UserError(f"ControlNet {source}: incomplete (no {exc.args[0]})") from None
     if not levels:
@@ -201,7 +215,25 @@ def controlnet_config(shapes: Shapes, kind: str, source: str) -> dict[str, Any]:
     return config
 
 
-def _converted(state: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def _sdxl_config(shapes: Shapes, channels: list[int], unet_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An SDXL ControlNet's added-embedding config (:func:`controlnet_config`)."""
+    model = unet_config if unet_config and unet_config.get("addition_embed_type") == "text_time" else {}
+    config: dict[str, Any] = {
+        "addition_embed_type": "text_time",
+        "projection_class_embeddings_input_dim": int(shapes["add_embedding.linear_1.weight"][1]),
+        "addition_time_embed_dim": int(model.get("addition_time_embed_dim") or SDXL_TIME_ID_WIDTH),
+    }
+    if model:
+        config["attention_head_dim"] = model.get("attention_head_dim")
+        config["num_attention_heads"] = model.get("num_attention_heads")
+    else:
+        config["attention_head_dim"] = [max(1, c // 64) for c in channels]  # diffusers reads these as head counts
+    return config
+
+
+def _converted(
+    state: Mapping[str, Any], source: str, unet_config: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """``(kind, config, state in diffusers' keys)`` of a single file's entries (tensors or shapes)."""
     layout = file_layout(state.keys())
     if layout is None:
@@ -218,7 +250,7 @@ def _converted(state: Mapping[str, Any], source: str) -> tuple[str, dict[str, An
     else:
         kind, converted = "controlnet", _without_prefix(state)
     shapes = {k: tuple(v.shape) if hasattr(v, "shape") else v for k, v in converted.items()}
-    return kind, controlnet_config(shapes, kind, source), converted
+    return kind, controlnet_config(shapes, kind, source, unet_config), converted
 
 
 def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -238,24 +270,27 @@ def _fill_positions(state: dict[str, Any], length: int) -> None:
             state[f"{block}.pos_embed.pe"] = SinusoidalPositionalEmbedding(state[key].shape[0], length).pe
 
 
-def _load_file(path: Path, dtype: torch.dtype) -> Any:
+def _load_file(path: Path, dtype: torch.dtype, unet_config: Mapping[str, Any] | None) -> Any:
     from diffusers import ControlNetModel, SparseControlNetModel
 
     source = str(path)
-    kind, config, state = _converted(read_weights(path), source)
+    kind, config, state = _converted(read_weights(path), source, unet_config)
     cls = SparseControlNetModel if kind == "sparsectrl" else ControlNetModel
     if kind == "sparsectrl":
         _fill_positions(state, config["motion_max_seq_length"])
     return build_strict(lambda: cls.from_config(config), state, source, dtype)
 
 
-def load_controlnet(source: str | Path, *, dtype: torch.dtype = torch.float32) -> Any:
+def load_controlnet(
+    source: str | Path, *, dtype: torch.dtype = torch.float32, unet_config: Mapping[str, Any] | None = None
+) -> Any:
     """A ControlNet (diffusers ``ControlNetModel`` or ``SparseControlNetModel``) from a folder, hub id or single
-    file (module docstring), on the CPU in ``dtype``, in eval mode."""
+    file (module docstring), on the CPU in ``dtype``, in eval mode. ``unet_config``: the U-Net it will steer, for
+    what an SDXL single file's weights cannot say (:func:`controlnet_config`)."""
     path = locate(str(source), "ControlNet")
     quiet_loading_noise()
     if path.is_file():
-        return _load_file(path, dtype).eval().requires_grad_(False)
+        return _load_file(path, dtype, unet_config).eval().requires_grad_(False)
     if not path.is_dir():
         raise UserError(f"ControlNet {source}: not a file or folder")
     kind = controlnet_kind(path)
@@ -290,12 +325,22 @@ def local_controlnet_kind(source: str) -> str | None:
 
 def check_fits(net: Any, unet_config: Any, source: str) -> None:
     """Refuse a ControlNet whose residuals cannot meet this U-Net's skips: other latent channels, text width or
-    block channels (another family, e.g. an SDXL ControlNet on an SD1.5 model)."""
+    block channels (another family, e.g. an SDXL ControlNet on an SD1.5 model). A ControlNet of the other family
+    (SD1.5's or SDXL's, told by its added time embedding) is named as such first."""
+    from videodiff import families
+
     mine, theirs = unet_config, net.config
+    its = families.of_unet(theirs)
+    families.require_same_controlnet_family(source, its, theirs.get("cross_attention_dim"), families.of_unet(mine))
     checks = (
         ("latent channels", mine.get("in_channels"), theirs.get("in_channels")),
         ("text width (cross_attention_dim)", mine.get("cross_attention_dim"), theirs.get("cross_attention_dim")),
         ("block channels", tuple(mine.get("block_out_channels", ())), tuple(theirs.get("block_out_channels", ()))),
+        (
+            "added embedding's input (pooled text and size ids)",
+            mine.get("projection_class_embeddings_input_dim"),
+            theirs.get("projection_class_embeddings_input_dim"),
+        ),
     )
     for what, ours, its in checks:
         if ours != its:
@@ -310,6 +355,8 @@ FAMILIES = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}  # by text width (cross_a
 def _summary(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     width = config.get("cross_attention_dim")
     family = FAMILIES.get(width, "SD1.5-layout test model" if width and width < 768 else f"{width}-wide text")
+    if config.get("addition_embed_type") == "text_time":  # pooled text and size ids in its time embedding
+        family = "SDXL"
     channels = config.get("conditioning_channels")
     if kind == "sparsectrl":
         simple = config.get("use_simplified_condition_embedding", True)
