@@ -272,8 +272,9 @@ def _family_named(width: Any) -> str:
 
 def describe_ip_adapter(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any] | None:
     """What ``videodiff inspect`` says of an IP-Adapter file: its layout, image tokens, the cross-attention it fits,
-    the model family that is (768 wide: SD1.5, 2048: SDXL) and the image encoder it needs (named from the width its projection reads); ``None`` when ``path`` is no
-    IP-Adapter. ``shapes``: a ``.safetensors`` header's (nothing loaded); otherwise the file is read weights-only."""
+    the model family that is (768 wide: SD1.5, 2048: SDXL) and the image encoder it needs (named from the width its
+    projection reads); ``None`` when ``path`` is no IP-Adapter. ``shapes``: a ``.safetensors`` header's (nothing
+    loaded); otherwise the file is read weights-only."""
     if shapes is None:
         try:
             shapes = {k: tuple(v.shape) for k, v in read_adapter(path).items()}
