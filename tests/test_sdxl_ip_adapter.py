@@ -123,6 +123,28 @@ def test_keyframe_pictures_on_sdxl_blend_and_encode_each_picture_once(pipe, ip, 
     assert gap(moving, alone) > 2
 
 
+def test_the_sdxl_base_unet_takes_h94s_seventy_key_value_pairs():
+    """SDXL base 1.0's U-Net (the shipped config, built without weights): 70 cross-attention layers in diffusers'
+    processor order, 2048 wide, so an adapter's keys are ``ip_adapter.1`` to ``ip_adapter.139`` as in
+    ``ip-adapter_sdxl.safetensors``, each ``to_k_ip`` ``[640 or 1280, 2048]``."""
+    from pathlib import Path
+
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    import videodiff
+    from videodiff.unet.inflate import cross_attentions
+
+    config = json.loads((Path(videodiff.__file__).parent / "assets" / "sdxl" / "unet" / "config.json").read_text())
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    layers = cross_attentions(unet)
+    assert len(layers) == 70
+    assert {(a.to_k.in_features, a.to_k.out_features) for a in layers.values()} == {(2048, 640), (2048, 1280)}
+    blocks = [n.split(".")[0] for n in layers]  # diffusers' module order, which h94's indices follow: down, up, mid
+    assert blocks == ["down_blocks"] * 24 + ["up_blocks"] * 36 + ["mid_block"] * 10
+
+
 @pytest.mark.parametrize(
     ("proj", "width", "family", "encoder"),
     [
