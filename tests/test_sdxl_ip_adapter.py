@@ -41,6 +41,7 @@ def ip(tmp_path_factory, tiny_sdxl_model, tiny_model):
     }
     sd15_encoder = build_tiny_image_encoder(root / "models" / "image_encoder")
     adapters["sd15"] = build_tiny_ip_adapter(root / "models" / "ip-adapter_sd15.safetensors", tiny_model, sd15_encoder)
+    adapters["sd15-bin"] = build_tiny_ip_adapter(root / "models" / "ip-adapter_sd15.bin", tiny_model, sd15_encoder)
     rng = np.random.default_rng(0)
     pictures = []
     for name in ("a.png", "b.png"):
@@ -208,7 +209,8 @@ def test_serve_renders_an_sdxl_image_prompt_and_refuses_an_sd15_adapter(
     tmp_path, tiny_sdxl_pipe, tiny_sdxl_model, tiny_sdxl_motion, ip
 ):
     """``serve --ip-adapter`` with the tiny SDXL adapter: ``/render`` with an uploaded picture records the adapter and
-    renders other frames than without it; an SD1.5 adapter is one line before the server starts."""
+    renders other frames than without it; an SD1.5 adapter is one line before the server starts: a ``.safetensors``
+    one from its header before the model loads, a ``.bin`` one as the app loads it."""
     from tests.test_serve_app import need_gradio
     from tests.test_serve_browser import free_port
     from tests.test_serve_control import video_frames
@@ -227,6 +229,8 @@ def test_serve_renders_an_sdxl_image_prompt_and_refuses_an_sd15_adapter(
     assert not (tmp_path / "o").exists()
     outputs, port = tmp_path / "outputs", free_port()
     base = RenderConfig().replace(model=str(tiny_sdxl_model), motion=str(tiny_sdxl_motion))
+    with pytest.raises(UserError, match="made for another model family, SD1.5 .* the model is SDXL"):
+        serve(tiny_sdxl_pipe, outputs, base=base, port=port, block=False, ip_adapters=[str(adapters["sd15-bin"])])
     app = serve(tiny_sdxl_pipe, outputs, base=base, port=port, block=False, ip_adapters=[str(adapters["plain"])])
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
