@@ -338,16 +338,19 @@ def test_the_memory_estimate_reads_an_sdxl_single_file_as_the_model_it_loads(xl_
 
 
 @pytest.mark.parametrize(
-    ("args", "feature"),
+    ("args", "expected"),
     [
-        (("--sparsectrl", "NET", "--sparse-at", "AT"), "SparseCtrl"),
-        (("--ip-adapter", "NET", "--ip-image", "PIC"), "IP-Adapter"),
+        (("--sparsectrl", "NET", "--sparse-at", "AT"), "SparseCtrl is not supported for SDXL models yet"),
+        (("--ip-adapter", "ADAPTER", "--ip-image", "PIC"), "SD1.5 (32-wide cross-attention); the model is SDXL"),
     ],
 )
 def test_sd15_add_ons_on_an_sdxl_single_file_are_refused_before_it_loads(
-    xl_file, tiny_sdxl_motion, tmp_path, monkeypatch, args, feature
+    xl_file, tiny_sdxl_motion, tiny_model, tmp_path, monkeypatch, args, expected
 ):
+    """SparseCtrl by name; an SD1.5 IP-Adapter (its header against the file's cross-attention keys) naming both
+    families."""
     from videodiff.pipelines import VideoPipeline
+    from videodiff.tiny import build_tiny_image_encoder, build_tiny_ip_adapter
 
     def load(*a, **k):
         raise AssertionError("the model was loaded")
@@ -356,9 +359,11 @@ def test_sd15_add_ons_on_an_sdxl_single_file_are_refused_before_it_loads(
     Image.new("RGB", (32, 32)).save(tmp_path / "pic.png")
     (tmp_path / "net").mkdir()
     names = {"NET": str(tmp_path / "net"), "PIC": str(tmp_path / "pic.png"), "AT": f"0:{tmp_path / 'pic.png'}"}
+    if "ADAPTER" in args:
+        encoder = build_tiny_image_encoder(tmp_path / "models" / "image_encoder")
+        adapter = build_tiny_ip_adapter(tmp_path / "models" / "ip-adapter_sd15.safetensors", tiny_model, encoder)
+        names["ADAPTER"] = str(adapter)
     given = [names.get(a, a) for a in args]
     command = ["render", "a cat", "--model", xl_file, "--motion-module", tiny_sdxl_motion, *given, "-q"]
-    assert (
-        assert_user_error(invoke(*command, "-o", tmp_path / "x.gif"))
-        == f"{feature} is not supported for SDXL models yet"
-    )
+    message = assert_user_error(invoke(*command, "-o", tmp_path / "x.gif"))
+    assert expected in message

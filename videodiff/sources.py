@@ -47,7 +47,7 @@ def check_inputs(config: RenderConfig) -> None:
     for prompt in image_prompts:  # IP-Adapters: weights, an encoder, pictures in the video
         folder = locate_image_encoder(prompt.adapter, prompt.image_encoder)  # local, or on the hub (downloaded alone)
         check_encoder_fits(prompt.adapter, folder)
-        check_adapter_width(locate_adapter(prompt.adapter), config.model)
+        check_adapter_width(locate_adapter(prompt.adapter), config.model, prompt.adapter)
         for picture in prompt.pictures(frames).values():
             check_image(picture) if isinstance(picture, str) else read_image(picture)  # Python: in memory
     if config.upscale is not None or config.upscale_factor is not None:  # the upscaler's names and shapes, the size
@@ -139,25 +139,35 @@ def _controlnet_family(source: str) -> tuple[Any, int | None] | None:
     return (families.SDXL if added else families.SD15), width
 
 
-def check_adapter_width(adapter: Path, model: str | None) -> None:
-    """A ``.safetensors`` IP-Adapter made for another cross-attention width than a local model folder's
-    (``unet/config.json``), told from the headers before anything loads; other cases are checked as it loads."""
+def check_adapter_width(adapter: Path, model: str | None, source: str | None = None) -> None:
+    """A ``.safetensors`` IP-Adapter (``source`` as given, found at ``adapter``) made for another cross-attention
+    width than a local model's, told from the headers before anything loads (a folder's ``unet/config.json``, an
+    SDXL single ``.safetensors`` file's U-Net keys) and refused naming both families
+    (:func:`videodiff.weights.ip_adapter.require_adapter_family`); other cases are checked as it loads."""
+    from videodiff import families
     from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
+    from videodiff.weights.ip_adapter import require_adapter_family
+    from videodiff.weights.ldm_layout import sdxl_file_architecture
     from videodiff.weights.safetensors_header import read_header
 
-    config = (BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model)) / "unet" / "config.json"
-    if adapter.suffix.lower() != ".safetensors" or not config.is_file():
+    root = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model).expanduser()
+    if adapter.suffix.lower() != ".safetensors":
         return
     try:
-        width = json.loads(config.read_text(encoding="utf-8")).get("cross_attention_dim")
-    except (OSError, ValueError, AttributeError):
+        if root.is_file():  # an SDXL single file: its first cross-attention's key projection
+            if sdxl_file_architecture(root) is None:
+                return
+            family = families.SDXL
+            shapes = read_header(root).shapes
+            width = next((s[1] for k, s in sorted(shapes.items()) if k.endswith("attn2.to_k.weight") and len(s) == 2))
+        else:
+            config = json.loads((root / "unet" / "config.json").read_text(encoding="utf-8"))
+            family, width = families.of_unet(config), config.get("cross_attention_dim")
+    except (OSError, ValueError, AttributeError, StopIteration, UserError):
         return  # the model's own load reports it
-    shape = read_header(adapter).shapes.get("ip_adapter.1.to_k_ip.weight")
-    if isinstance(width, int) and shape is not None and len(shape) == 2 and shape[1] != width:
-        raise UserError(
-            f"--ip-adapter {adapter}: made for {shape[1]}-wide text, the model's is {width}; "
-            "an adapter for another model family"
-        )
+    shape = next((s for k, s in sorted(read_header(adapter).shapes.items()) if k.endswith("to_k_ip.weight")), None)
+    if isinstance(width, int) and shape is not None and len(shape) == 2:
+        require_adapter_family(source or adapter, int(shape[1]), width, family)
 
 
 def control_source(control, frames: int) -> dict[str, Any]:

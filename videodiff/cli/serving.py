@@ -112,7 +112,7 @@ def serve(
     require_gradio()
     from videodiff.pipelines import VideoPipeline
     from videodiff.render import resolve_render_config
-    from videodiff.sources import check_family_offers
+    from videodiff.sources import check_adapter_width, check_family_offers
 
     command_line = {k: v for k, v in given(ctx, ParameterSource.COMMANDLINE).items() if k not in SERVE_OPTIONS}
     environment = {k: v for k, v in given(ctx, ParameterSource.ENVIRONMENT).items() if k not in SERVE_OPTIONS}
@@ -120,6 +120,11 @@ def serve(
     check_family_offers(  # a local model folder's family, and local ControlNets' (theirs must match)
         base.model, controlnets=bool(served), ip_adapters=bool(adapters), controlnet_sources=served
     )
+    if adapters:  # each .safetensors adapter against a local model's family, from the headers
+        from videodiff.weights.ip_adapter import locate_adapter
+
+        for adapter in adapters:
+            check_adapter_width(locate_adapter(adapter), base.model, adapter)
     setup_cli_logging(False)
     pipe = VideoPipeline.load(base.load)
     for feature, offered in (("ControlNet", served), ("IP-Adapter", adapters)):

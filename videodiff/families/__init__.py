@@ -29,6 +29,7 @@ __all__ = [
     "SDXL",
     "Family",
     "of_motion_channels",
+    "of_text_width",
     "of_unet",
     "require_same_controlnet_family",
     "require_supported",
@@ -53,6 +54,19 @@ def of_motion_channels(channels: Sequence[int], mid_block: bool | None = None) -
     middle block, SD1.5's four (320, 640, 1280, 1280). Three blocks with a middle block are an SD1.5-family model's
     smaller U-Net (the built-in shapes model's: 64, 128, 128); ``mid_block=None`` (not known): by the count."""
     return SDXL if len(channels) == len(SDXL.motion_channels) and not mid_block else SD15
+
+
+def of_text_width(width: int, model: Family | None = None, model_width: int | None = None) -> Family | None:
+    """The family whose full-size models take ``width``-wide text tokens (768: SD1.5, 2048: SDXL: an add-on's trace
+    of the U-Net it was made for). A width of no family, beside a ``model`` whose own ``model_width`` is of no family
+    either (tiny test models) and differs: the one other supported family. Otherwise ``None``."""
+    for family in FAMILIES.values():
+        if family.text_width == width:
+            return family
+    if model is None or model_width in (width, *(f.text_width for f in FAMILIES.values())):
+        return None
+    others = [f for f in FAMILIES.values() if f.supported and f is not model]
+    return others[0] if len(others) == 1 else None
 
 
 def require_supported(family: Family, what: str) -> Family:

@@ -27,6 +27,7 @@ class Family:
     zero_empty_negative: bool = False  # no negative prompt: zeros as the unconditional text (diffusers'
     # force_zeros_for_empty_prompt), not the empty prompt's encoding
     vae_upcast: bool = False  # a half-precision render keeps a VAE whose config says force_upcast in float32
+    text_width: int = 0  # the full-size models' text token width (the U-Net's cross_attention_dim): 768, 2048
     not_yet: tuple[str, ...] = ()  # features videodiff has for other families but not this one (refused by name)
 
     def require(self, feature: str) -> None:

@@ -11,6 +11,7 @@ SD15 = Family(
     tokenizers=("tokenizer",),
     addition_embed_type=None,
     added_conditioning=(),
+    text_width=768,
     default_size=512,
     motion_channels=(320, 640, 1280, 1280),
     motion_layout="AnimateDiff v1, v2 and v3 motion modules (four blocks)",

@@ -12,14 +12,15 @@ SDXL = Family(
     tokenizers=("tokenizer", "tokenizer_2"),
     addition_embed_type="text_time",
     added_conditioning=("text_embeds", "time_ids"),  # the names videodiff.sampling.cond gives these fields
+    text_width=2048,
     default_size=1024,
     motion_channels=(320, 640, 1280),
     motion_layout="AnimateDiff-SDXL and Hotshot-XL motion modules (three blocks)",
     text_layer="penultimate",
     zero_empty_negative=True,
     vae_upcast=True,
-    # SparseCtrl exists for SD1.5 only (AnimateDiff v3); SD1.5's IP-Adapters do not fit its U-Net; SDXL ControlNets
-    # render (diffusers' ControlNetModel with text_time) but do not train here
-    not_yet=("SparseCtrl", "ControlNet training", "IP-Adapter", "consistency distillation",
+    # SparseCtrl exists for SD1.5 only (AnimateDiff v3); SDXL ControlNets render (diffusers' ControlNetModel with
+    # text_time) but do not train here
+    not_yet=("SparseCtrl", "ControlNet training", "consistency distillation",
              "motion prior"),  # fmt: skip
 )

@@ -53,7 +53,7 @@ def build_app(
     client may have waiting; ``time_limit_s``: a render's budget; ``controlnets``: the ControlNets the page
     offers (folders, files or hub ids; each is loaded here once and checked against the model); ``ip_adapters``
     (with ``image_encoder`` for those with no ``image_encoder/`` beside them): the IP-Adapters its Image prompt
-    section offers. Launch it with
+    section offers (each loaded here once and checked against the model). Launch it with
     ``.queue().launch()``, or run ``videodiff serve``."""
     import gradio as gr
     from gradio.utils import get_upload_folder
@@ -77,6 +77,11 @@ def build_app(
     scratch = tempfile.TemporaryDirectory(prefix="videodiff-serve-")
     served = ServedControls(sources, own_controlnet(base.model), scratch.name, get_upload_folder())
     adapters = ServedAdapters(*check_ip_adapters(ip_adapters, image_encoder), served)
+    if adapters.names:  # loaded now (kept by the pipeline): an adapter for another model family is one line at start
+        from videodiff.pipeline.image_prompts import adapter as load_adapter
+
+        for source in adapters.names.values():
+            load_adapter(pipe, source)
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         page = build_layout(gr, start, model, outputs, served.choices, adapters.choices)

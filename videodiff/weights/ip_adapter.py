@@ -10,7 +10,9 @@ The layouts people have, told apart by the keys of ``image_proj`` (diffusers' ow
   states, one token each).
 
 ``ip_adapter.N.to_k_ip/to_v_ip`` hold each cross-attention layer's projections, ``N`` the original attention
-processor's index (``1, 3, 5, ...``: the self-attention layers took the even ones), in diffusers' processor order.
+processor's index (``1, 3, 5, ...``: the self-attention layers took the even ones), in diffusers' processor order:
+counted from the U-Net whatever its family (SD1.5: 16 layers, 768 wide; SDXL base: 70 layers, 2048 wide). An
+adapter made for another width than the model's is refused naming both families (:func:`require_adapter_family`).
 FaceID variants (insightface embeddings and a LoRA) are refused. Weights are read with
 :func:`videodiff.weights.checkpoints.read_state_dict` (``.bin`` files weights-only, else refused).
 """
@@ -39,6 +41,7 @@ __all__ = [
     "layout_of",
     "load_ip_adapter",
     "locate_adapter",
+    "require_adapter_family",
     "locate_image_encoder",
     "split_state_dict",
 ]
@@ -158,6 +161,9 @@ def load_ip_adapter(source: str | Path, unet: Any) -> IPAdapter:
     proj, layers = split_state_dict(read_adapter(path), source)
     layout = layout_of(proj, layers, source)
     width = unet.config.cross_attention_dim
+    first = next((t for k, t in sorted(layers.items()) if k.endswith("to_k_ip.weight") and t.ndim == 2), None)
+    if first is not None:
+        require_adapter_family(source, int(first.shape[1]), width, _family_of(unet.config))
     attentions = cross_attentions(unet)
     keys = [f"{2 * i + 1}.to_{kv}_ip.weight" for i in range(len(attentions)) for kv in "kv"]
     if sorted(keys) != sorted(layers):
@@ -184,6 +190,33 @@ def load_ip_adapter(source: str | Path, unet: Any) -> IPAdapter:
         first = str(exc).splitlines()[0]
         raise UserError(f"--ip-adapter {source}: its image projection does not load ({first})") from None
     return IPAdapter(str(source), layout, projection.eval(), projections)
+
+
+def _family_of(config: Any) -> Any:
+    """The U-Net config's model family, ``None`` when it is of none."""
+    from videodiff import families
+
+    try:
+        return families.of_unet(config)
+    except UserError:
+        return None
+
+
+def require_adapter_family(source: Any, width: int, model_width: int, model: Any) -> None:
+    """The one refusal of an adapter whose ``to_k_ip`` reads ``width``-wide tokens on a U-Net whose cross-attention is
+    ``model_width`` wide (``model``: its :class:`~videodiff.families.Family`, ``None`` if unknown), naming both
+    families; the same line told from headers before loading and from the loaded U-Net."""
+    if width == model_width:
+        return
+    from videodiff import families
+
+    its = families.of_text_width(width, model, model_width)
+    named = f", {its.title}" if its is not None else ""
+    ours = model.title if model is not None else "of another family"
+    raise UserError(
+        f"--ip-adapter {source}: made for another model family{named} ({width}-wide cross-attention); the model is "
+        f"{ours} ({model_width}-wide): use an IP-Adapter made for {ours} models"
+    )
 
 
 # CLIP vision encoders by the width the projection reads: the pooled image embedding (plain) or the penultimate
@@ -229,10 +262,19 @@ def check_encoder_fits(source: str | Path, folder: str) -> None:
         )
 
 
+def _family_named(width: Any) -> str:
+    """The model family an adapter's ``to_k_ip`` input ``width`` is made for, as ``inspect`` names it."""
+    from videodiff import families
+
+    family = families.of_text_width(width) if isinstance(width, int) else None
+    return family.title if family is not None else f"a model with {width}-wide cross-attention (no known family)"
+
+
 def describe_ip_adapter(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any] | None:
-    """What ``videodiff inspect`` says of an IP-Adapter file: its layout, image tokens, the cross-attention it fits
-    and the image encoder it needs (named from the width its projection reads); ``None`` when ``path`` is no
-    IP-Adapter. ``shapes``: a ``.safetensors`` header's (nothing loaded); otherwise the file is read weights-only."""
+    """What ``videodiff inspect`` says of an IP-Adapter file: its layout, image tokens, the cross-attention it fits,
+    the model family that is (768 wide: SD1.5, 2048: SDXL) and the image encoder it needs (named from the width its
+    projection reads); ``None`` when ``path`` is no IP-Adapter. ``shapes``: a ``.safetensors`` header's (nothing
+    loaded); otherwise the file is read weights-only."""
     if shapes is None:
         try:
             shapes = {k: tuple(v.shape) for k, v in read_adapter(path).items()}
@@ -252,6 +294,7 @@ def describe_ip_adapter(path: Path, shapes: dict[str, tuple[int, ...]] | None = 
     if key is not None and len(layers[key]) == 2:
         info["cross_attention_width"] = layers[key][1]
     info["cross_attention_layers"] = len({k.split(".")[0] for k in layers})
+    info["family"] = _family_named(info.get("cross_attention_width"))
     try:
         width, pooled = encoder_width(layout, proj)
         if layout == "plain":
@@ -273,5 +316,6 @@ def describe_ip_adapter(path: Path, shapes: dict[str, tuple[int, ...]] | None = 
         info["image_encoder_found"] = find_image_encoder(path, None)
     except UserError:
         info["image_encoder_found"] = f"none beside it ({ENCODER_FOLDER}/): name one with --image-encoder"
-    info["use"] = f"videodiff render PROMPT --ip-adapter {path} --ip-image PICTURE [--ip-scale S]"
+    model = " --model SDXL_MODEL --motion-module SDXL_MOTION" if info["family"] == "SDXL" else ""
+    info["use"] = f"videodiff render PROMPT{model} --ip-adapter {path} --ip-image PICTURE [--ip-scale S]"
     return info
