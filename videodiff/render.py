@@ -41,7 +41,7 @@ from videodiff.post.interpolate import frames_after
 from videodiff.settings.control import control_record, flags_to_controls, parse_controls
 from videodiff.settings.ip_adapter import flags_to_image_prompts, parse_image_prompts
 from videodiff.sources import check_inputs, control_source, input_paths
-from videodiff.weights.hub import package_versions, read_model_defaults
+from videodiff.weights.hub import builtin_motion_module, package_versions, read_model_defaults
 from videodiff.weights.ldm_layout import sdxl_file_architecture
 from videodiff.weights.motion_headers import trained_at
 
@@ -209,7 +209,8 @@ def _local_paths(config: RenderConfig) -> tuple[Path, Path]:
     from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME, OWN_MOTION_FOLDER
 
     model = BUILTIN_MODEL if config.model in (None, BUILTIN_NAME) else Path(config.model).expanduser()
-    motion = Path(config.motion_module).expanduser() if config.motion_module else model / OWN_MOTION_FOLDER
+    given = builtin_motion_module(config.motion_module)
+    motion = Path(given).expanduser() if given else model / OWN_MOTION_FOLDER
     return model, motion
 
 

@@ -41,6 +41,16 @@ DEFAULTS_FILE = "videodiff.json"  # a model's recorded preferences: {"defaults":
 BUILTIN_MODEL = Path(__file__).resolve().parents[1] / "models" / "shapes"
 
 OWN_MOTION_FOLDER = "motion_adapter"  # a model folder that ships its own motion modules
+#: other motion modules of the built-in model, by name (``--motion-module shapes-teacher``; a local folder of that
+#: name: pass ./shapes-teacher): the 16-step model the default 4-step one was distilled from
+BUILTIN_MOTION_MODULES = {"shapes-teacher": "teacher"}
+
+
+def builtin_motion_module(source: str | None) -> str | None:
+    """The package folder a built-in motion-module name (:data:`BUILTIN_MOTION_MODULES`) stands for, else ``source``."""
+    if source in BUILTIN_MOTION_MODULES:
+        return str(BUILTIN_MODEL / BUILTIN_MOTION_MODULES[source])
+    return source
 
 
 def builtin_model() -> str:
@@ -102,6 +112,7 @@ def locate(source: str, what: str, *, folders: bool = False) -> Path:
     file of a hub repository (``org/name/file.safetensors``, :func:`hub_file`), downloaded alone; with ``folders``,
     also one folder of a hub repository (:func:`hub_folder`, downloaded alone; the path may not exist when the
     repository has no such folder)."""
+    source = builtin_motion_module(source) or source
     path = Path(source).expanduser()
     if path.exists():
         return path
@@ -176,6 +187,7 @@ def read_model_defaults(model: str | None, motion_module: str | None = None) -> 
 
 def motion_module_defaults(motion_module: str | None) -> dict[str, Any]:
     """The defaults a local motion-module folder records in its ``videodiff.json`` (``{}`` for files, hub ids)."""
+    motion_module = builtin_motion_module(motion_module)
     if not motion_module or not Path(motion_module).expanduser().is_dir():
         return {}
     return _recorded_defaults(Path(motion_module).expanduser() / DEFAULTS_FILE)
