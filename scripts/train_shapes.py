@@ -7,7 +7,8 @@
     python scripts/train_shapes.py package --out build/shapes  # 3. fp16 copy into videodiff/models/shapes/
     python scripts/train_shapes.py finetune --out build/shapes # 2c. more motion training from the package, repackaged
     python scripts/train_shapes.py all --out build/shapes      # everything, in order
-    python scripts/train_shapes.py distill --out build/shapes [--steps N]  # a 4-step LCM student of the package
+    python scripts/train_shapes.py distill --out build/shapes --clips 600 --steps 500  # a 4-step LCM student
+    python scripts/train_shapes.py package-distill --out build/shapes  # ... as the package's default (shipped)
     python scripts/train_shapes.py prior --out build/shapes    # refit the package's prior (2e's or 2c's cache)
     python scripts/train_shapes.py squares --out build/shapes  # 2e. 2c plus square clips, repackaged
 
@@ -428,9 +429,11 @@ def train_motion(out: Path, configs: list[str], extra: list[str]) -> None:
 
 
 def distill(out: Path, config: str, extra: list[str]) -> Path:
-    """``videodiff train --distill lcm`` of the packaged built-in model's motion modules (the teacher) on the
-    stage-2 clips into ``out/distill`` (resumable); returns its ``motion_module`` folder. Not part of ``all``."""
-    cmd = motion_command(out, "distill", config, extra, model=PACKAGE_MODEL)
+    """``videodiff train --distill lcm`` of the packaged built-in model's 16-step motion modules (the teacher: its
+    ``teacher/`` folder once a student is packaged, else its own) on the stage-2 clips into ``out/distill``
+    (resumable); returns its ``motion_module`` folder. Not part of ``all``; ``package-distill`` packages it."""
+    teacher = PACKAGE_MODEL / TEACHER_FOLDER
+    cmd = motion_command(out, "distill", config, extra, teacher if teacher.is_dir() else None, model=PACKAGE_MODEL)
     log("running " + " ".join(cmd))
     began = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -440,6 +443,43 @@ def distill(out: Path, config: str, extra: list[str]) -> Path:
         rates = [m["clips_per_s"] for m in metrics[1:]]
         log(f"distill: {len(rates) / sum(1 / r for r in rates):.3f} clips/s over steps 2-{metrics[-1]['step']}")
     return out / "distill" / "motion_module"
+
+
+TEACHER_FOLDER = "teacher"  # the package's 16-step motion modules beside the student (--motion-module shapes-teacher)
+STUDENT_DEFAULTS = ("steps", "guidance", "scheduler")  # what the model's videodiff.json takes from the student's
+
+
+def package_student(student: Path, target: Path) -> None:
+    """The distilled ``student`` (``out/distill/motion_module``) as the package ``target``'s motion modules, in fp16,
+    its sampling defaults (4 lcm steps, guidance 1) the model's; the motion modules it was distilled from move to
+    ``target/teacher`` with their own defaults (``videodiff render --motion-module shapes-teacher``). Packaging a
+    student again keeps the teacher already there."""
+    from safetensors.torch import load_file, save_file
+
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(target, staging)
+    model_json = json.loads((staging / "videodiff.json").read_text())
+    if not (staging / TEACHER_FOLDER).is_dir():
+        (staging / "motion_adapter").rename(staging / TEACHER_FOLDER)
+        own = {k: model_json["defaults"][k] for k in (*STUDENT_DEFAULTS, "motion_prior", "motion_prior_space")}
+        record = json.loads((staging / TEACHER_FOLDER / "videodiff.json").read_text())
+        (staging / TEACHER_FOLDER / "videodiff.json").write_text(json.dumps({**record, "defaults": own}, indent=2))
+    shutil.rmtree(staging / "motion_adapter", ignore_errors=True)
+    shutil.copytree(student, staging / "motion_adapter")
+    weights = staging / "motion_adapter" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}, str(weights))
+    record = json.loads((student / "videodiff.json").read_text())
+    model_json["defaults"].update({k: record["defaults"][k] for k in STUDENT_DEFAULTS})
+    (staging / "videodiff.json").write_text(json.dumps(model_json, indent=2) + "\n")
+    own = {k: v for k, v in record.items() if k != "defaults"}  # its frames and solver grid
+    (staging / "motion_adapter" / "videodiff.json").write_text(json.dumps(own, indent=2) + "\n")
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    log(f"packaged the student {student} into {target}, its teacher in {target / TEACHER_FOLDER}")
 
 
 CONTROL_STEPS = 1000  # what the shipped ControlNet was trained for (its row in docs/guides/builtin-model.md)
@@ -576,7 +616,10 @@ def refit_prior(out: Path, target: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stages = ["base", "data", "motion", "package", "finetune", "all", "distill", "prior", "squares", "control"]
+    stages = [
+        "base", "data", "motion", "package", "finetune", "all", "distill", "package-distill", "prior", "squares",
+        "control",
+    ]  # fmt: skip
     parser.add_argument("stage", choices=stages)
     parser.add_argument("--out", type=Path, default=Path("build/shapes"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -631,6 +674,8 @@ def main() -> None:
     if args.stage == "distill":
         write_data(args.out, args.clips, args.seed)  # the stage-2 clips (skipped when written already)
         distill(args.out, args.distill_config, extra)
+    if args.stage == "package-distill":
+        package_student(args.out / "distill" / "motion_module", args.target)
 
 
 if __name__ == "__main__":
