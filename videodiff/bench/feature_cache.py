@@ -19,14 +19,15 @@ PROMPTS = ("a red circle moving right", "a blue square moving up", "a green tria
 
 
 def run_cache_bench(
-    every: Sequence[int], rounds: int = 3, seed: int = 0, dtypes: Sequence[str] = ()
+    every: Sequence[int], rounds: int = 3, seed: int = 0, dtypes: Sequence[str] = (), motion_module: str | None = None
 ) -> dict[str, Any]:
     """Time every N in ``every`` (1: uncached) on the built-in model, and the uncached render in each of
-    ``dtypes`` (e.g. ``bf16``: a second load in that dtype, in the same rotation); the results as a dict."""
+    ``dtypes`` (e.g. ``bf16``: a second load in that dtype, in the same rotation), with the built-in model's own
+    motion modules or ``motion_module`` (``shapes-teacher``); the results as a dict."""
     from videodiff.pipelines import load_pipeline
 
-    pipe = load_pipeline(device="cpu")
-    lossy = {dtype: load_pipeline(device="cpu", dtype=dtype) for dtype in dtypes}
+    pipe = load_pipeline(None, motion_module, device="cpu")
+    lossy = {dtype: load_pipeline(None, motion_module, device="cpu", dtype=dtype) for dtype in dtypes}
     for each in (pipe, *lossy.values()):  # a warm-up per loaded model: oneDNN's kernels, the heap
         each(PROMPTS[0], seed=seed)
     variants: list[tuple[str, Any, dict[str, Any]]] = [(f"cache_{n}", pipe, {"cache": n}) for n in every]

@@ -173,6 +173,7 @@ def bench_diffusers(
 @click.argument("every", type=int, nargs=-1, required=True)
 @click.option("--rounds", type=int, default=3, show_default=True, help="Rounds of every prompt at every N.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--motion-module", help="Other motion modules for the built-in model (e.g. shapes-teacher).")
 @click.option(
     "--dtype",
     "dtypes",
@@ -182,7 +183,12 @@ def bench_diffusers(
 )
 @JSON_OPTION
 def bench_cache(
-    every: tuple[int, ...], rounds: int, seed: int, dtypes: tuple[str, ...], json_path: Path | None
+    every: tuple[int, ...],
+    rounds: int,
+    seed: int,
+    motion_module: str | None,
+    dtypes: tuple[str, ...],
+    json_path: Path | None,
 ) -> None:
     """Feature caching (--cache N) on the built-in model: render seconds per N, interleaved in one process.
 
@@ -195,12 +201,13 @@ def bench_cache(
     Example:
       videodiff bench cache --rounds 3 1 2 3 5
       videodiff bench cache --rounds 3 --dtype bf16 1 2
+      videodiff bench cache --rounds 3 --motion-module shapes-teacher --dtype bf16 1 2
     """
     import json
 
     from videodiff.bench.feature_cache import run_cache_bench
 
-    results = run_cache_bench(list(every), rounds=rounds, seed=seed, dtypes=dtypes)
+    results = run_cache_bench(list(every), rounds=rounds, seed=seed, dtypes=dtypes, motion_module=motion_module)
     click.echo(json.dumps(results, indent=2))
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
