@@ -281,8 +281,8 @@ def test_render_default_yaml_lists_every_setting_at_its_default():
 
 
 def test_render_default_yaml_keeps_the_models_defaults():
-    """As --config with the built-in model it renders with the model's recorded defaults (16 dpm++ steps,
-    guidance 3, the motion prior from 0.375 drawn in pixels)."""
+    """As --config with the built-in model it renders with the model's recorded defaults (4 lcm steps,
+    guidance 1, the motion prior from 0.375 drawn in pixels)."""
     from videodiff.render import resolve_render_config
     from videodiff.weights.hub import BUILTIN_MODEL, read_model_defaults
 
@@ -295,7 +295,7 @@ def test_render_default_yaml_keeps_the_models_defaults():
     for key in keys:
         assert getattr(config, key) == recorded[key], key
     assert (config.steps, config.scheduler, config.guidance, config.motion_prior, config.motion_prior_space) == (
-        16, "dpm++", 3.0, 0.375, "pixels"
+        4, "lcm", 1.0, 0.375, "pixels"
     )  # fmt: skip
     # a value set on the command line still wins
     assert resolve_render_config({"steps": 5}, str(path)).steps == 5

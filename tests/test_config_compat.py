@@ -23,6 +23,9 @@ def test_a_legacy_sidecar_maps_onto_the_stages():
     for part in (config.sample, config.load, config.write):
         for name, value in vars(part).items():
             expected = recorded.get(name, getattr(RenderConfig(), name))  # output/overwrite/quiet are not recorded
+            if value == "shapes-teacher":  # the built-in motion modules it rendered with, now beside the default
+                assert recorded[name] is None and name in ("motion_module", "motion"), name
+                continue
             assert value == (tuple(expected) if isinstance(expected, list) else expected), name
 
 

@@ -108,8 +108,8 @@ FACTS = [
     Fact("built-in model's prior", rf"the built-in model: {N}, so (\d+) of its (\d+) steps run", lambda: _prior()),
     Fact(
         "built-in model's sampled steps",
-        r"the built-in\s+model samples (\d+) of its (\d+) steps, and `0,0\.5` "
-        r"guides the first (\d+) of those (\d+)",
+        r"the built-in\s+16-step model \(`--motion-module shapes-teacher`\) samples (\d+) of its (\d+) steps, and "
+        r"`0,0\.5` guides the first (\d+) of\s+those (\d+)",
         lambda: _interval_figures(),
     ),
     Fact(
@@ -170,7 +170,7 @@ def _prior() -> tuple[float, int, int]:
 
 
 def _interval_figures() -> tuple[int, int, int, int]:
-    d = builtin()
+    d = models.read_model_defaults(None, "shapes-teacher")  # the 16-step model: the default renders unguided
     run = sampled(d["steps"], d["motion_prior"])
     return run, d["steps"], guided(run, 0.5), run
 

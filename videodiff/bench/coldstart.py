@@ -7,7 +7,8 @@ runs the CLI's own entry point (``videodiff.cli.main``) on ``render "a red circl
 classes), ``diffusers`` (U-Net, VAE, scheduler) and ``videodiff`` (a module two of them share counts under the
 first), ``cli`` (option parsing and input checks up to the load), ``load`` (the pipeline), ``sampling`` (prompt,
 noise, every step), ``decode`` (the VAE), ``write`` (post-processing, the file, the sidecar), ``exit``
-(interpreter shutdown) and ``total`` (launch to exit, measured outside).
+(the end of the process: :func:`videodiff.coldstart.exit_now` as the program ends, the interpreter's teardown with
+eager imports) and ``total`` (launch to exit, measured outside).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ phases["sampling"] = marks["decode_end"] - marks["loaded"] - phases["decode"]  #
 phases["write"] = end - marks["decode_end"]
 phases["inside"] = end - t0
 print("PHASES", json.dumps(phases))
+coldstart.exit_now(0)  # as the program ends (videodiff.cli.run): no teardown, unless imports are eager
 """
 
 # the columns the command prints, in the order a render runs them

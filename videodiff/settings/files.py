@@ -122,12 +122,19 @@ def parse_yaml(text: str, path: str | Path, what: str) -> Any:
         raise UserError(f"{what} {path} holds a value that cannot be read: {first[:200]}") from None
 
 
+#: fingerprints (``info.sources.motion_module.sha256``) of the built-in model's own motion modules before its 4-step
+#: default: a sidecar rendered with them names them again by :data:`videodiff.weights.hub.BUILTIN_MOTION_MODULES`
+FORMER_BUILTIN_MOTION = {"24d678319dd65d33e62786792a4df82491f5cf1e79be6291da50e63e5ecd8da7": "shapes-teacher"}
+
+
 def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
     """Read a YAML (or JSON: YAML is a superset) settings file; keys are the flag names with underscores.
 
     A sidecar written beside an output is such a file: its ``info`` part is ignored. A sidecar records every
     setting it rendered with, so one without ``motion_prior_space`` predates the choice and drew in ``latent``
-    (the only way then), whatever the model's default is now; other files leave it to the model.
+    (the only way then), whatever the model's default is now; other files leave it to the model. A sidecar of the
+    built-in model rendered with the motion modules it had before its 4-step default renders with them
+    (:data:`FORMER_BUILTIN_MOTION`).
     ``overwrite: true`` is ignored (``false`` is kept: it asks for nothing): only the command line (or the web form)
     may ask to replace a file.
     """
@@ -138,6 +145,12 @@ def load_config_file(path: str | Path, allowed: tuple[str, ...] = FIELD_NAMES) -
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of settings, not a {type(data).__name__}")
     sidecar = INFO_KEY in data
+    if sidecar and data.get("model") in (None, "shapes") and data.get("motion_module") is None:
+        sources = data[INFO_KEY].get("sources", {}) if isinstance(data[INFO_KEY], dict) else {}
+        used = sources.get("motion_module", {}) if isinstance(sources, dict) else {}
+        former = FORMER_BUILTIN_MOTION.get(used.get("sha256", "") if isinstance(used, dict) else "")
+        if former is not None:  # the built-in model's motion modules of the time, now beside its default
+            data["motion_module"] = former
     # A file someone sends you must not be able to replace your files: --overwrite counts only when typed
     # (or ticked in the web form). ``output`` stays: without ``overwrite`` it can only name a new file.
     data = {str(k): v for k, v in data.items() if k != INFO_KEY and not (k == "overwrite" and v is not False)}
