@@ -189,6 +189,12 @@ SD15_IP = "made for another model family, SD1.5 (32-wide cross-attention); the m
 def test_sd15_add_ons_on_an_sdxl_folder_are_refused_before_it_loads(sdxl_model, sdxl_motion, tmp_path, monkeypatch,
                                                                      tiny_model, args, expected):  # fmt: skip
     """SparseCtrl by name; an SD1.5 IP-Adapter (``.safetensors``: its header) naming both families."""
+    assert expected in add_on_refused_before_loading(sdxl_model, sdxl_motion, args, tiny_model, tmp_path, monkeypatch)
+
+
+def add_on_refused_before_loading(model, motion, args, sd15_model, tmp_path, monkeypatch) -> str:
+    """The one error line of ``render`` on ``model`` with the add-on ``args`` (``NET``: a folder, ``PIC``/``AT``: a
+    picture, ``ADAPTER``: a tiny IP-Adapter for ``sd15_model``), failing if the model is loaded."""
     from cli_helpers import assert_user_error, invoke
     from PIL import Image
 
@@ -204,9 +210,8 @@ def test_sd15_add_ons_on_an_sdxl_folder_are_refused_before_it_loads(sdxl_model, 
     names = {"NET": str(tmp_path / "net"), "PIC": str(tmp_path / "pic.png"), "AT": f"0:{tmp_path / 'pic.png'}"}
     if "ADAPTER" in args:
         encoder = build_tiny_image_encoder(tmp_path / "models" / "image_encoder")
-        adapter = build_tiny_ip_adapter(tmp_path / "models" / "ip-adapter_sd15.safetensors", tiny_model, encoder)
+        adapter = build_tiny_ip_adapter(tmp_path / "models" / "ip-adapter_sd15.safetensors", sd15_model, encoder)
         names["ADAPTER"] = str(adapter)
     given = [names.get(a, a) for a in args]
-    message = assert_user_error(invoke("render", PROMPT, "--model", sdxl_model, "--motion-module", sdxl_motion, *given,
-                                       "-o", tmp_path / "x.gif", "-q"))  # fmt: skip
-    assert expected in message
+    return assert_user_error(invoke("render", PROMPT, "--model", model, "--motion-module", motion, *given,
+                                    "-o", tmp_path / "x.gif", "-q"))  # fmt: skip

@@ -13,7 +13,7 @@ import torch
 from cli_helpers import assert_user_error, invoke, ok, read_json
 from ldm_layout import CLIP_L, OPEN_CLIP, UNET, VAE, sdxl_to_ldm
 from PIL import Image
-from safetensors.torch import save_file
+from test_single_file import _save
 
 from videodiff.errors import UserError
 from videodiff.weights.single_file import (
@@ -46,14 +46,6 @@ def _as_released(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         f"{CLIP_L}text_model.embeddings.position_ids": torch.arange(77)[None],
         f"{OPEN_CLIP}logit_scale": torch.tensor(4.6052),
     }
-
-
-def _save(state: dict, path: Path) -> Path:
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -349,21 +341,6 @@ def test_sd15_add_ons_on_an_sdxl_single_file_are_refused_before_it_loads(
 ):
     """SparseCtrl by name; an SD1.5 IP-Adapter (its header against the file's cross-attention keys) naming both
     families."""
-    from videodiff.pipelines import VideoPipeline
-    from videodiff.tiny import build_tiny_image_encoder, build_tiny_ip_adapter
+    from test_sdxl import add_on_refused_before_loading
 
-    def load(*a, **k):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(VideoPipeline, "load", load)
-    Image.new("RGB", (32, 32)).save(tmp_path / "pic.png")
-    (tmp_path / "net").mkdir()
-    names = {"NET": str(tmp_path / "net"), "PIC": str(tmp_path / "pic.png"), "AT": f"0:{tmp_path / 'pic.png'}"}
-    if "ADAPTER" in args:
-        encoder = build_tiny_image_encoder(tmp_path / "models" / "image_encoder")
-        adapter = build_tiny_ip_adapter(tmp_path / "models" / "ip-adapter_sd15.safetensors", tiny_model, encoder)
-        names["ADAPTER"] = str(adapter)
-    given = [names.get(a, a) for a in args]
-    command = ["render", "a cat", "--model", xl_file, "--motion-module", tiny_sdxl_motion, *given, "-q"]
-    message = assert_user_error(invoke(*command, "-o", tmp_path / "x.gif"))
-    assert expected in message
+    assert expected in add_on_refused_before_loading(xl_file, tiny_sdxl_motion, args, tiny_model, tmp_path, monkeypatch)

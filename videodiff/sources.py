@@ -84,19 +84,11 @@ def check_family_offers(
     ``controlnet_sources``: ControlNets whose family a local folder's config or ``.safetensors`` header tells, each
     refused in one line when it is the other family's (:func:`videodiff.families.require_same_controlnet_family`)."""
     from videodiff import families
-    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
-    from videodiff.weights.ldm_layout import sdxl_file_architecture
 
-    folder = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model).expanduser()
-    try:
-        if folder.is_file():
-            if sdxl_file_architecture(folder) is None:
-                return
-            family = families.SDXL
-        else:
-            family = families.of_unet(json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError, AttributeError, UserError):
+    told = local_model_family(model)
+    if told is None:
         return
+    family = told[0]
     if controlnets:
         family.require("ControlNet")
     if sparsectrl:
@@ -107,6 +99,32 @@ def check_family_offers(
             families.require_same_controlnet_family(source, *told, family)
     if ip_adapters:
         family.require("IP-Adapter")
+
+
+def local_model_family(model: str | None) -> tuple[Any, int | None] | None:
+    """``(family, cross-attention width)`` of a local model, read without a tensor: a folder's
+    ``unet/config.json``, or an SDXL single ``.safetensors`` file's header; ``None`` where neither tells it (a hub
+    id, another single file, an unreadable config: its load reports it)."""
+    from videodiff import families
+    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
+    from videodiff.weights.ldm_layout import sdxl_file_architecture
+    from videodiff.weights.safetensors_header import read_header
+
+    root = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model).expanduser()
+    try:
+        if root.is_file():
+            if sdxl_file_architecture(root) is None:
+                return None
+            return families.SDXL, _text_width(read_header(root).shapes)
+        config = json.loads((root / "unet" / "config.json").read_text(encoding="utf-8"))
+        return families.of_unet(config), config.get("cross_attention_dim")
+    except (OSError, ValueError, AttributeError, UserError):
+        return None
+
+
+def _text_width(shapes: dict[str, Any]) -> int | None:
+    """The width the first cross-attention key projection (``attn2.to_k``) reads, from a header's shapes."""
+    return next((int(s[1]) for k, s in sorted(shapes.items()) if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
 
 
 def _controlnet_family(source: str) -> tuple[Any, int | None] | None:
@@ -134,7 +152,7 @@ def _controlnet_family(source: str) -> tuple[Any, int | None] | None:
     own = [k.removeprefix("control_model.") for k in shapes]
     if not any(k.startswith(("controlnet_cond_embedding.", "input_hint_block.")) for k in own):
         return None
-    width = next((int(s[1]) for k, s in shapes.items() if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
+    width = _text_width(shapes)
     added = any(k.startswith(("add_embedding.", "label_emb.")) for k in own)
     return (families.SDXL if added else families.SD15), width
 
@@ -144,27 +162,15 @@ def check_adapter_width(adapter: Path, model: str | None, source: str | None = N
     width than a local model's, told from the headers before anything loads (a folder's ``unet/config.json``, an
     SDXL single ``.safetensors`` file's U-Net keys) and refused naming both families
     (:func:`videodiff.weights.ip_adapter.require_adapter_family`); other cases are checked as it loads."""
-    from videodiff import families
-    from videodiff.weights.hub import BUILTIN_MODEL, BUILTIN_NAME
     from videodiff.weights.ip_adapter import require_adapter_family
-    from videodiff.weights.ldm_layout import sdxl_file_architecture
     from videodiff.weights.safetensors_header import read_header
 
-    root = BUILTIN_MODEL if model in (None, BUILTIN_NAME) else Path(model).expanduser()
     if adapter.suffix.lower() != ".safetensors":
         return
-    try:
-        if root.is_file():  # an SDXL single file: its first cross-attention's key projection
-            if sdxl_file_architecture(root) is None:
-                return
-            family = families.SDXL
-            shapes = read_header(root).shapes
-            width = next((s[1] for k, s in sorted(shapes.items()) if k.endswith("attn2.to_k.weight") and len(s) == 2))
-        else:
-            config = json.loads((root / "unet" / "config.json").read_text(encoding="utf-8"))
-            family, width = families.of_unet(config), config.get("cross_attention_dim")
-    except (OSError, ValueError, AttributeError, StopIteration, UserError):
+    told = local_model_family(model)
+    if told is None:
         return  # the model's own load reports it
+    family, width = told
     shape = next((s for k, s in sorted(read_header(adapter).shapes.items()) if k.endswith("to_k_ip.weight")), None)
     if isinstance(width, int) and shape is not None and len(shape) == 2:
         require_adapter_family(source or adapter, int(shape[1]), width, family)
