@@ -30,14 +30,35 @@ def test_narrow_heads_are_padded_for_long_keys_only_and_give_the_same_attention(
     q, k, v = torch.randn(3, 2, 40, d), torch.randn(3, 2, keys, d), torch.randn(3, 2, keys, d)
     expected = F.scaled_dot_product_attention(q, k, v)
     shapes = _spy_sdpa(monkeypatch)
-    got = temporal.sdpa(q, k, v)
-    assert shapes == [(3, 2, 40, temporal.PAD_HEAD_DIM if padded else d)]
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    # an explicit scale is kept, not replaced by the padded width's
-    torch.testing.assert_close(
-        temporal.sdpa(q, k, v, scale=0.1), F.scaled_dot_product_attention(q, k, v, scale=0.1), rtol=1e-5, atol=1e-6
-    )
+    with temporal.padded_heads(True):
+        got = temporal.sdpa(q, k, v)
+        assert shapes == [(3, 2, 40, temporal.PAD_HEAD_DIM if padded else d)]
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        # an explicit scale is kept, not replaced by the padded width's
+        torch.testing.assert_close(
+            temporal.sdpa(q, k, v, scale=0.1), F.scaled_dot_product_attention(q, k, v, scale=0.1), rtol=1e-5, atol=1e-6
+        )
+    shapes.clear()
+    with temporal.padded_heads(False):
+        torch.testing.assert_close(temporal.sdpa(q, k, v), expected, rtol=1e-5, atol=1e-6)
+    assert shapes == [(3, 2, 40, d)]
+
+
+@torch.no_grad()
+def test_by_default_both_widths_are_timed_once_per_shape_and_the_faster_kept(monkeypatch):
+    torch.manual_seed(3)
+    monkeypatch.setattr(temporal, "_PAD_PICKS", {})
+    q, k, v = torch.randn(2, 2, 30, 8), torch.randn(2, 2, 90, 8), torch.randn(2, 2, 90, 8)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    shapes = _spy_sdpa(monkeypatch)
+    torch.testing.assert_close(temporal.sdpa(q, k, v), expected, rtol=1e-5, atol=1e-6)
+    assert sorted(shapes) == [(2, 2, 30, 8), (2, 2, 30, temporal.PAD_HEAD_DIM)]  # both, once
+    (pick,) = temporal._PAD_PICKS.values()
+    shapes.clear()
+    for _ in range(2):
+        torch.testing.assert_close(temporal.sdpa(q, k, v), expected, rtol=1e-5, atol=1e-6)
+    assert shapes == [(2, 2, 30, temporal.PAD_HEAD_DIM if pick else 8)] * 2  # the kept one only
 
 
 def test_attention_under_autograd_is_not_padded_and_passes_plain_gradients(monkeypatch):

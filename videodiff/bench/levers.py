@@ -32,6 +32,7 @@ def child(lever: str, preset: str, calls: int, out: str, cache: str) -> None:
     import numpy as np
     import torch
 
+    from videodiff import heap
     from videodiff.bench.parity import PRESETS, build, quiet_libraries
     from videodiff.pipelines import load_pipeline
     from videodiff.unet.levers import applied
@@ -45,6 +46,7 @@ def child(lever: str, preset: str, calls: int, out: str, cache: str) -> None:
     latents = torch.cat([torch.randn(shape, generator=generator)] * 2)  # guidance's batch of two
     context = torch.cat([pipe.encode(""), pipe.encode("a red circle moving right")])
     wall, cpu = [], []
+    heap.keep_freed()  # as a render on the CPU does (videodiff.heap)
     with torch.no_grad(), applied(pipe.unet, None if lever == PLAIN else lever) as unet:
         for _ in range(calls):
             start, start_cpu = time.perf_counter(), time.process_time()

@@ -12,7 +12,7 @@ from videodiff.bench import BENCH_CACHE
 # (tests/test_bench.py checks they match)
 PRESET_NAMES = ("cpu-small", "cpu-small-lcm", "cpu-small-lightning", "gpu-sd15", "tiny", "tiny-lcm", "tiny-lightning")
 BENCH_DTYPES = ("bf16", "fp16", "fp32")
-LEVER_NAMES = ("channels-last", "sdpa-math", "onednn-off", "compile")  # videodiff.unet.levers.LEVERS
+LEVER_NAMES = ("channels-last", "sdpa-math", "onednn-off", "compile", "unfused", "unpadded", "padded")  # videodiff.unet.levers.LEVERS
 
 
 def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:

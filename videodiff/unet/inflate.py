@@ -28,6 +28,7 @@ from videodiff.sampling.cond import (
     TokenSets,
     as_cond,
 )
+from videodiff.unet import fused
 from videodiff.unet.temporal import AttentionBackend, MotionStack, sdpa
 
 
@@ -211,6 +212,7 @@ class VideoUNet(nn.Module):
         self.family = check_compatible(unet, motion, supported_only=supported_only)
         self.unet = unet
         self.motion = motion
+        fused.install(unet)  # the feed-forwards' gated GELU fused on the CPU in inference (videodiff.unet.fused)
         self.gradient_checkpointing = False
         self.norm_over_frames = False
 

@@ -11,6 +11,11 @@ docs/benchmarks.md; tests/test_levers.py checks that each leaves the frames with
 - ``onednn-off``: ``torch.backends.mkldnn`` disabled (PyTorch's own convolution kernels instead of oneDNN's).
 - ``compile``: ``torch.compile`` of the video U-Net (inductor; its FX graph cache on disk, so a new process
   with the same shapes reuses the compiled code).
+- ``unfused``: the feed-forwards' gated GELU as three passes instead of oneDNN's fused epilogues
+  (:mod:`videodiff.unet.fused`, on by default): measures what the fusion gives.
+- ``unpadded`` / ``padded``: narrow attention heads never / always padded to 16 floats
+  (``videodiff.unet.temporal.PAD_HEAD_DIM``; by default each process times both once per shape and keeps the
+  faster): measures what each choice gives on this machine.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-LEVERS = ("channels-last", "sdpa-math", "onednn-off", "compile")
+LEVERS = ("channels-last", "sdpa-math", "onednn-off", "compile", "unfused", "unpadded", "padded")
 
 
 @contextlib.contextmanager
@@ -54,5 +59,15 @@ def applied(unet: nn.Module, lever: str | None) -> Iterator[nn.Module]:
         finally:
             unet._compiled_call_impl = None  # nn.Module.compile's slot: back to eager calls
             torch._dynamo.reset()
+    elif lever == "unfused":
+        from videodiff.unet.fused import unfused
+
+        with unfused():
+            yield unet
+    elif lever in ("unpadded", "padded"):
+        from videodiff.unet.temporal import padded_heads
+
+        with padded_heads(lever == "padded"):
+            yield unet
     else:
         raise ValueError(f"unknown lever {lever!r}; choose from {', '.join(LEVERS)}")

@@ -9,14 +9,18 @@ the batch, ``(b f) c h w``; attention runs over ``f`` for each of ``b h w`` posi
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from videodiff.unet import fused
 
 AttentionBackend = Literal["sdpa", "xformers", "math"]
 # Windows over frames for the temporal attention: each window's frame indices [w] (int64) and positive weights [w]
@@ -45,26 +49,61 @@ class SinusoidalPosition(nn.Module):
         return x + self.pe[:, : x.shape[1]].to(x.dtype)
 
 
-# CPU: PyTorch's flash-attention kernel is slow for heads narrower than 16 (one AVX-512 register of
-# float32); zero columns added to q, k and v change no dot product, and the output's extra columns
-# are dropped. Measured on 2 cores (torch 2.13): [32, 8, 1024, 8] self-attention 0.239 -> 0.164 s,
-# [32, 8, 1024, 8] against 77 keys 0.030 -> 0.027 s, but [2048, 8, 16, 8] over 16 frames 0.010 ->
-# 0.018 s: only worth it for longer key sequences. Wider heads (16, 32, 40) were never faster padded.
-# Inference only: under autograd the padded kernel broke the bitwise equality of training with and
-# without gradient checkpointing (tests/test_training.py), which training's reproducibility relies on.
+# CPU: PyTorch's flash-attention kernel can be slow for heads narrower than 16 (one AVX-512 register of
+# float32); zero columns added to q, k and v change no dot product, and the output's extra columns are
+# dropped. Whether that pays depends on the CPU: on an AMD EPYC (2 cores, torch 2.13) [32, 8, 1024, 8]
+# self-attention went from 0.239 to 0.164 s padded; on an Intel Xeon with AMX it went from 0.116 to 0.136 s.
+# So each process times both once per shape, on the first call, and keeps the faster (the two give the same
+# attention). Over 16 frames ([2048, 8, 16, 8]) padding was slower on both, so only key sequences of 64 or
+# more are candidates. Inference only: under autograd the padded kernel broke the bitwise equality of
+# training with and without gradient checkpointing (tests/test_training.py), which training's
+# reproducibility relies on.
 PAD_HEAD_DIM = 16
 PAD_MIN_KEYS = 64
+_PADDED: ContextVar[bool | None] = ContextVar("videodiff_padded_heads", default=None)
+_PAD_PICKS: dict[tuple, bool] = {}  # (q shape, k shape, dtype) -> padding was the faster on this machine
+
+
+@contextmanager
+def padded_heads(enabled: bool | None) -> Iterator[None]:
+    """While inside, narrow heads are padded (``True``), not (``False``) or whichever was timed faster (``None``,
+    the default): ``videodiff bench levers padded`` / ``unpadded``."""
+    token = _PADDED.set(enabled)
+    try:
+        yield
+    finally:
+        _PADDED.reset(token)
+
+
+def _padded_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
+    d = q.shape[-1]
+    q, k, v = (F.pad(t, (0, PAD_HEAD_DIM - d)) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, scale=d**-0.5 if scale is None else scale)[..., :d]
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` on ``[n heads len d]``; narrow heads padded on the CPU without autograd
-    (see ``PAD_HEAD_DIM``)."""
-    d = q.shape[-1]
-    padded = d < PAD_HEAD_DIM and k.shape[-2] >= PAD_MIN_KEYS
-    if padded and q.device.type == "cpu" and not torch.is_grad_enabled():
-        q, k, v = (F.pad(t, (0, PAD_HEAD_DIM - d)) for t in (q, k, v))
-        return F.scaled_dot_product_attention(q, k, v, scale=d**-0.5 if scale is None else scale)[..., :d]
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    where that was timed faster (see ``PAD_HEAD_DIM``)."""
+    candidate = (
+        q.shape[-1] < PAD_HEAD_DIM
+        and k.shape[-2] >= PAD_MIN_KEYS
+        and q.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    )
+    if not candidate:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    pad = _PADDED.get()
+    key = (tuple(q.shape), tuple(k.shape), q.dtype)
+    if pad is None:
+        pad = _PAD_PICKS.get(key)
+    if pad is None:  # first call with this shape: time both, keep the faster
+        start = time.perf_counter()
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        middle = time.perf_counter()
+        _padded_sdpa(q, k, v, scale)
+        _PAD_PICKS[key] = time.perf_counter() - middle < middle - start
+        return out
+    return _padded_sdpa(q, k, v, scale) if pad else F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
@@ -123,8 +162,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        return fused.geglu(self.proj, x)  # value * gelu(gate), fused on the CPU in inference
 
 
 class FeedForward(nn.Module):
