@@ -73,8 +73,8 @@ def test_where_it_does_not_apply_the_plain_path_runs():
 
 
 def test_install_swaps_diffusers_geglu_keeping_its_keys_and_output():
-    from diffusers.models.attention import FeedForward
     from diffusers.models.activations import GEGLU as DiffusersGEGLU
+    from diffusers.models.attention import FeedForward
 
     torch.manual_seed(0)
     ff = FeedForward(32, activation_fn="geglu")

@@ -12,7 +12,8 @@ from videodiff.bench import BENCH_CACHE
 # (tests/test_bench.py checks they match)
 PRESET_NAMES = ("cpu-small", "cpu-small-lcm", "cpu-small-lightning", "gpu-sd15", "tiny", "tiny-lcm", "tiny-lightning")
 BENCH_DTYPES = ("bf16", "fp16", "fp32")
-LEVER_NAMES = ("channels-last", "sdpa-math", "onednn-off", "compile", "unfused", "unpadded", "padded")  # videodiff.unet.levers.LEVERS
+# videodiff.unet.levers.LEVERS (not imported here: the command line loads it only when the command runs)
+LEVER_NAMES = ("channels-last", "sdpa-math", "onednn-off", "compile", "unfused", "unpadded", "padded")
 
 
 def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
