@@ -12,9 +12,8 @@ GELU, fp32 accumulation); only where the bias and products are added differs, so
 Where it applies: CPU, float32, no autograd (training keeps the plain path and its bitwise reproducibility),
 oneDNN available and enabled, and a plain ``nn.Linear`` projection holding its weights (a LoRA-wrapped one, or one
 that accelerate's offload hooks fill as it runs, takes the plain path).
-The temporal transformers' residual sums are fused the same way (:func:`linear`: the output projection adds the
-residual as it writes). :func:`unfused` turns both off for a block of code (``videodiff bench levers unfused``
-measures them). The ops are PyTorch's own (``torch.ops.mkldnn._linear_pointwise``, what inductor emits for the same
+:func:`unfused` turns it off for a block of code (``videodiff bench levers`` measures it with the ``unfused``
+lever). The ops are PyTorch's own (``torch.ops.mkldnn._linear_pointwise``, what inductor emits for the same
 fusion on the CPU); where a build lacks them, the plain path runs.
 """
 
@@ -76,13 +75,6 @@ def geglu(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     gate = op(x, weight[inner:], bias_gate, "gelu", [], "none")
     return op.binary(x, gate, weight[:inner], bias_value, "mul")
-
-
-def linear(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """``layer(x) + residual``, the sum written as the product is (a binary post-op) where :func:`applies`."""
-    if not applies(x, layer):
-        return layer(x) + residual
-    return _op().binary(x.contiguous(), residual.contiguous(), layer.weight, layer.bias, "add")
 
 
 def _diffusers_geglu() -> type[nn.Module]:

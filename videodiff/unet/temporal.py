@@ -140,24 +140,18 @@ class TemporalAttention(nn.Module):
         self.backend: AttentionBackend = "sdpa"
         self.chunk: int | None = None  # positions per attention call (attention slicing), None: all at once
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: ``[n f d]`` (n = every spatial position of every video) -> ``[n f d]``, plus ``residual`` if given
-        (added as the output projection writes, :func:`videodiff.unet.fused.linear`)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[n f d]`` (n = every spatial position of every video) -> ``[n f d]``."""
         if self.chunk and x.shape[0] > self.chunk:
-            parts = residual.split(self.chunk) if residual is not None else [None] * -(-x.shape[0] // self.chunk)
-            return torch.cat([self.forward_all(part, r) for part, r in zip(x.split(self.chunk), parts)])
-        return self.forward_all(x, residual)
+            return torch.cat([self.forward_all(part) for part in x.split(self.chunk)])
+        return self.forward_all(x)
 
-    def forward_all(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (
             rearrange(proj(x), "n f (h d) -> n h f d", h=self.heads) for proj in (self.to_q, self.to_k, self.to_v)
         )
         out = rearrange(attention(q, k, v, self.backend), "n h f d -> n f (h d)")
-        if residual is None:
-            return self.to_out[1](self.to_out[0](out))
-        if self.to_out[1].p == 0 or not self.training:  # the dropout is the identity
-            return fused.linear(self.to_out[0], out, residual)
-        return self.to_out[1](self.to_out[0](out)) + residual
+        return self.to_out[1](self.to_out[0](out))
 
 
 class GEGLU(nn.Module):
@@ -176,12 +170,10 @@ class FeedForward(nn.Module):
         super().__init__()
         self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim)])
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``net(x)``, plus ``residual`` if given (added as the last projection writes)."""
-        *layers, last = self.net
-        for layer in layers:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
             x = layer(x)
-        return last(x) if residual is None else fused.linear(last, x, residual)
+        return x
 
 
 class TemporalBlock(nn.Module):
@@ -210,11 +202,11 @@ class TemporalBlock(nn.Module):
                 fused.index_add_(1, index, self.attend(x.index_select(1, index)).float() * weight.view(1, -1, 1))
                 total.index_add_(0, index, weight)
             x = (fused / total.view(1, -1, 1)).to(x.dtype)
-        return self.ff(self.norm3(x), residual=x)
+        return x + self.ff(self.norm3(x))
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn1(self.pos_embed(self.norm1(x)), residual=x)
-        return self.attn2(self.pos_embed(self.norm2(x)), residual=x)
+        x = x + self.attn1(self.pos_embed(self.norm1(x)))
+        return x + self.attn2(self.pos_embed(self.norm2(x)))
 
 
 class TemporalTransformer(nn.Module):
