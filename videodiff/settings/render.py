@@ -65,7 +65,8 @@ class LoadSettings:
     )
     motion_module: str | None = setting(  # None: the model's own
         None,
-        "MotionAdapter folder or hub id (default: the model's own) [env VIDEODIFF_MOTION_MODULE].",
+        "MotionAdapter folder, hub id or motion-module file; shapes-teacher: the built-in model's 16-step ones "
+        "(default: the model's own) [env VIDEODIFF_MOTION_MODULE].",
         env="VIDEODIFF_MOTION_MODULE",
     )
     device: str = setting("auto", "|".join(DEVICES), choices=DEVICES)  # auto: cuda, then mps, then cpu

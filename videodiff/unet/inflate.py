@@ -111,7 +111,7 @@ class FrameAttention:
     """Spatial attention processor for the frames of videos: self-attention and text cross-attention.
 
     Self-attention is diffusers' ``AttnProcessor2_0`` through :func:`sdpa` (narrow heads
-    padded on the CPU). For cross-attention diffusers repeats the context once per frame,
+    padded on the CPU where faster). For cross-attention diffusers repeats the context once per frame,
     so every frame projects the same 77 tokens to keys and values again; here
     ``encoder_hidden_states`` may arrive once per video (``[b n d]`` against ``[(b f) t c]``
     queries) and its keys and values are projected once, then broadcast to the frames.
