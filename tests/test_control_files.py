@@ -107,6 +107,16 @@ def test_a_diffusers_layout_file_alone_loads(files, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_loaded_controlnet_has_the_fused_gated_gelu(files):
+    """As the U-Net's, its feed-forwards' gated GELU is fused on the CPU in inference (videodiff.unet.fused)."""
+    from diffusers.models.activations import GEGLU
+
+    folder, paths = files
+    for source in (folder, paths[0]):
+        gelus = [m for m in load_controlnet(source).modules() if isinstance(m, GEGLU)]
+        assert gelus and all(type(m).__name__ == "FusedGEGLU" for m in gelus)
+
+
 def test_a_controlnet_for_another_family_is_refused_in_one_line(tmp_path, files, tiny_pipe):
     """A ControlNet with a 48-wide text (an SD1.5-layout model's is 32 here) loads, and is refused against the
     U-Net by ``check_fits``, also through a render; an SDXL file (``label_emb``) is refused as it loads."""
