@@ -24,6 +24,7 @@ def test_bench_help_names_match_the_package():
         assert "Example:" in ok(invoke("bench", command, "--help")).output
 
 
+@pytest.mark.slow  # .ci/run runs it (kept out of the default suite for its time)
 def test_bench_levers_tiny(tmp_path):
     """The plain path and one lever, one fresh process each on the tiny preset: the table and every key."""
     out = tmp_path / "levers.json"
@@ -38,6 +39,7 @@ def test_bench_levers_tiny(tmp_path):
     assert len(printed["channels-last"]["runs_wall_s"]) == 1 and len(printed["channels-last"]["runs_wall_s"][0]) == 2
 
 
+@pytest.mark.slow  # .ci/run runs it (kept out of the default suite for its time)
 def test_bench_diffusers_tiny(tmp_path):
     """Both sides in fresh processes on the tiny preset (1 step, 8 frames): parity within tolerance, every key, and
     the side-by-side table; an xformers variant is skipped on the CPU with its reason."""

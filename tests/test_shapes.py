@@ -302,6 +302,7 @@ def test_cli_eval_shapes(tmp_path):
     assert "held-out combinations" in result.output and str(out) in result.output
 
 
+@pytest.mark.slow  # .ci/run runs it (kept out of the default suite for its time)
 def test_cli_eval_shapes_scores_a_model_and_its_vae(tmp_path, models):
     out = tmp_path / "report.json"
     args = ("--seeds", 1, "--combos", "heldout", "--roundtrip", "none", "--steps", 2, "--motion-prior", 0, "--out", out)

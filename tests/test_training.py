@@ -113,6 +113,7 @@ def notices():
 # learning
 
 
+@pytest.mark.slow  # .ci/run runs it (kept out of the default suite for its time)
 def test_loss_falls_on_one_repeated_clip(tiny_model, one_clip, tmp_path):
     """New zero-initialised motion modules, trained alone (AnimateDiff's setting), fit one clip: the loss halves."""
     out = tmp_path / "run"
