@@ -9,11 +9,11 @@ result as it writes it (a post-op), so here the gate is ``gelu(x Wg^T + bg)`` in
 GELU, fp32 accumulation); only where the bias and products are added differs, so results agree to rounding
 (``tests/test_fused.py``; the frames within 2/255 of the plain path).
 
-Where it applies: CPU, float32, no autograd (training keeps the plain path and its bitwise reproducibility),
-oneDNN available and enabled, and a plain ``nn.Linear`` projection holding its weights (a LoRA-wrapped one, or one
-that accelerate's offload hooks fill as it runs, takes the plain path).
-:func:`unfused` turns it off for a block of code (``videodiff bench levers`` measures it with the ``unfused``
-lever). The ops are PyTorch's own (``torch.ops.mkldnn._linear_pointwise``, what inductor emits for the same
+Where it applies: CPU, float32, no autograd (training keeps the plain path and its bitwise reproducibility), not
+inside ``torch.compile`` (which fuses on its own), oneDNN available and enabled, and a plain ``nn.Linear``
+projection holding its weights (a LoRA-wrapped one, or one that accelerate's offload hooks fill as it runs, takes
+the plain path). :func:`unfused` turns it off for a block of code (``videodiff bench levers unfused`` measures it).
+The ops are PyTorch's own (``torch.ops.mkldnn._linear_pointwise``, what inductor emits for the same
 fusion on the CPU); where a build lacks them, the plain path runs.
 """
 
@@ -58,6 +58,7 @@ def applies(x: torch.Tensor, proj: nn.Module) -> bool:
         and proj.weight.device.type == "cpu"  # not meta: accelerate's offload hooks fill weights as proj() runs
         and not hasattr(proj, "_hf_hook")
         and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()  # a compiled graph does its own fusion
         and not _OFF.get()
         and torch.backends.mkldnn.enabled
         and _op() is not None
