@@ -163,15 +163,13 @@ def eval_shapes(
 
 def _controlled(model, motion_module, seeds, controlnet, steps, guidance, motion_prior, settings, device, dtype):
     """``eval shapes --controlled`` (:func:`videodiff.shapes.controlled.run_controlled_eval`)."""
-    from videodiff.errors import UserError
     from videodiff.settings.files import parse_settings
     from videodiff.settings.sample import SampleSettings as Sample
     from videodiff.shapes.controlled import run_controlled_eval
+    from videodiff.shapes.evaluate import refuse_fixed
 
     (overrides,) = parse_settings(settings, Sample)
-    for fixed in ("prompt", "prompt_at", "seed", "frames", "height", "width"):  # the evaluation's own
-        if fixed in overrides:
-            raise UserError(f"--set {fixed}: the evaluation sets the {fixed.replace('_', ' ')} itself")
+    refuse_fixed(overrides, ("prompt", "prompt_at", "seed", "frames", "height", "width"))  # the evaluation's own
     given = dict(num_inference_steps=steps, guidance_scale=guidance, motion_prior=motion_prior)
     given = {k: v for k, v in given.items() if v is not None} | overrides
     return run_controlled_eval(

@@ -254,6 +254,15 @@ def is_eval_report(path: Path) -> bool:
     return isinstance(report, dict) and isinstance(report.get("settings"), dict) and "seeds" in report["settings"]
 
 
+def refuse_fixed(overrides: dict[str, Any], fixed: Iterable[str]) -> None:
+    """One line (:class:`UserError`) for a ``--set`` of a setting the evaluation sets itself (``fixed``)."""
+    from videodiff.errors import UserError
+
+    for name in fixed:
+        if name in overrides:
+            raise UserError(f"--set {name}: the evaluation sets the {name.replace('_', ' ')} itself")
+
+
 def run_shapes_eval(
     *,
     model: str | None = None,
@@ -296,9 +305,7 @@ def run_shapes_eval(
     from videodiff.settings.sample import SampleSettings as Sample
 
     overrides, post_given = parse_settings(settings, Sample, PostSettings)
-    for fixed in ("prompt", "prompt_at", "seed"):  # the evaluation's own
-        if fixed in overrides:
-            raise UserError(f"--set {fixed}: the evaluation sets the {fixed.replace('_', ' ')} itself")
+    refuse_fixed(overrides, ("prompt", "prompt_at", "seed"))
     post = PostSettings(**post_given)
     chosen = combos_of(combos)
     held = [prompt_of(*c) for c in chosen if split_of(c) == "heldout"]
