@@ -20,6 +20,7 @@ fusion on the CPU); where a build lacks them, the plain path runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -28,14 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 _OFF: ContextVar[bool] = ContextVar("videodiff_unfused", default=False)
-_OPS: list = []  # [op or None], looked up on first use
 
 
+@functools.cache
 def _op():
-    if not _OPS:
-        op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-        _OPS.append(op if op is not None and hasattr(op, "binary") else None)
-    return _OPS[0]
+    """oneDNN's inner product with post-ops, or None where this build lacks it (looked up once)."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+    return op if op is not None and hasattr(op, "binary") else None
 
 
 @contextlib.contextmanager
@@ -70,6 +70,11 @@ def geglu(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if not applies(x, proj):
         value, gate = proj(x).chunk(2, dim=-1)
         return value * F.gelu(gate)
+    return _fused_geglu(proj, x)
+
+
+def _fused_geglu(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """:func:`geglu`'s fused path; the caller has checked :func:`applies`."""
     op, inner = _op(), proj.out_features // 2
     weight, bias = proj.weight, proj.bias
     bias_value, bias_gate = (None, None) if bias is None else (bias[:inner], bias[inner:])
@@ -78,7 +83,9 @@ def geglu(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return op.binary(x, gate, weight[:inner], bias_value, "mul")
 
 
+@functools.cache
 def _diffusers_geglu() -> type[nn.Module]:
+    """diffusers' ``GEGLU`` with the fused forward (made once, on first use: diffusers is imported only then)."""
     from diffusers.models.activations import GEGLU
 
     class FusedGEGLU(GEGLU):
@@ -87,12 +94,9 @@ def _diffusers_geglu() -> type[nn.Module]:
         def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             if args or kwargs or not applies(hidden_states, self.proj):
                 return super().forward(hidden_states, *args, **kwargs)
-            return geglu(self.proj, hidden_states)
+            return _fused_geglu(self.proj, hidden_states)
 
     return FusedGEGLU
-
-
-_FUSED_DIFFUSERS: list[type[nn.Module]] = []
 
 
 def install(module: nn.Module) -> int:
@@ -101,9 +105,7 @@ def install(module: nn.Module) -> int:
     :func:`applies` refuses."""
     from diffusers.models.activations import GEGLU
 
-    if not _FUSED_DIFFUSERS:
-        _FUSED_DIFFUSERS.append(_diffusers_geglu())
-    fused = _FUSED_DIFFUSERS[0]
+    fused = _diffusers_geglu()
     count = 0
     for layer in module.modules():
         if type(layer) is GEGLU:

@@ -112,7 +112,7 @@ def locate(source: str, what: str, *, folders: bool = False) -> Path:
     file of a hub repository (``org/name/file.safetensors``, :func:`hub_file`), downloaded alone; with ``folders``,
     also one folder of a hub repository (:func:`hub_folder`, downloaded alone; the path may not exist when the
     repository has no such folder)."""
-    source = builtin_motion_module(source) or source
+    source = builtin_motion_module(source)
     path = Path(source).expanduser()
     if path.exists():
         return path
